@@ -1,35 +1,371 @@
-"""``saegeo demo``: the whole pipeline on data built on this machine, written as a report."""
+"""The demo data: activations of the packaged language model and SAE families trained on them.
+
+Everything is built on this machine from registry packages and cached under one directory,
+so the first call harvests and trains and later calls only read.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
-import torch
-
-from saegeo.atomic import write_text
-from saegeo.describe import describe_sae
 from saegeo.family import Family
-from saegeo.formats import save_sae
-from saegeo.sae import SAE
+from saegeo.store import META_FILE, ActivationStore
+from saegeo.train_config import TrainArch
 
 log = logging.getLogger(__name__)
 
-
-def build_small_family(
-    out: Path, *, d_in: int = 64, widths: tuple[int, ...] = (64, 128, 256), seed: int = 0
-) -> Family:
-    """A small family of decoder-only SAEs whose wider members refine the narrower ones."""
-    generator = torch.Generator().manual_seed(seed)
-    base_FD = torch.randn(widths[-1], d_in, generator=generator)
-    for width in widths:
-        save_sae(SAE.from_decoder(base_FD[:width]), out / f"mp-{width}")
-    return Family.load(out)
+DEFAULT_ROOT = Path("reports/demo")
 
 
-def run_demo(out: str | Path, *, quick: bool = False) -> Path:
-    """Build the demo data under ``out`` and write its report; return the report's path."""
-    out = Path(out)
-    family = build_small_family(out / "family")
-    text = "\n\n".join(describe_sae(sae) for sae in family)
-    return write_text(out / "info.txt", text + "\n")
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo harvests and trains."""
+
+    model: str = "smollm2-135m-instruct"
+    """The language model: the packaged default, a Hugging Face name or a local path."""
+    layer: int = 15
+    """Residual stream after this block (0-based)."""
+    tokens: int = 300_000
+    """Tokens of packaged BBC news to harvest."""
+    context: int = 128
+    """Tokens per model input."""
+    arch: TrainArch = "topk"
+    """Training architecture of the family (see saegeo.train)."""
+    k: int = 32
+    """Active latents per token."""
+    multipliers: tuple[int, ...] = (1, 2, 4, 8)
+    """Family widths as multiples of the model's width."""
+    train_tokens: int = 600_000
+    """Training tokens per member (the store is cycled through)."""
+    seed: int = 0
+    """Seed of the training runs."""
+
+    @classmethod
+    def quick(cls) -> DemoSettings:
+        """Small settings for a fast look (and for the test suite's notebook runs)."""
+        return cls(tokens=40_000, multipliers=(1, 2, 4), train_tokens=200_000, k=16)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+
+class DemoData(NamedTuple):
+    """The demo's activations and family."""
+
+    store: ActivationStore
+    """Harvested activations (with token ids and document ids per token)."""
+    family: Family
+    """SAEs trained on ``store``, narrowest first."""
+    root: Path
+    """The cache directory: ``acts/`` and ``family/`` live here."""
+    settings: DemoSettings
+    """What was harvested and trained."""
+
+
+def demo_data(
+    root: str | Path = DEFAULT_ROOT,
+    settings: DemoSettings | None = None,
+    *,
+    progress: bool = True,
+) -> DemoData:
+    """The demo's activations and family under ``root``, built on first use.
+
+    ``root/acts`` is the activation store (resumed if a harvest was interrupted) and
+    ``root/family`` the trained SAEs with ``family.json``; both are rebuilt when the settings
+    they were made with differ from ``settings``.
+    """
+    from saegeo.harvest import harvest
+    from saegeo.train import TrainConfig, train_family
+
+    settings = settings or DemoSettings()
+    root = Path(root)
+    store_dir, family_dir = root / "acts", root / "family"
+    stamp_path = root / "settings.json"
+    stamp = settings.as_dict()
+    previous = json.loads(stamp_path.read_text()) if stamp_path.exists() else None
+    harvest_keys = ("model", "layer", "tokens", "context")
+    if previous is not None and any(previous.get(k) != stamp[k] for k in harvest_keys):
+        _remove(store_dir)
+        _remove(family_dir)
+    elif previous is not None and previous != stamp:
+        _remove(family_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp_path.write_text(json.dumps(stamp, indent=2) + "\n")
+
+    if _store_complete(store_dir, settings.tokens):
+        store = ActivationStore.open(store_dir)
+    else:
+        log.info("harvesting %d tokens from %s", settings.tokens, settings.model)
+        store = harvest(
+            settings.model,
+            None,
+            store_dir,
+            layer=settings.layer,
+            context=settings.context,
+            max_tokens=settings.tokens,
+            progress=progress,
+        )
+    if (family_dir / "family.json").exists():
+        family = Family.load(family_dir)
+    else:
+        config = TrainConfig(
+            arch=settings.arch,
+            k=settings.k,
+            tokens=settings.train_tokens,
+            seed=settings.seed,
+            progress=progress,
+        )
+        widths = [m * store.d_in for m in settings.multipliers]
+        log.info("training %s family of widths %s", settings.arch, widths)
+        family = train_family(store, widths, config, out_dir=family_dir).family
+    return DemoData(store=store, family=family, root=root, settings=settings)
+
+
+def _store_complete(path: Path, tokens: int) -> bool:
+    meta_path = path / META_FILE
+    if not meta_path.exists():
+        return False
+    meta = json.loads(meta_path.read_text())
+    return int(meta.get("n_tokens", 0)) >= tokens
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.exists():
+        shutil.rmtree(path)
+
+
+# --------------------------------------------------------------------------- the report
+
+EVAL_TOKENS = 16_384
+"""Tokens at the start of the store held out for every metric (train_family holds out the
+same tokens for its own evaluation)."""
+
+
+def run_demo(
+    out: str | Path = DEFAULT_ROOT,
+    *,
+    quick: bool = False,
+    settings: DemoSettings | None = None,
+    progress: bool = True,
+) -> Path:
+    """Build the demo data under ``out`` (cached), run every analysis, write the report.
+
+    Returns the path of ``out/report/index.html``. Analysis results are cached beside the
+    report, so a second run only re-renders the page.
+    """
+    from saegeo.describe import sparsity_settings
+    from saegeo.report import Report
+
+    settings = settings or (DemoSettings.quick() if quick else DemoSettings())
+    data = demo_data(out, settings, progress=progress)
+    report_dir = Path(out) / "report"
+    n_eval = min(EVAL_TOKENS, data.store.n_tokens // 5)
+    held_out, fit = data.store.slice(0, n_eval), data.store.slice(n_eval)
+    family = data.family
+
+    page = Report(
+        f"saegeo demo: {data.store.meta.get('model', 'model')} layer "
+        f"{data.store.meta.get('layer', '?')}, widths {family.widths}"
+    )
+    page.text(
+        f"Activations: {data.store.n_tokens:,} tokens of {data.store.meta.get('hook', 'the')} "
+        f"residual stream on packaged BBC news; the first {n_eval:,} are held out for every "
+        "metric below. The family was trained here with <code>saegeo.train</code>."
+    )
+    page.heading("The family")
+    members = _family_table(data, sparsity_settings)
+    page.table(members)
+    _cached_csv(report_dir / "family.csv", lambda: members)
+
+    page.heading("Novel and reconstruction features (seed 003)")
+    _novelty_section(page, family, held_out, report_dir, progress)
+    page.heading("Feature trees across widths")
+    _tree_section(page, data, report_dir)
+    page.heading("Frankenstein SAEs")
+    _frankenstein_section(page, family, fit, held_out, report_dir, progress)
+    page.heading("Files")
+    page.links(
+        {
+            name: name
+            for name in sorted(
+                p.name for p in report_dir.iterdir() if p.suffix in (".csv", ".json") or p.is_dir()
+            )
+        }
+    )
+    return page.write(report_dir / "index.html")
+
+
+def _cached_csv(path: Path, compute: Any) -> Any:
+    import pandas as pd
+
+    from saegeo.atomic import write_text
+
+    if path.exists():
+        return pd.read_csv(path)
+    frame = compute()
+    write_text(path, frame.to_csv(index=False))
+    return frame
+
+
+def _family_table(data: DemoData, sparsity_settings: Any) -> Any:
+    import pandas as pd
+
+    metrics_path = data.root / "family" / "metrics.csv"
+    trained = pd.read_csv(metrics_path) if metrics_path.exists() else None
+    rows = []
+    for sae in data.family:
+        row: dict[str, Any] = {
+            "name": sae.name,
+            "arch": sae.arch,
+            "width": sae.width,
+            "sparsity": sparsity_settings(sae),
+        }
+        if trained is not None and sae.name in set(trained["name"]):
+            match = trained[trained["name"] == sae.name].iloc[0]
+            for column in (
+                "eval_mse",
+                "eval_fvu",
+                "eval_l0",
+                "eval_dead_fraction",
+                "tokens_per_second",
+            ):
+                if column in match:
+                    row[column.removeprefix("eval_")] = match[column]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _novelty_section(
+    page: Any, family: Family, held_out: ActivationStore, report_dir: Path, progress: bool
+) -> Any:
+    import pandas as pd
+
+    from saegeo.atomic import write_text
+    from saegeo.novelty import FamilyNovelty, family_novelty, kind_sign_frame
+    from saegeo.plots import novelty_figure
+
+    files = {name: report_dir / f"novelty_{name}.csv" for name in ("summary", "features", "curves")}
+    if all(path.exists() for path in files.values()):
+        result = FamilyNovelty(*(pd.read_csv(files[n]) for n in ("summary", "features", "curves")))
+    else:
+        result = family_novelty(family, held_out.slice(0, 8192), points=7, progress=progress)
+        for name, frame in zip(("summary", "features", "curves"), result, strict=True):
+            write_text(files[name], frame.to_csv(index=False))
+    page.text(
+        "A wider SAE's feature is <b>novel</b> when its largest decoder cosine to the narrower "
+        "SAE is at most 0.7, <b>reconstruction</b> otherwise. <code>delta_mse</code> is the "
+        "change in the narrower SAE's MSE when that one feature is added to it, keeping its "
+        "own activation."
+    )
+    page.table(result.summary)
+    page.table(kind_sign_frame(result))
+    page.figure(
+        novelty_figure(result, title="Novel vs reconstruction"),
+        height=f"{380 * (len(result.summary) + 1)}px",
+    )
+    return result
+
+
+def _tree_section(page: Any, data: DemoData, report_dir: Path) -> None:
+    from saegeo.atomic import write_json
+    from saegeo.dag import feature_dag, forest, node_id, tree_root
+    from saegeo.figures import tree_figure
+    from saegeo.tree_json import forest_from_json, forest_to_json
+
+    path = report_dir / "trees.json"
+    if path.exists():
+        trees = forest_from_json(json.loads(path.read_text()))
+    else:
+        G = feature_dag(data.family)
+        _, trees = forest(G, rank_by="split", min_size=3)
+        trees = trees[:50]
+        write_json(path, forest_to_json(G, trees, rank_by="split"))
+    page.text(
+        f"Edges join a feature to the next width's features whose decoder cosine with it "
+        f"exceeds 0.7; each feature is kept under its best parent. {len(trees)} trees with at "
+        "least 3 features, most-splitting roots first, are in <code>trees.json</code>."
+    )
+    if trees:
+        labels = _token_labels(data, trees[0])
+        page.figure(
+            tree_figure(
+                trees[0], labels=labels, title=f"Feature tree {node_id(tree_root(trees[0]))}"
+            ),
+            height="560px",
+        )
+
+
+def _token_labels(data: DemoData, tree: Any) -> dict[str, str]:
+    """The top activating tokens of each feature in ``tree``, as node labels."""
+    from saegeo.codes import encode_codes
+    from saegeo.harvest import load_tokenizer
+    from saegeo.snippets import store_tokens
+
+    try:
+        tokenizer = load_tokenizer(data.store)
+        tokens = store_tokens(data.store)
+    except Exception:  # a store without token ids or tokenizer: no labels, same figure
+        log.info("no token labels: the store has no tokenizer or token ids")
+        return {}
+    sample = data.store.slice(0, 32_768)
+    labels: dict[str, str] = {}
+    for level in sorted({node[0] for node in tree.nodes}):
+        features = sorted(node[1] for node in tree.nodes if node[0] == level)
+        codes = encode_codes(data.family[level].select(features), sample, progress=False)
+        for column, feature in enumerate(features):
+            values = codes[:, column].toarray().ravel()
+            top = values.argsort()[::-1][:5]
+            words = [
+                tokenizer.decode([int(tokens.token_ids[t])]).strip() or "␣"
+                for t in top
+                if values[t] > 0
+            ]
+            labels[f"{level}/{feature}"] = " · ".join(dict.fromkeys(words))
+    return labels
+
+
+def _frankenstein_section(
+    page: Any,
+    family: Family,
+    fit: ActivationStore,
+    held_out: ActivationStore,
+    report_dir: Path,
+    progress: bool,
+) -> None:
+    from saegeo.atomic import write_json
+    from saegeo.formats import save_sae
+    from saegeo.frankenstein import frankenstein, frankenstein_curve
+    from saegeo.plots import frankenstein_figure
+
+    fit = fit.slice(0, 100_000)
+    comparison = _cached_csv(
+        report_dir / "frankenstein_comparison.csv",
+        lambda: frankenstein_curve(family, fit, eval_acts=held_out, progress=progress),
+    )
+    stitched_dir = report_dir / "frankenstein"
+    if not stitched_dir.exists():
+        stitched, report = frankenstein(family, fit, progress=progress)
+        save_sae(stitched, stitched_dir)
+        write_json(report_dir / "frankenstein_report.json", report.to_dict())
+    page.text(
+        "Starting from the narrowest SAE, every feature of each wider SAE whose largest "
+        "decoder cosine to the features already in is at most 0.7 is added; the decoder is "
+        "then refit exactly (least squares with the encoder frozen). The stitched SAE is saved "
+        "in SAELens format under <code>frankenstein/</code>. Held-out MSE:"
+    )
+    columns = [
+        c
+        for c in ("kind", "name", "n_features", "l0", "mse", "fvu", "mse_vs_nearest")
+        if c in comparison
+    ]
+    page.table(comparison[columns])
+    page.figure(frankenstein_figure(comparison, title="Frankenstein SAEs vs the originals"))

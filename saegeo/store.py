@@ -46,13 +46,13 @@ class ActivationStore:
 
     def __init__(
         self,
-        parts: list[tuple[Any, int]],
+        parts: list[tuple[Any, int, int]],
         d_in: int,
         *,
         meta: dict[str, Any] | None = None,
         source: str = "<memory>",
     ) -> None:
-        # parts: (reader, n_tokens); a reader is an array-like or a shard path.
+        # parts: (reader, first row, n rows); a reader is an array-like or a shard path.
         self._parts = parts
         self.d_in = int(d_in)
         self.meta = dict(meta or {})
@@ -79,14 +79,14 @@ class ActivationStore:
             if array.ndim != 2:
                 raise FormatError(f"{path}: activations must be 2-D [N, d_in], got {array.shape}")
             return cls(
-                [(array, array.shape[0])],
+                [(array, 0, array.shape[0])],
                 array.shape[1],
                 source=str(path),
                 meta={"dtype": str(array.dtype)},
             )
         if path.suffix == ".safetensors":
             n, d_in = _safetensors_shape(path)
-            return cls([(path, n)], d_in, source=str(path))
+            return cls([(path, 0, n)], d_in, source=str(path))
         raise SaegeoError(
             f"{path}: unknown activation format; use .npy, .safetensors or a "
             "store directory with meta.json"
@@ -99,11 +99,11 @@ class ActivationStore:
             raise SaegeoError(f"{path}: not an activation store (no {META_FILE})")
         try:
             meta = json.loads(meta_path.read_text())
-            shards = [(path / s["file"], int(s["n_tokens"])) for s in meta["shards"]]
+            shards = [(path / s["file"], 0, int(s["n_tokens"])) for s in meta["shards"]]
             d_in = int(meta["d_in"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"{meta_path}: corrupt store metadata ({exc!r})") from None
-        for shard, _ in shards:
+        for shard, _, _ in shards:
             if not shard.exists():
                 raise FormatError(f"{shard}: shard listed in {meta_path} is missing")
         return cls(shards, d_in, meta=meta, source=str(path))
@@ -114,13 +114,13 @@ class ActivationStore:
         tensor = torch.as_tensor(acts)
         if tensor.ndim != 2:
             raise SaegeoError(f"activations must be 2-D [N, d_in], got shape {tuple(tensor.shape)}")
-        return cls([(tensor, tensor.shape[0])], tensor.shape[1])
+        return cls([(tensor, 0, tensor.shape[0])], tensor.shape[1])
 
     # ------------------------------------------------------------------ reading
 
     @property
     def n_tokens(self) -> int:
-        return sum(n for _, n in self._parts)
+        return sum(n for _, _, n in self._parts)
 
     def __len__(self) -> int:
         return self.n_tokens
@@ -138,12 +138,12 @@ class ActivationStore:
     ) -> Iterator[torch.Tensor]:
         """Yield consecutive batches [<= batch_size, d_in], at most ``limit`` rows in all."""
         remaining = self.n_tokens if limit is None else min(limit, self.n_tokens)
-        for reader, n in self._parts:
+        for reader, first, n in self._parts:
             for start in range(0, n, batch_size):
                 if remaining <= 0:
                     return
                 stop = min(start + batch_size, n, start + remaining)
-                batch = self._read(reader, start, stop)
+                batch = self._read(reader, first + start, first + stop)
                 remaining -= stop - start
                 yield batch.to(device=device, dtype=dtype)
 
@@ -154,12 +154,35 @@ class ActivationStore:
         batches = list(self.iter_batches(limit=limit, dtype=dtype))
         return torch.cat(batches) if batches else torch.empty(0, self.d_in, dtype=dtype)
 
+    def slice(self, start: int, stop: int | None = None) -> ActivationStore:
+        """A view of rows ``start:stop`` (no data is read or copied)."""
+        stop = self.n_tokens if stop is None else min(stop, self.n_tokens)
+        if not 0 <= start <= stop:
+            raise SaegeoError(f"{self.source}: bad row range {start}:{stop}")
+        parts, offset = [], 0
+        for reader, first, n in self._parts:
+            lo, hi = max(start - offset, 0), min(stop - offset, n)
+            if lo < hi:
+                parts.append((reader, first + lo, hi - lo))
+            offset += n
+        return ActivationStore(parts, self.d_in, meta=self.meta,
+                               source=f"{self.source}[{start}:{stop}]")
+
+    def per_token(self, key: str) -> np.ndarray | None:
+        """A per-token array [N] saved beside the activations (``token_ids``, ``doc_ids``), or
+        None where the store has none."""
+        arrays = [self._read(reader, first, first + n, key=key) for reader, first, n in self._parts]
+        if any(a is None for a in arrays):
+            return None
+        return np.concatenate([a.numpy() for a in arrays]) if arrays else np.empty(0)
+
     def token_ids(self) -> np.ndarray | None:
         """Token ids [N] where the producer saved them (store directories), else None."""
-        ids = [self._read(reader, 0, n, key="token_ids") for reader, n in self._parts]
-        if any(i is None for i in ids):
-            return None
-        return np.concatenate([i.numpy() for i in ids])  # type: ignore[union-attr]
+        return self.per_token("token_ids")
+
+    def doc_ids(self) -> np.ndarray | None:
+        """Document ids [N] where the producer saved them, else None."""
+        return self.per_token("doc_ids")
 
     def _read(self, reader: Any, start: int, stop: int, key: str = "acts") -> Any:
         if isinstance(reader, Path):

@@ -75,3 +75,17 @@ def test_encode_codes_matches_dense_encode():
     np.testing.assert_allclose(codes.toarray(), sae.encode(acts).numpy(), rtol=1e-6)
     with pytest.raises(SaegeoError, match="d_in"):
         sg.encode_codes(sae, torch.randn(4, 5), progress=False)
+
+
+def test_slice_is_a_view_across_shards(tmp_path):
+    acts = torch.randn(100, 4)
+    writer = sg.ShardWriter(tmp_path / "s", 4, shard_tokens=30)
+    writer.add(acts, doc_ids=torch.arange(100, dtype=torch.int32) // 10)
+    store = writer.close()
+    part = store.slice(25, 75)
+    assert part.n_tokens == 50
+    torch.testing.assert_close(torch.cat(list(part.iter_batches(batch_size=7))), acts[25:75])
+    np.testing.assert_array_equal(part.doc_ids(), np.arange(25, 75) // 10)
+    torch.testing.assert_close(store.slice(90).read(), acts[90:])
+    with pytest.raises(SaegeoError, match="row range"):
+        store.slice(50, 10)

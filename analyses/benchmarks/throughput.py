@@ -1,0 +1,207 @@
+"""Throughput of saegeo's heavy steps on this machine, beside what its hardware can do.
+
+Each figure is a function that returns a dict of named numbers; ``main`` runs the figures
+asked for, prints them and, with ``--json``, writes them to a file.
+
+- ``harvest``: tokens/s of ``saegeo.harvest`` on the packaged SmolLM2-135M at a middle layer,
+  the FLOP rate that implies (2 x parameters of blocks 0..layer per token; the embedding is a
+  lookup and the blocks after the hook never run), and this machine's own matmul throughput
+  (float32, and the dtype the model computes in) timed in the same run.
+
+- ``train``: training tokens/s of ``saegeo.train`` per architecture and width at d_in=576 on
+  toy activations, the dense-equivalent FLOP rate (12·d_in·width per token: forward and
+  backward of a dense encoder and decoder), and this machine's float32 matmul throughput timed
+  in the same run.
+
+Usage::
+
+    python analyses/benchmarks/throughput.py [--figures harvest] [--tokens 20000] [--layer 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saegeo.harvest import DEFAULT_MODEL, decoder_blocks, harvest, load_model
+
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, *, n: int = 2048, seconds: float = 2.0):
+    """Best GFLOP/s of an [n, n] @ [n, n] matmul in ``dtype`` over about ``seconds``."""
+    a_NN = torch.randn(n, n).to(dtype)
+    b_NN = torch.randn(n, n).to(dtype)
+    for _ in range(2):
+        a_NN @ b_NN
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a_NN @ b_NN
+        best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def harvest_throughput(
+    *,
+    model: str = DEFAULT_MODEL,
+    layer: int | None = None,
+    tokens: int = 20_000,
+    context: int = 128,
+    batch_size: int = 16,
+    model_dtype: str = "auto",
+    repeats: int = 2,
+) -> dict[str, Any]:
+    """Harvest tokens/s (best of ``repeats``) and its FLOP rate against this machine's matmul."""
+    started = time.perf_counter()
+    lm = load_model(model, device="cpu", model_dtype=model_dtype)
+    load_s = time.perf_counter() - started
+    _, blocks = decoder_blocks(lm.model)
+    layer = len(blocks) // 2 if layer is None else layer
+    block_params = sum(p.numel() for block in blocks[: layer + 1] for p in block.parameters())
+    compute_dtype = next(lm.model.parameters()).dtype
+
+    gflops_before = {dt: matmul_gflops(dt) for dt in {torch.float32, compute_dtype}}
+    with tempfile.TemporaryDirectory() as tmp:
+        options = dict(
+            layer=layer,
+            context=context,
+            batch_size=batch_size,
+            progress=False,
+            tokenizer=lm.tokenizer,
+        )
+        harvest(
+            lm.model, None, Path(tmp, "warmup"), max_tokens=batch_size * (context - 1), **options
+        )
+        best = 0.0
+        for repeat in range(repeats):
+            start = time.perf_counter()
+            store = harvest(lm.model, None, Path(tmp, f"run{repeat}"), max_tokens=tokens, **options)
+            best = max(best, store.n_tokens / (time.perf_counter() - start))
+    gflops = {dt: max(gflops_before[dt], matmul_gflops(dt)) for dt in gflops_before}
+
+    model_gflops = 2 * block_params * best / 1e9
+    return {
+        "model": lm.name,
+        "layer": layer,
+        "n_layers": len(blocks),
+        "context": context,
+        "batch_size": batch_size,
+        "model_dtype": str(compute_dtype).removeprefix("torch."),
+        "tokens": tokens,
+        "tokens_per_s": round(best),
+        "block_params_up_to_layer": block_params,
+        "model_gflop_per_s": round(model_gflops, 1),
+        "matmul_float32_gflop_per_s": round(gflops[torch.float32], 1),
+        "matmul_model_dtype_gflop_per_s": round(gflops[compute_dtype], 1),
+        "model_over_matmul_float32": round(model_gflops / gflops[torch.float32], 3),
+        "model_over_matmul_model_dtype": round(model_gflops / gflops[compute_dtype], 3),
+        "model_load_s": round(load_s, 1),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+
+
+def train_throughput(
+    *,
+    d_in: int = 576,
+    widths: tuple[int, ...] = (576, 4608),
+    archs: tuple[str, ...] = (
+        "topk",
+        "batchtopk",
+        "relu",
+        "matryoshka_batchtopk",
+        "matryoshka_relu",
+        "matching_pursuit",
+    ),
+    k: int = 32,
+    batch_size: int = 4096,
+    steps: int = 4,
+    pursuit_steps: int = 2,
+) -> dict[str, Any]:
+    """Training tokens/s per architecture and width, against this machine's matmul rate.
+
+    Activations come from a toy hierarchy (5120 features, mean L0 about 36) in ``d_in``
+    dimensions; each run trains ``steps`` batches (``pursuit_steps`` for matching pursuit),
+    timed without initialisation or evaluation.
+    """
+    from saegeo.toy import ToyConfig, make_toy_model
+    from saegeo.train import TrainConfig, train_sae
+
+    toy = make_toy_model(
+        ToyConfig(n_roots=1024, branching=4, depth=1, d=d_in, root_prob=0.02, child_prob=0.2)
+    )
+    store = toy.to_store(batch_size * (steps + 1))
+    gflops_before = matmul_gflops(torch.float32)
+    results: dict[str, Any] = {"d_in": d_in, "k": k, "batch_size": batch_size}
+    for arch in archs:
+        for width in widths:
+            n_steps = pursuit_steps if arch == "matching_pursuit" else steps
+            config = TrainConfig(
+                arch=arch,  # type: ignore[arg-type]
+                width=width,
+                k=k,
+                tokens=n_steps * batch_size,
+                batch_size=batch_size,
+                eval_tokens=0,
+                device="cpu",
+                progress=False,
+            )
+            _, report = train_sae(store, config)
+            results[f"{arch}_{width}_tokens_per_s"] = round(report.tokens_per_second)
+            dense_gflops = 12 * d_in * width * report.tokens_per_second / 1e9
+            results[f"{arch}_{width}_dense_equiv_gflop_per_s"] = round(dense_gflops, 1)
+    gflops = max(gflops_before, matmul_gflops(torch.float32))
+    results["matmul_float32_gflop_per_s"] = round(gflops, 1)
+    results["torch_threads"] = torch.get_num_threads()
+    results["load_average_1min"] = round(os.getloadavg()[0], 2)
+    return results
+
+
+FIGURES: dict[str, Callable[..., dict[str, Any]]] = {
+    "harvest": harvest_throughput,
+    "train": train_throughput,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--figures", default=",".join(FIGURES), help=f"comma-separated, from {sorted(FIGURES)}"
+    )
+    parser.add_argument("--tokens", type=int, default=20_000, help="tokens per harvest run")
+    parser.add_argument("--layer", type=int, default=None, help="hooked block (middle)")
+    parser.add_argument("--batch-size", type=int, default=16, help="contexts per forward")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default torch's choice)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    results = {}
+    for name in args.figures.split(","):
+        if name == "harvest":
+            results[name] = harvest_throughput(
+                layer=args.layer, tokens=args.tokens, batch_size=args.batch_size
+            )
+        else:
+            results[name] = FIGURES[name]()
+        print(f"[{name}]")
+        for key, value in results[name].items():
+            print(f"  {key:34s} {value}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

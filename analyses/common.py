@@ -1,0 +1,71 @@
+"""Inputs shared by the analysis scripts: the demo family when built, else a toy family."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+import saegeo as sg
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "reports" / "demo"
+
+
+def toy_family(
+    arch: str,
+    widths: Sequence[int],
+    *,
+    k: int = 8,
+    d: int = 64,
+    branching: int = 4,
+    n_tokens: int = 100_000,
+    train_tokens: int = 200_000,
+    seed: int = 0,
+) -> tuple[sg.Family, torch.Tensor]:
+    """SAEs of ``widths`` trained on a two-level toy hierarchy, and the activations."""
+    toy = sg.make_toy_model(
+        sg.ToyConfig(
+            n_roots=48,
+            branching=branching,
+            depth=1,
+            d=d,
+            root_prob=0.04,
+            child_prob=0.25,
+            magnitude_std=0.3,
+            noise_std=0.02,
+            seed=seed,
+        )
+    )
+    store = toy.to_store(n_tokens, seed=seed)
+    config = sg.TrainConfig(
+        arch=arch,
+        k=k,
+        tokens=train_tokens,
+        batch_size=1024,  # type: ignore[arg-type]
+        eval_tokens=16_384,
+        seed=seed,
+        progress=False,
+    )
+    return sg.train_family(store, list(widths), config).family, store.read()
+
+
+def load_inputs(
+    args: argparse.Namespace, toy: tuple[str, Sequence[int]]
+) -> tuple[sg.Family, torch.Tensor, str]:
+    """``--family``/``--acts`` if given, else the demo family, else a toy family ``toy``."""
+    if args.family:
+        if not args.acts:
+            sys.exit(f"{sys.argv[0]}: --family needs --acts")
+        family, acts_path = sg.Family.load(args.family), Path(args.acts)
+    elif (DEMO / "family").exists() and (DEMO / "acts").exists():
+        family, acts_path = sg.Family.load(DEMO / "family"), DEMO / "acts"
+    else:
+        arch, widths = toy
+        family, acts = toy_family(arch, widths)
+        return family, acts[: args.tokens], f"toy {arch} family (no demo family found)"
+    acts = sg.ActivationStore.open(acts_path).read(limit=args.tokens)
+    return family, acts, f"{', '.join(family.names)} on {acts_path}"

@@ -1,0 +1,193 @@
+"""SAE training losses as pure functions: tensors in, tensors out.
+
+Reconstruction error is ``||x - x_hat||²`` summed over d_in and averaged over tokens (the
+MSE of the design document). Sparsity penalties weight each latent by its decoder norm, so
+that shrinking a decoder row cannot buy a smaller penalty:
+
+- ``l1``: ``Σ_i |f_i|·||d_i||``;
+- ``log`` (seed 004): ``Σ_i log(|f_i|·||d_i|| + ε)``, computed as
+  ``Σ_i log(1 + |f_i|·||d_i||/ε)``, which differs by the constant ``F·log ε`` and has the same
+  gradient, so an inactive latent costs nothing.
+
+The Matryoshka loss (seed 004) averages the loss of every prefix ``0:p_j`` of the latents, with
+one forward pass: the contribution of each group of latents between consecutive prefix ends is
+decoded once and the prefix reconstructions are their cumulative sums.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple, get_args
+
+import torch
+
+from saegeo.errors import SaegeoError
+
+Sparsity = Literal["l1", "log", "none"]
+SPARSITIES: tuple[str, ...] = get_args(Sparsity)
+LOG_EPS = 0.1
+
+
+def squared_error(x_BD: torch.Tensor, x_hat_BD: torch.Tensor) -> torch.Tensor:
+    """Squared reconstruction error per token [B], summed over d_in."""
+    return (x_hat_BD - x_BD).pow(2).sum(dim=-1)
+
+
+def mse_loss(x_BD: torch.Tensor, x_hat_BD: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of ``||x - x_hat||²``: the design document's MSE."""
+    return squared_error(x_BD, x_hat_BD).mean()
+
+
+def sparsity_per_latent(
+    acts_BF: torch.Tensor,
+    dec_norm_F: torch.Tensor,
+    kind: Sparsity = "log",
+    *,
+    eps: float = LOG_EPS,
+) -> torch.Tensor:
+    """Penalty of each activation [B, F]: ``|f|·||d||`` (l1) or ``log(1 + |f|·||d||/ε)`` (log)."""
+    if kind not in SPARSITIES:
+        raise SaegeoError(f"sparsity must be one of {SPARSITIES}, got {kind!r}")
+    scaled_BF = acts_BF.abs() * dec_norm_F
+    if kind == "l1":
+        return scaled_BF
+    if kind == "log":
+        return torch.log1p(scaled_BF / eps)
+    return torch.zeros_like(scaled_BF)
+
+
+def sparsity_loss(
+    acts_BF: torch.Tensor,
+    dec_norm_F: torch.Tensor,
+    kind: Sparsity = "log",
+    *,
+    eps: float = LOG_EPS,
+) -> torch.Tensor:
+    """Sparsity penalty summed over latents and averaged over tokens (a scalar)."""
+    return sparsity_per_latent(acts_BF, dec_norm_F, kind, eps=eps).sum(dim=-1).mean()
+
+
+class MatryoshkaLoss(NamedTuple):
+    """The Matryoshka loss and its parts."""
+
+    loss: torch.Tensor
+    """Mean over prefixes of ``mse_p + coefficient·sparsity_p`` (a scalar)."""
+    mse: torch.Tensor
+    """MSE of each prefix's reconstruction [P], shortest prefix first."""
+    sparsity: torch.Tensor
+    """Sparsity penalty of each prefix's latents [P]."""
+
+
+def check_bounds(bounds: torch.Tensor | list[int], width: int) -> torch.Tensor:
+    """Prefix bounds ``[0, p_0, ..., p_last = width]`` as int64, checked strictly increasing."""
+    bounds_P1 = torch.as_tensor(bounds, dtype=torch.long).reshape(-1)
+    if (
+        bounds_P1.numel() < 2
+        or int(bounds_P1[0]) != 0
+        or int(bounds_P1[-1]) != width
+        or not bool((bounds_P1[1:] > bounds_P1[:-1]).all())
+    ):
+        raise SaegeoError(
+            f"prefix bounds must rise strictly from 0 to the width {width}, got "
+            f"{bounds_P1.tolist()}"
+        )
+    return bounds_P1
+
+
+def prefix_reconstructions(
+    acts_BF: torch.Tensor,
+    W_dec_FD: torch.Tensor,
+    b_dec_D: torch.Tensor,
+    bounds: torch.Tensor | list[int],
+) -> torch.Tensor:
+    """Reconstructions [P, B, D] from each prefix ``0:bounds[j+1]`` of the latents.
+
+    Each group ``bounds[j]:bounds[j+1]`` is decoded once; a cumulative sum over groups gives
+    the prefixes, so the cost is one decode whatever the number of prefixes.
+    """
+    bounds_P1 = check_bounds(bounds, W_dec_FD.shape[0])
+    groups = [
+        acts_BF[:, start:stop] @ W_dec_FD[start:stop]
+        for start, stop in zip(bounds_P1[:-1].tolist(), bounds_P1[1:].tolist(), strict=True)
+    ]
+    return torch.stack(groups).cumsum(dim=0) + b_dec_D
+
+
+def matryoshka_loss(
+    x_BD: torch.Tensor,
+    acts_BF: torch.Tensor,
+    W_dec_FD: torch.Tensor,
+    b_dec_D: torch.Tensor,
+    bounds: torch.Tensor | list[int],
+    *,
+    sparsity: Sparsity = "log",
+    coefficient: float = 0.0,
+    eps: float = LOG_EPS,
+) -> MatryoshkaLoss:
+    """Seed 004's Matryoshka loss, averaged (not summed) over the P prefixes.
+
+    ``bounds`` is ``[0, p_0, ..., p_{P-1} = width]``. Averaging keeps the meaning of the
+    sparsity coefficient and the learning rate independent of the number of prefixes.
+    """
+    x_hat_PBD = prefix_reconstructions(acts_BF, W_dec_FD, b_dec_D, bounds)
+    mse_P = (x_hat_PBD - x_BD).pow(2).sum(dim=-1).mean(dim=-1)
+    bounds_P1 = check_bounds(bounds, W_dec_FD.shape[0])
+    penalty_F = sparsity_per_latent(acts_BF, W_dec_FD.norm(dim=-1), sparsity, eps=eps).mean(0)
+    group_sums = [
+        penalty_F[start:stop].sum()
+        for start, stop in zip(bounds_P1[:-1].tolist(), bounds_P1[1:].tolist(), strict=True)
+    ]
+    sparsity_P = torch.stack(group_sums).cumsum(dim=0)
+    loss = (mse_P + coefficient * sparsity_P).mean()
+    return MatryoshkaLoss(loss=loss, mse=mse_P, sparsity=sparsity_P)
+
+
+def default_matryoshka_widths(width: int, levels: int = 4) -> list[int]:
+    """Nested widths by halving: ``[width/2^(levels-1), ..., width/2, width]``."""
+    widths = sorted({max(1, width >> shift) for shift in range(levels)})
+    return widths
+
+
+def pareto_prefix_bounds(
+    width: int,
+    n_prefixes: int,
+    *,
+    min_prefix: int = 1,
+    power: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Bounds ``[0, p_0, ..., width]`` of ``n_prefixes`` prefixes, the last one whole.
+
+    The ``n_prefixes - 1`` shorter prefix ends j are drawn without replacement from
+    ``[min_prefix, width)`` with probability ∝ ``(j - m + 1)^power - (j - m)^power``
+    (m = min_prefix), a truncated Pareto law that favours short prefixes (seed 004's sampling).
+    """
+    if not 1 <= n_prefixes <= width - min_prefix + 1 or min_prefix < 1:
+        raise SaegeoError(
+            f"pareto prefixes: need 1 <= n_prefixes <= width - min_prefix + 1 and min_prefix "
+            f">= 1, got n_prefixes={n_prefixes}, width={width}, min_prefix={min_prefix}"
+        )
+    if n_prefixes == 1:
+        return torch.tensor([0, width])
+    steps = torch.arange(width - min_prefix + 1, dtype=torch.float64)
+    weights = (steps[1:] ** power - steps[:-1] ** power).float()
+    cuts = torch.multinomial(weights, n_prefixes - 1, replacement=False, generator=generator)
+    cuts = (cuts + min_prefix).sort().values
+    return torch.cat([torch.tensor([0]), cuts, torch.tensor([width])])
+
+
+def topk_activations(pre_BF: torch.Tensor, k: int) -> torch.Tensor:
+    """Dense TopK activations [B, F]: the k largest of relu(pre) per token, zeros elsewhere."""
+    top = pre_BF.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(pre_BF).scatter(-1, top.indices, top.values.relu())
+
+
+def batch_topk_activations(pre_BF: torch.Tensor, k: float) -> torch.Tensor:
+    """Dense BatchTopK activations [B, F]: the ``k·B`` largest of relu(pre) over the batch."""
+    flat = pre_BF.relu().flatten()
+    top = flat.topk(int(k * pre_BF.shape[0]), sorted=False)
+    return torch.zeros_like(flat).scatter(-1, top.indices, top.values).reshape(pre_BF.shape)
+
+
+def auxk_loss(residual_BD: torch.Tensor, aux_recon_BD: torch.Tensor, scale: float) -> torch.Tensor:
+    """Aux-k loss: how well dead latents reconstruct the detached residual, times ``scale``."""
+    return scale * squared_error(residual_BD.detach(), aux_recon_BD).mean()
