@@ -160,6 +160,7 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
         args.out,
         layer=args.layer,
         context=args.context,
+        skip_first=args.skip_first,
         batch_size=args.batch_size,
         max_tokens=args.tokens,
         dtype=args.dtype,
@@ -361,6 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=128,
         help="tokens per model input, BOS included (default %(default)s)",
+    )
+    p.add_argument(
+        "--skip-first",
+        type=int,
+        default=1,
+        help="text tokens at the start of each context run but not stored: the first position "
+        "often holds a massive attention-sink activation (default %(default)s)",
     )
     p.add_argument(
         "--batch-size", type=int, default=16, help="contexts per forward pass (default %(default)s)"

@@ -34,6 +34,8 @@ class DemoSettings:
     """Tokens of packaged BBC news to harvest."""
     context: int = 128
     """Tokens per model input."""
+    skip_first: int = 1
+    """Text tokens at the start of each context left out (see saegeo.harvest)."""
     arch: TrainArch = "topk"
     """Training architecture of the family (see saegeo.train)."""
     k: int = 32
@@ -90,7 +92,7 @@ def demo_data(
     stamp_path = root / "settings.json"
     stamp = settings.as_dict()
     previous = json.loads(stamp_path.read_text()) if stamp_path.exists() else None
-    harvest_keys = ("model", "layer", "tokens", "context")
+    harvest_keys = ("model", "layer", "tokens", "context", "skip_first")
     if previous is not None and any(previous.get(k) != stamp[k] for k in harvest_keys):
         _remove(store_dir)
         _remove(family_dir)
@@ -109,6 +111,7 @@ def demo_data(
             store_dir,
             layer=settings.layer,
             context=settings.context,
+            skip_first=settings.skip_first,
             max_tokens=settings.tokens,
             progress=progress,
         )

@@ -11,10 +11,11 @@ stops the forward pass, so the final norm and the unembedding never run.
 followed by the tokenizer's EOS token as separator (it belongs to the document it ends). The
 stream is cut into contexts of ``context - 1`` text tokens; each is fed to the model after the
 tokenizer's BOS token, and the BOS position is not stored (it is the same vector in every
-context, and an outlier in norm). So every stored token saw between 1 and ``context - 1``
-tokens of text before it. The last incomplete context of a source is dropped. Contexts depend
-only on the tokenizer, the source and ``context``, so an interrupted harvest resumes exactly
-where its last complete shard ended.
+context, and an outlier in norm); neither are the first ``skip_first`` text tokens (default 1),
+whose position often carries a massive "attention sink" activation. So every stored token saw
+between ``skip_first + 1`` and ``context - 1`` tokens of text before it. The last incomplete
+context of a source is dropped. Contexts depend only on the tokenizer, the source and
+``context``, so an interrupted harvest resumes exactly where its last complete shard ended.
 
 **Store.** Shards hold ``acts`` [n, d_model], ``token_ids`` [n] (int32) and ``doc_ids`` [n]
 (int32, positions in the text source); ``meta.json`` records the model, hook, contexts, text
@@ -63,6 +64,7 @@ RESUME_KEYS = (
     "gguf_file",
     "layer",
     "context",
+    "skip_first",
     "prepend_bos",
     "model_dtype",
     "text_source",
@@ -263,6 +265,7 @@ def harvest(
     gguf_file: str | None = None,
     tokenizer: Any = None,
     model_dtype: str = "auto",
+    skip_first: int = 1,
     text_source: str | None = None,
     shard_tokens: int = 65536,
     progress: bool = True,
@@ -281,7 +284,11 @@ def harvest(
         out: the store directory to write (or resume).
         layer: the block whose output is stored, 0-based; ``None`` is the middle block
             (``n_layers // 2``).
-        context: tokens per model input, BOS included (``context - 1`` are stored).
+        context: tokens per model input, BOS included.
+        skip_first: text tokens at the start of each context that are run but not stored
+            (``context - 1 - skip_first`` are stored per context). The first position after
+            BOS often carries a massive activation (an attention sink, here up to 100× the
+            typical norm) that would dominate every squared error; 0 stores them all.
         batch_size: contexts per forward pass.
         max_tokens: stop after this many stored tokens (``None``: the whole source).
         dtype: the stored dtype, ``"float16"``, ``"bfloat16"`` or ``"float32"``.
@@ -298,8 +305,13 @@ def harvest(
     """
     if dtype not in DTYPES:
         raise SaegeoError(f"--dtype {dtype}: choose one of {sorted(DTYPES)}")
-    if context < 2:
-        raise SaegeoError(f"--context {context}: must be at least 2 (BOS plus one token)")
+    if skip_first < 0:
+        raise SaegeoError(f"--skip-first {skip_first}: must be at least 0")
+    if context < 2 + skip_first:
+        raise SaegeoError(
+            f"--context {context}: must be at least {2 + skip_first} (BOS, {skip_first} "
+            "skipped tokens and one stored token)"
+        )
     if batch_size < 1:
         raise SaegeoError(f"--batch-size {batch_size}: must be at least 1")
     if max_tokens is not None and max_tokens < 1:
@@ -328,6 +340,7 @@ def harvest(
         raise SaegeoError(f"model {lm.name}: its tokenizer has neither a BOS nor an EOS token")
     d_model = int(lm.model.config.get_text_config().hidden_size)
     n_text = context - 1
+    n_stored = n_text - skip_first
     meta = _harvest_meta(
         lm,
         text_spec,
@@ -335,11 +348,12 @@ def harvest(
         layer=layer,
         n_layers=n_layers,
         context=context,
+        skip_first=skip_first,
         bos=bos,
         d_model=d_model,
     )
     _check_resumable(out, meta)
-    shard_tokens = max(1, shard_tokens // n_text) * n_text
+    shard_tokens = max(1, shard_tokens // n_stored) * n_stored
     writer = ShardWriter(out, d_model, dtype=dtype, shard_tokens=shard_tokens, meta=meta)
     _save_tokenizer(lm.tokenizer, out / TOKENIZER_DIR)
 
@@ -348,8 +362,8 @@ def harvest(
     if done >= target:
         logger.info("%s already holds %d tokens (asked for %s)", out, done, max_tokens)
         return writer.close(**meta)
-    first_context, skip = divmod(done, n_text)
-    last_context = None if max_tokens is None else math.ceil(max_tokens / n_text)
+    first_context, skip = divmod(done, n_stored)
+    last_context = None if max_tokens is None else math.ceil(max_tokens / n_stored)
     contexts = itertools.islice(
         iter_contexts(lm.tokenizer, source, n_text), first_context, last_context
     )
@@ -372,7 +386,8 @@ def harvest(
             doc_ids_BT = torch.from_numpy(np.stack([docs for _, docs in batch]))
             bos_B1 = torch.full((len(batch), 1), bos, dtype=token_ids_BT.dtype)
             input_ids_BT = torch.cat([bos_B1, token_ids_BT], dim=1).to(device_of_model)
-            acts_BTD = _hooked_forward(lm.model, blocks[layer], input_ids_BT)[:, 1:]
+            acts_BTD = _hooked_forward(lm.model, blocks[layer], input_ids_BT)[:, 1 + skip_first :]
+            token_ids_BT, doc_ids_BT = token_ids_BT[:, skip_first:], doc_ids_BT[:, skip_first:]
             keep = slice(skip, skip + int(min(target - done, token_ids_BT.numel() - skip)))
             skip = 0
             acts_BD = acts_BTD.reshape(-1, d_model)[keep]
@@ -459,6 +474,7 @@ def _harvest_meta(
     layer: int,
     n_layers: int,
     context: int,
+    skip_first: int,
     bos: int,
     d_model: int,
 ) -> dict[str, Any]:
@@ -482,7 +498,8 @@ def _harvest_meta(
             + (" before the final norm" if layer == n_layers - 1 else "")
         ),
         "context": context,
-        "tokens_per_context": context - 1,
+        "tokens_per_context": context - 1 - skip_first,
+        "skip_first": skip_first,
         "prepend_bos": True,
         "bos_token_id": bos,
         "bos_stored": False,

@@ -46,8 +46,7 @@ class Report:
     def figure(self, fig: go.Figure, *, height: str = "480px") -> None:
         # plotly.js goes inline once, with the first figure, so the page works offline.
         self.parts.append(
-            fig.to_html(full_html=False, include_plotlyjs=self._figures == 0,
-                        default_height=height)
+            fig.to_html(full_html=False, include_plotlyjs=self._figures == 0, default_height=height)
         )
         self._figures += 1
 

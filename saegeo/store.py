@@ -165,8 +165,9 @@ class ActivationStore:
             if lo < hi:
                 parts.append((reader, first + lo, hi - lo))
             offset += n
-        return ActivationStore(parts, self.d_in, meta=self.meta,
-                               source=f"{self.source}[{start}:{stop}]")
+        return ActivationStore(
+            parts, self.d_in, meta=self.meta, source=f"{self.source}[{start}:{stop}]"
+        )
 
     def per_token(self, key: str) -> np.ndarray | None:
         """A per-token array [N] saved beside the activations (``token_ids``, ``doc_ids``), or

@@ -58,7 +58,16 @@ def texts() -> list[str]:
 
 def run(tiny_lm, texts, out, **kwargs) -> ActivationStore:
     model, tokenizer = tiny_lm
-    options = {"layer": 0, "context": 16, "batch_size": 4, "progress": False, "dtype": "float32"}
+    # skip_first=0 stores every text token, which keeps the layout arithmetic below simple;
+    # test_skip_first_leaves_out_the_first_positions covers the default.
+    options = {
+        "layer": 0,
+        "context": 16,
+        "batch_size": 4,
+        "progress": False,
+        "dtype": "float32",
+        "skip_first": 0,
+    }
     return harvest(model, texts, out, tokenizer=tokenizer, **{**options, **kwargs})
 
 
@@ -258,3 +267,18 @@ def test_packaged_model_matches_its_hidden_states(tmp_path):
     with torch.no_grad():
         hidden_BTD = lm.model(input_ids=input_ids_BT, output_hidden_states=True).hidden_states[16]
     torch.testing.assert_close(store.read(), hidden_BTD[:, 1:].reshape(-1, 576))
+
+
+def test_skip_first_leaves_out_the_first_positions(tiny_lm, texts, tmp_path):
+    model, _ = tiny_lm
+    full = run(tiny_lm, texts, tmp_path / "all", max_tokens=60)
+    skipped = run(tiny_lm, texts, tmp_path / "skip", skip_first=2, max_tokens=52)
+    assert skipped.meta["tokens_per_context"] == 13 and skipped.meta["skip_first"] == 2
+    # Same contexts: each stored context is the full one without its first two positions.
+    full_BTD, skipped_BTD = full.read().reshape(4, 15, 32), skipped.read().reshape(4, 13, 32)
+    torch.testing.assert_close(skipped_BTD, full_BTD[:, 2:])
+    np.testing.assert_array_equal(
+        skipped.token_ids().reshape(4, 13), full.token_ids().reshape(4, 15)[:, 2:]
+    )
+    with pytest.raises(SaegeoError, match="--context"):
+        run(tiny_lm, texts, tmp_path / "bad", context=3, skip_first=2)
