@@ -102,6 +102,9 @@ def frankenstein_png() -> Path:
     fig = frankenstein_figure(
         comparison, path, title="Frankenstein SAEs vs the original widths (held-out MSE)"
     )
+    # Unrefit stitches err by orders of magnitude more than the rest: a log scale keeps the
+    # originals and the refit Frankensteins apart.
+    fig.update_yaxes(type="log")
     return render_png(fig, ASSETS / "frankenstein.png")
 
 
