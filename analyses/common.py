@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,3 +72,37 @@ def load_inputs(
         return family, acts[: args.tokens], f"toy {arch} family (no demo family found)"
     acts = sg.ActivationStore.open(acts_path).read(limit=args.tokens)
     return family, acts, f"{', '.join(family.names)} on {acts_path}"
+
+
+def screenshot(
+    html_path: Path, png_path: Path, *, width: int, height: int, budget_ms: int = 10_000
+) -> Path:
+    """Render a standalone HTML page to ``png_path`` with headless Chromium (no network)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        sys.exit("chromium not found; install it (apt-get install chromium)")
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--hide-scrollbars",
+                f"--virtual-time-budget={budget_ms}",
+                f"--screenshot={png_path}",
+                f"--window-size={width},{height}",
+                html_path.resolve().as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
+    return png_path

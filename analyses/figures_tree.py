@@ -14,12 +14,10 @@ Needs ``chromium`` on PATH (Debian: ``apt-get install chromium``) for the PNG.
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
+from common import screenshot
 
 import saegeo as sg
 from saegeo.figures import save_html, tree_figure
@@ -77,36 +75,6 @@ def toy_family(seed: int = 0) -> tuple[sg.Family, sg.ActivationStore, dict[str, 
     return sg.Family(saes), toy.to_store(4000, seed=seed), labels
 
 
-def screenshot(html_path: Path, png_path: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        raise SystemExit("chromium not found; install it (apt-get install chromium)")
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run(
-            [
-                chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                "--hide-scrollbars",
-                "--virtual-time-budget=5000",
-                f"--screenshot={png_path}",
-                "--window-size=1200,800",
-                html_path.resolve().as_uri(),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "assets" / "tree.png")
@@ -120,7 +88,7 @@ def main() -> None:
     fig = tree_figure(trees[0], labels=labels)
     fig.update_layout(width=1200, height=800)
     save_html(fig, args.html)
-    screenshot(args.html, args.out)
+    screenshot(args.html, args.out, width=1200, height=800, budget_ms=5000)
     print(f"wrote {args.html} and {args.out}")
 
 

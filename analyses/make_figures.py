@@ -16,7 +16,6 @@ Needs ``chromium`` on PATH (Debian: ``apt-get install chromium``). ``make figure
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
+from common import screenshot
 
 from saegeo.novelty import FamilyNovelty
 from saegeo.plots import frankenstein_figure, novelty_figure
@@ -42,37 +42,12 @@ def run(script: str, *args: str) -> None:
 
 def render_png(fig: go.Figure, png_path: Path) -> Path:
     """Screenshot ``fig`` (plotly.js embedded, no network) with headless Chromium."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        sys.exit("chromium not found; install it (apt-get install chromium)")
     width, height = int(fig.layout.width or 1100), int(fig.layout.height or 520)
     png_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         html = Path(tmp) / "figure.html"
         fig.write_html(html, include_plotlyjs=True, full_html=True, config={"staticPlot": True})
-        subprocess.run(
-            [
-                chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={Path(tmp) / 'profile'}",
-                "--hide-scrollbars",
-                "--virtual-time-budget=10000",
-                f"--screenshot={png_path}",
-                f"--window-size={width},{height}",
-                html.as_uri(),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=180,
-        )
-    return png_path
+        return screenshot(html, png_path, width=width, height=height)
 
 
 def novelty_png(pair: int) -> Path:
