@@ -33,6 +33,12 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
     return "–" if value is None else format(float(value), spec)
 
 
+def _plain(text: str) -> str:
+    """Text safe inside plotly's HTML-like labels: quotes stay as they are, since plotly
+    does not decode &quot; and would show it literally."""
+    return html.escape(text, quote=False)
+
+
 def _short(text: str) -> str:
     return text if len(text) <= _LABEL_CHARS else text[: _LABEL_CHARS - 1] + "…"
 
@@ -76,18 +82,18 @@ def tree_figure(
         parent = next(iter(T.predecessors(node)), None)
         ids.append(nid)
         parents.append("" if parent is None else node_id(parent))
-        texts.append(nid if not label else f"{nid}<br>{html.escape(_short(str(label)))}")
+        texts.append(nid if not label else f"{nid}<br>{_plain(_short(str(label)))}")
         scores.append(data.get("score"))
         others = ", ".join(f"{pid} ({s:.2f})" for pid, s in data.get("other_parents", []))
         custom.append(
             [
                 nid,
-                f"{data.get('width', '?')} ({html.escape(str(data.get('source', '')))})",
+                f"{data.get('width', '?')} ({_plain(str(data.get('source', '')))})",
                 _fmt(data.get("score"), ".3f") if data.get("score") is not None else "root",
                 _fmt(data.get("freq")),
                 _fmt(data.get("max_act")),
                 others or "–",
-                html.escape(str(label)) if label else "–",
+                _plain(str(label)) if label else "–",
             ]
         )
     known = [s for s in scores if s is not None]
@@ -124,9 +130,7 @@ def tree_figure(
         threshold = T.graph.get("threshold")
         rule = f"{metric} > {threshold:g}" if threshold is not None else metric
         title = f"Feature tree {node_id(root)} — widths {widths} — {rule}"
-    fig.update_layout(
-        title={"text": html.escape(title)}, margin={"t": 50, "l": 10, "r": 10, "b": 10}
-    )
+    fig.update_layout(title={"text": _plain(title)}, margin={"t": 50, "l": 10, "r": 10, "b": 10})
     return fig
 
 
@@ -170,7 +174,7 @@ def cosine_heatmap(
     def tick(level_: int, feature: int) -> str:
         nid = node_id((level_, feature))
         label = by_id.get(nid)
-        return nid if not label else f"{nid} {html.escape(_short(label))}"
+        return nid if not label else f"{nid} {_plain(_short(label))}"
 
     x = [tick(level, int(i)) for i in small]
     y = [tick(level + 1, int(j)) for j in large]
@@ -189,7 +193,7 @@ def cosine_heatmap(
         )
     )
     fig.update_layout(
-        title={"text": html.escape(title or f"Decoder cosine, level {level} vs {level + 1}")},
+        title={"text": _plain(title or f"Decoder cosine, level {level} vs {level + 1}")},
         xaxis={"title": {"text": f"level {level} (narrower)"}, "type": "category"},
         yaxis={
             "title": {"text": f"level {level + 1} (wider)"},
