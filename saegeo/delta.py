@@ -49,6 +49,7 @@ from saegeo.devices import resolve_device
 from saegeo.errors import SaegeoError
 from saegeo.hybrid import TopkMode, hybrid, output_scale, prepare_pair, rebase
 from saegeo.metrics import evaluate
+from saegeo.pursuit import StopRules, apply_atoms
 from saegeo.sae import SAE
 from saegeo.store import ActivationStore, as_store
 
@@ -147,6 +148,7 @@ def _pursuit(
     n_rows, d_in = residual_RD.shape
     n_atoms = W_SD.shape[0] + (extra_RD is not None)
     iterations = d_in if sae.max_iterations is None else sae.max_iterations
+    rules = StopRules(sae.residual_threshold, iterations, sae.stop_on_duplicate_support)
     residual_RD = residual_RD.clone()
     acts_RS = torch.zeros(n_rows, n_atoms, dtype=residual_RD.dtype, device=residual_RD.device)
     watched_RL = None
@@ -171,17 +173,7 @@ def _pursuit(
         atom_RD = W_SD[idx_R.clamp(max=W_SD.shape[0] - 1)]
         if extra is not None:
             atom_RD = torch.where((idx_R == W_SD.shape[0])[:, None], extra, atom_RD)
-        coef_R = (residual_RD * atom_RD).sum(dim=-1).relu()
-        prior_R = acts_RS[rows_R, idx_R]
-        acts_RS[rows_R, idx_R] = prior_R + coef_R
-        residual_RD -= coef_R[:, None] * atom_RD
-        # A row whose coefficient is 0 never changes again; support only grows, so "support
-        # unchanged" is "coefficient 0 or atom already in the support" (see saegeo.pursuit).
-        finished_R = coef_R == 0
-        if sae.stop_on_duplicate_support:
-            finished_R |= prior_R != 0
-        if sae.residual_threshold > 0:
-            finished_R |= residual_RD.norm(dim=-1) < sae.residual_threshold
+        _, finished_R = apply_atoms(residual_RD, atom_RD, idx_R, rows_R, acts_RS, rules)
         keep_R = (~finished_R).nonzero().squeeze(1)
         if keep_R.numel() == 0:
             break

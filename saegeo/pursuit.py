@@ -269,7 +269,19 @@ def _step(
     its coefficient is 0: its residual then stays as it is, so every later iteration picks the
     same atom with coefficient 0 and changes nothing.
     """
-    atom_BD = W_dec_FD.index_select(0, idx_B)
+    return apply_atoms(residual_BD, W_dec_FD.index_select(0, idx_B), idx_B, rows_B, acts_BF, rules)
+
+
+def apply_atoms(
+    residual_BD: torch.Tensor,
+    atom_BD: torch.Tensor,
+    idx_B: torch.Tensor,
+    rows_B: torch.Tensor,
+    acts_BF: torch.Tensor,
+    rules: StopRules,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_step` with the selected atoms [rows, d_in] given (for callers whose atoms do not
+    all come from one matrix): (coef_B, finished_B), residual and codes updated in place."""
     coef_B = (residual_BD * atom_BD).sum(dim=-1).relu()
     prior_B = acts_BF[rows_B, idx_B]
     acts_BF[rows_B, idx_B] = prior_B + coef_B
