@@ -167,6 +167,7 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
         device=args.device,
         gguf_file=args.gguf_file,
         model_dtype=args.model_dtype,
+        compile={"auto": None, "yes": True, "no": False}[args.compile],
         progress=sys.stderr.isatty(),
     )
     meta = store.meta
@@ -388,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="store directory; re-running resumes it")
     p.add_argument("--device", default="auto", help="torch device (default %(default)s)")
+    p.add_argument(
+        "--compile",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="torch.compile the blocks that run; auto: on a CPU, for 100k tokens or more",
+    )
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.set_defaults(func=_cmd_harvest)
 

