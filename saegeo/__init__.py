@@ -17,8 +17,11 @@ from saegeo.family import Family
 from saegeo.formats import load_sae, save_sae
 from saegeo.frankenstein import (
     FrankensteinReport,
+    FrankensteinSteps,
+    compare_frankensteins,
     frankenstein,
     frankenstein_curve,
+    frankenstein_steps,
     plan_frankenstein,
 )
 from saegeo.hybrid import hybrid
@@ -44,6 +47,7 @@ __all__ = [
     "Family",
     "FormatError",
     "FrankensteinReport",
+    "FrankensteinSteps",
     "Metrics",
     "Refit",
     "SaegeoError",
@@ -54,6 +58,7 @@ __all__ = [
     "TrainConfig",
     "TrainReport",
     "classify",
+    "compare_frankensteins",
     "concat",
     "decoder_cosine",
     "decoder_cosine_pairs",
@@ -66,6 +71,7 @@ __all__ = [
     "forest",
     "frankenstein",
     "frankenstein_curve",
+    "frankenstein_steps",
     "hybrid",
     "interpolation_path",
     "load_sae",

@@ -354,21 +354,24 @@ def _frankenstein_section(
     report_dir: Path,
     progress: bool,
 ) -> None:
-    from saegeo.atomic import write_json
+    import pandas as pd
+
+    from saegeo.atomic import write_json, write_text
     from saegeo.formats import save_sae
-    from saegeo.frankenstein import frankenstein, frankenstein_curve
+    from saegeo.frankenstein import compare_frankensteins, frankenstein_steps
     from saegeo.plots import frankenstein_figure
 
-    fit = fit.slice(0, 50_000)
-    comparison = _cached_csv(
-        report_dir / "frankenstein_comparison.csv",
-        lambda: frankenstein_curve(family, fit, eval_acts=held_out, progress=progress),
-    )
+    comparison_path = report_dir / "frankenstein_comparison.csv"
     stitched_dir = report_dir / "frankenstein"
-    if not stitched_dir.exists():
-        stitched, report = frankenstein(family, fit, progress=progress)
-        save_sae(stitched, stitched_dir)
-        write_json(report_dir / "frankenstein_report.json", report.to_dict())
+    if comparison_path.exists() and stitched_dir.exists():
+        comparison = pd.read_csv(comparison_path)
+    else:
+        # One stitching pass gives the Frankenstein up to every width; the widest is saved.
+        stitched = frankenstein_steps(family, fit.slice(0, 50_000), progress=progress)
+        comparison = compare_frankensteins(family, stitched, held_out, progress=progress)
+        save_sae(stitched.saes[-1], stitched_dir)
+        write_json(report_dir / "frankenstein_report.json", stitched.report.to_dict())
+        write_text(comparison_path, comparison.to_csv(index=False))
     page.text(
         "Starting from the narrowest SAE, every feature of each wider SAE whose largest "
         "decoder cosine to the features already in is at most 0.7 is added; the decoder is "

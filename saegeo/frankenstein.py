@@ -327,6 +327,17 @@ def _union(members: list[SAE], features: Sequence[Feature]) -> tuple[SAE, dict[F
     return union, {f: i for i, f in enumerate(ordered)}
 
 
+class FrankensteinSteps(NamedTuple):
+    """A Frankenstein SAE after every member's step (see :func:`frankenstein_steps`)."""
+
+    saes: tuple[SAE, ...]
+    """The refit Frankenstein after each step, narrowest first (unrefit for ``"none"``)."""
+    unrefit: tuple[SAE, ...]
+    """The same features with the decoders of their own SAEs, before any refit."""
+    report: FrankensteinReport
+    """The report of the last step's Frankenstein; its rows cover every step."""
+
+
 def frankenstein(
     family: Family | Sequence[SAE],
     acts: Acts,
@@ -358,6 +369,89 @@ def frankenstein(
         >>> sae, report = sg.frankenstein(fam, "acts.npy", threshold=0.7)  # doctest: +SKIP
         >>> report.to_frame()[["source", "added", "n_features", "mse_after"]]  # doctest: +SKIP
     """
+    stitched = _stitch(
+        family,
+        acts,
+        every_step=False,
+        threshold=threshold,
+        upto=upto,
+        swap=swap,
+        retrain=retrain,
+        ridge=ridge,
+        sgd_tokens=sgd_tokens,
+        sgd_lr=sgd_lr,
+        checkpoint=checkpoint,
+        batch_size=batch_size,
+        limit=limit,
+        device=device,
+        progress=progress,
+    )
+    return stitched.saes[-1], stitched.report
+
+
+def frankenstein_steps(
+    family: Family | Sequence[SAE],
+    acts: Acts,
+    *,
+    threshold: float = 0.7,
+    upto: int | None = None,
+    swap: bool = False,
+    retrain: Retrain = "exact",
+    ridge: float = 1e-6,
+    sgd_tokens: int | None = None,
+    sgd_lr: float = 1e-3,
+    batch_size: int = 4096,
+    limit: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+) -> FrankensteinSteps:
+    """The Frankenstein SAE after every step, each refit: ``saes[i]`` is
+    ``frankenstein(..., upto=family.widths[i])``, from one stitching pass.
+
+    The plan of a step depends only on the steps before it, so the Frankenstein up to member
+    ``i`` is the full one's step ``i``; additive members share one pass over ``acts`` for every
+    step's exact refit. With ``retrain="sgd"`` each step is trained on its own. Arguments as
+    for :func:`frankenstein`.
+    """
+    return _stitch(
+        family,
+        acts,
+        every_step=True,
+        threshold=threshold,
+        upto=upto,
+        swap=swap,
+        retrain=retrain,
+        ridge=ridge,
+        sgd_tokens=sgd_tokens,
+        sgd_lr=sgd_lr,
+        checkpoint=None,
+        batch_size=batch_size,
+        limit=limit,
+        device=device,
+        progress=progress,
+    )
+
+
+def _stitch(
+    family: Family | Sequence[SAE],
+    acts: Acts,
+    *,
+    every_step: bool,
+    threshold: float,
+    upto: int | None,
+    swap: bool,
+    retrain: Retrain,
+    ridge: float,
+    sgd_tokens: int | None,
+    sgd_lr: float,
+    checkpoint: str | os.PathLike[str] | None,
+    batch_size: int,
+    limit: int | None,
+    device: str | torch.device,
+    progress: bool,
+) -> FrankensteinSteps:
+    """The stitching behind :func:`frankenstein` (``every_step=False``: SGD trains only the
+    last step, whose SAE ends ``saes``) and :func:`frankenstein_steps`."""
     if retrain not in RETRAINS:
         raise SaegeoError(f"retrain must be one of {', '.join(RETRAINS)}, got {retrain!r}")
     family = family if isinstance(family, Family) else Family(list(family))
@@ -377,10 +471,10 @@ def frankenstein(
         "progress": progress,
     }
     nan = Metrics(math.nan, math.nan, math.nan, math.nan, 0, torch.zeros(0))
+    unrefit = [union.select([position[f] for f in step.features]) for step in steps]
+    refit: list[SAE | None] = [None] * len(steps)
     rows: list[tuple[Metrics, Metrics]] = []
     refit_seconds, method = 0.0, "none"
-    last = len(steps) - 1
-    result: SAE | None = None
     if union.arch in ADDITIVE_ARCHS:
         # Codes of additive features do not depend on each other: one pass serves every step.
         start = time.perf_counter()
@@ -396,37 +490,53 @@ def frankenstein(
                 W_new, b_new, method = solve_decoder(sub, W_dec, b_out, ridge=ridge)
                 refit_seconds += time.perf_counter() - start
                 after = sub.metrics(W_new, b_new)
-                if k == last:
-                    result = with_decoder(union.select(idx), W_new, b_new)
+                refit[k] = with_decoder(unrefit[k], W_new, b_new)
             rows.append((before, after))
     else:
-        for step in steps:
-            sae = union.select([position[f] for f in step.features])
+        for k, sae in enumerate(unrefit):
             if retrain == "exact":
-                refit = refit_exact(sae, store, ridge=ridge, **options)
-                refit_seconds += refit.seconds
-                method = refit.method
-                rows.append((refit.before, _evaluate(refit.sae, store, options)))
-                result = refit.sae
+                exact = refit_exact(sae, store, ridge=ridge, **options)
+                refit_seconds += exact.seconds
+                method = exact.method
+                rows.append((exact.before, _evaluate(exact.sae, store, options)))
+                refit[k] = exact.sae
             else:
                 rows.append((_evaluate(sae, store, options), nan))
-    final = union.select([position[f] for f in steps[-1].features])
     if retrain == "sgd":
-        refit = refit_sgd(
-            final, store, tokens=sgd_tokens, lr=sgd_lr, checkpoint=checkpoint, **options
-        )
-        refit_seconds, method, result = refit.seconds, refit.method, refit.sae
-        after = refit.after if final.arch in ADDITIVE_ARCHS else _evaluate(result, store, options)
-        rows[-1] = (rows[-1][0], after)
-    if result is None:
-        result = final
+        refit_seconds, method = 0.0, "adam"
+        for k in range(len(steps)) if every_step else [len(steps) - 1]:
+            trained = refit_sgd(
+                unrefit[k],
+                store,
+                tokens=sgd_tokens,
+                lr=sgd_lr,
+                checkpoint=checkpoint,
+                **options,
+            )
+            refit_seconds += trained.seconds
+            method, refit[k] = trained.method, trained.sae
+            after = (
+                trained.after
+                if unrefit[k].arch in ADDITIVE_ARCHS
+                else _evaluate(trained.sae, store, options)
+            )
+            rows[k] = (rows[k][0], after)
     sources = tuple(family[m].name for m in range(len(steps)))
-    result = result.to("cpu").replace(
-        metadata={
-            "name": f"frankenstein-{result.width}",
-            "sources": list(sources),
-            "frankenstein": {"threshold": threshold, "swap": swap, "retrain": retrain},
-        }
+    settings = {"threshold": threshold, "swap": swap, "retrain": retrain}
+
+    def named(sae: SAE, n_members: int, suffix: str = "") -> SAE:
+        return sae.to("cpu").replace(
+            metadata={
+                "name": f"frankenstein-{sae.width}{suffix}",
+                "sources": list(sources[:n_members]),
+                "frankenstein": settings,
+            }
+        )
+
+    saes = tuple(
+        named(sae if sae is not None else unrefit[k], k + 1)
+        for k, sae in enumerate(refit)
+        if every_step or k == len(steps) - 1
     )
     report = FrankensteinReport(
         threshold=float(threshold),
@@ -442,7 +552,12 @@ def frankenstein(
         refit_seconds=refit_seconds,
         refit_method=method,
     )
-    return result, report
+    unrefit_named = tuple(
+        named(sae, k + 1, "-unrefit")
+        for k, sae in enumerate(unrefit)
+        if every_step or k == len(steps) - 1
+    )
+    return FrankensteinSteps(saes, unrefit_named, report)
 
 
 def frankenstein_curve(
@@ -463,33 +578,67 @@ def frankenstein_curve(
     """Seed 003's comparison: Frankenstein SAEs stitched up to each width vs the members.
 
     For every width of the family a Frankenstein is stitched from the members up to it and
-    refit on ``acts`` (see :func:`frankenstein`); it, the same SAE before its refit, and every
-    original member are evaluated on ``eval_acts`` (default ``acts``: training error). Pass
-    held-out activations for a fair comparison, since the refit fits ``acts``.
+    refit on ``acts`` (:func:`frankenstein_steps`, one stitching pass); see
+    :func:`compare_frankensteins` for the frame it returns. Pass held-out ``eval_acts`` for a
+    fair comparison, since the refit fits ``acts`` (default: evaluated on ``acts``).
+    """
+    stitched = frankenstein_steps(
+        family,
+        acts,
+        threshold=threshold,
+        swap=swap,
+        retrain=retrain,
+        ridge=ridge,
+        sgd_tokens=sgd_tokens,
+        batch_size=batch_size,
+        limit=limit,
+        device=device,
+        progress=progress,
+    )
+    return compare_frankensteins(
+        family,
+        stitched,
+        acts if eval_acts is None else eval_acts,
+        batch_size=batch_size,
+        limit=limit if eval_acts is None else None,
+        device=device,
+        progress=progress,
+    )
+
+
+def compare_frankensteins(
+    family: Family | Sequence[SAE],
+    stitched: FrankensteinSteps,
+    eval_acts: Acts,
+    *,
+    batch_size: int = 4096,
+    limit: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Every member and every step of ``stitched`` (refit and not), evaluated on ``eval_acts``.
 
     Returns a long DataFrame, one row per SAE: ``kind`` (``original``, ``frankenstein`` or
-    ``unrefit``), ``name``, ``upto`` (widest member used), ``n_features``, ``l0``, ``mse``,
-    ``fvu``, ``nearest`` (the member whose width is nearest to ``n_features``, in log scale)
-    and ``mse_vs_nearest`` (MSE over that member's MSE).
+    ``unrefit``), ``name``, ``upto`` (width of the widest member used), ``n_features``,
+    ``l0``, ``mse``, ``fvu``, ``nearest`` (the member whose width is nearest to
+    ``n_features``, in log scale) and ``mse_vs_nearest`` (MSE over that member's MSE).
     """
     family = family if isinstance(family, Family) else Family(list(family))
-    store = as_store(acts)
-    eval_store = store if eval_acts is None else as_store(eval_acts)
-    torch_device = resolve_device(device)
+    eval_store = as_store(eval_acts)
     options: dict[str, Any] = {
         "batch_size": batch_size,
-        "device": torch_device,
+        "device": resolve_device(device),
         "progress": progress,
+        "limit": limit,
     }
-    eval_options: dict[str, Any] = {**options, "limit": limit if eval_acts is None else None}
     records: list[dict[str, Any]] = []
 
-    def record(kind: str, name: str, upto: int, sae: SAE) -> None:
-        metrics = _evaluate(sae, eval_store, eval_options)
+    def record(kind: str, upto: int, sae: SAE) -> None:
+        metrics = _evaluate(sae, eval_store, options)
         records.append(
             {
                 "kind": kind,
-                "name": name,
+                "name": sae.name,
                 "upto": upto,
                 "n_features": sae.width,
                 "l0": metrics.l0,
@@ -499,28 +648,12 @@ def frankenstein_curve(
         )
 
     for member in family:
-        record("original", member.name, member.width, member)
-    for width in sorted(set(family.widths)):
-        sae, report = frankenstein(
-            family,
-            store,
-            threshold=threshold,
-            upto=width,
-            swap=swap,
-            retrain=retrain,
-            ridge=ridge,
-            sgd_tokens=sgd_tokens,
-            limit=limit,
-            **options,
-        )
-        n_members = len(report.sources)
-        members = prepare_members(
-            family, n_members, store, batch_size=batch_size, limit=limit, device=torch_device
-        )
-        union, position = _union(members, report.provenance)
-        unrefit = union.select([position[f] for f in report.provenance])
-        record("frankenstein", sae.name, width, sae)
-        record("unrefit", f"{sae.name}-unrefit", width, unrefit)
+        record("original", member.width, member)
+    for step, sae, unrefit in zip(
+        stitched.report.steps, stitched.saes, stitched.unrefit, strict=True
+    ):
+        record("frankenstein", step.width, sae)
+        record("unrefit", step.width, unrefit)
     frame = pd.DataFrame.from_records(records)
     originals = frame[frame["kind"] == "original"]
     log_widths = np.log(originals["n_features"].to_numpy(dtype=float))

@@ -3,6 +3,7 @@ evaluation, the interpolation path against a naive reference, saving, and the CL
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -18,6 +19,7 @@ from saegeo.frankenstein import (
     FrankensteinReport,
     frankenstein,
     frankenstein_curve,
+    frankenstein_steps,
     plan_frankenstein,
 )
 from saegeo.interpolation import _pair_steps, interpolation_path
@@ -235,6 +237,48 @@ def test_bad_arguments():
         frankenstein(family, torch.randn(10, D + 1), **CPU)
     with pytest.raises(SaegeoError, match="matching-pursuit"):
         frankenstein([family[0], toy_family("matching_pursuit")[1]], x, **CPU)
+
+
+@pytest.mark.parametrize(
+    ("arch", "retrain"),
+    [("jumprelu", "exact"), ("topk", "exact"), ("matching_pursuit", "exact"), ("relu", "none")],
+)
+def test_steps_equal_one_frankenstein_per_width(arch, retrain):
+    family, x = toy_family(arch), toy_acts(400)
+    stitched = frankenstein_steps(family, x, retrain=retrain, **CPU)
+    assert len(stitched.saes) == len(stitched.unrefit) == len(family)
+    for i, member in enumerate(family):
+        sae, report = frankenstein(family, x, upto=member.width, retrain=retrain, **CPU)
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            torch.testing.assert_close(getattr(stitched.saes[i], name), getattr(sae, name))
+        assert stitched.saes[i].metadata == sae.metadata
+        assert stitched.unrefit[i].width == sae.width
+        assert same_step(stitched.report.steps[i], report.steps[-1])
+    assert all(map(same_step, stitched.report.steps, report.steps))
+    assert stitched.report.provenance == report.provenance
+
+
+def same_step(a, b) -> bool:
+    """Step reports equal, their metrics up to float rounding (sums over other unions)."""
+    a, b = dataclasses.asdict(a), dataclasses.asdict(b)
+    floats = [k for k, v in a.items() if isinstance(v, float)]
+    rounded = {k: v for k, v in a.items() if k not in floats}
+    return rounded == {k: v for k, v in b.items() if k not in floats} and all(
+        a[k] == pytest.approx(b[k], rel=1e-6, nan_ok=True) for k in floats
+    )
+
+
+def test_steps_train_every_step_with_sgd():
+    family, x = toy_family(), toy_acts(400)
+    stitched = frankenstein_steps(family, x, retrain="sgd", sgd_tokens=800, **CPU)
+    assert stitched.report.refit_method == "adam"
+    for step, sae, unrefit in zip(
+        stitched.report.steps, stitched.saes, stitched.unrefit, strict=True
+    ):
+        assert math.isfinite(step.mse_after)
+        assert not torch.equal(sae.W_dec, unrefit.W_dec)
+    _, report = frankenstein(family, x, retrain="sgd", sgd_tokens=800, **CPU)
+    assert math.isnan(report.steps[0].mse_after) and math.isfinite(report.steps[-1].mse_after)
 
 
 def test_frankenstein_curve_compares_each_width_with_the_members():
