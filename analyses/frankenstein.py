@@ -26,7 +26,7 @@ from common import ROOT, load_inputs
 
 from saegeo.atomic import write_text
 from saegeo.figures import save_html
-from saegeo.frankenstein import frankenstein_curve
+from saegeo.frankenstein_curve import frankenstein_curve
 from saegeo.interpolation import interpolation_path
 from saegeo.plots import frankenstein_figure
 

@@ -16,14 +16,13 @@ from saegeo.errors import FormatError, SaegeoError, ShapeError
 from saegeo.family import Family
 from saegeo.formats import load_sae, save_sae
 from saegeo.frankenstein import (
-    FrankensteinReport,
     FrankensteinSteps,
-    compare_frankensteins,
     frankenstein,
-    frankenstein_curve,
     frankenstein_steps,
     plan_frankenstein,
 )
+from saegeo.frankenstein_curve import compare_frankensteins, frankenstein_curve
+from saegeo.frankenstein_report import FrankensteinReport
 from saegeo.hybrid import hybrid
 from saegeo.interpolation import interpolation_path
 from saegeo.masked_cosine import masked_cosine

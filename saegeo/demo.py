@@ -358,7 +358,8 @@ def _frankenstein_section(
 
     from saegeo.atomic import write_json, write_text
     from saegeo.formats import save_sae
-    from saegeo.frankenstein import compare_frankensteins, frankenstein_steps
+    from saegeo.frankenstein import frankenstein_steps
+    from saegeo.frankenstein_curve import compare_frankensteins
     from saegeo.plots import frankenstein_figure
 
     comparison_path = report_dir / "frankenstein_comparison.csv"

@@ -17,6 +17,9 @@ depend on the whole dictionary (see :mod:`saegeo.refit` for what a refit keeps t
 
 :func:`saegeo.interpolation.interpolation_path` draws seed 003's curve between two widths.
 
+:func:`saegeo.frankenstein_curve.frankenstein_curve` compares the Frankenstein up to each width
+with the members; :mod:`saegeo.frankenstein_report` holds the report.
+
 ``saegeo.frankenstein`` (the package attribute) is the function; import this module's other
 names with ``from saegeo.frankenstein import ...``.
 """
@@ -28,17 +31,15 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any, Literal, NamedTuple, get_args
 
-import numpy as np
-import pandas as pd
 import torch
 
 from saegeo.classify import swap_groups
 from saegeo.devices import resolve_device
 from saegeo.errors import SaegeoError, ShapeError
 from saegeo.family import Family
+from saegeo.frankenstein_report import Feature, FrankensteinReport, StepReport
 from saegeo.metrics import Metrics, evaluate
 from saegeo.refit import (
     Acts,
@@ -55,10 +56,6 @@ from saegeo.store import ActivationStore, as_store
 
 Retrain = Literal["exact", "sgd", "none"]
 RETRAINS: tuple[str, ...] = get_args(Retrain)
-REPORT_SCHEMA = "saegeo.frankenstein_report.v1"
-
-Feature = tuple[int, int]
-"""A feature of a family: (member index, feature index in that member)."""
 
 
 # --------------------------------------------------------------------------- the plan
@@ -172,114 +169,6 @@ def plan_frankenstein(
             )
         )
     return steps
-
-
-# --------------------------------------------------------------------------- the report
-
-
-@dataclass(frozen=True)
-class StepReport:
-    """One row of a Frankenstein report: a member's step and the SAE after it."""
-
-    source: str
-    """Name of the member."""
-    width: int
-    """The member's width."""
-    offered: int
-    """Member features considered (all of them)."""
-    added: int
-    """Novel features added."""
-    swapped_in: int
-    """Member features swapped in."""
-    swapped_out: int
-    """Frankenstein features swapped out."""
-    n_features: int
-    """Width of the Frankenstein after this step."""
-    mse_before: float
-    """MSE of the Frankenstein after this step, before its decoder refit."""
-    fvu_before: float
-    """FVU before the refit."""
-    l0_before: float
-    """Mean L0 before the refit."""
-    mse_after: float
-    """MSE after refitting this step's Frankenstein (NaN where it was not refit)."""
-    fvu_after: float
-    """FVU after the refit (NaN where it was not refit)."""
-    l0_after: float
-    """Mean L0 after the refit (NaN where it was not refit)."""
-
-
-@dataclass(frozen=True)
-class FrankensteinReport:
-    """How a Frankenstein SAE was stitched and how well each stage reconstructs.
-
-    Every step is refit for ``retrain="exact"``; for ``"sgd"`` only the last (the returned
-    SAE); for ``"none"`` none. For matching pursuit the "after" columns come from re-encoding
-    with the refit dictionary.
-    """
-
-    threshold: float
-    """Decoder-cosine threshold: a feature is added iff its max cosine is <= this."""
-    swap: bool
-    """Whether swap groups were swapped in."""
-    retrain: str
-    """``exact``, ``sgd`` or ``none``."""
-    n_tokens: int
-    """Tokens of the activations the metrics and the refit used."""
-    steps: tuple[StepReport, ...]
-    """One row per member, narrowest first."""
-    sources: tuple[str, ...]
-    """Names of the members used, narrowest first (indices of ``provenance``)."""
-    provenance: tuple[Feature, ...]
-    """(member index, feature index) of each feature of the returned SAE, in order."""
-    refit_seconds: float
-    """Wall time of the refit (the exact pass and solves, or the SGD steps)."""
-    refit_method: str
-    """``cholesky``, ``lstsq``, ``adam`` or ``none``."""
-
-    def to_frame(self) -> pd.DataFrame:
-        """The steps as a DataFrame, one row per member."""
-        return pd.DataFrame([asdict(step) for step in self.steps])
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (NaN written as null) with schema ``REPORT_SCHEMA``."""
-        return {
-            "schema": REPORT_SCHEMA,
-            "threshold": self.threshold,
-            "swap": self.swap,
-            "retrain": self.retrain,
-            "n_tokens": self.n_tokens,
-            "refit_seconds": self.refit_seconds,
-            "refit_method": self.refit_method,
-            "sources": list(self.sources),
-            "steps": [{k: _json_number(v) for k, v in asdict(step).items()} for step in self.steps],
-            "provenance": [list(f) for f in self.provenance],
-        }
-
-    @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> FrankensteinReport:
-        """The report that :meth:`to_dict` wrote."""
-        if doc.get("schema") != REPORT_SCHEMA:
-            raise SaegeoError(f"not a Frankenstein report (schema {doc.get('schema')!r})")
-        steps = []
-        for step in doc["steps"]:
-            fields: dict[str, Any] = {k: math.nan if v is None else v for k, v in step.items()}
-            steps.append(StepReport(**fields))
-        return cls(
-            threshold=doc["threshold"],
-            swap=doc["swap"],
-            retrain=doc["retrain"],
-            n_tokens=doc["n_tokens"],
-            steps=tuple(steps),
-            sources=tuple(doc["sources"]),
-            provenance=tuple((int(m), int(j)) for m, j in doc["provenance"]),
-            refit_seconds=doc["refit_seconds"],
-            refit_method=doc["refit_method"],
-        )
-
-
-def _json_number(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 # --------------------------------------------------------------------------- the builder
@@ -558,109 +447,6 @@ def _stitch(
         if every_step or k == len(steps) - 1
     )
     return FrankensteinSteps(saes, unrefit_named, report)
-
-
-def frankenstein_curve(
-    family: Family | Sequence[SAE],
-    acts: Acts,
-    *,
-    eval_acts: Acts | None = None,
-    threshold: float = 0.7,
-    swap: bool = False,
-    retrain: Retrain = "exact",
-    ridge: float = 1e-6,
-    sgd_tokens: int | None = None,
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Seed 003's comparison: Frankenstein SAEs stitched up to each width vs the members.
-
-    For every width of the family a Frankenstein is stitched from the members up to it and
-    refit on ``acts`` (:func:`frankenstein_steps`, one stitching pass); see
-    :func:`compare_frankensteins` for the frame it returns. Pass held-out ``eval_acts`` for a
-    fair comparison, since the refit fits ``acts`` (default: evaluated on ``acts``).
-    """
-    stitched = frankenstein_steps(
-        family,
-        acts,
-        threshold=threshold,
-        swap=swap,
-        retrain=retrain,
-        ridge=ridge,
-        sgd_tokens=sgd_tokens,
-        batch_size=batch_size,
-        limit=limit,
-        device=device,
-        progress=progress,
-    )
-    return compare_frankensteins(
-        family,
-        stitched,
-        acts if eval_acts is None else eval_acts,
-        batch_size=batch_size,
-        limit=limit if eval_acts is None else None,
-        device=device,
-        progress=progress,
-    )
-
-
-def compare_frankensteins(
-    family: Family | Sequence[SAE],
-    stitched: FrankensteinSteps,
-    eval_acts: Acts,
-    *,
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Every member and every step of ``stitched`` (refit and not), evaluated on ``eval_acts``.
-
-    Returns a long DataFrame, one row per SAE: ``kind`` (``original``, ``frankenstein`` or
-    ``unrefit``), ``name``, ``upto`` (width of the widest member used), ``n_features``,
-    ``l0``, ``mse``, ``fvu``, ``nearest`` (the member whose width is nearest to
-    ``n_features``, in log scale) and ``mse_vs_nearest`` (MSE over that member's MSE).
-    """
-    family = family if isinstance(family, Family) else Family(list(family))
-    eval_store = as_store(eval_acts)
-    options: dict[str, Any] = {
-        "batch_size": batch_size,
-        "device": resolve_device(device),
-        "progress": progress,
-        "limit": limit,
-    }
-    records: list[dict[str, Any]] = []
-
-    def record(kind: str, upto: int, sae: SAE) -> None:
-        metrics = _evaluate(sae, eval_store, options)
-        records.append(
-            {
-                "kind": kind,
-                "name": sae.name,
-                "upto": upto,
-                "n_features": sae.width,
-                "l0": metrics.l0,
-                "mse": metrics.mse,
-                "fvu": metrics.fvu,
-            }
-        )
-
-    for member in family:
-        record("original", member.width, member)
-    for step, sae, unrefit in zip(
-        stitched.report.steps, stitched.saes, stitched.unrefit, strict=True
-    ):
-        record("frankenstein", step.width, sae)
-        record("unrefit", step.width, unrefit)
-    frame = pd.DataFrame.from_records(records)
-    originals = frame[frame["kind"] == "original"]
-    log_widths = np.log(originals["n_features"].to_numpy(dtype=float))
-    nearest = [int(np.argmin(np.abs(log_widths - math.log(n)))) for n in frame["n_features"]]
-    frame["nearest"] = originals["name"].to_numpy()[nearest]
-    frame["mse_vs_nearest"] = frame["mse"].to_numpy() / originals["mse"].to_numpy()[nearest]
-    return frame
 
 
 def _evaluate(sae: SAE, store: ActivationStore, options: dict[str, Any]) -> Metrics:

@@ -112,7 +112,7 @@ def frankenstein_figure(
 ) -> go.Figure:
     """MSE against features and against L0: originals, Frankenstein SAEs, interpolation paths.
 
-    ``comparison`` is :func:`saegeo.frankenstein.frankenstein_curve`'s frame and ``path``
+    ``comparison`` is :func:`saegeo.frankenstein_curve.frankenstein_curve`'s frame and ``path``
     :func:`saegeo.interpolation.interpolation_path`'s.
     """
     fig = make_subplots(rows=1, cols=2, subplot_titles=("MSE vs features", "MSE vs L0"))

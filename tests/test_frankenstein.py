@@ -1,5 +1,7 @@
 """Frankenstein SAEs: the stitching plan's semantics, the metrics of every step against direct
-evaluation, the interpolation path against a naive reference, saving, and the CLI."""
+evaluation, the curve against the members (saegeo.frankenstein_curve), the report
+(saegeo.frankenstein_report), the interpolation path against a naive reference, saving, and
+the CLI."""
 
 from __future__ import annotations
 
@@ -15,13 +17,9 @@ from saegeo.classify import swap_groups
 from saegeo.cli import main
 from saegeo.errors import SaegeoError
 from saegeo.formats import load_sae, save_sae
-from saegeo.frankenstein import (
-    FrankensteinReport,
-    frankenstein,
-    frankenstein_curve,
-    frankenstein_steps,
-    plan_frankenstein,
-)
+from saegeo.frankenstein import frankenstein, frankenstein_steps, plan_frankenstein
+from saegeo.frankenstein_curve import frankenstein_curve
+from saegeo.frankenstein_report import FrankensteinReport
 from saegeo.interpolation import _pair_steps, interpolation_path
 from saegeo.metrics import evaluate
 from saegeo.sae import SAE, concat
