@@ -8,6 +8,9 @@ asked for, prints them and, with ``--json``, writes them to a file.
   its own), the FLOP rate that implies (2 x parameters of blocks 0..layer per token; the
   embedding is a lookup and the blocks after the hook never run), and this machine's own
   matmul throughput (float32, and the dtype the model computes in) timed in the same run.
+  Uncompiled and compiled runs alternate, with a matmul timing after each pair, so that load
+  from other jobs falls on all three alike; each rate is given as the best and the median of
+  ``repeats`` runs (the matmul rate is a best, so ``*_flops_over_matmul`` uses best rates).
 
 - ``train``: training tokens/s of ``saegeo.train`` per architecture and width at d_in=576 on
   toy activations, the dense-equivalent FLOP rate (12·d_in·width per token: forward and
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -57,9 +61,9 @@ def harvest_throughput(
     context: int = 128,
     batch_size: int = 16,
     model_dtype: str = "auto",
-    repeats: int = 2,
+    repeats: int = 4,
 ) -> dict[str, Any]:
-    """Harvest tokens/s (best of ``repeats``), uncompiled and compiled, beside the matmul rate.
+    """Harvest tokens/s, best and median of ``repeats``, uncompiled and compiled, vs matmul.
 
     ``*_flops_over_matmul`` is the model's FLOP rate over this machine's matmul rate in the
     dtype the model computes in.
@@ -72,8 +76,8 @@ def harvest_throughput(
     block_params = sum(p.numel() for block in blocks[: layer + 1] for p in block.parameters())
     compute_dtype = next(lm.model.parameters()).dtype
 
-    gflops_before = {dt: matmul_gflops(dt) for dt in {torch.float32, compute_dtype}}
-    best = {False: 0.0, True: 0.0}
+    gflops = {dt: matmul_gflops(dt) for dt in {torch.float32, compute_dtype}}
+    rates: dict[bool, list[float]] = {False: [], True: []}
     compile_s = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         options = dict(
@@ -95,7 +99,6 @@ def harvest_throughput(
             )
             if compiled:
                 compile_s = time.perf_counter() - start
-        # Alternate the two so that load from other jobs falls on both alike.
         for repeat in range(repeats):
             for compiled in (False, True):
                 start = time.perf_counter()
@@ -107,9 +110,11 @@ def harvest_throughput(
                     compile=compiled,
                     **options,
                 )
-                rate = store.n_tokens / (time.perf_counter() - start)
-                best[compiled] = max(best[compiled], rate)
-    gflops = {dt: max(gflops_before[dt], matmul_gflops(dt)) for dt in gflops_before}
+                rates[compiled].append(store.n_tokens / (time.perf_counter() - start))
+            for dt in gflops:
+                gflops[dt] = max(gflops[dt], matmul_gflops(dt, seconds=0.5))
+    best = {compiled: max(runs) for compiled, runs in rates.items()}
+    median = {compiled: statistics.median(runs) for compiled, runs in rates.items()}
 
     def over_matmul(tokens_per_s: float) -> float:
         return round(2 * block_params * tokens_per_s / 1e9 / gflops[compute_dtype], 3)
@@ -125,8 +130,11 @@ def harvest_throughput(
         "block_params_up_to_layer": block_params,
         "matmul_float32_gflop_per_s": round(gflops[torch.float32], 1),
         "matmul_model_dtype_gflop_per_s": round(gflops[compute_dtype], 1),
+        "repeats": repeats,
         "tokens_per_s_uncompiled": round(best[False]),
         "tokens_per_s_compiled": round(best[True]),
+        "tokens_per_s_uncompiled_median": round(median[False]),
+        "tokens_per_s_compiled_median": round(median[True]),
         "compiled_over_uncompiled": round(best[True] / best[False], 3),
         "uncompiled_flops_over_matmul": over_matmul(best[False]),
         "compiled_flops_over_matmul": over_matmul(best[True]),
@@ -207,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=20_000, help="tokens per harvest run")
     parser.add_argument("--layer", type=int, default=None, help="hooked block (middle)")
     parser.add_argument("--batch-size", type=int, default=16, help="contexts per forward")
+    parser.add_argument("--repeats", type=int, default=4, help="harvest runs of each kind")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default torch's choice)"
     )
@@ -220,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.figures.split(","):
         if name == "harvest":
             results[name] = harvest_throughput(
-                layer=args.layer, tokens=args.tokens, batch_size=args.batch_size
+                layer=args.layer,
+                tokens=args.tokens,
+                batch_size=args.batch_size,
+                repeats=args.repeats,
             )
         else:
             results[name] = FIGURES[name]()
