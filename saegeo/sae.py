@@ -10,13 +10,15 @@ from typing import Any, Literal, get_args
 import torch
 
 from saegeo.errors import SaegeoError, ShapeError
-from saegeo.pursuit import matching_pursuit
+from saegeo.pursuit import choose_method, matching_pursuit
 
 Arch = Literal["relu", "jumprelu", "topk", "matching_pursuit"]
 Normalization = Literal["none", "expected_average_only_in", "constant_norm_rescale", "layer_norm"]
 ARCHS: tuple[str, ...] = get_args(Arch)
 NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 ADDITIVE_ARCHS = ("relu", "jumprelu")
+GRAM_CACHE_BYTES = 2**30
+"""Largest matching-pursuit Gram matrix an SAE keeps between ``encode`` calls."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -215,12 +217,14 @@ class SAE:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latent activations [batch, width] for inputs ``x`` [batch, d_in], as SAELens computes."""
         if self.arch == "matching_pursuit":
+            sae_in_BD = self.sae_in(x)
             return matching_pursuit(
-                self.sae_in(x),
+                sae_in_BD,
                 self.W_dec,
                 residual_threshold=self.residual_threshold,
                 max_iterations=self.max_iterations,
                 stop_on_duplicate_support=self.stop_on_duplicate_support,
+                gram_FF=self._pursuit_gram(sae_in_BD.reshape(-1, self.d_in).shape[0]),
             )
         pre_BF = self.pre_acts(x)
         if self.arch == "relu":
@@ -231,6 +235,30 @@ class SAE:
         assert self.k is not None
         top = pre_BF.topk(self.k, dim=-1, sorted=False)
         return torch.zeros_like(pre_BF).scatter_(-1, top.indices, top.values.relu())
+
+    def _pursuit_gram(self, rows: int) -> torch.Tensor | None:
+        """``W_dec W_decᵀ`` [width, width] for encoding ``rows`` inputs by matching pursuit.
+
+        Built when the pursuit would build it anyway (``method="auto"`` picks the Gram route
+        for ``rows``) and kept while ``W_dec`` is unchanged (same storage, no in-place change),
+        so that encoding a store batch by batch builds it once. None: leave it to the pursuit.
+        """
+        W_dec_FD = self.W_dec
+        try:
+            key = (W_dec_FD.data_ptr(), W_dec_FD._version, W_dec_FD.device, W_dec_FD.dtype)
+        except RuntimeError:  # inference tensors keep no version counter
+            return None
+        cached = getattr(self, "_gram_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        iterations = self.d_in if self.max_iterations is None else self.max_iterations
+        method = choose_method(rows, self.width, self.d_in, iterations, self.dtype, self.device)
+        gram_bytes = self.width**2 * W_dec_FD.element_size()
+        if method != "gram" or gram_bytes > GRAM_CACHE_BYTES:
+            return None
+        gram_FF = W_dec_FD @ W_dec_FD.T
+        object.__setattr__(self, "_gram_cache", (key, gram_FF))
+        return gram_FF
 
     @torch.no_grad()
     def decode(self, acts: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:

@@ -98,6 +98,41 @@ def test_from_decoder_is_tied_matching_pursuit():
     torch.testing.assert_close(sae.W_enc, W.T)
 
 
+def test_matching_pursuit_keeps_its_gram_matrix_while_the_decoder_is_unchanged(monkeypatch):
+    from saegeo import pursuit
+
+    torch.manual_seed(0)
+    W_dec_FD = torch.nn.functional.normalize(torch.randn(96, 64), dim=-1)
+    sae = sg.SAE.from_decoder(W_dec_FD, max_iterations=8, residual_threshold=0.0)
+    x_BD = torch.randn(300, 64)
+    grams: list[torch.Tensor | None] = []
+    real = pursuit.matching_pursuit
+
+    def spy(*args, **kwargs):
+        grams.append(kwargs.get("gram_FF"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("saegeo.sae.matching_pursuit", spy)
+
+    def reference(sae: sg.SAE, x_BD: torch.Tensor) -> torch.Tensor:
+        return real(
+            x_BD - sae.b_dec, sae.W_dec, method="direct", max_iterations=8, residual_threshold=0.0
+        )
+
+    torch.testing.assert_close(sae.encode(x_BD[:3]), reference(sae, x_BD[:3]))
+    assert grams[-1] is None  # three rows: the pursuit recomputes correlations, no Gram matrix
+    for rows in (slice(0, 150), slice(150, 300)):
+        torch.testing.assert_close(sae.encode(x_BD[rows]), reference(sae, x_BD[rows]))
+    assert grams[-1] is not None and grams[-1] is grams[-2]
+    torch.testing.assert_close(grams[-1], W_dec_FD @ W_dec_FD.T)
+    assert sae.encode(x_BD[:3]) is not None and grams[-1] is grams[-2]  # reused by any call
+
+    sae.W_dec.mul_(0.5)  # an in-place change of the decoder invalidates it
+    torch.testing.assert_close(sae.encode(x_BD), reference(sae, x_BD))
+    torch.testing.assert_close(grams[-1], sae.W_dec @ sae.W_dec.T)
+    assert sae.replace(max_iterations=8)._pursuit_gram(3) is None  # copies start empty
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
