@@ -7,6 +7,7 @@ import torch
 from lm_helpers import TINY_DECODER, random_texts, tiny_llama
 
 from saegeo import harvest as harvest_module
+from saegeo import lm_forward
 from saegeo.harvest import decoder_blocks, harvest
 from saegeo.lm_forward import (
     COMPILED_ATTENTION,
@@ -99,6 +100,30 @@ def test_models_with_their_own_eager_attention_keep_it(tiny_lm):
     _, gemma_blocks = decoder_blocks(gemma)
     assert _compiled_attention(gemma_blocks) == COMPILED_ATTENTION
     assert _compiled_attention([torch.nn.Linear(2, 2)]) == COMPILED_ATTENTION
+
+
+@pytest.mark.parametrize("why", ["own eager attention", "grouped attention refused"])
+def test_other_models_compile_with_their_eager_attention(tiny_lm, monkeypatch, why):
+    model, _ = tiny_lm
+    _, blocks = decoder_blocks(model)
+    attention = model.config._attn_implementation
+    monkeypatch.setattr(torch, "compile", lambda fn, **_kwargs: fn)  # the switching alone
+    if why == "own eager attention":
+        monkeypatch.setattr(lm_forward, "_compiled_attention", lambda _: COMPILED_ATTENTION)
+    else:
+        setter = model.set_attn_implementation
+
+        def refuse_grouped(implementation: str) -> None:
+            if implementation == GROUPED_ATTENTION:
+                raise ValueError("LlamaForCausalLM does not support this attention")
+            setter(implementation)
+
+        monkeypatch.setattr(model, "set_attn_implementation", refuse_grouped)
+    input_ids_BT = torch.randint(3, 100, (2, 12))
+    with stopped_forward(model, blocks, 1, compile=True, rows=2) as run:
+        assert model.config._attn_implementation == COMPILED_ATTENTION
+        torch.testing.assert_close(run(input_ids_BT), hidden_state(model, input_ids_BT, 1))
+    assert model.config._attn_implementation == attention
 
 
 def test_a_model_that_fails_to_compile_runs_uncompiled(tiny_lm, monkeypatch):
