@@ -8,14 +8,6 @@ import torch
 
 WORDS = [f"w{i}" for i in range(90)]
 SPECIALS = ["<unk>", "<bos>", "<eos>"]
-TINY_DECODER = {
-    "vocab_size": 100,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,  # grouped-query attention
-}
-"""Config arguments of the tiny test decoders (any ``transformers`` architecture)."""
 
 
 def tiny_llama(n_layers: int = 2) -> tuple[torch.nn.Module, object]:
@@ -31,8 +23,12 @@ def tiny_llama(n_layers: int = 2) -> tuple[torch.nn.Module, object]:
         tokenizer_object=backend, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>"
     )
     config = transformers.LlamaConfig(
-        **TINY_DECODER,
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
         num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
         max_position_embeddings=64,
         bos_token_id=1,
         eos_token_id=2,

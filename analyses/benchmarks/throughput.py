@@ -19,7 +19,8 @@ asked for, prints them and, with ``--json``, writes them to a file.
 
 Usage::
 
-    python analyses/benchmarks/throughput.py [--figures harvest] [--tokens 20000] [--layer 15]
+    python analyses/benchmarks/throughput.py [--figures harvest] [--tokens 20000]
+        [--layer 15] [--repeats 4]
 """
 
 from __future__ import annotations
