@@ -1,6 +1,7 @@
 """Run a causal language model up to one decoder block, compiled where that pays.
 
-:func:`stopped_forward` yields a function from token ids [B, T] to the output of a chosen
+:func:`stopped_forward` yields a callable (:class:`StoppedForward`) from token ids [B, T] to the
+output of a chosen
 block [B, T, D]. A forward hook on that block takes its output and stops the pass, so the
 blocks after it, the final norm and the unembedding never run.
 
@@ -15,7 +16,7 @@ that does not compile (no C++ compiler, an operation inductor cannot trace) fall
 uncompiled forward with one warning.
 
 Examples:
-    >>> with stopped_forward(model, blocks[15], compile=True, rows=16) as run:  # doctest: +SKIP
+    >>> with stopped_forward(model, blocks, 15, compile=True, rows=16) as run:  # doctest: +SKIP
     ...     acts_BTD = run(input_ids_BT)
 """
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -60,6 +61,68 @@ def hooked_forward(model: Any, block: torch.nn.Module, input_ids_BT: torch.Tenso
     return captured[0]
 
 
+class StoppedForward:
+    """``run(input_ids_BT)`` -> output of the hooked block [B, T, D] (see :func:`stopped_forward`).
+
+    ``compiled`` says whether the blocks run compiled (False after a fallback).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        blocks: torch.nn.ModuleList | Sequence[torch.nn.Module],
+        layer: int,
+        rows: int | None,
+    ) -> None:
+        self.model, self.block, self.rows = model, blocks[layer], rows
+        self.compiled_blocks = blocks[: layer + 1]
+        # A forward already set on an instance (accelerate's device hooks) is put back on exit.
+        self._own_forwards = [vars(block).get("forward") for block in self.compiled_blocks]
+        self._previous_attention: str | None = None
+        self.compiled = False
+        self._checked = False
+
+    def compile(self) -> None:
+        """Compile the blocks up to the hooked one and switch attention (see the module)."""
+        self._previous_attention = _set_attention(self.model, COMPILED_ATTENTION)
+        for block in self.compiled_blocks:
+            block.forward = torch.compile(block.forward, dynamic=False)  # type: ignore[method-assign]
+        self.compiled = True
+
+    def restore(self) -> None:
+        """Put the blocks' forwards and the model's attention back as they were."""
+        for block, own in zip(self.compiled_blocks, self._own_forwards, strict=True):
+            if own is None:
+                vars(block).pop("forward", None)
+            else:
+                block.forward = own  # type: ignore[method-assign]
+        if self.compiled:
+            _set_attention(self.model, self._previous_attention)
+        self.compiled = False
+
+    def __call__(self, input_ids_BT: torch.Tensor) -> torch.Tensor:
+        n_rows = input_ids_BT.shape[0]
+        if self.compiled and self.rows is not None and n_rows < self.rows:
+            pad_PT = input_ids_BT[-1:].expand(self.rows - n_rows, -1)
+            return self(torch.cat([input_ids_BT, pad_PT]))[:n_rows]
+        if self._checked or not self.compiled:
+            return hooked_forward(self.model, self.block, input_ids_BT)
+        try:
+            out_BTD = hooked_forward(self.model, self.block, input_ids_BT)
+        except Exception as exc:  # noqa: BLE001 - any compile failure falls back
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            warnings.warn(
+                f"torch.compile failed on {type(self.model).__name__} ({first_line[:200]}); "
+                "running it uncompiled",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.restore()
+            return hooked_forward(self.model, self.block, input_ids_BT)
+        self._checked = True
+        return out_BTD
+
+
 @contextmanager
 def stopped_forward(
     model: Any,
@@ -68,63 +131,24 @@ def stopped_forward(
     *,
     compile: bool = False,
     rows: int | None = None,
-) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
-    """Yield ``run(input_ids_BT) -> output of blocks[layer]`` [B, T, D] for ``model``.
+) -> Iterator[StoppedForward]:
+    """Yield ``run``, with ``run(input_ids_BT)`` -> output of ``blocks[layer]`` [B, T, D].
 
     Args:
         model: a ``transformers`` causal LM whose decoder blocks are ``blocks``.
         blocks: its decoder blocks, in order.
         layer: the block whose output ``run`` returns.
-        compile: compile ``blocks[: layer + 1]`` (see the module docstring).
+        compile: compile ``blocks[: layer + 1]`` (see the module docstring); ``run.compiled``
+            turns False if compiling fails.
         rows: when compiling, pad shorter batches to this many rows (the harvest's batch size).
     """
-    if not compile:
-        yield lambda input_ids_BT: hooked_forward(model, blocks[layer], input_ids_BT)
-        return
-    compiled = blocks[: layer + 1]
-    # A forward already set on the instance (accelerate's device hooks) is compiled and put back.
-    own_forwards = [vars(block).get("forward") for block in compiled]
-    previous_attention = _set_attention(model, COMPILED_ATTENTION)
-    for block in compiled:
-        block.forward = torch.compile(block.forward, dynamic=False)  # type: ignore[method-assign]
-    state = {"compiled": True, "checked": False}
-
-    def restore_blocks() -> None:
-        for block, own in zip(compiled, own_forwards, strict=True):
-            if own is None:
-                vars(block).pop("forward", None)
-            else:
-                block.forward = own  # type: ignore[method-assign]
-        if state["compiled"]:
-            _set_attention(model, previous_attention)
-        state["compiled"] = False
-
-    def run(input_ids_BT: torch.Tensor) -> torch.Tensor:
-        n_rows = input_ids_BT.shape[0]
-        if state["compiled"] and rows is not None and n_rows < rows:
-            pad_PT = input_ids_BT[-1:].expand(rows - n_rows, -1)
-            return run(torch.cat([input_ids_BT, pad_PT]))[:n_rows]
-        if state["checked"] or not state["compiled"]:
-            return hooked_forward(model, blocks[layer], input_ids_BT)
-        try:
-            out_BTD = hooked_forward(model, blocks[layer], input_ids_BT)
-        except Exception as exc:  # noqa: BLE001 - any compile failure falls back
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            warnings.warn(
-                f"torch.compile failed on {type(model).__name__} ({first_line[:200]}); "
-                "running it uncompiled",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            restore_blocks()
-            return hooked_forward(model, blocks[layer], input_ids_BT)
-        state["checked"] = True
-        return out_BTD
-
+    run = StoppedForward(model, blocks, layer, rows)
+    if compile:
+        run.compile()
     try:
         yield run
     finally:
-        restore_blocks()
+        run.restore()
 
 
 def _set_attention(model: Any, implementation: str | None) -> str | None:

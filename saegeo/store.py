@@ -235,6 +235,8 @@ class ShardWriter:
 
     Re-opening a directory resumes it: the shards listed in its ``meta.json`` are kept and
     ``n_tokens`` says how many tokens they hold, so a producer can skip that much input.
+    ``shard_info`` is recorded in the ``meta.json`` entry of every shard written next (how a
+    producer made it, where that may change between resumed runs).
     """
 
     def __init__(
@@ -270,6 +272,7 @@ class ShardWriter:
             }
         self._pending: list[dict[str, torch.Tensor]] = []
         self._pending_tokens = 0
+        self.shard_info: dict[str, Any] = {}
 
     @property
     def n_tokens(self) -> int:
@@ -306,6 +309,6 @@ class ShardWriter:
         name = f"shard_{len(self.meta['shards']):05d}.safetensors"
         with atomic_file(self.path / name) as tmp:
             save_file(shard, str(tmp))
-        self.meta["shards"].append({"file": name, "n_tokens": n})
+        self.meta["shards"].append({"file": name, "n_tokens": n, **self.shard_info})
         self.meta["n_tokens"] = self.n_tokens + n
         write_json(self.path / META_FILE, self.meta)

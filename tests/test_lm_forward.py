@@ -92,3 +92,26 @@ def test_harvest_compiles_long_cpu_runs_only(tiny_lm, monkeypatch, tmp_path):
     forced = harvest(model, texts, tmp_path / "forced", max_tokens=56, compile=False, **options)
     assert len(compiled) == 2
     torch.testing.assert_close(long.read(), forced.read())
+    assert [shard["compiled"] for shard in long.meta["shards"]] == [True]
+    assert [shard["compiled"] for shard in forced.meta["shards"]] == [False]
+
+
+def test_shards_record_how_they_were_made(tiny_lm, monkeypatch, tmp_path):
+    model, tokenizer = tiny_lm
+    monkeypatch.setattr(torch, "compile", lambda fn, **_kwargs: fn)
+    options = {"layer": 1, "context": 16, "progress": False, "tokenizer": tokenizer}
+    options |= {"shard_tokens": 28, "texts": random_texts()}
+    harvest(model, out=tmp_path, max_tokens=56, compile=False, **options)
+    store = harvest(model, out=tmp_path, max_tokens=112, compile=True, **options)
+    assert [shard["compiled"] for shard in store.meta["shards"]] == [False] * 2 + [True] * 2
+
+    def failing_compile(fn, **_kwargs):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("inductor: no working C++ compiler")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    with pytest.warns(RuntimeWarning, match="running it uncompiled"):
+        fallback = harvest(model, out=tmp_path / "fallback", max_tokens=56, compile=True, **options)
+    assert [shard["compiled"] for shard in fallback.meta["shards"]] == [False] * 2

@@ -11,9 +11,10 @@ asked for, prints them and, with ``--json``, writes them to a file.
   Uncompiled and compiled runs alternate, with a matmul timing after each pair, so that load
   from other jobs falls on all three alike; each rate is given as the best and the median of
   ``repeats`` runs (the matmul rate is a best, so ``*_flops_over_matmul`` uses best rates).
-  Runs are 50k tokens by default, so that the fixed cost of a harvest call (reading the text
-  source, writing ``meta.json`` and the tokenizer) weighs little, as in the long harvests that
-  compile by default (100k tokens or more).
+  The first tokens of a compiled and an uncompiled run are compared with a float32 forward
+  (median relative error per token). Runs are 50k tokens by default, so that the fixed cost of
+  a harvest call (reading the text source, writing ``meta.json`` and the tokenizer) weighs
+  little, as in the long harvests that compile by default (100k tokens or more).
 
 - ``train``: training tokens/s of ``saegeo.train`` per architecture and width at d_in=576 on
   toy activations, the dense-equivalent FLOP rate (12·d_in·width per token: forward and
@@ -41,6 +42,7 @@ from typing import Any
 import torch
 
 from saegeo.harvest import DEFAULT_MODEL, decoder_blocks, harvest, load_model
+from saegeo.store import ActivationStore
 
 
 def matmul_gflops(dtype: torch.dtype = torch.float32, *, n: int = 2048, seconds: float = 2.0):
@@ -117,8 +119,28 @@ def harvest_throughput(
                 rates[compiled].append(store.n_tokens / (time.perf_counter() - start))
             for dt in gflops:
                 gflops[dt] = max(gflops[dt], matmul_gflops(dt, seconds=0.5))
+        # Last, as it casts the model: the first tokens again through a float32 forward.
+        n_check = min(tokens, 4 * batch_size * (context - 2))
+        reference = harvest(
+            lm.model,
+            None,
+            Path(tmp, "float32"),
+            max_tokens=n_check,
+            compile=False,
+            model_dtype="float32",
+            dtype="float32",
+            **options,
+        ).read(n_check)
+        acts = {
+            compiled: ActivationStore.open(Path(tmp, f"run0{compiled}")).read(n_check).float()
+            for compiled in (False, True)
+        }
     best = {compiled: max(runs) for compiled, runs in rates.items()}
     median = {compiled: statistics.median(runs) for compiled, runs in rates.items()}
+
+    def median_relative_error(acts_BD: torch.Tensor, reference_BD: torch.Tensor) -> float:
+        norms_B = reference_BD.norm(dim=1).clamp(min=1e-12)
+        return round(float(((acts_BD - reference_BD).norm(dim=1) / norms_B).median()), 4)
 
     def over_matmul(tokens_per_s: float) -> float:
         return round(2 * block_params * tokens_per_s / 1e9 / gflops[compute_dtype], 3)
@@ -143,6 +165,10 @@ def harvest_throughput(
         "uncompiled_flops_over_matmul": over_matmul(best[False]),
         "compiled_flops_over_matmul": over_matmul(best[True]),
         "compile_s_with_first_batch": round(compile_s, 1),
+        "tokens_compared_with_float32": n_check,
+        "compiled_vs_uncompiled_median_rel_diff": median_relative_error(acts[True], acts[False]),
+        "uncompiled_vs_float32_median_rel_err": median_relative_error(acts[False], reference),
+        "compiled_vs_float32_median_rel_err": median_relative_error(acts[True], reference),
         "model_load_s": round(load_s, 1),
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": round(os.getloadavg()[0], 2),
@@ -242,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = FIGURES[name]()
         print(f"[{name}]")
         for key, value in results[name].items():
-            print(f"  {key:34s} {value}")
+            print(f"  {key:40s} {value}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
