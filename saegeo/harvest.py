@@ -282,7 +282,7 @@ def harvest(
         model_dtype: the dtype the model computes in (see :func:`load_model`).
         text_source: a name for ``texts`` given as a list of strings, recorded in the metadata.
         shard_tokens: about how many tokens per shard (rounded down to whole contexts).
-        compile: compile the blocks that run with ``torch.compile`` (1.2–1.4× faster on a
+        compile: compile the blocks that run with ``torch.compile`` (1.1–1.4× faster on a
             CPU, after a few seconds of compiling; see :mod:`saegeo.lm_forward`). ``None``
             compiles on a CPU when this call harvests at least ``COMPILE_MIN_TOKENS`` tokens.
         progress: show a progress bar (tokens).

@@ -9,7 +9,7 @@ blocks after it, the final norm and the unembedding never run.
 (one graph shared by all of them: their parameters are graph inputs), and the model's attention
 is switched to ``"eager"`` (matmul, softmax, matmul), which inductor fuses with the mask and
 the surrounding elementwise work; both are undone on exit. On a 2-core AVX-512 CPU this runs
-SmolLM2-135M at 1.2–1.4× the uncompiled rate (``analyses/benchmarks/throughput.py``).
+SmolLM2-135M at 1.1–1.4× the uncompiled rate (``analyses/benchmarks/throughput.py``).
 Compiling costs a few seconds once per process with inductor's on-disk cache warm, 10–30 s
 cold. Batches are padded to ``rows`` so that a short last batch does not recompile. A model
 that does not compile (no C++ compiler, an operation inductor cannot trace) falls back to the
