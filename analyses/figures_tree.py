@@ -20,8 +20,8 @@ import torch
 from common import screenshot
 
 import saegeo as sg
-from saegeo.figures import save_html, tree_figure
-from saegeo.toy import ToyConfig, make_toy_model
+from saegeo.training.toy import ToyConfig, make_toy_model
+from saegeo.viz.figures import save_html, tree_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 from common import ROOT, load_inputs
 
-from saegeo.atomic import write_text
-from saegeo.figures import save_html
-from saegeo.frankenstein_curve import frankenstein_curve
-from saegeo.interpolation import interpolation_path
-from saegeo.plots import frankenstein_figure
+from saegeo.effects.interpolation import interpolation_path
+from saegeo.io.atomic import write_text
+from saegeo.stitch.curve import frankenstein_curve
+from saegeo.viz.figures import save_html
+from saegeo.viz.plots import frankenstein_figure
 
 
 def main() -> None:

@@ -6,7 +6,7 @@
    defaults (the demo family when ``make demo`` has built it, else a toy family), unless
    ``--skip-analyses`` reuses their last results under ``reports/``.
 2. Draws ``assets/novel_vs_reconstruction.png`` (one pair of widths, ``--pair``) and
-   ``assets/frankenstein.png`` from their CSV results with :mod:`saegeo.plots`, rendered by
+   ``assets/frankenstein.png`` from their CSV results with :mod:`saegeo.viz.plots`, rendered by
    headless Chromium at each figure's own size.
 3. Runs ``analyses/figures_tree.py`` for ``assets/tree.png``.
 
@@ -25,8 +25,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from common import screenshot
 
-from saegeo.novelty import FamilyNovelty
-from saegeo.plots import frankenstein_figure, novelty_figure
+from saegeo.effects.novelty import FamilyNovelty
+from saegeo.viz.plots import frankenstein_figure, novelty_figure
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

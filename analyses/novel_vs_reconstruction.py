@@ -27,10 +27,10 @@ import torch
 from common import ROOT, load_inputs
 
 import saegeo as sg
-from saegeo.atomic import write_text
-from saegeo.figures import save_html
-from saegeo.novelty import kind_sign_frame
-from saegeo.plots import novelty_figure
+from saegeo.effects.novelty import kind_sign_frame
+from saegeo.io.atomic import write_text
+from saegeo.viz.figures import save_html
+from saegeo.viz.plots import novelty_figure
 
 
 def main() -> None:

@@ -8,34 +8,34 @@ Examples:
     >>> fam = sg.Family.load("path/to/family")  # doctest: +SKIP
 """
 
-from saegeo.classify import classify, swap_groups
-from saegeo.codes import encode_codes
-from saegeo.dag import feature_dag, feature_tree, forest
-from saegeo.delta import delta_mse
+from saegeo.core.codes import encode_codes
+from saegeo.core.family import Family
+from saegeo.core.sae import SAE, concat
+from saegeo.effects.delta import delta_mse
+from saegeo.effects.hybrid import hybrid
+from saegeo.effects.interpolation import interpolation_path
+from saegeo.effects.metrics import Metrics, evaluate
+from saegeo.effects.novelty import family_novelty
 from saegeo.errors import FormatError, SaegeoError, ShapeError
-from saegeo.family import Family
-from saegeo.formats import load_sae, save_sae
-from saegeo.frankenstein import (
+from saegeo.geometry.classify import classify, swap_groups
+from saegeo.geometry.masked_cosine import masked_cosine
+from saegeo.geometry.similarity import CosineMatch, decoder_cosine, decoder_cosine_pairs
+from saegeo.io.formats import load_sae, save_sae
+from saegeo.io.store import ActivationStore, ShardWriter
+from saegeo.stitch.curve import compare_frankensteins, frankenstein_curve
+from saegeo.stitch.frankenstein import (
     FrankensteinSteps,
     frankenstein,
     frankenstein_steps,
     plan_frankenstein,
 )
-from saegeo.frankenstein_curve import compare_frankensteins, frankenstein_curve
-from saegeo.frankenstein_report import FrankensteinReport
-from saegeo.hybrid import hybrid
-from saegeo.interpolation import interpolation_path
-from saegeo.masked_cosine import masked_cosine
-from saegeo.metrics import Metrics, evaluate
-from saegeo.novelty import family_novelty
-from saegeo.refit import Refit, refit_exact
-from saegeo.refit_sgd import refit_sgd
-from saegeo.sae import SAE, concat
-from saegeo.similarity import CosineMatch, decoder_cosine, decoder_cosine_pairs
-from saegeo.store import ActivationStore, ShardWriter
-from saegeo.toy import ToyConfig, ToyModel, make_toy_model
-from saegeo.train import TrainConfig, TrainReport, train_family, train_sae
-from saegeo.tree_json import tree_from_json, tree_to_json
+from saegeo.stitch.refit import Refit, refit_exact
+from saegeo.stitch.refit_sgd import refit_sgd
+from saegeo.stitch.report import FrankensteinReport
+from saegeo.training.toy import ToyConfig, ToyModel, make_toy_model
+from saegeo.training.trainer import TrainConfig, TrainReport, train_family, train_sae
+from saegeo.trees.dag import feature_dag, feature_tree, forest
+from saegeo.trees.tree_json import tree_from_json, tree_to_json
 
 __version__ = "0.1.0"
 

@@ -13,8 +13,8 @@ EXIT_USER_ERROR = 2
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from saegeo.describe import describe_sae
-    from saegeo.family import Family
+    from saegeo.core.describe import describe_sae
+    from saegeo.core.family import Family
 
     family = Family.load(args.paths)
     for sae in family:
@@ -33,10 +33,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    from saegeo.atomic import write_text
-    from saegeo.formats import load_sae
-    from saegeo.novelty import novelty_table
-    from saegeo.store import ActivationStore
+    from saegeo.effects.novelty import novelty_table
+    from saegeo.io.atomic import write_text
+    from saegeo.io.formats import load_sae
+    from saegeo.io.store import ActivationStore
 
     small, large = load_sae(args.small), load_sae(args.large)
     if small.d_in != large.d_in:
@@ -65,12 +65,12 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _cmd_tree(args: argparse.Namespace) -> int:
-    from saegeo.atomic import write_json
-    from saegeo.dag import feature_dag, feature_tree, forest, node_id, parse_node_id
-    from saegeo.family import Family
-    from saegeo.figures import forest_html, save_html, tree_figure
-    from saegeo.store import ActivationStore
-    from saegeo.tree_json import forest_to_json, read_labels, tree_to_json
+    from saegeo.core.family import Family
+    from saegeo.io.atomic import write_json
+    from saegeo.io.store import ActivationStore
+    from saegeo.trees.dag import feature_dag, feature_tree, forest, node_id, parse_node_id
+    from saegeo.trees.tree_json import forest_to_json, read_labels, tree_to_json
+    from saegeo.viz.figures import forest_html, save_html, tree_figure
 
     root = None if args.all else parse_node_id(args.root, name="--root")
     labels = read_labels(args.labels) if args.labels else None
@@ -106,11 +106,11 @@ def _cmd_tree(args: argparse.Namespace) -> int:
 
 
 def _cmd_stitch(args: argparse.Namespace) -> int:
-    from saegeo.atomic import atomic_dir, write_json
-    from saegeo.family import Family
-    from saegeo.formats import save_sae
-    from saegeo.frankenstein import frankenstein
-    from saegeo.store import ActivationStore
+    from saegeo.core.family import Family
+    from saegeo.io.atomic import atomic_dir, write_json
+    from saegeo.io.formats import save_sae
+    from saegeo.io.store import ActivationStore
+    from saegeo.stitch.frankenstein import frankenstein
 
     family = Family.load(args.paths)
     acts = ActivationStore.open(args.acts)
@@ -146,7 +146,7 @@ def _cmd_stitch(args: argparse.Namespace) -> int:
 
 
 def _cmd_harvest(args: argparse.Namespace) -> int:
-    from saegeo.harvest import harvest
+    from saegeo.lm.harvest import harvest
 
     if args.threads:
         import torch
@@ -179,8 +179,8 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from saegeo.store import ActivationStore
-    from saegeo.train import TrainConfig, train_family
+    from saegeo.io.store import ActivationStore
+    from saegeo.training.trainer import TrainConfig, train_family
 
     try:
         widths = [int(w) for w in args.widths.split(",") if w.strip()]

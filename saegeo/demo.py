@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from saegeo.family import Family
-from saegeo.store import META_FILE, ActivationStore
-from saegeo.train_config import TrainArch
+from saegeo.core.family import Family
+from saegeo.io.store import META_FILE, ActivationStore
+from saegeo.training.config import TrainArch
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,9 @@ class DemoSettings:
     context: int = 128
     """Tokens per model input."""
     skip_first: int = 1
-    """Text tokens at the start of each context left out (see saegeo.harvest)."""
+    """Text tokens at the start of each context left out (see saegeo.lm.harvest)."""
     arch: TrainArch = "topk"
-    """Training architecture of the family (see saegeo.train)."""
+    """Training architecture of the family (see saegeo.training.trainer)."""
     k: int = 32
     """Active latents per token."""
     multipliers: tuple[int, ...] = (1, 2, 4, 8)
@@ -83,8 +83,8 @@ def demo_data(
     ``root/family`` the trained SAEs with ``family.json``; both are rebuilt when the settings
     they were made with differ from ``settings``.
     """
-    from saegeo.harvest import harvest
-    from saegeo.train import TrainConfig, train_family
+    from saegeo.lm.harvest import harvest
+    from saegeo.training.trainer import TrainConfig, train_family
 
     settings = settings or DemoSettings()
     root = Path(root)
@@ -165,8 +165,8 @@ def run_demo(
     Returns the path of ``out/report/index.html``. Analysis results are cached beside the
     report, so a second run only re-renders the page.
     """
-    from saegeo.describe import sparsity_settings
-    from saegeo.report import Report
+    from saegeo.core.describe import sparsity_settings
+    from saegeo.viz.report import Report
 
     settings = settings or (DemoSettings.quick() if quick else DemoSettings())
     data = demo_data(out, settings, progress=progress)
@@ -182,7 +182,7 @@ def run_demo(
     page.text(
         f"Activations: {data.store.n_tokens:,} tokens of {data.store.meta.get('hook', 'the')} "
         f"residual stream on packaged BBC news; the first {n_eval:,} are held out for every "
-        "metric below. The family was trained here with <code>saegeo.train</code>."
+        "metric below. The family was trained here with <code>saegeo.training.trainer</code>."
     )
     page.heading("The family")
     members = _family_table(data, sparsity_settings)
@@ -210,7 +210,7 @@ def run_demo(
 def _cached_csv(path: Path, compute: Any) -> Any:
     import pandas as pd
 
-    from saegeo.atomic import write_text
+    from saegeo.io.atomic import write_text
 
     if path.exists():
         return pd.read_csv(path)
@@ -252,9 +252,9 @@ def _novelty_section(
 ) -> Any:
     import pandas as pd
 
-    from saegeo.atomic import write_text
-    from saegeo.novelty import FamilyNovelty, family_novelty, kind_sign_frame
-    from saegeo.plots import novelty_figure
+    from saegeo.effects.novelty import FamilyNovelty, family_novelty, kind_sign_frame
+    from saegeo.io.atomic import write_text
+    from saegeo.viz.plots import novelty_figure
 
     files = {name: report_dir / f"novelty_{name}.csv" for name in ("summary", "features", "curves")}
     if all(path.exists() for path in files.values()):
@@ -289,10 +289,10 @@ def _novelty_section(
 
 
 def _tree_section(page: Any, data: DemoData, report_dir: Path) -> None:
-    from saegeo.atomic import write_json
-    from saegeo.dag import feature_dag, forest, node_id, tree_root
-    from saegeo.figures import tree_figure
-    from saegeo.tree_json import forest_from_json, forest_to_json
+    from saegeo.io.atomic import write_json
+    from saegeo.trees.dag import feature_dag, forest, node_id, tree_root
+    from saegeo.trees.tree_json import forest_from_json, forest_to_json
+    from saegeo.viz.figures import tree_figure
 
     path = report_dir / "trees.json"
     if path.exists():
@@ -319,9 +319,9 @@ def _tree_section(page: Any, data: DemoData, report_dir: Path) -> None:
 
 def _token_labels(data: DemoData, tree: Any) -> dict[str, str]:
     """The top activating tokens of each feature in ``tree``, as node labels."""
-    from saegeo.codes import encode_codes
-    from saegeo.harvest import load_tokenizer
-    from saegeo.snippets import store_tokens
+    from saegeo.core.codes import encode_codes
+    from saegeo.lm.harvest import load_tokenizer
+    from saegeo.lm.snippets import store_tokens
 
     try:
         tokenizer = load_tokenizer(data.store)
@@ -356,11 +356,11 @@ def _frankenstein_section(
 ) -> None:
     import pandas as pd
 
-    from saegeo.atomic import write_json, write_text
-    from saegeo.formats import save_sae
-    from saegeo.frankenstein import frankenstein_steps
-    from saegeo.frankenstein_curve import compare_frankensteins
-    from saegeo.plots import frankenstein_figure
+    from saegeo.io.atomic import write_json, write_text
+    from saegeo.io.formats import save_sae
+    from saegeo.stitch.curve import compare_frankensteins
+    from saegeo.stitch.frankenstein import frankenstein_steps
+    from saegeo.viz.plots import frankenstein_figure
 
     comparison_path = report_dir / "frankenstein_comparison.csv"
     stitched_dir = report_dir / "frankenstein"

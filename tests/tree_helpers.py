@@ -8,7 +8,7 @@ import networkx as nx
 import torch
 
 import saegeo as sg
-from saegeo.toy import ToyConfig, ToyModel, make_toy_model
+from saegeo.training.toy import ToyConfig, ToyModel, make_toy_model
 
 
 class ToyFamily(NamedTuple):

@@ -9,7 +9,7 @@ Figures (every ratio is measured in the same run, on the same data):
   the same process just before and after).
 - ``gpt2``: peak RSS and throughput of the GPT-2-sized pair, 49152 × 98304 features, d_in = 768
   (``--full``; the default runs it scaled to 12288 × 24576). The target is < 4 GiB.
-- ``mcs``: :func:`saegeo.masked_cosine` at N = 200k tokens, L0 ≈ 32, 6144 parents × 24576
+- ``mcs``: :func:`saegeo.geometry.masked_cosine` at N = 200k tokens, L0 ≈ 32, 6144 parents × 24576
   children, vs the dense torch products ``AᵀB`` and ``(A∘A)ᵀ 1[B]`` over token chunks. The dense
   path needs ~120 TFLOP, so a sample of chunks is timed and extrapolated to all tokens (said so
   in the output). Codes are synthetic: children fire with Zipf-like frequencies, each child has
@@ -91,7 +91,7 @@ def decoders(n_small: int, n_large: int, seed: int = 0) -> tuple[torch.Tensor, t
 
 def worker_cosine(method: str, n_small: int, n_large: int, repeats: int) -> dict[str, Any]:
     """Time and peak RSS of one cosine method; throughput against the matmul rate around it."""
-    from saegeo.similarity import decoder_cosine, unit_rows
+    from saegeo.geometry.similarity import decoder_cosine, unit_rows
 
     W_small_SD, W_large_LD = decoders(n_small, n_large)
     base_rss = peak_rss_bytes()
@@ -197,7 +197,7 @@ def dense_mcs_products_seconds(
 
 
 def figure_mcs() -> None:
-    from saegeo.masked_cosine import masked_cosine
+    from saegeo.geometry.masked_cosine import masked_cosine
 
     n_tokens, n_parents, n_children = 200_000, 6144, 24576
     parent, child = synthetic_codes(n_tokens, n_parents, n_children, 32)

@@ -41,8 +41,8 @@ import sae_lens  # noqa: E402
 import torch  # noqa: E402
 from sae_lens.saes.matching_pursuit_sae import MatchingPursuitSAEConfig  # noqa: E402
 
-from saegeo.pursuit import matching_pursuit  # noqa: E402
-from saegeo.sae import SAE  # noqa: E402
+from saegeo.core.pursuit import matching_pursuit  # noqa: E402
+from saegeo.core.sae import SAE  # noqa: E402
 
 FULL = dict(d_in=576, width=4608, batch=4096, max_iterations=64)
 QUICK = dict(d_in=256, width=2048, batch=1024, max_iterations=32)

@@ -29,12 +29,12 @@ import pandas as pd
 import torch
 
 import saegeo as sg
-from saegeo.devices import resolve_device
-from saegeo.metrics import evaluate
-from saegeo.refit import refit_exact
-from saegeo.refit_sgd import refit_sgd
-from saegeo.toy import ToyConfig, make_toy_model
-from saegeo.train import TrainConfig, train_family
+from saegeo.core.devices import resolve_device
+from saegeo.effects.metrics import evaluate
+from saegeo.stitch.refit import refit_exact
+from saegeo.stitch.refit_sgd import refit_sgd
+from saegeo.training.toy import ToyConfig, make_toy_model
+from saegeo.training.trainer import TrainConfig, train_family
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "reports" / "demo"

@@ -3,7 +3,7 @@
 Each figure is a function that returns a dict of named numbers; ``main`` runs the figures
 asked for, prints them and, with ``--json``, writes them to a file.
 
-- ``harvest``: tokens/s of ``saegeo.harvest`` on the packaged SmolLM2-135M at a middle layer,
+- ``harvest``: tokens/s of ``saegeo.lm.harvest`` on the packaged SmolLM2-135M at a middle layer,
   uncompiled and compiled (``compile=True``; compiling happens in a warm-up harvest, timed on
   its own), the FLOP rate that implies (2 x parameters of blocks 0..layer per token; the
   embedding is a lookup and the blocks after the hook never run), and this machine's own
@@ -16,7 +16,8 @@ asked for, prints them and, with ``--json``, writes them to a file.
   a harvest call (reading the text source, writing ``meta.json`` and the tokenizer) weighs
   little, as in the long harvests that compile by default (100k tokens or more).
 
-- ``train``: training tokens/s of ``saegeo.train`` per architecture and width at d_in=576 on
+- ``train``: training tokens/s of ``saegeo.training.trainer`` per architecture and width at
+  d_in=576 on
   toy activations, the dense-equivalent FLOP rate (12·d_in·width per token: forward and
   backward of a dense encoder and decoder), and this machine's float32 matmul throughput timed
   in the same run.
@@ -41,8 +42,8 @@ from typing import Any
 
 import torch
 
-from saegeo.harvest import DEFAULT_MODEL, decoder_blocks, harvest, load_model
-from saegeo.store import ActivationStore
+from saegeo.io.store import ActivationStore
+from saegeo.lm.harvest import DEFAULT_MODEL, decoder_blocks, harvest, load_model
 
 
 def matmul_gflops(dtype: torch.dtype = torch.float32, *, n: int = 2048, seconds: float = 2.0):
@@ -198,8 +199,8 @@ def train_throughput(
     dimensions; each run trains ``steps`` batches (``pursuit_steps`` for matching pursuit),
     timed without initialisation or evaluation.
     """
-    from saegeo.toy import ToyConfig, make_toy_model
-    from saegeo.train import TrainConfig, train_sae
+    from saegeo.training.toy import ToyConfig, make_toy_model
+    from saegeo.training.trainer import TrainConfig, train_sae
 
     toy = make_toy_model(
         ToyConfig(n_roots=1024, branching=4, depth=1, d=d_in, root_prob=0.02, child_prob=0.2)

@@ -1,0 +1,410 @@
+"""One SAE class for every architecture saegeo reads: ReLU, JumpReLU, TopK and matching pursuit."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import torch
+
+from saegeo.core.pursuit import choose_method, matching_pursuit
+from saegeo.errors import SaegeoError, ShapeError
+
+Arch = Literal["relu", "jumprelu", "topk", "matching_pursuit"]
+Normalization = Literal["none", "expected_average_only_in", "constant_norm_rescale", "layer_norm"]
+ARCHS: tuple[str, ...] = get_args(Arch)
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
+ADDITIVE_ARCHS = ("relu", "jumprelu")
+GRAM_CACHE_BYTES = 2**30
+"""Largest matching-pursuit Gram matrix an SAE keeps between ``encode`` calls."""
+
+
+@dataclass(frozen=True, eq=False)
+class SAE:
+    """A sparse autoencoder of any supported architecture, as plain tensors.
+
+    Attributes:
+        W_enc: encoder [d_in, width]; for ``matching_pursuit`` always ``W_dec.T`` (tied).
+        b_enc: encoder bias [width]; zeros and unused for ``matching_pursuit``.
+        W_dec: decoder [width, d_in]; row ``j`` is feature ``j``'s direction.
+        b_dec: decoder bias [d_in].
+        arch: ``relu`` (SAELens "standard"), ``jumprelu`` (also BatchTopK and Matryoshka
+            saved for inference), ``topk`` or ``matching_pursuit``.
+        threshold: JumpReLU thresholds [width]; None for other architectures.
+        k: active latents per token for ``topk``.
+        residual_threshold: matching pursuit stops a row once its residual norm is below this
+            (0 disables the rule). SAELens's default.
+        max_iterations: matching pursuit iteration cap; None means d_in, as in SAELens.
+        stop_on_duplicate_support: matching pursuit stops a row whose support did not change.
+        apply_b_dec_to_input: subtract ``b_dec`` from the input before encoding.
+        normalize_activations: SAELens's run-time input normalisation.
+        metadata: model name, hook name, Matryoshka widths, source path and anything else
+            that travels with the weights; never used by the math.
+
+    Examples:
+        >>> import torch
+        >>> sae = SAE.from_decoder(torch.eye(3))
+        >>> sae.width, sae.d_in, sae.arch
+        (3, 3, 'matching_pursuit')
+    """
+
+    W_enc: torch.Tensor
+    b_enc: torch.Tensor
+    W_dec: torch.Tensor
+    b_dec: torch.Tensor
+    arch: Arch = "relu"
+    threshold: torch.Tensor | None = None
+    k: int | None = None
+    residual_threshold: float = 1e-2
+    max_iterations: int | None = None
+    stop_on_duplicate_support: bool = True
+    apply_b_dec_to_input: bool = True
+    normalize_activations: Normalization = "none"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.arch == "matching_pursuit":
+            object.__setattr__(self, "W_enc", self.W_dec.T)
+        self.check()
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def from_decoder(
+        cls, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None, **settings: Any
+    ) -> SAE:
+        """A decoder-only dictionary [width, d_in], encoded by matching pursuit (tied)."""
+        W_dec_FD = torch.as_tensor(W_dec, dtype=torch.float32)
+        if W_dec_FD.ndim != 2:
+            raise ShapeError(f"W_dec must be 2-D [width, d_in], got shape {tuple(W_dec_FD.shape)}")
+        width, d_in = W_dec_FD.shape
+        b_dec_D = torch.zeros(d_in) if b_dec is None else torch.as_tensor(b_dec).float()
+        return cls(
+            W_enc=W_dec_FD.T,
+            b_enc=torch.zeros(width, dtype=W_dec_FD.dtype),
+            W_dec=W_dec_FD,
+            b_dec=b_dec_D,
+            arch="matching_pursuit",
+            **settings,
+        )
+
+    def replace(self, **changes: Any) -> SAE:
+        """A copy with some fields changed (tensors are shared, not copied)."""
+        return dataclasses.replace(self, **changes)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SAE:
+        """The same SAE with its tensors on ``device`` and/or in ``dtype``."""
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device=device, dtype=dtype)
+
+        return self.replace(
+            W_enc=move(self.W_enc),
+            b_enc=move(self.b_enc),
+            W_dec=move(self.W_dec),
+            b_dec=move(self.b_dec),
+            threshold=move(self.threshold),
+        )
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def width(self) -> int:
+        """Number of latents."""
+        return int(self.W_dec.shape[0])
+
+    @property
+    def d_in(self) -> int:
+        """Input dimension."""
+        return int(self.W_dec.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_dec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_dec.dtype
+
+    @property
+    def name(self) -> str:
+        """A short label: the source file's name where known, else arch and width."""
+        return str(self.metadata.get("name") or f"{self.arch}-{self.width}")
+
+    def __repr__(self) -> str:
+        extra = f", k={self.k}" if self.arch == "topk" else ""
+        return f"SAE(arch={self.arch!r}, d_in={self.d_in}, width={self.width}{extra})"
+
+    # ----------------------------------------------------------------- validation
+
+    def check(self, source: str = "SAE") -> None:
+        """Raise a SaegeoError naming ``source`` if shapes, values or settings are inconsistent."""
+        if self.arch not in ARCHS:
+            raise SaegeoError(
+                f"{source}: unknown architecture {self.arch!r}; saegeo reads {', '.join(ARCHS)}"
+            )
+        if self.normalize_activations not in NORMALIZATIONS:
+            raise SaegeoError(
+                f"{source}: unsupported normalize_activations {self.normalize_activations!r}; "
+                f"expected one of {', '.join(NORMALIZATIONS)}"
+            )
+        if self.W_dec.ndim != 2:
+            raise ShapeError(f"{source}: W_dec must be 2-D, got shape {tuple(self.W_dec.shape)}")
+        width, d_in = self.W_dec.shape
+        expected = {
+            "W_enc": (d_in, width),
+            "b_enc": (width,),
+            "b_dec": (d_in,),
+        }
+        if self.threshold is not None:
+            expected["threshold"] = (width,)
+        for name, shape in expected.items():
+            tensor = getattr(self, name)
+            if tuple(tensor.shape) != shape:
+                raise ShapeError(
+                    f"{source}: {name} has shape {tuple(tensor.shape)}, expected {shape} "
+                    f"for W_dec of shape {(width, d_in)}"
+                )
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            tensor = getattr(self, name)
+            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                raise SaegeoError(f"{source}: {name} holds NaN or infinite values")
+        if self.arch == "jumprelu" and self.threshold is None:
+            raise SaegeoError(f"{source}: a jumprelu SAE needs a threshold tensor")
+        if self.arch == "topk" and (self.k is None or not 0 < self.k <= width):
+            raise SaegeoError(f"{source}: a topk SAE needs 0 < k <= width, got k={self.k}")
+        if self.max_iterations is not None and self.max_iterations < 1:
+            raise SaegeoError(f"{source}: max_iterations must be >= 1, got {self.max_iterations}")
+
+    # ----------------------------------------------------------------- the function
+
+    def _normalize_in(self, x_BD: torch.Tensor) -> torch.Tensor:
+        if self.normalize_activations == "constant_norm_rescale":
+            return x_BD * (self.d_in**0.5 / x_BD.norm(dim=-1, keepdim=True))
+        if self.normalize_activations == "layer_norm":
+            centred_BD = x_BD - x_BD.mean(dim=-1, keepdim=True)
+            return centred_BD / (centred_BD.std(dim=-1, keepdim=True) + 1e-5)
+        return x_BD
+
+    def _normalize_out(self, x_hat_BD: torch.Tensor, x_BD: torch.Tensor | None) -> torch.Tensor:
+        if self.normalize_activations not in ("constant_norm_rescale", "layer_norm"):
+            return x_hat_BD
+        if x_BD is None:
+            raise SaegeoError(
+                f"{self.name}: normalize_activations={self.normalize_activations!r} needs the "
+                "input x to undo the normalisation; call decode(acts, x=x) or forward(x)"
+            )
+        if self.normalize_activations == "constant_norm_rescale":
+            return x_hat_BD / (self.d_in**0.5 / x_BD.norm(dim=-1, keepdim=True))
+        mu_B1 = x_BD.mean(dim=-1, keepdim=True)
+        return x_hat_BD * (x_BD - mu_B1).std(dim=-1, keepdim=True) + mu_B1
+
+    def sae_in(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's input: ``x`` normalised and, with ``apply_b_dec_to_input``, centred."""
+        x_BD = x.to(device=self.device, dtype=self.dtype)
+        x_BD = self._normalize_in(x_BD)
+        return x_BD - self.b_dec if self.apply_b_dec_to_input else x_BD
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder pre-activations [batch, width] (not defined for matching pursuit)."""
+        if self.arch == "matching_pursuit":
+            raise SaegeoError(f"{self.name}: matching pursuit has no single pre-activation")
+        return self.sae_in(x) @ self.W_enc + self.b_enc
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent activations [batch, width] for inputs ``x`` [batch, d_in], as SAELens computes."""
+        if self.arch == "matching_pursuit":
+            sae_in_BD = self.sae_in(x)
+            return matching_pursuit(
+                sae_in_BD,
+                self.W_dec,
+                residual_threshold=self.residual_threshold,
+                max_iterations=self.max_iterations,
+                stop_on_duplicate_support=self.stop_on_duplicate_support,
+                gram_FF=self._pursuit_gram(sae_in_BD.reshape(-1, self.d_in).shape[0]),
+            )
+        pre_BF = self.pre_acts(x)
+        if self.arch == "relu":
+            return pre_BF.relu()
+        if self.arch == "jumprelu":
+            assert self.threshold is not None
+            return pre_BF.relu() * (pre_BF > self.threshold).to(pre_BF.dtype)
+        assert self.k is not None
+        top = pre_BF.topk(self.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre_BF).scatter_(-1, top.indices, top.values.relu())
+
+    def _pursuit_gram(self, rows: int) -> torch.Tensor | None:
+        """``W_dec W_decᵀ`` [width, width] for encoding ``rows`` inputs by matching pursuit.
+
+        Built when the pursuit would build it anyway (``method="auto"`` picks the Gram route
+        for ``rows``) and kept while ``W_dec`` is unchanged (same storage, no in-place change),
+        so that encoding a store batch by batch builds it once. None: leave it to the pursuit.
+        """
+        W_dec_FD = self.W_dec
+        try:
+            key = (W_dec_FD.data_ptr(), W_dec_FD._version, W_dec_FD.device, W_dec_FD.dtype)
+        except RuntimeError:  # inference tensors keep no version counter
+            return None
+        cached = getattr(self, "_gram_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        iterations = self.d_in if self.max_iterations is None else self.max_iterations
+        method = choose_method(rows, self.width, self.d_in, iterations, self.dtype, self.device)
+        gram_bytes = self.width**2 * W_dec_FD.element_size()
+        if method != "gram" or gram_bytes > GRAM_CACHE_BYTES:
+            return None
+        gram_FF = W_dec_FD @ W_dec_FD.T
+        object.__setattr__(self, "_gram_cache", (key, gram_FF))
+        return gram_FF
+
+    @torch.no_grad()
+    def decode(self, acts: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruction [batch, d_in] from activations [batch, width].
+
+        ``x`` is needed only for ``constant_norm_rescale`` and ``layer_norm``, whose output
+        rescaling uses statistics of the input.
+        """
+        acts_BF = acts.to(device=self.device, dtype=self.dtype)
+        x_hat_BD = acts_BF @ self.W_dec
+        if self.arch != "matching_pursuit" or self.apply_b_dec_to_input:
+            x_hat_BD = x_hat_BD + self.b_dec
+        if x is not None:
+            x = x.to(device=self.device, dtype=self.dtype)
+        return self._normalize_out(x_hat_BD, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """decode(encode(x))."""
+        return self.decode(self.encode(x), x)
+
+    __call__ = forward
+
+    # ----------------------------------------------------------------- latent surgery
+
+    def select(self, idx: Sequence[int] | torch.Tensor) -> SAE:
+        """An SAE that keeps only latents ``idx`` (in that order), with everything else equal.
+
+        For ``topk`` the result keeps ``min(k, len(idx))`` latents per token.
+        """
+        idx_F = torch.as_tensor(idx, dtype=torch.long, device=self.device).reshape(-1)
+        if idx_F.numel() and (int(idx_F.min()) < 0 or int(idx_F.max()) >= self.width):
+            raise SaegeoError(f"{self.name}: select() indices must lie in [0, {self.width})")
+        changes: dict[str, Any] = {
+            "W_enc": self.W_enc[:, idx_F],
+            "b_enc": self.b_enc[idx_F],
+            "W_dec": self.W_dec[idx_F],
+            "threshold": None if self.threshold is None else self.threshold[idx_F],
+            "metadata": {
+                key: value for key, value in self.metadata.items() if key != "matryoshka_widths"
+            },
+        }
+        if self.arch == "topk":
+            changes["k"] = min(int(self.k or 1), max(1, idx_F.numel()))
+        return self.replace(**changes)
+
+    def centring(self) -> torch.Tensor:
+        """What ``sae_in`` subtracts from the (normalised) input: ``b_dec`` or zeros."""
+        return self.b_dec if self.apply_b_dec_to_input else torch.zeros_like(self.b_dec)
+
+    @torch.no_grad()
+    def to_jumprelu(self, acts: Iterable[torch.Tensor] | torch.Tensor) -> SAE:
+        """A JumpReLU SAE with one threshold so that mean L0 on ``acts`` equals ``k``.
+
+        This is how BatchTopK SAEs run at inference. ``acts`` is a tensor [N, d_in] or an
+        iterable of such batches (an ActivationStore).
+        """
+        if self.arch != "topk":
+            raise SaegeoError(f"{self.name}: to_jumprelu() converts topk SAEs, not {self.arch}")
+        assert self.k is not None
+        if isinstance(acts, torch.Tensor):
+            batches: list[torch.Tensor] | Iterable[torch.Tensor] = [acts]
+            n_tokens = acts.shape[0]
+        elif hasattr(acts, "n_tokens"):  # an ActivationStore knows its size before reading
+            batches, n_tokens = acts, int(acts.n_tokens)  # type: ignore[attr-defined]
+        else:
+            batches = list(acts)
+            n_tokens = sum(batch.shape[0] for batch in batches)
+        if n_tokens == 0:
+            raise SaegeoError(f"{self.name}: to_jumprelu() got no activations")
+        budget = n_tokens * self.k
+        kept = torch.empty(0, dtype=self.dtype, device=self.device)
+        for batch in batches:
+            pre_BF = self.pre_acts(batch).relu()
+            kept = torch.cat([kept, pre_BF[pre_BF > 0]])
+            if kept.numel() > budget:
+                kept = kept.topk(budget, sorted=False).values
+        # The threshold sits just below the (N·k)-th largest positive pre-activation, so that
+        # exactly N·k activations (ties aside) exceed it.
+        value = float(kept.min()) if kept.numel() >= budget else 0.0
+        threshold = torch.nextafter(torch.tensor(value), torch.tensor(-1.0)).clamp_min(0.0)
+        return self.replace(
+            arch="jumprelu",
+            k=None,
+            threshold=torch.full(
+                (self.width,), float(threshold), dtype=self.dtype, device=self.device
+            ),
+            metadata={**self.metadata, "converted_from": f"topk (k={self.k})"},
+        )
+
+
+def concat(saes: Sequence[SAE]) -> SAE:
+    """Union of the latents of SAEs on the same site, in order.
+
+    Additive SAEs (relu, jumprelu) give a jumprelu SAE in which every latent fires exactly as
+    in its own SAE: a difference of ``b_dec`` centring is folded into its encoder bias, and
+    the output uses the first SAE's ``b_dec``. Matching-pursuit SAEs give a matching-pursuit
+    SAE over the union dictionary, with the first SAE's settings. Convert TopK SAEs first
+    with :meth:`SAE.to_jumprelu`.
+    """
+    if not saes:
+        raise SaegeoError("concat() needs at least one SAE")
+    first = saes[0]
+    for other in saes[1:]:
+        if other.d_in != first.d_in:
+            raise ShapeError(
+                f"concat(): {other.name} has d_in={other.d_in} but {first.name} has {first.d_in}"
+            )
+        if other.normalize_activations != first.normalize_activations:
+            raise SaegeoError(
+                f"concat(): {other.name} normalises inputs with {other.normalize_activations!r}, "
+                f"{first.name} with {first.normalize_activations!r}"
+            )
+    archs = {sae.arch for sae in saes}
+    sources = [sae.name for sae in saes]
+    if archs == {"matching_pursuit"}:
+        return first.replace(
+            W_dec=torch.cat([sae.W_dec.to(first.device, first.dtype) for sae in saes]),
+            b_enc=torch.zeros(
+                sum(sae.width for sae in saes), dtype=first.dtype, device=first.device
+            ),
+            metadata={"sources": sources},
+        )
+    if not archs <= set(ADDITIVE_ARCHS):
+        raise SaegeoError(
+            f"concat(): cannot union {sorted(archs)}; additive architectures (relu, jumprelu) "
+            "combine with each other and matching pursuit with itself; convert topk SAEs with "
+            "to_jumprelu(acts) first"
+        )
+    centring_D = first.centring()
+    W_enc, b_enc, W_dec, threshold = [], [], [], []
+    for sae in saes:
+        sae = sae.to(first.device, first.dtype)
+        W_enc.append(sae.W_enc)
+        b_enc.append(sae.b_enc + (centring_D - sae.centring()) @ sae.W_enc)
+        W_dec.append(sae.W_dec)
+        threshold.append(
+            sae.threshold if sae.threshold is not None else torch.zeros_like(sae.b_enc)
+        )
+    return SAE(
+        W_enc=torch.cat(W_enc, dim=1),
+        b_enc=torch.cat(b_enc),
+        W_dec=torch.cat(W_dec),
+        b_dec=first.b_dec,
+        arch="jumprelu",
+        threshold=torch.cat(threshold),
+        apply_b_dec_to_input=first.apply_b_dec_to_input,
+        normalize_activations=first.normalize_activations,
+        metadata={"sources": sources},
+    )

@@ -1,0 +1,3 @@
+"""Effects on reconstruction, measured by streaming activations: metrics, delta-MSE, hybrids,
+novelty, interpolation.
+"""

@@ -1,0 +1,475 @@
+"""What adding (or swapping in) a larger SAE's features does to a smaller SAE's reconstruction.
+
+``delta_mse[j]`` (DESIGN) is the MSE of the smaller SAE with large feature ``j`` added, minus
+the smaller SAE's MSE, on the same tokens; see :mod:`saegeo.effects.hybrid` for how the union fires.
+Re-encoding one hybrid per feature costs ``large.width`` passes over the activations; the
+paths below give the same numbers from one pass.
+
+**Additive pairs** (relu, jumprelu). With ``r = x - x̂`` the smaller SAE's error on a token
+(after its output normalisation, which scales an added term by ``s``, see
+:func:`saegeo.effects.hybrid.output_scale`) and ``f_j`` feature ``j``'s activation in the union,
+``||r - s f_j d_j||² - ||r||² = s² f_j² ||d_j||² - 2 s f_j <r, d_j>``, so
+
+    delta_j = mean over tokens of (s² f_j² ||d_j||² - 2 s f_j <r, d_j>),
+
+which vanishes where ``j`` does not fire. One pass computes the large SAE's activations on the
+small SAE's centring, ``r`` and ``r W_decᵀ``: about two encodings of the large SAE.
+
+**TopK pairs** (``topk="reencode"``). In the union, ``j`` takes a slot on a token iff its
+pre-activation beats the smaller SAE's k-th largest, whose latent ``m`` (value ``v``) it
+displaces: with ``r' = r + s v d_m`` the token adds ``||r'||² - ||r||² - 2 s p_j <r', d_j> +
+s² p_j² ||d_j||²`` (``p_j = relu(pre_j)``). Same cost. ``topk="jumprelu"`` converts TopK SAEs
+with :meth:`SAE.to_jumprelu` on the same tokens and uses the additive path.
+
+**Matching pursuit.** A union pursuit runs exactly like the smaller SAE's own until the first
+iteration in which atom ``j`` would be chosen (its correlation beats every other atom's and 0),
+so ``delta_j`` gets a contribution only from tokens where that happens. One pass runs the
+smaller SAE's pursuit and correlates its residual at every iteration with the large dictionary
+(one large-dictionary pursuit's worth of products); then each such (token, feature) pair is
+re-encoded over the smaller dictionary plus that one atom. The cost is one pursuit over
+``small.width + 1`` atoms per pair: from about ``L0`` pairs per token for well-separated
+dictionaries up to ``large.width`` per token (one-at-a-time re-encoding) in the worst case.
+
+Swap groups (:func:`swap_deltas`) replace a group's small features by its large ones; additive
+pairs use the same closed form for the summed change ``Δ`` of a group, TopK (``reencode``) and
+pursuit pairs re-encode one hybrid per group: one pass over the activations per group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from saegeo.core.devices import resolve_device
+from saegeo.core.pursuit import StopRules, apply_atoms
+from saegeo.core.sae import SAE
+from saegeo.effects.hybrid import TopkMode, hybrid, output_scale, prepare_pair, rebase
+from saegeo.effects.metrics import evaluate
+from saegeo.errors import SaegeoError
+from saegeo.io.store import ActivationStore, as_store
+
+Acts = ActivationStore | torch.Tensor | str
+# Entries of a [tokens, features] working block (bounds memory per product).
+BLOCK_ELEMENTS = 1 << 24
+# Rows (token, feature pairs) re-encoded together on the pursuit path.
+PAIR_ROWS = 4096
+
+
+def _progress(total: int, desc: str, progress: bool | None) -> tqdm:
+    return tqdm(
+        total=total, desc=desc, unit="tok", leave=False, disable=True if progress is False else None
+    )
+
+
+def _activation(pre_BL: torch.Tensor, large: SAE, cols: slice) -> torch.Tensor:
+    """Additive activation of ``large``'s latents ``cols`` from their pre-activations."""
+    if large.arch == "jumprelu":
+        assert large.threshold is not None
+        return pre_BL.relu() * (pre_BL > large.threshold[cols]).to(pre_BL.dtype)
+    return pre_BL.relu()
+
+
+@torch.no_grad()
+def _delta_closed_form(
+    small: SAE,
+    large: SAE,
+    store: ActivationStore,
+    *,
+    kind: str,
+    batch_size: int,
+    limit: int | None,
+    device: torch.device,
+    progress: bool | None,
+) -> tuple[np.ndarray, int]:
+    """Summed delta per large feature [L] (float64) and the token count: additive and TopK."""
+    union_large = rebase(small, large)
+    W_enc_DL, b_enc_L, W_dec_LD = union_large.W_enc, union_large.b_enc, union_large.W_dec
+    sq_norm_L = (W_dec_LD.double() ** 2).sum(dim=1)
+    n_large = large.width
+    chunk = max(1, BLOCK_ELEMENTS // max(batch_size, 1))
+    sum_sq_L = torch.zeros(n_large, dtype=torch.float64, device=device)
+    sum_cross_L = torch.zeros_like(sum_sq_L)
+    sum_shift_L = torch.zeros_like(sum_sq_L)
+    n_tokens = 0
+    total = store.n_tokens if limit is None else min(limit, store.n_tokens)
+    with _progress(total, "delta_mse", progress) as bar:
+        for x_BD in store.iter_batches(batch_size, limit=limit, dtype=small.dtype, device=device):
+            n_tokens += x_BD.shape[0]
+            x_in_BD = small.sae_in(x_BD)
+            residual_BD = x_BD - small.forward(x_BD)
+            scale_B = output_scale(small, x_BD)
+            if kind == "topk":
+                assert small.k is not None
+                top = small.pre_acts(x_BD).topk(small.k, dim=1)
+                kth_B, kth_idx_B = top.values[:, -1], top.indices[:, -1]
+                shifted_BD = (
+                    residual_BD + (scale_B * kth_B.relu())[:, None] * small.W_dec[kth_idx_B]
+                )
+                shift_B = (shifted_BD.double() ** 2).sum(1) - (residual_BD.double() ** 2).sum(1)
+                residual_BD = shifted_BD
+            for start in range(0, n_large, chunk):
+                cols = slice(start, min(start + chunk, n_large))
+                pre_BL = x_in_BD @ W_enc_DL[:, cols] + b_enc_L[cols]
+                if kind == "topk":
+                    wins_BL = pre_BL > kth_B[:, None]
+                    acts_BL = pre_BL.relu() * wins_BL.to(pre_BL.dtype)
+                    sum_shift_L[cols] += shift_B @ wins_BL.double()
+                else:
+                    acts_BL = _activation(pre_BL, union_large, cols)
+                acts_BL = acts_BL * scale_B[:, None]
+                sum_sq_L[cols] += (acts_BL.double() ** 2).sum(0)
+                dots_BL = residual_BD @ W_dec_LD[cols].T
+                sum_cross_L[cols] += (acts_BL * dots_BL).double().sum(0)
+            bar.update(x_BD.shape[0])
+    total_L = sum_shift_L + sq_norm_L * sum_sq_L - 2.0 * sum_cross_L
+    return total_L.cpu().numpy(), n_tokens
+
+
+def _pursuit(
+    residual_RD: torch.Tensor,
+    W_SD: torch.Tensor,
+    sae: SAE,
+    *,
+    extra_RD: torch.Tensor | None = None,
+    watch_LD: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """SAELens's matching pursuit of each row over ``W_SD`` (plus a per-row atom ``extra_RD``
+    appended last), with ``sae``'s stop rules.
+
+    With ``watch_LD`` it also returns, per row and watched atom [rows, L], whether that atom
+    would have been chosen at some iteration: its correlation beats every atom's and 0.
+    Returns (codes [rows, S (+1)], watched or None).
+    """
+    n_rows, d_in = residual_RD.shape
+    n_atoms = W_SD.shape[0] + (extra_RD is not None)
+    iterations = d_in if sae.max_iterations is None else sae.max_iterations
+    rules = StopRules(sae.residual_threshold, iterations, sae.stop_on_duplicate_support)
+    residual_RD = residual_RD.clone()
+    acts_RS = torch.zeros(n_rows, n_atoms, dtype=residual_RD.dtype, device=residual_RD.device)
+    watched_RL = None
+    if watch_LD is not None:
+        watched_RL = torch.zeros(
+            n_rows, watch_LD.shape[0], dtype=torch.bool, device=residual_RD.device
+        )
+        chunk = max(1, BLOCK_ELEMENTS // max(n_rows, 1))
+    rows_R = torch.arange(n_rows, device=residual_RD.device)
+    extra = extra_RD
+    for _ in range(iterations):
+        corr_RS = residual_RD @ W_SD.T
+        if extra is not None:
+            corr_RS = torch.cat([corr_RS, (residual_RD * extra).sum(1, keepdim=True)], dim=1)
+        best_R, idx_R = corr_RS.relu().max(dim=1)
+        if watched_RL is not None:
+            assert watch_LD is not None
+            for start in range(0, watch_LD.shape[0], chunk):
+                cols = slice(start, start + chunk)
+                wins_RL = (residual_RD @ watch_LD[cols].T) > best_R[:, None]
+                watched_RL[rows_R, cols] |= wins_RL
+        atom_RD = W_SD[idx_R.clamp(max=W_SD.shape[0] - 1)]
+        if extra is not None:
+            atom_RD = torch.where((idx_R == W_SD.shape[0])[:, None], extra, atom_RD)
+        _, finished_R = apply_atoms(residual_RD, atom_RD, idx_R, rows_R, acts_RS, rules)
+        keep_R = (~finished_R).nonzero().squeeze(1)
+        if keep_R.numel() == 0:
+            break
+        if keep_R.numel() < rows_R.numel():
+            rows_R, residual_RD = rows_R[keep_R], residual_RD[keep_R]
+            if extra is not None:
+                extra = extra[keep_R]
+    return acts_RS, watched_RL
+
+
+@torch.no_grad()
+def _delta_pursuit(
+    small: SAE,
+    large: SAE,
+    store: ActivationStore,
+    *,
+    batch_size: int,
+    limit: int | None,
+    device: torch.device,
+    progress: bool | None,
+) -> tuple[np.ndarray, int]:
+    """Summed delta per large feature [L] (float64) and the token count: matching pursuit."""
+    W_small_SD, W_large_LD = small.W_dec, large.W_dec
+    n_small = small.width
+    total_L = torch.zeros(large.width, dtype=torch.float64, device=device)
+    n_tokens = 0
+    total = store.n_tokens if limit is None else min(limit, store.n_tokens)
+    with _progress(total, "delta_mse (pursuit)", progress) as bar:
+        for x_BD in store.iter_batches(batch_size, limit=limit, dtype=small.dtype, device=device):
+            n_tokens += x_BD.shape[0]
+            x_in_BD = small.sae_in(x_BD)
+            acts_BS, watched_BL = _pursuit(x_in_BD, W_small_SD, small, watch_LD=W_large_LD)
+            assert watched_BL is not None
+            error_B = ((x_BD - small.decode(acts_BS, x_BD)).double() ** 2).sum(1)
+            scale_B = output_scale(small, x_BD)
+            token_P, feature_P = watched_BL.nonzero(as_tuple=True)
+            for start in range(0, token_P.numel(), PAIR_ROWS):
+                t_R = token_P[start : start + PAIR_ROWS]
+                j_R = feature_P[start : start + PAIR_ROWS]
+                atom_RD = W_large_LD[j_R]
+                codes_RS, _ = _pursuit(x_in_BD[t_R], W_small_SD, small, extra_RD=atom_RD)
+                x_RD = x_BD[t_R]
+                recon_RD = small.decode(codes_RS[:, :n_small], x_RD)
+                recon_RD = recon_RD + (scale_B[t_R] * codes_RS[:, n_small])[:, None] * atom_RD
+                hybrid_error_R = ((x_RD - recon_RD).double() ** 2).sum(1)
+                total_L.index_add_(0, j_R, hybrid_error_R - error_B[t_R])
+            bar.update(x_BD.shape[0])
+    return total_L.cpu().numpy(), n_tokens
+
+
+def delta_mse(
+    small: SAE,
+    large: SAE,
+    acts: Acts,
+    *,
+    topk: TopkMode = "reencode",
+    batch_size: int = 4096,
+    limit: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool | None = None,
+) -> pd.Series:
+    """Change in ``small``'s MSE from adding each ``large`` feature alone, on ``acts``.
+
+    Parameters
+    ----------
+    small, large
+        The smaller SAE and the one whose features are added (same d_in and input
+        normalisation). Additive pairs, TopK pairs and matching-pursuit pairs are supported;
+        see the module docstring for the methods and their cost.
+    acts
+        Activations [N, d_in]: an ActivationStore, a tensor or a path.
+    topk
+        ``"reencode"``: TopK pairs form a TopK union with the smaller SAE's ``k``.
+        ``"jumprelu"``: TopK SAEs are first converted with :meth:`SAE.to_jumprelu` on the same
+        tokens, and the deltas are relative to the converted smaller SAE.
+    batch_size, limit
+        Tokens per batch, and at most this many tokens in all.
+    device
+        Where to compute; ``"auto"`` is CUDA when present.
+    progress
+        Show a progress bar on a terminal (None: when attached to one).
+
+    Returns
+    -------
+    pandas.Series
+        ``delta_mse`` indexed by large feature (``feature``); negative where adding the feature
+        lowers the MSE, 0 for features that never fire on these tokens.
+    """
+    store = as_store(acts)
+    torch_device = resolve_device(device)
+    small, large, kind = prepare_pair(
+        small, large, store, topk=topk, batch_size=batch_size, limit=limit, device=torch_device
+    )
+    options: dict[str, Any] = dict(
+        batch_size=batch_size, limit=limit, device=torch_device, progress=progress
+    )
+    if kind == "pursuit":
+        total_L, n_tokens = _delta_pursuit(small, large, store, **options)
+    else:
+        total_L, n_tokens = _delta_closed_form(small, large, store, kind=kind, **options)
+    if n_tokens == 0:
+        raise SaegeoError(f"delta_mse(): no activations in {store.source}")
+    return pd.Series(
+        total_L / n_tokens, index=pd.RangeIndex(large.width, name="feature"), name="delta_mse"
+    )
+
+
+# --------------------------------------------------------------------------- swap groups
+
+
+@torch.no_grad()
+def _swap_closed_form(
+    small: SAE,
+    large: SAE,
+    store: ActivationStore,
+    groups_small: Sequence[np.ndarray],
+    groups_large: Sequence[np.ndarray],
+    *,
+    batch_size: int,
+    limit: int | None,
+    device: torch.device,
+    progress: bool | None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Summed squared-error change and L0 change per group (float64), and the token count.
+
+    A group's swap changes a token's reconstruction by ``Δ = s (Σ_large f d - Σ_small f d)``
+    and its squared error by ``||Δ||² - 2 <r, Δ>``.
+    """
+    n_groups = len(groups_small)
+    union_large = rebase(small, large)
+    small_M = torch.as_tensor(
+        np.concatenate([np.asarray(g, np.int64) for g in groups_small]), device=device
+    )
+    large_M = torch.as_tensor(
+        np.concatenate([np.asarray(g, np.int64) for g in groups_large]), device=device
+    )
+    group_M = torch.as_tensor(
+        np.concatenate(
+            [np.full(len(g), i) for i, g in enumerate(groups_small)]
+            + [np.full(len(g), i) for i, g in enumerate(groups_large)]
+        ).astype(np.int64),
+        device=device,
+    )
+    W_MD = torch.cat([small.W_dec[small_M], union_large.W_dec[large_M]])
+    sign_M = torch.cat([-torch.ones(small_M.numel()), torch.ones(large_M.numel())]).to(
+        device=device, dtype=small.dtype
+    )
+    W_enc_DM, b_enc_M = union_large.W_enc[:, large_M], union_large.b_enc[large_M]
+    large_cols = union_large.select(large_M)
+    sq_error_G = torch.zeros(n_groups, dtype=torch.float64, device=device)
+    l0_G = torch.zeros(n_groups, dtype=torch.float64, device=device)
+    n_tokens = 0
+    total = store.n_tokens if limit is None else min(limit, store.n_tokens)
+    with _progress(total, "swap deltas", progress) as bar:
+        for x_BD in store.iter_batches(batch_size, limit=limit, dtype=small.dtype, device=device):
+            n_tokens += x_BD.shape[0]
+            codes_BS = small.encode(x_BD)
+            residual_BD = x_BD - small.decode(codes_BS, x_BD)
+            pre_BM = small.sae_in(x_BD) @ W_enc_DM + b_enc_M
+            large_BM = _activation(pre_BM, large_cols, slice(None))
+            acts_BM = torch.cat([codes_BS[:, small_M], large_BM], dim=1)
+            l0_G.index_add_(0, group_M, ((acts_BM != 0).to(torch.float64) * sign_M.double()).sum(0))
+            signed_BM = acts_BM * sign_M * output_scale(small, x_BD)[:, None]
+            token_N, member_N = signed_BM.nonzero(as_tuple=True)  # sorted by token
+            key_N = token_N * n_groups + group_M[member_N]
+            # Parts of whole tokens, so that no (token, group) pair is split between parts.
+            n_batch = x_BD.shape[0]
+            step = max(1, PAIR_ROWS * 4 * n_batch // max(token_N.numel(), 1))
+            edges = torch.searchsorted(
+                token_N, torch.arange(0, n_batch + step, step, device=device)
+            ).tolist()
+            for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+                if hi <= lo:
+                    continue
+                keys_U, slot_N = key_N[lo:hi].unique(return_inverse=True)
+                delta_UD = torch.zeros(
+                    keys_U.numel(), x_BD.shape[1], dtype=x_BD.dtype, device=device
+                )
+                values_N = signed_BM[token_N[lo:hi], member_N[lo:hi]]
+                delta_UD.index_add_(0, slot_N, values_N[:, None] * W_MD[member_N[lo:hi]])
+                token_U = keys_U // n_groups
+                change_U = (delta_UD.double() ** 2).sum(1) - 2.0 * (
+                    residual_BD[token_U].double() * delta_UD.double()
+                ).sum(1)
+                sq_error_G.index_add_(0, keys_U % n_groups, change_U)
+            bar.update(x_BD.shape[0])
+    return sq_error_G.cpu().numpy(), l0_G.cpu().numpy(), n_tokens
+
+
+def swap_deltas(
+    small: SAE,
+    large: SAE,
+    acts: Acts,
+    groups_small: Sequence[Sequence[int]],
+    groups_large: Sequence[Sequence[int]],
+    *,
+    topk: TopkMode = "reencode",
+    batch_size: int = 4096,
+    limit: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """MSE and L0 change of ``small`` when each group's small features are swapped for large ones.
+
+    Groups must be disjoint (swap groups are). Arguments as for :func:`delta_mse`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per group (index ``group``, in the order given): ``delta_mse``, ``delta_l0``.
+    """
+    if len(groups_small) != len(groups_large):
+        raise SaegeoError(
+            f"swap_deltas(): {len(groups_small)} small groups but {len(groups_large)} large groups"
+        )
+    store = as_store(acts)
+    torch_device = resolve_device(device)
+    small, large, kind = prepare_pair(
+        small, large, store, topk=topk, batch_size=batch_size, limit=limit, device=torch_device
+    )
+    index = pd.RangeIndex(len(groups_small), name="group")
+    if not len(groups_small):
+        return pd.DataFrame({"delta_mse": [], "delta_l0": []}, index=index)
+    gs = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups_small]
+    gl = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups_large]
+    if kind == "additive":
+        sq_error_G, l0_G, n_tokens = _swap_closed_form(
+            small,
+            large,
+            store,
+            gs,
+            gl,
+            batch_size=batch_size,
+            limit=limit,
+            device=torch_device,
+            progress=progress,
+        )
+        if n_tokens == 0:
+            raise SaegeoError(f"swap_deltas(): no activations in {store.source}")
+        return pd.DataFrame(
+            {"delta_mse": sq_error_G / n_tokens, "delta_l0": l0_G / n_tokens}, index=index
+        )
+    options: dict[str, Any] = dict(batch_size=batch_size, limit=limit, device=torch_device)
+    base = evaluate(small, store, **options)
+    rows = []
+    for members_small, members_large in tqdm(
+        list(zip(gs, gl, strict=True)),
+        desc="swap groups",
+        leave=False,
+        disable=True if progress is False else None,
+    ):
+        swapped = evaluate(
+            hybrid(small, large, add=members_large, remove=members_small), store, **options
+        )
+        rows.append((swapped.mse - base.mse, swapped.l0 - base.l0))
+    return pd.DataFrame(rows, columns=["delta_mse", "delta_l0"], index=index)
+
+
+def cumulative_mse(
+    small: SAE,
+    large: SAE,
+    acts: Acts,
+    order: Sequence[int],
+    *,
+    points: int = 11,
+    topk: TopkMode = "reencode",
+    batch_size: int = 4096,
+    limit: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """MSE and L0 of ``small`` with the first ``n`` features of ``order`` added together.
+
+    Each of ``points`` evenly spaced ``n`` (0 and ``len(order)`` included) is a real
+    evaluation of the hybrid SAE (:func:`saegeo.effects.hybrid.hybrid`): one pass over the
+    activations.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``n_added``, ``mse``, ``l0``, one row per point.
+    """
+    store = as_store(acts)
+    torch_device = resolve_device(device)
+    small, large, _ = prepare_pair(
+        small, large, store, topk=topk, batch_size=batch_size, limit=limit, device=torch_device
+    )
+    order_arr = np.asarray(order, dtype=np.int64).reshape(-1)
+    if points < 2:
+        raise SaegeoError(f"cumulative_mse(): points must be >= 2, got {points}")
+    counts = np.unique(np.linspace(0, order_arr.size, points).round().astype(np.int64))
+    rows = []
+    for n in tqdm(
+        counts, desc="cumulative mse", leave=False, disable=True if progress is False else None
+    ):
+        sae = hybrid(small, large, add=order_arr[:n]) if n else small
+        metrics = evaluate(sae, store, batch_size=batch_size, limit=limit, device=torch_device)
+        rows.append((int(n), metrics.mse, metrics.l0))
+    return pd.DataFrame(rows, columns=["n_added", "mse", "l0"])

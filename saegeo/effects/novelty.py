@@ -1,0 +1,208 @@
+"""Seed 003's novel-vs-reconstruction analysis of a family, as tables a notebook can use.
+
+For every adjacent pair of widths: the share of the larger SAE's features that are novel, the
+2×2 table of kind × sign of ``delta_mse``, and the cumulative MSE of the smaller SAE as the
+novel (or the reconstruction) features are added together, best ``delta_mse`` first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+
+from saegeo.core.family import Family
+from saegeo.core.sae import SAE
+from saegeo.effects.delta import Acts, cumulative_mse, delta_mse
+from saegeo.effects.hybrid import TopkMode
+from saegeo.errors import SaegeoError
+from saegeo.geometry.classify import KINDS, NOVEL, classify
+from saegeo.io.store import as_store
+
+DECREASES = "delta_mse < 0"
+DOES_NOT_DECREASE = "delta_mse >= 0"
+
+
+class FamilyNovelty(NamedTuple):
+    """Novel-vs-reconstruction results for every adjacent pair of a family."""
+
+    summary: pd.DataFrame
+    """One row per pair: ``small``, ``large`` (names), ``small_width``, ``large_width``,
+    ``n_novel``, ``share_novel`` and, with activations, the four cells of
+    :func:`kind_sign_table` (``novel_decreases``, ``novel_does_not_decrease``,
+    ``reconstruction_decreases``, ``reconstruction_does_not_decrease``) and the mean
+    ``delta_mse`` of each kind (``mean_delta_novel``, ``mean_delta_reconstruction``)."""
+    features: pd.DataFrame
+    """Every larger-SAE feature of every pair: ``pair`` (index of the pair), ``feature``,
+    ``max_cos``, ``nearest``, ``kind`` and, with activations, ``delta_mse``."""
+    curves: pd.DataFrame
+    """Cumulative curves (with activations and ``points`` > 0): ``pair``, ``kind``,
+    ``n_added``, ``mse``, ``l0``."""
+
+
+def novelty_table(
+    small: SAE,
+    large: SAE,
+    acts: Acts | None = None,
+    *,
+    threshold: float = 0.7,
+    topk: TopkMode = "reencode",
+    batch_size: int = 4096,
+    limit: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """:func:`saegeo.classify` of the pair, with a ``delta_mse`` column when ``acts`` is given."""
+    table = classify(small, large, threshold=threshold, device=device, progress=progress)
+    if acts is not None:
+        table["delta_mse"] = delta_mse(
+            small,
+            large,
+            acts,
+            topk=topk,
+            batch_size=batch_size,
+            limit=limit,
+            device=device,
+            progress=progress,
+        )
+    return table
+
+
+def kind_sign_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Counts of kind × sign of ``delta_mse`` (seed 003's 2×2 table).
+
+    ``table`` has columns ``kind`` and ``delta_mse`` (see :func:`novelty_table`). Rows
+    ``novel``, ``reconstruction``; columns ``"delta_mse < 0"`` and ``"delta_mse >= 0"`` (a
+    feature that never fires has delta 0 and counts in the second).
+    """
+    decreases = table["delta_mse"] < 0
+    out = pd.DataFrame(
+        {
+            DECREASES: [int((decreases & (table["kind"] == kind)).sum()) for kind in KINDS],
+            DOES_NOT_DECREASE: [
+                int((~decreases & (table["kind"] == kind)).sum()) for kind in KINDS
+            ],
+        },
+        index=pd.Index(KINDS, name="kind"),
+    )
+    return out
+
+
+def cumulative_curves(
+    small: SAE,
+    large: SAE,
+    acts: Acts,
+    table: pd.DataFrame,
+    *,
+    points: int = 11,
+    topk: TopkMode = "reencode",
+    batch_size: int = 4096,
+    limit: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """MSE of ``small`` with each kind's features added together, lowest ``delta_mse`` first.
+
+    ``table`` is :func:`novelty_table`'s result with ``delta_mse``. Each kind's curve is
+    evaluated at ``points`` evenly spaced counts (see :func:`saegeo.effects.delta.cumulative_mse`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``kind``, ``n_added``, ``mse``, ``l0``.
+    """
+    curves = []
+    for kind in KINDS:
+        chosen = table[table["kind"] == kind]
+        order = chosen.sort_values("delta_mse", kind="stable").index.to_numpy()
+        curve = cumulative_mse(
+            small,
+            large,
+            acts,
+            order,
+            points=points,
+            topk=topk,
+            batch_size=batch_size,
+            limit=limit,
+            device=device,
+            progress=progress,
+        )
+        curve.insert(0, "kind", kind)
+        curves.append(curve)
+    return pd.concat(curves, ignore_index=True)
+
+
+def family_novelty(
+    family: Family | Sequence[SAE],
+    acts: Acts | None = None,
+    *,
+    threshold: float = 0.7,
+    points: int = 11,
+    topk: TopkMode = "reencode",
+    batch_size: int = 4096,
+    limit: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool | None = None,
+) -> FamilyNovelty:
+    """Seed 003's analysis for every adjacent pair of ``family`` (see :class:`FamilyNovelty`).
+
+    Without ``acts`` only the geometry (kinds, shares) is computed. ``points=0`` skips the
+    cumulative curves, whose every point re-evaluates a hybrid SAE on the activations.
+    """
+    fam = family if isinstance(family, Family) else Family(list(family))
+    if len(fam) < 2:
+        raise SaegeoError(f"family_novelty(): needs at least two SAEs, got {len(fam)}")
+    store = as_store(acts) if acts is not None else None
+    options: dict[str, Any] = dict(
+        topk=topk, batch_size=batch_size, limit=limit, device=device, progress=progress
+    )
+    summaries, features, curves = [], [], []
+    for pair, (small, large) in enumerate(fam.pairs()):
+        table = novelty_table(small, large, store, threshold=threshold, **options)
+        n_novel = int((table["kind"] == NOVEL).sum())
+        row: dict[str, object] = {
+            "small": small.name,
+            "large": large.name,
+            "small_width": small.width,
+            "large_width": large.width,
+            "n_novel": n_novel,
+            "share_novel": n_novel / max(large.width, 1),
+        }
+        if store is not None:
+            cells = kind_sign_table(table)
+            for kind in KINDS:
+                row[f"{kind}_decreases"] = int(cells.loc[kind, DECREASES])
+                row[f"{kind}_does_not_decrease"] = int(cells.loc[kind, DOES_NOT_DECREASE])
+            for kind in KINDS:
+                chosen = table.loc[table["kind"] == kind, "delta_mse"]
+                row[f"mean_delta_{kind}"] = float(chosen.mean()) if len(chosen) else np.nan
+            if points > 0:
+                curve = cumulative_curves(small, large, store, table, points=points, **options)
+                curve.insert(0, "pair", pair)
+                curves.append(curve)
+        summaries.append(row)
+        features.append(table.reset_index().assign(pair=pair))
+    feature_frame = pd.concat(features, ignore_index=True)
+    feature_frame = feature_frame[["pair", *[c for c in feature_frame if c != "pair"]]]
+    curve_frame = (
+        pd.concat(curves, ignore_index=True)
+        if curves
+        else pd.DataFrame(columns=["pair", "kind", "n_added", "mse", "l0"])
+    )
+    return FamilyNovelty(pd.DataFrame(summaries), feature_frame, curve_frame)
+
+
+def kind_sign_frame(result: FamilyNovelty) -> pd.DataFrame:
+    """The 2×2 table of every pair, stacked (columns pair, small, large, kind and the counts)."""
+    frames = []
+    for pair, table in result.features.groupby("pair"):
+        cells = kind_sign_table(table).reset_index()
+        row = result.summary.iloc[int(pair)]
+        cells.insert(0, "large", row["large"])
+        cells.insert(0, "small", row["small"])
+        cells.insert(0, "pair", pair)
+        frames.append(cells)
+    return pd.concat(frames, ignore_index=True)

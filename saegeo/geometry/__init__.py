@@ -1,0 +1,1 @@
+"""Decoder geometry and activation overlap: decoder cosine, masked cosine, novel features."""

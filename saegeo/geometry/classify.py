@@ -1,0 +1,186 @@
+"""Novel and reconstruction features of a larger SAE, and swap groups between two widths (seed 003).
+
+A larger-SAE feature is **novel** iff its largest decoder cosine to the smaller SAE is
+``<= threshold`` (default 0.7), a **reconstruction** feature otherwise. **Swap groups** are the
+connected components of the bipartite graph "small i — large j where cos > threshold" (all
+pairs above the threshold, not only nearest neighbours); swapping a group replaces its small
+features by its large ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from scipy.sparse.csgraph import connected_components
+
+from saegeo.core.sae import SAE
+from saegeo.effects.delta import Acts, swap_deltas
+from saegeo.effects.hybrid import TopkMode
+from saegeo.errors import SaegeoError
+from saegeo.geometry.similarity import decoder_cosine, decoder_cosine_pairs
+
+NOVEL = "novel"
+RECONSTRUCTION = "reconstruction"
+KINDS = (NOVEL, RECONSTRUCTION)
+
+
+def _check_threshold(threshold: float, what: str) -> float:
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float, np.floating))
+        or not math.isfinite(threshold)
+        or not -1.0 <= threshold <= 1.0
+    ):
+        raise SaegeoError(f"{what}: threshold must be a cosine in [-1, 1], got {threshold!r}")
+    return float(threshold)
+
+
+def classify(
+    small: SAE | torch.Tensor,
+    large: SAE | torch.Tensor,
+    *,
+    threshold: float = 0.7,
+    device: str | torch.device = "auto",
+    dtype: torch.dtype = torch.float32,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """Each ``large`` feature's nearest ``small`` feature and whether it is novel.
+
+    Parameters
+    ----------
+    small, large
+        SAEs (or decoder matrices [width, d_in]) of the same d_in.
+    threshold
+        Novel iff ``max_cos <= threshold``.
+    device, dtype, progress
+        As for :func:`saegeo.decoder_cosine`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by large feature (``feature``): ``max_cos`` (float), ``nearest`` (the small
+        feature reaching it, int) and ``kind`` (``"novel"`` or ``"reconstruction"``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> df = classify(torch.eye(3)[:2], torch.tensor([[1.0, 0.1, 0.0], [0.0, 0.0, 1.0]]))
+    >>> df["kind"].tolist()
+    ['reconstruction', 'novel']
+    """
+    threshold = _check_threshold(threshold, "classify()")
+    match = decoder_cosine(small, large, k=1, device=device, dtype=dtype, progress=progress)
+    max_cos = match.values[:, 0].numpy().astype(np.float64)
+    return pd.DataFrame(
+        {
+            "max_cos": max_cos,
+            "nearest": match.indices[:, 0].numpy().astype(np.int64),
+            "kind": np.where(max_cos <= threshold, NOVEL, RECONSTRUCTION),
+        },
+        index=pd.RangeIndex(len(max_cos), name="feature"),
+    )
+
+
+def swap_groups(
+    small: SAE,
+    large: SAE,
+    *,
+    threshold: float = 0.7,
+    acts: Acts | None = None,
+    topk: TopkMode = "reencode",
+    batch_size: int = 4096,
+    limit: int | None = None,
+    device: str | torch.device = "auto",
+    dtype: torch.dtype = torch.float32,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """Swap groups of ``small`` and ``large``, most similar first.
+
+    Parameters
+    ----------
+    small, large
+        SAEs of the same d_in.
+    threshold
+        An edge joins small i and large j when their decoder cosine is ``> threshold``.
+    acts
+        Activations; when given, each group's ``delta_mse`` and ``delta_l0`` from swapping it
+        in alone (small members removed, large members added) are added, computed as in
+        :func:`saegeo.effects.delta.swap_deltas` (``topk``, ``batch_size``, ``limit`` apply there).
+    device, dtype, progress
+        As for :func:`saegeo.decoder_cosine`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per group with at least one edge (index ``group``, by ``max_cos`` descending,
+        then smallest large member): ``small`` and ``large`` (sorted lists of member
+        indices), ``n_small``, ``n_large``, ``max_cos`` (the largest cosine in the group) and,
+        with ``acts``, ``delta_mse`` and ``delta_l0``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from saegeo.core.sae import SAE
+    >>> small = SAE.from_decoder(torch.eye(3)[:2])
+    >>> large = SAE.from_decoder(torch.tensor([[1.0, 0.1, 0], [1.0, -0.1, 0], [0, 0, 1.0]]))
+    >>> swap_groups(small, large)[["small", "large"]].values.tolist()
+    [[[0], [0, 1]]]
+    """
+    threshold = _check_threshold(threshold, "swap_groups()")
+    pairs = decoder_cosine_pairs(
+        small, large, threshold=threshold, device=device, dtype=dtype, progress=progress
+    ).tocoo()
+    n_small, n_large = pairs.shape
+    columns = ["small", "large", "n_small", "n_large", "max_cos"]
+    if pairs.nnz == 0:
+        frame = pd.DataFrame({c: [] for c in columns}, index=pd.RangeIndex(0, name="group"))
+        if acts is not None:
+            frame["delta_mse"], frame["delta_l0"] = [], []
+        return frame
+    n = n_small + n_large
+    graph = sp.coo_matrix((np.ones(pairs.nnz), (pairs.row, n_small + pairs.col)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    edge_label = label[pairs.row]
+    components = np.unique(edge_label)
+    best = np.full(label.max() + 1, -np.inf)
+    np.maximum.at(best, edge_label, pairs.data.astype(np.float64))
+    # Members of every component at once: sort the nodes by label.
+    order = np.argsort(label, kind="stable")
+    starts = np.searchsorted(label[order], components)
+    stops = np.searchsorted(label[order], components, side="right")
+    rows = []
+    for component, lo, hi in zip(components, starts, stops, strict=True):
+        members = order[lo:hi]
+        small_members = members[members < n_small]
+        large_members = members[members >= n_small] - n_small
+        rows.append(
+            (
+                small_members.tolist(),
+                large_members.tolist(),
+                small_members.size,
+                large_members.size,
+                float(best[component]),
+            )
+        )
+    rows.sort(key=lambda row: (-row[4], row[1][0]))
+    frame = pd.DataFrame(rows, columns=columns)
+    frame.index.name = "group"
+    if acts is not None:
+        deltas = swap_deltas(
+            small,
+            large,
+            acts,
+            frame["small"].tolist(),
+            frame["large"].tolist(),
+            topk=topk,
+            batch_size=batch_size,
+            limit=limit,
+            device=device,
+            progress=progress,
+        )
+        frame = frame.join(deltas)
+    return frame

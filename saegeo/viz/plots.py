@@ -1,0 +1,161 @@
+"""Figures of seed 003's analyses: novel vs reconstruction features, Frankenstein curves."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from saegeo.effects.novelty import FamilyNovelty
+
+NOVELTY_COLOURS = {"novel": "#d62728", "reconstruction": "#1f77b4"}
+FRANKENSTEIN_COLOURS = {"original": "#1f77b4", "frankenstein": "#d62728", "unrefit": "#ff9896"}
+
+
+def novelty_figure(result: FamilyNovelty, *, threshold: float = 0.7, title: str = "") -> go.Figure:
+    """Per pair: delta_mse vs max cosine (seed 003's scatter) and the cumulative MSE curves."""
+    n_pairs = len(result.summary)
+    labels = [f"{r.small} → {r.large}" for r in result.summary.itertuples()]
+    fig = make_subplots(
+        rows=n_pairs + 1,
+        cols=2,
+        subplot_titles=[
+            "share of novel features per pair",
+            "2×2: kind × sign(delta_mse)",
+            *[
+                t
+                for label in labels
+                for t in (f"{label}: delta_mse vs max cos", f"{label}: cumulative MSE")
+            ],
+        ],
+        vertical_spacing=0.08 / max(n_pairs, 1),
+    )
+    fig.add_trace(
+        go.Bar(
+            x=labels,
+            y=result.summary["share_novel"],
+            marker_color=NOVELTY_COLOURS["novel"],
+            name="share novel",
+            showlegend=False,
+        ),
+        row=1,
+        col=1,
+    )
+    for kind in ("novel", "reconstruction"):
+        for sign in ("decreases", "does_not_decrease"):
+            fig.add_trace(
+                go.Bar(
+                    x=labels,
+                    y=result.summary[f"{kind}_{sign}"],
+                    name=f"{kind}, delta_mse {'< 0' if sign == 'decreases' else '>= 0'}",
+                    marker_color=NOVELTY_COLOURS[kind],
+                    opacity=1.0 if sign == "decreases" else 0.45,
+                ),
+                row=1,
+                col=2,
+            )
+    for pair in range(n_pairs):
+        table = result.features[result.features["pair"] == pair]
+        curves = result.curves[result.curves["pair"] == pair]
+        for kind in ("novel", "reconstruction"):
+            rows = table[table["kind"] == kind]
+            fig.add_trace(
+                go.Scattergl(
+                    x=rows["max_cos"],
+                    y=rows["delta_mse"],
+                    mode="markers",
+                    marker={"color": NOVELTY_COLOURS[kind], "size": 4, "opacity": 0.6},
+                    name=kind,
+                    legendgroup=kind,
+                    showlegend=False,
+                    hovertext=[
+                        f"feature {f}, nearest {n}"
+                        for f, n in zip(rows["feature"], rows["nearest"], strict=True)
+                    ],
+                ),
+                row=pair + 2,
+                col=1,
+            )
+            curve = curves[curves["kind"] == kind]
+            fig.add_trace(
+                go.Scatter(
+                    x=curve["n_added"],
+                    y=curve["mse"],
+                    mode="lines+markers",
+                    line={"color": NOVELTY_COLOURS[kind]},
+                    name=f"add {kind}",
+                    legendgroup=f"curve-{kind}",
+                    showlegend=pair == 0,
+                    hovertext=[f"L0 {v:.1f}" for v in curve["l0"]],
+                ),
+                row=pair + 2,
+                col=2,
+            )
+        fig.add_vline(x=threshold, line_dash="dot", line_color="#7f7f7f", row=pair + 2, col=1)
+        fig.add_hline(y=0, line_color="#bbbbbb", row=pair + 2, col=1)
+        fig.update_xaxes(title_text="max decoder cosine to the smaller SAE", row=pair + 2, col=1)
+        fig.update_yaxes(title_text="delta_mse (added alone)", row=pair + 2, col=1)
+        fig.update_xaxes(title_text="features added (lowest delta_mse first)", row=pair + 2, col=2)
+        fig.update_yaxes(title_text="MSE", row=pair + 2, col=2)
+    fig.update_layout(
+        title=title,
+        template="plotly_white",
+        barmode="group",
+        height=380 * (n_pairs + 1),
+        width=1150,
+    )
+    return fig
+
+
+def frankenstein_figure(
+    comparison: pd.DataFrame, path: pd.DataFrame | None = None, *, title: str = ""
+) -> go.Figure:
+    """MSE against features and against L0: originals, Frankenstein SAEs, interpolation paths.
+
+    ``comparison`` is :func:`saegeo.stitch.curve.frankenstein_curve`'s frame and ``path``
+    :func:`saegeo.effects.interpolation.interpolation_path`'s.
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("MSE vs features", "MSE vs L0"))
+    for pair, rows in (path if path is not None else pd.DataFrame(columns=["pair"])).groupby(
+        "pair"
+    ):
+        label = f"path {rows['small'].iloc[0]} → {rows['large'].iloc[0]}"
+        for col, x in ((1, "n_features"), (2, "l0")):
+            fig.add_trace(
+                go.Scatter(
+                    x=rows[x],
+                    y=rows["mse"],
+                    mode="lines",
+                    name=label,
+                    line={"color": "#7f7f7f", "width": 1},
+                    opacity=0.6,
+                    legendgroup=f"path{pair}",
+                    showlegend=col == 1,
+                    hovertext=rows["action"],
+                ),
+                row=1,
+                col=col,
+            )
+    for kind, rows in comparison.groupby("kind", sort=False):
+        rows = rows.sort_values("n_features")
+        for col, x in ((1, "n_features"), (2, "l0")):
+            fig.add_trace(
+                go.Scatter(
+                    x=rows[x],
+                    y=rows["mse"],
+                    mode="lines+markers",
+                    name=str(kind),
+                    marker={"color": FRANKENSTEIN_COLOURS.get(str(kind))},
+                    line={"dash": "dot" if kind == "unrefit" else "solid"},
+                    legendgroup=str(kind),
+                    showlegend=col == 1,
+                    hovertext=rows["name"],
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(type="log", title_text="features", row=1, col=1)
+    fig.update_xaxes(title_text="L0 (mean active latents)", row=1, col=2)
+    fig.update_yaxes(title_text="MSE (held-out)", row=1, col=1)
+    fig.update_layout(title=title, template="plotly_white", height=520, width=1100)
+    return fig

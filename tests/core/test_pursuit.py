@@ -1,0 +1,256 @@
+"""Matching pursuit against SAELens's ``_encode_matching_pursuit`` and ``MatchingPursuitSAE``."""
+
+from __future__ import annotations
+
+import pytest
+import sae_lens
+import torch
+from sae_lens.saes.matching_pursuit_sae import MatchingPursuitSAEConfig, _encode_matching_pursuit
+
+import saegeo.core.pursuit as pursuit
+from saegeo.core.pursuit import choose_method, matching_pursuit
+from saegeo.core.sae import SAE
+from saegeo.errors import SaegeoError, ShapeError
+
+METHODS = ["gram", "direct"]
+STATIC = dict(residual_threshold=0.0, max_iterations=12, stop_on_duplicate_support=False)
+DYNAMIC = dict(residual_threshold=0.3, max_iterations=None, stop_on_duplicate_support=True)
+
+
+def reference(x_BD: torch.Tensor, W_dec_FD: torch.Tensor, **rules) -> torch.Tensor:
+    return _encode_matching_pursuit(
+        x_BD,
+        W_dec_FD,
+        rules["residual_threshold"],
+        max_iterations=rules["max_iterations"],
+        stop_on_duplicate_support=rules["stop_on_duplicate_support"],
+    )
+
+
+def assert_same_codes(ours_BF: torch.Tensor, ref_BF: torch.Tensor) -> None:
+    assert ours_BF.shape == ref_BF.shape and ours_BF.dtype == ref_BF.dtype
+    assert torch.equal(ours_BF != 0, ref_BF != 0), "supports differ"
+    torch.testing.assert_close(ours_BF, ref_BF, rtol=1e-5, atol=1e-5 * ref_BF.abs().max().item())
+
+
+def decoder(width: int, d_in: int, *, unit: bool, dtype=torch.float64) -> torch.Tensor:
+    W_dec_FD = torch.randn(width, d_in, dtype=dtype)
+    W_dec_FD /= W_dec_FD.norm(dim=1, keepdim=True)
+    if not unit:
+        # Norms below sqrt(2): larger ones make the un-normalised coefficient overshoot.
+        W_dec_FD *= torch.empty(width, 1, dtype=dtype).uniform_(0.4, 1.3)
+    return W_dec_FD
+
+
+def sparse_inputs(W_dec_FD: torch.Tensor, batch: int, noise: float = 0.05) -> torch.Tensor:
+    """Rows built from 1..12 atoms plus noise, so that rows stop at different iterations."""
+    width, d_in = W_dec_FD.shape
+    codes_BF = torch.zeros(batch, width, dtype=W_dec_FD.dtype)
+    for row in range(batch):
+        k = int(torch.randint(1, 13, ()))
+        codes_BF[row, torch.randperm(width)[:k]] = torch.rand(k, dtype=W_dec_FD.dtype) + 0.5
+    return codes_BF @ W_dec_FD + noise * torch.randn(batch, d_in, dtype=W_dec_FD.dtype)
+
+
+# ----------------------------------------------------------------- against the function
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("unit", [True, False])
+@pytest.mark.parametrize("rules", [STATIC, DYNAMIC], ids=["static", "dynamic"])
+@pytest.mark.parametrize("width", [200, 256])  # padded to whole blocks, and not
+def test_matches_saelens_float64(method, unit, rules, width):
+    W_dec_FD = decoder(width, 48, unit=unit)
+    x_BD = torch.cat([sparse_inputs(W_dec_FD, 48), torch.randn(16, 48, dtype=torch.float64)])
+    ours = matching_pursuit(x_BD, W_dec_FD, method=method, **rules)
+    assert_same_codes(ours, reference(x_BD, W_dec_FD, **rules))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("unit", [True, False])
+@pytest.mark.parametrize("rules", [STATIC, DYNAMIC], ids=["static", "dynamic"])
+def test_matches_saelens_float32(method, unit, rules):
+    W_dec_FD = decoder(768, 64, unit=unit, dtype=torch.float32)
+    x_BD = torch.cat([sparse_inputs(W_dec_FD, 64), 3 * torch.randn(64, 64)])
+    ours = matching_pursuit(x_BD, W_dec_FD, method=method, **rules)
+    assert_same_codes(ours, reference(x_BD, W_dec_FD, **rules))
+
+
+def test_float32_long_static_run_keeps_supports():
+    # 48 iterations on dense inputs: many near-ties for the Gram updates to drift across.
+    W_dec_FD = decoder(2048, 128, unit=True, dtype=torch.float32)
+    x_BD = torch.randn(192, 128)
+    rules = dict(residual_threshold=0.0, max_iterations=48, stop_on_duplicate_support=False)
+    ours = matching_pursuit(x_BD, W_dec_FD, method="gram", **rules)
+    assert_same_codes(ours, reference(x_BD, W_dec_FD, **rules))
+
+
+def test_gram_drift_stays_well_inside_its_bound(monkeypatch):
+    # Clustered atoms (cosines near 0.95) and inputs built from them: the updates c -= coef·G[j]
+    # nearly cancel, the worst case for drift. Every selection compares the kept correlations
+    # with SAELens's recomputed ones, in units of the drift bound.
+    base_FD = torch.randn(64, 128).repeat_interleave(16, dim=0)
+    W_dec_FD = base_FD + 0.05 * torch.randn(1024, 128)
+    W_dec_FD /= W_dec_FD.norm(dim=1, keepdim=True)
+    x_BD = 5 * sparse_inputs(W_dec_FD, 96)
+    worst = []
+    select = pursuit._select_gram
+
+    def measured(corr_BP, block_max_BK, residual_BD, W_dec_FD, scale_B):
+        exact_BF = residual_BD @ W_dec_FD.T
+        drift_B = (corr_BP[:, : W_dec_FD.shape[0]] - exact_BF).abs().amax(dim=1)
+        worst.append(float((drift_B / pursuit._drift_bound(scale_B, corr_BP.dtype)).max()))
+        return select(corr_BP, block_max_BK, residual_BD, W_dec_FD, scale_B)
+
+    monkeypatch.setattr(pursuit, "_select_gram", measured)
+    rules = dict(residual_threshold=0.0, max_iterations=48, stop_on_duplicate_support=False)
+    ours = matching_pursuit(x_BD, W_dec_FD, method="gram", **rules)
+    assert len(worst) == 48 and max(worst) < 0.25
+    assert_same_codes(ours, reference(x_BD, W_dec_FD, **rules))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_rows_stop_at_different_iterations(method):
+    W_dec_FD = decoder(256, 48, unit=True)
+    x_BD = sparse_inputs(W_dec_FD, 64, noise=0.01)
+    rules = dict(residual_threshold=0.15, max_iterations=None, stop_on_duplicate_support=False)
+    ref = reference(x_BD, W_dec_FD, **rules)
+    assert len(set((ref != 0).sum(dim=1).tolist())) > 5  # the threshold really stops rows apart
+    assert_same_codes(matching_pursuit(x_BD, W_dec_FD, method=method, **rules), ref)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_duplicate_support_stops_rows_early(method):
+    W_dec_FD = decoder(64, 48, unit=False)
+    x_BD = torch.randn(64, 48, dtype=torch.float64)
+    rules = dict(residual_threshold=0.0, max_iterations=40, stop_on_duplicate_support=True)
+    ref = reference(x_BD, W_dec_FD, **rules)
+    assert (ref != 0).sum(dim=1).max() < 40  # every row re-selected an atom and stopped
+    assert_same_codes(matching_pursuit(x_BD, W_dec_FD, method=method, **rules), ref)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("rules", [STATIC, DYNAMIC], ids=["static", "dynamic"])
+def test_rows_without_positive_correlation(method, rules):
+    # Non-negative atoms against non-positive inputs: every correlation is <= 0, so SAELens
+    # picks atom 0 with coefficient 0. Mixed into a batch with ordinary rows and a zero row.
+    W_dec_FD = decoder(128, 32, unit=False).abs()
+    x_BD = torch.randn(24, 32, dtype=torch.float64)
+    x_BD[:8] = -x_BD[:8].abs()
+    x_BD[8] = 0
+    ref = reference(x_BD, W_dec_FD, **rules)
+    assert (ref[:9] == 0).all()
+    assert_same_codes(matching_pursuit(x_BD, W_dec_FD, method=method, **rules), ref)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_exact_ties_resolve_to_the_first_atom(method):
+    W_dec_FD = decoder(96, 32, unit=True)
+    W_dec_FD[50:60] = W_dec_FD[10:20]  # duplicated atoms tie exactly; torch's max takes the first
+    x_BD = torch.cat([W_dec_FD[10:20] * 2 + 0.01 * torch.randn(10, 32), torch.randn(22, 32)])
+    ours = matching_pursuit(x_BD, W_dec_FD, method=method, **STATIC)
+    ref = reference(x_BD, W_dec_FD, **STATIC)
+    assert (ref[:, 50:60] == 0).all()
+    assert_same_codes(ours, ref)
+
+
+@pytest.mark.parametrize("drift_factor", [1e20, float("inf")], ids=["all-candidates", "inf"])
+@pytest.mark.parametrize("rules", [STATIC, DYNAMIC], ids=["static", "dynamic"])
+def test_gram_exact_route_for_every_row(monkeypatch, rules, drift_factor):
+    # A huge drift bound makes every row unclear at every iteration, with every atom a
+    # candidate; an infinite one sends every row through SAELens's expression.
+    monkeypatch.setattr(pursuit, "DRIFT_FACTOR", drift_factor)
+    W_dec_FD = decoder(200, 48, unit=False, dtype=torch.float32)
+    x_BD = sparse_inputs(W_dec_FD, 40)
+    ours = matching_pursuit(x_BD, W_dec_FD, method="gram", **rules)
+    assert_same_codes(ours, reference(x_BD, W_dec_FD, **rules))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_small_batches_and_tiles(monkeypatch, method):
+    monkeypatch.setattr(pursuit, "CPU_TILE_BYTES", 3 * 128 * 8)  # three rows per tile
+    W_dec_FD = decoder(128, 24, unit=True)
+    x_BD = sparse_inputs(W_dec_FD, 30)
+    ours = matching_pursuit(x_BD, W_dec_FD, method=method, batch_size=7, **DYNAMIC)
+    assert_same_codes(ours, reference(x_BD, W_dec_FD, **DYNAMIC))
+
+
+def test_given_gram_and_leading_dimensions():
+    W_dec_FD = decoder(128, 32, unit=True)
+    x_BD = torch.randn(2, 5, 32, dtype=torch.float64)
+    ours = matching_pursuit(x_BD, W_dec_FD, method="gram", gram_FF=W_dec_FD @ W_dec_FD.T)
+    ref = _encode_matching_pursuit(x_BD, W_dec_FD, 1e-2, None, True)
+    assert ours.shape == (2, 5, 128)
+    assert_same_codes(ours, ref)
+
+
+def test_defaults_and_zero_iterations():
+    W_dec_FD = decoder(64, 16, unit=True)
+    x_BD = torch.randn(8, 16, dtype=torch.float64)
+    ref = _encode_matching_pursuit(x_BD, W_dec_FD, 1e-2, None, True)
+    assert_same_codes(matching_pursuit(x_BD, W_dec_FD), ref)
+    assert_same_codes(matching_pursuit(x_BD[0], W_dec_FD, device="auto"), ref[0])  # one row
+    assert (matching_pursuit(x_BD, W_dec_FD, max_iterations=0) == 0).all()
+
+
+# ----------------------------------------------------------------- choosing and checking
+
+
+def test_auto_rule():
+    cpu = torch.device("cpu")
+    assert choose_method(4096, 4608, 576, 64, torch.float32, cpu) == "gram"
+    assert choose_method(4096, 4608, 32, 64, torch.float32, cpu) == "direct"  # small d_in
+    assert choose_method(4096, 4608, 576, 64, torch.bfloat16, cpu) == "direct"
+    assert choose_method(1, 4608, 576, 64, torch.float32, cpu) == "direct"  # Gram not amortised
+    assert choose_method(1, 4608, 576, 64, torch.float32, cpu, gram_given=True) == "gram"
+
+
+def test_auto_falls_back_to_direct_without_memory(monkeypatch):
+    monkeypatch.setattr(pursuit, "available_memory", lambda device: 1024)
+    assert choose_method(4096, 4608, 576, 64, torch.float32, torch.device("cpu")) == "direct"
+
+
+def test_user_errors_name_the_argument():
+    W_dec_FD = torch.randn(16, 8)
+    x_BD = torch.randn(4, 8)
+    with pytest.raises(SaegeoError, match="method"):
+        matching_pursuit(x_BD, W_dec_FD, method="fast")  # type: ignore[arg-type]
+    with pytest.raises(SaegeoError, match="max_iterations"):
+        matching_pursuit(x_BD, W_dec_FD, max_iterations=-1)
+    with pytest.raises(SaegeoError, match="batch_size"):
+        matching_pursuit(x_BD, W_dec_FD, batch_size=0)
+    with pytest.raises(ShapeError, match="d_in"):
+        matching_pursuit(torch.randn(4, 9), W_dec_FD)
+    with pytest.raises(SaegeoError, match="dtype"):
+        matching_pursuit(x_BD.double(), W_dec_FD)
+    with pytest.raises(ShapeError, match="gram_FF"):
+        matching_pursuit(x_BD, W_dec_FD, method="gram", gram_FF=torch.eye(3))
+
+
+# ----------------------------------------------------------------- through the SAE classes
+
+
+@pytest.mark.parametrize("unit", [True, False])
+@pytest.mark.parametrize("rules", [STATIC, DYNAMIC], ids=["static", "dynamic"])
+def test_sae_encode_matches_saelens_sae(unit, rules):
+    W_dec_FD = decoder(512, 64, unit=unit, dtype=torch.float32)
+    b_dec_D = 0.1 * torch.randn(64)
+    x_BD = sparse_inputs(W_dec_FD, 64) + b_dec_D
+    cfg = MatchingPursuitSAEConfig(d_in=64, d_sae=512, **rules)
+    theirs = sae_lens.SAE.from_dict(cfg.to_dict())
+    theirs.load_state_dict({"W_dec": W_dec_FD, "b_dec": b_dec_D})
+    ours = SAE.from_decoder(W_dec_FD, b_dec_D, **rules)
+    with torch.no_grad():
+        ref_BF = theirs.encode(x_BD)
+        assert_same_codes(ours.encode(x_BD), ref_BF)
+        torch.testing.assert_close(ours.decode(ref_BF), theirs.decode(ref_BF))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", METHODS)
+def test_cuda_matches_saelens_on_cpu(method):
+    W_dec_FD = decoder(1024, 96, unit=True)
+    x_BD = sparse_inputs(W_dec_FD, 256)
+    ours = matching_pursuit(x_BD, W_dec_FD, method=method, device="cuda", **DYNAMIC)
+    assert ours.device.type == "cpu"
+    assert_same_codes(ours, reference(x_BD, W_dec_FD, **DYNAMIC))

@@ -1,0 +1,189 @@
+"""delta_mse, swap deltas and cumulative curves against re-encoding hybrid SAEs one at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import saegeo as sg
+from saegeo.effects.delta import cumulative_mse, delta_mse, swap_deltas
+from saegeo.effects.hybrid import hybrid, output_scale
+from saegeo.errors import SaegeoError
+
+D_IN = 16
+
+
+def random_sae(
+    width: int, arch: str, *, seed: int, apply_b_dec: bool = True, norm: str = "none"
+) -> sg.SAE:
+    """A float64 SAE whose encoder roughly follows its decoder, so that latents fire sparsely."""
+    g = torch.Generator().manual_seed(seed)
+    W_dec_FD = torch.randn(width, D_IN, generator=g, dtype=torch.float64)
+    W_dec_FD /= W_dec_FD.norm(dim=1, keepdim=True)
+    b_dec_D = 0.3 * torch.randn(D_IN, generator=g, dtype=torch.float64)
+    settings = dict(apply_b_dec_to_input=apply_b_dec, normalize_activations=norm)
+    if arch == "matching_pursuit":
+        return sg.SAE.from_decoder(W_dec_FD, b_dec_D, **settings).to(dtype=torch.float64)
+    extra = {}
+    if arch == "jumprelu":
+        extra["threshold"] = 0.3 * torch.rand(width, generator=g, dtype=torch.float64)
+    if arch == "topk":
+        extra["k"] = 4
+    return sg.SAE(
+        W_enc=W_dec_FD.T + 0.1 * torch.randn(D_IN, width, generator=g, dtype=torch.float64),
+        b_enc=-0.2 * torch.rand(width, generator=g, dtype=torch.float64),
+        W_dec=W_dec_FD,
+        b_dec=b_dec_D,
+        arch=arch,
+        **settings,
+        **extra,
+    )
+
+
+@pytest.fixture
+def acts() -> torch.Tensor:
+    return 1.5 * torch.randn(160, D_IN, dtype=torch.float64) + 0.5
+
+
+def mse(sae: sg.SAE, x_BD: torch.Tensor) -> float:
+    return float(((x_BD - sae.forward(x_BD)) ** 2).sum(dim=1).mean())
+
+
+def l0(sae: sg.SAE, x_BD: torch.Tensor) -> float:
+    return float((sae.encode(x_BD) != 0).sum(dim=1).double().mean())
+
+
+def topk_union(small: sg.SAE, large: sg.SAE, j: int) -> sg.SAE:
+    """Small's TopK with large feature j appended (its bias re-centred), written out by hand."""
+    b_enc_j = large.b_enc[j] + (small.centring() - large.centring()) @ large.W_enc[:, j]
+    return small.replace(
+        W_enc=torch.cat([small.W_enc, large.W_enc[:, [j]]], dim=1),
+        b_enc=torch.cat([small.b_enc, b_enc_j[None]]),
+        W_dec=torch.cat([small.W_dec, large.W_dec[[j]]]),
+    )
+
+
+def naive_delta(small: sg.SAE, large: sg.SAE, x_BD: torch.Tensor) -> np.ndarray:
+    """Re-encode small + feature j for every j (the definition)."""
+    base = mse(small, x_BD)
+    out = []
+    for j in range(large.width):
+        if small.arch == "topk":
+            union = topk_union(small, large, j)
+        else:
+            union = sg.concat([small, large.select([j])])
+        out.append(mse(union, x_BD) - base)
+    return np.array(out)
+
+
+ARCHS = ["relu", "jumprelu", "topk", "matching_pursuit"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+def test_delta_mse_matches_reencoding_each_hybrid(acts, arch, apply_b_dec):
+    # Different b_dec, and for additive and TopK pairs a different centring rule, in each SAE.
+    small = random_sae(12, arch, seed=1, apply_b_dec=apply_b_dec)
+    other = apply_b_dec if arch == "matching_pursuit" else not apply_b_dec
+    large = random_sae(24, arch, seed=2, apply_b_dec=other)
+    result = delta_mse(small, large, acts, batch_size=100, device="cpu", progress=False)
+    expected = naive_delta(small, large, acts)
+    assert result.name == "delta_mse" and result.index.name == "feature"
+    assert (expected < 0).sum() > 5
+    if arch != "matching_pursuit":  # adding an atom to a pursuit rarely hurts
+        assert (expected > 0).sum() > 2
+    np.testing.assert_allclose(result.to_numpy(), expected, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "matching_pursuit"])
+@pytest.mark.parametrize(
+    "norm", ["expected_average_only_in", "constant_norm_rescale", "layer_norm"]
+)
+def test_delta_mse_under_input_normalisation(acts, arch, norm):
+    small = random_sae(10, arch, seed=3, norm=norm)
+    large = random_sae(20, arch, seed=4, norm=norm)
+    result = delta_mse(small, large, acts, batch_size=64, device="cpu", progress=False)
+    np.testing.assert_allclose(
+        result.to_numpy(), naive_delta(small, large, acts), rtol=1e-5, atol=1e-9
+    )
+
+
+def test_delta_mse_float32_matches_float64_reference(acts):
+    small64, large64 = random_sae(12, "relu", seed=5), random_sae(24, "jumprelu", seed=6)
+    expected = naive_delta(small64, large64, acts)
+    small, large = small64.to(dtype=torch.float32), large64.to(dtype=torch.float32)
+    result = delta_mse(small, large, acts.float(), device="cpu", progress=False)
+    np.testing.assert_allclose(result.to_numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_topk_as_jumprelu_uses_converted_saes(acts):
+    small, large = random_sae(12, "topk", seed=7), random_sae(24, "topk", seed=8)
+    result = delta_mse(small, large, acts, topk="jumprelu", device="cpu", progress=False)
+    small_j, large_j = small.to_jumprelu(acts), large.to_jumprelu(acts)
+    np.testing.assert_allclose(
+        result.to_numpy(), naive_delta(small_j, large_j, acts), rtol=1e-5, atol=1e-9
+    )
+
+
+def test_mixed_pairs_are_user_errors(acts):
+    with pytest.raises(SaegeoError, match="to_jumprelu"):
+        delta_mse(random_sae(8, "topk", seed=0), random_sae(8, "relu", seed=1), acts)
+    with pytest.raises(SaegeoError, match="cannot add"):
+        delta_mse(random_sae(8, "matching_pursuit", seed=0), random_sae(8, "relu", seed=1), acts)
+    with pytest.raises(SaegeoError, match="topk must"):
+        delta_mse(random_sae(8, "relu", seed=0), random_sae(8, "relu", seed=1), acts, topk="x")
+    with pytest.raises(SaegeoError, match="d_in"):
+        delta_mse(random_sae(8, "relu", seed=0), random_sae(8, "relu", seed=1), acts[:, :3])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("norm", ["none", "layer_norm"])
+def test_swap_deltas_match_reencoding(acts, arch, norm):
+    small = random_sae(12, arch, seed=1, norm=norm)
+    large = random_sae(24, arch, seed=2, apply_b_dec=arch == "matching_pursuit", norm=norm)
+    groups_small, groups_large = [[0, 3], [5], [7, 8, 9]], [[1], [2, 4, 20], [10]]
+    result = swap_deltas(
+        small, large, acts, groups_small, groups_large, batch_size=50, device="cpu"
+    )
+    assert list(result.columns) == ["delta_mse", "delta_l0"]
+    base_mse, base_l0 = mse(small, acts), l0(small, acts)
+    for g, (members_small, members_large) in enumerate(
+        zip(groups_small, groups_large, strict=True)
+    ):
+        swapped = hybrid(small, large, add=members_large, remove=members_small)
+        # Re-encoding paths evaluate in float32 (saegeo.effects.metrics); closed forms in float64.
+        assert result.delta_mse[g] == pytest.approx(mse(swapped, acts) - base_mse, abs=1e-5)
+        assert result.delta_l0[g] == pytest.approx(l0(swapped, acts) - base_l0, abs=1e-9)
+
+
+def test_hybrid_of_additive_saes_is_concat(acts):
+    small, large = random_sae(6, "relu", seed=1), random_sae(9, "jumprelu", seed=2)
+    union = hybrid(small, large, add=[4, 2], remove=[1])
+    reference = sg.concat([small.select([0, 2, 3, 4, 5]), large.select([4, 2])])
+    torch.testing.assert_close(union.encode(acts), reference.encode(acts))
+    with pytest.raises(SaegeoError, match="distinct"):
+        hybrid(small, large, add=[1, 1])
+    with pytest.raises(SaegeoError, match="no latents"):
+        hybrid(small, large, remove=range(6))
+
+
+def test_output_scale_is_the_decode_slope(acts):
+    for norm in ("none", "constant_norm_rescale", "layer_norm"):
+        sae = random_sae(5, "relu", seed=0, norm=norm)
+        codes = sae.encode(acts)
+        bump = torch.zeros_like(codes)
+        bump[:, 0] = 1.0
+        slope = (sae.decode(codes + bump, acts) - sae.decode(codes, acts))[:, 0] / sae.W_dec[0, 0]
+        torch.testing.assert_close(output_scale(sae, acts), slope)
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk"])
+def test_cumulative_mse_evaluates_hybrids(acts, arch):
+    small, large = random_sae(8, arch, seed=1), random_sae(16, arch, seed=2)
+    order = [5, 1, 9, 12, 0]
+    curve = cumulative_mse(small, large, acts, order, points=3, device="cpu")
+    assert curve["n_added"].tolist() == [0, 2, 5]
+    assert curve["mse"][0] == pytest.approx(mse(small, acts), rel=1e-5)
+    assert curve["mse"][1] == pytest.approx(mse(hybrid(small, large, add=[5, 1]), acts), rel=1e-5)
+    assert curve["l0"][2] == pytest.approx(l0(hybrid(small, large, add=order), acts), abs=1e-9)
