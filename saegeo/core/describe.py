@@ -9,21 +9,7 @@ from saegeo.core.sae import SAE
 
 def sparsity_settings(sae: SAE) -> str:
     """What controls the SAE's L0, in words."""
-    if sae.arch == "topk":
-        return f"k={sae.k}"
-    if sae.arch == "jumprelu" and sae.threshold is not None:
-        t = sae.threshold.float()
-        return (
-            f"threshold min/median/max {float(t.min()):.4g}/{float(t.median()):.4g}/"
-            f"{float(t.max()):.4g}"
-        )
-    if sae.arch == "matching_pursuit":
-        iters = sae.max_iterations if sae.max_iterations is not None else f"d_in={sae.d_in}"
-        return (
-            f"max_iterations={iters}, residual_threshold={sae.residual_threshold:g}, "
-            f"stop_on_duplicate_support={sae.stop_on_duplicate_support}"
-        )
-    return "L1-trained ReLU (no explicit L0 setting)"
+    return sae.architecture.settings(sae)
 
 
 def describe_sae(sae: SAE) -> str:

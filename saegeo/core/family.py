@@ -8,7 +8,7 @@ from pathlib import Path
 
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError, ShapeError
-from saegeo.io.formats import load_sae
+from saegeo.io.formats import is_sae_dir, load_sae
 
 PathLike = str | os.PathLike[str]
 
@@ -50,8 +50,8 @@ class Family(Sequence[SAE]):
             raise SaegeoError("Family.load() needs at least one path")
         dirs: list[Path] = []
         for path in map(Path, paths):
-            if path.is_dir() and not _is_sae_dir(path):
-                members = sorted(p for p in path.iterdir() if p.is_dir() and _is_sae_dir(p))
+            if path.is_dir() and not is_sae_dir(path):
+                members = sorted(p for p in path.iterdir() if p.is_dir() and is_sae_dir(p))
                 if not members:
                     raise SaegeoError(f"{path}: holds no SAE directories")
                 dirs.extend(members)
@@ -107,10 +107,6 @@ class Family(Sequence[SAE]):
     def pairs(self) -> list[tuple[SAE, SAE]]:
         """Adjacent (smaller, larger) pairs."""
         return list(zip(self._saes[:-1], self._saes[1:], strict=True))
-
-
-def _is_sae_dir(path: Path) -> bool:
-    return any((path / name).exists() for name in ("cfg.json", "ae.pt", "sae_weights.safetensors"))
 
 
 def _source(sae: SAE) -> str:

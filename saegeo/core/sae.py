@@ -1,4 +1,9 @@
-"""One SAE class for every architecture saegeo reads: ReLU, JumpReLU, TopK and matching pursuit."""
+"""One SAE class for every architecture saegeo reads: ReLU, JumpReLU, TopK and matching pursuit.
+
+What differs between architectures lives in :mod:`saegeo.core.architectures` (``sae.architecture``)
+and the input normalisation in :mod:`saegeo.core.normalization`; this class holds the tensors
+and the steps every architecture shares.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,15 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from saegeo.core.pursuit import choose_method, matching_pursuit
+from saegeo.core import normalization
+from saegeo.core.architectures import ARCHS, Architecture, architecture, union_kind
+from saegeo.core.normalization import NORMALIZATIONS, Normalization
 from saegeo.errors import SaegeoError, ShapeError
 
 Arch = Literal["relu", "jumprelu", "topk", "matching_pursuit"]
-Normalization = Literal["none", "expected_average_only_in", "constant_norm_rescale", "layer_norm"]
-ARCHS: tuple[str, ...] = get_args(Arch)
-NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
-ADDITIVE_ARCHS = ("relu", "jumprelu")
-GRAM_CACHE_BYTES = 2**30
-"""Largest matching-pursuit Gram matrix an SAE keeps between ``encode`` calls."""
+assert get_args(Arch) == ARCHS
+
+__all__ = ["ARCHS", "NORMALIZATIONS", "SAE", "Arch", "Normalization", "concat"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,7 +69,7 @@ class SAE:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.arch == "matching_pursuit":
+        if architecture(self.arch).tied:
             object.__setattr__(self, "W_enc", self.W_dec.T)
         self.check()
 
@@ -129,27 +133,30 @@ class SAE:
         return self.W_dec.dtype
 
     @property
+    def architecture(self) -> Architecture:
+        """This SAE's architecture: how it encodes, combines, is saved and refit."""
+        return architecture(self.arch)
+
+    @property
+    def additive(self) -> bool:
+        """Whether its latents fire independently of each other (relu, jumprelu)."""
+        return self.architecture.union == "additive"
+
+    @property
     def name(self) -> str:
         """A short label: the source file's name where known, else arch and width."""
         return str(self.metadata.get("name") or f"{self.arch}-{self.width}")
 
     def __repr__(self) -> str:
-        extra = f", k={self.k}" if self.arch == "topk" else ""
+        extra = self.architecture.repr_settings(self)
         return f"SAE(arch={self.arch!r}, d_in={self.d_in}, width={self.width}{extra})"
 
     # ----------------------------------------------------------------- validation
 
     def check(self, source: str = "SAE") -> None:
         """Raise a SaegeoError naming ``source`` if shapes, values or settings are inconsistent."""
-        if self.arch not in ARCHS:
-            raise SaegeoError(
-                f"{source}: unknown architecture {self.arch!r}; saegeo reads {', '.join(ARCHS)}"
-            )
-        if self.normalize_activations not in NORMALIZATIONS:
-            raise SaegeoError(
-                f"{source}: unsupported normalize_activations {self.normalize_activations!r}; "
-                f"expected one of {', '.join(NORMALIZATIONS)}"
-            )
+        arch = architecture(self.arch, source)
+        normalization.check(self.normalize_activations, source)
         if self.W_dec.ndim != 2:
             raise ShapeError(f"{source}: W_dec must be 2-D, got shape {tuple(self.W_dec.shape)}")
         width, d_in = self.W_dec.shape
@@ -169,96 +176,34 @@ class SAE:
                 )
         for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
             tensor = getattr(self, name)
+            if tensor is not None and (not tensor.is_floating_point() or tensor.is_complex()):
+                raise SaegeoError(
+                    f"{source}: {name} has dtype {str(tensor.dtype).removeprefix('torch.')}; "
+                    "SAE weights must be real floating point"
+                )
             if tensor is not None and not bool(torch.isfinite(tensor).all()):
                 raise SaegeoError(f"{source}: {name} holds NaN or infinite values")
-        if self.arch == "jumprelu" and self.threshold is None:
-            raise SaegeoError(f"{source}: a jumprelu SAE needs a threshold tensor")
-        if self.arch == "topk" and (self.k is None or not 0 < self.k <= width):
-            raise SaegeoError(f"{source}: a topk SAE needs 0 < k <= width, got k={self.k}")
-        if self.max_iterations is not None and self.max_iterations < 1:
-            raise SaegeoError(f"{source}: max_iterations must be >= 1, got {self.max_iterations}")
+        arch.check(self, source)
 
     # ----------------------------------------------------------------- the function
 
-    def _normalize_in(self, x_BD: torch.Tensor) -> torch.Tensor:
-        if self.normalize_activations == "constant_norm_rescale":
-            return x_BD * (self.d_in**0.5 / x_BD.norm(dim=-1, keepdim=True))
-        if self.normalize_activations == "layer_norm":
-            centred_BD = x_BD - x_BD.mean(dim=-1, keepdim=True)
-            return centred_BD / (centred_BD.std(dim=-1, keepdim=True) + 1e-5)
-        return x_BD
-
-    def _normalize_out(self, x_hat_BD: torch.Tensor, x_BD: torch.Tensor | None) -> torch.Tensor:
-        if self.normalize_activations not in ("constant_norm_rescale", "layer_norm"):
-            return x_hat_BD
-        if x_BD is None:
-            raise SaegeoError(
-                f"{self.name}: normalize_activations={self.normalize_activations!r} needs the "
-                "input x to undo the normalisation; call decode(acts, x=x) or forward(x)"
-            )
-        if self.normalize_activations == "constant_norm_rescale":
-            return x_hat_BD / (self.d_in**0.5 / x_BD.norm(dim=-1, keepdim=True))
-        mu_B1 = x_BD.mean(dim=-1, keepdim=True)
-        return x_hat_BD * (x_BD - mu_B1).std(dim=-1, keepdim=True) + mu_B1
-
     def sae_in(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder's input: ``x`` normalised and, with ``apply_b_dec_to_input``, centred."""
-        x_BD = x.to(device=self.device, dtype=self.dtype)
-        x_BD = self._normalize_in(x_BD)
+        x_BD = normalization.normalize(
+            self.normalize_activations, x.to(device=self.device, dtype=self.dtype)
+        )
         return x_BD - self.b_dec if self.apply_b_dec_to_input else x_BD
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder pre-activations [batch, width] (not defined for matching pursuit)."""
-        if self.arch == "matching_pursuit":
-            raise SaegeoError(f"{self.name}: matching pursuit has no single pre-activation")
+        if self.architecture.tied:
+            raise SaegeoError(f"{self.name}: {self.arch} has no single pre-activation")
         return self.sae_in(x) @ self.W_enc + self.b_enc
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latent activations [batch, width] for inputs ``x`` [batch, d_in], as SAELens computes."""
-        if self.arch == "matching_pursuit":
-            sae_in_BD = self.sae_in(x)
-            return matching_pursuit(
-                sae_in_BD,
-                self.W_dec,
-                residual_threshold=self.residual_threshold,
-                max_iterations=self.max_iterations,
-                stop_on_duplicate_support=self.stop_on_duplicate_support,
-                gram_FF=self._pursuit_gram(sae_in_BD.reshape(-1, self.d_in).shape[0]),
-            )
-        pre_BF = self.pre_acts(x)
-        if self.arch == "relu":
-            return pre_BF.relu()
-        if self.arch == "jumprelu":
-            assert self.threshold is not None
-            return pre_BF.relu() * (pre_BF > self.threshold).to(pre_BF.dtype)
-        assert self.k is not None
-        top = pre_BF.topk(self.k, dim=-1, sorted=False)
-        return torch.zeros_like(pre_BF).scatter_(-1, top.indices, top.values.relu())
-
-    def _pursuit_gram(self, rows: int) -> torch.Tensor | None:
-        """``W_dec W_decᵀ`` [width, width] for encoding ``rows`` inputs by matching pursuit.
-
-        Built when the pursuit would build it anyway (``method="auto"`` picks the Gram route
-        for ``rows``) and kept while ``W_dec`` is unchanged (same storage, no in-place change),
-        so that encoding a store batch by batch builds it once. None: leave it to the pursuit.
-        """
-        W_dec_FD = self.W_dec
-        try:
-            key = (W_dec_FD.data_ptr(), W_dec_FD._version, W_dec_FD.device, W_dec_FD.dtype)
-        except RuntimeError:  # inference tensors keep no version counter
-            return None
-        cached = getattr(self, "_gram_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        iterations = self.d_in if self.max_iterations is None else self.max_iterations
-        method = choose_method(rows, self.width, self.d_in, iterations, self.dtype, self.device)
-        gram_bytes = self.width**2 * W_dec_FD.element_size()
-        if method != "gram" or gram_bytes > GRAM_CACHE_BYTES:
-            return None
-        gram_FF = W_dec_FD @ W_dec_FD.T
-        object.__setattr__(self, "_gram_cache", (key, gram_FF))
-        return gram_FF
+        return self.architecture.encode(self, x)
 
     @torch.no_grad()
     def decode(self, acts: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
@@ -268,12 +213,13 @@ class SAE:
         rescaling uses statistics of the input.
         """
         acts_BF = acts.to(device=self.device, dtype=self.dtype)
-        x_hat_BD = acts_BF @ self.W_dec
-        if self.arch != "matching_pursuit" or self.apply_b_dec_to_input:
-            x_hat_BD = x_hat_BD + self.b_dec
+        x_hat_BD = acts_BF @ self.W_dec + self.architecture.output_bias(self)
         if x is not None:
             x = x.to(device=self.device, dtype=self.dtype)
-        return self._normalize_out(x_hat_BD, x)
+        try:
+            return normalization.denormalize(self.normalize_activations, x_hat_BD, x)
+        except SaegeoError as exc:
+            raise SaegeoError(f"{self.name}: {exc}") from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """decode(encode(x))."""
@@ -300,53 +246,25 @@ class SAE:
                 key: value for key, value in self.metadata.items() if key != "matryoshka_widths"
             },
         }
-        if self.arch == "topk":
-            changes["k"] = min(int(self.k or 1), max(1, idx_F.numel()))
+        changes.update(self.architecture.select_changes(self, idx_F.numel()))
         return self.replace(**changes)
 
     def centring(self) -> torch.Tensor:
         """What ``sae_in`` subtracts from the (normalised) input: ``b_dec`` or zeros."""
         return self.b_dec if self.apply_b_dec_to_input else torch.zeros_like(self.b_dec)
 
-    @torch.no_grad()
     def to_jumprelu(self, acts: Iterable[torch.Tensor] | torch.Tensor) -> SAE:
         """A JumpReLU SAE with one threshold so that mean L0 on ``acts`` equals ``k``.
 
         This is how BatchTopK SAEs run at inference. ``acts`` is a tensor [N, d_in] or an
-        iterable of such batches (an ActivationStore).
+        iterable of such batches (an ActivationStore). Only TopK SAEs convert.
         """
-        if self.arch != "topk":
-            raise SaegeoError(f"{self.name}: to_jumprelu() converts topk SAEs, not {self.arch}")
-        assert self.k is not None
-        if isinstance(acts, torch.Tensor):
-            batches: list[torch.Tensor] | Iterable[torch.Tensor] = [acts]
-            n_tokens = acts.shape[0]
-        elif hasattr(acts, "n_tokens"):  # an ActivationStore knows its size before reading
-            batches, n_tokens = acts, int(acts.n_tokens)  # type: ignore[attr-defined]
-        else:
-            batches = list(acts)
-            n_tokens = sum(batch.shape[0] for batch in batches)
-        if n_tokens == 0:
-            raise SaegeoError(f"{self.name}: to_jumprelu() got no activations")
-        budget = n_tokens * self.k
-        kept = torch.empty(0, dtype=self.dtype, device=self.device)
-        for batch in batches:
-            pre_BF = self.pre_acts(batch).relu()
-            kept = torch.cat([kept, pre_BF[pre_BF > 0]])
-            if kept.numel() > budget:
-                kept = kept.topk(budget, sorted=False).values
-        # The threshold sits just below the (N·k)-th largest positive pre-activation, so that
-        # exactly N·k activations (ties aside) exceed it.
-        value = float(kept.min()) if kept.numel() >= budget else 0.0
-        threshold = torch.nextafter(torch.tensor(value), torch.tensor(-1.0)).clamp_min(0.0)
-        return self.replace(
-            arch="jumprelu",
-            k=None,
-            threshold=torch.full(
-                (self.width,), float(threshold), dtype=self.dtype, device=self.device
-            ),
-            metadata={**self.metadata, "converted_from": f"topk (k={self.k})"},
-        )
+        return self.architecture.to_jumprelu(self, acts)
+
+    def to_additive(self, acts: Iterable[torch.Tensor] | torch.Tensor) -> SAE:
+        """This SAE with latents that fire independently: TopK SAEs through
+        :meth:`to_jumprelu` on ``acts``, every other architecture unchanged."""
+        return self.architecture.to_additive(self, acts)
 
 
 def concat(saes: Sequence[SAE]) -> SAE:
@@ -371,9 +289,9 @@ def concat(saes: Sequence[SAE]) -> SAE:
                 f"concat(): {other.name} normalises inputs with {other.normalize_activations!r}, "
                 f"{first.name} with {first.normalize_activations!r}"
             )
-    archs = {sae.arch for sae in saes}
+    kind = union_kind(saes, "concat()")
     sources = [sae.name for sae in saes]
-    if archs == {"matching_pursuit"}:
+    if kind == "pursuit":
         return first.replace(
             W_dec=torch.cat([sae.W_dec.to(first.device, first.dtype) for sae in saes]),
             b_enc=torch.zeros(
@@ -381,11 +299,10 @@ def concat(saes: Sequence[SAE]) -> SAE:
             ),
             metadata={"sources": sources},
         )
-    if not archs <= set(ADDITIVE_ARCHS):
+    if kind != "additive":
         raise SaegeoError(
-            f"concat(): cannot union {sorted(archs)}; additive architectures (relu, jumprelu) "
-            "combine with each other and matching pursuit with itself; convert topk SAEs with "
-            "to_jumprelu(acts) first"
+            "concat(): topk SAEs have no exact union (their latents compete for k slots); "
+            "convert them with to_jumprelu(acts) first"
         )
     centring_D = first.centring()
     W_enc, b_enc, W_dec, threshold = [], [], [], []

@@ -66,14 +66,6 @@ def _progress(total: int, desc: str, progress: bool | None) -> tqdm:
     )
 
 
-def _activation(pre_BL: torch.Tensor, large: SAE, cols: slice) -> torch.Tensor:
-    """Additive activation of ``large``'s latents ``cols`` from their pre-activations."""
-    if large.arch == "jumprelu":
-        assert large.threshold is not None
-        return pre_BL.relu() * (pre_BL > large.threshold[cols]).to(pre_BL.dtype)
-    return pre_BL.relu()
-
-
 @torch.no_grad()
 def _delta_closed_form(
     small: SAE,
@@ -120,7 +112,7 @@ def _delta_closed_form(
                     acts_BL = pre_BL.relu() * wins_BL.to(pre_BL.dtype)
                     sum_shift_L[cols] += shift_B @ wins_BL.double()
                 else:
-                    acts_BL = _activation(pre_BL, union_large, cols)
+                    acts_BL = union_large.architecture.activate(union_large, pre_BL, cols)
                 acts_BL = acts_BL * scale_B[:, None]
                 sum_sq_L[cols] += (acts_BL.double() ** 2).sum(0)
                 dots_BL = residual_BD @ W_dec_LD[cols].T
@@ -333,7 +325,7 @@ def _swap_closed_form(
             codes_BS = small.encode(x_BD)
             residual_BD = x_BD - small.decode(codes_BS, x_BD)
             pre_BM = small.sae_in(x_BD) @ W_enc_DM + b_enc_M
-            large_BM = _activation(pre_BM, large_cols, slice(None))
+            large_BM = large_cols.architecture.activate(large_cols, pre_BM)
             acts_BM = torch.cat([codes_BS[:, small_M], large_BM], dim=1)
             l0_G.index_add_(0, group_M, ((acts_BM != 0).to(torch.float64) * sign_M.double()).sum(0))
             signed_BM = acts_BM * sign_M * output_scale(small, x_BD)[:, None]

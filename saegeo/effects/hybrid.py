@@ -24,7 +24,9 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
-from saegeo.core.sae import ADDITIVE_ARCHS, SAE, concat
+from saegeo.core import normalization
+from saegeo.core.architectures import Union, union_kind
+from saegeo.core.sae import SAE, concat
 from saegeo.errors import SaegeoError, ShapeError
 from saegeo.io.store import ActivationStore
 
@@ -32,7 +34,7 @@ TopkMode = Literal["reencode", "jumprelu"]
 TOPK_MODES: tuple[str, ...] = get_args(TopkMode)
 
 
-def check_pair(small: SAE, large: SAE, *, what: str = "hybrid()") -> str:
+def check_pair(small: SAE, large: SAE, *, what: str = "hybrid()") -> Union:
     """The kind of union ``small`` and ``large`` form: ``additive``, ``topk`` or ``pursuit``.
 
     Raises a SaegeoError naming both SAEs when they cannot be combined.
@@ -46,20 +48,10 @@ def check_pair(small: SAE, large: SAE, *, what: str = "hybrid()") -> str:
             f"{what}: {large.name} normalises inputs with {large.normalize_activations!r}, "
             f"{small.name} with {small.normalize_activations!r}"
         )
-    if small.arch in ADDITIVE_ARCHS and large.arch in ADDITIVE_ARCHS:
-        return "additive"
-    if small.arch == large.arch == "topk":
-        return "topk"
-    if small.arch == large.arch == "matching_pursuit":
-        return "pursuit"
-    hint = (
-        "; convert TopK SAEs with to_jumprelu(acts) (topk='jumprelu')"
-        if "topk" in (small.arch, large.arch) and "matching_pursuit" not in (small.arch, large.arch)
-        else ""
-    )
-    raise SaegeoError(
-        f"{what}: cannot add features of {large.name} ({large.arch}) to "
-        f"{small.name} ({small.arch}){hint}"
+    return union_kind(
+        [small, large],
+        what,
+        action=f"cannot add features of {large.name} ({large.arch}) to {small.name} ({small.arch})",
     )
 
 
@@ -115,9 +107,9 @@ def hybrid(
     remove_idx = _indices(remove, small.width, "remove")
     keep = torch.ones(small.width, dtype=torch.bool)
     keep[remove_idx] = False
-    kept = small.select(keep.nonzero().squeeze(1))
-    if kept.width + add_idx.numel() == 0:
+    if int(keep.sum()) + add_idx.numel() == 0:
         raise SaegeoError("hybrid(): the result would have no latents")
+    kept = small.select(keep.nonzero().squeeze(1))
     if kind in ("additive", "pursuit"):
         # concat takes b_dec and the pursuit settings from its first SAE: small's.
         return concat([kept, large.select(add_idx)])
@@ -134,18 +126,10 @@ def hybrid(
 
 
 def output_scale(sae: SAE, x_BD: torch.Tensor) -> torch.Tensor:
-    """How much ``sae``'s output normalisation scales a reconstruction, per token [batch].
-
-    ``decode`` maps a reconstruction ``y`` made in the normalised space to ``s·y + h(x)``;
-    this is ``s``: 1 for ``none`` and ``expected_average_only_in``, ``||x||/sqrt(d_in)`` for
-    ``constant_norm_rescale`` and the standard deviation of ``x`` for ``layer_norm``.
-    """
+    """How much ``sae``'s output normalisation scales a reconstruction, per token [batch]
+    (:func:`saegeo.core.normalization.output_scale`)."""
     x_BD = x_BD.to(device=sae.device, dtype=sae.dtype)
-    if sae.normalize_activations == "constant_norm_rescale":
-        return 1.0 / (sae.d_in**0.5 / x_BD.norm(dim=-1))
-    if sae.normalize_activations == "layer_norm":
-        return (x_BD - x_BD.mean(dim=-1, keepdim=True)).std(dim=-1)
-    return torch.ones(x_BD.shape[0], dtype=sae.dtype, device=sae.device)
+    return normalization.output_scale(sae.normalize_activations, x_BD)
 
 
 def prepare_pair(
@@ -173,11 +157,9 @@ def prepare_pair(
     small, large = small.to(device), large.to(device, small.dtype)
     if topk == "jumprelu":
         small, large = (
-            sae.to_jumprelu(
+            sae.to_additive(
                 store.iter_batches(batch_size, limit=limit, dtype=sae.dtype, device=device)
             )
-            if sae.arch == "topk"
-            else sae
             for sae in (small, large)
         )
     return small, large, check_pair(small, large, what="delta_mse()")

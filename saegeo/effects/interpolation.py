@@ -19,7 +19,7 @@ import torch
 
 from saegeo.core.devices import resolve_device
 from saegeo.core.family import Family
-from saegeo.core.sae import ADDITIVE_ARCHS, SAE, concat
+from saegeo.core.sae import SAE, concat
 from saegeo.effects.metrics import evaluate
 from saegeo.errors import SaegeoError
 from saegeo.geometry.classify import swap_groups
@@ -116,7 +116,7 @@ def interpolation_path(
         small, large = members[pair], members[pair + 1]
         steps = _pair_steps(small, large, threshold=threshold, device=torch_device)
         union = concat([small, large])
-        additive = union.arch in ADDITIVE_ARCHS
+        additive = union.additive
         if points is None and not additive:
             keep = set(_evenly(len(steps), MP_PATH_POINTS).tolist())
         else:

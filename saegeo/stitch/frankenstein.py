@@ -32,9 +32,10 @@ from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 
+from saegeo.core.architectures import union_kind
 from saegeo.core.devices import resolve_device
 from saegeo.core.family import Family
-from saegeo.core.sae import ADDITIVE_ARCHS, SAE, concat
+from saegeo.core.sae import SAE, concat
 from saegeo.effects.metrics import Metrics, evaluate
 from saegeo.errors import SaegeoError, ShapeError
 from saegeo.geometry.classify import swap_groups
@@ -183,22 +184,16 @@ def prepare_members(
     """The first ``n_members`` members, on ``device``, in a form that :func:`saegeo.concat`
     unions: TopK SAEs become JumpReLU (:meth:`SAE.to_jumprelu` on ``store``)."""
     saes = [family[m].to(device) for m in range(n_members)]
-    archs = {sae.arch for sae in saes}
-    if "matching_pursuit" in archs and archs != {"matching_pursuit"}:
-        raise SaegeoError(
-            f"cannot stitch matching-pursuit SAEs with additive ones "
-            f"({', '.join(sorted(archs))}); use one kind per family"
-        )
     for sae in saes:
         if sae.d_in != store.d_in:
             raise ShapeError(
                 f"activations {store.source} have d_in={store.d_in}, but "
                 f"{sae.name} expects d_in={sae.d_in}"
             )
+    if len({sae.architecture.tied for sae in saes}) > 1:  # fail before any calibration pass
+        union_kind(saes, "frankenstein()")
     return [
-        sae.to_jumprelu(store.iter_batches(batch_size, limit=limit, dtype=sae.dtype, device=device))
-        if sae.arch == "topk"
-        else sae
+        sae.to_additive(store.iter_batches(batch_size, limit=limit, dtype=sae.dtype, device=device))
         for sae in saes
     ]
 
@@ -362,7 +357,7 @@ def _stitch(
     refit: list[SAE | None] = [None] * len(steps)
     rows: list[tuple[Metrics, Metrics]] = []
     refit_seconds, method = 0.0, "none"
-    if union.arch in ADDITIVE_ARCHS:
+    if union.additive:
         # Codes of additive features do not depend on each other: one pass serves every step.
         start = time.perf_counter()
         stats = accumulate_stats(union, store, **options)
@@ -402,11 +397,7 @@ def _stitch(
             )
             refit_seconds += trained.seconds
             method, refit[k] = trained.method, trained.sae
-            after = (
-                trained.after
-                if unrefit[k].arch in ADDITIVE_ARCHS
-                else _evaluate(trained.sae, store, options)
-            )
+            after = trained.after if unrefit[k].additive else _evaluate(trained.sae, store, options)
             rows[k] = (rows[k][0], after)
     sources = tuple(family[m].name for m in range(len(steps)))
     settings = {"threshold": threshold, "swap": swap, "retrain": retrain}

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from saegeo.core import normalization
 from saegeo.core.devices import resolve_device
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Metrics
@@ -128,34 +129,23 @@ class Refit(NamedTuple):
 
 
 def output_bias(sae: SAE) -> torch.Tensor:
-    """The bias ``decode`` adds [D]: ``b_dec``, or zeros for matching pursuit without centring."""
-    if sae.arch == "matching_pursuit" and not sae.apply_b_dec_to_input:
-        return torch.zeros_like(sae.b_dec)
-    return sae.b_dec
+    """The bias ``decode`` adds [D] (``sae.architecture.output_bias``)."""
+    return sae.architecture.output_bias(sae)
 
 
 def fits_bias(sae: SAE) -> bool:
     """Whether a refit solves for ``b_dec`` (not for matching pursuit, whose input it centres)."""
-    return sae.arch != "matching_pursuit"
+    return sae.architecture.fits_bias
 
 
 def decode_target(sae: SAE, x_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Target [B, D] and weight [B] of a linear decode: ``Σ w_t||y_t − ẑ_t||² = Σ||x_t − x̂_t||²``.
 
-    ``ẑ = a W_dec + b`` is what the decoder computes before undoing the input normalisation.
-    Without normalisation ``y = x`` and ``w = 1``; ``constant_norm_rescale`` has
-    ``y = x·√D/||x||`` and ``w = ||x||²/D``; ``layer_norm`` has ``y = (x − μ)/σ``, ``w = σ²``.
+    ``ẑ = a W_dec + b`` is what the decoder computes before undoing the input normalisation
+    (:func:`saegeo.core.normalization.decode_target`).
     """
     x_BD = x_BD.to(device=sae.device, dtype=sae.dtype)
-    ones_B = torch.ones(x_BD.shape[0], dtype=x_BD.dtype, device=x_BD.device)
-    if sae.normalize_activations == "constant_norm_rescale":
-        scale_B = sae.d_in**0.5 / x_BD.norm(dim=-1)
-        return x_BD * scale_B[:, None], 1 / scale_B**2
-    if sae.normalize_activations == "layer_norm":
-        centred_BD = x_BD - x_BD.mean(dim=-1, keepdim=True)
-        std_B = centred_BD.std(dim=-1)
-        return centred_BD / std_B[:, None], std_B**2
-    return x_BD, ones_B
+    return normalization.decode_target(sae.normalize_activations, x_BD)
 
 
 def _theta(W_dec: torch.Tensor, b_dec: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -317,36 +307,12 @@ def solve_decoder(
 def with_decoder(sae: SAE, W_dec: torch.Tensor, b_dec: torch.Tensor) -> SAE:
     """``sae`` with decoder ``W_dec`` [F, D] and output bias ``b_dec`` [D], codes kept fixed.
 
-    For additive SAEs the change of input centring is folded into ``b_enc``, and (except for
-    ``topk``) each decoder row's norm moves into its latent: ``W_enc[:, j]``, ``b_enc[j]`` and
-    ``threshold[j]`` are scaled by ``||W_dec[j]||`` and the row by its inverse, so
-    ``forward`` equals ``decode(a, W_dec, b_dec)`` for the original codes ``a``. For matching
-    pursuit the rows are scaled to unit norm and ``b_dec`` must be unchanged (see the module
-    docstring).
+    ``forward`` then equals decoding the original codes with ``W_dec`` and ``b_dec``; how the
+    change is folded into the encoder is the architecture's rule
+    (:meth:`saegeo.core.architectures.Architecture.with_decoder`).
     """
-    W_dec = W_dec.to(sae.device, sae.dtype)
-    b_dec = b_dec.to(sae.device, sae.dtype)
-    if sae.arch == "matching_pursuit":
-        if not torch.equal(b_dec, output_bias(sae)):
-            raise SaegeoError(
-                f"{sae.name}: a matching-pursuit refit keeps b_dec, which centres "
-                "the pursuit's input"
-            )
-        norm_F = W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return sae.replace(W_dec=W_dec / norm_F)
-    b_enc = sae.b_enc
-    if sae.apply_b_dec_to_input:
-        # x − b_old = (x − b_new) + (b_new − b_old): keep the pre-activations as they were.
-        b_enc = b_enc + (b_dec - sae.b_dec) @ sae.W_enc
-    if sae.arch == "topk":
-        return sae.replace(W_dec=W_dec, b_dec=b_dec, b_enc=b_enc)
-    norm_F = W_dec.norm(dim=-1).clamp_min(1e-12)
-    return sae.replace(
-        W_enc=sae.W_enc * norm_F,
-        b_enc=b_enc * norm_F,
-        W_dec=W_dec / norm_F[:, None],
-        b_dec=b_dec,
-        threshold=None if sae.threshold is None else sae.threshold * norm_F,
+    return sae.architecture.with_decoder(
+        sae, W_dec.to(sae.device, sae.dtype), b_dec.to(sae.device, sae.dtype)
     )
 
 

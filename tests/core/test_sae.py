@@ -112,7 +112,7 @@ def test_matching_pursuit_keeps_its_gram_matrix_while_the_decoder_is_unchanged(m
         grams.append(kwargs.get("gram_FF"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("saegeo.core.sae.matching_pursuit", spy)
+    monkeypatch.setattr("saegeo.core.architectures.matching_pursuit", spy)
 
     def reference(sae: sg.SAE, x_BD: torch.Tensor) -> torch.Tensor:
         return real(
@@ -130,14 +130,14 @@ def test_matching_pursuit_keeps_its_gram_matrix_while_the_decoder_is_unchanged(m
     sae.W_dec.mul_(0.5)  # an in-place change of the decoder invalidates it
     torch.testing.assert_close(sae.encode(x_BD), reference(sae, x_BD))
     torch.testing.assert_close(grams[-1], sae.W_dec @ sae.W_dec.T)
-    assert sae.replace(max_iterations=8)._pursuit_gram(3) is None  # copies start empty
+    assert getattr(sae.replace(max_iterations=8), "_gram_cache", None) is None  # copies start empty
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         ({"arch": "gated"}, "unknown architecture"),
-        ({"arch": "topk", "k": None}, "needs 0 < k"),
+        ({"arch": "topk", "k": None}, "0 < k <= width"),
         ({"arch": "jumprelu", "threshold": None}, "threshold"),
         ({"b_dec": torch.zeros(7)}, "b_dec has shape"),
         ({"normalize_activations": "whiten"}, "normalize_activations"),

@@ -276,12 +276,12 @@ def test_unknown_architecture(lens_dir):
 
 def test_failed_save_leaves_no_partial_output(tmp_path, monkeypatch):
     sae = sg.load_sae(sg.save_sae(_small_sae(), tmp_path / "first"))
-    import saegeo.io.formats as formats
+    import saegeo.io.saelens as saelens_format
 
     def explode(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(formats, "save_file", explode)
+    monkeypatch.setattr(saelens_format, "save_file", explode)
     with pytest.raises(RuntimeError):
         sg.save_sae(sae, tmp_path / "second")
     with pytest.raises(RuntimeError):

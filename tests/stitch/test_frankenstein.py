@@ -233,7 +233,7 @@ def test_bad_arguments():
         frankenstein(family, x, retrain="adam", **CPU)  # type: ignore[arg-type]
     with pytest.raises(SaegeoError, match="d_in"):
         frankenstein(family, torch.randn(10, D + 1), **CPU)
-    with pytest.raises(SaegeoError, match="matching-pursuit"):
+    with pytest.raises(SaegeoError, match="cannot combine jumprelu, matching_pursuit"):
         frankenstein([family[0], toy_family("matching_pursuit")[1]], x, **CPU)
 
 
