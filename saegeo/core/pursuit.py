@@ -21,11 +21,19 @@ returns the same codes by two faster routes.
 Both drop finished rows from the working set. Rows are independent in SAELens (a row's
 ``done`` flag only masks its own updates), so each row runs exactly SAELens's iterations up to
 and including the one in which it finishes, and then keeps its codes.
+
+The rules of one iteration live here once and every pursuit in saegeo uses them: the choice of
+atom (:func:`select_atoms`), the update of codes and residual (:func:`apply_atoms`) and the stop
+rules (:class:`StopRules`). Besides the two routes above, :func:`pursue` runs them over any
+dictionary given as functions (delta-MSE's pursuit over a smaller dictionary plus one atom per
+row uses it), and :func:`saegeo.training.sparse_ops.pursuit_with_grad` replays them with
+gradients.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import torch
@@ -60,6 +68,52 @@ class StopRules(NamedTuple):
     """Iterations at most (``max_iterations``, or d_in when that is None)."""
     stop_on_duplicate_support: bool
     """Stop once an iteration leaves the support unchanged."""
+
+    @classmethod
+    def of(
+        cls,
+        residual_threshold: float,
+        max_iterations: int | None,
+        stop_on_duplicate_support: bool,
+        d_in: int,
+    ) -> StopRules:
+        """The rules of an SAE's settings; ``max_iterations=None`` means d_in, as in SAELens."""
+        iterations = d_in if max_iterations is None else max_iterations
+        return cls(residual_threshold, iterations, stop_on_duplicate_support)
+
+    def finished(
+        self, coef_B: torch.Tensor, prior_B: torch.Tensor, residual_norm_B: torch.Tensor
+    ) -> torch.Tensor:
+        """Which rows stop after an iteration that added ``coef_B`` to codes that were
+        ``prior_B``, leaving residual norms ``residual_norm_B`` [rows] (bool).
+
+        SAELens compares the whole support with the previous one. Codes start at 0 and only
+        ever receive relu'd (non-negative) coefficients, so a non-zero code never returns to 0
+        and the support only grows; it grew in this iteration exactly when the coefficient is
+        non-zero and lands on an atom whose code was 0. "Support unchanged" is therefore
+        "coefficient 0 or atom already in the support", an O(1) test per row. A row whose
+        coefficient is 0 is finished under any rules: its residual stays as it is, so every
+        later iteration picks the same atom with coefficient 0 and changes nothing.
+        """
+        finished_B = coef_B == 0
+        if self.stop_on_duplicate_support:
+            finished_B |= prior_B != 0
+        if self.residual_threshold > 0:
+            finished_B |= residual_norm_B < self.residual_threshold
+        return finished_B
+
+
+def select_atoms(corr_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAELens's choice ``argmax relu(corr)`` [rows] and its value ``max relu(corr)`` [rows].
+
+    Computed without materialising the relu: where the maximum is positive (or NaN) relu keeps
+    it and every entry tied with it, so the first maximal index is the same; elsewhere every
+    relu'd entry is 0 and the index is 0.
+    """
+    best = corr_BF.max(dim=1)
+    keep_B = best.values.gt(0) | best.values.isnan()
+    idx_B = torch.where(keep_B, best.indices, torch.zeros_like(best.indices))
+    return idx_B, torch.where(keep_B, best.values, torch.zeros_like(best.values))
 
 
 @torch.no_grad()
@@ -136,7 +190,7 @@ def matching_pursuit(
     acts_BF = torch.zeros(batch, width, dtype=residual_BD.dtype, device=compute_device)
     if iterations == 0 or batch == 0:
         return acts_BF.to(out_device).reshape(out_shape)
-    rules = StopRules(residual_threshold, iterations, stop_on_duplicate_support)
+    rules = StopRules.of(residual_threshold, max_iterations, stop_on_duplicate_support, d_in)
     if method == "gram":
         gram_FP = _padded_gram(W_dec_FD, gram_FF)
         tile_rows = _tile_rows(gram_FP.shape[1], W_dec_FD.dtype, compute_device)
@@ -254,24 +308,6 @@ def _padded_gram(W_dec_FD: torch.Tensor, gram_FF: torch.Tensor | None) -> torch.
     return torch.nn.functional.pad(gram_FF, (0, pad)) if pad else gram_FF.contiguous()
 
 
-def _step(
-    residual_BD: torch.Tensor,
-    W_dec_FD: torch.Tensor,
-    idx_B: torch.Tensor,
-    rows_B: torch.Tensor,
-    acts_BF: torch.Tensor,
-    rules: StopRules,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SAELens update of the working rows, given their atoms ``idx_B``: (coef_B, finished_B).
-
-    Updates ``residual_BD`` [rows, d_in] in place and adds the coefficients into ``acts_BF`` at
-    ``(rows_B, idx_B)``. A row is finished when SAELens marks it done in this iteration, or when
-    its coefficient is 0: its residual then stays as it is, so every later iteration picks the
-    same atom with coefficient 0 and changes nothing.
-    """
-    return apply_atoms(residual_BD, W_dec_FD.index_select(0, idx_B), idx_B, rows_B, acts_BF, rules)
-
-
 def apply_atoms(
     residual_BD: torch.Tensor,
     atom_BD: torch.Tensor,
@@ -280,35 +316,52 @@ def apply_atoms(
     acts_BF: torch.Tensor,
     rules: StopRules,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_step` with the selected atoms [rows, d_in] given (for callers whose atoms do not
-    all come from one matrix): (coef_B, finished_B), residual and codes updated in place."""
+    """One SAELens update of the working rows with their chosen atoms [rows, d_in] (indices
+    ``idx_B``): ``(coef_B, finished_B)``.
+
+    Updates ``residual_BD`` [rows, d_in] in place and adds the coefficients ``relu(<r, d>)``
+    into ``acts_BF`` at ``(rows_B, idx_B)``; ``finished_B`` is :meth:`StopRules.finished`.
+    """
     coef_B = (residual_BD * atom_BD).sum(dim=-1).relu()
     prior_B = acts_BF[rows_B, idx_B]
     acts_BF[rows_B, idx_B] = prior_B + coef_B
     residual_BD -= coef_B[:, None] * atom_BD
-
-    # SAELens compares the whole support with the previous one. Codes start at 0 and only ever
-    # receive relu'd (non-negative) coefficients, so a non-zero code never returns to 0 and the
-    # support only grows; it grew in this iteration exactly when the coefficient is non-zero and
-    # lands on an atom whose code was 0. "Support unchanged" is therefore "coefficient 0 or atom
-    # already in the support", an O(1) test per row.
-    finished_B = coef_B == 0
-    if rules.stop_on_duplicate_support:
-        finished_B |= prior_B != 0
-    if rules.residual_threshold > 0:
-        finished_B |= residual_BD.norm(dim=-1) < rules.residual_threshold
-    return coef_B, finished_B
+    return coef_B, rules.finished(coef_B, prior_B, residual_BD.norm(dim=-1))
 
 
-def _select_direct(residual_BD: torch.Tensor, W_dec_FD: torch.Tensor) -> torch.Tensor:
-    """SAELens's ``argmax relu(r W_decᵀ)`` [rows], without materialising the relu.
+def pursue(
+    residual_BD: torch.Tensor,
+    correlate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    atoms: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    acts_BA: torch.Tensor,
+    rules: StopRules,
+    *,
+    on_select: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+) -> None:
+    """SAELens's iterations on a batch of rows, over the rows still running, into ``acts_BA``.
 
-    Where the maximum is positive (or NaN) relu keeps it and every entry tied with it, so the
-    first maximal index is the same; elsewhere every relu'd entry is 0 and the index is 0.
+    The dictionary is given by two functions of the running rows' residuals [R, D] and their
+    indices ``rows_R`` into the batch: ``correlate(residual_RD, rows_R)`` gives the
+    correlations [R, A] with every atom, ``atoms(idx_R, rows_R)`` the chosen atoms [R, D].
+    ``on_select(residual_RD, rows_R, best_R)`` sees each iteration's choice before it is
+    applied (``best_R`` the largest relu'd correlation). ``residual_BD`` is not modified.
     """
-    best = (residual_BD @ W_dec_FD.T).max(dim=1)
-    keep_B = best.values.gt(0) | best.values.isnan()
-    return torch.where(keep_B, best.indices, torch.zeros_like(best.indices))
+    residual_BD = residual_BD.clone()
+    rows_B = torch.arange(residual_BD.shape[0], device=residual_BD.device)
+    for iteration in range(rules.iterations):
+        idx_B, best_B = select_atoms(correlate(residual_BD, rows_B))
+        if on_select is not None:
+            on_select(residual_BD, rows_B, best_B)
+        _, finished_B = apply_atoms(
+            residual_BD, atoms(idx_B, rows_B), idx_B, rows_B, acts_BA, rules
+        )
+        if iteration == rules.iterations - 1:
+            break
+        keep_B = (~finished_B).nonzero().squeeze(1)
+        if keep_B.numel() == 0:
+            break
+        if keep_B.numel() < rows_B.numel():
+            rows_B, residual_BD = rows_B[keep_B], residual_BD[keep_B]
 
 
 def _pursue_direct(
@@ -317,19 +370,14 @@ def _pursue_direct(
     acts_BF: torch.Tensor,
     rules: StopRules,
 ) -> None:
-    """SAELens's iterations on one batch of rows, over the rows still running, into ``acts_BF``."""
-    residual_BD = residual_BD.clone()
-    rows_B = torch.arange(residual_BD.shape[0], device=residual_BD.device)
-    for iteration in range(rules.iterations):
-        idx_B = _select_direct(residual_BD, W_dec_FD)
-        _, finished_B = _step(residual_BD, W_dec_FD, idx_B, rows_B, acts_BF, rules)
-        if iteration == rules.iterations - 1:
-            break
-        keep_B = (~finished_B).nonzero().squeeze(1)
-        if keep_B.numel() == 0:
-            break
-        if keep_B.numel() < rows_B.numel():
-            rows_B, residual_BD = rows_B[keep_B], residual_BD[keep_B]
+    """SAELens's recomputation of every correlation, over the rows still running."""
+    pursue(
+        residual_BD,
+        lambda residual_RD, _: residual_RD @ W_dec_FD.T,
+        lambda idx_R, _: W_dec_FD.index_select(0, idx_R),
+        acts_BF,
+        rules,
+    )
 
 
 def _drift_bound(scale_B: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -406,7 +454,7 @@ def _exact_argmax(
     idx_U = torch.where(best_U > 0, first_U, torch.zeros_like(first_U))
     if not bool(finite_U.all()):
         rest = (~finite_U).nonzero().squeeze(1)
-        idx_U[rest] = (residual_UD[rest] @ W_dec_FD.T).relu().max(dim=1).indices
+        idx_U[rest] = select_atoms(residual_UD[rest] @ W_dec_FD.T)[0]
     return idx_U
 
 
@@ -442,7 +490,9 @@ def _pursue_gram(
     scale_B = residual_BD.norm(dim=-1) * norm_max
     for iteration in range(rules.iterations):
         idx_B = _select_gram(corr_BP, block_max_BK, residual_BD, W_dec_FD, scale_B)
-        coef_B, finished_B = _step(residual_BD, W_dec_FD, idx_B, rows_B, acts_BF, rules)
+        coef_B, finished_B = apply_atoms(
+            residual_BD, W_dec_FD.index_select(0, idx_B), idx_B, rows_B, acts_BF, rules
+        )
         if iteration == rules.iterations - 1:
             break
         keep_B = (~finished_B).nonzero().squeeze(1)

@@ -46,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saegeo.core.devices import resolve_device
-from saegeo.core.pursuit import StopRules, apply_atoms
+from saegeo.core.pursuit import StopRules, pursue
 from saegeo.core.sae import SAE
 from saegeo.effects.hybrid import TopkMode, hybrid, output_scale, prepare_pair, rebase
 from saegeo.effects.metrics import evaluate
@@ -131,48 +131,46 @@ def _pursuit(
     watch_LD: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """SAELens's matching pursuit of each row over ``W_SD`` (plus a per-row atom ``extra_RD``
-    appended last), with ``sae``'s stop rules.
+    appended last), with ``sae``'s stop rules (:func:`saegeo.core.pursuit.pursue`).
 
     With ``watch_LD`` it also returns, per row and watched atom [rows, L], whether that atom
     would have been chosen at some iteration: its correlation beats every atom's and 0.
     Returns (codes [rows, S (+1)], watched or None).
     """
     n_rows, d_in = residual_RD.shape
-    n_atoms = W_SD.shape[0] + (extra_RD is not None)
-    iterations = d_in if sae.max_iterations is None else sae.max_iterations
-    rules = StopRules(sae.residual_threshold, iterations, sae.stop_on_duplicate_support)
-    residual_RD = residual_RD.clone()
-    acts_RS = torch.zeros(n_rows, n_atoms, dtype=residual_RD.dtype, device=residual_RD.device)
+    n_small = W_SD.shape[0]
+    rules = StopRules.of(
+        sae.residual_threshold, sae.max_iterations, sae.stop_on_duplicate_support, d_in
+    )
+    acts_RS = residual_RD.new_zeros(n_rows, n_small + (extra_RD is not None))
+
+    def correlate(residual_QD: torch.Tensor, rows_Q: torch.Tensor) -> torch.Tensor:
+        corr_QS = residual_QD @ W_SD.T
+        if extra_RD is None:
+            return corr_QS
+        return torch.cat([corr_QS, (residual_QD * extra_RD[rows_Q]).sum(1, keepdim=True)], dim=1)
+
+    def atoms(idx_Q: torch.Tensor, rows_Q: torch.Tensor) -> torch.Tensor:
+        atom_QD = W_SD[idx_Q.clamp(max=n_small - 1)]
+        if extra_RD is None:
+            return atom_QD
+        return torch.where((idx_Q == n_small)[:, None], extra_RD[rows_Q], atom_QD)
+
     watched_RL = None
+    on_select = None
     if watch_LD is not None:
         watched_RL = torch.zeros(
             n_rows, watch_LD.shape[0], dtype=torch.bool, device=residual_RD.device
         )
         chunk = max(1, BLOCK_ELEMENTS // max(n_rows, 1))
-    rows_R = torch.arange(n_rows, device=residual_RD.device)
-    extra = extra_RD
-    for _ in range(iterations):
-        corr_RS = residual_RD @ W_SD.T
-        if extra is not None:
-            corr_RS = torch.cat([corr_RS, (residual_RD * extra).sum(1, keepdim=True)], dim=1)
-        best_R, idx_R = corr_RS.relu().max(dim=1)
-        if watched_RL is not None:
-            assert watch_LD is not None
+
+        def on_select(residual_QD: torch.Tensor, rows_Q: torch.Tensor, best_Q: torch.Tensor):
+            assert watch_LD is not None and watched_RL is not None
             for start in range(0, watch_LD.shape[0], chunk):
                 cols = slice(start, start + chunk)
-                wins_RL = (residual_RD @ watch_LD[cols].T) > best_R[:, None]
-                watched_RL[rows_R, cols] |= wins_RL
-        atom_RD = W_SD[idx_R.clamp(max=W_SD.shape[0] - 1)]
-        if extra is not None:
-            atom_RD = torch.where((idx_R == W_SD.shape[0])[:, None], extra, atom_RD)
-        _, finished_R = apply_atoms(residual_RD, atom_RD, idx_R, rows_R, acts_RS, rules)
-        keep_R = (~finished_R).nonzero().squeeze(1)
-        if keep_R.numel() == 0:
-            break
-        if keep_R.numel() < rows_R.numel():
-            rows_R, residual_RD = rows_R[keep_R], residual_RD[keep_R]
-            if extra is not None:
-                extra = extra[keep_R]
+                watched_RL[rows_Q, cols] |= (residual_QD @ watch_LD[cols].T) > best_Q[:, None]
+
+    pursue(residual_RD, correlate, atoms, acts_RS, rules, on_select=on_select)
     return acts_RS, watched_RL
 
 

@@ -10,13 +10,14 @@ tests.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from saegeo.core.pursuit import matching_pursuit
+from saegeo.core.pursuit import StopRules, matching_pursuit, select_atoms
 
 
 class Selection(NamedTuple):
@@ -297,21 +298,23 @@ def pursuit_with_grad(
     gram_BKK = local_BKD @ local_BKD.transpose(1, 2)
 
     with torch.no_grad():
-        iterations = d_in if max_iterations is None else max_iterations
+        rules = StopRules.of(residual_threshold, max_iterations, stop_on_duplicate_support, d_in)
         arange_B = torch.arange(batch, device=x_BD.device)
         current_BK = scores_BK.detach().clone()
         gram_nograd_BKK = gram_BKK.detach()
         coef_BK = torch.zeros_like(current_BK)
         done_B = torch.zeros(batch, dtype=torch.bool, device=x_BD.device)
-        prev_support_BK = torch.zeros_like(valid_BK)
         # Squared residual norm, for the stop rule, updated alongside the scores.
         norm2_B = x_BD.detach().double().pow(2).sum(-1)
         picks, lives, us, vs = [], [], [], []
-        for _ in range(iterations):
-            pick_B = current_BK.relu().masked_fill(~valid_BK, -1.0).argmax(dim=1)
+        for _ in range(rules.iterations):
+            # The same choice as over the whole dictionary: slots outside the support never
+            # carry the maximum.
+            pick_B, _ = select_atoms(current_BK.masked_fill(~valid_BK, -math.inf))
             u_B = current_BK[arange_B, pick_B]
             live_B = valid_BK[arange_B, pick_B] & ~done_B
             v_B = u_B.relu() * live_B
+            prior_B = coef_BK[arange_B, pick_B]
             coef_BK[arange_B, pick_B] += v_B
             row_BK = gram_nograd_BKK[arange_B, pick_B]
             current_BK -= v_B[:, None] * row_BK
@@ -324,13 +327,8 @@ def pursuit_with_grad(
             lives.append(live_B)
             us.append(u_B)
             vs.append(v_B)
-            if stop_on_duplicate_support:
-                support_BK = coef_BK != 0
-                done_B |= (support_BK == prev_support_BK).all(dim=1)
-                prev_support_BK = support_BK
-            if residual_threshold > 0:
-                done_B |= norm2_B.sqrt() < residual_threshold
-            if (stop_on_duplicate_support or residual_threshold > 0) and bool(done_B.all()):
+            done_B |= rules.finished(v_B, prior_B, norm2_B.sqrt())
+            if bool(done_B.all()):
                 break
     coef_BK = _PursuitCoefficients.apply(
         scores_BK,
