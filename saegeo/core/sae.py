@@ -22,7 +22,7 @@ from saegeo.errors import SaegeoError, ShapeError
 Arch = Literal["relu", "jumprelu", "topk", "matching_pursuit"]
 assert get_args(Arch) == ARCHS
 
-__all__ = ["ARCHS", "NORMALIZATIONS", "SAE", "Arch", "Normalization", "concat"]
+__all__ = ["ARCHS", "NORMALIZATIONS", "SAE", "Arch", "Normalization", "check_same_site", "concat"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -267,6 +267,22 @@ class SAE:
         return self.architecture.to_additive(self, acts)
 
 
+def check_same_site(saes: Sequence[SAE], what: str) -> None:
+    """Raise a SaegeoError naming ``what`` unless ``saes`` read inputs of one d_in, normalised
+    the same way (what combining their latents needs)."""
+    first = saes[0]
+    for other in saes[1:]:
+        if other.d_in != first.d_in:
+            raise ShapeError(
+                f"{what}: {other.name} has d_in={other.d_in} but {first.name} has {first.d_in}"
+            )
+        if other.normalize_activations != first.normalize_activations:
+            raise SaegeoError(
+                f"{what}: {other.name} normalises inputs with {other.normalize_activations!r}, "
+                f"{first.name} with {first.normalize_activations!r}"
+            )
+
+
 def concat(saes: Sequence[SAE]) -> SAE:
     """Union of the latents of SAEs on the same site, in order.
 
@@ -279,16 +295,7 @@ def concat(saes: Sequence[SAE]) -> SAE:
     if not saes:
         raise SaegeoError("concat() needs at least one SAE")
     first = saes[0]
-    for other in saes[1:]:
-        if other.d_in != first.d_in:
-            raise ShapeError(
-                f"concat(): {other.name} has d_in={other.d_in} but {first.name} has {first.d_in}"
-            )
-        if other.normalize_activations != first.normalize_activations:
-            raise SaegeoError(
-                f"concat(): {other.name} normalises inputs with {other.normalize_activations!r}, "
-                f"{first.name} with {first.normalize_activations!r}"
-            )
+    check_same_site(saes, "concat()")
     kind = union_kind(saes, "concat()")
     sources = [sae.name for sae in saes]
     if kind == "pursuit":

@@ -26,7 +26,7 @@ import torch
 
 from saegeo.core import normalization
 from saegeo.core.architectures import Union, union_kind
-from saegeo.core.sae import SAE, concat
+from saegeo.core.sae import SAE, check_same_site, concat
 from saegeo.errors import SaegeoError, ShapeError
 from saegeo.io.store import ActivationStore
 
@@ -39,15 +39,7 @@ def check_pair(small: SAE, large: SAE, *, what: str = "hybrid()") -> Union:
 
     Raises a SaegeoError naming both SAEs when they cannot be combined.
     """
-    if small.d_in != large.d_in:
-        raise ShapeError(
-            f"{what}: {small.name} has d_in={small.d_in} but {large.name} has d_in={large.d_in}"
-        )
-    if small.normalize_activations != large.normalize_activations:
-        raise SaegeoError(
-            f"{what}: {large.name} normalises inputs with {large.normalize_activations!r}, "
-            f"{small.name} with {small.normalize_activations!r}"
-        )
+    check_same_site([small, large], what)
     return union_kind(
         [small, large],
         what,
