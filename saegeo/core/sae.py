@@ -71,7 +71,7 @@ class SAE:
     def __post_init__(self) -> None:
         if architecture(self.arch).tied:
             object.__setattr__(self, "W_enc", self.W_dec.T)
-        self.check()
+        self.check(str(self.metadata.get("source") or "SAE"))
 
     # ----------------------------------------------------------------- construction
 

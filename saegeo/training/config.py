@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
 from saegeo.errors import SaegeoError
 from saegeo.training import losses
@@ -20,10 +20,38 @@ Prefixes = Literal["fixed", "pareto"]
 DecoderBiasInit = Literal["mean", "geometric_median", "zeros"]
 PenaltyKind = Literal["l1", "log"]
 
-TOPK_ARCHS = ("topk", "batchtopk", "matryoshka_batchtopk")
-RELU_ARCHS = ("relu", "matryoshka_relu")
-MATRYOSHKA_ARCHS = ("matryoshka_batchtopk", "matryoshka_relu")
-UNIT_DECODER_ARCHS = (*TOPK_ARCHS, "matching_pursuit")
+Sparsity = Literal["topk", "batchtopk", "penalty", "pursuit"]
+
+
+class TrainingArchitecture(NamedTuple):
+    """How one training architecture makes its codes sparse and what it is saved as."""
+
+    sparsity: Sparsity
+    """``topk``: k latents per token; ``batchtopk``: k·B latents over the batch (a running
+    threshold at inference); ``penalty``: ReLU with a sparsity penalty; ``pursuit``: matching
+    pursuit over a tied dictionary."""
+    matryoshka: bool
+    """Trained with the Matryoshka loss over nested prefixes."""
+    saved_as: str
+    """``SAE.arch`` of the saved SAE."""
+
+    @property
+    def unit_decoder(self) -> bool:
+        """Decoder rows kept at unit norm (every architecture but the penalised ReLU ones,
+        whose penalty weights each latent by its row's norm instead)."""
+        return self.sparsity != "penalty"
+
+
+TRAINING_ARCHITECTURES: dict[str, TrainingArchitecture] = {
+    "topk": TrainingArchitecture("topk", False, "topk"),
+    "batchtopk": TrainingArchitecture("batchtopk", False, "jumprelu"),
+    "relu": TrainingArchitecture("penalty", False, "relu"),
+    "matryoshka_batchtopk": TrainingArchitecture("batchtopk", True, "jumprelu"),
+    "matryoshka_relu": TrainingArchitecture("penalty", True, "relu"),
+    "matching_pursuit": TrainingArchitecture("pursuit", False, "matching_pursuit"),
+}
+"""Every training architecture, by ``TrainConfig.arch``."""
+assert tuple(TRAINING_ARCHITECTURES) == TRAIN_ARCHS
 # λ of the ReLU penalties when none is given (inputs normalised to mean squared norm d_in).
 DEFAULT_COEFFICIENTS = {"log": 0.3, "l1": 3.0}
 
@@ -127,6 +155,11 @@ class TrainConfig:
                 raise SaegeoError(
                     f"TrainConfig: matryoshka_widths must rise strictly from >= 1, got {widths}"
                 )
+
+    @property
+    def architecture(self) -> TrainingArchitecture:
+        """What ``arch`` trains and is saved as."""
+        return TRAINING_ARCHITECTURES[self.arch]
 
     def with_width(self, width: int) -> TrainConfig:
         """The same configuration at another width."""

@@ -15,7 +15,6 @@ import torch
 from saegeo.training import losses
 from saegeo.training.config import (
     DEFAULT_COEFFICIENTS,
-    RELU_ARCHS,
     TrainConfig,
     matryoshka_widths,
 )
@@ -97,7 +96,7 @@ def init_state(
     d_in = sample_BD.shape[1]
     W_dec_FD = torch.randn(width, d_in, generator=generator)
     W_dec_FD /= W_dec_FD.norm(dim=1, keepdim=True)
-    if config.arch in RELU_ARCHS:
+    if not config.architecture.unit_decoder:
         W_dec_FD *= 0.1  # small decoder rows, as in Anthropic's April 2024 recipe
     if config.b_dec_init == "mean":
         b_dec_D = sample_BD.mean(0)
@@ -105,7 +104,7 @@ def init_state(
         b_dec_D = geometric_median(sample_BD)
     else:
         b_dec_D = torch.zeros(d_in)
-    tied = config.arch == "matching_pursuit"
+    tied = config.architecture.sparsity == "pursuit"
     return TrainState(
         W_dec=torch.nn.Parameter(W_dec_FD.to(device)),
         b_dec=torch.nn.Parameter(b_dec_D.to(device)),
@@ -163,7 +162,8 @@ def forward_step(
     batch = x_BD.shape[0]
     width = state.W_dec.shape[0]
     x_in_BD = x_BD - state.b_dec
-    if config.arch == "matching_pursuit":
+    arch = config.architecture
+    if arch.sparsity == "pursuit":
         codes_BF = pursuit_with_grad(
             x_in_BD,
             state.W_dec,
@@ -176,9 +176,9 @@ def forward_step(
         return StepOutput(mse, mse.item(), float(active_BF.sum()) / batch, active_BF.any(0))
 
     assert state.W_enc is not None and state.b_enc is not None
-    if config.arch in RELU_ARCHS:
+    if arch.sparsity == "penalty":
         acts_BF = (x_in_BD @ state.W_enc + state.b_enc).relu()
-        if config.arch == "relu":
+        if not arch.matryoshka:
             mse = losses.mse_loss(x_BD, acts_BF @ state.W_dec + state.b_dec)
             penalty = losses.sparsity_loss(acts_BF, state.W_dec.norm(dim=1), config.sparsity)
             loss = mse + coefficient * penalty
@@ -201,11 +201,11 @@ def forward_step(
         pre_BF = x_in_BD @ state.W_enc + state.b_enc
     sel: Selection = (
         select_topk(pre_BF, config.k)
-        if config.arch == "topk"
+        if arch.sparsity == "topk"
         else select_batch_topk(pre_BF, config.k)
     )
     values_N = sampled_linear(x_in_BD, state.W_enc, state.b_enc, sel).relu()
-    if config.arch == "matryoshka_batchtopk":
+    if arch.matryoshka:
         recon_PBD = sparse_prefix_reconstructions(
             sel.rows,
             sel.cols,
@@ -228,7 +228,7 @@ def forward_step(
         active_N = values_N > 0
         fired_F = torch.zeros(width, dtype=torch.bool, device=x_BD.device)
         fired_F[sel.cols[active_N]] = True
-        if config.arch != "topk" and bool(active_N.any()):
+        if arch.sparsity == "batchtopk" and bool(active_N.any()):
             # The inference threshold: a bias-corrected running average of the smallest
             # activation the batch kept.
             rate = threshold_rate

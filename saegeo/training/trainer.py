@@ -44,11 +44,7 @@ from saegeo.io.atomic import write_json, write_text
 from saegeo.io.formats import save_sae
 from saegeo.io.store import ActivationStore, as_store
 from saegeo.training.config import (
-    MATRYOSHKA_ARCHS,
-    RELU_ARCHS,
-    TOPK_ARCHS,
     TRAIN_ARCHS,
-    UNIT_DECODER_ARCHS,
     TrainConfig,
     matryoshka_widths,
 )
@@ -194,7 +190,8 @@ def train_sae(
     device = resolve_device(config.device)
     width = config.width or 8 * store.d_in
     config = config.with_width(width)
-    if config.arch in TOPK_ARCHS and config.k > width:
+    arch = config.architecture
+    if arch.sparsity in ("topk", "batchtopk") and config.k > width:
         raise SaegeoError(f"TrainConfig: k={config.k} exceeds the width {width}")
     n_eval = min(config.eval_tokens, store.n_tokens // 5)
     n_train = store.n_tokens - n_eval
@@ -246,15 +243,15 @@ def train_sae(
             out = forward_step(train_config, state, x_BD, coefficient, generator, threshold_rate)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
-            if config.arch in UNIT_DECODER_ARCHS:
+            if arch.unit_decoder:
                 remove_parallel_grad_(state.W_dec)
             optimizer.step()
-            if config.arch in UNIT_DECODER_ARCHS:
+            if arch.unit_decoder:
                 unit_norm_rows_(state.W_dec)
             with torch.no_grad():
                 state.since_fired += x_BD.shape[0]
                 state.since_fired[out.fired] = 0
-            target = config.target_l0 if config.arch in RELU_ARCHS else None
+            target = config.target_l0 if arch.sparsity == "penalty" else None
             if target is not None and step >= sparsity_warmup:
                 # Multiplicative control of λ towards the target L0 (Glen Taggart's idea).
                 state.coefficient *= math.exp(0.02 if out.l0 > target else -0.02)
@@ -292,11 +289,7 @@ def train_sae(
         seconds=seconds,
         tokens_per_second=steps * batch_size / max(seconds, 1e-9),
         scale=scale,
-        threshold=(
-            state.threshold / scale
-            if config.arch in ("batchtopk", "matryoshka_batchtopk")
-            else None
-        ),
+        threshold=(state.threshold / scale if arch.sparsity == "batchtopk" else None),
         final_loss=loss_value,
         train_dead_fraction=float((state.since_fired >= config.dead_tokens).float().mean()),
         metrics=metrics,
@@ -329,9 +322,10 @@ def _export(config: TrainConfig, state: TrainState, scale: float) -> SAE:
         "name": f"{config.arch}-{width}",
         "training": {**_config_dict(config), "input_scale": scale},
     }
-    if config.arch in MATRYOSHKA_ARCHS:
+    arch = config.architecture
+    if arch.matryoshka:
         metadata["matryoshka_widths"] = matryoshka_widths(config, width)
-    if config.arch == "matching_pursuit":
+    if arch.saved_as == "matching_pursuit":
         return SAE.from_decoder(
             W_dec,
             b_dec,
@@ -346,14 +340,14 @@ def _export(config: TrainConfig, state: TrainState, scale: float) -> SAE:
         "b_enc": state.b_enc.detach().cpu() / scale,
         "W_dec": W_dec,
         "b_dec": b_dec,
+        "arch": arch.saved_as,
         "metadata": metadata,
     }
-    if config.arch == "topk":
-        return SAE(arch="topk", k=config.k, **common)
-    if config.arch in ("batchtopk", "matryoshka_batchtopk"):
-        threshold = torch.full((width,), state.threshold / scale)
-        return SAE(arch="jumprelu", threshold=threshold, **common)
-    return SAE(arch="relu", **common)
+    if arch.saved_as == "topk":
+        return SAE(k=config.k, **common)
+    if arch.saved_as == "jumprelu":
+        return SAE(threshold=torch.full((width,), state.threshold / scale), **common)
+    return SAE(**common)
 
 
 def _config_dict(config: TrainConfig) -> dict[str, Any]:
