@@ -161,67 +161,76 @@ def masked_cosine(
         raise SaegeoError(f"masked_cosine(): max_pairs must be >= 1, got {max_pairs}")
     n_parents, n_children = A.shape[1], B.shape[1]
     A_csc, B_csc = A.tocsc(), B.tocsc()
-    parents_PN = A_csc.T.tocsr()  # the transpose of a csc is a csr without copying
-    parents_sq_PN = _with_data(parents_PN, parents_PN.data**2)
-    parents_on_PN = _with_data(parents_PN, np.ones_like(parents_PN.data))
+    # Products run child-major: children [C_g, N] @ parents [N, P] gives, per child, its
+    # co-firing parents, which is the [P, C] result's column layout, so the kept entries of all
+    # groups concatenate into a CSC matrix with no sorting.
+    parents_sq_NP = _with_data(A, A.data**2)
+    parents_on_NP = _with_data(A, np.ones_like(A.data))
     child_norm_C = _column_norm(B_csc)
     parent_norm_P = _column_norm(A_csc)
     ratio_parent_P = _safe_divide(np.ones(n_parents), _column_max(A_csc))
     child_max_C = _column_max(B_csc)
 
     groups = _child_groups(A, B_csc, max_pairs)
-    rows_out, cols_out, vals_out = [], [], []
+    parents_out, vals_out = [], []
+    counts_C = np.zeros(n_children, dtype=np.int64)
     show = progress or (progress is None and len(groups) > 1)
     for start, stop in tqdm(
         groups, desc="masked cosine", unit="group", leave=False, disable=None if show else True
     ):
-        children_NC = B_csc[:, start:stop].tocsr()
-        children_on_NC = _with_data(children_NC, np.ones_like(children_NC.data))
+        children_CN = B_csc[:, start:stop].T  # the transpose of a csc is a csr without copying
+        children_on_CN = _with_data(children_CN, np.ones_like(children_CN.data))
         # Squares are positive, so this product's pattern is exactly the co-firing pairs.
-        parent_sq_on_child = parents_sq_PN @ children_on_NC
-        numerator = parents_PN @ children_NC
-        num = _aligned(parent_sq_on_child, numerator)
-        rows = np.repeat(np.arange(n_parents, dtype=np.int64), np.diff(parent_sq_on_child.indptr))
-        cols = parent_sq_on_child.indices.astype(np.int64) + start
-        scores = _safe_divide(num, np.sqrt(parent_sq_on_child.data) * child_norm_C[cols])
-        del numerator
+        parent_sq_on_child = children_on_CN @ parents_sq_NP
+        num = _aligned(parent_sq_on_child, children_CN @ A)
+        child = np.repeat(
+            np.arange(start, stop, dtype=np.int64), np.diff(parent_sq_on_child.indptr)
+        )
+        parent = parent_sq_on_child.indices.astype(np.int64)
+        scores = _safe_divide(num, np.sqrt(parent_sq_on_child.data) * child_norm_C[child])
         if not directed:
-            child_sq_on_parent = parents_on_PN @ _with_data(children_NC, children_NC.data**2)
+            child_sq_on_parent = _with_data(children_CN, children_CN.data**2) @ parents_on_NP
             backward = _safe_divide(
-                num, parent_norm_P[rows] * np.sqrt(_aligned(parent_sq_on_child, child_sq_on_parent))
+                num,
+                parent_norm_P[parent] * np.sqrt(_aligned(parent_sq_on_child, child_sq_on_parent)),
             )
             scores = np.maximum(scores, backward)
             del child_sq_on_parent, backward
         elif scale_by_max:
-            scores = scores * child_max_C[cols] * ratio_parent_P[rows]
+            scores *= child_max_C[child] * ratio_parent_P[parent]
+        del parent_sq_on_child, num
         keep = scores > min_score
-        rows, cols, scores = rows[keep], cols[keep], scores[keep]
+        child, parent, scores = child[keep], parent[keep], scores[keep]
         if top_k is not None:
-            best = _top_k_per_column(cols, scores, top_k)
-            rows, cols, scores = rows[best], cols[best], scores[best]
-        del parent_sq_on_child
-        rows_out.append(rows.astype(np.int32))
-        cols_out.append(cols.astype(np.int32))
+            best = _top_k_per_child(child, parent, scores, top_k)
+            child, parent, scores = child[best], parent[best], scores[best]
+        counts_C[start:stop] = np.bincount(child - start, minlength=stop - start)
+        parents_out.append(parent.astype(np.int32))
         vals_out.append(scores.astype(np.float32))
-    if not vals_out:
-        return sp.csr_matrix((n_parents, n_children), dtype=np.float32)
-    return sp.csr_matrix(
-        (np.concatenate(vals_out), (np.concatenate(rows_out), np.concatenate(cols_out))),
+    indptr = np.zeros(n_children + 1, dtype=np.int64)
+    np.cumsum(counts_C, out=indptr[1:])
+    result = sp.csc_matrix(
+        (
+            np.concatenate(vals_out) if vals_out else np.zeros(0, np.float32),
+            np.concatenate(parents_out) if parents_out else np.zeros(0, np.int32),
+            indptr,
+        ),
         shape=(n_parents, n_children),
-        dtype=np.float32,
     )
+    return result.tocsr()
 
 
-def _top_k_per_column(cols: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the ``k`` largest values of each column among entries (cols, values).
-
-    Ties keep the earlier entry (entries come ordered by parent index).
-    """
-    order = np.lexsort((-values, cols))  # by column, then value descending; stable
-    sorted_cols = cols[order]
-    first = np.ones(sorted_cols.size, dtype=bool)
-    first[1:] = sorted_cols[1:] != sorted_cols[:-1]
+def _top_k_per_child(
+    child: np.ndarray, parent: np.ndarray, values: np.ndarray, k: int
+) -> np.ndarray:
+    """Positions, in their original order, of the ``k`` largest values of each child among
+    entries (child, parent, values) ordered by child; ties keep the smaller parent index."""
+    order = np.lexsort((parent, -values, child))
+    sorted_child = child[order]
+    first = np.ones(sorted_child.size, dtype=bool)
+    first[1:] = sorted_child[1:] != sorted_child[:-1]
     run_starts = np.flatnonzero(first)
-    run_lengths = np.diff(np.append(run_starts, sorted_cols.size))
-    rank = np.arange(sorted_cols.size) - np.repeat(run_starts, run_lengths)
+    rank = np.arange(sorted_child.size) - np.repeat(
+        run_starts, np.diff(np.append(run_starts, sorted_child.size))
+    )
     return np.sort(order[rank < k])
