@@ -22,6 +22,10 @@ asked for, prints them and, with ``--json``, writes them to a file.
   backward of a dense encoder and decoder), and this machine's float32 matmul throughput timed
   in the same run.
 
+- ``train_precision``: training tokens/s with ``TrainConfig.matmul_dtype="bfloat16"`` against
+  ``"float32"`` per architecture and width (runs alternating, in the same process), and the
+  held-out FVU each precision reaches on the same data and seed.
+
 Usage::
 
     python analyses/benchmarks/throughput.py [--figures harvest] [--tokens 50000]
@@ -218,6 +222,7 @@ def train_throughput(
                 tokens=n_steps * batch_size,
                 batch_size=batch_size,
                 eval_tokens=0,
+                matmul_dtype="float32",
                 device="cpu",
                 progress=False,
             )
@@ -232,9 +237,76 @@ def train_throughput(
     return results
 
 
+def train_precision(
+    *,
+    d_in: int = 576,
+    widths: tuple[int, ...] = (576, 4608),
+    archs: tuple[str, ...] = ("topk", "batchtopk", "relu"),
+    k: int = 32,
+    batch_size: int = 4096,
+    steps: int = 6,
+    repeats: int = 2,
+    quality_tokens: int = 1_500_000,
+) -> dict[str, Any]:
+    """Training tokens/s with bfloat16 products against float32, and the loss each reaches.
+
+    For every architecture and width, runs with ``matmul_dtype="float32"`` and
+    ``"bfloat16"`` alternate (``repeats`` of each, ``steps`` batches per run; the best rate of
+    each is kept) so that load from other jobs falls on both alike. Then one longer run of each
+    (``quality_tokens`` at the narrowest width, same seed and data) gives the held-out FVU each
+    reaches; ``*_fvu_rel_diff`` is bf16's FVU minus float32's, relative to float32's.
+    """
+    from saegeo.training.toy import ToyConfig, make_toy_model
+    from saegeo.training.trainer import TrainConfig, train_sae
+
+    toy = make_toy_model(
+        ToyConfig(n_roots=1024, branching=4, depth=1, d=d_in, root_prob=0.02, child_prob=0.2)
+    )
+    store = toy.to_store(max(batch_size * (steps + 1), 200_000))
+    results: dict[str, Any] = {"d_in": d_in, "k": k, "batch_size": batch_size}
+
+    def config(arch: str, width: int, dtype: str, tokens: int, eval_tokens: int) -> TrainConfig:
+        return TrainConfig(
+            arch=arch,  # type: ignore[arg-type]
+            width=width,
+            k=k,
+            tokens=tokens,
+            batch_size=batch_size,
+            eval_tokens=eval_tokens,
+            matmul_dtype=dtype,  # type: ignore[arg-type]
+            device="cpu",
+            progress=False,
+        )
+
+    for arch in archs:
+        for width in widths:
+            best = {"float32": 0.0, "bfloat16": 0.0}
+            for _ in range(repeats):
+                for dtype in best:
+                    _, report = train_sae(store, config(arch, width, dtype, steps * batch_size, 0))
+                    best[dtype] = max(best[dtype], report.tokens_per_second)
+            for dtype, rate in best.items():
+                results[f"{arch}_{width}_{dtype}_tokens_per_s"] = round(rate)
+            results[f"{arch}_{width}_bf16_speedup"] = round(best["bfloat16"] / best["float32"], 2)
+        fvu = {}
+        for dtype in ("float32", "bfloat16"):
+            _, report = train_sae(store, config(arch, widths[0], dtype, quality_tokens, 16_384))
+            assert report.metrics is not None
+            fvu[dtype] = report.metrics.fvu
+            results[f"{arch}_{widths[0]}_{dtype}_fvu"] = round(report.metrics.fvu, 4)
+        results[f"{arch}_{widths[0]}_fvu_rel_diff"] = round(
+            (fvu["bfloat16"] - fvu["float32"]) / fvu["float32"], 4
+        )
+    results["matmul_float32_gflop_per_s"] = round(matmul_gflops(torch.float32), 1)
+    results["matmul_bfloat16_gflop_per_s"] = round(matmul_gflops(torch.bfloat16), 1)
+    results["load_average_1min"] = round(os.getloadavg()[0], 2)
+    return results
+
+
 FIGURES: dict[str, Callable[..., dict[str, Any]]] = {
     "harvest": harvest_throughput,
     "train": train_throughput,
+    "train_precision": train_precision,
 }
 
 

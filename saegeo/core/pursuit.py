@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from typing import Literal, NamedTuple
 
 import torch
@@ -57,6 +59,8 @@ BLOCK = 128
 # iteration on a CPU (keeps the update and the block maxima in cache).
 BATCH_BYTES = 256 * 2**20
 CPU_TILE_BYTES = 2 * 2**20
+# Fewest rows per thread for which a CPU pursuit is split across threads.
+MIN_SHARE_ROWS = 64
 
 
 class StopRules(NamedTuple):
@@ -194,15 +198,51 @@ def matching_pursuit(
     if method == "gram":
         gram_FP = _padded_gram(W_dec_FD, gram_FF)
         tile_rows = _tile_rows(gram_FP.shape[1], W_dec_FD.dtype, compute_device)
-        for start in range(0, batch, batch_size):
-            stop = min(start + batch_size, batch)
-            rows = slice(start, stop)
+
+        def run(rows: slice) -> None:
             _pursue_gram(residual_BD[rows], W_dec_FD, gram_FP, acts_BF[rows], rules, tile_rows)
+
     else:
-        for start in range(0, batch, batch_size):
-            rows = slice(start, min(start + batch_size, batch))
+
+        def run(rows: slice) -> None:
             _pursue_direct(residual_BD[rows], W_dec_FD, acts_BF[rows], rules)
+
+    _run_batches(run, batch, batch_size, compute_device)
     return acts_BF.to(out_device).reshape(out_shape)
+
+
+def _run_batches(
+    run: Callable[[slice], None], batch: int, batch_size: int, device: torch.device
+) -> None:
+    """``run`` over consecutive row ranges of at most ``batch_size`` rows covering ``batch``.
+
+    On a CPU with several intra-op threads, the rows are split into one contiguous share per
+    thread, each pursued by its own Python thread with one intra-op thread (the setting is
+    restored afterwards). A pursuit is hundreds of medium-sized operations per batch: split
+    across OpenMP threads, each one ends at a barrier, and on a CPU shared with other
+    processes the threads spin there for cores that are busy elsewhere. Whole shares of rows
+    need no barrier; rows are independent, so the codes are the same either way.
+    """
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    shares = max(1, min(threads, batch // MIN_SHARE_ROWS))
+    if shares == 1:
+        for start in range(0, batch, batch_size):
+            run(slice(start, min(start + batch_size, batch)))
+        return
+    bounds = [batch * i // shares for i in range(shares + 1)]
+    per_share = max(1, batch_size // shares)  # the same memory as one batch in all
+
+    def run_share(lo: int, hi: int) -> None:
+        for start in range(lo, hi, per_share):
+            run(slice(start, min(start + per_share, hi)))
+
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(shares) as pool:
+            for future in [pool.submit(run_share, lo, hi) for lo, hi in pairwise(bounds)]:
+                future.result()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def choose_method(

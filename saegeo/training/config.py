@@ -19,6 +19,7 @@ TRAIN_ARCHS: tuple[str, ...] = get_args(TrainArch)
 Prefixes = Literal["fixed", "pareto"]
 DecoderBiasInit = Literal["mean", "geometric_median", "zeros"]
 PenaltyKind = Literal["l1", "log"]
+MatmulDtype = Literal["auto", "float32", "bfloat16"]
 
 Sparsity = Literal["topk", "batchtopk", "penalty", "pursuit"]
 
@@ -116,6 +117,12 @@ class TrainConfig:
     """Tokens read and shuffled together before being cut into batches."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu``, ``cuda``, ..."""
+    matmul_dtype: MatmulDtype = "auto"
+    """Precision of the encoder and decoder matrix products: ``bfloat16`` (weights, the Adam
+    state and the loss stay float32; TopK-style architectures choose their latents from
+    bfloat16 pre-activations and compute the chosen ones in float32), ``float32``, or ``auto``:
+    bfloat16 where the device multiplies it fast (CUDA with bf16, CPUs with AVX-512 BF16 or
+    AMX). Matching pursuit always runs in float32."""
     seed: int = 0
     """Seed of the initialisation, the shuffling and the prefix sampling (``train_family``
     gives each member its own seed derived from this one)."""
@@ -130,6 +137,7 @@ class TrainConfig:
             "sparsity": get_args(PenaltyKind),
             "prefixes": get_args(Prefixes),
             "b_dec_init": get_args(DecoderBiasInit),
+            "matmul_dtype": get_args(MatmulDtype),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

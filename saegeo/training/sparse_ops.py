@@ -120,6 +120,16 @@ def _sampled_dot(
     return out
 
 
+@torch.no_grad()
+def exact_values(
+    sel: Selection, x_BD: torch.Tensor, W_DF: torch.Tensor, b_F: torch.Tensor
+) -> Selection:
+    """``sel`` with its pre-activations recomputed as ``<x[rows], W[:, cols]> + b[cols]`` in
+    the precision of ``x`` and ``W``: O(N·D), for selections made from low-precision products."""
+    pre = _sampled_dot(sel.rows, sel.cols, x_BD, W_DF.T) + b_F[sel.cols]
+    return sel._replace(pre=pre)
+
+
 class _SampledLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x_BD, W_DF, b_F, rows, cols, values):  # type: ignore[override]

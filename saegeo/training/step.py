@@ -20,6 +20,7 @@ from saegeo.training.config import (
 )
 from saegeo.training.sparse_ops import (
     Selection,
+    exact_values,
     pursuit_with_grad,
     sampled_linear,
     select_batch_topk,
@@ -125,8 +126,14 @@ def aux_k_loss(
     x_in_BD: torch.Tensor,
     pre_BF: torch.Tensor,
     residual_BD: torch.Tensor,
+    *,
+    recompute: bool = False,
 ) -> torch.Tensor | None:
-    """Dead latents' top pre-activations reconstructing the residual (OpenAI's aux-k)."""
+    """Dead latents' top pre-activations reconstructing the residual (OpenAI's aux-k).
+
+    ``recompute``: ``pre_BF`` came from a low-precision product; the chosen entries are
+    recomputed in float32 (:func:`saegeo.training.sparse_ops.exact_values`).
+    """
     aux_k = x_in_BD.shape[1] // 2 if config.aux_k is None else config.aux_k
     dead_F = state.since_fired >= config.dead_tokens
     n_dead = int(dead_F.sum())
@@ -135,6 +142,8 @@ def aux_k_loss(
     assert state.W_enc is not None and state.b_enc is not None
     k_aux = min(aux_k, n_dead)
     sel = select_topk(pre_BF.masked_fill(~dead_F, -math.inf), k_aux)
+    if recompute:
+        sel = exact_values(sel, x_in_BD, state.W_enc, state.b_enc)
     values_N = sampled_linear(x_in_BD, state.W_enc, state.b_enc, sel).relu()
     recon_BD = sparse_decode(sel.rows, sel.cols, values_N, state.W_dec, x_in_BD.shape[0])
     return config.aux_coefficient * losses.auxk_loss(residual_BD, recon_BD, min(n_dead / aux_k, 1))
@@ -157,8 +166,13 @@ def forward_step(
     coefficient: float,
     generator: torch.Generator,
     threshold_rate: float,
+    matmul_dtype: torch.dtype = torch.float32,
 ) -> StepOutput:
-    """Loss of one batch (inputs already normalised), with what the bookkeeping needs."""
+    """Loss of one batch (inputs already normalised), with what the bookkeeping needs.
+
+    ``matmul_dtype`` is the precision of the encoder and decoder products (see
+    ``TrainConfig.matmul_dtype``); parameters, gradients' accumulation and the loss stay float32.
+    """
     batch = x_BD.shape[0]
     width = state.W_dec.shape[0]
     x_in_BD = x_BD - state.b_dec
@@ -176,10 +190,14 @@ def forward_step(
         return StepOutput(mse, mse.item(), float(active_BF.sum()) / batch, active_BF.any(0))
 
     assert state.W_enc is not None and state.b_enc is not None
+    low = matmul_dtype != torch.float32
     if arch.sparsity == "penalty":
-        acts_BF = (x_in_BD @ state.W_enc + state.b_enc).relu()
-        if not arch.matryoshka:
-            mse = losses.mse_loss(x_BD, acts_BF @ state.W_dec + state.b_dec)
+        with torch.autocast(x_BD.device.type, dtype=matmul_dtype, enabled=low):
+            acts_BF = (x_in_BD @ state.W_enc + state.b_enc).relu()
+            decoded_BD = acts_BF @ state.W_dec if not arch.matryoshka else None
+        acts_BF = acts_BF.float()
+        if decoded_BD is not None:
+            mse = losses.mse_loss(x_BD, decoded_BD.float() + state.b_dec)
             penalty = losses.sparsity_loss(acts_BF, state.W_dec.norm(dim=1), config.sparsity)
             loss = mse + coefficient * penalty
             mse_value = mse.item()
@@ -198,12 +216,14 @@ def forward_step(
         return StepOutput(loss, mse_value, float(active_BF.sum()) / batch, active_BF.any(0))
 
     with torch.no_grad():
-        pre_BF = x_in_BD @ state.W_enc + state.b_enc
+        pre_BF = _pre_activations(x_in_BD, state.W_enc, state.b_enc, matmul_dtype)
     sel: Selection = (
         select_topk(pre_BF, config.k)
         if arch.sparsity == "topk"
         else select_batch_topk(pre_BF, config.k)
     )
+    if low:
+        sel = exact_values(sel, x_in_BD, state.W_enc, state.b_enc)
     values_N = sampled_linear(x_in_BD, state.W_enc, state.b_enc, sel).relu()
     if arch.matryoshka:
         recon_PBD = sparse_prefix_reconstructions(
@@ -221,7 +241,7 @@ def forward_step(
         x_hat_BD = sparse_decode(sel.rows, sel.cols, values_N, state.W_dec, batch) + state.b_dec
         mse = losses.mse_loss(x_BD, x_hat_BD)
         loss = mse
-    aux = aux_k_loss(config, state, x_in_BD, pre_BF, x_BD - x_hat_BD)
+    aux = aux_k_loss(config, state, x_in_BD, pre_BF, x_BD - x_hat_BD, recompute=low)
     if aux is not None:
         loss = loss + aux
     with torch.no_grad():
@@ -236,6 +256,15 @@ def forward_step(
             state.threshold_sum = (1 - rate) * state.threshold_sum + rate * smallest
             state.threshold_weight = (1 - rate) * state.threshold_weight + rate
     return StepOutput(loss, mse.item(), float(active_N.sum()) / batch, fired_F)
+
+
+def _pre_activations(
+    x_BD: torch.Tensor, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """``x W_enc + b_enc`` [B, F] (float32) from a product in ``dtype``."""
+    if dtype == torch.float32:
+        return x_BD @ W_enc_DF + b_enc_F
+    return torch.addmm(b_enc_F.to(dtype), x_BD.to(dtype), W_enc_DF.to(dtype)).float()
 
 
 def lr_factor(step: int, steps: int, config: TrainConfig) -> float:

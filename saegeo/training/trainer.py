@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from saegeo.core.devices import resolve_device
+from saegeo.core.devices import fast_bfloat16, resolve_device
 from saegeo.core.family import Family
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Metrics, evaluate
@@ -216,6 +216,7 @@ def train_sae(
         else 1.0
     )
     state = init_state(config, width, init_BD * scale, device)
+    matmul_dtype = _matmul_dtype(config, device)
     # Thresholds and stop rules are given in raw units; training runs in normalised ones.
     train_config = dataclasses.replace(config, residual_threshold=config.residual_threshold * scale)
     params = state.parameters()
@@ -240,7 +241,9 @@ def train_sae(
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * lr_factor(step, steps, config)
             coefficient = state.coefficient * min(1.0, (step + 1) / sparsity_warmup)
-            out = forward_step(train_config, state, x_BD, coefficient, generator, threshold_rate)
+            out = forward_step(
+                train_config, state, x_BD, coefficient, generator, threshold_rate, matmul_dtype
+            )
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             if arch.unit_decoder:
@@ -306,6 +309,14 @@ def train_sae(
             report.tokens_per_second,
         )
     return sae, report
+
+
+def _matmul_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
+    """The dtype of the training products (``TrainConfig.matmul_dtype``)."""
+    if config.matmul_dtype == "auto":
+        low = config.architecture.sparsity != "pursuit" and fast_bfloat16(device)
+        return torch.bfloat16 if low else torch.float32
+    return torch.bfloat16 if config.matmul_dtype == "bfloat16" else torch.float32
 
 
 def _no_progress(config: TrainConfig) -> bool | None:
