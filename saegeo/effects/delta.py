@@ -43,7 +43,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from saegeo.core.devices import resolve_device
 from saegeo.core.pursuit import StopRules, apply_atoms
@@ -51,19 +50,13 @@ from saegeo.core.sae import SAE
 from saegeo.effects.hybrid import TopkMode, hybrid, output_scale, prepare_pair, rebase
 from saegeo.effects.metrics import evaluate
 from saegeo.errors import SaegeoError
-from saegeo.io.store import ActivationStore, as_store
+from saegeo.io.store import ActivationStore
+from saegeo.io.streaming import ActsLike, checked_store, progress_bar, stream
 
-Acts = ActivationStore | torch.Tensor | str
 # Entries of a [tokens, features] working block (bounds memory per product).
 BLOCK_ELEMENTS = 1 << 24
 # Rows (token, feature pairs) re-encoded together on the pursuit path.
 PAIR_ROWS = 4096
-
-
-def _progress(total: int, desc: str, progress: bool | None) -> tqdm:
-    return tqdm(
-        total=total, desc=desc, unit="tok", leave=False, disable=True if progress is False else None
-    )
 
 
 def _activation(pre_BL: torch.Tensor, large: SAE, cols: slice) -> torch.Tensor:
@@ -96,36 +89,39 @@ def _delta_closed_form(
     sum_cross_L = torch.zeros_like(sum_sq_L)
     sum_shift_L = torch.zeros_like(sum_sq_L)
     n_tokens = 0
-    total = store.n_tokens if limit is None else min(limit, store.n_tokens)
-    with _progress(total, "delta_mse", progress) as bar:
-        for x_BD in store.iter_batches(batch_size, limit=limit, dtype=small.dtype, device=device):
-            n_tokens += x_BD.shape[0]
-            x_in_BD = small.sae_in(x_BD)
-            residual_BD = x_BD - small.forward(x_BD)
-            scale_B = output_scale(small, x_BD)
+    for x_BD in stream(
+        store,
+        batch_size=batch_size,
+        limit=limit,
+        device=device,
+        dtype=small.dtype,
+        progress=progress,
+        desc="delta_mse",
+    ):
+        n_tokens += x_BD.shape[0]
+        x_in_BD = small.sae_in(x_BD)
+        residual_BD = x_BD - small.forward(x_BD)
+        scale_B = output_scale(small, x_BD)
+        if kind == "topk":
+            assert small.k is not None
+            top = small.pre_acts(x_BD).topk(small.k, dim=1)
+            kth_B, kth_idx_B = top.values[:, -1], top.indices[:, -1]
+            shifted_BD = residual_BD + (scale_B * kth_B.relu())[:, None] * small.W_dec[kth_idx_B]
+            shift_B = (shifted_BD.double() ** 2).sum(1) - (residual_BD.double() ** 2).sum(1)
+            residual_BD = shifted_BD
+        for start in range(0, n_large, chunk):
+            cols = slice(start, min(start + chunk, n_large))
+            pre_BL = x_in_BD @ W_enc_DL[:, cols] + b_enc_L[cols]
             if kind == "topk":
-                assert small.k is not None
-                top = small.pre_acts(x_BD).topk(small.k, dim=1)
-                kth_B, kth_idx_B = top.values[:, -1], top.indices[:, -1]
-                shifted_BD = (
-                    residual_BD + (scale_B * kth_B.relu())[:, None] * small.W_dec[kth_idx_B]
-                )
-                shift_B = (shifted_BD.double() ** 2).sum(1) - (residual_BD.double() ** 2).sum(1)
-                residual_BD = shifted_BD
-            for start in range(0, n_large, chunk):
-                cols = slice(start, min(start + chunk, n_large))
-                pre_BL = x_in_BD @ W_enc_DL[:, cols] + b_enc_L[cols]
-                if kind == "topk":
-                    wins_BL = pre_BL > kth_B[:, None]
-                    acts_BL = pre_BL.relu() * wins_BL.to(pre_BL.dtype)
-                    sum_shift_L[cols] += shift_B @ wins_BL.double()
-                else:
-                    acts_BL = _activation(pre_BL, union_large, cols)
-                acts_BL = acts_BL * scale_B[:, None]
-                sum_sq_L[cols] += (acts_BL.double() ** 2).sum(0)
-                dots_BL = residual_BD @ W_dec_LD[cols].T
-                sum_cross_L[cols] += (acts_BL * dots_BL).double().sum(0)
-            bar.update(x_BD.shape[0])
+                wins_BL = pre_BL > kth_B[:, None]
+                acts_BL = pre_BL.relu() * wins_BL.to(pre_BL.dtype)
+                sum_shift_L[cols] += shift_B @ wins_BL.double()
+            else:
+                acts_BL = _activation(pre_BL, union_large, cols)
+            acts_BL = acts_BL * scale_B[:, None]
+            sum_sq_L[cols] += (acts_BL.double() ** 2).sum(0)
+            dots_BL = residual_BD @ W_dec_LD[cols].T
+            sum_cross_L[cols] += (acts_BL * dots_BL).double().sum(0)
     total_L = sum_shift_L + sq_norm_L * sum_sq_L - 2.0 * sum_cross_L
     return total_L.cpu().numpy(), n_tokens
 
@@ -200,34 +196,39 @@ def _delta_pursuit(
     n_small = small.width
     total_L = torch.zeros(large.width, dtype=torch.float64, device=device)
     n_tokens = 0
-    total = store.n_tokens if limit is None else min(limit, store.n_tokens)
-    with _progress(total, "delta_mse (pursuit)", progress) as bar:
-        for x_BD in store.iter_batches(batch_size, limit=limit, dtype=small.dtype, device=device):
-            n_tokens += x_BD.shape[0]
-            x_in_BD = small.sae_in(x_BD)
-            acts_BS, watched_BL = _pursuit(x_in_BD, W_small_SD, small, watch_LD=W_large_LD)
-            assert watched_BL is not None
-            error_B = ((x_BD - small.decode(acts_BS, x_BD)).double() ** 2).sum(1)
-            scale_B = output_scale(small, x_BD)
-            token_P, feature_P = watched_BL.nonzero(as_tuple=True)
-            for start in range(0, token_P.numel(), PAIR_ROWS):
-                t_R = token_P[start : start + PAIR_ROWS]
-                j_R = feature_P[start : start + PAIR_ROWS]
-                atom_RD = W_large_LD[j_R]
-                codes_RS, _ = _pursuit(x_in_BD[t_R], W_small_SD, small, extra_RD=atom_RD)
-                x_RD = x_BD[t_R]
-                recon_RD = small.decode(codes_RS[:, :n_small], x_RD)
-                recon_RD = recon_RD + (scale_B[t_R] * codes_RS[:, n_small])[:, None] * atom_RD
-                hybrid_error_R = ((x_RD - recon_RD).double() ** 2).sum(1)
-                total_L.index_add_(0, j_R, hybrid_error_R - error_B[t_R])
-            bar.update(x_BD.shape[0])
+    for x_BD in stream(
+        store,
+        batch_size=batch_size,
+        limit=limit,
+        device=device,
+        dtype=small.dtype,
+        progress=progress,
+        desc="delta_mse (pursuit)",
+    ):
+        n_tokens += x_BD.shape[0]
+        x_in_BD = small.sae_in(x_BD)
+        acts_BS, watched_BL = _pursuit(x_in_BD, W_small_SD, small, watch_LD=W_large_LD)
+        assert watched_BL is not None
+        error_B = ((x_BD - small.decode(acts_BS, x_BD)).double() ** 2).sum(1)
+        scale_B = output_scale(small, x_BD)
+        token_P, feature_P = watched_BL.nonzero(as_tuple=True)
+        for start in range(0, token_P.numel(), PAIR_ROWS):
+            t_R = token_P[start : start + PAIR_ROWS]
+            j_R = feature_P[start : start + PAIR_ROWS]
+            atom_RD = W_large_LD[j_R]
+            codes_RS, _ = _pursuit(x_in_BD[t_R], W_small_SD, small, extra_RD=atom_RD)
+            x_RD = x_BD[t_R]
+            recon_RD = small.decode(codes_RS[:, :n_small], x_RD)
+            recon_RD = recon_RD + (scale_B[t_R] * codes_RS[:, n_small])[:, None] * atom_RD
+            hybrid_error_R = ((x_RD - recon_RD).double() ** 2).sum(1)
+            total_L.index_add_(0, j_R, hybrid_error_R - error_B[t_R])
     return total_L.cpu().numpy(), n_tokens
 
 
 def delta_mse(
     small: SAE,
     large: SAE,
-    acts: Acts,
+    acts: ActsLike,
     *,
     topk: TopkMode = "reencode",
     batch_size: int = 4096,
@@ -254,7 +255,8 @@ def delta_mse(
     device
         Where to compute; ``"auto"`` is CUDA when present.
     progress
-        Show a progress bar on a terminal (None: when attached to one).
+        Show a progress bar: None on a terminal, True always, False never
+        (:mod:`saegeo.io.streaming`).
 
     Returns
     -------
@@ -262,7 +264,7 @@ def delta_mse(
         ``delta_mse`` indexed by large feature (``feature``); negative where adding the feature
         lowers the MSE, 0 for features that never fire on these tokens.
     """
-    store = as_store(acts)
+    store = checked_store(acts)
     torch_device = resolve_device(device)
     small, large, kind = prepare_pair(
         small, large, store, topk=topk, batch_size=batch_size, limit=limit, device=torch_device
@@ -326,47 +328,51 @@ def _swap_closed_form(
     sq_error_G = torch.zeros(n_groups, dtype=torch.float64, device=device)
     l0_G = torch.zeros(n_groups, dtype=torch.float64, device=device)
     n_tokens = 0
-    total = store.n_tokens if limit is None else min(limit, store.n_tokens)
-    with _progress(total, "swap deltas", progress) as bar:
-        for x_BD in store.iter_batches(batch_size, limit=limit, dtype=small.dtype, device=device):
-            n_tokens += x_BD.shape[0]
-            codes_BS = small.encode(x_BD)
-            residual_BD = x_BD - small.decode(codes_BS, x_BD)
-            pre_BM = small.sae_in(x_BD) @ W_enc_DM + b_enc_M
-            large_BM = _activation(pre_BM, large_cols, slice(None))
-            acts_BM = torch.cat([codes_BS[:, small_M], large_BM], dim=1)
-            l0_G.index_add_(0, group_M, ((acts_BM != 0).to(torch.float64) * sign_M.double()).sum(0))
-            signed_BM = acts_BM * sign_M * output_scale(small, x_BD)[:, None]
-            token_N, member_N = signed_BM.nonzero(as_tuple=True)  # sorted by token
-            key_N = token_N * n_groups + group_M[member_N]
-            # Parts of whole tokens, so that no (token, group) pair is split between parts.
-            n_batch = x_BD.shape[0]
-            step = max(1, PAIR_ROWS * 4 * n_batch // max(token_N.numel(), 1))
-            edges = torch.searchsorted(
-                token_N, torch.arange(0, n_batch + step, step, device=device)
-            ).tolist()
-            for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-                if hi <= lo:
-                    continue
-                keys_U, slot_N = key_N[lo:hi].unique(return_inverse=True)
-                delta_UD = torch.zeros(
-                    keys_U.numel(), x_BD.shape[1], dtype=x_BD.dtype, device=device
-                )
-                values_N = signed_BM[token_N[lo:hi], member_N[lo:hi]]
-                delta_UD.index_add_(0, slot_N, values_N[:, None] * W_MD[member_N[lo:hi]])
-                token_U = keys_U // n_groups
-                change_U = (delta_UD.double() ** 2).sum(1) - 2.0 * (
-                    residual_BD[token_U].double() * delta_UD.double()
-                ).sum(1)
-                sq_error_G.index_add_(0, keys_U % n_groups, change_U)
-            bar.update(x_BD.shape[0])
+    batches = stream(
+        store,
+        batch_size=batch_size,
+        limit=limit,
+        device=device,
+        dtype=small.dtype,
+        progress=progress,
+        desc="swap deltas",
+    )
+    for x_BD in batches:
+        n_tokens += x_BD.shape[0]
+        codes_BS = small.encode(x_BD)
+        residual_BD = x_BD - small.decode(codes_BS, x_BD)
+        pre_BM = small.sae_in(x_BD) @ W_enc_DM + b_enc_M
+        large_BM = _activation(pre_BM, large_cols, slice(None))
+        acts_BM = torch.cat([codes_BS[:, small_M], large_BM], dim=1)
+        l0_G.index_add_(0, group_M, ((acts_BM != 0).to(torch.float64) * sign_M.double()).sum(0))
+        signed_BM = acts_BM * sign_M * output_scale(small, x_BD)[:, None]
+        token_N, member_N = signed_BM.nonzero(as_tuple=True)  # sorted by token
+        key_N = token_N * n_groups + group_M[member_N]
+        # Parts of whole tokens, so that no (token, group) pair is split between parts.
+        n_batch = x_BD.shape[0]
+        step = max(1, PAIR_ROWS * 4 * n_batch // max(token_N.numel(), 1))
+        edges = torch.searchsorted(
+            token_N, torch.arange(0, n_batch + step, step, device=device)
+        ).tolist()
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            if hi <= lo:
+                continue
+            keys_U, slot_N = key_N[lo:hi].unique(return_inverse=True)
+            delta_UD = torch.zeros(keys_U.numel(), x_BD.shape[1], dtype=x_BD.dtype, device=device)
+            values_N = signed_BM[token_N[lo:hi], member_N[lo:hi]]
+            delta_UD.index_add_(0, slot_N, values_N[:, None] * W_MD[member_N[lo:hi]])
+            token_U = keys_U // n_groups
+            change_U = (delta_UD.double() ** 2).sum(1) - 2.0 * (
+                residual_BD[token_U].double() * delta_UD.double()
+            ).sum(1)
+            sq_error_G.index_add_(0, keys_U % n_groups, change_U)
     return sq_error_G.cpu().numpy(), l0_G.cpu().numpy(), n_tokens
 
 
 def swap_deltas(
     small: SAE,
     large: SAE,
-    acts: Acts,
+    acts: ActsLike,
     groups_small: Sequence[Sequence[int]],
     groups_large: Sequence[Sequence[int]],
     *,
@@ -389,7 +395,7 @@ def swap_deltas(
         raise SaegeoError(
             f"swap_deltas(): {len(groups_small)} small groups but {len(groups_large)} large groups"
         )
-    store = as_store(acts)
+    store = checked_store(acts)
     torch_device = resolve_device(device)
     small, large, kind = prepare_pair(
         small, large, store, topk=topk, batch_size=batch_size, limit=limit, device=torch_device
@@ -416,26 +422,25 @@ def swap_deltas(
         return pd.DataFrame(
             {"delta_mse": sq_error_G / n_tokens, "delta_l0": l0_G / n_tokens}, index=index
         )
-    options: dict[str, Any] = dict(batch_size=batch_size, limit=limit, device=torch_device)
+    options: dict[str, Any] = dict(
+        batch_size=batch_size, limit=limit, device=torch_device, progress=False
+    )
     base = evaluate(small, store, **options)
     rows = []
-    for members_small, members_large in tqdm(
-        list(zip(gs, gl, strict=True)),
-        desc="swap groups",
-        leave=False,
-        disable=True if progress is False else None,
-    ):
-        swapped = evaluate(
-            hybrid(small, large, add=members_large, remove=members_small), store, **options
-        )
-        rows.append((swapped.mse - base.mse, swapped.l0 - base.l0))
+    with progress_bar(len(gs), "swap groups", progress) as bar:
+        for members_small, members_large in zip(gs, gl, strict=True):
+            swapped = evaluate(
+                hybrid(small, large, add=members_large, remove=members_small), store, **options
+            )
+            rows.append((swapped.mse - base.mse, swapped.l0 - base.l0))
+            bar.update(1)
     return pd.DataFrame(rows, columns=["delta_mse", "delta_l0"], index=index)
 
 
 def cumulative_mse(
     small: SAE,
     large: SAE,
-    acts: Acts,
+    acts: ActsLike,
     order: Sequence[int],
     *,
     points: int = 11,
@@ -456,7 +461,7 @@ def cumulative_mse(
     pandas.DataFrame
         Columns ``n_added``, ``mse``, ``l0``, one row per point.
     """
-    store = as_store(acts)
+    store = checked_store(acts)
     torch_device = resolve_device(device)
     small, large, _ = prepare_pair(
         small, large, store, topk=topk, batch_size=batch_size, limit=limit, device=torch_device
@@ -466,10 +471,12 @@ def cumulative_mse(
         raise SaegeoError(f"cumulative_mse(): points must be >= 2, got {points}")
     counts = np.unique(np.linspace(0, order_arr.size, points).round().astype(np.int64))
     rows = []
-    for n in tqdm(
-        counts, desc="cumulative mse", leave=False, disable=True if progress is False else None
-    ):
-        sae = hybrid(small, large, add=order_arr[:n]) if n else small
-        metrics = evaluate(sae, store, batch_size=batch_size, limit=limit, device=torch_device)
-        rows.append((int(n), metrics.mse, metrics.l0))
+    with progress_bar(len(counts), "cumulative mse", progress) as bar:
+        for n in counts:
+            sae = hybrid(small, large, add=order_arr[:n]) if n else small
+            metrics = evaluate(
+                sae, store, batch_size=batch_size, limit=limit, device=torch_device, progress=False
+            )
+            rows.append((int(n), metrics.mse, metrics.l0))
+            bar.update(1)
     return pd.DataFrame(rows, columns=["n_added", "mse", "l0"])

@@ -27,6 +27,7 @@ import torch
 from saegeo.core.sae import ADDITIVE_ARCHS, SAE, concat
 from saegeo.errors import SaegeoError, ShapeError
 from saegeo.io.store import ActivationStore
+from saegeo.io.streaming import checked_store, stream
 
 TopkMode = Literal["reencode", "jumprelu"]
 TOPK_MODES: tuple[str, ...] = get_args(TopkMode)
@@ -165,16 +166,19 @@ def prepare_pair(
     if topk not in TOPK_MODES:
         raise SaegeoError(f"topk must be one of {TOPK_MODES}, got {topk!r}")
     for sae in (small, large):
-        if sae.d_in != store.d_in:
-            raise ShapeError(
-                f"activations {store.source} have d_in={store.d_in}, but "
-                f"{sae.name} expects d_in={sae.d_in}"
-            )
+        checked_store(store, sae)
     small, large = small.to(device), large.to(device, small.dtype)
     if topk == "jumprelu":
         small, large = (
             sae.to_jumprelu(
-                store.iter_batches(batch_size, limit=limit, dtype=sae.dtype, device=device)
+                stream(
+                    store,
+                    batch_size=batch_size,
+                    limit=limit,
+                    device=device,
+                    dtype=sae.dtype,
+                    progress=False,
+                )
             )
             if sae.arch == "topk"
             else sae

@@ -32,21 +32,16 @@ error exactly (see :func:`decode_target`).
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from saegeo.core.devices import resolve_device
 from saegeo.core.sae import SAE
-from saegeo.effects.metrics import Metrics
+from saegeo.effects.metrics import Metrics, Moments, metrics_from_sums
 from saegeo.errors import SaegeoError, ShapeError
-from saegeo.io.store import ActivationStore, as_store
-
-Acts = ActivationStore | torch.Tensor | np.ndarray | str | os.PathLike[str]
+from saegeo.io.streaming import ActsLike, BatchStream, stream
 
 # Entries of the padded co-activation outer products built at once (float64 values and int64
 # indices: 16 bytes each).
@@ -71,10 +66,9 @@ class DecoderStats(NamedTuple):
     """Σ_t w_t z_t y_tᵀ [F+1, D], float64."""
     target_sq: float
     """Σ_t w_t ||y_t||²."""
-    x_sum: torch.Tensor
-    """Σ_t x_t [D], float64, in the input space (for the FVU's denominator)."""
-    x_sq: float
-    """Σ_t ||x_t||², in the input space."""
+    moments: Moments
+    """Mean and summed squared deviation of the inputs x_t, in the input space (for the
+    FVU's denominator)."""
     active: torch.Tensor
     """Number of tokens on which each feature fires [F], int64."""
     n_tokens: int
@@ -103,7 +97,24 @@ class DecoderStats(NamedTuple):
 
     def metrics(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> Metrics:
         """The metrics of decoder ``W_dec`` [F, D] with output bias ``b_dec`` [D] on these codes."""
-        return _metrics(self.sse(W_dec, b_dec), self.x_sq, self.x_sum, self.active, self.n_tokens)
+        return metrics_from_sums(self.sse(W_dec, b_dec), self.moments, self.active)
+
+    def merge(self, other: DecoderStats) -> DecoderStats:
+        """The statistics of both token sets together (same SAE, disjoint tokens)."""
+        if other.gram.shape != self.gram.shape or other.cross.shape != self.cross.shape:
+            raise ShapeError(
+                f"DecoderStats.merge(): statistics of {self.width} and {other.width} features "
+                "cannot be combined"
+            )
+        device = self.gram.device
+        return DecoderStats(
+            gram=self.gram + other.gram.to(device),
+            cross=self.cross + other.cross.to(device),
+            target_sq=self.target_sq + other.target_sq,
+            moments=self.moments.merge(other.moments),
+            active=self.active + other.active.to(self.active.device),
+            n_tokens=self.n_tokens + other.n_tokens,
+        )
 
 
 class Refit(NamedTuple):
@@ -193,32 +204,33 @@ def _add_gram_(gram: torch.Tensor, acts_BF: torch.Tensor, w_B: torch.Tensor) -> 
 @torch.no_grad()
 def accumulate_stats(
     sae: SAE,
-    acts: Acts,
+    acts: ActsLike,
     *,
     batch_size: int = 4096,
     limit: int | None = None,
     device: str | torch.device = "auto",
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> DecoderStats:
     """One streaming pass: the statistics of the decoder least-squares problem of ``sae``.
 
-    ``acts`` is an ActivationStore, a tensor [N, D] or a path. Memory is O(F²) for the Gram
+    ``acts`` is an ActivationStore, a tensor [N, D] or a path; ``progress`` as in
+    :mod:`saegeo.io.streaming`. Memory is O(F²) for the Gram
     matrix (float64), on ``device``. Beyond encoding, each batch costs one sparse × dense
     product, O(L0·(F + D)) per token, or, when the SAE is wide enough for that to cost more
     (see ``SPMM_RATIO``), O(L0² + L0·D) per token through the co-active pairs alone.
     """
-    store = _checked_store(sae, acts)
-    torch_device = resolve_device(device)
+    batches = _stream(sae, acts, batch_size, limit, device, progress, "accumulate")
+    torch_device = batches.device
     sae = sae.to(torch_device)
     width, d_in = sae.width, sae.d_in
     f64: dict[str, Any] = {"dtype": torch.float64, "device": torch_device}
     gram = torch.zeros(width + 1, width + 1, **f64)
     cross = torch.zeros(width + 1, d_in, **f64)
-    x_sum = torch.zeros(d_in, **f64)
+    moments = Moments(d_in, torch_device)
     active = torch.zeros(width, dtype=torch.long, device=torch_device)
-    target_sq = x_sq = 0.0
+    target_sq = 0.0
     n_tokens = 0
-    for x_BD in _batches(store, sae, batch_size, limit, torch_device, progress, "accumulate"):
+    for x_BD in batches:
         acts_BF = sae.encode(x_BD)
         y_BD, w_B = decode_target(sae, x_BD)
         rows, cols = acts_BF.nonzero(as_tuple=True)
@@ -247,13 +259,12 @@ def accumulate_stats(
         gram[width, width] += float(w_B.sum())
         active += torch.bincount(cols, minlength=width)
         target_sq += float((w_B.to(torch.float64) * (y_BD.to(torch.float64) ** 2).sum(1)).sum())
-        x_sum += x_BD.sum(dim=0).to(torch.float64)
-        x_sq += float((x_BD.to(torch.float64) ** 2).sum())
+        moments.add(x_BD)
         n_tokens += x_BD.shape[0]
     if n_tokens == 0:
-        raise SaegeoError(f"activations {store.source}: no tokens to fit on")
+        raise SaegeoError(f"activations {batches.store.source}: no tokens to fit on")
     gram[width, :width] = gram[:width, width]
-    return DecoderStats(gram, cross, target_sq, x_sum, x_sq, active, n_tokens)
+    return DecoderStats(gram, cross, target_sq, moments, active, n_tokens)
 
 
 def solve_decoder(
@@ -355,13 +366,13 @@ def with_decoder(sae: SAE, W_dec: torch.Tensor, b_dec: torch.Tensor) -> SAE:
 
 def refit_exact(
     sae: SAE,
-    acts: Acts,
+    acts: ActsLike,
     *,
     ridge: float = 1e-6,
     batch_size: int = 4096,
     limit: int | None = None,
     device: str | torch.device = "auto",
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Refit:
     """The MSE-optimal decoder for the codes of ``sae`` on ``acts``, from one pass.
 
@@ -394,86 +405,61 @@ def refit_exact(
     )
 
 
-# --------------------------------------------------------------------------- SGD refit
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
-def _fixed_code_metrics(
+def fixed_code_metrics(
     sae: SAE,
     decoders: list[tuple[torch.Tensor, torch.Tensor]],
-    store: ActivationStore,
+    acts: ActsLike,
     *,
-    batch_size: int,
-    limit: int | None,
-    progress: bool,
+    batch_size: int = 4096,
+    limit: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool | None = None,
 ) -> list[Metrics]:
-    """Metrics of several decoders (W_dec [F, D], output bias [D]) on the codes of ``sae``."""
-    device = sae.device
+    """Metrics of several decoders (W_dec [F, D], output bias [D]) on the codes of ``sae``.
+
+    One pass over ``acts``: every decoder reconstructs from the codes that ``sae`` computes,
+    so this is the error a refit minimises (see the module docstring).
+    """
+    batches = _stream(sae, acts, batch_size, limit, device, progress, "evaluate")
+    sae = sae.to(batches.device)
     sse = [0.0] * len(decoders)
-    x_sum = torch.zeros(sae.d_in, dtype=torch.float64, device=device)
-    active = torch.zeros(sae.width, dtype=torch.long, device=device)
-    x_sq = 0.0
-    n_tokens = 0
-    for x_BD in _batches(store, sae, batch_size, limit, device, progress, "evaluate"):
+    moments = Moments(sae.d_in, batches.device)
+    active = torch.zeros(sae.width, dtype=torch.long, device=batches.device)
+    for x_BD in batches:
         acts_BF = sae.encode(x_BD)
         y_BD, w_B = decode_target(sae, x_BD)
         for i, (W_dec, b_dec) in enumerate(decoders):
-            error_BD = y_BD - (acts_BF @ W_dec.to(device, sae.dtype) + b_dec.to(device, sae.dtype))
+            W_dec, b_dec = W_dec.to(sae.device, sae.dtype), b_dec.to(sae.device, sae.dtype)
+            error_BD = y_BD - (acts_BF @ W_dec + b_dec)
             sse[i] += float((w_B.double() * (error_BD.double() ** 2).sum(dim=1)).sum())
-        x_sum += x_BD.sum(dim=0).double()
-        x_sq += float((x_BD.double() ** 2).sum())
+        moments.add(x_BD)
         active += (acts_BF != 0).sum(dim=0)
-        n_tokens += x_BD.shape[0]
-    if n_tokens == 0:
-        raise SaegeoError(f"activations {store.source}: no tokens to evaluate on")
-    return [_metrics(value, x_sq, x_sum, active, n_tokens) for value in sse]
+    if moments.n == 0:
+        raise SaegeoError(f"activations {batches.store.source}: no tokens to evaluate on")
+    return [metrics_from_sums(value, moments, active) for value in sse]
 
 
-def _metrics(
-    sse: float, x_sq: float, x_sum: torch.Tensor, active: torch.Tensor, n_tokens: int
-) -> Metrics:
-    n = max(n_tokens, 1)
-    total = x_sq - float((x_sum.double() ** 2).sum()) / n
-    return Metrics(
-        mse=sse / n,
-        fvu=sse / total if total > 0 else float("nan"),
-        l0=float(active.sum()) / n,
-        dead_fraction=float((active == 0).double().mean()) if active.numel() else 0.0,
-        n_tokens=n_tokens,
-        freq=(active.double() / n).float().cpu(),
-    )
-
-
-def _checked_store(sae: SAE, acts: Acts) -> ActivationStore:
-    store = as_store(acts)
-    if store.d_in != sae.d_in:
-        raise ShapeError(
-            f"activations {store.source} have d_in={store.d_in}, but {sae.name} "
-            f"expects d_in={sae.d_in}"
-        )
-    return store
-
-
-def _batches(
-    store: ActivationStore,
+def _stream(
     sae: SAE,
+    acts: ActsLike,
     batch_size: int,
     limit: int | None,
-    device: torch.device,
-    progress: bool,
+    device: str | torch.device,
+    progress: bool | None,
     what: str,
-):  # type: ignore[no-untyped-def]
-    total = store.n_tokens if limit is None else min(limit, store.n_tokens)
-    with tqdm(
-        total=total,
+) -> BatchStream:
+    """Batches of ``acts`` in ``sae``'s dtype, checked against its d_in."""
+    return stream(
+        acts,
+        batch_size=batch_size,
+        limit=limit,
+        device=device,
+        dtype=sae.dtype,
+        d_in=sae,
+        progress=progress,
         desc=f"{what} {sae.name}",
-        unit="tok",
-        leave=False,
-        disable=None if progress else True,
-    ) as bar:
-        for x_BD in store.iter_batches(batch_size, limit=limit, dtype=sae.dtype, device=device):
-            yield x_BD
-            bar.update(x_BD.shape[0])
+    )
