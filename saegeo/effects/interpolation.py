@@ -163,9 +163,7 @@ def _path_metrics(
     """
     stats = accumulate_stats(union, store, **options)
     device = stats.gram.device
-    theta = torch.cat(
-        [union.W_dec.to(device, torch.float64), output_bias(union).to(device, torch.float64)[None]]
-    )
+    theta = stats.theta(union.W_dec, output_bias(union))
     M = stats.gram * (theta @ theta.T)
     r = (theta * stats.cross).sum(dim=1)
     width = union.width

@@ -57,7 +57,9 @@ class DecoderStats(NamedTuple):
 
     With ``z = [a, 1]`` the codes of a token and ``y``, ``w`` its target and weight
     (:func:`decode_target`), the weighted squared error of a decoder ``Θ = [W_dec; b]`` is
-    ``target_sq − 2⟨Θ, cross⟩ + ⟨Θ, gram Θ⟩``.
+    ``target_sq − 2⟨Θ', cross⟩ + ⟨Θ', gram Θ'⟩`` with ``Θ' = [W_dec; b − shift]``
+    (:meth:`theta`): targets are accumulated as ``y − shift``, the SAE's own output bias, so
+    that a large mean of the activations does not cancel the squared error away.
     """
 
     gram: torch.Tensor
@@ -73,6 +75,8 @@ class DecoderStats(NamedTuple):
     """Number of tokens on which each feature fires [F], int64."""
     n_tokens: int
     """Number of tokens accumulated."""
+    shift: torch.Tensor
+    """The output bias [D], float64, subtracted from every target before accumulating."""
 
     @property
     def width(self) -> int:
@@ -90,10 +94,16 @@ class DecoderStats(NamedTuple):
 
     def sse(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> float:
         """Σ_t ||x_t − x̂_t||² of decoder ``W_dec`` [F, D] with output bias ``b_dec`` [D]."""
-        theta = _theta(W_dec, b_dec, self.gram.device)
+        theta = self.theta(W_dec, b_dec)
         value = self.target_sq - 2 * float((theta * self.cross).sum())
         value += float((theta * (self.gram @ theta)).sum())
         return max(value, 0.0)
+
+    def theta(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
+        """``[W_dec; b_dec − shift]`` [F+1, D], float64: a decoder in the statistics' terms."""
+        device = self.gram.device
+        bias = b_dec.to(device, torch.float64) - self.shift.to(device)
+        return torch.cat([W_dec.to(device, torch.float64), bias[None]])
 
     def metrics(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> Metrics:
         """The metrics of decoder ``W_dec`` [F, D] with output bias ``b_dec`` [D] on these codes."""
@@ -106,6 +116,8 @@ class DecoderStats(NamedTuple):
                 f"DecoderStats.merge(): statistics of {self.width} and {other.width} features "
                 "cannot be combined"
             )
+        if not torch.equal(self.shift, other.shift.to(self.shift.device)):
+            raise SaegeoError("DecoderStats.merge(): statistics of SAEs with different b_dec")
         device = self.gram.device
         return DecoderStats(
             gram=self.gram + other.gram.to(device),
@@ -114,6 +126,7 @@ class DecoderStats(NamedTuple):
             moments=self.moments.merge(other.moments),
             active=self.active + other.active.to(self.active.device),
             n_tokens=self.n_tokens + other.n_tokens,
+            shift=self.shift,
         )
 
 
@@ -167,10 +180,6 @@ def decode_target(sae: SAE, x_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
         std_B = centred_BD.std(dim=-1)
         return centred_BD / std_B[:, None], std_B**2
     return x_BD, ones_B
-
-
-def _theta(W_dec: torch.Tensor, b_dec: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return torch.cat([W_dec.to(device, torch.float64), b_dec.to(device, torch.float64)[None]])
 
 
 def _add_gram_(gram: torch.Tensor, acts_BF: torch.Tensor, w_B: torch.Tensor) -> None:
@@ -230,9 +239,11 @@ def accumulate_stats(
     active = torch.zeros(width, dtype=torch.long, device=torch_device)
     target_sq = 0.0
     n_tokens = 0
+    shift_D = output_bias(sae).to(torch.float64)
     for x_BD in batches:
         acts_BF = sae.encode(x_BD)
         y_BD, w_B = decode_target(sae, x_BD)
+        y_BD = y_BD.to(torch.float64) - shift_D
         rows, cols = acts_BF.nonzero(as_tuple=True)
         w64_B = w_B.to(torch.float64)
         codes_FB = torch.sparse_coo_tensor(
@@ -245,26 +256,26 @@ def accumulate_stats(
         pairs = int((torch.bincount(rows, minlength=x_BD.shape[0]) ** 2).sum())
         if width * rows.numel() <= SPMM_RATIO * pairs:
             # Σ_t w_t a_t [a_t, y_t, 1]ᵀ as one sparse × dense product: O(nnz·(F + D)).
-            rhs_BR = torch.cat([acts_BF.to(torch.float64), y_BD.to(torch.float64), ones_B1], 1)
+            rhs_BR = torch.cat([acts_BF.to(torch.float64), y_BD, ones_B1], 1)
             block_FR = torch.sparse.mm(codes_FB, rhs_BR)
             gram[:width, :width] += block_FR[:, :width]
             block_FR = block_FR[:, width:]
         else:
             # Wide and sparse: only the co-active pairs, O(Σ_t L0_t²).
             _add_gram_(gram, acts_BF, w_B)
-            block_FR = torch.sparse.mm(codes_FB, torch.cat([y_BD.to(torch.float64), ones_B1], 1))
+            block_FR = torch.sparse.mm(codes_FB, torch.cat([y_BD, ones_B1], 1))
         cross[:width] += block_FR[:, :d_in]
         gram[:width, width] += block_FR[:, d_in]
-        cross[width] += (w64_B[:, None] * y_BD.to(torch.float64)).sum(dim=0)
+        cross[width] += (w64_B[:, None] * y_BD).sum(dim=0)
         gram[width, width] += float(w_B.sum())
         active += torch.bincount(cols, minlength=width)
-        target_sq += float((w_B.to(torch.float64) * (y_BD.to(torch.float64) ** 2).sum(1)).sum())
+        target_sq += float((w_B.to(torch.float64) * (y_BD**2).sum(1)).sum())
         moments.add(x_BD)
         n_tokens += x_BD.shape[0]
     if n_tokens == 0:
         raise SaegeoError(f"activations {batches.store.source}: no tokens to fit on")
     gram[width, :width] = gram[:width, width]
-    return DecoderStats(gram, cross, target_sq, moments, active, n_tokens)
+    return DecoderStats(gram, cross, target_sq, moments, active, n_tokens, shift_D)
 
 
 def solve_decoder(
@@ -292,7 +303,7 @@ def solve_decoder(
             f"are for {width} features of d_in {stats.cross.shape[1]}"
         )
     device = stats.gram.device
-    theta0 = _theta(W_dec, b_dec, device)
+    theta0 = stats.theta(W_dec, b_dec)
     live_F = stats.active.to(device) > 0
     live = torch.nonzero(live_F).reshape(-1)
     unknowns = torch.cat([live, live.new_tensor([width])]) if fit_bias else live
@@ -320,7 +331,7 @@ def solve_decoder(
         raise SaegeoError("solve_decoder(): the solution is not finite; raise the ridge")
     return (
         theta[:width].to(W_dec.device, W_dec.dtype),
-        theta[width].to(b_dec.device, b_dec.dtype),
+        (theta[width] + stats.shift.to(device)).to(b_dec.device, b_dec.dtype),
         method,
     )
 
