@@ -115,9 +115,13 @@ def _prepare(
     """Unit small rows in float32 and in ``dtype``, the large decoder, and the device."""
     W_small_SD, W_large_LD = _decoder(small, "small"), _decoder(large, "large")
     if W_small_SD.shape[1] != W_large_LD.shape[1]:
+        names = [
+            sae.name if isinstance(sae, SAE) else what
+            for sae, what in ((small, "small"), (large, "large"))
+        ]
         raise ShapeError(
-            f"decoder_cosine(): small has d_in={W_small_SD.shape[1]} but large "
-            f"has d_in={W_large_LD.shape[1]}"
+            f"decoder_cosine(): {names[0]} has d_in={W_small_SD.shape[1]} but {names[1]} "
+            f"has d_in={W_large_LD.shape[1]}; both must read the same model site"
         )
     if dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         raise SaegeoError(f"decoder_cosine(): dtype must be a floating dtype, got {dtype}")
