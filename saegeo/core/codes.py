@@ -7,7 +7,7 @@ import scipy.sparse as sp
 import torch
 
 from saegeo.core.sae import SAE
-from saegeo.io.streaming import ActsLike, stream
+from saegeo.io.streaming import ActsLike, sae_stream
 
 
 def encode_codes(
@@ -24,17 +24,7 @@ def encode_codes(
     Batches are encoded on ``device`` and only the non-zeros are kept, so memory grows with
     N·L0 rather than N·width. ``progress`` as in :mod:`saegeo.io.streaming`.
     """
-    batches = stream(
-        acts,
-        batch_size=batch_size,
-        limit=limit,
-        device=device,
-        d_in=sae,
-        progress=progress,
-        desc=f"encode {sae.name}",
-        what="encode_codes()",
-    )
-    sae = sae.to(batches.device)
+    sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "encode_codes")
     blocks = []
     for batch_BD in batches:
         acts_BF = sae.encode(batch_BD)

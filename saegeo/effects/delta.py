@@ -38,20 +38,17 @@ pursuit pairs re-encode one hybrid per group: one pass over the activations per 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from saegeo.core.devices import resolve_device
 from saegeo.core.pursuit import StopRules, apply_atoms
 from saegeo.core.sae import SAE
 from saegeo.effects.hybrid import TopkMode, hybrid, output_scale, prepare_pair, rebase
 from saegeo.effects.metrics import evaluate
 from saegeo.errors import SaegeoError
-from saegeo.io.store import ActivationStore
-from saegeo.io.streaming import ActsLike, checked_store, progress_bar, stream
+from saegeo.io.streaming import ActsLike, BatchStream, progress_bar, stream
 
 # Entries of a [tokens, features] working block (bounds memory per product).
 BLOCK_ELEMENTS = 1 << 24
@@ -67,37 +64,40 @@ def _activation(pre_BL: torch.Tensor, large: SAE, cols: slice) -> torch.Tensor:
     return pre_BL.relu()
 
 
-@torch.no_grad()
-def _delta_closed_form(
+def _pair_stream(
     small: SAE,
     large: SAE,
-    store: ActivationStore,
-    *,
-    kind: str,
+    acts: ActsLike,
+    topk: TopkMode,
     batch_size: int,
     limit: int | None,
-    device: torch.device,
+    device: str | torch.device,
     progress: bool | None,
+    desc: str,
+) -> tuple[SAE, SAE, str, BatchStream]:
+    """The pair ready for a pass (see :func:`prepare_pair`), its union kind and the batches of
+    ``acts`` in the smaller SAE's dtype."""
+    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    small, large, kind = prepare_pair(small, large, batches, topk=topk)
+    return small, large, kind, batches.replace(dtype=small.dtype, desc=desc)
+
+
+@torch.no_grad()
+def _delta_closed_form(
+    small: SAE, large: SAE, batches: BatchStream, *, kind: str
 ) -> tuple[np.ndarray, int]:
     """Summed delta per large feature [L] (float64) and the token count: additive and TopK."""
+    device = batches.device
     union_large = rebase(small, large)
     W_enc_DL, b_enc_L, W_dec_LD = union_large.W_enc, union_large.b_enc, union_large.W_dec
     sq_norm_L = (W_dec_LD.double() ** 2).sum(dim=1)
     n_large = large.width
-    chunk = max(1, BLOCK_ELEMENTS // max(batch_size, 1))
+    chunk = max(1, BLOCK_ELEMENTS // max(batches.batch_size, 1))
     sum_sq_L = torch.zeros(n_large, dtype=torch.float64, device=device)
     sum_cross_L = torch.zeros_like(sum_sq_L)
     sum_shift_L = torch.zeros_like(sum_sq_L)
     n_tokens = 0
-    for x_BD in stream(
-        store,
-        batch_size=batch_size,
-        limit=limit,
-        device=device,
-        dtype=small.dtype,
-        progress=progress,
-        desc="delta_mse",
-    ):
+    for x_BD in batches:
         n_tokens += x_BD.shape[0]
         x_in_BD = small.sae_in(x_BD)
         residual_BD = x_BD - small.forward(x_BD)
@@ -181,30 +181,14 @@ def _pursuit(
 
 
 @torch.no_grad()
-def _delta_pursuit(
-    small: SAE,
-    large: SAE,
-    store: ActivationStore,
-    *,
-    batch_size: int,
-    limit: int | None,
-    device: torch.device,
-    progress: bool | None,
-) -> tuple[np.ndarray, int]:
+def _delta_pursuit(small: SAE, large: SAE, batches: BatchStream) -> tuple[np.ndarray, int]:
     """Summed delta per large feature [L] (float64) and the token count: matching pursuit."""
+    device = batches.device
     W_small_SD, W_large_LD = small.W_dec, large.W_dec
     n_small = small.width
     total_L = torch.zeros(large.width, dtype=torch.float64, device=device)
     n_tokens = 0
-    for x_BD in stream(
-        store,
-        batch_size=batch_size,
-        limit=limit,
-        device=device,
-        dtype=small.dtype,
-        progress=progress,
-        desc="delta_mse (pursuit)",
-    ):
+    for x_BD in batches:
         n_tokens += x_BD.shape[0]
         x_in_BD = small.sae_in(x_BD)
         acts_BS, watched_BL = _pursuit(x_in_BD, W_small_SD, small, watch_LD=W_large_LD)
@@ -264,20 +248,15 @@ def delta_mse(
         ``delta_mse`` indexed by large feature (``feature``); negative where adding the feature
         lowers the MSE, 0 for features that never fire on these tokens.
     """
-    store = checked_store(acts)
-    torch_device = resolve_device(device)
-    small, large, kind = prepare_pair(
-        small, large, store, topk=topk, batch_size=batch_size, limit=limit, device=torch_device
-    )
-    options: dict[str, Any] = dict(
-        batch_size=batch_size, limit=limit, device=torch_device, progress=progress
+    small, large, kind, batches = _pair_stream(
+        small, large, acts, topk, batch_size, limit, device, progress, "delta_mse"
     )
     if kind == "pursuit":
-        total_L, n_tokens = _delta_pursuit(small, large, store, **options)
+        total_L, n_tokens = _delta_pursuit(small, large, batches)
     else:
-        total_L, n_tokens = _delta_closed_form(small, large, store, kind=kind, **options)
+        total_L, n_tokens = _delta_closed_form(small, large, batches, kind=kind)
     if n_tokens == 0:
-        raise SaegeoError(f"delta_mse(): no activations in {store.source}")
+        raise SaegeoError(f"delta_mse(): no activations in {batches.store.source}")
     return pd.Series(
         total_L / n_tokens, index=pd.RangeIndex(large.width, name="feature"), name="delta_mse"
     )
@@ -290,20 +269,16 @@ def delta_mse(
 def _swap_closed_form(
     small: SAE,
     large: SAE,
-    store: ActivationStore,
+    batches: BatchStream,
     groups_small: Sequence[np.ndarray],
     groups_large: Sequence[np.ndarray],
-    *,
-    batch_size: int,
-    limit: int | None,
-    device: torch.device,
-    progress: bool | None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Summed squared-error change and L0 change per group (float64), and the token count.
 
     A group's swap changes a token's reconstruction by ``Δ = s (Σ_large f d - Σ_small f d)``
     and its squared error by ``||Δ||² - 2 <r, Δ>``.
     """
+    device = batches.device
     n_groups = len(groups_small)
     union_large = rebase(small, large)
     small_M = torch.as_tensor(
@@ -328,15 +303,6 @@ def _swap_closed_form(
     sq_error_G = torch.zeros(n_groups, dtype=torch.float64, device=device)
     l0_G = torch.zeros(n_groups, dtype=torch.float64, device=device)
     n_tokens = 0
-    batches = stream(
-        store,
-        batch_size=batch_size,
-        limit=limit,
-        device=device,
-        dtype=small.dtype,
-        progress=progress,
-        desc="swap deltas",
-    )
     for x_BD in batches:
         n_tokens += x_BD.shape[0]
         codes_BS = small.encode(x_BD)
@@ -395,10 +361,8 @@ def swap_deltas(
         raise SaegeoError(
             f"swap_deltas(): {len(groups_small)} small groups but {len(groups_large)} large groups"
         )
-    store = checked_store(acts)
-    torch_device = resolve_device(device)
-    small, large, kind = prepare_pair(
-        small, large, store, topk=topk, batch_size=batch_size, limit=limit, device=torch_device
+    small, large, kind, batches = _pair_stream(
+        small, large, acts, topk, batch_size, limit, device, progress, "swap deltas"
     )
     index = pd.RangeIndex(len(groups_small), name="group")
     if not len(groups_small):
@@ -406,28 +370,16 @@ def swap_deltas(
     gs = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups_small]
     gl = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups_large]
     if kind == "additive":
-        sq_error_G, l0_G, n_tokens = _swap_closed_form(
-            small,
-            large,
-            store,
-            gs,
-            gl,
-            batch_size=batch_size,
-            limit=limit,
-            device=torch_device,
-            progress=progress,
-        )
+        sq_error_G, l0_G, n_tokens = _swap_closed_form(small, large, batches, gs, gl)
         if n_tokens == 0:
-            raise SaegeoError(f"swap_deltas(): no activations in {store.source}")
+            raise SaegeoError(f"swap_deltas(): no activations in {batches.store.source}")
         return pd.DataFrame(
             {"delta_mse": sq_error_G / n_tokens, "delta_l0": l0_G / n_tokens}, index=index
         )
-    options: dict[str, Any] = dict(
-        batch_size=batch_size, limit=limit, device=torch_device, progress=False
-    )
+    store, options = batches.store, batches.reading(progress=False)
     base = evaluate(small, store, **options)
     rows = []
-    with progress_bar(len(gs), "swap groups", progress) as bar:
+    with progress_bar(len(gs), "swap groups", batches.progress) as bar:
         for members_small, members_large in zip(gs, gl, strict=True):
             swapped = evaluate(
                 hybrid(small, large, add=members_large, remove=members_small), store, **options
@@ -461,22 +413,18 @@ def cumulative_mse(
     pandas.DataFrame
         Columns ``n_added``, ``mse``, ``l0``, one row per point.
     """
-    store = checked_store(acts)
-    torch_device = resolve_device(device)
-    small, large, _ = prepare_pair(
-        small, large, store, topk=topk, batch_size=batch_size, limit=limit, device=torch_device
+    small, large, _, batches = _pair_stream(
+        small, large, acts, topk, batch_size, limit, device, progress, "cumulative mse"
     )
     order_arr = np.asarray(order, dtype=np.int64).reshape(-1)
     if points < 2:
         raise SaegeoError(f"cumulative_mse(): points must be >= 2, got {points}")
     counts = np.unique(np.linspace(0, order_arr.size, points).round().astype(np.int64))
     rows = []
-    with progress_bar(len(counts), "cumulative mse", progress) as bar:
+    with progress_bar(len(counts), batches.desc, progress) as bar:
         for n in counts:
             sae = hybrid(small, large, add=order_arr[:n]) if n else small
-            metrics = evaluate(
-                sae, store, batch_size=batch_size, limit=limit, device=torch_device, progress=False
-            )
+            metrics = evaluate(sae, batches.store, **batches.reading(progress=False))
             rows.append((int(n), metrics.mse, metrics.l0))
             bar.update(1)
     return pd.DataFrame(rows, columns=["n_added", "mse", "l0"])

@@ -26,8 +26,7 @@ import torch
 
 from saegeo.core.sae import ADDITIVE_ARCHS, SAE, concat
 from saegeo.errors import SaegeoError, ShapeError
-from saegeo.io.store import ActivationStore
-from saegeo.io.streaming import checked_store, stream
+from saegeo.io.streaming import BatchStream, checked_store
 
 TopkMode = Literal["reencode", "jumprelu"]
 TOPK_MODES: tuple[str, ...] = get_args(TopkMode)
@@ -149,39 +148,24 @@ def output_scale(sae: SAE, x_BD: torch.Tensor) -> torch.Tensor:
     return torch.ones(x_BD.shape[0], dtype=sae.dtype, device=sae.device)
 
 
-def prepare_pair(
-    small: SAE,
-    large: SAE,
-    store: ActivationStore,
-    *,
-    topk: TopkMode,
-    batch_size: int,
-    limit: int | None,
-    device: torch.device,
-) -> tuple[SAE, SAE, str]:
-    """Both SAEs on ``device`` (TopK ones converted when ``topk="jumprelu"``) and their union kind.
+def as_additive(sae: SAE, batches: BatchStream) -> SAE:
+    """``sae``, or for a TopK SAE the JumpReLU SAE calibrated on ``batches``
+    (:meth:`SAE.to_jumprelu`: mean L0 on those tokens equals ``k``)."""
+    if sae.arch != "topk":
+        return sae
+    return sae.to_jumprelu(batches.replace(dtype=sae.dtype, progress=False))
 
-    Conversion calibrates each TopK SAE's threshold on the same tokens (``limit`` of ``store``).
-    """
+
+def prepare_pair(
+    small: SAE, large: SAE, batches: BatchStream, *, topk: TopkMode
+) -> tuple[SAE, SAE, str]:
+    """Both SAEs on the device of ``batches`` (TopK ones converted when ``topk="jumprelu"``,
+    calibrated on the same tokens) and their union kind."""
     if topk not in TOPK_MODES:
         raise SaegeoError(f"topk must be one of {TOPK_MODES}, got {topk!r}")
     for sae in (small, large):
-        checked_store(store, sae)
-    small, large = small.to(device), large.to(device, small.dtype)
+        checked_store(batches.store, sae)
+    small, large = small.to(batches.device), large.to(batches.device, small.dtype)
     if topk == "jumprelu":
-        small, large = (
-            sae.to_jumprelu(
-                stream(
-                    store,
-                    batch_size=batch_size,
-                    limit=limit,
-                    device=device,
-                    dtype=sae.dtype,
-                    progress=False,
-                )
-            )
-            if sae.arch == "topk"
-            else sae
-            for sae in (small, large)
-        )
+        small, large = as_additive(small, batches), as_additive(large, batches)
     return small, large, check_pair(small, large, what="delta_mse()")

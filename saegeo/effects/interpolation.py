@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from saegeo.core.devices import resolve_device
 from saegeo.core.family import Family
 from saegeo.core.sae import ADDITIVE_ARCHS, SAE, concat
 from saegeo.effects.metrics import evaluate
@@ -24,7 +23,7 @@ from saegeo.errors import SaegeoError
 from saegeo.geometry.classify import swap_groups
 from saegeo.geometry.similarity import decoder_cosine
 from saegeo.io.store import ActivationStore
-from saegeo.io.streaming import ActsLike, checked_store
+from saegeo.io.streaming import ActsLike, stream
 from saegeo.stitch.frankenstein import prepare_members
 from saegeo.stitch.refit import accumulate_stats, output_bias
 
@@ -98,17 +97,9 @@ def interpolation_path(
     pairs = list(range(len(family) - 1)) if pairs is None else [int(i) for i in pairs]
     if any(not 0 <= i < len(family) - 1 for i in pairs):
         raise SaegeoError(f"pairs must lie in [0, {len(family) - 2}], got {pairs}")
-    store = checked_store(acts)
-    torch_device = resolve_device(device)
-    members = prepare_members(
-        family, len(family), store, batch_size=batch_size, limit=limit, device=torch_device
-    )
-    options: dict[str, Any] = {
-        "batch_size": batch_size,
-        "limit": limit,
-        "device": torch_device,
-        "progress": progress,
-    }
+    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    store, options, torch_device = batches.store, batches.reading(), batches.device
+    members = prepare_members(family, len(family), batches)
     records: list[dict[str, Any]] = []
     for pair in pairs:
         small, large = members[pair], members[pair + 1]

@@ -21,7 +21,7 @@ import torch
 
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
-from saegeo.io.streaming import ActsLike, stream
+from saegeo.io.streaming import ActsLike, sae_stream
 
 
 class Metrics(NamedTuple):
@@ -162,17 +162,7 @@ def evaluate(
         >>> round(m.fvu, 6), m.l0, m.dead_fraction
         (0.0, 1.0, 0.0)
     """
-    batches = stream(
-        acts,
-        batch_size=batch_size,
-        limit=limit,
-        device=device,
-        d_in=sae,
-        progress=progress,
-        desc=f"evaluate {sae.name}",
-        what="evaluate()",
-    )
-    sae = sae.to(batches.device)
+    sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "evaluate")
     moments = Moments(sae.d_in, batches.device)
     squared_error = 0.0
     fired_F = torch.zeros(sae.width, dtype=torch.float64, device=batches.device)

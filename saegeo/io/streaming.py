@@ -19,9 +19,11 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, TypeAlias
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import torch
@@ -73,30 +75,43 @@ def checked_store(
     return store
 
 
+@dataclass(frozen=True)
 class BatchStream:
     """Consecutive batches [<= batch_size, d_in] of a store, with a progress bar (tokens).
 
-    Iterating again starts again from the first token. Build it with :func:`stream`.
+    Iterating again starts again from the first token. Build it with :func:`stream`; derive
+    one that differs in a setting with :meth:`replace`.
     """
 
-    def __init__(
-        self,
-        store: ActivationStore,
-        *,
-        batch_size: int,
-        limit: int | None,
-        device: torch.device,
-        dtype: torch.dtype,
-        progress: bool | None,
-        desc: str,
-    ) -> None:
-        self.store = store
-        self.batch_size = int(batch_size)
-        self.limit = limit
-        self.device = device
-        self.dtype = dtype
-        self.progress = progress
-        self.desc = desc
+    store: ActivationStore
+    """The activations."""
+    batch_size: int
+    """Tokens per batch."""
+    limit: int | None
+    """At most this many tokens in all (None: every token)."""
+    device: torch.device
+    """Where batches arrive."""
+    dtype: torch.dtype
+    """Their dtype."""
+    progress: bool | None
+    """The progress bar: None on a terminal, True always, False never."""
+    desc: str
+    """The bar's label."""
+
+    def replace(self, **changes: Any) -> BatchStream:
+        """The same stream with some settings changed (e.g. ``dtype=sae.dtype``)."""
+        return dataclasses.replace(self, **changes)
+
+    def reading(self, **changes: Any) -> dict[str, Any]:
+        """``batch_size``, ``limit``, ``device`` and ``progress`` as keywords (``changes``
+        replace some), so that a function that takes them reads the same tokens."""
+        options = {
+            "batch_size": self.batch_size,
+            "limit": self.limit,
+            "device": self.device,
+            "progress": self.progress,
+        }
+        return {**options, **changes}
 
     @property
     def n_tokens(self) -> int:
@@ -151,3 +166,28 @@ def stream(
         progress=progress,
         desc=desc,
     )
+
+
+def sae_stream(
+    sae: SAE,
+    acts: ActsLike,
+    batch_size: int,
+    limit: int | None,
+    device: str | torch.device,
+    progress: bool | None,
+    what: str,
+) -> tuple[SAE, BatchStream]:
+    """``sae`` on the stream's device, and batches of ``acts`` for it: in its dtype, checked
+    against its d_in, the bar labelled ``"{what} {sae.name}"`` (``what``: the function)."""
+    batches = stream(
+        acts,
+        batch_size=batch_size,
+        limit=limit,
+        device=device,
+        dtype=sae.dtype,
+        d_in=sae,
+        progress=progress,
+        desc=f"{what} {sae.name}",
+        what=f"{what}()",
+    )
+    return sae.to(batches.device), batches

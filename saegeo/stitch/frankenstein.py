@@ -34,12 +34,12 @@ from saegeo.config import fail, override
 from saegeo.core.devices import resolve_device
 from saegeo.core.family import Family
 from saegeo.core.sae import ADDITIVE_ARCHS, SAE, concat
+from saegeo.effects.hybrid import as_additive
 from saegeo.effects.metrics import Metrics, evaluate
 from saegeo.errors import SaegeoError
 from saegeo.geometry.classify import swap_groups
 from saegeo.geometry.similarity import decoder_cosine
-from saegeo.io.store import ActivationStore
-from saegeo.io.streaming import ActsLike, checked_store, stream
+from saegeo.io.streaming import ActsLike, BatchStream, checked_store, stream
 from saegeo.stitch.config import RETRAINS, Retrain, StitchConfig
 from saegeo.stitch.refit import (
     accumulate_stats,
@@ -180,18 +180,11 @@ def plan_frankenstein(
 # --------------------------------------------------------------------------- the builder
 
 
-def prepare_members(
-    family: Family,
-    n_members: int,
-    store: ActivationStore,
-    *,
-    batch_size: int,
-    limit: int | None,
-    device: torch.device,
-) -> list[SAE]:
-    """The first ``n_members`` members, on ``device``, in a form that :func:`saegeo.concat`
-    unions: TopK SAEs become JumpReLU (:meth:`SAE.to_jumprelu` on ``store``)."""
-    saes = [family[m].to(device) for m in range(n_members)]
+def prepare_members(family: Family, n_members: int, batches: BatchStream) -> list[SAE]:
+    """The first ``n_members`` members, on the device of ``batches``, in a form that
+    :func:`saegeo.concat` unions: TopK SAEs become JumpReLU calibrated on ``batches``
+    (:func:`saegeo.effects.hybrid.as_additive`)."""
+    saes = [family[m].to(batches.device) for m in range(n_members)]
     archs = {sae.arch for sae in saes}
     if "matching_pursuit" in archs and archs != {"matching_pursuit"}:
         raise SaegeoError(
@@ -199,22 +192,8 @@ def prepare_members(
             f"({', '.join(sorted(archs))}); use one kind per family"
         )
     for sae in saes:
-        checked_store(store, sae)
-    return [
-        sae.to_jumprelu(
-            stream(
-                store,
-                batch_size=batch_size,
-                limit=limit,
-                device=device,
-                dtype=sae.dtype,
-                progress=False,
-            )
-        )
-        if sae.arch == "topk"
-        else sae
-        for sae in saes
-    ]
+        checked_store(batches.store, sae)
+    return [as_additive(sae, batches) for sae in saes]
 
 
 def _union(members: list[SAE], features: Sequence[Feature]) -> tuple[SAE, dict[Feature, int]]:
@@ -295,27 +274,24 @@ def _stitch(
     """The stitching behind :func:`frankenstein` (``every_step=False``: SGD trains only the
     last step, whose SAE ends ``saes``) and :func:`frankenstein_steps`."""
     family = family if isinstance(family, Family) else Family(list(family))
-    store = checked_store(acts)
-    torch_device = resolve_device(config.device)
-    retrain, ridge = config.retrain, config.ridge
-    steps = plan_frankenstein(
-        family, threshold=config.threshold, upto=config.upto, swap=config.swap, device=torch_device
-    )
-    members = prepare_members(
-        family,
-        len(steps),
-        store,
+    batches = stream(
+        acts,
         batch_size=config.batch_size,
         limit=config.limit,
-        device=torch_device,
+        device=config.device,
+        progress=config.progress,
     )
+    store, options = batches.store, batches.reading()
+    retrain, ridge = config.retrain, config.ridge
+    steps = plan_frankenstein(
+        family,
+        threshold=config.threshold,
+        upto=config.upto,
+        swap=config.swap,
+        device=batches.device,
+    )
+    members = prepare_members(family, len(steps), batches)
     union, position = _union(members, [f for step in steps for f in step.features])
-    options: dict[str, Any] = {
-        "batch_size": config.batch_size,
-        "limit": config.limit,
-        "device": torch_device,
-        "progress": config.progress,
-    }
     nan = Metrics(math.nan, math.nan, math.nan, math.nan, 0, torch.zeros(0))
     unrefit = [union.select([position[f] for f in step.features]) for step in steps]
     refit: list[SAE | None] = [None] * len(steps)

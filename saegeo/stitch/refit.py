@@ -41,7 +41,7 @@ import torch
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Metrics, Moments, metrics_from_sums
 from saegeo.errors import SaegeoError, ShapeError
-from saegeo.io.streaming import ActsLike, BatchStream, stream
+from saegeo.io.streaming import ActsLike, sae_stream
 
 # Entries of the padded co-activation outer products built at once (float64 values and int64
 # indices: 16 bytes each).
@@ -228,9 +228,8 @@ def accumulate_stats(
     product, O(L0·(F + D)) per token, or, when the SAE is wide enough for that to cost more
     (see ``SPMM_RATIO``), O(L0² + L0·D) per token through the co-active pairs alone.
     """
-    batches = _stream(sae, acts, batch_size, limit, device, progress, "accumulate")
+    sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "accumulate_stats")
     torch_device = batches.device
-    sae = sae.to(torch_device)
     width, d_in = sae.width, sae.d_in
     f64: dict[str, Any] = {"dtype": torch.float64, "device": torch_device}
     gram = torch.zeros(width + 1, width + 1, **f64)
@@ -435,8 +434,7 @@ def fixed_code_metrics(
     One pass over ``acts``: every decoder reconstructs from the codes that ``sae`` computes,
     so this is the error a refit minimises (see the module docstring).
     """
-    batches = _stream(sae, acts, batch_size, limit, device, progress, "evaluate")
-    sae = sae.to(batches.device)
+    sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "fixed_code_metrics")
     sse = [0.0] * len(decoders)
     moments = Moments(sae.d_in, batches.device)
     active = torch.zeros(sae.width, dtype=torch.long, device=batches.device)
@@ -452,25 +450,3 @@ def fixed_code_metrics(
     if moments.n == 0:
         raise SaegeoError(f"activations {batches.store.source}: no tokens to evaluate on")
     return [metrics_from_sums(value, moments, active) for value in sse]
-
-
-def _stream(
-    sae: SAE,
-    acts: ActsLike,
-    batch_size: int,
-    limit: int | None,
-    device: str | torch.device,
-    progress: bool | None,
-    what: str,
-) -> BatchStream:
-    """Batches of ``acts`` in ``sae``'s dtype, checked against its d_in."""
-    return stream(
-        acts,
-        batch_size=batch_size,
-        limit=limit,
-        device=device,
-        dtype=sae.dtype,
-        d_in=sae,
-        progress=progress,
-        desc=f"{what} {sae.name}",
-    )

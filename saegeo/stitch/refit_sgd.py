@@ -20,7 +20,7 @@ import torch
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
 from saegeo.io.atomic import atomic_file
-from saegeo.io.streaming import ActsLike, progress_bar, stream
+from saegeo.io.streaming import ActsLike, progress_bar, sae_stream
 from saegeo.stitch.refit import (
     Refit,
     decode_target,
@@ -60,17 +60,8 @@ def refit_sgd(
     result's metrics come from one more pass over the fitting tokens. ``progress`` as in
     :mod:`saegeo.io.streaming`.
     """
-    batches = stream(
-        acts,
-        batch_size=batch_size,
-        limit=limit,
-        device=device,
-        dtype=sae.dtype,
-        d_in=sae,
-        progress=False,
-    )
+    sae, batches = sae_stream(sae, acts, batch_size, limit, device, False, "refit_sgd")
     torch_device = batches.device
-    sae = sae.to(torch_device)
     n_data = batches.n_tokens
     if n_data == 0:
         raise SaegeoError(f"activations {batches.store.source}: no tokens to fit on")
