@@ -22,6 +22,9 @@ from saegeo.geometry.masked_cosine import masked_cosine
 from saegeo.geometry.similarity import CosineMatch, decoder_cosine, decoder_cosine_pairs
 from saegeo.io.formats import load_sae, save_sae
 from saegeo.io.store import ActivationStore, ShardWriter
+from saegeo.io.streaming import ActsLike
+from saegeo.lm.config import HarvestConfig
+from saegeo.stitch.config import StitchConfig
 from saegeo.stitch.curve import compare_frankensteins, frankenstein_curve
 from saegeo.stitch.frankenstein import (
     FrankensteinSteps,
@@ -42,16 +45,19 @@ __version__ = "0.1.0"
 __all__ = [
     "SAE",
     "ActivationStore",
+    "ActsLike",
     "CosineMatch",
     "Family",
     "FormatError",
     "FrankensteinReport",
     "FrankensteinSteps",
+    "HarvestConfig",
     "Metrics",
     "Refit",
     "SaegeoError",
     "ShapeError",
     "ShardWriter",
+    "StitchConfig",
     "ToyConfig",
     "ToyModel",
     "TrainConfig",

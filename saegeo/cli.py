@@ -6,10 +6,19 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import get_args
 
-from saegeo.errors import SaegeoError
+from saegeo.effects.hybrid import TOPK_MODES
+from saegeo.errors import ArgumentError, SaegeoError
+from saegeo.lm.config import MODEL_DTYPES, STORE_DTYPES
+from saegeo.stitch.config import RETRAINS
+from saegeo.training.config import TRAIN_ARCHS, PenaltyKind, Prefixes
+from saegeo.trees.dag import Metric
 
 EXIT_USER_ERROR = 2
+# Library arguments that a flag of another name sets (the others are spelt alike: max_tokens
+# is --tokens, sgd_tokens is --sgd-tokens).
+FLAG_NAMES = {"max_tokens": "--tokens", "texts": "--text"}
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -39,11 +48,6 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from saegeo.io.store import ActivationStore
 
     small, large = load_sae(args.small), load_sae(args.large)
-    if small.d_in != large.d_in:
-        raise SaegeoError(
-            f"{args.large}: d_in={large.d_in} but {args.small} has d_in={small.d_in}; "
-            "both SAEs must read the same model site"
-        )
     acts = ActivationStore.open(args.acts) if args.acts else None
     table = novelty_table(
         small,
@@ -53,7 +57,6 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         topk=args.topk,
         limit=args.limit,
         device=args.device,
-        progress=sys.stderr.isatty(),
     )
     write_text(args.out, table.to_csv())
     n_novel = int((table["kind"] == "novel").sum())
@@ -87,7 +90,6 @@ def _cmd_tree(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         acts=acts,
         device=args.device,
-        progress=sys.stderr.isatty(),
     )
     if root is None:
         table, trees = forest(G, rank_by=args.rank_by, min_size=args.min_size)
@@ -110,13 +112,9 @@ def _cmd_stitch(args: argparse.Namespace) -> int:
     from saegeo.io.atomic import atomic_dir, write_json
     from saegeo.io.formats import save_sae
     from saegeo.io.store import ActivationStore
-    from saegeo.stitch.frankenstein import frankenstein
+    from saegeo.stitch.frankenstein import StitchConfig, frankenstein
 
-    family = Family.load(args.paths)
-    acts = ActivationStore.open(args.acts)
-    sae, report = frankenstein(
-        family,
-        acts,
+    config = StitchConfig(
         threshold=args.threshold,
         upto=args.upto,
         swap=args.swap,
@@ -125,8 +123,9 @@ def _cmd_stitch(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         limit=args.limit,
         device=args.device,
-        progress=sys.stderr.isatty(),
     )
+    family = Family.load(args.paths)
+    sae, report = frankenstein(family, ActivationStore.open(args.acts), config)
     # The SAE and its report appear together under --out, or not at all.
     with atomic_dir(args.out) as tmp:
         save_sae(sae, tmp)
@@ -146,6 +145,7 @@ def _cmd_stitch(args: argparse.Namespace) -> int:
 
 
 def _cmd_harvest(args: argparse.Namespace) -> int:
+    from saegeo.lm.config import HarvestConfig
     from saegeo.lm.harvest import harvest
 
     if args.threads:
@@ -154,10 +154,7 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
         # On a machine shared with other jobs, fewer threads than cores avoids stalls at
         # every parallel op; this process is the only user of the setting.
         torch.set_num_threads(args.threads)
-    store = harvest(
-        args.model,
-        args.text,
-        args.out,
+    config = HarvestConfig(
         layer=args.layer,
         context=args.context,
         skip_first=args.skip_first,
@@ -168,8 +165,8 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
         gguf_file=args.gguf_file,
         model_dtype=args.model_dtype,
         compile={"auto": None, "yes": True, "no": False}[args.compile],
-        progress=sys.stderr.isatty(),
     )
+    store = harvest(args.model, args.text, args.out, config)
     meta = store.meta
     print(
         f"harvest: {store.n_tokens} tokens x {store.d_in} ({meta['dtype']}) from "
@@ -208,7 +205,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         eval_tokens=args.eval_tokens,
         device=args.device,
         seed=args.seed,
-        progress=sys.stderr.isatty(),
     )
     run = train_family(ActivationStore.open(args.acts), widths, config, out_dir=args.out)
     for report in run.reports:
@@ -234,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe SAEs: architecture, sizes, L0 settings, norms")
     p.add_argument("paths", nargs="+", help="SAE directories, or a directory of them")
-    p.set_defaults(func=_cmd_info)
+    p.set_defaults(func=_cmd_info, parser=p)
 
     p = sub.add_parser("classify", help="novel vs reconstruction features of a larger SAE")
     p.add_argument("small", help="the smaller SAE (directory)")
@@ -248,14 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--acts", help="activations; adds each feature's delta_mse")
     p.add_argument(
         "--topk",
-        choices=["reencode", "jumprelu"],
+        choices=TOPK_MODES,
         default="reencode",
         help="--acts with TopK SAEs: TopK union, or convert to JumpReLU (default %(default)s)",
     )
     p.add_argument("--limit", type=int, help="use only the first N activation tokens")
     p.add_argument("--out", required=True, help="CSV output, one row per larger-SAE feature")
     p.add_argument("--device", default="auto", help="torch device (default %(default)s)")
-    p.set_defaults(func=_cmd_classify)
+    p.set_defaults(func=_cmd_classify, parser=p)
 
     p = sub.add_parser("tree", help="feature tree (or forest) across the widths of a family")
     p.add_argument("paths", nargs="+", help="SAE directories of one family, or a directory of them")
@@ -264,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every tree (forest), ranked")
     p.add_argument(
         "--metric",
-        choices=["decoder_cosine", "masked_cosine"],
+        choices=get_args(Metric),
         default="decoder_cosine",
         help="edge score (default %(default)s)",
     )
@@ -307,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="--all: trees shown in --html and printed (default %(default)s)",
     )
     p.add_argument("--device", default="auto", help="torch device (default %(default)s)")
-    p.set_defaults(func=_cmd_tree)
+    p.set_defaults(func=_cmd_tree, parser=p)
 
     p = sub.add_parser("stitch", help="Frankenstein SAE: stitch novel features across widths")
     p.add_argument("paths", nargs="+", help="SAE directories of one family, or a directory of them")
@@ -323,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--swap", action="store_true", help="also swap children in for swap groups")
     p.add_argument(
         "--retrain",
-        choices=["exact", "sgd", "none"],
+        choices=RETRAINS,
         default="exact",
         help="decoder refit with the encoder frozen (default %(default)s)",
     )
@@ -335,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="--retrain sgd: resumable checkpoint file")
     p.add_argument("--limit", type=int, help="use only the first N activation tokens")
     p.add_argument("--device", default="auto", help="torch device (default %(default)s)")
-    p.set_defaults(func=_cmd_stitch)
+    p.set_defaults(func=_cmd_stitch, parser=p)
 
     p = sub.add_parser("harvest", help="store a language model's residual stream on text")
     p.add_argument(
@@ -376,13 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dtype",
-        choices=["float16", "bfloat16", "float32"],
+        choices=STORE_DTYPES,
         default="float16",
         help="stored dtype (default %(default)s)",
     )
     p.add_argument(
         "--model-dtype",
-        choices=["auto", "float16", "bfloat16", "float32"],
+        choices=MODEL_DTYPES,
         default="auto",
         help="dtype the model computes in; auto is bfloat16 where "
         "the device is fast at it, else float32",
@@ -396,21 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile the blocks that run; auto: on a CPU, for 100k tokens or more",
     )
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.set_defaults(func=_cmd_harvest)
+    p.set_defaults(func=_cmd_harvest, parser=p)
 
     p = sub.add_parser("train", help="train a family of SAEs, one per width, on activations")
     p.add_argument("--acts", required=True, help="activations (.npy, .safetensors or store dir)")
     p.add_argument(
         "--arch",
         default="topk",
-        choices=[
-            "topk",
-            "batchtopk",
-            "relu",
-            "matryoshka_batchtopk",
-            "matryoshka_relu",
-            "matching_pursuit",
-        ],
+        choices=TRAIN_ARCHS,
         help="training architecture (default %(default)s)",
     )
     p.add_argument("--widths", required=True, help="comma-separated widths, e.g. 576,1152,2304")
@@ -431,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3, help="Adam peak rate (default %(default)s)")
     p.add_argument(
         "--sparsity",
-        choices=["log", "l1"],
+        choices=get_args(PenaltyKind),
         default="log",
         help="ReLU penalty (default %(default)s)",
     )
@@ -442,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matryoshka-widths", help="Matryoshka nested widths (default: halvings)")
     p.add_argument(
         "--prefixes",
-        choices=["fixed", "pareto"],
+        choices=get_args(Prefixes),
         default="fixed",
         help="Matryoshka prefixes per batch (default %(default)s)",
     )
@@ -454,14 +443,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="default %(default)s")
     p.add_argument("--device", default="auto", help="torch device (default %(default)s)")
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_cmd_train, parser=p)
 
     p = sub.add_parser("demo", help="the whole pipeline on the packaged model and text")
     p.add_argument("--out", default="reports/demo", help="report directory (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a fast look")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_cmd_demo, parser=p)
 
     return parser
+
+
+def flag_message(exc: SaegeoError, parser: argparse.ArgumentParser) -> str:
+    """The error's message, with the flag that sets the argument it names (``--tokens 0: ...``
+    for ``HarvestConfig.max_tokens=0: ...``) where the command's ``parser`` has one."""
+    if not isinstance(exc, ArgumentError):
+        return str(exc)
+    flag = FLAG_NAMES.get(exc.name, "--" + exc.name.replace("_", "-"))
+    if flag not in {option for action in parser._actions for option in action.option_strings}:
+        return str(exc)
+    return f"{flag} {exc.value}: {exc.problem}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -474,7 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SaegeoError as exc:
-        print(f"saegeo {args.command}: error: {exc}", file=sys.stderr)
+        message = flag_message(exc, args.parser)
+        print(f"saegeo {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"saegeo {args.command}: interrupted", file=sys.stderr)

@@ -75,7 +75,7 @@ def demo_data(
     root: str | Path = DEFAULT_ROOT,
     settings: DemoSettings | None = None,
     *,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> DemoData:
     """The demo's activations and family under ``root``, built on first use.
 
@@ -158,7 +158,7 @@ def run_demo(
     *,
     quick: bool = False,
     settings: DemoSettings | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Path:
     """Build the demo data under ``out`` (cached), run every analysis, write the report.
 
@@ -248,7 +248,7 @@ def _family_table(data: DemoData, sparsity_settings: Any) -> Any:
 
 
 def _novelty_section(
-    page: Any, family: Family, held_out: ActivationStore, report_dir: Path, progress: bool
+    page: Any, family: Family, held_out: ActivationStore, report_dir: Path, progress: bool | None
 ) -> Any:
     import pandas as pd
 
@@ -352,7 +352,7 @@ def _frankenstein_section(
     fit: ActivationStore,
     held_out: ActivationStore,
     report_dir: Path,
-    progress: bool,
+    progress: bool | None,
 ) -> None:
     import pandas as pd
 

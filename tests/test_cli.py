@@ -47,3 +47,44 @@ def test_user_errors_are_one_line_exit_2(tmp_path):
     (bad / "cfg.json").write_text(json.dumps({"architecture": "standard"}))
     result = run_cli("info", str(bad))
     assert result.returncode == 2 and "sae_weights.safetensors" in result.stderr
+
+
+def _choices(command: str) -> dict[str, tuple[str, ...]]:
+    from saegeo.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+    return {a.dest: tuple(a.choices) for a in sub._actions if a.choices is not None}
+
+
+def test_choices_are_the_library_literals():
+    from typing import get_args
+
+    from saegeo.effects.hybrid import TOPK_MODES
+    from saegeo.lm.config import MODEL_DTYPES, STORE_DTYPES
+    from saegeo.stitch.config import RETRAINS
+    from saegeo.training.config import TRAIN_ARCHS, PenaltyKind, Prefixes
+    from saegeo.trees.dag import Metric
+
+    assert _choices("classify") == {"topk": TOPK_MODES}
+    assert _choices("tree")["metric"] == get_args(Metric)
+    assert _choices("stitch") == {"retrain": RETRAINS}
+    harvest = _choices("harvest")
+    assert (harvest["dtype"], harvest["model_dtype"]) == (STORE_DTYPES, MODEL_DTYPES)
+    train = _choices("train")
+    assert train["arch"] == TRAIN_ARCHS
+    assert (train["sparsity"], train["prefixes"]) == (get_args(PenaltyKind), get_args(Prefixes))
+
+
+def test_argument_errors_show_the_flag_that_sets_them():
+    from saegeo.cli import build_parser, flag_message
+    from saegeo.errors import ArgumentError
+
+    sub = build_parser()._subparsers._group_actions[0].choices["harvest"]  # type: ignore[union-attr]
+    tokens = ArgumentError("max_tokens", 0, "must be at least 1", owner="HarvestConfig")
+    assert str(tokens) == "HarvestConfig.max_tokens=0: must be at least 1"
+    assert flag_message(tokens, sub) == "--tokens 0: must be at least 1"
+    assert flag_message(ArgumentError("gguf_file", "a.gguf", "x"), sub) == "--gguf-file a.gguf: x"
+    # Without a flag for it (harvest has no --shard-tokens), the Python name stays.
+    shard = ArgumentError("shard_tokens", 0, "must be at least 1", owner="HarvestConfig")
+    assert flag_message(shard, sub) == str(shard)
+    assert flag_message(sg.SaegeoError("plain"), sub) == "plain"

@@ -38,86 +38,82 @@ pursuit pairs re-encode one hybrid per group: one pass over the activations per 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from saegeo.core.devices import resolve_device
 from saegeo.core.pursuit import StopRules, pursue
 from saegeo.core.sae import SAE
 from saegeo.effects.hybrid import TopkMode, hybrid, output_scale, prepare_pair, rebase
 from saegeo.effects.metrics import evaluate
 from saegeo.errors import SaegeoError
-from saegeo.io.store import ActivationStore, as_store
+from saegeo.io.streaming import ActsLike, BatchStream, progress_bar, stream
 
-Acts = ActivationStore | torch.Tensor | str
 # Entries of a [tokens, features] working block (bounds memory per product).
 BLOCK_ELEMENTS = 1 << 24
 # Rows (token, feature pairs) re-encoded together on the pursuit path.
 PAIR_ROWS = 4096
 
 
-def _progress(total: int, desc: str, progress: bool | None) -> tqdm:
-    return tqdm(
-        total=total, desc=desc, unit="tok", leave=False, disable=True if progress is False else None
-    )
+def _pair_stream(
+    small: SAE,
+    large: SAE,
+    acts: ActsLike,
+    topk: TopkMode,
+    batch_size: int,
+    limit: int | None,
+    device: str | torch.device,
+    progress: bool | None,
+    desc: str,
+) -> tuple[SAE, SAE, str, BatchStream]:
+    """The pair ready for a pass (see :func:`prepare_pair`), its union kind and the batches of
+    ``acts`` in the smaller SAE's dtype."""
+    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    small, large, kind = prepare_pair(small, large, batches, topk=topk)
+    return small, large, kind, batches.replace(dtype=small.dtype, desc=desc)
 
 
 @torch.no_grad()
 def _delta_closed_form(
-    small: SAE,
-    large: SAE,
-    store: ActivationStore,
-    *,
-    kind: str,
-    batch_size: int,
-    limit: int | None,
-    device: torch.device,
-    progress: bool | None,
+    small: SAE, large: SAE, batches: BatchStream, *, kind: str
 ) -> tuple[np.ndarray, int]:
     """Summed delta per large feature [L] (float64) and the token count: additive and TopK."""
+    device = batches.device
     union_large = rebase(small, large)
     W_enc_DL, b_enc_L, W_dec_LD = union_large.W_enc, union_large.b_enc, union_large.W_dec
     sq_norm_L = (W_dec_LD.double() ** 2).sum(dim=1)
     n_large = large.width
-    chunk = max(1, BLOCK_ELEMENTS // max(batch_size, 1))
+    chunk = max(1, BLOCK_ELEMENTS // max(batches.batch_size, 1))
     sum_sq_L = torch.zeros(n_large, dtype=torch.float64, device=device)
     sum_cross_L = torch.zeros_like(sum_sq_L)
     sum_shift_L = torch.zeros_like(sum_sq_L)
     n_tokens = 0
-    total = store.n_tokens if limit is None else min(limit, store.n_tokens)
-    with _progress(total, "delta_mse", progress) as bar:
-        for x_BD in store.iter_batches(batch_size, limit=limit, dtype=small.dtype, device=device):
-            n_tokens += x_BD.shape[0]
-            x_in_BD = small.sae_in(x_BD)
-            residual_BD = x_BD - small.forward(x_BD)
-            scale_B = output_scale(small, x_BD)
+    for x_BD in batches:
+        n_tokens += x_BD.shape[0]
+        x_in_BD = small.sae_in(x_BD)
+        residual_BD = x_BD - small.forward(x_BD)
+        scale_B = output_scale(small, x_BD)
+        if kind == "topk":
+            assert small.k is not None
+            top = small.pre_acts(x_BD).topk(small.k, dim=1)
+            kth_B, kth_idx_B = top.values[:, -1], top.indices[:, -1]
+            shifted_BD = residual_BD + (scale_B * kth_B.relu())[:, None] * small.W_dec[kth_idx_B]
+            shift_B = (shifted_BD.double() ** 2).sum(1) - (residual_BD.double() ** 2).sum(1)
+            residual_BD = shifted_BD
+        for start in range(0, n_large, chunk):
+            cols = slice(start, min(start + chunk, n_large))
+            pre_BL = x_in_BD @ W_enc_DL[:, cols] + b_enc_L[cols]
             if kind == "topk":
-                assert small.k is not None
-                top = small.pre_acts(x_BD).topk(small.k, dim=1)
-                kth_B, kth_idx_B = top.values[:, -1], top.indices[:, -1]
-                shifted_BD = (
-                    residual_BD + (scale_B * kth_B.relu())[:, None] * small.W_dec[kth_idx_B]
-                )
-                shift_B = (shifted_BD.double() ** 2).sum(1) - (residual_BD.double() ** 2).sum(1)
-                residual_BD = shifted_BD
-            for start in range(0, n_large, chunk):
-                cols = slice(start, min(start + chunk, n_large))
-                pre_BL = x_in_BD @ W_enc_DL[:, cols] + b_enc_L[cols]
-                if kind == "topk":
-                    wins_BL = pre_BL > kth_B[:, None]
-                    acts_BL = pre_BL.relu() * wins_BL.to(pre_BL.dtype)
-                    sum_shift_L[cols] += shift_B @ wins_BL.double()
-                else:
-                    acts_BL = union_large.architecture.activate(union_large, pre_BL, cols)
-                acts_BL = acts_BL * scale_B[:, None]
-                sum_sq_L[cols] += (acts_BL.double() ** 2).sum(0)
-                dots_BL = residual_BD @ W_dec_LD[cols].T
-                sum_cross_L[cols] += (acts_BL * dots_BL).double().sum(0)
-            bar.update(x_BD.shape[0])
+                wins_BL = pre_BL > kth_B[:, None]
+                acts_BL = pre_BL.relu() * wins_BL.to(pre_BL.dtype)
+                sum_shift_L[cols] += shift_B @ wins_BL.double()
+            else:
+                acts_BL = union_large.architecture.activate(union_large, pre_BL, cols)
+            acts_BL = acts_BL * scale_B[:, None]
+            sum_sq_L[cols] += (acts_BL.double() ** 2).sum(0)
+            dots_BL = residual_BD @ W_dec_LD[cols].T
+            sum_cross_L[cols] += (acts_BL * dots_BL).double().sum(0)
     total_L = sum_shift_L + sq_norm_L * sum_sq_L - 2.0 * sum_cross_L
     return total_L.cpu().numpy(), n_tokens
 
@@ -175,49 +171,38 @@ def _pursuit(
 
 
 @torch.no_grad()
-def _delta_pursuit(
-    small: SAE,
-    large: SAE,
-    store: ActivationStore,
-    *,
-    batch_size: int,
-    limit: int | None,
-    device: torch.device,
-    progress: bool | None,
-) -> tuple[np.ndarray, int]:
+def _delta_pursuit(small: SAE, large: SAE, batches: BatchStream) -> tuple[np.ndarray, int]:
     """Summed delta per large feature [L] (float64) and the token count: matching pursuit."""
+    device = batches.device
     W_small_SD, W_large_LD = small.W_dec, large.W_dec
     n_small = small.width
     total_L = torch.zeros(large.width, dtype=torch.float64, device=device)
     n_tokens = 0
-    total = store.n_tokens if limit is None else min(limit, store.n_tokens)
-    with _progress(total, "delta_mse (pursuit)", progress) as bar:
-        for x_BD in store.iter_batches(batch_size, limit=limit, dtype=small.dtype, device=device):
-            n_tokens += x_BD.shape[0]
-            x_in_BD = small.sae_in(x_BD)
-            acts_BS, watched_BL = _pursuit(x_in_BD, W_small_SD, small, watch_LD=W_large_LD)
-            assert watched_BL is not None
-            error_B = ((x_BD - small.decode(acts_BS, x_BD)).double() ** 2).sum(1)
-            scale_B = output_scale(small, x_BD)
-            token_P, feature_P = watched_BL.nonzero(as_tuple=True)
-            for start in range(0, token_P.numel(), PAIR_ROWS):
-                t_R = token_P[start : start + PAIR_ROWS]
-                j_R = feature_P[start : start + PAIR_ROWS]
-                atom_RD = W_large_LD[j_R]
-                codes_RS, _ = _pursuit(x_in_BD[t_R], W_small_SD, small, extra_RD=atom_RD)
-                x_RD = x_BD[t_R]
-                recon_RD = small.decode(codes_RS[:, :n_small], x_RD)
-                recon_RD = recon_RD + (scale_B[t_R] * codes_RS[:, n_small])[:, None] * atom_RD
-                hybrid_error_R = ((x_RD - recon_RD).double() ** 2).sum(1)
-                total_L.index_add_(0, j_R, hybrid_error_R - error_B[t_R])
-            bar.update(x_BD.shape[0])
+    for x_BD in batches:
+        n_tokens += x_BD.shape[0]
+        x_in_BD = small.sae_in(x_BD)
+        acts_BS, watched_BL = _pursuit(x_in_BD, W_small_SD, small, watch_LD=W_large_LD)
+        assert watched_BL is not None
+        error_B = ((x_BD - small.decode(acts_BS, x_BD)).double() ** 2).sum(1)
+        scale_B = output_scale(small, x_BD)
+        token_P, feature_P = watched_BL.nonzero(as_tuple=True)
+        for start in range(0, token_P.numel(), PAIR_ROWS):
+            t_R = token_P[start : start + PAIR_ROWS]
+            j_R = feature_P[start : start + PAIR_ROWS]
+            atom_RD = W_large_LD[j_R]
+            codes_RS, _ = _pursuit(x_in_BD[t_R], W_small_SD, small, extra_RD=atom_RD)
+            x_RD = x_BD[t_R]
+            recon_RD = small.decode(codes_RS[:, :n_small], x_RD)
+            recon_RD = recon_RD + (scale_B[t_R] * codes_RS[:, n_small])[:, None] * atom_RD
+            hybrid_error_R = ((x_RD - recon_RD).double() ** 2).sum(1)
+            total_L.index_add_(0, j_R, hybrid_error_R - error_B[t_R])
     return total_L.cpu().numpy(), n_tokens
 
 
 def delta_mse(
     small: SAE,
     large: SAE,
-    acts: Acts,
+    acts: ActsLike,
     *,
     topk: TopkMode = "reencode",
     batch_size: int = 4096,
@@ -244,7 +229,8 @@ def delta_mse(
     device
         Where to compute; ``"auto"`` is CUDA when present.
     progress
-        Show a progress bar on a terminal (None: when attached to one).
+        Show a progress bar: None on a terminal, True always, False never
+        (:mod:`saegeo.io.streaming`).
 
     Returns
     -------
@@ -252,20 +238,15 @@ def delta_mse(
         ``delta_mse`` indexed by large feature (``feature``); negative where adding the feature
         lowers the MSE, 0 for features that never fire on these tokens.
     """
-    store = as_store(acts)
-    torch_device = resolve_device(device)
-    small, large, kind = prepare_pair(
-        small, large, store, topk=topk, batch_size=batch_size, limit=limit, device=torch_device
-    )
-    options: dict[str, Any] = dict(
-        batch_size=batch_size, limit=limit, device=torch_device, progress=progress
+    small, large, kind, batches = _pair_stream(
+        small, large, acts, topk, batch_size, limit, device, progress, "delta_mse"
     )
     if kind == "pursuit":
-        total_L, n_tokens = _delta_pursuit(small, large, store, **options)
+        total_L, n_tokens = _delta_pursuit(small, large, batches)
     else:
-        total_L, n_tokens = _delta_closed_form(small, large, store, kind=kind, **options)
+        total_L, n_tokens = _delta_closed_form(small, large, batches, kind=kind)
     if n_tokens == 0:
-        raise SaegeoError(f"delta_mse(): no activations in {store.source}")
+        raise SaegeoError(f"delta_mse(): no activations in {batches.store.source}")
     return pd.Series(
         total_L / n_tokens, index=pd.RangeIndex(large.width, name="feature"), name="delta_mse"
     )
@@ -278,20 +259,16 @@ def delta_mse(
 def _swap_closed_form(
     small: SAE,
     large: SAE,
-    store: ActivationStore,
+    batches: BatchStream,
     groups_small: Sequence[np.ndarray],
     groups_large: Sequence[np.ndarray],
-    *,
-    batch_size: int,
-    limit: int | None,
-    device: torch.device,
-    progress: bool | None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Summed squared-error change and L0 change per group (float64), and the token count.
 
     A group's swap changes a token's reconstruction by ``Δ = s (Σ_large f d - Σ_small f d)``
     and its squared error by ``||Δ||² - 2 <r, Δ>``.
     """
+    device = batches.device
     n_groups = len(groups_small)
     union_large = rebase(small, large)
     small_M = torch.as_tensor(
@@ -316,47 +293,42 @@ def _swap_closed_form(
     sq_error_G = torch.zeros(n_groups, dtype=torch.float64, device=device)
     l0_G = torch.zeros(n_groups, dtype=torch.float64, device=device)
     n_tokens = 0
-    total = store.n_tokens if limit is None else min(limit, store.n_tokens)
-    with _progress(total, "swap deltas", progress) as bar:
-        for x_BD in store.iter_batches(batch_size, limit=limit, dtype=small.dtype, device=device):
-            n_tokens += x_BD.shape[0]
-            codes_BS = small.encode(x_BD)
-            residual_BD = x_BD - small.decode(codes_BS, x_BD)
-            pre_BM = small.sae_in(x_BD) @ W_enc_DM + b_enc_M
-            large_BM = large_cols.architecture.activate(large_cols, pre_BM)
-            acts_BM = torch.cat([codes_BS[:, small_M], large_BM], dim=1)
-            l0_G.index_add_(0, group_M, ((acts_BM != 0).to(torch.float64) * sign_M.double()).sum(0))
-            signed_BM = acts_BM * sign_M * output_scale(small, x_BD)[:, None]
-            token_N, member_N = signed_BM.nonzero(as_tuple=True)  # sorted by token
-            key_N = token_N * n_groups + group_M[member_N]
-            # Parts of whole tokens, so that no (token, group) pair is split between parts.
-            n_batch = x_BD.shape[0]
-            step = max(1, PAIR_ROWS * 4 * n_batch // max(token_N.numel(), 1))
-            edges = torch.searchsorted(
-                token_N, torch.arange(0, n_batch + step, step, device=device)
-            ).tolist()
-            for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-                if hi <= lo:
-                    continue
-                keys_U, slot_N = key_N[lo:hi].unique(return_inverse=True)
-                delta_UD = torch.zeros(
-                    keys_U.numel(), x_BD.shape[1], dtype=x_BD.dtype, device=device
-                )
-                values_N = signed_BM[token_N[lo:hi], member_N[lo:hi]]
-                delta_UD.index_add_(0, slot_N, values_N[:, None] * W_MD[member_N[lo:hi]])
-                token_U = keys_U // n_groups
-                change_U = (delta_UD.double() ** 2).sum(1) - 2.0 * (
-                    residual_BD[token_U].double() * delta_UD.double()
-                ).sum(1)
-                sq_error_G.index_add_(0, keys_U % n_groups, change_U)
-            bar.update(x_BD.shape[0])
+    for x_BD in batches:
+        n_tokens += x_BD.shape[0]
+        codes_BS = small.encode(x_BD)
+        residual_BD = x_BD - small.decode(codes_BS, x_BD)
+        pre_BM = small.sae_in(x_BD) @ W_enc_DM + b_enc_M
+        large_BM = large_cols.architecture.activate(large_cols, pre_BM)
+        acts_BM = torch.cat([codes_BS[:, small_M], large_BM], dim=1)
+        l0_G.index_add_(0, group_M, ((acts_BM != 0).to(torch.float64) * sign_M.double()).sum(0))
+        signed_BM = acts_BM * sign_M * output_scale(small, x_BD)[:, None]
+        token_N, member_N = signed_BM.nonzero(as_tuple=True)  # sorted by token
+        key_N = token_N * n_groups + group_M[member_N]
+        # Parts of whole tokens, so that no (token, group) pair is split between parts.
+        n_batch = x_BD.shape[0]
+        step = max(1, PAIR_ROWS * 4 * n_batch // max(token_N.numel(), 1))
+        edges = torch.searchsorted(
+            token_N, torch.arange(0, n_batch + step, step, device=device)
+        ).tolist()
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            if hi <= lo:
+                continue
+            keys_U, slot_N = key_N[lo:hi].unique(return_inverse=True)
+            delta_UD = torch.zeros(keys_U.numel(), x_BD.shape[1], dtype=x_BD.dtype, device=device)
+            values_N = signed_BM[token_N[lo:hi], member_N[lo:hi]]
+            delta_UD.index_add_(0, slot_N, values_N[:, None] * W_MD[member_N[lo:hi]])
+            token_U = keys_U // n_groups
+            change_U = (delta_UD.double() ** 2).sum(1) - 2.0 * (
+                residual_BD[token_U].double() * delta_UD.double()
+            ).sum(1)
+            sq_error_G.index_add_(0, keys_U % n_groups, change_U)
     return sq_error_G.cpu().numpy(), l0_G.cpu().numpy(), n_tokens
 
 
 def swap_deltas(
     small: SAE,
     large: SAE,
-    acts: Acts,
+    acts: ActsLike,
     groups_small: Sequence[Sequence[int]],
     groups_large: Sequence[Sequence[int]],
     *,
@@ -379,10 +351,8 @@ def swap_deltas(
         raise SaegeoError(
             f"swap_deltas(): {len(groups_small)} small groups but {len(groups_large)} large groups"
         )
-    store = as_store(acts)
-    torch_device = resolve_device(device)
-    small, large, kind = prepare_pair(
-        small, large, store, topk=topk, batch_size=batch_size, limit=limit, device=torch_device
+    small, large, kind, batches = _pair_stream(
+        small, large, acts, topk, batch_size, limit, device, progress, "swap deltas"
     )
     index = pd.RangeIndex(len(groups_small), name="group")
     if not len(groups_small):
@@ -390,42 +360,29 @@ def swap_deltas(
     gs = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups_small]
     gl = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups_large]
     if kind == "additive":
-        sq_error_G, l0_G, n_tokens = _swap_closed_form(
-            small,
-            large,
-            store,
-            gs,
-            gl,
-            batch_size=batch_size,
-            limit=limit,
-            device=torch_device,
-            progress=progress,
-        )
+        sq_error_G, l0_G, n_tokens = _swap_closed_form(small, large, batches, gs, gl)
         if n_tokens == 0:
-            raise SaegeoError(f"swap_deltas(): no activations in {store.source}")
+            raise SaegeoError(f"swap_deltas(): no activations in {batches.store.source}")
         return pd.DataFrame(
             {"delta_mse": sq_error_G / n_tokens, "delta_l0": l0_G / n_tokens}, index=index
         )
-    options: dict[str, Any] = dict(batch_size=batch_size, limit=limit, device=torch_device)
+    store, options = batches.store, batches.reading(progress=False)
     base = evaluate(small, store, **options)
     rows = []
-    for members_small, members_large in tqdm(
-        list(zip(gs, gl, strict=True)),
-        desc="swap groups",
-        leave=False,
-        disable=True if progress is False else None,
-    ):
-        swapped = evaluate(
-            hybrid(small, large, add=members_large, remove=members_small), store, **options
-        )
-        rows.append((swapped.mse - base.mse, swapped.l0 - base.l0))
+    with progress_bar(len(gs), "swap groups", batches.progress) as bar:
+        for members_small, members_large in zip(gs, gl, strict=True):
+            swapped = evaluate(
+                hybrid(small, large, add=members_large, remove=members_small), store, **options
+            )
+            rows.append((swapped.mse - base.mse, swapped.l0 - base.l0))
+            bar.update(1)
     return pd.DataFrame(rows, columns=["delta_mse", "delta_l0"], index=index)
 
 
 def cumulative_mse(
     small: SAE,
     large: SAE,
-    acts: Acts,
+    acts: ActsLike,
     order: Sequence[int],
     *,
     points: int = 11,
@@ -446,20 +403,18 @@ def cumulative_mse(
     pandas.DataFrame
         Columns ``n_added``, ``mse``, ``l0``, one row per point.
     """
-    store = as_store(acts)
-    torch_device = resolve_device(device)
-    small, large, _ = prepare_pair(
-        small, large, store, topk=topk, batch_size=batch_size, limit=limit, device=torch_device
+    small, large, _, batches = _pair_stream(
+        small, large, acts, topk, batch_size, limit, device, progress, "cumulative mse"
     )
     order_arr = np.asarray(order, dtype=np.int64).reshape(-1)
     if points < 2:
         raise SaegeoError(f"cumulative_mse(): points must be >= 2, got {points}")
     counts = np.unique(np.linspace(0, order_arr.size, points).round().astype(np.int64))
     rows = []
-    for n in tqdm(
-        counts, desc="cumulative mse", leave=False, disable=True if progress is False else None
-    ):
-        sae = hybrid(small, large, add=order_arr[:n]) if n else small
-        metrics = evaluate(sae, store, batch_size=batch_size, limit=limit, device=torch_device)
-        rows.append((int(n), metrics.mse, metrics.l0))
+    with progress_bar(len(counts), batches.desc, progress) as bar:
+        for n in counts:
+            sae = hybrid(small, large, add=order_arr[:n]) if n else small
+            metrics = evaluate(sae, batches.store, **batches.reading(progress=False))
+            rows.append((int(n), metrics.mse, metrics.l0))
+            bar.update(1)
     return pd.DataFrame(rows, columns=["n_added", "mse", "l0"])

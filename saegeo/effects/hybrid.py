@@ -27,8 +27,8 @@ import torch
 from saegeo.core import normalization
 from saegeo.core.architectures import Union, union_kind
 from saegeo.core.sae import SAE, check_same_site, concat
-from saegeo.errors import SaegeoError, ShapeError
-from saegeo.io.store import ActivationStore
+from saegeo.errors import SaegeoError
+from saegeo.io.streaming import BatchStream, checked_store
 
 TopkMode = Literal["reencode", "jumprelu"]
 TOPK_MODES: tuple[str, ...] = get_args(TopkMode)
@@ -124,34 +124,22 @@ def output_scale(sae: SAE, x_BD: torch.Tensor) -> torch.Tensor:
     return normalization.output_scale(sae.normalize_activations, x_BD)
 
 
-def prepare_pair(
-    small: SAE,
-    large: SAE,
-    store: ActivationStore,
-    *,
-    topk: TopkMode,
-    batch_size: int,
-    limit: int | None,
-    device: torch.device,
-) -> tuple[SAE, SAE, str]:
-    """Both SAEs on ``device`` (TopK ones converted when ``topk="jumprelu"``) and their union kind.
+def as_additive(sae: SAE, batches: BatchStream) -> SAE:
+    """:meth:`SAE.to_additive` on ``batches``: a TopK SAE becomes the JumpReLU SAE whose mean
+    L0 on those tokens is ``k``; other architectures stay as they are."""
+    return sae.to_additive(batches.replace(dtype=sae.dtype, progress=False))
 
-    Conversion calibrates each TopK SAE's threshold on the same tokens (``limit`` of ``store``).
-    """
+
+def prepare_pair(
+    small: SAE, large: SAE, batches: BatchStream, *, topk: TopkMode
+) -> tuple[SAE, SAE, str]:
+    """Both SAEs on the device of ``batches`` (TopK ones converted when ``topk="jumprelu"``,
+    calibrated on the same tokens) and their union kind."""
     if topk not in TOPK_MODES:
         raise SaegeoError(f"topk must be one of {TOPK_MODES}, got {topk!r}")
     for sae in (small, large):
-        if sae.d_in != store.d_in:
-            raise ShapeError(
-                f"activations {store.source} have d_in={store.d_in}, but "
-                f"{sae.name} expects d_in={sae.d_in}"
-            )
-    small, large = small.to(device), large.to(device, small.dtype)
+        checked_store(batches.store, sae)
+    small, large = small.to(batches.device), large.to(batches.device, small.dtype)
     if topk == "jumprelu":
-        small, large = (
-            sae.to_additive(
-                store.iter_batches(batch_size, limit=limit, dtype=sae.dtype, device=device)
-            )
-            for sae in (small, large)
-        )
+        small, large = as_additive(small, batches), as_additive(large, batches)
     return small, large, check_pair(small, large, what="delta_mse()")

@@ -9,7 +9,6 @@ every feature fires as in its own SAE and one pass over the activations gives ev
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,16 +16,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from saegeo.core.devices import resolve_device
 from saegeo.core.family import Family
 from saegeo.core.sae import SAE, concat
 from saegeo.effects.metrics import evaluate
 from saegeo.errors import SaegeoError
 from saegeo.geometry.classify import swap_groups
 from saegeo.geometry.similarity import decoder_cosine
-from saegeo.io.store import ActivationStore, as_store
+from saegeo.io.store import ActivationStore
+from saegeo.io.streaming import ActsLike, stream
 from saegeo.stitch.frankenstein import prepare_members
-from saegeo.stitch.refit import Acts, accumulate_stats, output_bias
+from saegeo.stitch.refit import accumulate_stats, output_bias
 
 # Evaluated points of a matching-pursuit interpolation path when none are asked for: each one
 # re-encodes the activations.
@@ -65,7 +64,7 @@ def _evenly(n_steps: int, points: int | None) -> np.ndarray:
 
 def interpolation_path(
     family: Family | Sequence[SAE],
-    acts: Acts,
+    acts: ActsLike,
     *,
     threshold: float = 0.7,
     pairs: Sequence[int] | None = None,
@@ -73,7 +72,7 @@ def interpolation_path(
     batch_size: int = 4096,
     limit: int | None = None,
     device: str | torch.device = "auto",
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> pd.DataFrame:
     """Seed 003's path between adjacent widths: add novel features, then swap groups in.
 
@@ -98,19 +97,9 @@ def interpolation_path(
     pairs = list(range(len(family) - 1)) if pairs is None else [int(i) for i in pairs]
     if any(not 0 <= i < len(family) - 1 for i in pairs):
         raise SaegeoError(f"pairs must lie in [0, {len(family) - 2}], got {pairs}")
-    store = as_store(acts)
-    torch_device = resolve_device(device)
-    members = prepare_members(
-        family, len(family), store, batch_size=batch_size, limit=limit, device=torch_device
-    )
-    options: dict[str, Any] = {
-        "batch_size": batch_size,
-        "limit": limit,
-        "device": torch_device,
-        "progress": progress,
-    }
-    # metrics.evaluate shows a bar whenever asked; keep it to terminals, as the rest does.
-    quiet_progress = progress and sys.stderr.isatty()
+    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    store, options, torch_device = batches.store, batches.reading(), batches.device
+    members = prepare_members(family, len(family), batches)
     records: list[dict[str, Any]] = []
     for pair in pairs:
         small, large = members[pair], members[pair + 1]
@@ -133,7 +122,7 @@ def interpolation_path(
                 mse, fvu, l0 = values[k]
             else:
                 subset = union.select(np.nonzero(mask)[0].tolist())
-                metrics = evaluate(subset, store, **{**options, "progress": quiet_progress})
+                metrics = evaluate(subset, store, **options)
                 mse, fvu, l0 = metrics.mse, metrics.fvu, metrics.l0
             records.append(
                 {
@@ -165,15 +154,12 @@ def _path_metrics(
     """
     stats = accumulate_stats(union, store, **options)
     device = stats.gram.device
-    theta = torch.cat(
-        [union.W_dec.to(device, torch.float64), output_bias(union).to(device, torch.float64)[None]]
-    )
+    theta = stats.theta(union.W_dec, output_bias(union))
     M = stats.gram * (theta @ theta.T)
     r = (theta * stats.cross).sum(dim=1)
     width = union.width
     active = stats.active.double().to(device)
     n = stats.n_tokens
-    total = stats.x_sq - float((stats.x_sum**2).sum()) / n
     mask = torch.zeros(width + 1, dtype=torch.bool, device=device)
     mask[width] = True
     u = M[:, width].clone()
@@ -201,5 +187,5 @@ def _path_metrics(
             nnz += float(active[added_t].sum())
             mask[added_t] = True
         sse = max(stats.target_sq - 2 * linear + quad, 0.0)
-        out.append((sse / n, sse / total if total > 0 else math.nan, nnz / n))
+        out.append((sse / n, stats.moments.fvu(sse), nnz / n))
     return out

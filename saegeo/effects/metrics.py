@@ -7,8 +7,10 @@ Definitions (those of the design document):
 - **L0**: mean number of non-zero latents per token;
 - **dead fraction**: fraction of latents that never fire on the evaluated tokens.
 
-Memory stays bounded: batches are encoded one at a time and only sums are kept, in float64;
-the variance is merged batch by batch (Chan et al.), so a large mean does not cancel it away.
+Memory stays bounded: batches are encoded one at a time and only sums are kept, in float64.
+Every FVU in saegeo takes its denominator from :class:`Moments`, which merges the variance
+batch by batch (Chan et al.) so that a large mean does not cancel it away, and builds its
+metrics with :func:`metrics_from_sums`.
 """
 
 from __future__ import annotations
@@ -16,12 +18,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from tqdm.auto import tqdm
 
-from saegeo.core.devices import resolve_device
 from saegeo.core.sae import SAE
-from saegeo.errors import SaegeoError, ShapeError
-from saegeo.io.store import ActivationStore, as_store
+from saegeo.errors import SaegeoError
+from saegeo.io.streaming import ActsLike, sae_stream
 
 
 class Metrics(NamedTuple):
@@ -56,39 +56,103 @@ class Metrics(NamedTuple):
         }
 
 
-class _Moments:
-    """Streaming token count, mean [D] and summed squared deviation, in float64."""
+class Moments:
+    """Streaming token count, mean [D] and summed squared deviation ``Σ||x - mean||²``, float64.
 
-    def __init__(self, d_in: int, device: torch.device) -> None:
+    Batches are merged with Chan et al.'s update, which never subtracts two large sums, so the
+    variance of activations with a large mean keeps its precision. Partial moments of disjoint
+    token sets combine with :meth:`merge` (or ``+``), e.g. across shards or ranks.
+
+    Examples:
+        >>> import torch
+        >>> x = torch.tensor([[1.0, 10.0], [3.0, 10.0], [5.0, 16.0]])
+        >>> m = Moments(2)
+        >>> m.add(x[:2]); m.add(x[2:])
+        >>> m.n, m.mean_D.tolist(), m.m2
+        (3, [3.0, 12.0], 32.0)
+        >>> (Moments.of(x[:1]) + Moments.of(x[1:])).m2
+        32.0
+    """
+
+    def __init__(self, d_in: int, device: str | torch.device = "cpu") -> None:
         self.n = 0
+        """Tokens added."""
         self.mean_D = torch.zeros(d_in, dtype=torch.float64, device=device)
+        """Mean of the tokens added [D]."""
         self.m2 = 0.0
+        """Σ_t ||x_t - mean||²: the FVU's denominator."""
+
+    @classmethod
+    def of(cls, x_BD: torch.Tensor) -> Moments:
+        """The moments of one batch [B, D]."""
+        moments = cls(x_BD.shape[1], x_BD.device)
+        moments.add(x_BD)
+        return moments
 
     def add(self, x_BD: torch.Tensor) -> None:
-        x_BD = x_BD.double()
+        """Add a batch of tokens [B, D] in place."""
+        x_BD = x_BD.to(device=self.mean_D.device, dtype=torch.float64)
         n_b = x_BD.shape[0]
+        if n_b == 0:
+            return
         mean_b = x_BD.mean(0)
-        m2_b = float((x_BD - mean_b).pow(2).sum())
+        self._combine(n_b, mean_b, float((x_BD - mean_b).pow(2).sum()))
+
+    def merge(self, other: Moments) -> Moments:
+        """The moments of both token sets together (neither operand changes)."""
+        out = Moments(self.mean_D.shape[0], self.mean_D.device)
+        out.n, out.mean_D, out.m2 = self.n, self.mean_D.clone(), self.m2
+        out._combine(other.n, other.mean_D.to(out.mean_D.device), other.m2)
+        return out
+
+    __add__ = merge
+
+    def _combine(self, n_b: int, mean_b: torch.Tensor, m2_b: float) -> None:
+        if n_b == 0:
+            return
         delta = mean_b - self.mean_D
         total = self.n + n_b
         self.m2 += m2_b + float(delta.pow(2).sum()) * self.n * n_b / total
         self.mean_D += delta * (n_b / total)
         self.n = total
 
+    def fvu(self, squared_error: float) -> float:
+        """``squared_error / m2``; NaN where the tokens have no variance."""
+        return squared_error / self.m2 if self.m2 > 0 else float("nan")
+
+    def __repr__(self) -> str:
+        return f"Moments(n={self.n}, m2={self.m2:.6g})"
+
+
+def metrics_from_sums(squared_error: float, moments: Moments, fired_F: torch.Tensor) -> Metrics:
+    """Metrics from streamed sums: ``Σ||x - x̂||²``, the inputs' moments and, per latent [F],
+    the number of tokens it fired on."""
+    n = max(moments.n, 1)
+    fired_F = fired_F.double()
+    return Metrics(
+        mse=squared_error / n,
+        fvu=moments.fvu(squared_error),
+        l0=float(fired_F.sum()) / n,
+        dead_fraction=float((fired_F == 0).double().mean()) if fired_F.numel() else 0.0,
+        n_tokens=moments.n,
+        freq=(fired_F / n).float().cpu(),
+    )
+
 
 @torch.no_grad()
 def evaluate(
     sae: SAE,
-    acts: ActivationStore | torch.Tensor | str,
+    acts: ActsLike,
     *,
     batch_size: int = 4096,
     limit: int | None = None,
     device: str | torch.device = "auto",
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> Metrics:
     """MSE, FVU, L0 and dead fraction of ``sae`` on ``acts`` (a store, tensor [N, d_in] or path).
 
-    At most ``limit`` tokens are read, ``batch_size`` at a time.
+    At most ``limit`` tokens are read, ``batch_size`` at a time; ``progress`` as in
+    :mod:`saegeo.io.streaming`.
 
     Examples:
         >>> import torch
@@ -98,39 +162,16 @@ def evaluate(
         >>> round(m.fvu, 6), m.l0, m.dead_fraction
         (0.0, 1.0, 0.0)
     """
-    store = as_store(acts)
-    if store.d_in != sae.d_in:
-        raise ShapeError(
-            f"evaluate(): activations {store.source} have d_in={store.d_in}, but "
-            f"{sae.name} expects d_in={sae.d_in}"
-        )
-    torch_device = resolve_device(device)
-    sae = sae.to(torch_device)
-    moments = _Moments(sae.d_in, torch_device)
+    sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "evaluate")
+    moments = Moments(sae.d_in, batches.device)
     squared_error = 0.0
-    active = 0
-    fired_F = torch.zeros(sae.width, dtype=torch.float64, device=torch_device)
-    total = store.n_tokens if limit is None else min(limit, store.n_tokens)
-    with tqdm(
-        total=total, desc=f"evaluate {sae.name}", unit="tok", disable=not progress, leave=False
-    ) as bar:
-        for x_BD in store.iter_batches(batch_size, limit=limit, device=torch_device):
-            codes_BF = sae.encode(x_BD)
-            x_hat_BD = sae.decode(codes_BF, x_BD)
-            squared_error += float((x_BD.double() - x_hat_BD.double()).pow(2).sum())
-            nonzero_BF = codes_BF != 0
-            active += int(nonzero_BF.sum())
-            fired_F += nonzero_BF.sum(0).double()
-            moments.add(x_BD)
-            bar.update(x_BD.shape[0])
+    fired_F = torch.zeros(sae.width, dtype=torch.float64, device=batches.device)
+    for x_BD in batches:
+        codes_BF = sae.encode(x_BD)
+        x_hat_BD = sae.decode(codes_BF, x_BD)
+        squared_error += float((x_BD.double() - x_hat_BD.double()).pow(2).sum())
+        fired_F += (codes_BF != 0).sum(0).double()
+        moments.add(x_BD)
     if moments.n == 0:
-        raise SaegeoError(f"evaluate(): no activations in {store.source}")
-    n = moments.n
-    return Metrics(
-        mse=squared_error / n,
-        fvu=squared_error / moments.m2 if moments.m2 > 0 else float("nan"),
-        l0=active / n,
-        dead_fraction=float((fired_F == 0).double().mean()),
-        n_tokens=n,
-        freq=(fired_F / n).float().cpu(),
-    )
+        raise SaegeoError(f"evaluate(): no activations in {batches.store.source}")
+    return metrics_from_sums(squared_error, moments, fired_F)

@@ -16,11 +16,11 @@ import torch
 
 from saegeo.core.family import Family
 from saegeo.core.sae import SAE
-from saegeo.effects.delta import Acts, cumulative_mse, delta_mse
+from saegeo.effects.delta import cumulative_mse, delta_mse
 from saegeo.effects.hybrid import TopkMode
 from saegeo.errors import SaegeoError
 from saegeo.geometry.classify import KINDS, NOVEL, classify
-from saegeo.io.store import as_store
+from saegeo.io.streaming import ActsLike, checked_store
 
 DECREASES = "delta_mse < 0"
 DOES_NOT_DECREASE = "delta_mse >= 0"
@@ -46,7 +46,7 @@ class FamilyNovelty(NamedTuple):
 def novelty_table(
     small: SAE,
     large: SAE,
-    acts: Acts | None = None,
+    acts: ActsLike | None = None,
     *,
     threshold: float = 0.7,
     topk: TopkMode = "reencode",
@@ -94,7 +94,7 @@ def kind_sign_table(table: pd.DataFrame) -> pd.DataFrame:
 def cumulative_curves(
     small: SAE,
     large: SAE,
-    acts: Acts,
+    acts: ActsLike,
     table: pd.DataFrame,
     *,
     points: int = 11,
@@ -137,7 +137,7 @@ def cumulative_curves(
 
 def family_novelty(
     family: Family | Sequence[SAE],
-    acts: Acts | None = None,
+    acts: ActsLike | None = None,
     *,
     threshold: float = 0.7,
     points: int = 11,
@@ -155,7 +155,7 @@ def family_novelty(
     fam = family if isinstance(family, Family) else Family(list(family))
     if len(fam) < 2:
         raise SaegeoError(f"family_novelty(): needs at least two SAEs, got {len(fam)}")
-    store = as_store(acts) if acts is not None else None
+    store = checked_store(acts) if acts is not None else None
     options: dict[str, Any] = dict(
         topk=topk, batch_size=batch_size, limit=limit, device=device, progress=progress
     )

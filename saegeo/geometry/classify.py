@@ -18,10 +18,11 @@ import torch
 from scipy.sparse.csgraph import connected_components
 
 from saegeo.core.sae import SAE
-from saegeo.effects.delta import Acts, swap_deltas
+from saegeo.effects.delta import swap_deltas
 from saegeo.effects.hybrid import TopkMode
 from saegeo.errors import SaegeoError
 from saegeo.geometry.similarity import decoder_cosine, decoder_cosine_pairs
+from saegeo.io.streaming import ActsLike
 
 NOVEL = "novel"
 RECONSTRUCTION = "reconstruction"
@@ -90,7 +91,7 @@ def swap_groups(
     large: SAE,
     *,
     threshold: float = 0.7,
-    acts: Acts | None = None,
+    acts: ActsLike | None = None,
     topk: TopkMode = "reencode",
     batch_size: int = 4096,
     limit: int | None = None,

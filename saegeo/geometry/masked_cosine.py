@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from tqdm.auto import tqdm
 
 from saegeo.errors import SaegeoError, ShapeError
+from saegeo.io.streaming import progress_bar
 
 # Co-firing (parent, child) pairs held at once per product (~12 bytes each).
 MAX_PAIRS = 1 << 24
@@ -134,7 +134,8 @@ def masked_cosine(
     max_pairs
         Co-firing pairs held at once per sparse product; bounds memory.
     progress
-        Show a progress bar on a terminal: None shows one when children come in several groups.
+        Show a progress bar: None on a terminal, True always, False never
+        (:mod:`saegeo.io.streaming`).
 
     Returns
     -------
@@ -174,10 +175,7 @@ def masked_cosine(
     groups = _child_groups(A, B_csc, max_pairs)
     parents_out, vals_out = [], []
     counts_C = np.zeros(n_children, dtype=np.int64)
-    show = progress or (progress is None and len(groups) > 1)
-    for start, stop in tqdm(
-        groups, desc="masked cosine", unit="group", leave=False, disable=None if show else True
-    ):
+    for start, stop in progress_bar(None, "masked cosine", progress, iterable=groups, unit="group"):
         children_CN = B_csc[:, start:stop].T  # the transpose of a csc is a csr without copying
         children_on_CN = _with_data(children_CN, np.ones_like(children_CN.data))
         # Squares are positive, so this product's pattern is exactly the co-firing pairs.

@@ -16,19 +16,17 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 import torch
-from tqdm.auto import tqdm
 
 from saegeo.core.devices import resolve_device
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError, ShapeError
+from saegeo.io.streaming import progress_bar
 
 # Largest similarity tile held at once, in elements (256 MiB of float32).
 BLOCK_ELEMENTS = 64 * 1024 * 1024
 # Fewest large-feature rows per tile before the small axis is split too: thinner tiles make
 # poor matrix products.
 MIN_TILE_ROWS = 256
-# Products above this many multiply-adds show a progress bar (when ``progress`` is None).
-PROGRESS_MIN_WORK = 2e10
 # Cosines from bfloat16 products can be off by ~1e-2; candidates within this margin of a
 # threshold are recomputed in float32 before the threshold is applied.
 BF16_MARGIN = 0.05
@@ -94,11 +92,7 @@ def _tiles(
     rows, cols = _tile_shape(n_small, block_elements)
     rows = min(rows, n_large)
     buffer = torch.empty(rows * cols, dtype=dtype, device=device)
-    work = float(n_small) * n_large * small_SD.shape[1]
-    show = progress or (progress is None and work >= PROGRESS_MIN_WORK)
-    with tqdm(
-        total=n_large, desc=desc, unit="feat", disable=None if show else True, leave=False
-    ) as bar:
+    with progress_bar(n_large, desc, progress, unit="feat") as bar:
         for start in range(0, n_large, rows):
             stop = min(start + rows, n_large)
             large_LD = unit_rows(W_large_LD[start:stop].to(device, torch.float32)).to(dtype)
@@ -121,9 +115,13 @@ def _prepare(
     """Unit small rows in float32 and in ``dtype``, the large decoder, and the device."""
     W_small_SD, W_large_LD = _decoder(small, "small"), _decoder(large, "large")
     if W_small_SD.shape[1] != W_large_LD.shape[1]:
+        names = [
+            sae.name if isinstance(sae, SAE) else what
+            for sae, what in ((small, "small"), (large, "large"))
+        ]
         raise ShapeError(
-            f"decoder_cosine(): small has d_in={W_small_SD.shape[1]} but large "
-            f"has d_in={W_large_LD.shape[1]}"
+            f"decoder_cosine(): {names[0]} has d_in={W_small_SD.shape[1]} but {names[1]} "
+            f"has d_in={W_large_LD.shape[1]}; both must read the same model site"
         )
     if dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         raise SaegeoError(f"decoder_cosine(): dtype must be a floating dtype, got {dtype}")
@@ -162,7 +160,8 @@ def decoder_cosine(
         Largest tile of the cosine matrix held at once, in elements. Both axes are split when
         the small SAE alone would exceed it.
     progress
-        Show a progress bar on a terminal: None shows one for large inputs only.
+        Show a progress bar: None on a terminal, True always, False never
+        (:mod:`saegeo.io.streaming`).
 
     Returns
     -------

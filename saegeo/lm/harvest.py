@@ -47,13 +47,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from saegeo.config import override
 from saegeo.core.devices import resolve_device
-from saegeo.errors import SaegeoError
+from saegeo.errors import ArgumentError, SaegeoError
 from saegeo.io.atomic import atomic_dir
 from saegeo.io.corpus import TextSource, open_source
 from saegeo.io.store import DTYPES, META_FILE, ActivationStore, ShardWriter
+from saegeo.io.streaming import progress_bar
+from saegeo.lm.config import MODEL_DTYPES, HarvestConfig
 from saegeo.lm.forward import stopped_forward
 
 logger = logging.getLogger(__name__)
@@ -144,11 +146,11 @@ def load_model(
     if name in PACKAGED_MODELS:
         path = packaged_gguf(name)
         if gguf_file not in (None, path.name):
-            raise SaegeoError(f"--gguf-file {gguf_file}: model {name!r} ships only {path.name}")
+            raise ArgumentError("gguf_file", gguf_file, f"model {name!r} ships only {path.name}")
         source, gguf_file = str(path.parent), path.name
     elif name.endswith(".gguf") and Path(name).is_file():
         if gguf_file is not None:
-            raise SaegeoError(f"--gguf-file {gguf_file}: --model {name} is already a GGUF file")
+            raise ArgumentError("gguf_file", gguf_file, f"model {name!r} is already a GGUF file")
         source, gguf_file = str(Path(name).resolve().parent), Path(name).name
     elif Path(name).is_dir():
         source = str(Path(name).resolve())
@@ -163,7 +165,7 @@ def load_model(
         lm = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=load_dtype, **kwargs)
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SaegeoError(f"--model {name}: cannot load it ({first_line})") from None
+        raise ArgumentError("model", name, f"cannot load it ({first_line})") from None
     lm = lm.to(device=device, dtype=dtype).eval()
     local_dir = source if Path(source).is_dir() else None
     return LanguageModel(lm, tokenizer, name, local_dir, gguf_file)
@@ -238,21 +240,10 @@ def harvest(
     model: str | os.PathLike[str] | Any = DEFAULT_MODEL,
     texts: TextSource | str | os.PathLike[str] | list[str] | None = None,
     out: str | os.PathLike[str] = "acts",
+    config: HarvestConfig | None = None,
     *,
-    layer: int | None = None,
-    context: int = 128,
-    batch_size: int = 16,
-    max_tokens: int | None = None,
-    dtype: str = "float16",
-    device: str | torch.device = "auto",
-    gguf_file: str | None = None,
     tokenizer: Any = None,
-    model_dtype: str = "auto",
-    skip_first: int = 1,
-    text_source: str | None = None,
-    shard_tokens: int = 65536,
-    compile: bool | None = None,
-    progress: bool = True,
+    **overrides: Any,
 ) -> ActivationStore:
     """Write the residual stream after block ``layer`` of ``model`` on ``texts`` to ``out``.
 
@@ -266,60 +257,43 @@ def harvest(
         texts: a :class:`~saegeo.io.corpus.TextSource`, ``"bbc_news"``/``None`` (the packaged
             BBC news), a path (see :func:`saegeo.io.corpus.text_files`) or a list of strings.
         out: the store directory to write (or resume).
-        layer: the block whose output is stored, 0-based; ``None`` is the middle block
-            (``n_layers // 2``).
-        context: tokens per model input, BOS included.
-        skip_first: text tokens at the start of each context that are run but not stored
-            (``context - 1 - skip_first`` are stored per context). The first position after
-            BOS often carries a massive activation (an attention sink, here up to 100× the
-            typical norm) that would dominate every squared error; 0 stores them all.
-        batch_size: contexts per forward pass.
-        max_tokens: stop after this many stored tokens (``None``: the whole source).
-        dtype: the stored dtype, ``"float16"``, ``"bfloat16"`` or ``"float32"``.
-        device: where the model runs; ``"auto"`` is CUDA when present.
-        gguf_file: the GGUF file inside ``model``, for GGUF checkpoints.
+        config: the settings (:class:`~saegeo.lm.config.HarvestConfig`: ``layer``,
+            ``context``, ``skip_first``, ``batch_size``, ``max_tokens``, ``dtype``,
+            ``model_dtype``, ``device``, ``gguf_file``, ``text_source``, ``shard_tokens``,
+            ``compile``, ``progress``); default settings when None.
         tokenizer: the tokenizer of a built model.
-        model_dtype: the dtype the model computes in (see :func:`load_model`).
-        text_source: a name for ``texts`` given as a list of strings, recorded in the metadata.
-        shard_tokens: about how many tokens per shard (rounded down to whole contexts).
-        compile: compile the blocks that run with ``torch.compile`` (1.1–1.4× faster on a
-            CPU, after a few seconds of compiling; see :mod:`saegeo.lm.forward`). ``None``
-            compiles on a CPU when this call harvests at least ``COMPILE_MIN_TOKENS`` tokens.
-        progress: show a progress bar (tokens).
+        overrides: fields of ``config`` given as keywords (``layer=15, max_tokens=100_000``),
+            which replace its values.
 
     Returns:
         The store, opened for reading; ``store.meta`` holds the metadata.
     """
-    if dtype not in DTYPES:
-        raise SaegeoError(f"--dtype {dtype}: choose one of {sorted(DTYPES)}")
-    if skip_first < 0:
-        raise SaegeoError(f"--skip-first {skip_first}: must be at least 0")
-    if context < 2 + skip_first:
-        raise SaegeoError(
-            f"--context {context}: must be at least {2 + skip_first} (BOS, {skip_first} "
-            "skipped tokens and one stored token)"
-        )
-    if batch_size < 1:
-        raise SaegeoError(f"--batch-size {batch_size}: must be at least 1")
-    if max_tokens is not None and max_tokens < 1:
-        raise SaegeoError(f"--tokens {max_tokens}: must be at least 1")
+    config = override(config or HarvestConfig(), overrides)
+    layer, context, skip_first = config.layer, config.context, config.skip_first
+    batch_size, max_tokens, dtype = config.batch_size, config.max_tokens, config.dtype
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise SaegeoError(f"--out {out}: exists and is not a directory")
+        raise ArgumentError("out", str(out), "exists and is not a directory")
     source = open_source(texts)
     text_spec = dict(source.spec)
-    if text_source is not None and text_spec.get("kind") == "texts":
-        text_spec["name"] = text_source
+    if config.text_source is not None and text_spec.get("kind") == "texts":
+        text_spec["name"] = config.text_source
 
     lm = _prepare_model(
-        model, tokenizer, gguf_file=gguf_file, device=device, model_dtype=model_dtype
+        model,
+        tokenizer,
+        gguf_file=config.gguf_file,
+        device=config.device,
+        model_dtype=config.model_dtype,
     )
     blocks_name, blocks = decoder_blocks(lm.model)
     n_layers = len(blocks)
     if layer is None:
         layer = n_layers // 2
     if not isinstance(layer, int) or not 0 <= layer < n_layers:
-        raise SaegeoError(f"--layer {layer}: model {lm.name} has blocks 0..{n_layers - 1}")
+        raise ArgumentError(
+            "layer", layer, f"model {lm.name} has blocks 0..{n_layers - 1}", owner="HarvestConfig"
+        )
     bos = lm.tokenizer.bos_token_id
     if bos is None:
         bos = lm.tokenizer.eos_token_id
@@ -340,7 +314,7 @@ def harvest(
         d_model=d_model,
     )
     _check_resumable(out, meta)
-    shard_tokens = max(1, shard_tokens // n_stored) * n_stored
+    shard_tokens = max(1, config.shard_tokens // n_stored) * n_stored
     writer = ShardWriter(out, d_model, dtype=dtype, shard_tokens=shard_tokens, meta=meta)
     _save_tokenizer(lm.tokenizer, out / TOKENIZER_DIR)
 
@@ -355,15 +329,16 @@ def harvest(
         iter_contexts(lm.tokenizer, source, n_text), first_context, last_context
     )
     device_of_model = next(lm.model.parameters()).device
+    compile = config.compile
     if compile is None:
         compile = device_of_model.type == "cpu" and target - done >= COMPILE_MIN_TOKENS
     started, new_tokens = time.perf_counter(), 0
-    bar = tqdm(
-        total=None if max_tokens is None else max_tokens,
+    bar = progress_bar(
+        max_tokens,
+        f"harvest layer {layer}",
+        config.progress,
         initial=done,
         unit="tok",
-        desc=f"harvest layer {layer}",
-        disable=not progress,
         dynamic_ncols=True,
     )
     forward = stopped_forward(lm.model, blocks, layer, compile=compile, rows=batch_size)
@@ -383,9 +358,12 @@ def harvest(
             skip = 0
             acts_BD = acts_BTD.reshape(-1, d_model)[keep]
             if dtype == "float16" and acts_BD.abs().max().item() > FLOAT16_MAX:
-                raise SaegeoError(
-                    f"--dtype float16: activations of layer {layer} exceed the "
-                    "float16 range; use --dtype bfloat16 or float32"
+                raise ArgumentError(
+                    "dtype",
+                    dtype,
+                    f"activations of layer {layer} exceed the float16 range; "
+                    "use bfloat16 or float32",
+                    owner="HarvestConfig",
                 )
             writer.add(
                 acts_BD,
@@ -444,11 +422,9 @@ def _prepare_model(
 
 
 def _model_dtype(model_dtype: str, device: torch.device) -> torch.dtype:
+    if model_dtype not in MODEL_DTYPES:
+        raise ArgumentError("model_dtype", model_dtype, f"choose one of {', '.join(MODEL_DTYPES)}")
     if model_dtype != "auto":
-        if model_dtype not in DTYPES:
-            raise SaegeoError(
-                f"--model-dtype {model_dtype}: choose auto or one of {sorted(DTYPES)}"
-            )
         return DTYPES[model_dtype]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
@@ -506,15 +482,16 @@ def _check_resumable(out: Path, meta: dict[str, Any]) -> None:
         return
     existing = ActivationStore.open(out).meta
     if existing.get("producer") != PRODUCER:
-        raise SaegeoError(
-            f"--out {out}: holds a store that saegeo harvest did not write; "
-            "choose another directory"
+        raise ArgumentError(
+            "out", str(out), "holds a store that saegeo harvest did not write; choose another one"
         )
     for key in RESUME_KEYS:
         if existing.get(key) != meta[key]:
-            raise SaegeoError(
-                f"--out {out}: existing store has {key}={existing.get(key)!r}, this harvest "
-                f"{key}={meta[key]!r}; use the same settings to resume or another --out"
+            raise ArgumentError(
+                "out",
+                str(out),
+                f"existing store has {key}={existing.get(key)!r}, this harvest "
+                f"{key}={meta[key]!r}; use the same settings to resume it or another directory",
             )
 
 

@@ -8,7 +8,6 @@ it, before and after its refit, beside every member on the same (held-out) activ
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,70 +15,54 @@ import numpy as np
 import pandas as pd
 import torch
 
+from saegeo.config import override
 from saegeo.core.devices import resolve_device
 from saegeo.core.family import Family
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import evaluate
-from saegeo.io.store import as_store
-from saegeo.stitch.frankenstein import FrankensteinSteps, Retrain, frankenstein_steps
-from saegeo.stitch.refit import Acts
+from saegeo.io.streaming import ActsLike, checked_store
+from saegeo.stitch.config import StitchConfig
+from saegeo.stitch.frankenstein import FrankensteinSteps, frankenstein_steps
 
 
 def frankenstein_curve(
     family: Family | Sequence[SAE],
-    acts: Acts,
+    acts: ActsLike,
+    config: StitchConfig | None = None,
     *,
-    eval_acts: Acts | None = None,
-    threshold: float = 0.7,
-    swap: bool = False,
-    retrain: Retrain = "exact",
-    ridge: float = 1e-6,
-    sgd_tokens: int | None = None,
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool = True,
+    eval_acts: ActsLike | None = None,
+    **overrides: Any,
 ) -> pd.DataFrame:
     """Seed 003's comparison: Frankenstein SAEs stitched up to each width vs the members.
 
     For every width of the family a Frankenstein is stitched from the members up to it and
-    refit on ``acts`` (:func:`frankenstein_steps`, one stitching pass); see
-    :func:`compare_frankensteins` for the frame it returns. Pass held-out ``eval_acts`` for a
-    fair comparison, since the refit fits ``acts`` (default: evaluated on ``acts``).
+    refit on ``acts`` (:func:`frankenstein_steps` with ``config`` and keyword ``overrides``,
+    one stitching pass); see :func:`compare_frankensteins` for the frame it returns. Pass
+    held-out ``eval_acts`` for a fair comparison, since the refit fits ``acts`` (default:
+    evaluated on ``acts``).
     """
-    stitched = frankenstein_steps(
-        family,
-        acts,
-        threshold=threshold,
-        swap=swap,
-        retrain=retrain,
-        ridge=ridge,
-        sgd_tokens=sgd_tokens,
-        batch_size=batch_size,
-        limit=limit,
-        device=device,
-        progress=progress,
-    )
+    config = override(config or StitchConfig(), overrides)
+    stitched = frankenstein_steps(family, acts, config)
     return compare_frankensteins(
         family,
         stitched,
         acts if eval_acts is None else eval_acts,
-        batch_size=batch_size,
-        limit=limit if eval_acts is None else None,
-        device=device,
-        progress=progress,
+        batch_size=config.batch_size,
+        limit=config.limit if eval_acts is None else None,
+        device=config.device,
+        progress=config.progress,
     )
 
 
 def compare_frankensteins(
     family: Family | Sequence[SAE],
     stitched: FrankensteinSteps,
-    eval_acts: Acts,
+    eval_acts: ActsLike,
     *,
     batch_size: int = 4096,
     limit: int | None = None,
     device: str | torch.device = "auto",
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> pd.DataFrame:
     """Every member and every step of ``stitched`` (refit and not), evaluated on ``eval_acts``.
 
@@ -89,11 +72,11 @@ def compare_frankensteins(
     ``n_features``, in log scale) and ``mse_vs_nearest`` (MSE over that member's MSE).
     """
     family = family if isinstance(family, Family) else Family(list(family))
-    eval_store = as_store(eval_acts)
+    eval_store = checked_store(eval_acts)
     options: dict[str, Any] = {
         "batch_size": batch_size,
         "device": resolve_device(device),
-        "progress": progress and sys.stderr.isatty(),  # bars only on a terminal
+        "progress": progress,
         "limit": limit,
     }
     records: list[dict[str, Any]] = []

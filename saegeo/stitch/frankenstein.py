@@ -24,25 +24,25 @@ with the members; :mod:`saegeo.stitch.report` holds the report.
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, NamedTuple
 
 import torch
 
+from saegeo.config import fail, override
 from saegeo.core.architectures import union_kind
 from saegeo.core.devices import resolve_device
 from saegeo.core.family import Family
 from saegeo.core.sae import SAE, concat
+from saegeo.effects.hybrid import as_additive
 from saegeo.effects.metrics import Metrics, evaluate
-from saegeo.errors import SaegeoError, ShapeError
+from saegeo.errors import SaegeoError
 from saegeo.geometry.classify import swap_groups
 from saegeo.geometry.similarity import decoder_cosine
-from saegeo.io.store import ActivationStore, as_store
+from saegeo.io.streaming import ActsLike, BatchStream, checked_store, stream
+from saegeo.stitch.config import RETRAINS, Retrain, StitchConfig
 from saegeo.stitch.refit import (
-    Acts,
     accumulate_stats,
     output_bias,
     refit_exact,
@@ -52,8 +52,17 @@ from saegeo.stitch.refit import (
 from saegeo.stitch.refit_sgd import refit_sgd
 from saegeo.stitch.report import Feature, FrankensteinReport, StepReport
 
-Retrain = Literal["exact", "sgd", "none"]
-RETRAINS: tuple[str, ...] = get_args(Retrain)
+__all__ = [
+    "RETRAINS",
+    "FrankensteinSteps",
+    "Retrain",
+    "StitchConfig",
+    "StitchStep",
+    "frankenstein",
+    "frankenstein_steps",
+    "plan_frankenstein",
+    "prepare_members",
+]
 
 
 # --------------------------------------------------------------------------- the plan
@@ -172,30 +181,16 @@ def plan_frankenstein(
 # --------------------------------------------------------------------------- the builder
 
 
-def prepare_members(
-    family: Family,
-    n_members: int,
-    store: ActivationStore,
-    *,
-    batch_size: int,
-    limit: int | None,
-    device: torch.device,
-) -> list[SAE]:
-    """The first ``n_members`` members, on ``device``, in a form that :func:`saegeo.concat`
-    unions: TopK SAEs become JumpReLU (:meth:`SAE.to_jumprelu` on ``store``)."""
-    saes = [family[m].to(device) for m in range(n_members)]
+def prepare_members(family: Family, n_members: int, batches: BatchStream) -> list[SAE]:
+    """The first ``n_members`` members, on the device of ``batches``, in a form that
+    :func:`saegeo.concat` unions: TopK SAEs become JumpReLU calibrated on ``batches``
+    (:func:`saegeo.effects.hybrid.as_additive`)."""
+    saes = [family[m].to(batches.device) for m in range(n_members)]
     for sae in saes:
-        if sae.d_in != store.d_in:
-            raise ShapeError(
-                f"activations {store.source} have d_in={store.d_in}, but "
-                f"{sae.name} expects d_in={sae.d_in}"
-            )
+        checked_store(batches.store, sae)
     if len({sae.architecture.tied for sae in saes}) > 1:  # fail before any calibration pass
         union_kind(saes, "frankenstein()")
-    return [
-        sae.to_additive(store.iter_batches(batch_size, limit=limit, dtype=sae.dtype, device=device))
-        for sae in saes
-    ]
+    return [as_additive(sae, batches) for sae in saes]
 
 
 def _union(members: list[SAE], features: Sequence[Feature]) -> tuple[SAE, dict[Feature, int]]:
@@ -221,29 +216,19 @@ class FrankensteinSteps(NamedTuple):
 
 def frankenstein(
     family: Family | Sequence[SAE],
-    acts: Acts,
-    *,
-    threshold: float = 0.7,
-    upto: int | None = None,
-    swap: bool = False,
-    retrain: Retrain = "exact",
-    ridge: float = 1e-6,
-    sgd_tokens: int | None = None,
-    sgd_lr: float = 1e-3,
-    checkpoint: str | os.PathLike[str] | None = None,
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool = True,
+    acts: ActsLike,
+    config: StitchConfig | None = None,
+    **overrides: Any,
 ) -> tuple[SAE, FrankensteinReport]:
     """Stitch a Frankenstein SAE from ``family`` and refit its decoder on ``acts``.
 
-    See :func:`plan_frankenstein` for ``threshold``, ``upto`` and ``swap``. ``retrain`` is
+    ``config`` (:class:`~saegeo.stitch.config.StitchConfig`, default settings when None) says
+    how; its fields may also be given as keywords, which override it (``threshold=0.6``). See
+    :func:`plan_frankenstein` for ``threshold``, ``upto`` and ``swap``. ``retrain`` is
     ``exact`` (least squares, :func:`saegeo.stitch.refit.refit_exact` with ``ridge``), ``sgd``
-    (Adam,
-    :func:`saegeo.stitch.refit_sgd.refit_sgd` with ``sgd_tokens``, ``sgd_lr`` and a resumable
-    ``checkpoint`` file) or ``none``. The metrics use the first ``limit`` tokens of ``acts``,
-    read ``batch_size`` at a time on ``device``. Returns the SAE and its report.
+    (Adam, :func:`saegeo.stitch.refit_sgd.refit_sgd` with ``sgd_tokens``, ``sgd_lr`` and a
+    resumable ``checkpoint`` file) or ``none``. The metrics use the first ``limit`` tokens of
+    ``acts``, read ``batch_size`` at a time on ``device``. Returns the SAE and its report.
 
     Examples:
         >>> import saegeo as sg
@@ -251,107 +236,59 @@ def frankenstein(
         >>> sae, report = sg.frankenstein(fam, "acts.npy", threshold=0.7)  # doctest: +SKIP
         >>> report.to_frame()[["source", "added", "n_features", "mse_after"]]  # doctest: +SKIP
     """
-    stitched = _stitch(
-        family,
-        acts,
-        every_step=False,
-        threshold=threshold,
-        upto=upto,
-        swap=swap,
-        retrain=retrain,
-        ridge=ridge,
-        sgd_tokens=sgd_tokens,
-        sgd_lr=sgd_lr,
-        checkpoint=checkpoint,
-        batch_size=batch_size,
-        limit=limit,
-        device=device,
-        progress=progress,
-    )
+    stitched = _stitch(family, acts, override(config or StitchConfig(), overrides), False)
     return stitched.saes[-1], stitched.report
 
 
 def frankenstein_steps(
     family: Family | Sequence[SAE],
-    acts: Acts,
-    *,
-    threshold: float = 0.7,
-    upto: int | None = None,
-    swap: bool = False,
-    retrain: Retrain = "exact",
-    ridge: float = 1e-6,
-    sgd_tokens: int | None = None,
-    sgd_lr: float = 1e-3,
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool = True,
+    acts: ActsLike,
+    config: StitchConfig | None = None,
+    **overrides: Any,
 ) -> FrankensteinSteps:
     """The Frankenstein SAE after every step, each refit: ``saes[i]`` is
     ``frankenstein(..., upto=family.widths[i])``, from one stitching pass.
 
     The plan of a step depends only on the steps before it, so the Frankenstein up to member
     ``i`` is the full one's step ``i``; additive members share one pass over ``acts`` for every
-    step's exact refit. With ``retrain="sgd"`` each step is trained on its own. Arguments as
-    for :func:`frankenstein`.
+    step's exact refit. With ``retrain="sgd"`` each step is trained on its own (so without a
+    ``checkpoint``). Arguments as for :func:`frankenstein`.
     """
-    return _stitch(
-        family,
-        acts,
-        every_step=True,
-        threshold=threshold,
-        upto=upto,
-        swap=swap,
-        retrain=retrain,
-        ridge=ridge,
-        sgd_tokens=sgd_tokens,
-        sgd_lr=sgd_lr,
-        checkpoint=None,
-        batch_size=batch_size,
-        limit=limit,
-        device=device,
-        progress=progress,
-    )
+    config = override(config or StitchConfig(), overrides)
+    if config.checkpoint is not None:
+        fail(
+            config, "checkpoint", "frankenstein_steps() trains every step on its own; leave it None"
+        )
+    return _stitch(family, acts, config, True)
 
 
 def _stitch(
     family: Family | Sequence[SAE],
-    acts: Acts,
-    *,
+    acts: ActsLike,
+    config: StitchConfig,
     every_step: bool,
-    threshold: float,
-    upto: int | None,
-    swap: bool,
-    retrain: Retrain,
-    ridge: float,
-    sgd_tokens: int | None,
-    sgd_lr: float,
-    checkpoint: str | os.PathLike[str] | None,
-    batch_size: int,
-    limit: int | None,
-    device: str | torch.device,
-    progress: bool,
 ) -> FrankensteinSteps:
     """The stitching behind :func:`frankenstein` (``every_step=False``: SGD trains only the
     last step, whose SAE ends ``saes``) and :func:`frankenstein_steps`."""
-    if retrain not in RETRAINS:
-        raise SaegeoError(f"retrain must be one of {', '.join(RETRAINS)}, got {retrain!r}")
     family = family if isinstance(family, Family) else Family(list(family))
-    store = as_store(acts)
-    torch_device = resolve_device(device)
+    batches = stream(
+        acts,
+        batch_size=config.batch_size,
+        limit=config.limit,
+        device=config.device,
+        progress=config.progress,
+    )
+    store, options = batches.store, batches.reading()
+    retrain, ridge = config.retrain, config.ridge
     steps = plan_frankenstein(
-        family, threshold=threshold, upto=upto, swap=swap, device=torch_device
+        family,
+        threshold=config.threshold,
+        upto=config.upto,
+        swap=config.swap,
+        device=batches.device,
     )
-    members = prepare_members(
-        family, len(steps), store, batch_size=batch_size, limit=limit, device=torch_device
-    )
+    members = prepare_members(family, len(steps), batches)
     union, position = _union(members, [f for step in steps for f in step.features])
-    options: dict[str, Any] = {
-        "batch_size": batch_size,
-        "limit": limit,
-        "device": torch_device,
-        "progress": progress,
-    }
     nan = Metrics(math.nan, math.nan, math.nan, math.nan, 0, torch.zeros(0))
     unrefit = [union.select([position[f] for f in step.features]) for step in steps]
     refit: list[SAE | None] = [None] * len(steps)
@@ -380,27 +317,29 @@ def _stitch(
                 exact = refit_exact(sae, store, ridge=ridge, **options)
                 refit_seconds += exact.seconds
                 method = exact.method
-                rows.append((exact.before, _evaluate(exact.sae, store, options)))
+                rows.append((exact.before, evaluate(exact.sae, store, **options)))
                 refit[k] = exact.sae
             else:
-                rows.append((_evaluate(sae, store, options), nan))
+                rows.append((evaluate(sae, store, **options), nan))
     if retrain == "sgd":
         refit_seconds, method = 0.0, "adam"
         for k in range(len(steps)) if every_step else [len(steps) - 1]:
             trained = refit_sgd(
                 unrefit[k],
                 store,
-                tokens=sgd_tokens,
-                lr=sgd_lr,
-                checkpoint=checkpoint,
+                tokens=config.sgd_tokens,
+                lr=config.sgd_lr,
+                checkpoint=config.checkpoint,
                 **options,
             )
             refit_seconds += trained.seconds
             method, refit[k] = trained.method, trained.sae
-            after = trained.after if unrefit[k].additive else _evaluate(trained.sae, store, options)
+            after = (
+                trained.after if unrefit[k].additive else evaluate(trained.sae, store, **options)
+            )
             rows[k] = (rows[k][0], after)
     sources = tuple(family[m].name for m in range(len(steps)))
-    settings = {"threshold": threshold, "swap": swap, "retrain": retrain}
+    settings = {"threshold": config.threshold, "swap": config.swap, "retrain": retrain}
 
     def named(sae: SAE, n_members: int, suffix: str = "") -> SAE:
         return sae.to("cpu").replace(
@@ -417,8 +356,8 @@ def _stitch(
         if every_step or k == len(steps) - 1
     )
     report = FrankensteinReport(
-        threshold=float(threshold),
-        swap=bool(swap),
+        threshold=float(config.threshold),
+        swap=bool(config.swap),
         retrain=retrain,
         n_tokens=rows[0][0].n_tokens,
         steps=tuple(
@@ -436,12 +375,6 @@ def _stitch(
         if every_step or k == len(steps) - 1
     )
     return FrankensteinSteps(saes, unrefit_named, report)
-
-
-def _evaluate(sae: SAE, store: ActivationStore, options: dict[str, Any]) -> Metrics:
-    """metrics.evaluate with a progress bar only on a terminal, as elsewhere in this module."""
-    progress = options["progress"] and sys.stderr.isatty()
-    return evaluate(sae, store, **{**options, "progress": progress})
 
 
 def _step_report(member: SAE, step: StitchStep, before: Metrics, after: Metrics) -> StepReport:

@@ -32,22 +32,17 @@ error exactly (see :func:`decode_target`).
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from saegeo.core import normalization
-from saegeo.core.devices import resolve_device
 from saegeo.core.sae import SAE
-from saegeo.effects.metrics import Metrics
+from saegeo.effects.metrics import Metrics, Moments, metrics_from_sums
 from saegeo.errors import SaegeoError, ShapeError
-from saegeo.io.store import ActivationStore, as_store
-
-Acts = ActivationStore | torch.Tensor | np.ndarray | str | os.PathLike[str]
+from saegeo.io.streaming import ActsLike, sae_stream
 
 # Entries of the padded co-activation outer products built at once (float64 values and int64
 # indices: 16 bytes each).
@@ -63,7 +58,9 @@ class DecoderStats(NamedTuple):
 
     With ``z = [a, 1]`` the codes of a token and ``y``, ``w`` its target and weight
     (:func:`decode_target`), the weighted squared error of a decoder ``Θ = [W_dec; b]`` is
-    ``target_sq − 2⟨Θ, cross⟩ + ⟨Θ, gram Θ⟩``.
+    ``target_sq − 2⟨Θ', cross⟩ + ⟨Θ', gram Θ'⟩`` with ``Θ' = [W_dec; b − shift]``
+    (:meth:`theta`): targets are accumulated as ``y − shift``, the SAE's own output bias, so
+    that a large mean of the activations does not cancel the squared error away.
     """
 
     gram: torch.Tensor
@@ -72,14 +69,15 @@ class DecoderStats(NamedTuple):
     """Σ_t w_t z_t y_tᵀ [F+1, D], float64."""
     target_sq: float
     """Σ_t w_t ||y_t||²."""
-    x_sum: torch.Tensor
-    """Σ_t x_t [D], float64, in the input space (for the FVU's denominator)."""
-    x_sq: float
-    """Σ_t ||x_t||², in the input space."""
+    moments: Moments
+    """Mean and summed squared deviation of the inputs x_t, in the input space (for the
+    FVU's denominator)."""
     active: torch.Tensor
     """Number of tokens on which each feature fires [F], int64."""
     n_tokens: int
     """Number of tokens accumulated."""
+    shift: torch.Tensor
+    """The output bias [D], float64, subtracted from every target before accumulating."""
 
     @property
     def width(self) -> int:
@@ -97,14 +95,40 @@ class DecoderStats(NamedTuple):
 
     def sse(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> float:
         """Σ_t ||x_t − x̂_t||² of decoder ``W_dec`` [F, D] with output bias ``b_dec`` [D]."""
-        theta = _theta(W_dec, b_dec, self.gram.device)
+        theta = self.theta(W_dec, b_dec)
         value = self.target_sq - 2 * float((theta * self.cross).sum())
         value += float((theta * (self.gram @ theta)).sum())
         return max(value, 0.0)
 
+    def theta(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
+        """``[W_dec; b_dec − shift]`` [F+1, D], float64: a decoder in the statistics' terms."""
+        device = self.gram.device
+        bias = b_dec.to(device, torch.float64) - self.shift.to(device)
+        return torch.cat([W_dec.to(device, torch.float64), bias[None]])
+
     def metrics(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> Metrics:
         """The metrics of decoder ``W_dec`` [F, D] with output bias ``b_dec`` [D] on these codes."""
-        return _metrics(self.sse(W_dec, b_dec), self.x_sq, self.x_sum, self.active, self.n_tokens)
+        return metrics_from_sums(self.sse(W_dec, b_dec), self.moments, self.active)
+
+    def merge(self, other: DecoderStats) -> DecoderStats:
+        """The statistics of both token sets together (same SAE, disjoint tokens)."""
+        if other.gram.shape != self.gram.shape or other.cross.shape != self.cross.shape:
+            raise ShapeError(
+                f"DecoderStats.merge(): statistics of {self.width} and {other.width} features "
+                "cannot be combined"
+            )
+        if not torch.equal(self.shift, other.shift.to(self.shift.device)):
+            raise SaegeoError("DecoderStats.merge(): statistics of SAEs with different b_dec")
+        device = self.gram.device
+        return DecoderStats(
+            gram=self.gram + other.gram.to(device),
+            cross=self.cross + other.cross.to(device),
+            target_sq=self.target_sq + other.target_sq,
+            moments=self.moments.merge(other.moments),
+            active=self.active + other.active.to(self.active.device),
+            n_tokens=self.n_tokens + other.n_tokens,
+            shift=self.shift,
+        )
 
 
 class Refit(NamedTuple):
@@ -148,10 +172,6 @@ def decode_target(sae: SAE, x_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return normalization.decode_target(sae.normalize_activations, x_BD)
 
 
-def _theta(W_dec: torch.Tensor, b_dec: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return torch.cat([W_dec.to(device, torch.float64), b_dec.to(device, torch.float64)[None]])
-
-
 def _add_gram_(gram: torch.Tensor, acts_BF: torch.Tensor, w_B: torch.Tensor) -> None:
     """gram[:F, :F] += Σ_t w_t a_t a_tᵀ from the non-zeros of each row, in place.
 
@@ -183,34 +203,36 @@ def _add_gram_(gram: torch.Tensor, acts_BF: torch.Tensor, w_B: torch.Tensor) -> 
 @torch.no_grad()
 def accumulate_stats(
     sae: SAE,
-    acts: Acts,
+    acts: ActsLike,
     *,
     batch_size: int = 4096,
     limit: int | None = None,
     device: str | torch.device = "auto",
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> DecoderStats:
     """One streaming pass: the statistics of the decoder least-squares problem of ``sae``.
 
-    ``acts`` is an ActivationStore, a tensor [N, D] or a path. Memory is O(F²) for the Gram
+    ``acts`` is an ActivationStore, a tensor [N, D] or a path; ``progress`` as in
+    :mod:`saegeo.io.streaming`. Memory is O(F²) for the Gram
     matrix (float64), on ``device``. Beyond encoding, each batch costs one sparse × dense
     product, O(L0·(F + D)) per token, or, when the SAE is wide enough for that to cost more
     (see ``SPMM_RATIO``), O(L0² + L0·D) per token through the co-active pairs alone.
     """
-    store = _checked_store(sae, acts)
-    torch_device = resolve_device(device)
-    sae = sae.to(torch_device)
+    sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "accumulate_stats")
+    torch_device = batches.device
     width, d_in = sae.width, sae.d_in
     f64: dict[str, Any] = {"dtype": torch.float64, "device": torch_device}
     gram = torch.zeros(width + 1, width + 1, **f64)
     cross = torch.zeros(width + 1, d_in, **f64)
-    x_sum = torch.zeros(d_in, **f64)
+    moments = Moments(d_in, torch_device)
     active = torch.zeros(width, dtype=torch.long, device=torch_device)
-    target_sq = x_sq = 0.0
+    target_sq = 0.0
     n_tokens = 0
-    for x_BD in _batches(store, sae, batch_size, limit, torch_device, progress, "accumulate"):
+    shift_D = output_bias(sae).to(torch.float64)
+    for x_BD in batches:
         acts_BF = sae.encode(x_BD)
         y_BD, w_B = decode_target(sae, x_BD)
+        y_BD = y_BD.to(torch.float64) - shift_D
         rows, cols = acts_BF.nonzero(as_tuple=True)
         w64_B = w_B.to(torch.float64)
         codes_FB = torch.sparse_coo_tensor(
@@ -223,27 +245,26 @@ def accumulate_stats(
         pairs = int((torch.bincount(rows, minlength=x_BD.shape[0]) ** 2).sum())
         if width * rows.numel() <= SPMM_RATIO * pairs:
             # Σ_t w_t a_t [a_t, y_t, 1]ᵀ as one sparse × dense product: O(nnz·(F + D)).
-            rhs_BR = torch.cat([acts_BF.to(torch.float64), y_BD.to(torch.float64), ones_B1], 1)
+            rhs_BR = torch.cat([acts_BF.to(torch.float64), y_BD, ones_B1], 1)
             block_FR = torch.sparse.mm(codes_FB, rhs_BR)
             gram[:width, :width] += block_FR[:, :width]
             block_FR = block_FR[:, width:]
         else:
             # Wide and sparse: only the co-active pairs, O(Σ_t L0_t²).
             _add_gram_(gram, acts_BF, w_B)
-            block_FR = torch.sparse.mm(codes_FB, torch.cat([y_BD.to(torch.float64), ones_B1], 1))
+            block_FR = torch.sparse.mm(codes_FB, torch.cat([y_BD, ones_B1], 1))
         cross[:width] += block_FR[:, :d_in]
         gram[:width, width] += block_FR[:, d_in]
-        cross[width] += (w64_B[:, None] * y_BD.to(torch.float64)).sum(dim=0)
+        cross[width] += (w64_B[:, None] * y_BD).sum(dim=0)
         gram[width, width] += float(w_B.sum())
         active += torch.bincount(cols, minlength=width)
-        target_sq += float((w_B.to(torch.float64) * (y_BD.to(torch.float64) ** 2).sum(1)).sum())
-        x_sum += x_BD.sum(dim=0).to(torch.float64)
-        x_sq += float((x_BD.to(torch.float64) ** 2).sum())
+        target_sq += float((w_B.to(torch.float64) * (y_BD**2).sum(1)).sum())
+        moments.add(x_BD)
         n_tokens += x_BD.shape[0]
     if n_tokens == 0:
-        raise SaegeoError(f"activations {store.source}: no tokens to fit on")
+        raise SaegeoError(f"activations {batches.store.source}: no tokens to fit on")
     gram[width, :width] = gram[:width, width]
-    return DecoderStats(gram, cross, target_sq, x_sum, x_sq, active, n_tokens)
+    return DecoderStats(gram, cross, target_sq, moments, active, n_tokens, shift_D)
 
 
 def solve_decoder(
@@ -271,7 +292,7 @@ def solve_decoder(
             f"are for {width} features of d_in {stats.cross.shape[1]}"
         )
     device = stats.gram.device
-    theta0 = _theta(W_dec, b_dec, device)
+    theta0 = stats.theta(W_dec, b_dec)
     live_F = stats.active.to(device) > 0
     live = torch.nonzero(live_F).reshape(-1)
     unknowns = torch.cat([live, live.new_tensor([width])]) if fit_bias else live
@@ -299,7 +320,7 @@ def solve_decoder(
         raise SaegeoError("solve_decoder(): the solution is not finite; raise the ridge")
     return (
         theta[:width].to(W_dec.device, W_dec.dtype),
-        theta[width].to(b_dec.device, b_dec.dtype),
+        (theta[width] + stats.shift.to(device)).to(b_dec.device, b_dec.dtype),
         method,
     )
 
@@ -321,13 +342,13 @@ def with_decoder(sae: SAE, W_dec: torch.Tensor, b_dec: torch.Tensor) -> SAE:
 
 def refit_exact(
     sae: SAE,
-    acts: Acts,
+    acts: ActsLike,
     *,
     ridge: float = 1e-6,
     batch_size: int = 4096,
     limit: int | None = None,
     device: str | torch.device = "auto",
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Refit:
     """The MSE-optimal decoder for the codes of ``sae`` on ``acts``, from one pass.
 
@@ -360,86 +381,38 @@ def refit_exact(
     )
 
 
-# --------------------------------------------------------------------------- SGD refit
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
-def _fixed_code_metrics(
+def fixed_code_metrics(
     sae: SAE,
     decoders: list[tuple[torch.Tensor, torch.Tensor]],
-    store: ActivationStore,
+    acts: ActsLike,
     *,
-    batch_size: int,
-    limit: int | None,
-    progress: bool,
+    batch_size: int = 4096,
+    limit: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool | None = None,
 ) -> list[Metrics]:
-    """Metrics of several decoders (W_dec [F, D], output bias [D]) on the codes of ``sae``."""
-    device = sae.device
+    """Metrics of several decoders (W_dec [F, D], output bias [D]) on the codes of ``sae``.
+
+    One pass over ``acts``: every decoder reconstructs from the codes that ``sae`` computes,
+    so this is the error a refit minimises (see the module docstring).
+    """
+    sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "fixed_code_metrics")
     sse = [0.0] * len(decoders)
-    x_sum = torch.zeros(sae.d_in, dtype=torch.float64, device=device)
-    active = torch.zeros(sae.width, dtype=torch.long, device=device)
-    x_sq = 0.0
-    n_tokens = 0
-    for x_BD in _batches(store, sae, batch_size, limit, device, progress, "evaluate"):
+    moments = Moments(sae.d_in, batches.device)
+    active = torch.zeros(sae.width, dtype=torch.long, device=batches.device)
+    for x_BD in batches:
         acts_BF = sae.encode(x_BD)
         y_BD, w_B = decode_target(sae, x_BD)
         for i, (W_dec, b_dec) in enumerate(decoders):
-            error_BD = y_BD - (acts_BF @ W_dec.to(device, sae.dtype) + b_dec.to(device, sae.dtype))
+            W_dec, b_dec = W_dec.to(sae.device, sae.dtype), b_dec.to(sae.device, sae.dtype)
+            error_BD = y_BD - (acts_BF @ W_dec + b_dec)
             sse[i] += float((w_B.double() * (error_BD.double() ** 2).sum(dim=1)).sum())
-        x_sum += x_BD.sum(dim=0).double()
-        x_sq += float((x_BD.double() ** 2).sum())
+        moments.add(x_BD)
         active += (acts_BF != 0).sum(dim=0)
-        n_tokens += x_BD.shape[0]
-    if n_tokens == 0:
-        raise SaegeoError(f"activations {store.source}: no tokens to evaluate on")
-    return [_metrics(value, x_sq, x_sum, active, n_tokens) for value in sse]
-
-
-def _metrics(
-    sse: float, x_sq: float, x_sum: torch.Tensor, active: torch.Tensor, n_tokens: int
-) -> Metrics:
-    n = max(n_tokens, 1)
-    total = x_sq - float((x_sum.double() ** 2).sum()) / n
-    return Metrics(
-        mse=sse / n,
-        fvu=sse / total if total > 0 else float("nan"),
-        l0=float(active.sum()) / n,
-        dead_fraction=float((active == 0).double().mean()) if active.numel() else 0.0,
-        n_tokens=n_tokens,
-        freq=(active.double() / n).float().cpu(),
-    )
-
-
-def _checked_store(sae: SAE, acts: Acts) -> ActivationStore:
-    store = as_store(acts)
-    if store.d_in != sae.d_in:
-        raise ShapeError(
-            f"activations {store.source} have d_in={store.d_in}, but {sae.name} "
-            f"expects d_in={sae.d_in}"
-        )
-    return store
-
-
-def _batches(
-    store: ActivationStore,
-    sae: SAE,
-    batch_size: int,
-    limit: int | None,
-    device: torch.device,
-    progress: bool,
-    what: str,
-):  # type: ignore[no-untyped-def]
-    total = store.n_tokens if limit is None else min(limit, store.n_tokens)
-    with tqdm(
-        total=total,
-        desc=f"{what} {sae.name}",
-        unit="tok",
-        leave=False,
-        disable=None if progress else True,
-    ) as bar:
-        for x_BD in store.iter_batches(batch_size, limit=limit, dtype=sae.dtype, device=device):
-            yield x_BD
-            bar.update(x_BD.shape[0])
+    if moments.n == 0:
+        raise SaegeoError(f"activations {batches.store.source}: no tokens to evaluate on")
+    return [metrics_from_sums(value, moments, active) for value in sse]

@@ -16,19 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from saegeo.core.devices import resolve_device
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
 from saegeo.io.atomic import atomic_file
+from saegeo.io.streaming import ActsLike, progress_bar, sae_stream
 from saegeo.stitch.refit import (
-    Acts,
     Refit,
-    _checked_store,
-    _fixed_code_metrics,
     decode_target,
     fits_bias,
+    fixed_code_metrics,
     output_bias,
     with_decoder,
 )
@@ -38,7 +35,7 @@ CHECKPOINT_FORMAT = "saegeo.stitch.refit_sgd.v1"
 
 def refit_sgd(
     sae: SAE,
-    acts: Acts,
+    acts: ActsLike,
     *,
     tokens: int | None = None,
     lr: float = 1e-3,
@@ -50,7 +47,7 @@ def refit_sgd(
     checkpoint_every: int = 100,
     max_seconds: float | None = None,
     callback: Callable[[int, float], None] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Refit:
     """Train the decoder (and, for additive SAEs, ``b_dec``) with Adam, codes fixed.
 
@@ -60,14 +57,14 @@ def refit_sgd(
     state every ``checkpoint_every`` steps and at the end, atomically; calling again with the
     same arguments resumes from it (a finished run returns at once). ``max_seconds`` stops
     early (the state is checkpointed); ``callback(step, loss)`` runs after every step. The
-    result's metrics come from one more pass over the fitting tokens.
+    result's metrics come from one more pass over the fitting tokens. ``progress`` as in
+    :mod:`saegeo.io.streaming`.
     """
-    store = _checked_store(sae, acts)
-    torch_device = resolve_device(device)
-    sae = sae.to(torch_device)
-    n_data = store.n_tokens if limit is None else min(limit, store.n_tokens)
+    sae, batches = sae_stream(sae, acts, batch_size, limit, device, False, "refit_sgd")
+    torch_device = batches.device
+    n_data = batches.n_tokens
     if n_data == 0:
-        raise SaegeoError(f"activations {store.source}: no tokens to fit on")
+        raise SaegeoError(f"activations {batches.store.source}: no tokens to fit on")
     tokens = 10 * n_data if tokens is None else int(tokens)
     if tokens < 1 or lr <= 0 or checkpoint_every < 1 or not 0 <= decay_fraction <= 1:
         raise SaegeoError(
@@ -106,20 +103,11 @@ def refit_sgd(
             _save_checkpoint(path, fingerprint, step, W_dec, b_out, optimizer)
 
     start = time.perf_counter()
-    bar = tqdm(
-        total=total_steps,
-        initial=step,
-        desc=f"sgd refit {sae.name}",
-        unit="step",
-        disable=None if progress else True,
-        leave=False,
-    )
+    bar = progress_bar(total_steps, f"sgd refit {sae.name}", progress, initial=step, unit="step")
     try:
         while step < total_steps:
             skip = step % batches_per_pass
-            for i, x_BD in enumerate(
-                store.iter_batches(batch_size, limit=n_data, device=torch_device)
-            ):
+            for i, x_BD in enumerate(batches):
                 if i < skip:
                     continue
                 with torch.no_grad():
@@ -148,12 +136,13 @@ def refit_sgd(
     finally:
         bar.close()
     W_new, b_new = W_dec.detach().to(sae.dtype), b_out.detach().to(sae.dtype)
-    before, after = _fixed_code_metrics(
+    before, after = fixed_code_metrics(
         sae,
         [(sae.W_dec, output_bias(sae)), (W_new, b_new)],
-        store,
+        batches.store,
         batch_size=batch_size,
         limit=n_data,
+        device=torch_device,
         progress=progress,
     )
     return Refit(

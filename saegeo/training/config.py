@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, get_args
 
-from saegeo.errors import SaegeoError
+from saegeo.config import fail
 from saegeo.training import losses
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class TrainConfig:
     log_every: int = 25
     """Steps between entries of the training history."""
     progress: bool | None = None
-    """Show a progress bar; None shows it on a terminal."""
+    """Progress bar: None on a terminal, True always, False never."""
 
     def __post_init__(self) -> None:
         choices = {
@@ -141,28 +141,31 @@ class TrainConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise SaegeoError(
-                    f"TrainConfig: {name} must be one of {', '.join(allowed)}, "
-                    f"got {getattr(self, name)!r}"
-                )
+                fail(self, name, f"choose one of {', '.join(allowed)}")
         positive = ("k", "tokens", "batch_size", "n_prefixes", "log_every", "shuffle_tokens")
         for name in positive:
             if getattr(self, name) < 1:
-                raise SaegeoError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
+                fail(self, name, "must be >= 1")
         if self.width is not None and self.width < 1:
-            raise SaegeoError(f"TrainConfig: width must be >= 1, got {self.width}")
-        if self.lr <= 0 or (self.sparsity_coefficient or 0) < 0:
-            raise SaegeoError("TrainConfig: lr must be > 0 and sparsity_coefficient >= 0")
+            fail(self, "width", "must be >= 1")
+        if self.lr <= 0:
+            fail(self, "lr", "must be > 0")
+        if (self.sparsity_coefficient or 0) < 0:
+            fail(self, "sparsity_coefficient", "must be >= 0")
         if not 0 <= self.lr_warmup + self.lr_decay <= 1:
-            raise SaegeoError("TrainConfig: lr_warmup + lr_decay must lie in [0, 1]")
-        if self.eval_tokens < 0 or self.dead_tokens < 1:
-            raise SaegeoError("TrainConfig: eval_tokens must be >= 0 and dead_tokens >= 1")
+            fail(
+                self,
+                "lr_decay",
+                f"lr_warmup + lr_decay must lie in [0, 1] (lr_warmup={self.lr_warmup})",
+            )
+        if self.eval_tokens < 0:
+            fail(self, "eval_tokens", "must be >= 0")
+        if self.dead_tokens < 1:
+            fail(self, "dead_tokens", "must be >= 1")
         if self.matryoshka_widths is not None:
             widths = list(self.matryoshka_widths)
             if not widths or widths != sorted(set(widths)) or widths[0] < 1:
-                raise SaegeoError(
-                    f"TrainConfig: matryoshka_widths must rise strictly from >= 1, got {widths}"
-                )
+                fail(self, "matryoshka_widths", "must rise strictly from >= 1")
 
     @property
     def architecture(self) -> TrainingArchitecture:

@@ -33,16 +33,16 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from tqdm.auto import tqdm
 
 from saegeo.core.devices import fast_bfloat16, resolve_device
 from saegeo.core.family import Family
 from saegeo.core.sae import SAE
-from saegeo.effects.metrics import Metrics, evaluate
-from saegeo.errors import SaegeoError
+from saegeo.effects.metrics import Metrics, Moments, evaluate
+from saegeo.errors import ArgumentError, SaegeoError
 from saegeo.io.atomic import write_json, write_text
 from saegeo.io.formats import save_sae
-from saegeo.io.store import ActivationStore, as_store
+from saegeo.io.store import ActivationStore
+from saegeo.io.streaming import ActsLike, checked_store, progress_bar
 from saegeo.training.config import (
     TRAIN_ARCHS,
     TrainConfig,
@@ -172,7 +172,7 @@ def _shuffled_batches(
 
 
 def train_sae(
-    acts: ActivationStore | torch.Tensor | str | os.PathLike[str],
+    acts: ActsLike,
     config: TrainConfig | None = None,
 ) -> tuple[SAE, TrainReport]:
     """Train one SAE on ``acts`` (a store, tensor [N, d_in] or path) and report on it.
@@ -186,13 +186,13 @@ def train_sae(
         ('topk', 64, True)
     """
     config = config or TrainConfig()
-    store = as_store(acts)
+    store = checked_store(acts)
     device = resolve_device(config.device)
     width = config.width or 8 * store.d_in
     config = config.with_width(width)
     arch = config.architecture
     if arch.sparsity in ("topk", "batchtopk") and config.k > width:
-        raise SaegeoError(f"TrainConfig: k={config.k} exceeds the width {width}")
+        raise ArgumentError("k", config.k, f"exceeds the width {width}", owner="TrainConfig")
     n_eval = min(config.eval_tokens, store.n_tokens // 5)
     n_train = store.n_tokens - n_eval
     if n_train < 1:
@@ -228,13 +228,12 @@ def train_sae(
     threshold_rate = min(1.0, max(config.threshold_lr, 10 / steps))
     loss_value = float("nan")
     started = time.perf_counter()
-    with tqdm(
-        total=steps * batch_size,
-        desc=f"train {config.arch}-{width}",
+    with progress_bar(
+        steps * batch_size,
+        f"train {config.arch}-{width}",
+        config.progress,
         unit="tok",
         unit_scale=True,
-        disable=_no_progress(config),
-        leave=False,
     ) as bar:
         for step in range(steps):
             x_BD = next(batches) * scale
@@ -260,12 +259,14 @@ def train_sae(
                 state.coefficient *= math.exp(0.02 if out.l0 > target else -0.02)
             loss_value = out.loss.item()
             if not math.isfinite(loss_value):
-                raise SaegeoError(
-                    f"training {config.arch}-{width} diverged at step {step}; "
-                    f"lower --lr (now {config.lr})"
+                raise ArgumentError(
+                    "lr",
+                    config.lr,
+                    f"training {config.arch}-{width} diverged at step {step}; lower it",
+                    owner="TrainConfig",
                 )
             if step % config.log_every == 0 or step == steps - 1:
-                total_var = float((x_BD - x_BD.mean(0)).pow(2).sum(1).mean())
+                total_var = Moments.of(x_BD.detach()).m2 / x_BD.shape[0]
                 entry = {
                     "step": step,
                     "tokens": (step + 1) * batch_size,
@@ -282,7 +283,9 @@ def train_sae(
     metrics = None
     if n_eval:
         held_out = torch.cat(list(_iter_rows(store, 0, n_eval, 8192, torch.device("cpu"))))
-        metrics = evaluate(sae, held_out, batch_size=min(4096, config.batch_size), device=device)
+        metrics = evaluate(
+            sae, held_out, batch_size=min(4096, config.batch_size), device=device, progress=False
+        )
     report = TrainReport(
         arch=config.arch,
         width=width,
@@ -317,10 +320,6 @@ def _matmul_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
         low = config.architecture.sparsity != "pursuit" and fast_bfloat16(device)
         return torch.bfloat16 if low else torch.float32
     return torch.bfloat16 if config.matmul_dtype == "bfloat16" else torch.float32
-
-
-def _no_progress(config: TrainConfig) -> bool | None:
-    return None if config.progress is None else not config.progress
 
 
 @torch.no_grad()
@@ -374,7 +373,7 @@ def _config_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def train_family(
-    acts: ActivationStore | torch.Tensor | str | os.PathLike[str],
+    acts: ActsLike,
     widths: Sequence[int],
     config: TrainConfig | None = None,
     out_dir: str | os.PathLike[str] | None = None,
@@ -394,7 +393,7 @@ def train_family(
         raise SaegeoError(
             f"train_family(): widths must be distinct positive integers, got {list(widths)}"
         )
-    store = as_store(acts)
+    store = checked_store(acts)
     out = Path(out_dir) if out_dir is not None else None
     saes: list[SAE] = []
     reports: list[TrainReport] = []

@@ -22,7 +22,6 @@ and figures (:func:`node_id`, :func:`parse_node_id`).
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, get_args
 
@@ -38,7 +37,7 @@ from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
 from saegeo.geometry.masked_cosine import masked_cosine
 from saegeo.geometry.similarity import decoder_cosine_pairs
-from saegeo.io.store import ActivationStore, as_store
+from saegeo.io.streaming import ActsLike, checked_store
 
 Metric = Literal["decoder_cosine", "masked_cosine"]
 RankBy = Literal["size", "split"]
@@ -105,7 +104,7 @@ def feature_dag(
     *,
     metric: Metric = "decoder_cosine",
     threshold: float | None = None,
-    acts: ActivationStore | torch.Tensor | str | None = None,
+    acts: ActsLike | None = None,
     batch_size: int = 4096,
     limit: int | None = None,
     device: str | torch.device = "auto",
@@ -132,7 +131,8 @@ def feature_dag(
         ``device`` also runs the decoder cosines
         (:func:`saegeo.geometry.similarity.decoder_cosine_pairs`, blocked, so memory stays bounded).
     progress
-        Show progress bars; None shows them when stderr is a terminal.
+        Show progress bars: None on a terminal, True always, False never
+        (:mod:`saegeo.io.streaming`).
 
     Returns
     -------
@@ -188,13 +188,12 @@ def feature_dag(
             for j in range(entry["width"])
         )
 
-    store = as_store(acts) if acts is not None else None
-    show = sys.stderr.isatty() if progress is None else bool(progress)
+    store = checked_store(acts) if acts is not None else None
 
     def encode(level: int) -> sp.csr_matrix:
         assert store is not None
         codes = encode_codes(
-            fam[level], store, batch_size=batch_size, limit=limit, device=device, progress=show
+            fam[level], store, batch_size=batch_size, limit=limit, device=device, progress=progress
         )
         _set_activation_stats(G, level, codes)
         return codes
@@ -205,7 +204,7 @@ def feature_dag(
         codes_next = encode(level + 1) if store is not None else None
         if metric == "decoder_cosine":
             M = decoder_cosine_pairs(
-                small, large, threshold=threshold, device=device, progress=show
+                small, large, threshold=threshold, device=device, progress=progress
             ).tocoo()
         else:
             M = masked_cosine(
@@ -214,7 +213,7 @@ def feature_dag(
                 directed=True,
                 scale_by_max=True,
                 min_score=threshold,
-                progress=show,
+                progress=progress,
             ).tocoo()
         G.add_edges_from(
             ((level, int(i)), (level + 1, int(j)), {"score": float(s)})

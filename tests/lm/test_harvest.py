@@ -144,9 +144,9 @@ def test_whole_source_drops_only_the_last_partial_context(tiny_lm, texts, tmp_pa
 
 
 def test_bad_inputs_raise_saegeo_errors(tiny_lm, texts, tmp_path):
-    with pytest.raises(SaegeoError, match="--layer 2"):
+    with pytest.raises(SaegeoError, match=r"^HarvestConfig\.layer=2: model "):
         run(tiny_lm, texts, tmp_path / "a", layer=2)
-    with pytest.raises(SaegeoError, match="--dtype"):
+    with pytest.raises(SaegeoError, match=r"^HarvestConfig\.dtype='int8': choose one of"):
         run(tiny_lm, texts, tmp_path / "a", dtype="int8")
     with pytest.raises(SaegeoError, match="tokenizer"):
         harvest(tiny_lm[0], texts, tmp_path / "a", layer=0)
@@ -257,5 +257,5 @@ def test_skip_first_leaves_out_the_first_positions(tiny_lm, texts, tmp_path):
     np.testing.assert_array_equal(
         skipped.token_ids().reshape(4, 13), full.token_ids().reshape(4, 15)[:, 2:]
     )
-    with pytest.raises(SaegeoError, match="--context"):
+    with pytest.raises(SaegeoError, match=r"^HarvestConfig\.context=3: must be at least 4"):
         run(tiny_lm, texts, tmp_path / "bad", context=3, skip_first=2)

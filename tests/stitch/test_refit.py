@@ -61,7 +61,11 @@ def test_stats_match_dense_reference(monkeypatch, normalize, route):
     stats = accumulate_stats(sae, x, batch_size=64, device="cpu", progress=False)
     z, y, w = design(sae, x)
     torch.testing.assert_close(stats.gram, z.T @ (w[:, None] * z), rtol=1e-7, atol=1e-7)
+    # Targets are accumulated relative to the SAE's output bias.
+    y = y - output_bias(sae).double()
+    torch.testing.assert_close(stats.shift, output_bias(sae).double())
     torch.testing.assert_close(stats.cross, z.T @ (w[:, None] * y), rtol=1e-5, atol=1e-4)
+    assert stats.target_sq == pytest.approx(float((w * (y**2).sum(1)).sum()), rel=1e-9)
     assert stats.active.tolist() == (sae.encode(x) != 0).sum(0).tolist()
     assert stats.n_tokens == N
     # The statistics give the input-space metrics that evaluate() measures directly.
@@ -242,3 +246,27 @@ def test_gpu_refit_matches_cpu():
     torch.testing.assert_close(gpu.sae.W_dec.cpu(), cpu.sae.W_dec, rtol=1e-3, atol=1e-4)
     sgd = refit_sgd(sae, x, tokens=10 * N, batch_size=100, device="cuda", progress=False)
     assert sgd.sae.W_dec.device.type == "cuda"
+
+
+def test_stats_of_two_shards_merge_into_the_stats_of_both():
+    sae, x = random_sae(), acts() + 1e3
+    whole = accumulate_stats(sae, x, device="cpu", progress=False)
+    first = accumulate_stats(sae, x[:150], device="cpu", progress=False)
+    second = accumulate_stats(sae, x[150:], device="cpu", progress=False)
+    merged = first.merge(second)
+    assert merged.n_tokens == whole.n_tokens and torch.equal(merged.active, whole.active)
+    torch.testing.assert_close(merged.gram, whole.gram)
+    torch.testing.assert_close(merged.cross, whole.cross)
+    assert merged.target_sq == pytest.approx(whole.target_sq, rel=1e-12)
+    assert merged.moments.m2 == pytest.approx(whole.moments.m2, rel=1e-10)
+    b_out = output_bias(sae)
+    assert merged.metrics(sae.W_dec, b_out).fvu == pytest.approx(
+        whole.metrics(sae.W_dec, b_out).fvu, rel=1e-9
+    )
+    # Selecting features commutes with merging.
+    idx = [0, 3, 7]
+    torch.testing.assert_close(
+        first.select(idx).merge(second.select(idx)).cross, whole.select(idx).cross
+    )
+    with pytest.raises(SaegeoError, match="b_dec"):
+        first.merge(accumulate_stats(random_sae(), x[:10], device="cpu", progress=False))

@@ -200,6 +200,29 @@ def test_bad_configs_raise(store: ActivationStore) -> None:
         train_family(store, [], _config())
 
 
+def test_errors_name_python_fields_and_the_cli_names_flags(tmp_path, capsys) -> None:
+    with pytest.raises(SaegeoError, match=r"^TrainConfig\.k=0: must be >= 1$"):
+        TrainConfig(k=0)
+    with pytest.raises(SaegeoError, match=r"^TrainConfig\.lr=-1\.0: must be > 0$"):
+        TrainConfig(lr=-1.0)
+    x = torch.randn(2000, 8)
+    diverging = TrainConfig(
+        arch="relu", width=16, tokens=4000, batch_size=200, lr=1e8, eval_tokens=0, progress=False
+    )
+    with pytest.raises(SaegeoError, match=r"^TrainConfig\.lr=100000000\.0: training relu-16 "):
+        train_sae(x, diverging)
+    acts = tmp_path / "acts.npy"
+    np.save(acts, x.numpy())
+    base = ["train", "--acts", str(acts), "--widths", "16", "--out", str(tmp_path / "f")]
+    assert main([*base, "--k", "0"]) == 2
+    assert capsys.readouterr().err == "saegeo train: error: --k 0: must be >= 1\n"
+    flags = ["--arch", "relu", "--lr", "1e8", "--tokens", "4000", "--batch-size", "200"]
+    assert main([*base, *flags, "--eval-tokens", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("saegeo train: error: --lr 100000000.0: training relu-16 diverged")
+    assert err.endswith("; lower it\n") and "TrainConfig" not in err
+
+
 def test_cli_train(tmp_path, capsys, store: ActivationStore) -> None:
     acts = tmp_path / "acts.npy"
     np.save(acts, store.read(limit=20_000).numpy())

@@ -1,0 +1,78 @@
+"""Stitching settings: which features a Frankenstein SAE takes, how its decoder is refit."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import torch
+
+from saegeo.config import fail, override
+
+Retrain = Literal["exact", "sgd", "none"]
+RETRAINS: tuple[str, ...] = get_args(Retrain)
+
+
+@dataclass(frozen=True)
+class StitchConfig:
+    """How :func:`saegeo.frankenstein` stitches a family and refits the decoder.
+
+    Examples:
+        >>> config = StitchConfig(threshold=0.6, retrain="none")
+        >>> config.with_overrides(swap=True).swap
+        True
+    """
+
+    threshold: float = 0.7
+    """A member feature is added iff its largest decoder cosine to the Frankenstein so far is
+    <= this (and swap groups join features whose cosine is > this); in [-1, 1]."""
+    upto: int | None = None
+    """Use the members of width <= ``upto``; a value below the narrowest width is a member
+    index instead (inclusive). None uses every member."""
+    swap: bool = False
+    """Also swap each swap group's wider features in for its narrower ones."""
+    retrain: Retrain = "exact"
+    """Decoder refit with the encoder frozen: ``exact`` (least squares,
+    :func:`saegeo.refit_exact`), ``sgd`` (Adam, :func:`saegeo.refit_sgd`) or ``none``."""
+    ridge: float = 1e-6
+    """``exact``: ridge towards the current decoder, relative to the mean Gram diagonal."""
+    sgd_tokens: int | None = None
+    """``sgd``: training tokens; None means 10 passes over the activations."""
+    sgd_lr: float = 1e-3
+    """``sgd``: Adam learning rate."""
+    checkpoint: str | os.PathLike[str] | None = None
+    """``sgd``: a resumable checkpoint file of the last step's training."""
+    batch_size: int = 4096
+    """Tokens per batch of every pass over the activations."""
+    limit: int | None = None
+    """Use only the first ``limit`` tokens of the activations (None: all)."""
+    device: str | torch.device = "auto"
+    """Where to compute; ``auto`` is CUDA when present."""
+    progress: bool | None = None
+    """Progress bars: None on a terminal, True always, False never."""
+
+    def __post_init__(self) -> None:
+        if self.retrain not in RETRAINS:
+            fail(self, "retrain", f"choose one of {', '.join(RETRAINS)}")
+        if isinstance(self.threshold, bool) or not (
+            isinstance(self.threshold, (int, float)) and -1.0 <= self.threshold <= 1.0
+        ):
+            fail(self, "threshold", "must be a number in [-1, 1]")
+        if self.upto is not None and self.upto < 0:
+            fail(self, "upto", "must be a width or member index >= 0")
+        if not (math.isfinite(self.ridge) and self.ridge >= 0):
+            fail(self, "ridge", "must be >= 0")
+        if self.sgd_tokens is not None and self.sgd_tokens < 1:
+            fail(self, "sgd_tokens", "must be >= 1")
+        if not (math.isfinite(self.sgd_lr) and self.sgd_lr > 0):
+            fail(self, "sgd_lr", "must be > 0")
+        if self.batch_size < 1:
+            fail(self, "batch_size", "must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            fail(self, "limit", "must be >= 1")
+
+    def with_overrides(self, **overrides: Any) -> StitchConfig:
+        """This configuration with some fields replaced (an unknown name raises an error)."""
+        return override(self, overrides)
