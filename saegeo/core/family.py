@@ -6,6 +6,8 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import torch
+
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError, ShapeError
 from saegeo.io.formats import load_sae
@@ -63,6 +65,23 @@ class Family(Sequence[SAE]):
         return cls(saes)
 
     @classmethod
+    def from_pretrained(
+        cls,
+        release: str,
+        sae_ids: Sequence[str] | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+    ) -> Family:
+        """SAEs of a published release (see :func:`saegeo.load_pretrained`).
+
+        ``sae_ids=None`` takes every SAE of the release on the first one's site, sorted by
+        width; files come through the Hugging Face cache.
+        """
+        from saegeo.io.pretrained import family_from_pretrained
+
+        return family_from_pretrained(release, sae_ids, dtype=dtype)
+
+    @classmethod
     def from_matryoshka(cls, sae: SAE) -> Family:
         """The nested prefixes of a Matryoshka SAE, one member per entry of its widths."""
         widths = sorted({int(w) for w in sae.metadata.get("matryoshka_widths", [])})
@@ -110,7 +129,10 @@ class Family(Sequence[SAE]):
 
 
 def _is_sae_dir(path: Path) -> bool:
-    return any((path / name).exists() for name in ("cfg.json", "ae.pt", "sae_weights.safetensors"))
+    return any(
+        (path / name).exists()
+        for name in ("cfg.json", "ae.pt", "sae_weights.safetensors", "params.npz")
+    )
 
 
 def _source(sae: SAE) -> str:

@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from saegeo.core.feature_info import select_metadata
 from saegeo.core.pursuit import choose_method, matching_pursuit
 from saegeo.errors import SaegeoError, ShapeError
 
@@ -296,9 +297,7 @@ class SAE:
             "b_enc": self.b_enc[idx_F],
             "W_dec": self.W_dec[idx_F],
             "threshold": None if self.threshold is None else self.threshold[idx_F],
-            "metadata": {
-                key: value for key, value in self.metadata.items() if key != "matryoshka_widths"
-            },
+            "metadata": select_metadata(self.metadata, idx_F, self.width),
         }
         if self.arch == "topk":
             changes["k"] = min(int(self.k or 1), max(1, idx_F.numel()))

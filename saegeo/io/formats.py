@@ -20,6 +20,8 @@ from safetensors.torch import save_file
 from saegeo.core.sae import SAE
 from saegeo.errors import FormatError, SaegeoError
 from saegeo.io.atomic import atomic_dir
+from saegeo.io.gemma_scope import PARAMS_FILE, load_params_npz
+from saegeo.io.saelens_config import upgrade_config
 
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -54,6 +56,8 @@ def load_sae(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32
         sae = _load_sparsify(path)
     elif (path / DICTLEARN_WEIGHTS).exists():
         sae = _load_dictionary_learning(path)
+    elif (path / PARAMS_FILE).exists():  # Gemma Scope
+        sae = load_params_npz(path / PARAMS_FILE)
     else:
         raise FormatError(
             f"{path}: no SAE files found; expected {SAELENS_CFG} + {SAELENS_WEIGHTS} (SAELens), "
@@ -156,7 +160,7 @@ def _fold_decoder_norm(
 
 
 def _load_saelens(path: Path) -> SAE:
-    cfg = _read_json(path / SAELENS_CFG)
+    cfg = upgrade_config(_read_json(path / SAELENS_CFG))  # pre-6.0 configs as SAELens reads them
     weights = _read_safetensors(path / SAELENS_WEIGHTS)
     source = path / SAELENS_WEIGHTS
     arch = cfg.get("architecture", "standard")
