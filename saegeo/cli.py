@@ -10,13 +10,18 @@ from collections.abc import Sequence
 from saegeo.errors import SaegeoError
 
 EXIT_USER_ERROR = 2
+SAE_PATHS_HELP = (
+    "SAEs of one family: directories, a directory of them, or published SAEs named "
+    "sae-lens:RELEASE/SAE_ID (one SAE), sae-lens:RELEASE (the release's family on one site) "
+    "or hf:ORG/NAME/FOLDER (a Hugging Face repository folder)"
+)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from saegeo.core.describe import describe_sae
-    from saegeo.core.family import Family
+    from saegeo.io.pretrained import load_family_spec
 
-    family = Family.load(args.paths)
+    family = load_family_spec(args.paths)
     for sae in family:
         print(describe_sae(sae))
     if len(family) > 1:
@@ -35,10 +40,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_classify(args: argparse.Namespace) -> int:
     from saegeo.effects.novelty import novelty_table
     from saegeo.io.atomic import write_text
-    from saegeo.io.formats import load_sae
+    from saegeo.io.pretrained import load_sae_spec
     from saegeo.io.store import ActivationStore
 
-    small, large = load_sae(args.small), load_sae(args.large)
+    small, large = load_sae_spec(args.small), load_sae_spec(args.large)
     if small.d_in != large.d_in:
         raise SaegeoError(
             f"{args.large}: d_in={large.d_in} but {args.small} has d_in={small.d_in}; "
@@ -65,8 +70,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _cmd_tree(args: argparse.Namespace) -> int:
-    from saegeo.core.family import Family
     from saegeo.io.atomic import write_json
+    from saegeo.io.pretrained import RELEASE_PREFIX, load_family_spec
     from saegeo.io.store import ActivationStore
     from saegeo.trees.dag import feature_dag, feature_tree, forest, node_id, parse_node_id
     from saegeo.trees.tree_json import forest_to_json, read_labels, tree_to_json
@@ -74,7 +79,11 @@ def _cmd_tree(args: argparse.Namespace) -> int:
 
     root = None if args.all else parse_node_id(args.root, name="--root")
     labels = read_labels(args.labels) if args.labels else None
-    family = Family.load(args.paths)
+    if args.neuronpedia and root is None:
+        raise SaegeoError("--neuronpedia: prints the quick list of one tree; use it with --root")
+    if bool(args.paths) == bool(args.release):
+        raise SaegeoError("give the family as PATH... or as --release RELEASE (one of the two)")
+    family = load_family_spec(args.paths or [RELEASE_PREFIX + args.release])
     if root is not None and not (root[0] < len(family) and root[1] < family.widths[root[0]]):
         raise SaegeoError(
             f"--root {node_id(root)}: no such feature; levels have widths "
@@ -102,17 +111,21 @@ def _cmd_tree(args: argparse.Namespace) -> int:
     if args.html:
         save_html(tree_figure(T, labels=labels), args.html)
     print(f"tree {node_id(root)}: {T.number_of_nodes()} features -> {args.out}")
+    if args.neuronpedia:
+        from saegeo.trees.neuronpedia import tree_quick_list
+
+        print(f"Neuronpedia: {tree_quick_list(T, name=f'saegeo tree {node_id(root)}')}")
     return 0
 
 
 def _cmd_stitch(args: argparse.Namespace) -> int:
-    from saegeo.core.family import Family
     from saegeo.io.atomic import atomic_dir, write_json
     from saegeo.io.formats import save_sae
+    from saegeo.io.pretrained import load_family_spec
     from saegeo.io.store import ActivationStore
     from saegeo.stitch.frankenstein import frankenstein
 
-    family = Family.load(args.paths)
+    family = load_family_spec(args.paths)
     acts = ActivationStore.open(args.acts)
     sae, report = frankenstein(
         family,
@@ -228,17 +241,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="saegeo",
         description="Geometry of features across SAE families: splitting, novel features, "
         "feature trees and Frankenstein SAEs.",
+        epilog="SAE NAMES: wherever a command takes an SAE directory it also takes a published "
+        "SAE: sae-lens:RELEASE/SAE_ID (a release of SAELens's registry, e.g. "
+        "sae-lens:gpt2-small-res-jb-feature-splitting/blocks.8.hook_resid_pre_768), "
+        "sae-lens:RELEASE (every SAE of the release on its first SAE's site) or "
+        "hf:ORG/NAME/FOLDER (a folder of a Hugging Face repository). Files come through the "
+        "Hugging Face cache; with HF_HUB_OFFLINE=1 only the cache is read.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="describe SAEs: architecture, sizes, L0 settings, norms")
-    p.add_argument("paths", nargs="+", help="SAE directories, or a directory of them")
+    p.add_argument("paths", nargs="+", help=SAE_PATHS_HELP)
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("classify", help="novel vs reconstruction features of a larger SAE")
-    p.add_argument("small", help="the smaller SAE (directory)")
-    p.add_argument("large", help="the larger SAE (directory)")
+    p.add_argument("small", help="the smaller SAE (directory, or sae-lens:RELEASE/SAE_ID)")
+    p.add_argument("large", help="the larger SAE (directory, or sae-lens:RELEASE/SAE_ID)")
     p.add_argument(
         "--threshold",
         type=float,
@@ -258,7 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_classify)
 
     p = sub.add_parser("tree", help="feature tree (or forest) across the widths of a family")
-    p.add_argument("paths", nargs="+", help="SAE directories of one family, or a directory of them")
+    p.add_argument("paths", nargs="*", help=SAE_PATHS_HELP)
+    p.add_argument(
+        "--release", help="instead of PATH...: the family of a published release (sae-lens:RELEASE)"
+    )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--root", help="root feature LEVEL/FEATURE (level 0 is the narrowest SAE)")
     which.add_argument("--all", action="store_true", help="every tree (forest), ranked")
@@ -289,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--labels", help="JSON object of labels by LEVEL/FEATURE, shown on hover")
     p.add_argument(
+        "--neuronpedia",
+        action="store_true",
+        help="--root: print a Neuronpedia quick-list URL of the tree's features (published SAEs)",
+    )
+    p.add_argument(
         "--rank-by",
         choices=["size", "split"],
         default="size",
@@ -310,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_tree)
 
     p = sub.add_parser("stitch", help="Frankenstein SAE: stitch novel features across widths")
-    p.add_argument("paths", nargs="+", help="SAE directories of one family, or a directory of them")
+    p.add_argument("paths", nargs="+", help=SAE_PATHS_HELP)
     p.add_argument("--acts", required=True, help="activations (.npy, .safetensors or store dir)")
     p.add_argument("--out", required=True, help="output directory (SAELens layout + report.json)")
     p.add_argument(

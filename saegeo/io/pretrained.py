@@ -42,6 +42,7 @@ from saegeo.core.sae import SAE
 from saegeo.errors import FormatError, SaegeoError
 from saegeo.io.formats import load_sae
 from saegeo.io.gemma_scope import PARAMS_FILE, load_params_npz
+from saegeo.io.gemma_scope import site_metadata as gemma_site_metadata
 from saegeo.io.hub import fetch, offline
 from saegeo.io.registry import Release, get_release, releases
 from saegeo.io.saelens_config import upgrade_config
@@ -202,13 +203,23 @@ def load_family_spec(
 # ---------------------------------------------------------------------------- one folder
 
 
-def _load_folder(
-    repo_id: str,
-    folder: str,
-    known: tuple[Release, str] | None,
-    *,
-    dtype: torch.dtype,
-) -> SAE:
+@dataclass(frozen=True)
+class _Located:
+    """One SAE folder of a repository, with its registry entry where it has one."""
+
+    repo_id: str
+    folder: str
+    entry: Release | None
+    sae_id: str | None
+    what: str
+    loader: str | None
+
+    def file(self, name: str) -> str:
+        prefix = self.folder.strip("/")
+        return f"{prefix}/{name}" if prefix else name
+
+
+def _locate(repo_id: str, folder: str, known: tuple[Release, str] | None) -> _Located:
     entry, sae_id = known if known is not None else (None, None)
     what = (
         f"release {entry.name}, SAE {sae_id}"
@@ -221,53 +232,105 @@ def _load_folder(
             f"{what}: its files need SAELens's {loader!r} loader, which saegeo does not read; "
             "saegeo reads SAELens, Gemma Scope (gemma_2) and dictionary_learning_1 releases"
         )
-    file = _join(folder)
-    cfg: dict[str, Any] = {}
-    log_density = None
-    if loader in (None, "sae_lens"):
-        cfg_path = fetch(repo_id, file("cfg.json"), what=what)
+    return _Located(repo_id, folder, entry, sae_id, what, loader)
+
+
+def _site_config(loc: _Located) -> dict[str, Any]:
+    """The SAE's config as SAELens reads it, fetching only the (small) config file."""
+    if loc.loader in (None, "sae_lens"):
+        cfg_path = fetch(loc.repo_id, loc.file("cfg.json"), what=loc.what)
         assert cfg_path is not None
-        cfg = upgrade_config(_read_json(cfg_path))
-        fetch(repo_id, file("sae_weights.safetensors"), what=what)
-        sparsity_path = fetch(repo_id, file(SPARSITY_FILE), what=what, required=False)
-        sae = load_sae(cfg_path.parent)
-        if sparsity_path is not None:
-            log_density = _read_sparsity(sparsity_path, sae.width)
-    elif loader == "gemma_2":
-        npz_path = fetch(repo_id, file(PARAMS_FILE), what=what)
-        assert npz_path is not None
-        sae = load_params_npz(npz_path, repo_id=repo_id, folder=folder)
-    else:
-        config_path = fetch(repo_id, file("config.json"), what=what)
-        fetch(repo_id, file("ae.pt"), what=what)
-        assert config_path is not None
-        sae = load_sae(config_path.parent)
-        cfg = _dictionary_learning_cfg(_read_json(config_path))
-    d_sae = cfg.get("d_sae")
-    if isinstance(d_sae, int) and d_sae != sae.width:
-        raise FormatError(f"{what}: config says d_sae={d_sae} but the weights hold {sae.width}")
-    overrides = entry.overrides(sae_id) if entry is not None and sae_id is not None else {}
-    metadata: dict[str, Any] = {**sae.metadata}
+        return upgrade_config(_read_json(cfg_path))
+    if loc.loader == "gemma_2":
+        return gemma_site_metadata(loc.repo_id, loc.folder)
+    config_path = fetch(loc.repo_id, loc.file("config.json"), what=loc.what)
+    assert config_path is not None
+    return _dictionary_learning_cfg(_read_json(config_path))
+
+
+def _metadata(
+    loc: _Located, cfg: dict[str, Any], base: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(metadata, SAE field changes)`` from the config, the registry and its overrides."""
+    metadata = dict(base)
     for key in ("model_name", "hook_name", "hook_layer", "context_size", "prepend_bos"):
         if key in cfg and key not in metadata:
             metadata[key] = cfg[key]
     if "model_from_pretrained_kwargs" in cfg:
         metadata["model_from_pretrained_kwargs"] = cfg["model_from_pretrained_kwargs"]
     changes: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if key in SAE_FIELDS:
-            changes[key] = value
+    if loc.entry is not None and loc.sae_id is not None:
+        for key, value in loc.entry.overrides(loc.sae_id).items():
+            if key in SAE_FIELDS:
+                changes[key] = value
+            else:
+                metadata[key] = value
+        metadata.setdefault("model_name", loc.entry.model)
+        metadata.update(release=loc.entry.name, sae_id=loc.sae_id, registry=loc.entry.registry)
+    metadata.update(repo_id=loc.repo_id, folder=loc.folder)
+    metadata["name"] = _name(metadata, loc.sae_id, loc.folder)
+    return metadata, changes
+
+
+def site_metadata(spec: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of an SAE (model, hook, settings) without fetching its weights.
+
+    ``spec`` is a local path or a CLI name (see :func:`parse_spec`; one SAE, or a release,
+    whose first SAE on its family's site is read).
+    """
+    parsed = parse_spec(spec)
+    if parsed.path is not None:
+        return dict(load_sae(parsed.path).metadata)
+    if parsed.repo_id is not None:
+        loc = _locate(parsed.repo_id, parsed.folder or "", None)
+    else:
+        assert parsed.release is not None
+        entry = get_release(parsed.release)
+        if entry is None:
+            if "/" not in parsed.release:
+                raise SaegeoError(_unknown_release(parsed.release, True))
+            loc = _locate(parsed.release, parsed.sae_id or "", None)
         else:
-            metadata[key] = value
-    if entry is not None:
-        metadata.setdefault("model_name", entry.model)
-        metadata.update(release=entry.name, sae_id=sae_id, registry=entry.registry)
-    metadata.update(repo_id=repo_id, folder=folder)
-    metadata["name"] = _name(metadata, sae_id, folder)
+            sae_id = parsed.sae_id or entry.family_ids()[0]
+            loc = _locate(entry.repo_id, entry.folder(sae_id), (entry, sae_id))
+    return _metadata(loc, _site_config(loc), {})[0]
+
+
+def _load_folder(
+    repo_id: str,
+    folder: str,
+    known: tuple[Release, str] | None,
+    *,
+    dtype: torch.dtype,
+) -> SAE:
+    loc = _locate(repo_id, folder, known)
+    what = loc.what
+    cfg = _site_config(loc)
+    log_density = None
+    if loc.loader in (None, "sae_lens"):
+        weights_path = fetch(repo_id, loc.file("sae_weights.safetensors"), what=what)
+        sparsity_path = fetch(repo_id, loc.file(SPARSITY_FILE), what=what, required=False)
+        assert weights_path is not None
+        sae = load_sae(weights_path.parent)
+        if sparsity_path is not None:
+            log_density = _read_sparsity(sparsity_path, sae.width)
+    elif loc.loader == "gemma_2":
+        npz_path = fetch(repo_id, loc.file(PARAMS_FILE), what=what)
+        assert npz_path is not None
+        sae = load_params_npz(npz_path, repo_id=repo_id, folder=folder)
+        cfg = {}
+    else:
+        weights_path = fetch(repo_id, loc.file("ae.pt"), what=what)
+        assert weights_path is not None
+        sae = load_sae(weights_path.parent)
+    d_sae = cfg.get("d_sae")
+    if isinstance(d_sae, int) and d_sae != sae.width:
+        raise FormatError(f"{what}: config says d_sae={d_sae} but the weights hold {sae.width}")
+    metadata, changes = _metadata(loc, cfg, sae.metadata)
     if log_density is not None:
         metadata["log_feature_density"] = log_density
-    changes["metadata"] = metadata
-    sae = sae.replace(**changes)
+    sae = sae.replace(metadata=metadata, **changes)
+    entry, sae_id = loc.entry, loc.sae_id
     factor = entry.norm_scaling_factor.get(sae_id or "") if entry is not None else None
     if sae.normalize_activations == "expected_average_only_in" and factor is not None:
         sae = sae.replace(
@@ -283,7 +346,11 @@ def _load_folder(
 
 def _probe_loader(repo_id: str, folder: str, what: str) -> str | None:
     """The layout of a folder not in a registry, from the files it has."""
-    file = _join(folder)
+    prefix = folder.strip("/")
+
+    def file(name: str) -> str:
+        return f"{prefix}/{name}" if prefix else name
+
     if fetch(repo_id, file("cfg.json"), what=what, required=False) is not None:
         return None
     if fetch(repo_id, file(PARAMS_FILE), what=what, required=False) is not None:
@@ -296,11 +363,6 @@ def _probe_loader(repo_id: str, folder: str, what: str) -> str | None:
         f"(dictionary_learning) is in {where}; fetch the folder with "
         f"`huggingface-cli download {repo_id} --include '{folder}/*'`"
     )
-
-
-def _join(folder: str) -> Any:
-    prefix = folder.strip("/")
-    return lambda name: f"{prefix}/{name}" if prefix else name
 
 
 def _read_json(path: Path) -> dict[str, Any]:

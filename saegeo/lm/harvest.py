@@ -55,6 +55,7 @@ from saegeo.io.atomic import atomic_dir
 from saegeo.io.corpus import TextSource, open_source
 from saegeo.io.store import DTYPES, META_FILE, ActivationStore, ShardWriter
 from saegeo.lm.forward import stopped_forward
+from saegeo.lm.sites import centred, resolve_hook, uses_layer_norm
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ RESUME_KEYS = (
     "prepend_bos",
     "model_dtype",
     "text_source",
+    "tl_hook_name",
+    "center_writing_weights",
 )
 
 
@@ -253,6 +256,8 @@ def harvest(
     shard_tokens: int = 65536,
     compile: bool | None = None,
     progress: bool = True,
+    hook: str | None = None,
+    center_writing_weights: bool = False,
 ) -> ActivationStore:
     """Write the residual stream after block ``layer`` of ``model`` on ``texts`` to ``out``.
 
@@ -286,6 +291,11 @@ def harvest(
             CPU, after a few seconds of compiling; see :mod:`saegeo.lm.forward`). ``None``
             compiles on a CPU when this call harvests at least ``COMPILE_MIN_TOKENS`` tokens.
         progress: show a progress bar (tokens).
+        hook: a TransformerLens hook name, ``blocks.L.hook_resid_pre`` (L >= 1) or
+            ``blocks.L.hook_resid_post``, in place of ``layer`` (see :mod:`saegeo.lm.sites`).
+        center_writing_weights: store the residual stream of the TransformerLens model loaded
+            with ``center_writing_weights=True``: each token minus its mean across d_model, on
+            LayerNorm models (RMSNorm models are left as they are, as TransformerLens does).
 
     Returns:
         The store, opened for reading; ``store.meta`` holds the metadata.
@@ -316,6 +326,11 @@ def harvest(
     )
     blocks_name, blocks = decoder_blocks(lm.model)
     n_layers = len(blocks)
+    if hook is not None:
+        hook_layer, _ = resolve_hook(hook, source="--hook")
+        if layer is not None and layer != hook_layer:
+            raise SaegeoError(f"--layer {layer}: --hook {hook} is the output of block {hook_layer}")
+        layer = hook_layer
     if layer is None:
         layer = n_layers // 2
     if not isinstance(layer, int) or not 0 <= layer < n_layers:
@@ -339,6 +354,8 @@ def harvest(
         bos=bos,
         d_model=d_model,
     )
+    center = center_writing_weights and uses_layer_norm(lm.model)
+    meta.update(tl_hook_name=hook, center_writing_weights=True if center else None)
     _check_resumable(out, meta)
     shard_tokens = max(1, shard_tokens // n_stored) * n_stored
     writer = ShardWriter(out, d_model, dtype=dtype, shard_tokens=shard_tokens, meta=meta)
@@ -377,6 +394,8 @@ def harvest(
             bos_B1 = torch.full((len(batch), 1), bos, dtype=token_ids_BT.dtype)
             input_ids_BT = torch.cat([bos_B1, token_ids_BT], dim=1).to(device_of_model)
             acts_BTD = run(input_ids_BT)[:, 1 + skip_first :]
+            if center:
+                acts_BTD = centred(acts_BTD)
             writer.shard_info["compiled"] = run.compiled
             token_ids_BT, doc_ids_BT = token_ids_BT[:, skip_first:], doc_ids_BT[:, skip_first:]
             keep = slice(skip, skip + int(min(target - done, token_ids_BT.numel() - skip)))
