@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from saegeo.errors import SaegeoError
 
 EXIT_USER_ERROR = 2
+DEFAULT_CONTEXT = 128
 SAE_PATHS_HELP = (
     "SAEs of one family: directories, a directory of them, or published SAEs named "
     "sae-lens:RELEASE/SAE_ID (one SAE), sae-lens:RELEASE (the release's family on one site) "
@@ -167,12 +168,15 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
         # On a machine shared with other jobs, fewer threads than cores avoids stalls at
         # every parallel op; this process is the only user of the setting.
         torch.set_num_threads(args.threads)
+    site = _harvest_site(args)
     store = harvest(
-        args.model,
+        site["model"],
         args.text,
         args.out,
         layer=args.layer,
-        context=args.context,
+        hook=site["hook"],
+        center_writing_weights=site["center"],
+        context=site["context"],
         skip_first=args.skip_first,
         batch_size=args.batch_size,
         max_tokens=args.tokens,
@@ -189,6 +193,34 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
         f"{meta['model']} {meta['hook']} -> {args.out}"
     )
     return 0
+
+
+def _harvest_site(args: argparse.Namespace) -> dict:
+    """Model, hook, context and centring for ``harvest``: from --for's SAE, else the flags."""
+    from saegeo.lm.harvest import DEFAULT_MODEL
+
+    site = {
+        "model": args.model or DEFAULT_MODEL,
+        "hook": args.hook,
+        "center": False,
+        "context": args.context or DEFAULT_CONTEXT,
+    }
+    if not args.for_sae:
+        return site
+    from saegeo.io.pretrained import site_metadata
+    from saegeo.lm.sites import hf_model_name, site_for
+
+    if args.layer is not None or args.hook is not None:
+        raise SaegeoError("--for sets the hook from the SAE; drop --layer/--hook")
+    meta = site_metadata(args.for_sae)
+    found = site_for(meta, source=f"--for {args.for_sae}")
+    if not args.model and not meta.get("model_name"):
+        raise SaegeoError(f"--for {args.for_sae}: records no model_name; pass --model")
+    site.update(hook=found.hook_name, center=found.center_writing_weights)
+    site["model"] = args.model or hf_model_name(str(meta["model_name"]))
+    if not args.context and isinstance(meta.get("context_size"), int):
+        site["context"] = int(meta["context_size"])
+    return site
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -367,9 +399,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("harvest", help="store a language model's residual stream on text")
     p.add_argument(
         "--model",
-        default="smollm2-135m-instruct",
         help="packaged model, Hugging Face name, local directory or .gguf file "
-        "(default %(default)s)",
+        "(default smollm2-135m-instruct, or the model of --for's SAE)",
+    )
+    p.add_argument(
+        "--for",
+        dest="for_sae",
+        metavar="SAE",
+        help="harvest the site of this SAE (directory, sae-lens:RELEASE[/SAE_ID] or "
+        "hf:ORG/NAME/FOLDER): its model, TransformerLens hook, context size and model "
+        "settings (center_writing_weights); --model and --context still override",
+    )
+    p.add_argument(
+        "--hook",
+        help="TransformerLens hook instead of --layer: blocks.L.hook_resid_pre (L >= 1, the "
+        "output of block L-1) or blocks.L.hook_resid_post",
     )
     p.add_argument("--gguf-file", help="GGUF file inside --model, for GGUF checkpoints")
     p.add_argument(
@@ -388,8 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--context",
         type=int,
-        default=128,
-        help="tokens per model input, BOS included (default %(default)s)",
+        help="tokens per model input, BOS included (default 128, or --for's SAE's context size)",
     )
     p.add_argument(
         "--skip-first",

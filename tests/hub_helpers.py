@@ -228,3 +228,27 @@ def lens_lookup(name: str, entry: dict[str, Any]) -> Any:
         norm_scaling_factor={},
         config_overrides=entry.get("config_overrides"),
     )
+
+
+def install_fake_hub(cache: Path, monkeypatch: Any) -> FakeHub:
+    """Build the fake cache, go offline on it, and register its releases with SAELens and
+    with saegeo's bundled table (``monkeypatch`` undoes it all after the test)."""
+    import huggingface_hub.constants
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    from saegeo.io import registry
+
+    hub = build_fake_hub(cache)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub.cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads both at import; SAELens's downloads go through its constants.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub.cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    directory = get_pretrained_saes_directory()
+    for name, entry in hub.releases.items():
+        monkeypatch.setitem(directory, name, lens_lookup(name, entry))
+    bundled = {
+        name: registry._from_entry(name, entry, "saegeo") for name, entry in hub.releases.items()
+    }
+    monkeypatch.setattr(registry, "bundled_releases", lambda: bundled)
+    return hub

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from hub_helpers import (
+    D_IN,
+    DL_RELEASE,
+    FS_HOOK,
+    FS_RELEASE,
+    FS_REPO,
+    FS_WIDTHS,
+    GEMMA_RELEASE,
+    GEMMA_REPO,
+    FakeHub,
+    install_fake_hub,
+    pre6_cfg,
+)
 
 import saegeo as sg
 from saegeo.core.feature_info import log_feature_density, neuronpedia_url
@@ -20,42 +32,11 @@ from saegeo.io.pretrained import (
     parse_spec,
 )
 from saegeo.io.saelens_config import is_pre_6, upgrade_config
-from tests.hub_helpers import (
-    D_IN,
-    DL_RELEASE,
-    FS_HOOK,
-    FS_RELEASE,
-    FS_REPO,
-    FS_WIDTHS,
-    GEMMA_RELEASE,
-    GEMMA_REPO,
-    FakeHub,
-    build_fake_hub,
-    lens_lookup,
-    pre6_cfg,
-)
 
 
 @pytest.fixture
-def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
-    """The fake cache, offline, its releases in SAELens's registry (and saegeo's table)."""
-    import huggingface_hub.constants
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-    hub = build_fake_hub(tmp_path / "hub")
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub.cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # huggingface_hub reads both at import; SAELens's downloads go through its constants.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub.cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    directory = get_pretrained_saes_directory()
-    for name, entry in hub.releases.items():
-        monkeypatch.setitem(directory, name, lens_lookup(name, entry))
-    bundled = {
-        name: registry._from_entry(name, entry, "saegeo") for name, entry in hub.releases.items()
-    }
-    monkeypatch.setattr(registry, "bundled_releases", lambda: bundled)
-    yield hub
+def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
+    return install_fake_hub(tmp_path / "hub", monkeypatch)
 
 
 def _lens(release: str, sae_id: str):  # type: ignore[no-untyped-def]
