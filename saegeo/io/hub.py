@@ -83,14 +83,25 @@ def fetch(
         if not required:
             return None
         raise SaegeoError(f"{what}: {filename} of {repo_id} is not in the cache; {fetch_hint}")
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         return Path(hub.hf_hub_download(repo_id, filename, cache_dir=str(cache)))
     except RepositoryNotFoundError:
         raise SaegeoError(
-            f"{what}: no repository {repo_id} on the Hugging Face Hub (or it is private: "
-            "log in with `huggingface-cli login`)"
+            f"{what}: no repository {repo_id} on the Hugging Face Hub (or it is private or "
+            "gated: log in with `huggingface-cli login`)"
+        ) from None
+    except LocalEntryNotFoundError:  # the Hub could not be reached and the cache lacks it
+        if not required:
+            return None
+        raise SaegeoError(
+            f"{what}: cannot reach the Hugging Face Hub for {filename} of {repo_id} and it is "
+            f"not cached; {fetch_hint}"
         ) from None
     except EntryNotFoundError:
         if required:

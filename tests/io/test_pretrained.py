@@ -215,3 +215,35 @@ def test_bundled_table_matches_saelens_registry():
             assert ours.neuronpedia.get(sae_id) == theirs.neuronpedia_id.get(sae_id)
     fs = registry.bundled_releases()["gpt2-small-res-jb-feature-splitting"]
     assert len(fs.family_ids()) == 8
+
+
+def test_online_fetches_only_the_missing_files_of_the_sae_asked_for(
+    fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    snapshot = next((fake_hub.cache / f"models--{FS_REPO.replace('/', '--')}").glob("snapshots/*"))
+    weights = snapshot / f"{FS_HOOK}_32" / "sae_weights.safetensors"
+    kept = weights.read_bytes()
+    weights.unlink()
+    calls: list[tuple[str, str, str]] = []
+
+    def download(repo_id: str, filename: str, *, cache_dir: str) -> str:
+        calls.append((repo_id, filename, cache_dir))
+        weights.write_bytes(kept)  # what a download would have put in the cache
+        return str(weights)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    sae = load_pretrained(FS_RELEASE, f"{FS_HOOK}_32")
+    assert sae.width == 32
+    assert calls == [(FS_REPO, f"{FS_HOOK}_32/sae_weights.safetensors", str(fake_hub.cache))]
+
+    def unreachable(repo_id: str, filename: str, *, cache_dir: str) -> str:
+        raise LocalEntryNotFoundError("connection refused")
+
+    weights.unlink()
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(SaegeoError, match="cannot reach the Hugging Face Hub"):
+        load_pretrained(FS_RELEASE, f"{FS_HOOK}_32")
