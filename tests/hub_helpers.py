@@ -28,6 +28,9 @@ GEMMA_REPO = "test-org/gemma-scope-2b-pt-res"
 GEMMA_RELEASE = "tiny-gemma-scope-res"
 DL_REPO = "test-org/saebench_tiny"
 DL_RELEASE = "tiny-saebench-topk"
+MATRYOSHKA_REPO = "test-org/tiny-matryoshka"
+MATRYOSHKA_RELEASE = "tiny-res-matryoshka"
+MATRYOSHKA_WIDTHS = (8, 24, 48)
 D_IN = 32
 
 
@@ -157,6 +160,44 @@ def build_fake_hub(cache: Path, seed: int = 0) -> FakeHub:
         "model": "gemma-2-2b",
         "conversion_func": "gemma_2",
         "saes": gemma_saes,
+    }
+
+    # SAELens 6 layout: a Matryoshka BatchTopK SAE saved for inference (JumpReLU).
+    width = MATRYOSHKA_WIDTHS[-1]
+    weights = _relu_weights(width, generator)
+    weights["threshold"] = torch.rand(width, generator=generator) * 0.3
+    hub.weights["matryoshka"] = weights
+    cfg6 = {
+        "architecture": "jumprelu",
+        "d_in": D_IN,
+        "d_sae": width,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "matryoshka_widths": list(MATRYOSHKA_WIDTHS),
+        "metadata": {
+            "sae_lens_version": "6.5.0",
+            "model_name": "tiny-gpt2",
+            "hook_name": "blocks.2.hook_resid_post",
+            "context_size": 16,
+        },
+    }
+    folder = "standard/blocks.2.hook_resid_post"
+    _write(cache, MATRYOSHKA_REPO, f"{folder}/cfg.json", json.dumps(cfg6).encode(), blobs=False)
+    _write(
+        cache,
+        MATRYOSHKA_REPO,
+        f"{folder}/sae_weights.safetensors",
+        _safetensors_bytes(weights, tmp),
+        blobs=False,
+    )
+    hub.releases[MATRYOSHKA_RELEASE] = {
+        "repo_id": MATRYOSHKA_REPO,
+        "model": "tiny-gpt2",
+        "conversion_func": None,
+        "saes": [{"id": "blocks.2.hook_resid_post", "path": folder}],
     }
 
     # dictionary_learning layout (SAEBench): ae.pt + config.json, TopK.

@@ -145,7 +145,8 @@ def family_from_pretrained(
     use_sae_lens: bool = True,
 ) -> Family:
     """SAEs of one release as a family; ``sae_ids=None`` takes every SAE on the first one's
-    site (training checkpoints left out), sorted by width."""
+    site (training checkpoints left out), sorted by width. A single Matryoshka SAE gives the
+    family of its nested prefixes, as :meth:`saegeo.Family.load` does."""
     entry = get_release(release, use_sae_lens=use_sae_lens)
     if entry is None:
         raise SaegeoError(_unknown_release(release, use_sae_lens))
@@ -154,9 +155,10 @@ def family_from_pretrained(
         raise SaegeoError(f"release {release}: sae_ids is empty")
     for sae_id in ids:
         entry.folder(sae_id)  # every id checked before anything is fetched
-    return Family(
-        [_load_folder(entry.repo_id, entry.folder(i), (entry, i), dtype=dtype) for i in ids]
-    )
+    saes = [_load_folder(entry.repo_id, entry.folder(i), (entry, i), dtype=dtype) for i in ids]
+    if len(saes) == 1 and saes[0].metadata.get("matryoshka_widths"):
+        return Family.from_matryoshka(saes[0])
+    return Family(saes)
 
 
 def load_sae_spec(spec: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> SAE:

@@ -15,6 +15,8 @@ from hub_helpers import (
     FS_WIDTHS,
     GEMMA_RELEASE,
     GEMMA_REPO,
+    MATRYOSHKA_RELEASE,
+    MATRYOSHKA_WIDTHS,
     FakeHub,
     install_fake_hub,
     pre6_cfg,
@@ -32,6 +34,9 @@ from saegeo.io.pretrained import (
     parse_spec,
 )
 from saegeo.io.saelens_config import is_pre_6, upgrade_config
+
+
+pytestmark = pytest.mark.filterwarnings("ignore:(?s).*model_from_pretrained_kwargs:UserWarning")
 
 
 @pytest.fixture
@@ -247,3 +252,15 @@ def test_online_fetches_only_the_missing_files_of_the_sae_asked_for(
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
     with pytest.raises(SaegeoError, match="cannot reach the Hugging Face Hub"):
         load_pretrained(FS_RELEASE, f"{FS_HOOK}_32")
+
+
+def test_matryoshka_release_is_a_family_of_prefixes(fake_hub: FakeHub):
+    sae_id = "blocks.2.hook_resid_post"
+    sae = load_pretrained(MATRYOSHKA_RELEASE, sae_id)
+    lens = _lens(MATRYOSHKA_RELEASE, sae_id)
+    x_BD = torch.randn(30, D_IN)
+    assert sae.arch == "jumprelu" and sae.metadata["hook_name"] == sae_id
+    torch.testing.assert_close(sae.encode(x_BD), lens.encode(x_BD))
+    fam = sg.Family.from_pretrained(MATRYOSHKA_RELEASE)
+    assert fam.widths == list(MATRYOSHKA_WIDTHS)
+    torch.testing.assert_close(fam[0].W_dec, sae.W_dec[: MATRYOSHKA_WIDTHS[0]])
