@@ -35,7 +35,6 @@ from saegeo.io.pretrained import (
 )
 from saegeo.io.saelens_config import is_pre_6, upgrade_config
 
-
 pytestmark = pytest.mark.filterwarnings("ignore:(?s).*model_from_pretrained_kwargs:UserWarning")
 
 
