@@ -150,6 +150,8 @@ def family_from_pretrained(
     entry = get_release(release, use_sae_lens=use_sae_lens)
     if entry is None:
         raise SaegeoError(_unknown_release(release, use_sae_lens))
+    if isinstance(sae_ids, str):
+        sae_ids = [sae_ids]
     ids = entry.family_ids() if sae_ids is None else list(sae_ids)
     if not ids:
         raise SaegeoError(f"release {release}: sae_ids is empty")

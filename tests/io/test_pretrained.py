@@ -263,3 +263,17 @@ def test_matryoshka_release_is_a_family_of_prefixes(fake_hub: FakeHub):
     fam = sg.Family.from_pretrained(MATRYOSHKA_RELEASE)
     assert fam.widths == list(MATRYOSHKA_WIDTHS)
     torch.testing.assert_close(fam[0].W_dec, sae.W_dec[: MATRYOSHKA_WIDTHS[0]])
+
+
+def test_cache_dir_follows_the_environment_at_call_time(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    from saegeo.io.hub import cache_dir, fetch, offline
+
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / "hub" and not offline()
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "yes")
+    assert cache_dir() == tmp_path / "hub" and offline()
+    with pytest.raises(SaegeoError, match="f/cfg.json of test-org/absent is not in the cache"):
+        fetch("test-org/absent", "f/cfg.json", what="test")
