@@ -21,6 +21,7 @@ from saegeo.geometry.classify import classify, swap_groups
 from saegeo.geometry.masked_cosine import masked_cosine
 from saegeo.geometry.similarity import CosineMatch, decoder_cosine, decoder_cosine_pairs
 from saegeo.io.formats import load_sae, save_sae
+from saegeo.io.pretrained import load_pretrained
 from saegeo.io.store import ActivationStore, ShardWriter
 from saegeo.io.streaming import ActsLike
 from saegeo.lm.config import HarvestConfig
@@ -79,6 +80,7 @@ __all__ = [
     "frankenstein_steps",
     "hybrid",
     "interpolation_path",
+    "load_pretrained",
     "load_sae",
     "make_toy_model",
     "masked_cosine",

@@ -19,13 +19,19 @@ EXIT_USER_ERROR = 2
 # Library arguments that a flag of another name sets (the others are spelt alike: max_tokens
 # is --tokens, sgd_tokens is --sgd-tokens).
 FLAG_NAMES = {"max_tokens": "--tokens", "texts": "--text"}
+DEFAULT_CONTEXT = 128
+SAE_PATHS_HELP = (
+    "SAEs of one family: directories, a directory of them, or published SAEs named "
+    "sae-lens:RELEASE/SAE_ID (one SAE), sae-lens:RELEASE (the release's family on one site) "
+    "or hf:ORG/NAME/FOLDER (a Hugging Face repository folder)"
+)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from saegeo.core.describe import describe_sae
-    from saegeo.core.family import Family
+    from saegeo.io.pretrained import load_family_spec
 
-    family = Family.load(args.paths)
+    family = load_family_spec(args.paths)
     for sae in family:
         print(describe_sae(sae))
     if len(family) > 1:
@@ -44,10 +50,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_classify(args: argparse.Namespace) -> int:
     from saegeo.effects.novelty import novelty_table
     from saegeo.io.atomic import write_text
-    from saegeo.io.formats import load_sae
+    from saegeo.io.pretrained import load_sae_spec
     from saegeo.io.store import ActivationStore
 
-    small, large = load_sae(args.small), load_sae(args.large)
+    small, large = load_sae_spec(args.small), load_sae_spec(args.large)
     acts = ActivationStore.open(args.acts) if args.acts else None
     table = novelty_table(
         small,
@@ -68,8 +74,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _cmd_tree(args: argparse.Namespace) -> int:
-    from saegeo.core.family import Family
     from saegeo.io.atomic import write_json
+    from saegeo.io.pretrained import RELEASE_PREFIX, load_family_spec
     from saegeo.io.store import ActivationStore
     from saegeo.trees.dag import feature_dag, feature_tree, forest, node_id, parse_node_id
     from saegeo.trees.tree_json import forest_to_json, read_labels, tree_to_json
@@ -77,7 +83,11 @@ def _cmd_tree(args: argparse.Namespace) -> int:
 
     root = None if args.all else parse_node_id(args.root, name="--root")
     labels = read_labels(args.labels) if args.labels else None
-    family = Family.load(args.paths)
+    if args.neuronpedia and root is None:
+        raise SaegeoError("--neuronpedia: prints the quick list of one tree; use it with --root")
+    if bool(args.paths) == bool(args.release):
+        raise SaegeoError("give the family as PATH... or as --release RELEASE (one of the two)")
+    family = load_family_spec(args.paths or [RELEASE_PREFIX + args.release])
     if root is not None and not (root[0] < len(family) and root[1] < family.widths[root[0]]):
         raise SaegeoError(
             f"--root {node_id(root)}: no such feature; levels have widths "
@@ -104,13 +114,17 @@ def _cmd_tree(args: argparse.Namespace) -> int:
     if args.html:
         save_html(tree_figure(T, labels=labels), args.html)
     print(f"tree {node_id(root)}: {T.number_of_nodes()} features -> {args.out}")
+    if args.neuronpedia:
+        from saegeo.trees.neuronpedia import tree_quick_list
+
+        print(f"Neuronpedia: {tree_quick_list(T, name=f'saegeo tree {node_id(root)}')}")
     return 0
 
 
 def _cmd_stitch(args: argparse.Namespace) -> int:
-    from saegeo.core.family import Family
     from saegeo.io.atomic import atomic_dir, write_json
     from saegeo.io.formats import save_sae
+    from saegeo.io.pretrained import load_family_spec
     from saegeo.io.store import ActivationStore
     from saegeo.stitch.frankenstein import StitchConfig, frankenstein
 
@@ -124,7 +138,7 @@ def _cmd_stitch(args: argparse.Namespace) -> int:
         limit=args.limit,
         device=args.device,
     )
-    family = Family.load(args.paths)
+    family = load_family_spec(args.paths)
     sae, report = frankenstein(family, ActivationStore.open(args.acts), config)
     # The SAE and its report appear together under --out, or not at all.
     with atomic_dir(args.out) as tmp:
@@ -154,9 +168,12 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
         # On a machine shared with other jobs, fewer threads than cores avoids stalls at
         # every parallel op; this process is the only user of the setting.
         torch.set_num_threads(args.threads)
+    site = _harvest_site(args)
     config = HarvestConfig(
         layer=args.layer,
-        context=args.context,
+        hook=site["hook"],
+        center_writing_weights=site["center"],
+        context=site["context"],
         skip_first=args.skip_first,
         batch_size=args.batch_size,
         max_tokens=args.tokens,
@@ -166,13 +183,41 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
         model_dtype=args.model_dtype,
         compile={"auto": None, "yes": True, "no": False}[args.compile],
     )
-    store = harvest(args.model, args.text, args.out, config)
+    store = harvest(site["model"], args.text, args.out, config)
     meta = store.meta
     print(
         f"harvest: {store.n_tokens} tokens x {store.d_in} ({meta['dtype']}) from "
         f"{meta['model']} {meta['hook']} -> {args.out}"
     )
     return 0
+
+
+def _harvest_site(args: argparse.Namespace) -> dict:
+    """Model, hook, context and centring for ``harvest``: from --for's SAE, else the flags."""
+    from saegeo.lm.harvest import DEFAULT_MODEL
+
+    site = {
+        "model": args.model or DEFAULT_MODEL,
+        "hook": args.hook,
+        "center": False,
+        "context": args.context or DEFAULT_CONTEXT,
+    }
+    if not args.for_sae:
+        return site
+    from saegeo.io.pretrained import site_metadata
+    from saegeo.lm.sites import hf_model_name, site_for
+
+    if args.layer is not None or args.hook is not None:
+        raise SaegeoError("--for sets the hook from the SAE; drop --layer/--hook")
+    meta = site_metadata(args.for_sae)
+    found = site_for(meta, source=f"--for {args.for_sae}")
+    if not args.model and not meta.get("model_name"):
+        raise SaegeoError(f"--for {args.for_sae}: records no model_name; pass --model")
+    site.update(hook=found.hook_name, center=found.center_writing_weights)
+    site["model"] = args.model or hf_model_name(str(meta["model_name"]))
+    if not args.context and isinstance(meta.get("context_size"), int):
+        site["context"] = int(meta["context_size"])
+    return site
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -224,17 +269,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="saegeo",
         description="Geometry of features across SAE families: splitting, novel features, "
         "feature trees and Frankenstein SAEs.",
+        epilog="SAE NAMES: wherever a command takes an SAE directory it also takes a published "
+        "SAE: sae-lens:RELEASE/SAE_ID (a release of SAELens's registry, e.g. "
+        "sae-lens:gpt2-small-res-jb-feature-splitting/blocks.8.hook_resid_pre_768), "
+        "sae-lens:RELEASE (every SAE of the release on its first SAE's site) or "
+        "hf:ORG/NAME/FOLDER (a folder of a Hugging Face repository). Files come through the "
+        "Hugging Face cache; with HF_HUB_OFFLINE=1 only the cache is read.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="describe SAEs: architecture, sizes, L0 settings, norms")
-    p.add_argument("paths", nargs="+", help="SAE directories, or a directory of them")
+    p.add_argument("paths", nargs="+", help=SAE_PATHS_HELP)
     p.set_defaults(func=_cmd_info, parser=p)
 
     p = sub.add_parser("classify", help="novel vs reconstruction features of a larger SAE")
-    p.add_argument("small", help="the smaller SAE (directory)")
-    p.add_argument("large", help="the larger SAE (directory)")
+    p.add_argument("small", help="the smaller SAE (directory, or sae-lens:RELEASE/SAE_ID)")
+    p.add_argument("large", help="the larger SAE (directory, or sae-lens:RELEASE/SAE_ID)")
     p.add_argument(
         "--threshold",
         type=float,
@@ -254,7 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_classify, parser=p)
 
     p = sub.add_parser("tree", help="feature tree (or forest) across the widths of a family")
-    p.add_argument("paths", nargs="+", help="SAE directories of one family, or a directory of them")
+    p.add_argument("paths", nargs="*", help=SAE_PATHS_HELP)
+    p.add_argument(
+        "--release", help="instead of PATH...: the family of a published release (sae-lens:RELEASE)"
+    )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--root", help="root feature LEVEL/FEATURE (level 0 is the narrowest SAE)")
     which.add_argument("--all", action="store_true", help="every tree (forest), ranked")
@@ -285,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--labels", help="JSON object of labels by LEVEL/FEATURE, shown on hover")
     p.add_argument(
+        "--neuronpedia",
+        action="store_true",
+        help="--root: print a Neuronpedia quick-list URL of the tree's features (published SAEs)",
+    )
+    p.add_argument(
         "--rank-by",
         choices=["size", "split"],
         default="size",
@@ -306,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_tree, parser=p)
 
     p = sub.add_parser("stitch", help="Frankenstein SAE: stitch novel features across widths")
-    p.add_argument("paths", nargs="+", help="SAE directories of one family, or a directory of them")
+    p.add_argument("paths", nargs="+", help=SAE_PATHS_HELP)
     p.add_argument("--acts", required=True, help="activations (.npy, .safetensors or store dir)")
     p.add_argument("--out", required=True, help="output directory (SAELens layout + report.json)")
     p.add_argument(
@@ -336,9 +395,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("harvest", help="store a language model's residual stream on text")
     p.add_argument(
         "--model",
-        default="smollm2-135m-instruct",
         help="packaged model, Hugging Face name, local directory or .gguf file "
-        "(default %(default)s)",
+        "(default smollm2-135m-instruct, or the model of --for's SAE)",
+    )
+    p.add_argument(
+        "--for",
+        dest="for_sae",
+        metavar="SAE",
+        help="harvest the site of this SAE (directory, sae-lens:RELEASE[/SAE_ID] or "
+        "hf:ORG/NAME/FOLDER): its model, TransformerLens hook, context size and model "
+        "settings (center_writing_weights); --model and --context still override",
+    )
+    p.add_argument(
+        "--hook",
+        help="TransformerLens hook instead of --layer: blocks.L.hook_resid_pre (L >= 1, the "
+        "output of block L-1) or blocks.L.hook_resid_post",
     )
     p.add_argument("--gguf-file", help="GGUF file inside --model, for GGUF checkpoints")
     p.add_argument(
@@ -357,8 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--context",
         type=int,
-        default=128,
-        help="tokens per model input, BOS included (default %(default)s)",
+        help="tokens per model input, BOS included (default 128, or --for's SAE's context size)",
     )
     p.add_argument(
         "--skip-first",

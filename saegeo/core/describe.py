@@ -25,7 +25,14 @@ def describe_sae(sae: SAE) -> str:
         f"  apply_b_dec_to_input {sae.apply_b_dec_to_input}  normalize_activations "
         f"{sae.normalize_activations}",
     ]
-    for key in ("model_name", "hook_name", "matryoshka_widths"):
+    for key in (
+        "release",
+        "sae_id",
+        "model_name",
+        "hook_name",
+        "neuronpedia_id",
+        "matryoshka_widths",
+    ):
         if sae.metadata.get(key) is not None:
             lines.append(f"  {key} {sae.metadata[key]}")
     return "\n".join(lines)

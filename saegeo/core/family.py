@@ -6,6 +6,8 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import torch
+
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError, ShapeError
 from saegeo.io.formats import is_sae_dir, load_sae
@@ -61,6 +63,23 @@ class Family(Sequence[SAE]):
         if len(saes) == 1 and saes[0].metadata.get("matryoshka_widths"):
             return cls.from_matryoshka(saes[0])
         return cls(saes)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        release: str,
+        sae_ids: Sequence[str] | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+    ) -> Family:
+        """SAEs of a published release (see :func:`saegeo.load_pretrained`).
+
+        ``sae_ids=None`` takes every SAE of the release on the first one's site, sorted by
+        width; files come through the Hugging Face cache.
+        """
+        from saegeo.io.pretrained import family_from_pretrained
+
+        return family_from_pretrained(release, sae_ids, dtype=dtype)
 
     @classmethod
     def from_matryoshka(cls, sae: SAE) -> Family:

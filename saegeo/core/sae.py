@@ -16,6 +16,7 @@ import torch
 
 from saegeo.core import normalization
 from saegeo.core.architectures import ARCHS, Architecture, architecture, union_kind
+from saegeo.core.feature_info import select_metadata
 from saegeo.core.normalization import NORMALIZATIONS, Normalization
 from saegeo.errors import SaegeoError, ShapeError
 
@@ -242,9 +243,7 @@ class SAE:
             "b_enc": self.b_enc[idx_F],
             "W_dec": self.W_dec[idx_F],
             "threshold": None if self.threshold is None else self.threshold[idx_F],
-            "metadata": {
-                key: value for key, value in self.metadata.items() if key != "matryoshka_widths"
-            },
+            "metadata": select_metadata(self.metadata, idx_F, self.width),
         }
         changes.update(self.architecture.select_changes(self, idx_F.numel()))
         return self.replace(**changes)

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from saegeo.core.family import Family
+from saegeo.core.feature_info import neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.effects.delta import cumulative_mse, delta_mse
 from saegeo.effects.hybrid import TopkMode
@@ -55,8 +56,16 @@ def novelty_table(
     device: str | torch.device = "auto",
     progress: bool | None = None,
 ) -> pd.DataFrame:
-    """:func:`saegeo.classify` of the pair, with a ``delta_mse`` column when ``acts`` is given."""
+    """:func:`saegeo.classify` of the pair, with a ``delta_mse`` column when ``acts`` is given.
+
+    For SAEs published with Neuronpedia ids, ``neuronpedia`` holds each larger-SAE feature's
+    page and ``nearest_neuronpedia`` that of its nearest smaller-SAE feature.
+    """
     table = classify(small, large, threshold=threshold, device=device, progress=progress)
+    if neuronpedia_url(large, 0) is not None:
+        table["neuronpedia"] = [neuronpedia_url(large, j) for j in table.index]
+    if neuronpedia_url(small, 0) is not None:
+        table["nearest_neuronpedia"] = [neuronpedia_url(small, i) for i in table["nearest"]]
     if acts is not None:
         table["delta_mse"] = delta_mse(
             small,

@@ -18,12 +18,13 @@ import torch
 from saegeo.core.sae import SAE
 from saegeo.errors import FormatError, SaegeoError
 from saegeo.io.dictionary_learning import DICTLEARN_CFG, DICTLEARN_WEIGHTS, read_dictionary_learning
+from saegeo.io.gemma_scope import PARAMS_FILE, load_params_npz
 from saegeo.io.saelens import SAELENS_CFG, SAELENS_WEIGHTS, read_saelens, write_saelens
 from saegeo.io.sparsify import SPARSIFY_WEIGHTS, read_sparsify
 
 __all__ = ["SAE_FILES", "is_sae_dir", "load_sae", "save_sae"]
 
-SAE_FILES = (SAELENS_CFG, DICTLEARN_WEIGHTS, SAELENS_WEIGHTS)
+SAE_FILES = (SAELENS_CFG, DICTLEARN_WEIGHTS, SAELENS_WEIGHTS, PARAMS_FILE)
 """Files whose presence marks a directory as an SAE directory."""
 
 
@@ -58,11 +59,13 @@ def load_sae(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32
         sae = read_sparsify(path)
     elif (path / DICTLEARN_WEIGHTS).exists():
         sae = read_dictionary_learning(path)
+    elif (path / PARAMS_FILE).exists():  # Gemma Scope
+        sae = load_params_npz(path / PARAMS_FILE)
     else:
         raise FormatError(
             f"{path}: no SAE files found; expected {SAELENS_CFG} + {SAELENS_WEIGHTS} (SAELens), "
-            f"{DICTLEARN_WEIGHTS} + {DICTLEARN_CFG} (dictionary_learning) or "
-            f"{SAELENS_CFG} + {SPARSIFY_WEIGHTS} (sparsify)"
+            f"{DICTLEARN_WEIGHTS} + {DICTLEARN_CFG} (dictionary_learning), "
+            f"{SAELENS_CFG} + {SPARSIFY_WEIGHTS} (sparsify) or {PARAMS_FILE} (Gemma Scope)"
         )
     if sae.width < 1 or sae.d_in < 1:
         raise FormatError(

@@ -24,6 +24,7 @@ from saegeo.core.sae import SAE
 from saegeo.errors import FormatError, SaegeoError
 from saegeo.io.atomic import atomic_dir
 from saegeo.io.reading import Config, read_json_object, read_safetensors, require_tensors
+from saegeo.io.saelens_config import upgrade_config
 
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -64,7 +65,8 @@ def fold_decoder_norm(
 
 def read_saelens(path: Path) -> SAE:
     """The SAE in the SAELens directory ``path`` (see the module docstring)."""
-    cfg = Config(read_json_object(path / SAELENS_CFG), path / SAELENS_CFG)
+    # Pre-6.0 configs are read in the 6.0 layout, as SAELens reads them.
+    cfg = Config(upgrade_config(read_json_object(path / SAELENS_CFG)), path / SAELENS_CFG)
     weights = read_safetensors(path / SAELENS_WEIGHTS)
     arch = cfg.string("architecture", "standard")
     activation = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))

@@ -55,6 +55,13 @@ class HarvestConfig:
     harvests at least ``saegeo.lm.harvest.COMPILE_MIN_TOKENS`` tokens."""
     progress: bool | None = None
     """Progress bar (tokens): None on a terminal, True always, False never."""
+    hook: str | None = None
+    """A TransformerLens hook name in place of ``layer``: ``blocks.L.hook_resid_pre`` (L >= 1,
+    the output of block L - 1) or ``blocks.L.hook_resid_post`` (see :mod:`saegeo.lm.sites`)."""
+    center_writing_weights: bool = False
+    """Store the residual stream of the TransformerLens model loaded with
+    ``center_writing_weights=True``: each token minus its mean across d_model, on LayerNorm
+    models (RMSNorm models are left as they are, as TransformerLens does)."""
 
     def __post_init__(self) -> None:
         if self.dtype not in STORE_DTYPES:

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from saegeo.config import override
-from saegeo.core.devices import resolve_device
+from saegeo.core.devices import fast_bfloat16, resolve_device
 from saegeo.errors import ArgumentError, SaegeoError
 from saegeo.io.atomic import atomic_dir
 from saegeo.io.corpus import TextSource, open_source
@@ -57,6 +57,7 @@ from saegeo.io.store import DTYPES, META_FILE, ActivationStore, ShardWriter
 from saegeo.io.streaming import progress_bar
 from saegeo.lm.config import MODEL_DTYPES, HarvestConfig
 from saegeo.lm.forward import stopped_forward
+from saegeo.lm.sites import centred, resolve_hook, uses_layer_norm
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ RESUME_KEYS = (
     "prepend_bos",
     "model_dtype",
     "text_source",
+    "tl_hook_name",
+    "center_writing_weights",
 )
 
 
@@ -288,6 +291,17 @@ def harvest(
     )
     blocks_name, blocks = decoder_blocks(lm.model)
     n_layers = len(blocks)
+    hook = config.hook
+    if hook is not None:
+        hook_layer, _ = resolve_hook(hook, source="HarvestConfig.hook")
+        if layer is not None and layer != hook_layer:
+            raise ArgumentError(
+                "layer",
+                layer,
+                f"hook {hook} is the output of block {hook_layer}",
+                owner="HarvestConfig",
+            )
+        layer = hook_layer
     if layer is None:
         layer = n_layers // 2
     if not isinstance(layer, int) or not 0 <= layer < n_layers:
@@ -313,6 +327,8 @@ def harvest(
         bos=bos,
         d_model=d_model,
     )
+    center = config.center_writing_weights and uses_layer_norm(lm.model)
+    meta.update(tl_hook_name=hook, center_writing_weights=True if center else None)
     _check_resumable(out, meta)
     shard_tokens = max(1, config.shard_tokens // n_stored) * n_stored
     writer = ShardWriter(out, d_model, dtype=dtype, shard_tokens=shard_tokens, meta=meta)
@@ -352,6 +368,8 @@ def harvest(
             bos_B1 = torch.full((len(batch), 1), bos, dtype=token_ids_BT.dtype)
             input_ids_BT = torch.cat([bos_B1, token_ids_BT], dim=1).to(device_of_model)
             acts_BTD = run(input_ids_BT)[:, 1 + skip_first :]
+            if center:
+                acts_BTD = centred(acts_BTD)
             writer.shard_info["compiled"] = run.compiled
             token_ids_BT, doc_ids_BT = token_ids_BT[:, skip_first:], doc_ids_BT[:, skip_first:]
             keep = slice(skip, skip + int(min(target - done, token_ids_BT.numel() - skip)))
@@ -426,11 +444,7 @@ def _model_dtype(model_dtype: str, device: torch.device) -> torch.dtype:
         raise ArgumentError("model_dtype", model_dtype, f"choose one of {', '.join(MODEL_DTYPES)}")
     if model_dtype != "auto":
         return DTYPES[model_dtype]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    return torch.bfloat16 if fast_bfloat16(device) else torch.float32
 
 
 def _harvest_meta(

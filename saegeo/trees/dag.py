@@ -33,6 +33,7 @@ import torch
 
 from saegeo.core.codes import encode_codes
 from saegeo.core.family import Family
+from saegeo.core.feature_info import log_feature_density, neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
 from saegeo.geometry.masked_cosine import masked_cosine
@@ -137,8 +138,10 @@ def feature_dag(
     Returns
     -------
     networkx.DiGraph
-        Node attributes ``level``, ``feature``, ``width``, ``source`` (the SAE's name) and,
-        with ``acts``, ``freq`` and ``max_act``; edge attribute ``score``; graph attributes
+        Node attributes ``level``, ``feature``, ``width``, ``source`` (the SAE's name),
+        ``neuronpedia`` (the feature's page) and ``log_feature_density`` where the SAE was
+        published with them, and, with ``acts``, ``freq`` and ``max_act``; edge attribute
+        ``score``; graph attributes
         ``metric``, ``threshold`` and ``levels`` (a list of ``{"level", "width", "source"}``).
 
     Examples
@@ -187,6 +190,7 @@ def feature_dag(
             )
             for j in range(entry["width"])
         )
+        _set_published_info(G, entry["level"], fam[entry["level"]])
 
     store = checked_store(acts) if acts is not None else None
 
@@ -221,6 +225,20 @@ def feature_dag(
         )
         codes_prev = codes_next
     return G
+
+
+def _set_published_info(G: nx.DiGraph, level: int, sae: SAE) -> None:
+    """Node attributes ``neuronpedia`` (URL) and ``log_feature_density`` where ``sae`` has them."""
+    density = log_feature_density(sae)
+    has_page = neuronpedia_url(sae, 0) is not None
+    if density is None and not has_page:
+        return
+    for j in range(sae.width):
+        data = G.nodes[(level, j)]
+        if has_page:
+            data["neuronpedia"] = neuronpedia_url(sae, j)
+        if density is not None:
+            data["log_feature_density"] = float(density[j])
 
 
 def _set_activation_stats(G: nx.DiGraph, level: int, codes: sp.csr_matrix) -> None:

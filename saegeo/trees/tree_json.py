@@ -10,8 +10,9 @@
   ids written as ``"level/feature"`` strings.
 
 Readers accept keys they do not know (later versions add keys, never rename them); writers
-emit the keys below and, where the tree has them, the optional ``freq``, ``max_act`` and
-``label``.
+emit the keys below and, where the tree has them, the optional ``freq``, ``max_act``,
+``label``, ``neuronpedia`` (the feature's Neuronpedia page) and ``log_feature_density``
+(log10 of its published firing rate).
 
 Write a document atomically with :func:`saegeo.io.atomic.write_json`.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -45,7 +47,7 @@ LEVEL_KEYS = ("level", "width", "source")
 """Keys of each entry of ``levels``."""
 NODE_KEYS = ("id", "level", "feature", "score", "other_parents", "children")
 """Keys every node of a tree document has."""
-OPTIONAL_NODE_KEYS = ("freq", "max_act", "label")
+OPTIONAL_NODE_KEYS = ("freq", "max_act", "label", "neuronpedia", "log_feature_density")
 """Keys a node has where the tree knows them (activations given, labels supplied)."""
 FOREST_KEYS = ("schema", "metric", "threshold", "levels", "trees")
 """Keys of a forest document (plus ``rank_by`` when known)."""
@@ -168,6 +170,11 @@ def tree_to_json(T: nx.DiGraph, *, labels: Mapping[Any, str] | None = None) -> d
         label = by_id.get(out["id"], data.get("label"))
         if label is not None:
             out["label"] = str(label)
+        if data.get("neuronpedia") is not None:
+            out["neuronpedia"] = str(data["neuronpedia"])
+        density = data.get("log_feature_density")
+        if density is not None and math.isfinite(float(density)):
+            out["log_feature_density"] = float(density)
         children = sorted(
             T.successors(node), key=lambda c: (-float(T.edges[node, c].get("score", 0.0)), c)
         )

@@ -67,7 +67,8 @@ def tree_figure(
         Figure title; by default the root, the widths and the metric.
 
     Hover shows the node id, the SAE (width and name), the score, other parents, the firing
-    frequency and maximum activation where the tree has them, and the label.
+    frequency and maximum activation where the tree has them, the label, and for published
+    SAEs the feature's log10 density and Neuronpedia page.
     """
     if kind not in _TRACES:
         raise SaegeoError(f"tree_figure(): kind must be one of {get_args(TreeKind)}, got {kind!r}")
@@ -94,6 +95,8 @@ def tree_figure(
                 _fmt(data.get("max_act")),
                 others or "–",
                 _plain(str(label)) if label else "–",
+                _fmt(data.get("log_feature_density")),
+                str(data.get("neuronpedia") or "–"),
             ]
         )
     known = [s for s in scores if s is not None]
@@ -112,7 +115,8 @@ def tree_figure(
             "<b>%{customdata[0]}</b><br>SAE width %{customdata[1]}<br>"
             f"{metric}: %{{customdata[2]}}<br>other parents: %{{customdata[5]}}<br>"
             "freq: %{customdata[3]}<br>max act: %{customdata[4]}<br>"
-            "label: %{customdata[6]}<extra></extra>"
+            "label: %{customdata[6]}<br>published log10 density: %{customdata[7]}<br>"
+            "Neuronpedia: %{customdata[8]}<extra></extra>"
         ),
         marker={
             "colors": colors,

@@ -1,0 +1,431 @@
+"""Published SAEs and families by release name, through the Hugging Face cache.
+
+:func:`load_pretrained` reads one SAE of a release (see :mod:`saegeo.io.registry`) or of any
+Hugging Face repository folder; :func:`family_from_pretrained` reads several of one release as a
+:class:`~saegeo.Family`. Files come through :func:`saegeo.io.hub.fetch` (cache first; offline
+with ``HF_HUB_OFFLINE=1``) and only the files of the SAEs asked for are fetched.
+
+Layouts, by the release's SAELens ``conversion_func``:
+
+- ``None`` (SAELens): ``cfg.json`` (pre-6.0 configs upgraded as SAELens does),
+  ``sae_weights.safetensors``, and ``sparsity.safetensors`` where the folder has one, kept as
+  ``metadata["log_feature_density"]``;
+- ``gemma_2`` (Gemma Scope): ``params.npz`` (:mod:`saegeo.io.gemma_scope`);
+- ``dictionary_learning_1`` (SAEBench, Matryoshka BatchTopK): ``ae.pt`` and ``config.json``.
+
+The release's ``config_overrides`` and Neuronpedia id are applied as SAELens applies them:
+``normalize_activations`` and ``apply_b_dec_to_input`` change the SAE, everything else
+(``model_from_pretrained_kwargs``, ``dataset_path``, ``neuronpedia_id``, ...) goes to
+``metadata``. An SAE normalising its input by ``expected_average_only_in`` gets the registry's
+``norm_scaling_factor`` folded into its weights, as ``SAE.from_pretrained`` does.
+
+**Names on the command line** (:func:`parse_spec`): ``sae-lens:RELEASE/SAE_ID`` is one SAE of a
+release, ``sae-lens:RELEASE`` the family of its SAEs on the first one's site, and
+``hf:ORG/NAME/FOLDER`` the SAE in a folder of any repository; anything else is a local path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from saegeo.core.family import Family
+from saegeo.core.sae import SAE
+from saegeo.errors import FormatError, SaegeoError
+from saegeo.io.formats import load_sae
+from saegeo.io.gemma_scope import PARAMS_FILE, load_params_npz
+from saegeo.io.gemma_scope import site_metadata as gemma_site_metadata
+from saegeo.io.hub import fetch, offline
+from saegeo.io.registry import Release, get_release, releases
+from saegeo.io.saelens_config import upgrade_config
+
+RELEASE_PREFIX = "sae-lens:"
+REPO_PREFIX = "hf:"
+SPARSITY_FILE = "sparsity.safetensors"
+SUPPORTED_LOADERS = (None, "sae_lens", "gemma_2", "dictionary_learning_1")
+"""SAELens ``conversion_func`` values whose files saegeo reads."""
+SAE_FIELDS = ("normalize_activations", "apply_b_dec_to_input")
+"""Config overrides that change the SAE itself; all others are metadata."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed SAE name: a release (with one SAE id or none) or a repository folder."""
+
+    release: str | None = None
+    sae_id: str | None = None
+    repo_id: str | None = None
+    folder: str | None = None
+    path: str | None = None
+
+
+def parse_spec(spec: str | os.PathLike[str]) -> Spec:
+    """Parse a name as the CLI takes it (see the module docstring).
+
+    >>> parse_spec("sae-lens:gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_22").sae_id
+    'layer_12/width_16k/average_l0_22'
+    >>> parse_spec("hf:ORG/NAME/some/folder")
+    Spec(release=None, sae_id=None, repo_id='ORG/NAME', folder='some/folder', path=None)
+    """
+    text = str(spec)
+    if text.startswith(RELEASE_PREFIX):
+        rest = text[len(RELEASE_PREFIX) :]
+        release, _, sae_id = rest.partition("/")
+        if not release:
+            raise SaegeoError(f"{text}: expected {RELEASE_PREFIX}RELEASE or RELEASE/SAE_ID")
+        return Spec(release=release, sae_id=sae_id or None)
+    if text.startswith(REPO_PREFIX):
+        parts = text[len(REPO_PREFIX) :].split("/")
+        if len(parts) < 2 or not all(parts[:2]):
+            raise SaegeoError(f"{text}: expected {REPO_PREFIX}ORG/NAME[/FOLDER]")
+        return Spec(repo_id="/".join(parts[:2]), folder="/".join(parts[2:]))
+    return Spec(path=text)
+
+
+def is_pretrained_spec(spec: str | os.PathLike[str]) -> bool:
+    """Whether ``spec`` names a published SAE rather than a local path."""
+    return parse_spec(spec).path is None
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_pretrained(
+    release: str | None = None,
+    sae_id: str | None = None,
+    *,
+    repo_id: str | None = None,
+    folder: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    use_sae_lens: bool = True,
+) -> SAE:
+    """One published SAE: ``release`` and ``sae_id``, or ``repo_id`` and ``folder``.
+
+    ``release`` may also be a Hugging Face repository id not in any registry, with ``sae_id``
+    its folder, as ``sae_lens.SAE.from_pretrained`` accepts. ``use_sae_lens=False`` reads the
+    table bundled with saegeo even when SAELens is installed.
+
+    Examples:
+        >>> import saegeo as sg
+        >>> sae = sg.load_pretrained("gpt2-small-res-jb-feature-splitting",
+        ...                          "blocks.8.hook_resid_pre_768")  # doctest: +SKIP
+    """
+    if repo_id is not None:
+        if release is not None:
+            raise SaegeoError("load_pretrained(): pass release or repo_id, not both")
+        return _load_folder(repo_id, folder or "", None, dtype=dtype)
+    if release is None:
+        raise SaegeoError("load_pretrained(): pass release (and sae_id) or repo_id (and folder)")
+    entry = get_release(release, use_sae_lens=use_sae_lens)
+    if entry is None:
+        if "/" not in release:
+            raise SaegeoError(_unknown_release(release, use_sae_lens))
+        return _load_folder(release, sae_id or "", None, dtype=dtype)
+    if sae_id is None:
+        raise SaegeoError(
+            f"release {release}: load_pretrained() needs sae_id, one of "
+            f"{_some(list(entry.saes))}; Family.from_pretrained() loads several"
+        )
+    return _load_folder(entry.repo_id, entry.folder(sae_id), (entry, sae_id), dtype=dtype)
+
+
+def family_from_pretrained(
+    release: str,
+    sae_ids: Sequence[str] | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    use_sae_lens: bool = True,
+) -> Family:
+    """SAEs of one release as a family; ``sae_ids=None`` takes every SAE on the first one's
+    site (training checkpoints left out), sorted by width. A single Matryoshka SAE gives the
+    family of its nested prefixes, as :meth:`saegeo.Family.load` does."""
+    entry = get_release(release, use_sae_lens=use_sae_lens)
+    if entry is None:
+        raise SaegeoError(_unknown_release(release, use_sae_lens))
+    if isinstance(sae_ids, str):
+        sae_ids = [sae_ids]
+    ids = entry.family_ids() if sae_ids is None else list(sae_ids)
+    if not ids:
+        raise SaegeoError(f"release {release}: sae_ids is empty")
+    for sae_id in ids:
+        entry.folder(sae_id)  # every id checked before anything is fetched
+    saes = [_load_folder(entry.repo_id, entry.folder(i), (entry, i), dtype=dtype) for i in ids]
+    if len(saes) == 1 and saes[0].metadata.get("matryoshka_widths"):
+        return Family.from_matryoshka(saes[0])
+    return Family(saes)
+
+
+def load_sae_spec(spec: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> SAE:
+    """One SAE from a local path or a CLI name (``sae-lens:RELEASE/SAE_ID``,
+    ``hf:ORG/NAME/DIR``)."""
+    parsed = parse_spec(spec)
+    if parsed.path is not None:
+        return load_sae(parsed.path, dtype=dtype)
+    if parsed.repo_id is not None:
+        return load_pretrained(repo_id=parsed.repo_id, folder=parsed.folder, dtype=dtype)
+    if parsed.sae_id is None:
+        raise SaegeoError(
+            f"{spec}: names a whole release; give one SAE as {RELEASE_PREFIX}RELEASE/SAE_ID"
+        )
+    return load_pretrained(parsed.release, parsed.sae_id, dtype=dtype)
+
+
+def load_family_spec(
+    specs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Family:
+    """A family from local paths and CLI names; ``sae-lens:RELEASE`` adds the release's family.
+
+    With local paths only this is :meth:`saegeo.Family.load`.
+    """
+    items = [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)
+    if not any(is_pretrained_spec(s) for s in items):
+        return Family.load(items)
+    saes: list[SAE] = []
+    for spec in items:
+        parsed = parse_spec(spec)
+        if parsed.path is not None:
+            saes.extend(Family.load(parsed.path))
+        elif parsed.release is not None and parsed.sae_id is None:
+            saes.extend(family_from_pretrained(parsed.release, dtype=dtype))
+        else:
+            saes.append(load_sae_spec(spec, dtype=dtype))
+    if len(saes) == 1 and saes[0].metadata.get("matryoshka_widths"):
+        return Family.from_matryoshka(saes[0])
+    return Family(saes)
+
+
+# ---------------------------------------------------------------------------- one folder
+
+
+@dataclass(frozen=True)
+class _Located:
+    """One SAE folder of a repository, with its registry entry where it has one."""
+
+    repo_id: str
+    folder: str
+    entry: Release | None
+    sae_id: str | None
+    what: str
+    loader: str | None
+
+    def file(self, name: str) -> str:
+        prefix = self.folder.strip("/")
+        return f"{prefix}/{name}" if prefix else name
+
+
+def _locate(repo_id: str, folder: str, known: tuple[Release, str] | None) -> _Located:
+    entry, sae_id = known if known is not None else (None, None)
+    what = (
+        f"release {entry.name}, SAE {sae_id}"
+        if entry is not None
+        else f"{REPO_PREFIX}{repo_id}/{folder}".rstrip("/")
+    )
+    loader = entry.conversion_func if entry is not None else _probe_loader(repo_id, folder, what)
+    if loader not in SUPPORTED_LOADERS:
+        raise SaegeoError(
+            f"{what}: its files need SAELens's {loader!r} loader, which saegeo does not read; "
+            "saegeo reads SAELens, Gemma Scope (gemma_2) and dictionary_learning_1 releases"
+        )
+    return _Located(repo_id, folder, entry, sae_id, what, loader)
+
+
+def _site_config(loc: _Located) -> dict[str, Any]:
+    """The SAE's config as SAELens reads it, fetching only the (small) config file."""
+    if loc.loader in (None, "sae_lens"):
+        cfg_path = fetch(loc.repo_id, loc.file("cfg.json"), what=loc.what)
+        assert cfg_path is not None
+        return upgrade_config(_read_json(cfg_path))
+    if loc.loader == "gemma_2":
+        return gemma_site_metadata(loc.repo_id, loc.folder)
+    config_path = fetch(loc.repo_id, loc.file("config.json"), what=loc.what)
+    assert config_path is not None
+    return _dictionary_learning_cfg(_read_json(config_path))
+
+
+def _metadata(
+    loc: _Located, cfg: dict[str, Any], base: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(metadata, SAE field changes)`` from the config, the registry and its overrides."""
+    metadata = dict(base)
+    for key in ("model_name", "hook_name", "hook_layer", "context_size", "prepend_bos"):
+        if key in cfg and key not in metadata:
+            metadata[key] = cfg[key]
+    if "model_from_pretrained_kwargs" in cfg:
+        metadata["model_from_pretrained_kwargs"] = cfg["model_from_pretrained_kwargs"]
+    changes: dict[str, Any] = {}
+    if loc.entry is not None and loc.sae_id is not None:
+        for key, value in loc.entry.overrides(loc.sae_id).items():
+            if key in SAE_FIELDS:
+                changes[key] = value
+            else:
+                metadata[key] = value
+        metadata.setdefault("model_name", loc.entry.model)
+        metadata.update(release=loc.entry.name, sae_id=loc.sae_id, registry=loc.entry.registry)
+    metadata.update(repo_id=loc.repo_id, folder=loc.folder)
+    metadata["name"] = _name(metadata, loc.sae_id, loc.folder)
+    return metadata, changes
+
+
+def site_metadata(spec: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of an SAE (model, hook, settings) without fetching its weights.
+
+    ``spec`` is a local path or a CLI name (see :func:`parse_spec`; one SAE, or a release,
+    whose first SAE on its family's site is read).
+    """
+    parsed = parse_spec(spec)
+    if parsed.path is not None:
+        return dict(load_sae(parsed.path).metadata)
+    if parsed.repo_id is not None:
+        loc = _locate(parsed.repo_id, parsed.folder or "", None)
+    else:
+        assert parsed.release is not None
+        entry = get_release(parsed.release)
+        if entry is None:
+            if "/" not in parsed.release:
+                raise SaegeoError(_unknown_release(parsed.release, True))
+            loc = _locate(parsed.release, parsed.sae_id or "", None)
+        else:
+            sae_id = parsed.sae_id or entry.family_ids()[0]
+            loc = _locate(entry.repo_id, entry.folder(sae_id), (entry, sae_id))
+    return _metadata(loc, _site_config(loc), {})[0]
+
+
+def _load_folder(
+    repo_id: str,
+    folder: str,
+    known: tuple[Release, str] | None,
+    *,
+    dtype: torch.dtype,
+) -> SAE:
+    loc = _locate(repo_id, folder, known)
+    what = loc.what
+    cfg = _site_config(loc)
+    log_density = None
+    if loc.loader in (None, "sae_lens"):
+        weights_path = fetch(repo_id, loc.file("sae_weights.safetensors"), what=what)
+        sparsity_path = fetch(repo_id, loc.file(SPARSITY_FILE), what=what, required=False)
+        assert weights_path is not None
+        sae = load_sae(weights_path.parent)
+        if sparsity_path is not None:
+            log_density = _read_sparsity(sparsity_path, sae.width)
+    elif loc.loader == "gemma_2":
+        npz_path = fetch(repo_id, loc.file(PARAMS_FILE), what=what)
+        assert npz_path is not None
+        sae = load_params_npz(npz_path, repo_id=repo_id, folder=folder)
+        cfg = {}
+    else:
+        weights_path = fetch(repo_id, loc.file("ae.pt"), what=what)
+        assert weights_path is not None
+        sae = load_sae(weights_path.parent)
+    d_sae = cfg.get("d_sae")
+    if isinstance(d_sae, int) and d_sae != sae.width:
+        raise FormatError(f"{what}: config says d_sae={d_sae} but the weights hold {sae.width}")
+    metadata, changes = _metadata(loc, cfg, sae.metadata)
+    if log_density is not None:
+        metadata["log_feature_density"] = log_density
+    sae = sae.replace(metadata=metadata, **changes)
+    entry, sae_id = loc.entry, loc.sae_id
+    factor = entry.norm_scaling_factor.get(sae_id or "") if entry is not None else None
+    if sae.normalize_activations == "expected_average_only_in" and factor is not None:
+        sae = sae.replace(
+            W_enc=sae.W_enc * factor,
+            W_dec=sae.W_dec / factor,
+            b_dec=sae.b_dec / factor,
+            normalize_activations="none",
+        )
+    sae = sae.to(dtype=dtype)
+    sae.check(what)
+    return sae
+
+
+def _probe_loader(repo_id: str, folder: str, what: str) -> str | None:
+    """The layout of a folder not in a registry, from the files it has."""
+    prefix = folder.strip("/")
+
+    def file(name: str) -> str:
+        return f"{prefix}/{name}" if prefix else name
+
+    if fetch(repo_id, file("cfg.json"), what=what, required=False) is not None:
+        return None
+    if fetch(repo_id, file(PARAMS_FILE), what=what, required=False) is not None:
+        return "gemma_2"
+    if fetch(repo_id, file("config.json"), what=what, required=False) is not None:
+        return "dictionary_learning_1"
+    where = "the cache (HF_HUB_OFFLINE is set)" if offline() else f"{repo_id}/{folder}"
+    raise SaegeoError(
+        f"{what}: none of cfg.json (SAELens), {PARAMS_FILE} (Gemma Scope) or config.json "
+        f"(dictionary_learning) is in {where}; fetch the folder with "
+        f"`huggingface-cli download {repo_id} --include '{folder}/*'`"
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{path}: not a readable JSON config ({exc})") from None
+    if not isinstance(doc, dict):
+        raise FormatError(f"{path}: expected a JSON object")
+    return doc
+
+
+def _read_sparsity(path: Path, width: int) -> torch.Tensor:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            log_density = f.get_tensor("sparsity").float().reshape(-1)
+    except Exception as exc:  # safetensors raises several error types on damaged files
+        raise FormatError(f"{path}: unreadable sparsity file ({exc}); re-download it") from None
+    if log_density.shape != (width,):
+        raise FormatError(
+            f"{path}: holds {log_density.numel()} feature densities for an SAE of width {width}"
+        )
+    return log_density
+
+
+def _dictionary_learning_cfg(config: dict[str, Any]) -> dict[str, Any]:
+    """Site settings SAELens reads from a dictionary_learning ``config.json``."""
+    trainer, buffer = config.get("trainer") or {}, config.get("buffer") or {}
+    cfg: dict[str, Any] = {"prepend_bos": True}
+    if "layer" in trainer:
+        cfg["hook_name"] = f"blocks.{trainer['layer']}.hook_resid_post"
+        cfg["hook_layer"] = int(trainer["layer"])
+    if "lm_name" in trainer:
+        cfg["model_name"] = str(trainer["lm_name"]).split("/")[-1]
+    if "ctx_len" in buffer:
+        cfg["context_size"] = buffer["ctx_len"]
+    if isinstance(trainer.get("dict_size"), int):
+        cfg["d_sae"] = trainer["dict_size"]
+    return cfg
+
+
+def _name(metadata: dict[str, Any], sae_id: str | None, folder: str) -> str:
+    """A short label: the SAE part of its Neuronpedia id, else its id or folder."""
+    np_id = metadata.get("neuronpedia_id")
+    if np_id and "/" in str(np_id):
+        return str(np_id).split("/", 1)[1]
+    label = sae_id or folder.strip("/") or str(metadata.get("repo_id", "sae"))
+    return re.sub(r"/+", "-", label)
+
+
+def _some(ids: list[str]) -> str:
+    return ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+
+
+def _unknown_release(release: str, use_sae_lens: bool) -> str:
+    known = sorted(releases(use_sae_lens=use_sae_lens))
+    close = [name for name in known if release.lower() in name.lower()][:5]
+    hint = f"; similar: {', '.join(close)}" if close else f"; {len(known)} releases are known"
+    return (
+        f"release {release!r}: not in the release registry{hint} (or pass a Hugging Face "
+        f"repo id as {REPO_PREFIX}ORG/NAME/FOLDER)"
+    )
