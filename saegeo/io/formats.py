@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from saegeo.core.sae import SAE
 from saegeo.errors import FormatError, SaegeoError
 from saegeo.io.atomic import atomic_dir
+from saegeo.io.paths import regular_files_in
 
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -38,6 +39,9 @@ def load_sae(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32
         >>> sae = load_sae("path/to/sae")  # doctest: +SKIP
     """
     path = Path(path)
+    regular_files_in(
+        path, (SAELENS_CFG, SAELENS_WEIGHTS, SPARSIFY_WEIGHTS, DICTLEARN_WEIGHTS, DICTLEARN_CFG)
+    )
     if path.is_file() and path.name == DICTLEARN_WEIGHTS:
         path = path.parent
     if not path.exists():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -29,7 +30,6 @@ from typing import Any
 
 import jsonschema
 import networkx as nx
-from referencing import Registry, Resource
 
 from saegeo.errors import FormatError, SaegeoError
 from saegeo.trees.dag import labels_by_id, node_id, parse_node_id, tree_root
@@ -68,18 +68,16 @@ def tree_schema() -> dict[str, Any]:
 def forest_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of ``saegeo.feature_forest.v1`` (a fresh copy).
 
-    Its ``trees`` refer to ``feature_tree.v1.schema.json``; :func:`validate_forest` resolves
-    that reference to the packaged tree schema.
+    Its ``trees`` refer to the tree schema by its ``$id``, and the forest schema embeds that
+    schema under ``$defs``, so any JSON Schema validator resolves the reference without a
+    registry (``jsonschema.validate(doc, forest_schema())``).
     """
     return json.loads(json.dumps(_load_schema(FOREST_SCHEMA_FILE)))
 
 
 @functools.cache
 def _validator(filename: str) -> jsonschema.Draft202012Validator:
-    registry: Registry = Registry().with_resource(
-        TREE_SCHEMA_FILE, Resource.from_contents(_load_schema(TREE_SCHEMA_FILE))
-    )
-    return jsonschema.Draft202012Validator(_load_schema(filename), registry=registry)
+    return jsonschema.Draft202012Validator(_load_schema(filename))
 
 
 def _validate(doc: Any, filename: str, schema_name: str, source: str) -> None:
@@ -163,7 +161,8 @@ def tree_to_json(T: nx.DiGraph, *, labels: Mapping[Any, str] | None = None) -> d
             "other_parents": [[str(pid), float(s)] for pid, s in data.get("other_parents", [])],
         }
         for key in ("freq", "max_act"):
-            if data.get(key) is not None:
+            # Optional keys: a value that is not a finite number is left out, never NaN.
+            if data.get(key) is not None and math.isfinite(float(data[key])):
                 out[key] = float(data[key])
         label = by_id.get(out["id"], data.get("label"))
         if label is not None:
