@@ -419,7 +419,7 @@ def _write_summary(
     write_json(
         out / "family.json",
         {
-            "format": "saegeo.core.family.v1",
+            "format": "saegeo.family.v1",
             "acts": store.source,
             "d_in": store.d_in,
             "config": _config_dict(config),

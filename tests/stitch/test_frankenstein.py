@@ -248,7 +248,7 @@ def test_cli_stitch_writes_one_directory(family_on_disk, capsys):
         "sae_weights.safetensors",
     ]
     report = json.loads((out / "report.json").read_text())
-    assert report["schema"] == "saegeo.stitch.report.v1" and report["swap"] is True
+    assert report["schema"] == "saegeo.frankenstein_report.v1" and report["swap"] is True
     assert len(report["steps"]) == 2
     assert load_sae(out).width == report["steps"][-1]["n_features"]
     assert sorted(p.name for p in family_on_disk.iterdir()) == ["acts.npy", "family", "frank"]
