@@ -42,6 +42,7 @@ from saegeo.effects.metrics import Metrics, evaluate
 from saegeo.errors import SaegeoError
 from saegeo.io.atomic import write_json, write_text
 from saegeo.io.formats import save_sae
+from saegeo.io.outputs import FAMILY_FORMAT
 from saegeo.io.store import ActivationStore, as_store
 from saegeo.training.config import (
     MATRYOSHKA_ARCHS,
@@ -419,7 +420,7 @@ def _write_summary(
     write_json(
         out / "family.json",
         {
-            "format": "saegeo.family.v1",
+            "format": FAMILY_FORMAT,
             "acts": store.source,
             "d_in": store.d_in,
             "config": _config_dict(config),

@@ -132,6 +132,7 @@ def test_cli_classify_writes_csv(tmp_path, capsys):
                 str(tmp_path / "acts.npy"),
                 "--out",
                 str(out),
+                "--force",  # replaces the previous table
             ]
         )
         == 0
