@@ -304,19 +304,19 @@ def _check_train_size(args: argparse.Namespace, widths: list[int], d_in: int) ->
     """Refuse widths whose weights cannot fit this machine's memory or disk."""
     import os
 
-    weights = 8 * d_in * sum(widths)  # encoder and decoder, float32
-    _guard(args, [(args.out, "family", "--out")], [args.acts], need_bytes=weights)
     # Training holds the weights, their gradients and two Adam moments of the widest member.
     needed = 4 * 8 * d_in * max(widths)
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        return
-    if needed > memory:
+        memory = None
+    if memory is not None and needed > memory:
         raise SaegeoError(
             f"--widths {max(widths)}: training a width-{max(widths)} SAE on d_in={d_in} needs "
             f"about {needed / 2**30:.1f} GB, more than this machine's {memory / 2**30:.1f} GB"
         )
+    weights = 8 * d_in * sum(widths)  # encoder and decoder, float32
+    _guard(args, [(args.out, "family", "--out")], [args.acts], need_bytes=weights)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -657,9 +657,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
     except SystemExit as exc:  # --help, or a bad flag already reported in one line
         return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
+    if unknown:
+        print(
+            f"saegeo {args.command}: error: unrecognized arguments: {' '.join(unknown)}",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -50,7 +50,8 @@ def regular_file(path: str | os.PathLike[str], *, what: str = "file") -> Path:
         raise FormatError(f"{path}: expected a {what}, found a directory")
     if not stat.S_ISREG(mode):
         raise FormatError(
-            f"{path}: not a regular file (a FIFO, socket or device); pass the {what} as a file"
+            f"{path}: not a regular file (a FIFO, socket or device); saegeo reads the {what} "
+            "only from a regular file"
         )
     return path
 

@@ -127,7 +127,7 @@ class ActivationStore:
             meta = json.loads(meta_path.read_text())
             shards = [(path / s["file"], 0, int(s["n_tokens"])) for s in meta["shards"]]
             d_in = int(meta["d_in"])
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (ValueError, RecursionError, KeyError, TypeError) as exc:
             raise FormatError(f"{meta_path}: corrupt store metadata ({exc!r})") from None
         for shard, _, n in shards:
             if not shard.exists():

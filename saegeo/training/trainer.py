@@ -199,8 +199,11 @@ def train_sae(
         raise SaegeoError(f"TrainConfig: k={config.k} exceeds the width {width}")
     n_eval = min(config.eval_tokens, store.n_tokens // 5)
     n_train = store.n_tokens - n_eval
-    if n_train < 1:
-        raise SaegeoError(f"activations {store.source}: no tokens to train on")
+    if n_train < 2:
+        raise SaegeoError(
+            f"activations {store.source}: {n_train} token(s) to train on; training needs at "
+            "least 2 (and many more to learn anything)"
+        )
     batch_size = min(config.batch_size, n_train)
 
     init_BD = torch.cat(
@@ -271,7 +274,7 @@ def train_sae(
                     "step": step,
                     "tokens": (step + 1) * batch_size,
                     "loss": loss_value,
-                    "fvu": out.mse / total_var,
+                    "fvu": out.mse / total_var if total_var > 0 else float("nan"),
                     "l0": out.l0,
                 }
                 state.history.append(entry)

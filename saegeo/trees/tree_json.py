@@ -32,6 +32,7 @@ import jsonschema
 import networkx as nx
 
 from saegeo.errors import FormatError, SaegeoError
+from saegeo.io.paths import regular_file
 from saegeo.trees.dag import labels_by_id, node_id, parse_node_id, tree_root
 
 TREE_SCHEMA = "saegeo.feature_tree.v1"
@@ -292,11 +293,13 @@ def dag_from_json(doc: Mapping[str, Any], *, source: str = "DAG document") -> nx
 
 def read_labels(path: str | os.PathLike[str]) -> dict[str, str]:
     """Labels from a JSON file: an object mapping ``"level/feature"`` to text."""
+    if Path(path).exists():
+        regular_file(path, what="labels file")
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SaegeoError(f"{path}: no such labels file") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise FormatError(f"{path}: not a readable JSON file ({exc})") from None
     if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
         raise FormatError(f"{path}: labels must be a JSON object of strings by LEVEL/FEATURE")
