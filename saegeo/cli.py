@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from saegeo import cli_args as types
 from saegeo.errors import SaegeoError
@@ -33,7 +34,7 @@ def _guard(
     )
 
 
-def _open_acts(args: argparse.Namespace) -> object:
+def _open_acts(args: argparse.Namespace) -> Any:
     """The activations of ``--acts`` (None without), NaN/Inf rows skipped with
     ``--skip-nonfinite``."""
     from saegeo.io.store import ActivationStore
@@ -45,7 +46,7 @@ def _open_acts(args: argparse.Namespace) -> object:
     )
 
 
-def _report_skipped(args: argparse.Namespace, acts: object) -> None:
+def _report_skipped(args: argparse.Namespace, acts: Any) -> None:
     skipped = getattr(acts, "skipped_rows", 0)
     if skipped:
         print(f"skipped {skipped} rows with NaN or Inf values in {args.acts}")
@@ -266,7 +267,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     widths = list(args.widths)
     matryoshka = args.matryoshka_widths
     acts = _open_acts(args)
-    _check_train_size(args, widths, acts.d_in)  # type: ignore[attr-defined]
+    _check_train_size(args, widths, acts.d_in)
     config = TrainConfig(
         arch=args.arch,
         k=args.k,
@@ -286,7 +287,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # Trained into a fresh directory that replaces --out once every member is saved: an
     # interrupted run leaves the previous output as it was, never a mix of two runs.
     with atomic_dir(args.out) as tmp:
-        run = train_family(acts, widths, config, out_dir=tmp)  # type: ignore[arg-type]
+        run = train_family(acts, widths, config, out_dir=tmp)
     _report_skipped(args, acts)
     for report in run.reports:
         m = report.metrics
