@@ -14,38 +14,6 @@ from saegeo.errors import SaegeoError
 EXIT_USER_ERROR = 2
 
 
-def _guard(
-    args: argparse.Namespace,
-    outputs: list[tuple[str | None, str, str]],
-    inputs: Sequence[str | None],
-    *,
-    need_bytes: int = 0,
-) -> None:
-    """Check every output location (kind, flag) against the inputs before any computing."""
-    from pathlib import Path
-
-    from saegeo.io.outputs import Output, check_outputs
-
-    check_outputs(
-        [Output(Path(path), kind, flag) for path, kind, flag in outputs if path is not None],  # type: ignore[arg-type]
-        list(inputs),
-        force=getattr(args, "force", False),
-        need_bytes=need_bytes,
-    )
-
-
-def _open_acts(args: argparse.Namespace) -> Any:
-    """The activations of ``--acts`` (None without), NaN/Inf rows skipped with
-    ``--skip-nonfinite``."""
-    from saegeo.io.store import ActivationStore
-
-    if not args.acts:
-        return None
-    return ActivationStore.open(
-        args.acts, nonfinite="skip" if getattr(args, "skip_nonfinite", False) else "error"
-    )
-
-
 def _report_skipped(args: argparse.Namespace, acts: Any) -> None:
     skipped = getattr(acts, "skipped_rows", 0)
     if skipped:
@@ -67,7 +35,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from saegeo.demo import run_demo
 
-    _guard(args, [(args.out, "demo", "--out")], [])
+    types.guard(args, [(args.out, "demo", "--out")], [])
     report = run_demo(args.out, quick=args.quick)
     print(f"report: {report}")
     return 0
@@ -78,14 +46,14 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from saegeo.io.atomic import write_text
     from saegeo.io.formats import load_sae
 
-    _guard(args, [(args.out, "table", "--out")], [args.small, args.large, args.acts])
+    types.guard(args, [(args.out, "table", "--out")], [args.small, args.large, args.acts])
     small, large = load_sae(args.small), load_sae(args.large)
     if small.d_in != large.d_in:
         raise SaegeoError(
             f"{args.large}: d_in={large.d_in} but {args.small} has d_in={small.d_in}; "
             "both SAEs must read the same model site"
         )
-    acts = _open_acts(args)
+    acts = types.open_acts(args)
     table = novelty_table(
         small,
         large,
@@ -108,12 +76,12 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 def _cmd_tree(args: argparse.Namespace) -> int:
     from saegeo.core.family import Family
-    from saegeo.io.atomic import atomic_files, json_text
+    from saegeo.io.atomic import json_text
     from saegeo.trees.dag import feature_dag, feature_tree, forest, node_id, parse_node_id
     from saegeo.trees.tree_json import forest_to_json, read_labels, tree_to_json
     from saegeo.viz.figures import figure_page, forest_html, tree_figure
 
-    _guard(
+    types.guard(
         args,
         [(args.out, "tree", "--out"), (args.html, "html", "--html")],
         [*args.paths, args.acts, args.labels],
@@ -131,7 +99,7 @@ def _cmd_tree(args: argparse.Namespace) -> int:
             f"--root {node_id(root)}: no such feature; levels have widths "
             f"{family.widths} (level 0 is the narrowest)"
         )
-    acts = _open_acts(args)
+    acts = types.open_acts(args)
     G = feature_dag(
         family,
         metric=args.metric,
@@ -144,26 +112,17 @@ def _cmd_tree(args: argparse.Namespace) -> int:
         table, trees = forest(G, rank_by=args.rank_by, min_size=args.min_size)
         doc = forest_to_json(G, trees, rank_by=args.rank_by, labels=labels)
         page = forest_html(trees, labels=labels, top=args.top) if args.html else None
-        _write_tree(args, json_text(doc), page, atomic_files)
+        types.write_tree(args, json_text(doc), page)
         _report_skipped(args, acts)
         print(table.head(args.top).to_string())
         print(f"forest: {len(trees)} trees of >= {args.min_size} features -> {args.out}")
         return 0
     T = feature_tree(G, root)
     page = figure_page(tree_figure(T, labels=labels)) if args.html else None
-    _write_tree(args, json_text(tree_to_json(T, labels=labels)), page, atomic_files)
+    types.write_tree(args, json_text(tree_to_json(T, labels=labels)), page)
     _report_skipped(args, acts)
     print(f"tree {node_id(root)}: {T.number_of_nodes()} features -> {args.out}")
     return 0
-
-
-def _write_tree(args: argparse.Namespace, doc: str, page: str | None, atomic_files) -> None:
-    """The JSON and the HTML page appear together, or neither does."""
-    paths = [args.out, args.html] if page is not None else [args.out]
-    with atomic_files(*paths) as temps:
-        temps[0].write_text(doc, encoding="utf-8")
-        if page is not None:
-            temps[1].write_text(page, encoding="utf-8")
 
 
 def _cmd_stitch(args: argparse.Namespace) -> int:
@@ -172,7 +131,7 @@ def _cmd_stitch(args: argparse.Namespace) -> int:
     from saegeo.io.formats import save_sae
     from saegeo.stitch.frankenstein import frankenstein
 
-    _guard(
+    types.guard(
         args,
         [(args.out, "stitched", "--out"), (args.checkpoint, "checkpoint", "--checkpoint")],
         [*args.paths, args.acts],
@@ -183,13 +142,13 @@ def _cmd_stitch(args: argparse.Namespace) -> int:
             f"--upto {args.upto}: no member is that narrow; the widths are {family.widths}"
         )
     # The stitched SAE holds at most every member's features: encoder and decoder, float32.
-    _guard(
+    types.guard(
         args,
         [(args.out, "stitched", "--out")],
         [*args.paths, args.acts],
         need_bytes=8 * family.d_in * sum(family.widths),
     )
-    acts = _open_acts(args)
+    acts = types.open_acts(args)
     sae, report = frankenstein(
         family,
         acts,
@@ -228,7 +187,7 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
     from saegeo.lm.harvest import harvest
 
     local = [p for p in (args.model, args.text) if p is not None and Path(p).exists()]
-    _guard(args, [(args.out, "store", "--out")], local)
+    types.guard(args, [(args.out, "store", "--out")], local)
     if args.threads:
         import torch
 
@@ -263,11 +222,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from saegeo.io.atomic import atomic_dir
     from saegeo.training.trainer import TrainConfig, train_family
 
-    _guard(args, [(args.out, "family", "--out")], [args.acts])
+    types.guard(args, [(args.out, "family", "--out")], [args.acts])
     widths = list(args.widths)
     matryoshka = args.matryoshka_widths
-    acts = _open_acts(args)
-    _check_train_size(args, widths, acts.d_in)
+    acts = types.open_acts(args)
+    types.check_train_size(args, widths, acts.d_in)
     config = TrainConfig(
         arch=args.arch,
         k=args.k,
@@ -299,25 +258,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"{report.arch}-{report.width}: {held_out}  ({report.tokens_per_second:.0f} tok/s)")
     print(f"family: {len(run.reports)} SAEs -> {args.out} (family.json, metrics.csv)")
     return 0
-
-
-def _check_train_size(args: argparse.Namespace, widths: list[int], d_in: int) -> None:
-    """Refuse widths whose weights cannot fit this machine's memory or disk."""
-    import os
-
-    # Training holds the weights, their gradients and two Adam moments of the widest member.
-    needed = 4 * 8 * d_in * max(widths)
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        memory = None
-    if memory is not None and needed > memory:
-        raise SaegeoError(
-            f"--widths {max(widths)}: training a width-{max(widths)} SAE on d_in={d_in} needs "
-            f"about {needed / 2**30:.1f} GB, more than this machine's {memory / 2**30:.1f} GB"
-        )
-    weights = 8 * d_in * sum(widths)  # encoder and decoder, float32
-    _guard(args, [(args.out, "family", "--out")], [args.acts], need_bytes=weights)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, type=types.path, help="CSV output, one row per larger-SAE feature"
     )
-    _add_common(p)
+    types.add_common(p)
     p.set_defaults(func=_cmd_classify)
 
     p = sub.add_parser("tree", help="feature tree (or forest) across the widths of a family")
@@ -418,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="--all: trees shown in --html and printed (default %(default)s)",
     )
-    _add_common(p)
+    types.add_common(p)
     p.set_defaults(func=_cmd_tree)
 
     p = sub.add_parser("stitch", help="Frankenstein SAE: stitch novel features across widths")
@@ -461,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", type=types.path, help="--retrain sgd: resumable checkpoint file")
     p.add_argument("--limit", type=types.integer(1), help="use only the first N activation tokens")
-    _add_common(p)
+    types.add_common(p)
     p.set_defaults(func=_cmd_stitch)
 
     p = sub.add_parser("harvest", help="store a language model's residual stream on text")
@@ -621,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="first tokens held out for the metrics (default %(default)s)",
     )
     p.add_argument("--seed", type=types.integer(0), default=0, help="default %(default)s")
-    _add_common(p)
+    types.add_common(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("demo", help="the whole pipeline on the packaged model and text")
@@ -635,24 +575,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     return parser
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    """--device, --force and --skip-nonfinite, for the commands that read activations and write
-    outputs."""
-    p.add_argument(
-        "--device", default="auto", type=types.device, help="torch device (default %(default)s)"
-    )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace a previous saegeo output of the same kind at the output paths",
-    )
-    p.add_argument(
-        "--skip-nonfinite",
-        action="store_true",
-        help="drop activation rows holding NaN or Inf (and report how many) instead of failing",
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,13 +1,15 @@
-"""Argument types of the ``saegeo`` command line: every flag's value is range-checked as it is
-parsed, so a bad value is one line naming the flag (``saegeo X: error: argument --k: ...``)
-before anything is loaded or computed."""
+"""The ``saegeo`` command line's arguments and set-up: every flag's value is range-checked as
+it is parsed, so a bad value is one line naming the flag (``saegeo X: error: argument --k:
+...``), and every command checks its outputs (:func:`guard`) before anything is computed."""
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from saegeo.errors import SaegeoError
 
 EXIT_USER_ERROR = 2
 
@@ -162,3 +164,86 @@ def device(text: str) -> str:
             raise argparse.ArgumentTypeError(f"{text}: MPS is not available on this machine")
         return text
     raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+# --------------------------------------------------------------------------- command set-up
+
+
+def guard(
+    args: argparse.Namespace,
+    outputs: list[tuple[str | None, str, str]],
+    inputs: Sequence[str | None],
+    *,
+    need_bytes: int = 0,
+) -> None:
+    """Check every output location (kind, flag) against the inputs before any computing."""
+    from pathlib import Path
+
+    from saegeo.io.outputs import Output, check_outputs
+
+    check_outputs(
+        [Output(Path(path), kind, flag) for path, kind, flag in outputs if path is not None],  # type: ignore[arg-type]
+        list(inputs),
+        force=getattr(args, "force", False),
+        need_bytes=need_bytes,
+    )
+
+
+def open_acts(args: argparse.Namespace) -> Any:
+    """The activations of ``--acts`` (None without), NaN/Inf rows skipped with
+    ``--skip-nonfinite``."""
+    from saegeo.io.store import ActivationStore
+
+    if not args.acts:
+        return None
+    return ActivationStore.open(
+        args.acts, nonfinite="skip" if getattr(args, "skip_nonfinite", False) else "error"
+    )
+
+
+def check_train_size(args: argparse.Namespace, widths: list[int], d_in: int) -> None:
+    """Refuse widths whose weights cannot fit this machine's memory or disk."""
+    import os
+
+    # Training holds the weights, their gradients and two Adam moments of the widest member.
+    needed = 4 * 8 * d_in * max(widths)
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = None
+    if memory is not None and needed > memory:
+        raise SaegeoError(
+            f"--widths {max(widths)}: training a width-{max(widths)} SAE on d_in={d_in} needs "
+            f"about {needed / 2**30:.1f} GB, more than this machine's {memory / 2**30:.1f} GB"
+        )
+    weights = 8 * d_in * sum(widths)  # encoder and decoder, float32
+    guard(args, [(args.out, "family", "--out")], [args.acts], need_bytes=weights)
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """--device, --force and --skip-nonfinite, for the commands that read activations and write
+    outputs."""
+    p.add_argument(
+        "--device", default="auto", type=device, help="torch device (default %(default)s)"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a previous saegeo output of the same kind at the output paths",
+    )
+    p.add_argument(
+        "--skip-nonfinite",
+        action="store_true",
+        help="drop activation rows holding NaN or Inf (and report how many) instead of failing",
+    )
+
+
+def write_tree(args: argparse.Namespace, doc: str, page: str | None) -> None:
+    """The JSON and the HTML page appear together, or neither does."""
+    from saegeo.io.atomic import atomic_files
+
+    paths = [args.out, args.html] if page is not None else [args.out]
+    with atomic_files(*paths) as temps:
+        temps[0].write_text(doc, encoding="utf-8")
+        if page is not None:
+            temps[1].write_text(page, encoding="utf-8")
