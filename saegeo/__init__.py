@@ -1,7 +1,33 @@
 """saegeo: the geometry of features across sparse-autoencoder families.
 
-Shape suffixes on tensor names: B batch/tokens, D d_in, F features, K top-k, S features of
-the smaller SAE, L features of the larger SAE, P parents, C children.
+Shape suffixes: a tensor or array of two or more dimensions carries one letter per axis after
+its name (``W_dec_FD`` is [features, d_in]); a vector carries one where it is indexed along
+with others (``error_B``). Where a letter has more than one use, the module makes clear which.
+
+====  ================================================================================
+A     atoms a matching pursuit chooses from: a dictionary's features, with any atom given
+      per row (core.pursuit)
+B     batch: tokens (rows of activations) in the batch at hand
+D     d_in, the width of the model site
+F     features (latents) of the SAE at hand
+K     top-k: the latents kept per row, or another small per-row selection
+S     features of the smaller SAE of a pair
+L     features of the larger SAE of a pair
+P     parents (trees, masked cosine); Matryoshka prefixes (training); the padded width of
+      a matching-pursuit Gram matrix (core.pursuit); (token, feature) pairs (delta-MSE)
+C     children
+M     the features of a selection (those added to an SAE, in delta-MSE)
+G     groups of a selection (swap groups, a selection's feature groups)
+R     rows in work, a subset of a batch (pursuit, refit chunks); in the exact refit's
+      ``rhs_BR``/``block_FR``, the right-hand-side columns [codes, targets, 1]
+T     sequence positions of a model input (lm); steps of a replayed pursuit (training); the
+      rows of one tile (core.pursuit)
+N     the entries of a flat list: nonzeros of a sparse matrix, samples drawn, all tokens
+U     a subset singled out for separate work: undecided rows (core.pursuit), unique
+      (token, group) keys (delta-MSE)
+1     an axis of size one kept for broadcasting (``mu_B1``), or one more than the letter
+      before it (``bounds_P1``: P + 1 prefix bounds)
+====  ================================================================================
 
 Examples:
     >>> import saegeo as sg

@@ -6,8 +6,9 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import get_args
+from typing import Any, get_args
 
+from saegeo import cli_args as types
 from saegeo.effects.hybrid import TOPK_MODES
 from saegeo.errors import ArgumentError, SaegeoError
 from saegeo.lm.config import MODEL_DTYPES, STORE_DTYPES
@@ -27,6 +28,12 @@ SAE_PATHS_HELP = (
 )
 
 
+def _report_skipped(args: argparse.Namespace, acts: Any) -> None:
+    skipped = getattr(acts, "skipped_rows", 0)
+    if skipped:
+        print(f"skipped {skipped} rows with NaN or Inf values in {args.acts}")
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from saegeo.core.describe import describe_sae
     from saegeo.io.pretrained import load_family_spec
@@ -42,6 +49,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from saegeo.demo import run_demo
 
+    types.guard(args, [(args.out, "demo", "--out")], [])
     report = run_demo(args.out, quick=args.quick)
     print(f"report: {report}")
     return 0
@@ -51,10 +59,10 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from saegeo.effects.novelty import novelty_table
     from saegeo.io.atomic import write_text
     from saegeo.io.pretrained import load_sae_spec
-    from saegeo.io.store import ActivationStore
 
+    types.guard(args, [(args.out, "table", "--out")], [args.small, args.large, args.acts])
     small, large = load_sae_spec(args.small), load_sae_spec(args.large)
-    acts = ActivationStore.open(args.acts) if args.acts else None
+    acts = types.open_acts(args)
     table = novelty_table(
         small,
         large,
@@ -65,6 +73,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         device=args.device,
     )
     write_text(args.out, table.to_csv())
+    _report_skipped(args, acts)
     n_novel = int((table["kind"] == "novel").sum())
     print(
         f"{n_novel} of {len(table)} features of {large.name} are novel "
@@ -74,13 +83,22 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _cmd_tree(args: argparse.Namespace) -> int:
-    from saegeo.io.atomic import write_json
+    from saegeo.io.atomic import json_text
     from saegeo.io.pretrained import RELEASE_PREFIX, load_family_spec
-    from saegeo.io.store import ActivationStore
     from saegeo.trees.dag import feature_dag, feature_tree, forest, node_id, parse_node_id
     from saegeo.trees.tree_json import forest_to_json, read_labels, tree_to_json
-    from saegeo.viz.figures import forest_html, save_html, tree_figure
+    from saegeo.viz.figures import figure_page, forest_html, tree_figure
 
+    types.guard(
+        args,
+        [(args.out, "tree", "--out"), (args.html, "html", "--html")],
+        [*args.paths, args.acts, args.labels],
+    )
+    threshold = args.threshold
+    if args.metric == "decoder_cosine" and threshold is not None and not -1 <= threshold <= 1:
+        raise SaegeoError(
+            f"--threshold {threshold:g}: a decoder cosine threshold must lie in [-1, 1]"
+        )
     root = None if args.all else parse_node_id(args.root, name="--root")
     labels = read_labels(args.labels) if args.labels else None
     if args.neuronpedia and root is None:
@@ -93,7 +111,7 @@ def _cmd_tree(args: argparse.Namespace) -> int:
             f"--root {node_id(root)}: no such feature; levels have widths "
             f"{family.widths} (level 0 is the narrowest)"
         )
-    acts = ActivationStore.open(args.acts) if args.acts else None
+    acts = types.open_acts(args)
     G = feature_dag(
         family,
         metric=args.metric,
@@ -103,16 +121,17 @@ def _cmd_tree(args: argparse.Namespace) -> int:
     )
     if root is None:
         table, trees = forest(G, rank_by=args.rank_by, min_size=args.min_size)
-        write_json(args.out, forest_to_json(G, trees, rank_by=args.rank_by, labels=labels))
-        if args.html:
-            save_html(forest_html(trees, labels=labels, top=args.top), args.html)
+        doc = forest_to_json(G, trees, rank_by=args.rank_by, labels=labels)
+        page = forest_html(trees, labels=labels, top=args.top) if args.html else None
+        types.write_tree(args, json_text(doc), page)
+        _report_skipped(args, acts)
         print(table.head(args.top).to_string())
         print(f"forest: {len(trees)} trees of >= {args.min_size} features -> {args.out}")
         return 0
     T = feature_tree(G, root)
-    write_json(args.out, tree_to_json(T, labels=labels))
-    if args.html:
-        save_html(tree_figure(T, labels=labels), args.html)
+    page = figure_page(tree_figure(T, labels=labels)) if args.html else None
+    types.write_tree(args, json_text(tree_to_json(T, labels=labels)), page)
+    _report_skipped(args, acts)
     print(f"tree {node_id(root)}: {T.number_of_nodes()} features -> {args.out}")
     if args.neuronpedia:
         from saegeo.trees.neuronpedia import tree_quick_list
@@ -125,9 +144,26 @@ def _cmd_stitch(args: argparse.Namespace) -> int:
     from saegeo.io.atomic import atomic_dir, write_json
     from saegeo.io.formats import save_sae
     from saegeo.io.pretrained import load_family_spec
-    from saegeo.io.store import ActivationStore
     from saegeo.stitch.frankenstein import StitchConfig, frankenstein
 
+    types.guard(
+        args,
+        [(args.out, "stitched", "--out"), (args.checkpoint, "checkpoint", "--checkpoint")],
+        [*args.paths, args.acts],
+    )
+    family = load_family_spec(args.paths)
+    if args.upto is not None and args.upto < family.widths[0]:
+        raise SaegeoError(
+            f"--upto {args.upto}: no member is that narrow; the widths are {family.widths}"
+        )
+    # The stitched SAE holds at most every member's features: encoder and decoder, float32.
+    types.guard(
+        args,
+        [(args.out, "stitched", "--out")],
+        [*args.paths, args.acts],
+        need_bytes=8 * family.d_in * sum(family.widths),
+    )
+    acts = types.open_acts(args)
     config = StitchConfig(
         threshold=args.threshold,
         upto=args.upto,
@@ -138,12 +174,12 @@ def _cmd_stitch(args: argparse.Namespace) -> int:
         limit=args.limit,
         device=args.device,
     )
-    family = load_family_spec(args.paths)
-    sae, report = frankenstein(family, ActivationStore.open(args.acts), config)
+    sae, report = frankenstein(family, acts, config)
     # The SAE and its report appear together under --out, or not at all.
     with atomic_dir(args.out) as tmp:
         save_sae(sae, tmp)
         write_json(tmp / "report.json", report.to_dict())
+    _report_skipped(args, acts)
     columns = [
         "source",
         "added",
@@ -159,9 +195,13 @@ def _cmd_stitch(args: argparse.Namespace) -> int:
 
 
 def _cmd_harvest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from saegeo.lm.config import HarvestConfig
     from saegeo.lm.harvest import harvest
 
+    local = [p for p in (args.model, args.text) if p is not None and Path(p).exists()]
+    types.guard(args, [(args.out, "store", "--out")], local)
     if args.threads:
         import torch
 
@@ -221,21 +261,14 @@ def _harvest_site(args: argparse.Namespace) -> dict:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from saegeo.io.store import ActivationStore
+    from saegeo.io.atomic import atomic_dir
     from saegeo.training.trainer import TrainConfig, train_family
 
-    try:
-        widths = [int(w) for w in args.widths.split(",") if w.strip()]
-    except ValueError:
-        raise SaegeoError(f"--widths {args.widths!r}: expected integers such as 576,1152") from None
-    matryoshka = None
-    if args.matryoshka_widths:
-        try:
-            matryoshka = tuple(int(w) for w in args.matryoshka_widths.split(",") if w.strip())
-        except ValueError:
-            raise SaegeoError(
-                f"--matryoshka-widths {args.matryoshka_widths!r}: expected integers"
-            ) from None
+    types.guard(args, [(args.out, "family", "--out")], [args.acts])
+    widths = list(args.widths)
+    matryoshka = args.matryoshka_widths
+    acts = types.open_acts(args)
+    types.check_train_size(args, widths, acts.d_in)
     config = TrainConfig(
         arch=args.arch,
         k=args.k,
@@ -251,7 +284,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
     )
-    run = train_family(ActivationStore.open(args.acts), widths, config, out_dir=args.out)
+    # Trained into a fresh directory that replaces --out once every member is saved: an
+    # interrupted run leaves the previous output as it was, never a mix of two runs.
+    with atomic_dir(args.out) as tmp:
+        run = train_family(acts, widths, config, out_dir=tmp)
+    _report_skipped(args, acts)
     for report in run.reports:
         m = report.metrics
         held_out = (
@@ -265,7 +302,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = types.Parser(
         prog="saegeo",
         description="Geometry of features across SAE families: splitting, novel features, "
         "feature trees and Frankenstein SAEs.",
@@ -280,32 +317,38 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="describe SAEs: architecture, sizes, L0 settings, norms")
-    p.add_argument("paths", nargs="+", help=SAE_PATHS_HELP)
+    p.add_argument("paths", nargs="+", type=types.path, help=SAE_PATHS_HELP)
     p.set_defaults(func=_cmd_info, parser=p)
 
     p = sub.add_parser("classify", help="novel vs reconstruction features of a larger SAE")
-    p.add_argument("small", help="the smaller SAE (directory, or sae-lens:RELEASE/SAE_ID)")
-    p.add_argument("large", help="the larger SAE (directory, or sae-lens:RELEASE/SAE_ID)")
+    p.add_argument(
+        "small", type=types.path, help="the smaller SAE (directory, or sae-lens:RELEASE/SAE_ID)"
+    )
+    p.add_argument(
+        "large", type=types.path, help="the larger SAE (directory, or sae-lens:RELEASE/SAE_ID)"
+    )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=types.real(-1, 1),
         default=0.7,
         help="novel iff max decoder cosine <= T (default %(default)s)",
     )
-    p.add_argument("--acts", help="activations; adds each feature's delta_mse")
+    p.add_argument("--acts", type=types.path, help="activations; adds each feature's delta_mse")
     p.add_argument(
         "--topk",
         choices=TOPK_MODES,
         default="reencode",
         help="--acts with TopK SAEs: TopK union, or convert to JumpReLU (default %(default)s)",
     )
-    p.add_argument("--limit", type=int, help="use only the first N activation tokens")
-    p.add_argument("--out", required=True, help="CSV output, one row per larger-SAE feature")
-    p.add_argument("--device", default="auto", help="torch device (default %(default)s)")
+    p.add_argument("--limit", type=types.integer(1), help="use only the first N activation tokens")
+    p.add_argument(
+        "--out", required=True, type=types.path, help="CSV output, one row per larger-SAE feature"
+    )
+    types.add_common(p)
     p.set_defaults(func=_cmd_classify, parser=p)
 
     p = sub.add_parser("tree", help="feature tree (or forest) across the widths of a family")
-    p.add_argument("paths", nargs="*", help=SAE_PATHS_HELP)
+    p.add_argument("paths", nargs="*", type=types.path, help=SAE_PATHS_HELP)
     p.add_argument(
         "--release", help="instead of PATH...: the family of a published release (sae-lens:RELEASE)"
     )
@@ -320,24 +363,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--acts",
+        type=types.path,
         help="activations (.npy, .safetensors or store directory); needed "
         "by masked_cosine, adds freq and max_act otherwise",
     )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=types.real(),
         default=None,
         help="edge iff score > T (default 0.7 decoder_cosine, 0.6 masked_cosine)",
     )
     p.add_argument(
         "--out",
         required=True,
+        type=types.path,
         help="JSON output (saegeo.feature_tree.v1, or saegeo.feature_forest.v1 with --all)",
     )
     p.add_argument(
-        "--html", help="also write an interactive HTML figure (a page of the top trees with --all)"
+        "--html",
+        type=types.path,
+        help="also write an interactive HTML figure (a page of the top trees with --all)",
     )
-    p.add_argument("--labels", help="JSON object of labels by LEVEL/FEATURE, shown on hover")
+    p.add_argument(
+        "--labels", type=types.path, help="JSON object of labels by LEVEL/FEATURE, shown on hover"
+    )
     p.add_argument(
         "--neuronpedia",
         action="store_true",
@@ -351,30 +400,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--min-size",
-        type=int,
+        type=types.integer(1),
         default=2,
         help="--all: leave out trees of fewer features (default %(default)s)",
     )
     p.add_argument(
         "--top",
-        type=int,
+        type=types.integer(1),
         default=10,
         help="--all: trees shown in --html and printed (default %(default)s)",
     )
-    p.add_argument("--device", default="auto", help="torch device (default %(default)s)")
+    types.add_common(p)
     p.set_defaults(func=_cmd_tree, parser=p)
 
     p = sub.add_parser("stitch", help="Frankenstein SAE: stitch novel features across widths")
-    p.add_argument("paths", nargs="+", help=SAE_PATHS_HELP)
-    p.add_argument("--acts", required=True, help="activations (.npy, .safetensors or store dir)")
-    p.add_argument("--out", required=True, help="output directory (SAELens layout + report.json)")
+    p.add_argument("paths", nargs="+", type=types.path, help=SAE_PATHS_HELP)
+    p.add_argument(
+        "--acts",
+        required=True,
+        type=types.path,
+        help="activations (.npy, .safetensors or store dir)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=types.path,
+        help="output directory (SAELens layout + report.json)",
+    )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=types.real(-1, 1),
         default=0.7,
         help="add a feature iff its max decoder cosine is <= T (default %(default)s)",
     )
-    p.add_argument("--upto", type=int, help="use members of width <= W (default all)")
+    p.add_argument("--upto", type=types.integer(1), help="use members of width <= W (default all)")
     p.add_argument("--swap", action="store_true", help="also swap children in for swap groups")
     p.add_argument(
         "--retrain",
@@ -384,12 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--sgd-tokens",
-        type=int,
+        type=types.integer(1),
         help="--retrain sgd: training tokens (default 10 passes over the activations)",
     )
-    p.add_argument("--checkpoint", help="--retrain sgd: resumable checkpoint file")
-    p.add_argument("--limit", type=int, help="use only the first N activation tokens")
-    p.add_argument("--device", default="auto", help="torch device (default %(default)s)")
+    p.add_argument("--checkpoint", type=types.path, help="--retrain sgd: resumable checkpoint file")
+    p.add_argument("--limit", type=types.integer(1), help="use only the first N activation tokens")
+    types.add_common(p)
     p.set_defaults(func=_cmd_stitch, parser=p)
 
     p = sub.add_parser("harvest", help="store a language model's residual stream on text")
@@ -414,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gguf-file", help="GGUF file inside --model, for GGUF checkpoints")
     p.add_argument(
         "--layer",
-        type=int,
+        type=types.integer(0),
         help="store the residual after this block, 0-based "
         "(= hidden_states[LAYER+1]; default the middle block)",
     )
@@ -424,21 +483,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="bbc_news (packaged), a directory of "
         ".txt files, a .txt file (a document a line) or .jsonl (default %(default)s)",
     )
-    p.add_argument("--tokens", type=int, help="stored tokens in all (default the whole text)")
+    p.add_argument(
+        "--tokens", type=types.integer(1), help="stored tokens in all (default the whole text)"
+    )
     p.add_argument(
         "--context",
-        type=int,
+        type=types.integer(2),
         help="tokens per model input, BOS included (default 128, or --for's SAE's context size)",
     )
     p.add_argument(
         "--skip-first",
-        type=int,
+        type=types.integer(0),
         default=1,
         help="text tokens at the start of each context run but not stored: the first position "
         "often holds a massive attention-sink activation (default %(default)s)",
     )
     p.add_argument(
-        "--batch-size", type=int, default=16, help="contexts per forward pass (default %(default)s)"
+        "--batch-size",
+        type=types.integer(1),
+        default=16,
+        help="contexts per forward pass (default %(default)s)",
     )
     p.add_argument(
         "--dtype",
@@ -453,41 +517,67 @@ def build_parser() -> argparse.ArgumentParser:
         help="dtype the model computes in; auto is bfloat16 where "
         "the device is fast at it, else float32",
     )
-    p.add_argument("--out", required=True, help="store directory; re-running resumes it")
-    p.add_argument("--device", default="auto", help="torch device (default %(default)s)")
+    p.add_argument(
+        "--out", required=True, type=types.path, help="store directory; re-running resumes it"
+    )
+    p.add_argument(
+        "--device", default="auto", type=types.device, help="torch device (default %(default)s)"
+    )
     p.add_argument(
         "--compile",
         choices=["auto", "yes", "no"],
         default="auto",
         help="torch.compile the blocks that run; auto: on a CPU, for 100k tokens or more",
     )
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=types.integer(1), help="CPU threads for torch (default: torch's choice)"
+    )
     p.set_defaults(func=_cmd_harvest, parser=p)
 
     p = sub.add_parser("train", help="train a family of SAEs, one per width, on activations")
-    p.add_argument("--acts", required=True, help="activations (.npy, .safetensors or store dir)")
+    p.add_argument(
+        "--acts",
+        required=True,
+        type=types.path,
+        help="activations (.npy, .safetensors or store dir)",
+    )
     p.add_argument(
         "--arch",
         default="topk",
         choices=TRAIN_ARCHS,
         help="training architecture (default %(default)s)",
     )
-    p.add_argument("--widths", required=True, help="comma-separated widths, e.g. 576,1152,2304")
-    p.add_argument("--out", required=True, help="output directory: <arch>-<width>/ per member")
+    p.add_argument(
+        "--widths",
+        required=True,
+        type=types.integer_list,
+        help="comma-separated widths, e.g. 576,1152,2304",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=types.path,
+        help="output directory: <arch>-<width>/ per member",
+    )
     p.add_argument(
         "--k",
-        type=int,
+        type=types.integer(1),
         default=32,
         help="L0 of TopK variants, pursuit steps of matching pursuit (default 32)",
     )
     p.add_argument(
         "--tokens",
-        type=int,
+        type=types.integer(1),
         default=500_000,
         help="training tokens per member (default %(default)s)",
     )
-    p.add_argument("--batch-size", type=int, default=4096, help="default %(default)s")
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam peak rate (default %(default)s)")
+    p.add_argument("--batch-size", type=types.integer(1), default=4096, help="default %(default)s")
+    p.add_argument(
+        "--lr",
+        type=types.real(0, above=True),
+        default=2e-3,
+        help="Adam peak rate (default %(default)s)",
+    )
     p.add_argument(
         "--sparsity",
         choices=get_args(PenaltyKind),
@@ -495,10 +585,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="ReLU penalty (default %(default)s)",
     )
     p.add_argument(
-        "--sparsity-coefficient", type=float, help="ReLU penalty weight (default 0.3 log, 3.0 l1)"
+        "--sparsity-coefficient",
+        type=types.real(0),
+        help="ReLU penalty weight (default 0.3 log, 3.0 l1)",
     )
-    p.add_argument("--target-l0", type=float, help="ReLU: adapt the penalty towards this L0")
-    p.add_argument("--matryoshka-widths", help="Matryoshka nested widths (default: halvings)")
+    p.add_argument(
+        "--target-l0",
+        type=types.real(0, above=True),
+        help="ReLU: adapt the penalty towards this L0",
+    )
+    p.add_argument(
+        "--matryoshka-widths",
+        type=types.integer_list,
+        help="Matryoshka nested widths (default: halvings)",
+    )
     p.add_argument(
         "--prefixes",
         choices=get_args(Prefixes),
@@ -507,16 +607,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--eval-tokens",
-        type=int,
+        type=types.integer(0),
         default=16_384,
         help="first tokens held out for the metrics (default %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0, help="default %(default)s")
-    p.add_argument("--device", default="auto", help="torch device (default %(default)s)")
+    p.add_argument("--seed", type=types.integer(0), default=0, help="default %(default)s")
+    types.add_common(p)
     p.set_defaults(func=_cmd_train, parser=p)
 
     p = sub.add_parser("demo", help="the whole pipeline on the packaged model and text")
-    p.add_argument("--out", default="reports/demo", help="report directory (default %(default)s)")
+    p.add_argument(
+        "--out",
+        default="reports/demo",
+        type=types.path,
+        help="report directory (default %(default)s)",
+    )
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a fast look")
     p.set_defaults(func=_cmd_demo, parser=p)
 
@@ -536,7 +641,16 @@ def flag_message(exc: SaegeoError, parser: argparse.ArgumentParser) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except SystemExit as exc:  # --help, or a bad flag already reported in one line
+        return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
+    if unknown:
+        print(
+            f"saegeo {args.command}: error: unrecognized arguments: {' '.join(unknown)}",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -544,7 +658,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SaegeoError as exc:
-        message = flag_message(exc, args.parser)
+        from saegeo.io.store import NonFiniteError
+
+        message = (
+            exc.message("pass --skip-nonfinite to drop such rows")
+            if isinstance(exc, NonFiniteError)
+            else flag_message(exc, args.parser)
+        )
         print(f"saegeo {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ so the first call harvests and trains and later calls only read.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from saegeo.core.family import Family
+from saegeo.io.atomic import write_json, write_text
 from saegeo.io.store import META_FILE, ActivationStore
 from saegeo.training.config import TrainArch
 
@@ -80,8 +82,9 @@ def demo_data(
     """The demo's activations and family under ``root``, built on first use.
 
     ``root/acts`` is the activation store (resumed if a harvest was interrupted) and
-    ``root/family`` the trained SAEs with ``family.json``; both are rebuilt when the settings
-    they were made with differ from ``settings``.
+    ``root/family`` the trained SAEs with ``family.json``. Each is a stage keyed by the
+    settings that produced it and by its inputs' keys (see :class:`Stages`): it is rebuilt
+    when that key changes, and only then.
     """
     from saegeo.lm.harvest import harvest
     from saegeo.training.trainer import TrainConfig, train_family
@@ -89,19 +92,15 @@ def demo_data(
     settings = settings or DemoSettings()
     root = Path(root)
     store_dir, family_dir = root / "acts", root / "family"
-    stamp_path = root / "settings.json"
-    stamp = settings.as_dict()
-    previous = json.loads(stamp_path.read_text()) if stamp_path.exists() else None
-    harvest_keys = ("model", "layer", "tokens", "context", "skip_first")
-    if previous is not None and any(previous.get(k) != stamp[k] for k in harvest_keys):
-        _remove(store_dir)
-        _remove(family_dir)
-    elif previous is not None and previous != stamp:
-        _remove(family_dir)
+    keys = stage_keys(settings)
     root.mkdir(parents=True, exist_ok=True)
-    stamp_path.write_text(json.dumps(stamp, indent=2) + "\n")
+    stages = Stages(root)
+    stages.adopt_legacy(settings, keys)
+    write_json(root / "settings.json", settings.as_dict())
 
-    if _store_complete(store_dir, settings.tokens):
+    if stages.ready("acts", keys["acts"], [store_dir]) and _store_complete(
+        store_dir, settings.tokens
+    ):
         store = ActivationStore.open(store_dir)
     else:
         log.info("harvesting %d tokens from %s", settings.tokens, settings.model)
@@ -115,9 +114,13 @@ def demo_data(
             max_tokens=settings.tokens,
             progress=progress,
         )
-    if (family_dir / "family.json").exists():
+        stages.done("acts")
+    if stages.ready("family", keys["family"], [family_dir]):
         family = Family.load(family_dir)
     else:
+        # train_family writes family.json after every member: an interrupted run is not
+        # complete, so the stage starts over from an empty directory.
+        _remove(family_dir)
         config = TrainConfig(
             arch=settings.arch,
             k=settings.k,
@@ -128,7 +131,117 @@ def demo_data(
         widths = [m * store.d_in for m in settings.multipliers]
         log.info("training %s family of widths %s", settings.arch, widths)
         family = train_family(store, widths, config, out_dir=family_dir).family
+        stages.done("family")
     return DemoData(store=store, family=family, root=root, settings=settings)
+
+
+# --------------------------------------------------------------------------- stage keys
+
+STAGES_FILE = "stages.json"
+"""Under the demo root: the key each stage's outputs were made with, and whether complete."""
+
+HARVEST_SETTINGS = ("model", "layer", "tokens", "context", "skip_first")
+TRAIN_SETTINGS = ("arch", "k", "multipliers", "train_tokens", "seed")
+
+
+def stage_key(settings: dict[str, Any], *inputs: str) -> str:
+    """A short hash of a stage's ``settings`` and the keys of the stages it reads.
+
+    Examples:
+        >>> stage_key({"k": 32}) == stage_key({"k": 32})
+        True
+        >>> stage_key({"k": 32}) == stage_key({"k": 16})
+        False
+        >>> stage_key({"k": 32}, "a") == stage_key({"k": 32}, "b")
+        False
+    """
+    blob = json.dumps({"settings": settings, "inputs": list(inputs)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def stage_keys(settings: DemoSettings, n_eval: int | None = None) -> dict[str, str]:
+    """The key of every demo stage under ``settings``.
+
+    ``acts`` and ``family`` always; the report's sections (``family_table``, ``novelty``,
+    ``trees``, ``frankenstein``) too when ``n_eval`` (the held-out tokens) is given.
+    """
+    values = settings.as_dict()
+    acts = stage_key({k: values[k] for k in HARVEST_SETTINGS})
+    family = stage_key({k: values[k] for k in TRAIN_SETTINGS}, acts)
+    keys = {"acts": acts, "family": family}
+    if n_eval is not None:
+        keys["family_table"] = stage_key({}, family)
+        keys["novelty"] = stage_key(
+            {"n_eval": n_eval, "sample": NOVELTY_TOKENS, "points": NOVELTY_POINTS}, acts, family
+        )
+        keys["trees"] = stage_key(
+            {"rank_by": "split", "min_size": TREE_MIN_SIZE, "top": TREE_COUNT}, family
+        )
+        keys["frankenstein"] = stage_key({"n_eval": n_eval, "fit": STITCH_TOKENS}, acts, family)
+    return keys
+
+
+class Stages:
+    """The record of which key made each stage's outputs under a demo root.
+
+    A stage is ready when its recorded key equals the current one, it was marked done and its
+    outputs exist. Otherwise :meth:`ready` removes outputs made with another key, records the
+    current key as in progress (so an interrupted harvest resumes with the same settings) and
+    returns False; the caller builds the stage and calls :meth:`done`.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / STAGES_FILE
+        self.records: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            try:
+                loaded = json.loads(self.path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                loaded = {}
+            if isinstance(loaded, dict):
+                self.records = {k: v for k, v in loaded.items() if isinstance(v, dict)}
+
+    def ready(self, name: str, key: str, paths: list[Path]) -> bool:
+        record = self.records.get(name, {})
+        if record.get("key") == key:
+            if record.get("done") and all(p.exists() for p in paths):
+                return True
+            if not record.get("done"):
+                return False
+        for path in paths:
+            _remove(path)
+        self.records[name] = {"key": key, "done": False}
+        write_json(self.path, self.records)
+        return False
+
+    def done(self, name: str) -> None:
+        self.records[name]["done"] = True
+        write_json(self.path, self.records)
+
+    def adopt_legacy(self, settings: DemoSettings, keys: dict[str, str]) -> None:
+        """Keep the acts and family of a cache made before stage keys (``settings.json`` only)
+        where they were made with the current settings and are complete."""
+        legacy = self.path.parent / "settings.json"
+        if self.records or not legacy.exists():
+            return
+        try:
+            previous = json.loads(legacy.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return
+        current = settings.as_dict()
+        if not isinstance(previous, dict) or any(
+            previous.get(k) != current[k] for k in HARVEST_SETTINGS
+        ):
+            return
+        root = self.path.parent
+        if _store_complete(root / "acts", settings.tokens):
+            self.records["acts"] = {"key": keys["acts"], "done": True}
+            family_json = root / "family" / "family.json"
+            if previous == current and family_json.exists():
+                members = json.loads(family_json.read_text()).get("members", [])
+                if len(members) == len(settings.multipliers):
+                    self.records["family"] = {"key": keys["family"], "done": True}
+            write_json(self.path, self.records)
 
 
 def _store_complete(path: Path, tokens: int) -> bool:
@@ -142,8 +255,10 @@ def _store_complete(path: Path, tokens: int) -> bool:
 def _remove(path: Path) -> None:
     import shutil
 
-    if path.exists():
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 # --------------------------------------------------------------------------- the report
@@ -151,6 +266,16 @@ def _remove(path: Path) -> None:
 EVAL_TOKENS = 16_384
 """Tokens at the start of the store held out for every metric (train_family holds out the
 same tokens for its own evaluation)."""
+NOVELTY_TOKENS = 8192
+"""Held-out tokens behind the novelty section's delta-MSE and curves."""
+NOVELTY_POINTS = 7
+"""Points on each cumulative novelty curve."""
+TREE_MIN_SIZE = 3
+"""Features a tree needs to be listed in ``trees.json``."""
+TREE_COUNT = 50
+"""Trees kept in ``trees.json``, most-splitting roots first."""
+STITCH_TOKENS = 50_000
+"""Tokens after the held-out ones that the Frankenstein decoder is refit on."""
 
 
 def run_demo(
@@ -163,7 +288,9 @@ def run_demo(
     """Build the demo data under ``out`` (cached), run every analysis, write the report.
 
     Returns the path of ``out/report/index.html``. Analysis results are cached beside the
-    report, so a second run only re-renders the page.
+    report, each section's files keyed by the settings and stages that produced them (see
+    :func:`stage_keys`), so a second run with the same settings only re-renders the page and
+    a changed setting recomputes the sections that depend on it.
     """
     from saegeo.core.describe import sparsity_settings
     from saegeo.viz.report import Report
@@ -174,6 +301,7 @@ def run_demo(
     n_eval = min(EVAL_TOKENS, data.store.n_tokens // 5)
     held_out, fit = data.store.slice(0, n_eval), data.store.slice(n_eval)
     family = data.family
+    stages, keys = Stages(Path(out)), stage_keys(settings, n_eval)
 
     page = Report(
         f"saegeo demo: {data.store.meta.get('model', 'model')} layer "
@@ -187,14 +315,18 @@ def run_demo(
     page.heading("The family")
     members = _family_table(data, sparsity_settings)
     page.table(members)
-    _cached_csv(report_dir / "family.csv", lambda: members)
+    if not stages.ready("family_table", keys["family_table"], [report_dir / "family.csv"]):
+        write_text(report_dir / "family.csv", members.to_csv(index=False))
+        stages.done("family_table")
 
     page.heading("Novel and reconstruction features (seed 003)")
-    _novelty_section(page, family, held_out, report_dir, progress)
+    _novelty_section(page, family, held_out, report_dir, progress, stages, keys["novelty"])
     page.heading("Feature trees across widths")
-    _tree_section(page, data, report_dir)
+    _tree_section(page, data, report_dir, stages, keys["trees"])
     page.heading("Frankenstein SAEs")
-    _frankenstein_section(page, family, fit, held_out, report_dir, progress)
+    _frankenstein_section(
+        page, family, fit, held_out, report_dir, progress, stages, keys["frankenstein"]
+    )
     page.heading("Files")
     page.links(
         {
@@ -205,18 +337,6 @@ def run_demo(
         }
     )
     return page.write(report_dir / "index.html")
-
-
-def _cached_csv(path: Path, compute: Any) -> Any:
-    import pandas as pd
-
-    from saegeo.io.atomic import write_text
-
-    if path.exists():
-        return pd.read_csv(path)
-    frame = compute()
-    write_text(path, frame.to_csv(index=False))
-    return frame
 
 
 def _family_table(data: DemoData, sparsity_settings: Any) -> Any:
@@ -248,21 +368,29 @@ def _family_table(data: DemoData, sparsity_settings: Any) -> Any:
 
 
 def _novelty_section(
-    page: Any, family: Family, held_out: ActivationStore, report_dir: Path, progress: bool | None
+    page: Any,
+    family: Family,
+    held_out: ActivationStore,
+    report_dir: Path,
+    progress: bool | None,
+    stages: Stages,
+    key: str,
 ) -> Any:
     import pandas as pd
 
     from saegeo.effects.novelty import FamilyNovelty, family_novelty, kind_sign_frame
-    from saegeo.io.atomic import write_text
     from saegeo.viz.plots import novelty_figure
 
     files = {name: report_dir / f"novelty_{name}.csv" for name in ("summary", "features", "curves")}
-    if all(path.exists() for path in files.values()):
+    if stages.ready("novelty", key, list(files.values())):
         result = FamilyNovelty(*(pd.read_csv(files[n]) for n in ("summary", "features", "curves")))
     else:
-        result = family_novelty(family, held_out.slice(0, 8192), points=7, progress=progress)
+        result = family_novelty(
+            family, held_out.slice(0, NOVELTY_TOKENS), points=NOVELTY_POINTS, progress=progress
+        )
         for name, frame in zip(("summary", "features", "curves"), result, strict=True):
             write_text(files[name], frame.to_csv(index=False))
+        stages.done("novelty")
     page.text(
         "A wider SAE's feature is <b>novel</b> when its largest decoder cosine to the narrower "
         "SAE is at most 0.7, <b>reconstruction</b> otherwise. <code>delta_mse</code> is the "
@@ -288,24 +416,25 @@ def _novelty_section(
     return result
 
 
-def _tree_section(page: Any, data: DemoData, report_dir: Path) -> None:
-    from saegeo.io.atomic import write_json
+def _tree_section(page: Any, data: DemoData, report_dir: Path, stages: Stages, key: str) -> None:
     from saegeo.trees.dag import feature_dag, forest, node_id, tree_root
     from saegeo.trees.tree_json import forest_from_json, forest_to_json
     from saegeo.viz.figures import tree_figure
 
     path = report_dir / "trees.json"
-    if path.exists():
+    if stages.ready("trees", key, [path]):
         trees = forest_from_json(json.loads(path.read_text()))
     else:
         G = feature_dag(data.family)
-        _, trees = forest(G, rank_by="split", min_size=3)
-        trees = trees[:50]
+        _, trees = forest(G, rank_by="split", min_size=TREE_MIN_SIZE)
+        trees = trees[:TREE_COUNT]
         write_json(path, forest_to_json(G, trees, rank_by="split"))
+        stages.done("trees")
     page.text(
         f"Edges join a feature to the next width's features whose decoder cosine with it "
         f"exceeds 0.7; each feature is kept under its best parent. {len(trees)} trees with at "
-        "least 3 features, most-splitting roots first, are in <code>trees.json</code>."
+        f"least {TREE_MIN_SIZE} features, most-splitting roots first, are in "
+        "<code>trees.json</code>."
     )
     if trees:
         labels = _token_labels(data, trees[0])
@@ -353,10 +482,11 @@ def _frankenstein_section(
     held_out: ActivationStore,
     report_dir: Path,
     progress: bool | None,
+    stages: Stages,
+    key: str,
 ) -> None:
     import pandas as pd
 
-    from saegeo.io.atomic import write_json, write_text
     from saegeo.io.formats import save_sae
     from saegeo.stitch.curve import compare_frankensteins
     from saegeo.stitch.frankenstein import frankenstein_steps
@@ -364,15 +494,17 @@ def _frankenstein_section(
 
     comparison_path = report_dir / "frankenstein_comparison.csv"
     stitched_dir = report_dir / "frankenstein"
-    if comparison_path.exists() and stitched_dir.exists():
+    report_path = report_dir / "frankenstein_report.json"
+    if stages.ready("frankenstein", key, [comparison_path, stitched_dir, report_path]):
         comparison = pd.read_csv(comparison_path)
     else:
         # One stitching pass gives the Frankenstein up to every width; the widest is saved.
-        stitched = frankenstein_steps(family, fit.slice(0, 50_000), progress=progress)
+        stitched = frankenstein_steps(family, fit.slice(0, STITCH_TOKENS), progress=progress)
         comparison = compare_frankensteins(family, stitched, held_out, progress=progress)
         save_sae(stitched.saes[-1], stitched_dir)
-        write_json(report_dir / "frankenstein_report.json", stitched.report.to_dict())
+        write_json(report_path, stitched.report.to_dict())
         write_text(comparison_path, comparison.to_csv(index=False))
+        stages.done("frankenstein")
     page.text(
         "Starting from the narrowest SAE, every feature of each wider SAE whose largest "
         "decoder cosine to the features already in is at most 0.7 is added; the decoder is "

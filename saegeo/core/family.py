@@ -37,6 +37,20 @@ class Family(Sequence[SAE]):
                     f"{_source(sae)}: d_in={sae.d_in} but {_source(first)} has d_in={first.d_in}; "
                     "a family's SAEs must read the same model site"
                 )
+        for smaller, larger in zip(ordered[:-1], ordered[1:], strict=True):
+            if smaller.width == larger.width:
+                raise SaegeoError(
+                    f"{_source(larger)}: width {larger.width} is also the width of "
+                    f"{_source(smaller)}; a family holds one SAE per width"
+                )
+        for key in ("model_name", "hook_name"):
+            sites = {sae.metadata[key]: sae for sae in ordered if sae.metadata.get(key)}
+            if len(sites) > 1:
+                (a, sae_a), (b, sae_b) = list(sites.items())[:2]
+                raise SaegeoError(
+                    f"{_source(sae_b)}: {key} {b!r} but {_source(sae_a)} has {a!r}; a family's "
+                    "SAEs must read the same model site"
+                )
         self._saes = tuple(ordered)
 
     @classmethod

@@ -140,17 +140,17 @@ def _pursuit(
     )
     acts_RS = residual_RD.new_zeros(n_rows, n_small + (extra_RD is not None))
 
-    def correlate(residual_QD: torch.Tensor, rows_Q: torch.Tensor) -> torch.Tensor:
-        corr_QS = residual_QD @ W_SD.T
+    def correlate(running_RD: torch.Tensor, rows_R: torch.Tensor) -> torch.Tensor:
+        corr_RS = running_RD @ W_SD.T
         if extra_RD is None:
-            return corr_QS
-        return torch.cat([corr_QS, (residual_QD * extra_RD[rows_Q]).sum(1, keepdim=True)], dim=1)
+            return corr_RS
+        return torch.cat([corr_RS, (running_RD * extra_RD[rows_R]).sum(1, keepdim=True)], dim=1)
 
-    def atoms(idx_Q: torch.Tensor, rows_Q: torch.Tensor) -> torch.Tensor:
-        atom_QD = W_SD[idx_Q.clamp(max=n_small - 1)]
+    def atoms(idx_R: torch.Tensor, rows_R: torch.Tensor) -> torch.Tensor:
+        atom_RD = W_SD[idx_R.clamp(max=n_small - 1)]
         if extra_RD is None:
-            return atom_QD
-        return torch.where((idx_Q == n_small)[:, None], extra_RD[rows_Q], atom_QD)
+            return atom_RD
+        return torch.where((idx_R == n_small)[:, None], extra_RD[rows_R], atom_RD)
 
     watched_RL = None
     on_select = None
@@ -160,11 +160,11 @@ def _pursuit(
         )
         chunk = max(1, BLOCK_ELEMENTS // max(n_rows, 1))
 
-        def on_select(residual_QD: torch.Tensor, rows_Q: torch.Tensor, best_Q: torch.Tensor):
+        def on_select(running_RD: torch.Tensor, rows_R: torch.Tensor, best_R: torch.Tensor):
             assert watch_LD is not None and watched_RL is not None
             for start in range(0, watch_LD.shape[0], chunk):
                 cols = slice(start, start + chunk)
-                watched_RL[rows_Q, cols] |= (residual_QD @ watch_LD[cols].T) > best_Q[:, None]
+                watched_RL[rows_R, cols] |= (running_RD @ watch_LD[cols].T) > best_R[:, None]
 
     pursue(residual_RD, correlate, atoms, acts_RS, rules, on_select=on_select)
     return acts_RS, watched_RL

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -44,7 +45,11 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(old, final)  # the previous output stays where it was
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
@@ -59,10 +64,66 @@ def _umask() -> int:
 
 
 def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically and return the path."""
+    """Write ``obj`` as JSON to ``path`` atomically and return the path.
+
+    NaN and infinite floats, which JSON cannot hold, are written as ``null`` (a missing value).
+    """
+    text = json_text(obj, indent=indent)
     with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=indent) + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def json_text(obj: Any, *, indent: int | None = 2) -> str:
+    """``obj`` as strict JSON text (NaN and infinities as ``null``), newline-terminated.
+
+    Examples
+    --------
+    >>> json_text({"mse": float("nan"), "l0": [1.5, float("inf")]}, indent=None)
+    '{"mse": null, "l0": [1.5, null]}\\n'
+    """
+    return json.dumps(finite_or_null(obj), indent=indent, allow_nan=False) + "\n"
+
+
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (in dicts, lists and tuples) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(value) for value in obj]
+    return obj
+
+
+@contextlib.contextmanager
+def atomic_files(*paths: str | os.PathLike[str]) -> Iterator[list[Path]]:
+    """Yield a temporary path beside each of ``paths``; if the block succeeds, rename them all
+    onto their final names, one after the other, with nothing left to compute in between.
+
+    Nothing appears under a final name unless every file was written.
+    """
+    with contextlib.ExitStack() as stack:
+        temps = [stack.enter_context(_deferred_file(path)) for path in paths]
+        yield [tmp for tmp, _ in temps]
+        for tmp, _ in temps:
+            if tmp.exists():
+                os.chmod(tmp, 0o666 & ~_umask())
+        for tmp, final in temps:
+            os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def _deferred_file(path: str | os.PathLike[str]) -> Iterator[tuple[Path, Path]]:
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp, final
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -16,7 +16,8 @@ import torch
 
 from saegeo.core.sae import SAE
 from saegeo.errors import FormatError
-from saegeo.io.reading import Config, read_json_object, regular_file, require_tensors
+from saegeo.io.paths import regular_file
+from saegeo.io.reading import Config, read_json_object, require_tensors
 from saegeo.io.saelens import fold_decoder_norm
 
 DICTLEARN_WEIGHTS = "ae.pt"
@@ -25,7 +26,7 @@ DICTLEARN_CFG = "config.json"
 
 def read_dictionary_learning(path: Path) -> SAE:
     """The SAE in the dictionary_learning directory ``path``."""
-    source = regular_file(path / DICTLEARN_WEIGHTS, "weights file")
+    source = regular_file(path / DICTLEARN_WEIGHTS, what="weights file")
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # an unpickling refusal or a damaged archive

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -18,27 +17,14 @@ import torch
 from safetensors import safe_open
 
 from saegeo.errors import FormatError
+from saegeo.io.paths import regular_file
 
 _MISSING = object()
 
 
-def regular_file(path: Path, what: str = "file") -> Path:
-    """``path`` if it is a regular file; a FormatError naming it otherwise."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise FormatError(f"{path}: missing {what}") from None
-    except OSError as exc:
-        raise FormatError(f"{path}: cannot read {what} ({exc.strerror})") from None
-    if not stat.S_ISREG(mode):
-        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-        raise FormatError(f"{path}: {what} is {kind}; pass the file itself")
-    return path
-
-
 def read_json_object(path: Path, what: str = "config file") -> dict[str, Any]:
     """The JSON object in ``path``; a FormatError naming the file for anything else."""
-    regular_file(path, what)
+    regular_file(path, what=what)
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -54,7 +40,7 @@ def read_json_object(path: Path, what: str = "config file") -> dict[str, Any]:
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file, by name."""
-    regular_file(path, "weights file")
+    regular_file(path, what="weights file")
     try:
         with safe_open(str(path), framework="pt") as f:
             return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118

@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -28,10 +28,13 @@ from safetensors.torch import save_file
 
 from saegeo.errors import FormatError, SaegeoError
 from saegeo.io.atomic import atomic_file, write_json
+from saegeo.io.paths import regular_file
 
 STORE_FORMAT = "saegeo.activations.v1"
 META_FILE = "meta.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+NonFinite = Literal["error", "skip"]
+REAL_SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8"}
 
 
 class ActivationStore:
@@ -57,13 +60,30 @@ class ActivationStore:
         self.d_in = int(d_in)
         self.meta = dict(meta or {})
         self.source = source
+        self.nonfinite: NonFinite = "error"
+        """What reading a row holding NaN or Inf does: ``"error"`` raises
+        :class:`NonFiniteError` naming the file and row, ``"skip"`` drops the row (counted in
+        :attr:`skipped_rows`)."""
+        self._skipped: set[tuple[str, int]] = set()
 
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> ActivationStore:
-        """Open a ``.npy`` file, a ``.safetensors`` file or a store directory."""
-        path = Path(path)
+    def open(
+        cls, path: str | os.PathLike[str], *, nonfinite: NonFinite = "error"
+    ) -> ActivationStore:
+        """Open a ``.npy`` file, a ``.safetensors`` file or a store directory.
+
+        ``nonfinite`` sets :attr:`nonfinite`: what reading a row with NaN or Inf values does.
+        """
+        if nonfinite not in get_args(NonFinite):
+            raise SaegeoError(f"nonfinite must be one of {get_args(NonFinite)}, got {nonfinite!r}")
+        store = cls._open(Path(path))
+        store.nonfinite = nonfinite
+        return store
+
+    @classmethod
+    def _open(cls, path: Path) -> ActivationStore:
         if not path.exists():
             raise SaegeoError(
                 f"{path}: no such file or directory; pass activations as .npy, "
@@ -71,13 +91,18 @@ class ActivationStore:
             )
         if path.is_dir():
             return cls._open_dir(path)
+        regular_file(path, what="activations file")
         if path.suffix == ".npy":
             try:
                 array = np.load(path, mmap_mode="r")
-            except (ValueError, OSError) as exc:
-                raise FormatError(f"{path}: not a readable .npy file ({exc})") from None
+            except (ValueError, OSError, EOFError) as exc:
+                raise FormatError(f"{path}: not a readable .npy file ({exc or 'empty'})") from None
             if array.ndim != 2:
                 raise FormatError(f"{path}: activations must be 2-D [N, d_in], got {array.shape}")
+            if array.dtype.kind not in "fiu":
+                raise FormatError(
+                    f"{path}: activations must be real numbers, got dtype {array.dtype}"
+                )
             return cls(
                 [(array, 0, array.shape[0])],
                 array.shape[1],
@@ -97,15 +122,30 @@ class ActivationStore:
         meta_path = path / META_FILE
         if not meta_path.exists():
             raise SaegeoError(f"{path}: not an activation store (no {META_FILE})")
+        regular_file(meta_path, what=META_FILE)
         try:
             meta = json.loads(meta_path.read_text())
             shards = [(path / s["file"], 0, int(s["n_tokens"])) for s in meta["shards"]]
             d_in = int(meta["d_in"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (ValueError, RecursionError, KeyError, TypeError) as exc:
             raise FormatError(f"{meta_path}: corrupt store metadata ({exc!r})") from None
-        for shard, _, _ in shards:
+        for shard, _, n in shards:
             if not shard.exists():
                 raise FormatError(f"{shard}: shard listed in {meta_path} is missing")
+            regular_file(shard, what="shard")
+            rows, shard_d_in = _safetensors_shape(shard)
+            if (rows, shard_d_in) != (n, d_in):
+                raise FormatError(
+                    f"{shard}: holds [{rows}, {shard_d_in}] activations but {meta_path} "
+                    f"declares [{n}, {d_in}]; the store is damaged, harvest it again"
+                )
+        declared = meta.get("n_tokens")
+        total = sum(n for _, _, n in shards)
+        if declared is not None and declared != total:
+            raise FormatError(
+                f"{meta_path}: n_tokens is {declared} but the shards hold {total} tokens; "
+                "the store is damaged, harvest it again"
+            )
         return cls(shards, d_in, meta=meta, source=str(path))
 
     @classmethod
@@ -145,6 +185,11 @@ class ActivationStore:
                 stop = min(start + batch_size, n, start + remaining)
                 batch = self._read(reader, first + start, first + stop)
                 remaining -= stop - start
+                name = str(reader) if isinstance(reader, Path) else self.source.split("[")[0]
+                batch, dropped = finite_rows(
+                    batch, source=name, first_row=first + start, skip=self.nonfinite == "skip"
+                )
+                self._skipped.update((name, row) for row in dropped)
                 yield batch.to(device=device, dtype=dtype)
 
     __iter__ = iter_batches
@@ -165,9 +210,17 @@ class ActivationStore:
             if lo < hi:
                 parts.append((reader, first + lo, hi - lo))
             offset += n
-        return ActivationStore(
+        view = ActivationStore(
             parts, self.d_in, meta=self.meta, source=f"{self.source}[{start}:{stop}]"
         )
+        view.nonfinite, view._skipped = self.nonfinite, self._skipped
+        return view
+
+    @property
+    def skipped_rows(self) -> int:
+        """Rows dropped so far for holding NaN or Inf values (with ``nonfinite="skip"``), each
+        counted once however often it was read; shared with this store's slices."""
+        return len(self._skipped)
 
     def per_token(self, key: str) -> np.ndarray | None:
         """A per-token array [N] saved beside the activations (``token_ids``, ``doc_ids``), or
@@ -204,18 +257,76 @@ class ActivationStore:
         return torch.as_tensor(np.array(chunk)) if isinstance(chunk, np.ndarray) else chunk
 
 
+class NonFiniteError(FormatError):
+    """A row of activations holds NaN or Inf values."""
+
+    def __init__(self, source: str, row: int) -> None:
+        self.source, self.row = source, row
+        super().__init__(self.message("pass nonfinite='skip' to drop such rows"))
+
+    def message(self, remedy: str) -> str:
+        """The one-line error, ending with ``remedy`` (in the terms of the caller's interface)."""
+        return f"{self.source}: row {self.row} holds NaN or Inf values; clean it, or {remedy}"
+
+
+def finite_rows(
+    batch_BD: torch.Tensor, *, source: str, first_row: int, skip: bool
+) -> tuple[torch.Tensor, list[int]]:
+    """The rows of ``batch_BD`` whose values are all finite, and the rows left out.
+
+    Parameters
+    ----------
+    batch_BD
+        A batch of activations.
+    source
+        The file the batch was read from, for the error message.
+    first_row
+        The batch's first row in ``source``; rows are reported in ``source``'s numbering.
+    skip
+        Drop non-finite rows instead of raising.
+
+    Raises
+    ------
+    NonFiniteError
+        A row holds NaN or Inf and ``skip`` is False.
+
+    Examples
+    --------
+    >>> x = torch.tensor([[1.0, 2.0], [float("nan"), 0.0], [3.0, 4.0]])
+    >>> kept, dropped = finite_rows(x, source="acts.npy", first_row=10, skip=True)
+    >>> kept.tolist(), dropped
+    ([[1.0, 2.0], [3.0, 4.0]], [11])
+    >>> finite_rows(x, source="acts.npy", first_row=10, skip=False)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    saegeo.io.store.NonFiniteError: acts.npy: row 11 holds NaN or Inf values; clean it, ...
+    """
+    if not batch_BD.is_floating_point():
+        return batch_BD, []
+    finite_B = torch.isfinite(batch_BD).all(dim=1)
+    if bool(finite_B.all()):
+        return batch_BD, []
+    bad = [first_row + int(i) for i in (~finite_B).nonzero().ravel()]
+    if not skip:
+        raise NonFiniteError(source, bad[0])
+    return batch_BD[finite_B], bad
+
+
 def _safetensors_shape(path: Path) -> tuple[int, int]:
     try:
         with safe_open(str(path), framework="pt") as f:
             if "acts" not in f.keys():  # noqa: SIM118
                 raise FormatError(f"{path}: no tensor named 'acts' (found {list(f.keys())})")
-            shape = f.get_slice("acts").get_shape()
+            acts = f.get_slice("acts")
+            shape, dtype = acts.get_shape(), acts.get_dtype()
     except FormatError:
         raise
     except Exception as exc:
         raise FormatError(f"{path}: unreadable safetensors file ({exc})") from None
     if len(shape) != 2:
         raise FormatError(f"{path}: 'acts' must be 2-D [N, d_in], got {shape}")
+    if dtype not in REAL_SAFETENSORS_DTYPES:
+        raise FormatError(f"{path}: 'acts' must hold real numbers, got dtype {dtype}")
     return int(shape[0]), int(shape[1])
 
 

@@ -30,7 +30,7 @@ from saegeo.stitch.refit import (
     with_decoder,
 )
 
-CHECKPOINT_FORMAT = "saegeo.stitch.refit_sgd.v1"
+CHECKPOINT_FORMAT = "saegeo.refit_sgd.v1"
 
 
 def refit_sgd(

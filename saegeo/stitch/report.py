@@ -14,7 +14,7 @@ import pandas as pd
 
 from saegeo.errors import SaegeoError
 
-REPORT_SCHEMA = "saegeo.stitch.report.v1"
+REPORT_SCHEMA = "saegeo.frankenstein_report.v1"
 
 Feature = tuple[int, int]
 """A feature of a family: (member index, feature index in that member)."""

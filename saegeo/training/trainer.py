@@ -41,6 +41,7 @@ from saegeo.effects.metrics import Metrics, Moments, evaluate
 from saegeo.errors import ArgumentError, SaegeoError
 from saegeo.io.atomic import write_json, write_text
 from saegeo.io.formats import save_sae
+from saegeo.io.outputs import FAMILY_FORMAT
 from saegeo.io.store import ActivationStore
 from saegeo.io.streaming import ActsLike, checked_store, progress_bar
 from saegeo.training.config import (
@@ -195,8 +196,11 @@ def train_sae(
         raise ArgumentError("k", config.k, f"exceeds the width {width}", owner="TrainConfig")
     n_eval = min(config.eval_tokens, store.n_tokens // 5)
     n_train = store.n_tokens - n_eval
-    if n_train < 1:
-        raise SaegeoError(f"activations {store.source}: no tokens to train on")
+    if n_train < 2:
+        raise SaegeoError(
+            f"activations {store.source}: {n_train} token(s) to train on; training needs at "
+            "least 2 (and many more to learn anything)"
+        )
     batch_size = min(config.batch_size, n_train)
 
     init_BD = torch.cat(
@@ -271,7 +275,7 @@ def train_sae(
                     "step": step,
                     "tokens": (step + 1) * batch_size,
                     "loss": loss_value,
-                    "fvu": out.mse / total_var,
+                    "fvu": out.mse / total_var if total_var > 0 else float("nan"),
                     "l0": out.l0,
                 }
                 state.history.append(entry)
@@ -423,7 +427,7 @@ def _write_summary(
     write_json(
         out / "family.json",
         {
-            "format": "saegeo.core.family.v1",
+            "format": FAMILY_FORMAT,
             "acts": store.source,
             "d_in": store.d_in,
             "config": _config_dict(config),

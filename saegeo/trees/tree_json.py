@@ -31,9 +31,9 @@ from typing import Any
 
 import jsonschema
 import networkx as nx
-from referencing import Registry, Resource
 
 from saegeo.errors import FormatError, SaegeoError
+from saegeo.io.paths import regular_file
 from saegeo.trees.dag import labels_by_id, node_id, parse_node_id, tree_root
 
 TREE_SCHEMA = "saegeo.feature_tree.v1"
@@ -70,18 +70,16 @@ def tree_schema() -> dict[str, Any]:
 def forest_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of ``saegeo.feature_forest.v1`` (a fresh copy).
 
-    Its ``trees`` refer to ``feature_tree.v1.schema.json``; :func:`validate_forest` resolves
-    that reference to the packaged tree schema.
+    Its ``trees`` refer to the tree schema by its ``$id``, and the forest schema embeds that
+    schema under ``$defs``, so any JSON Schema validator resolves the reference without a
+    registry (``jsonschema.validate(doc, forest_schema())``).
     """
     return json.loads(json.dumps(_load_schema(FOREST_SCHEMA_FILE)))
 
 
 @functools.cache
 def _validator(filename: str) -> jsonschema.Draft202012Validator:
-    registry: Registry = Registry().with_resource(
-        TREE_SCHEMA_FILE, Resource.from_contents(_load_schema(TREE_SCHEMA_FILE))
-    )
-    return jsonschema.Draft202012Validator(_load_schema(filename), registry=registry)
+    return jsonschema.Draft202012Validator(_load_schema(filename))
 
 
 def _validate(doc: Any, filename: str, schema_name: str, source: str) -> None:
@@ -165,7 +163,8 @@ def tree_to_json(T: nx.DiGraph, *, labels: Mapping[Any, str] | None = None) -> d
             "other_parents": [[str(pid), float(s)] for pid, s in data.get("other_parents", [])],
         }
         for key in ("freq", "max_act"):
-            if data.get(key) is not None:
+            # Optional keys: a value that is not a finite number is left out, never NaN.
+            if data.get(key) is not None and math.isfinite(float(data[key])):
                 out[key] = float(data[key])
         label = by_id.get(out["id"], data.get("label"))
         if label is not None:
@@ -300,11 +299,13 @@ def dag_from_json(doc: Mapping[str, Any], *, source: str = "DAG document") -> nx
 
 def read_labels(path: str | os.PathLike[str]) -> dict[str, str]:
     """Labels from a JSON file: an object mapping ``"level/feature"`` to text."""
+    if Path(path).exists():
+        regular_file(path, what="labels file")
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SaegeoError(f"{path}: no such labels file") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise FormatError(f"{path}: not a readable JSON file ({exc})") from None
     if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
         raise FormatError(f"{path}: labels must be a JSON object of strings by LEVEL/FEATURE")

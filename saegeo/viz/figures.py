@@ -21,7 +21,8 @@ from saegeo.core.family import Family
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
 from saegeo.geometry.similarity import unit_rows
-from saegeo.io.atomic import atomic_file, write_text
+from saegeo.io.atomic import write_text
+from saegeo.io.outputs import GENERATOR_META
 from saegeo.trees.dag import labels_by_id, node_id, parse_node_id, tree_root
 
 TreeKind = Literal["icicle", "sunburst", "treemap"]
@@ -285,8 +286,8 @@ def forest_html(
         parts.append("<p>No trees.</p>")
     body = "\n".join(f"<section>{part}</section>" for part in parts)
     return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}'
-        f"</title></head>\n<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">{GENERATOR_META}'
+        f"<title>{html.escape(title)}</title></head>\n<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
     )
 
 
@@ -295,8 +296,10 @@ def save_html(fig: go.Figure | str, path: str | os.PathLike[str]) -> Path:
 
     plotly.js is embedded, so the page needs no network.
     """
-    if isinstance(fig, str):
-        return write_text(path, fig)
-    with atomic_file(path) as tmp:
-        fig.write_html(str(tmp), include_plotlyjs=True, full_html=True)
-    return Path(path)
+    return write_text(path, fig if isinstance(fig, str) else figure_page(fig))
+
+
+def figure_page(fig: go.Figure) -> str:
+    """A figure as a standalone HTML page (plotly.js embedded), marked as written by saegeo."""
+    page = fig.to_html(include_plotlyjs=True, full_html=True)
+    return page.replace("<head>", f"<head>\n    {GENERATOR_META}", 1)

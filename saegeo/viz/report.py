@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from saegeo.io.atomic import write_text
+from saegeo.io.outputs import GENERATOR_META
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -61,7 +62,8 @@ class Report:
         title = html.escape(self.title)
         body = "\n".join(self.parts)
         return (
-            f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title>'
+            f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">{GENERATOR_META}'
+            f"<title>{title}</title>"
             f"<style>{_STYLE}</style></head>\n<body><h1>{title}</h1>\n{body}\n</body></html>\n"
         )
 

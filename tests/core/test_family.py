@@ -28,3 +28,19 @@ def test_d_in_mismatch_names_the_file(tmp_path):
     sg.save_sae(decoder_only(16, d_in=7), tmp_path / "b")
     with pytest.raises(ShapeError, match=r"b.*d_in=7"):
         sg.Family.load([tmp_path / "a", tmp_path / "b"])
+
+
+def test_one_sae_per_width_and_one_site(tmp_path):
+    def sae(width: int, **metadata) -> sg.SAE:
+        return sg.SAE.from_decoder(torch.randn(width, 4)).replace(metadata=metadata)
+
+    with pytest.raises(sg.SaegeoError, match="one SAE per width"):
+        sg.Family([sae(4, name="a"), sae(8), sae(4, name="b")])
+    with pytest.raises(sg.SaegeoError, match="hook_name 'blocks.2.hook_resid_post'"):
+        sg.Family(
+            [
+                sae(4, hook_name="blocks.1.hook_resid_post"),
+                sae(8, hook_name="blocks.2.hook_resid_post"),
+            ]
+        )
+    assert sg.Family([sae(4, hook_name="h"), sae(8)]).widths == [4, 8]

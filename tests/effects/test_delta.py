@@ -5,49 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sae_helpers import mse, random_sae
 
 import saegeo as sg
 from saegeo.effects.delta import cumulative_mse, delta_mse, swap_deltas
-from saegeo.effects.hybrid import hybrid, output_scale
+from saegeo.effects.hybrid import hybrid
 from saegeo.errors import SaegeoError
-
-D_IN = 16
-
-
-def random_sae(
-    width: int, arch: str, *, seed: int, apply_b_dec: bool = True, norm: str = "none"
-) -> sg.SAE:
-    """A float64 SAE whose encoder roughly follows its decoder, so that latents fire sparsely."""
-    g = torch.Generator().manual_seed(seed)
-    W_dec_FD = torch.randn(width, D_IN, generator=g, dtype=torch.float64)
-    W_dec_FD /= W_dec_FD.norm(dim=1, keepdim=True)
-    b_dec_D = 0.3 * torch.randn(D_IN, generator=g, dtype=torch.float64)
-    settings = dict(apply_b_dec_to_input=apply_b_dec, normalize_activations=norm)
-    if arch == "matching_pursuit":
-        return sg.SAE.from_decoder(W_dec_FD, b_dec_D, **settings).to(dtype=torch.float64)
-    extra = {}
-    if arch == "jumprelu":
-        extra["threshold"] = 0.3 * torch.rand(width, generator=g, dtype=torch.float64)
-    if arch == "topk":
-        extra["k"] = 4
-    return sg.SAE(
-        W_enc=W_dec_FD.T + 0.1 * torch.randn(D_IN, width, generator=g, dtype=torch.float64),
-        b_enc=-0.2 * torch.rand(width, generator=g, dtype=torch.float64),
-        W_dec=W_dec_FD,
-        b_dec=b_dec_D,
-        arch=arch,
-        **settings,
-        **extra,
-    )
-
-
-@pytest.fixture
-def acts() -> torch.Tensor:
-    return 1.5 * torch.randn(160, D_IN, dtype=torch.float64) + 0.5
-
-
-def mse(sae: sg.SAE, x_BD: torch.Tensor) -> float:
-    return float(((x_BD - sae.forward(x_BD)) ** 2).sum(dim=1).mean())
 
 
 def l0(sae: sg.SAE, x_BD: torch.Tensor) -> float:
@@ -155,27 +118,6 @@ def test_swap_deltas_match_reencoding(acts, arch, norm):
         # Re-encoding paths evaluate in float32 (saegeo.effects.metrics); closed forms in float64.
         assert result.delta_mse[g] == pytest.approx(mse(swapped, acts) - base_mse, abs=1e-5)
         assert result.delta_l0[g] == pytest.approx(l0(swapped, acts) - base_l0, abs=1e-9)
-
-
-def test_hybrid_of_additive_saes_is_concat(acts):
-    small, large = random_sae(6, "relu", seed=1), random_sae(9, "jumprelu", seed=2)
-    union = hybrid(small, large, add=[4, 2], remove=[1])
-    reference = sg.concat([small.select([0, 2, 3, 4, 5]), large.select([4, 2])])
-    torch.testing.assert_close(union.encode(acts), reference.encode(acts))
-    with pytest.raises(SaegeoError, match="distinct"):
-        hybrid(small, large, add=[1, 1])
-    with pytest.raises(SaegeoError, match="no latents"):
-        hybrid(small, large, remove=range(6))
-
-
-def test_output_scale_is_the_decode_slope(acts):
-    for norm in ("none", "constant_norm_rescale", "layer_norm"):
-        sae = random_sae(5, "relu", seed=0, norm=norm)
-        codes = sae.encode(acts)
-        bump = torch.zeros_like(codes)
-        bump[:, 0] = 1.0
-        slope = (sae.decode(codes + bump, acts) - sae.decode(codes, acts))[:, 0] / sae.W_dec[0, 0]
-        torch.testing.assert_close(output_scale(sae, acts), slope)
 
 
 @pytest.mark.parametrize("arch", ["relu", "topk"])

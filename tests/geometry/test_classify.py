@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sae_helpers import relu_pair
 
 import saegeo as sg
 from saegeo.cli import main
 from saegeo.effects.delta import swap_deltas
-from saegeo.effects.novelty import family_novelty, kind_sign_table, novelty_table
 from saegeo.errors import SaegeoError
 from saegeo.geometry.classify import classify, swap_groups
 
@@ -91,45 +91,6 @@ def test_swap_groups_with_acts_add_deltas():
     assert list(empty.columns)[-2:] == ["delta_mse", "delta_l0"] and empty.empty
 
 
-def relu_pair(seed: int = 0) -> tuple[sg.SAE, sg.SAE, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    W_small_SD = torch.randn(6, 8, generator=g)
-    W_large_LD = torch.cat(
-        [W_small_SD + 0.1 * torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)]
-    )
-
-    def make(W_FD: torch.Tensor) -> sg.SAE:
-        W_FD = W_FD / W_FD.norm(dim=1, keepdim=True)
-        return sg.SAE(
-            W_enc=W_FD.T.clone(),
-            b_enc=-0.3 * torch.ones(W_FD.shape[0]),
-            W_dec=W_FD,
-            b_dec=torch.zeros(8),
-        )
-
-    return make(W_small_SD), make(W_large_LD), torch.randn(300, 8, generator=g)
-
-
-def test_novelty_tables_and_family_analysis():
-    small, large, acts = relu_pair()
-    table = novelty_table(small, large, acts, device="cpu")
-    assert list(table.columns) == ["max_cos", "nearest", "kind", "delta_mse"]
-    cells = kind_sign_table(table)
-    assert cells.values.sum() == large.width and list(cells.index) == ["novel", "reconstruction"]
-    assert int(cells.loc["novel", "delta_mse < 0"]) == int(
-        ((table["kind"] == "novel") & (table["delta_mse"] < 0)).sum()
-    )
-    middle = large.select(range(9))
-    result = family_novelty([small, middle, large], acts, points=3, device="cpu")
-    assert result.summary["large_width"].tolist() == [9, 12]
-    assert result.summary["n_novel"].sum() == (result.features["kind"] == "novel").sum()
-    assert set(result.curves["kind"]) == {"novel", "reconstruction"}
-    first = result.curves[(result.curves["pair"] == 0) & (result.curves["n_added"] == 0)]
-    assert first["mse"].nunique() == 1  # both curves start at the small SAE
-    geometry_only = family_novelty([small, large])
-    assert "delta_mse" not in geometry_only.features and geometry_only.curves.empty
-
-
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "saegeo", *args], capture_output=True, text=True, check=False
@@ -171,6 +132,7 @@ def test_cli_classify_writes_csv(tmp_path, capsys):
                 str(tmp_path / "acts.npy"),
                 "--out",
                 str(out),
+                "--force",  # replaces the previous table
             ]
         )
         == 0

@@ -140,7 +140,7 @@ def test_deeply_nested_json(lens_dir):
 def test_cfg_that_is_a_directory(lens_dir):
     (lens_dir / "cfg.json").unlink()
     (lens_dir / "cfg.json").mkdir()
-    with pytest.raises(FormatError, match="is a directory"):
+    with pytest.raises(FormatError, match="found a directory"):
         sg.load_sae(lens_dir)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -60,23 +63,6 @@ def test_bad_stores(tmp_path):
         sg.ActivationStore.open(tmp_path / "flat.npy")
 
 
-def test_encode_codes_matches_dense_encode():
-    sae = sg.SAE(
-        W_enc=torch.randn(6, 20),
-        b_enc=torch.randn(20) * 0.1,
-        W_dec=torch.randn(20, 6),
-        b_dec=torch.zeros(6),
-        arch="topk",
-        k=3,
-    )
-    acts = torch.randn(37, 6)
-    codes = sg.encode_codes(sae, acts, batch_size=10, progress=False)
-    assert codes.shape == (37, 20) and codes.dtype == np.float32
-    np.testing.assert_allclose(codes.toarray(), sae.encode(acts).numpy(), rtol=1e-6)
-    with pytest.raises(SaegeoError, match="d_in"):
-        sg.encode_codes(sae, torch.randn(4, 5), progress=False)
-
-
 def test_slice_is_a_view_across_shards(tmp_path):
     acts = torch.randn(100, 4)
     writer = sg.ShardWriter(tmp_path / "s", 4, shard_tokens=30)
@@ -89,3 +75,51 @@ def test_slice_is_a_view_across_shards(tmp_path):
     torch.testing.assert_close(store.slice(90).read(), acts[90:])
     with pytest.raises(SaegeoError, match="row range"):
         store.slice(50, 10)
+
+
+def test_store_metadata_must_agree_with_its_shards(tmp_path):
+    writer = sg.ShardWriter(tmp_path / "s", 4, shard_tokens=30)
+    writer.add(torch.randn(50, 4))
+    writer.close()
+    meta_path = tmp_path / "s" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["n_tokens"] = 10**12
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(FormatError, match="n_tokens is 1000000000000 but the shards hold 50"):
+        sg.ActivationStore.open(tmp_path / "s")
+    meta["n_tokens"], meta["shards"][1]["n_tokens"] = 10**12, 10**12 - 30
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(FormatError, match="shard_00001.safetensors: holds \\[20, 4\\]"):
+        sg.ActivationStore.open(tmp_path / "s")
+
+
+def test_nonfinite_rows_raise_or_are_skipped_once(tmp_path):
+    acts = torch.randn(40, 3)
+    acts[7, 1] = float("nan")
+    acts[33, 0] = float("-inf")
+    np.save(tmp_path / "a.npy", acts.numpy())
+    with pytest.raises(FormatError, match=r"a\.npy: row 7 holds NaN or Inf"):
+        sg.ActivationStore.open(tmp_path / "a.npy").read()
+    store = sg.ActivationStore.open(tmp_path / "a.npy", nonfinite="skip")
+    kept = torch.cat(list(store.iter_batches(batch_size=16)))
+    keep = torch.ones(40, dtype=torch.bool)
+    keep[[7, 33]] = False
+    torch.testing.assert_close(kept, acts[keep])
+    part = store.slice(30)  # a view shares the count; a second pass does not add to it
+    assert part.read().shape[0] == 9
+    store.read()
+    assert store.skipped_rows == 2 and part.skipped_rows == 2
+    with pytest.raises(SaegeoError, match="nonfinite"):
+        sg.ActivationStore.open(tmp_path / "a.npy", nonfinite="drop")  # type: ignore[arg-type]
+
+
+def test_only_real_regular_files_are_activations(tmp_path):
+    np.save(tmp_path / "c.npy", np.ones((3, 2), dtype=np.complex64))
+    with pytest.raises(FormatError, match="real numbers"):
+        sg.ActivationStore.open(tmp_path / "c.npy")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(FormatError, match="empty.npy"):
+        sg.ActivationStore.open(tmp_path / "empty.npy")
+    os.mkfifo(tmp_path / "pipe.npy")
+    with pytest.raises(FormatError, match="not a regular file"):
+        sg.ActivationStore.open(tmp_path / "pipe.npy")

@@ -80,13 +80,18 @@ def test_harvest_takes_a_config_or_its_fields_as_keywords(tmp_path):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--tokens", "0"], "--tokens 0: must be at least 1"),
+        # Ranges of one flag are argparse's; checks across fields are HarvestConfig's, named
+        # by their flags.
+        (["--tokens", "0"], "argument --tokens: must be >= 1, got 0"),
         (
             ["--context", "2"],
             "--context 2: must be at least 3 (BOS, 1 skipped tokens and one stored token)",
         ),
-        (["--skip-first", "-1"], "--skip-first -1: must be at least 0"),
-        (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+        (
+            ["--context", "4", "--skip-first", "3"],
+            "--context 4: must be at least 5 (BOS, 3 skipped tokens and one stored token)",
+        ),
+        (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
     ],
 )
 def test_cli_shows_library_errors_with_flags(tmp_path, capsys, flags, message):

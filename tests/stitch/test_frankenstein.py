@@ -1,7 +1,5 @@
 """Frankenstein SAEs: the stitching plan's semantics, the metrics of every step against direct
-evaluation, the curve against the members (saegeo.stitch.curve), the report
-(saegeo.stitch.report), the interpolation path against a naive reference, saving, and
-the CLI."""
+evaluation, saving, and the CLI."""
 
 from __future__ import annotations
 
@@ -12,63 +10,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from stitch_helpers import CPU, D, subset_sae, toy_acts, toy_family
 
 from saegeo.cli import main
-from saegeo.core.sae import SAE, concat
-from saegeo.effects.interpolation import _pair_steps, interpolation_path
+from saegeo.core.sae import SAE
 from saegeo.effects.metrics import evaluate
 from saegeo.errors import SaegeoError
 from saegeo.geometry.classify import swap_groups
 from saegeo.geometry.similarity import decoder_cosine
 from saegeo.io.formats import load_sae, save_sae
-from saegeo.stitch.curve import frankenstein_curve
 from saegeo.stitch.frankenstein import frankenstein, frankenstein_steps, plan_frankenstein
-from saegeo.stitch.report import FrankensteinReport
-
-D = 32
-CPU = {"device": "cpu", "progress": False}
-
-
-def true_directions(n: int = 24) -> torch.Tensor:
-    U = torch.randn(D, D, generator=torch.Generator().manual_seed(0))
-    return torch.linalg.qr(U).Q[:n]  # orthonormal
-
-
-def toy_acts(n: int = 1500) -> torch.Tensor:
-    """Sparse non-negative mixtures of the true directions, plus an offset and noise."""
-    U = true_directions()
-    g = torch.Generator().manual_seed(1)
-    fires = torch.rand(n, len(U), generator=g) < 0.15
-    magnitudes = (0.5 + torch.rand(n, len(U), generator=g)) * fires
-    return magnitudes @ U + 0.01 * torch.randn(n, D, generator=g) + 0.2
-
-
-def hand_sae(directions: torch.Tensor, arch: str = "jumprelu") -> SAE:
-    """An SAE that reads and writes ``directions`` [F, D] (encoder = decoder transpose)."""
-    width = directions.shape[0]
-    settings: dict = {"threshold": torch.full((width,), 0.3)} if arch == "jumprelu" else {}
-    if arch == "topk":
-        settings["k"] = 4
-    if arch == "matching_pursuit":
-        return SAE.from_decoder(directions, b_dec=torch.full((D,), 0.2), max_iterations=6)
-    return SAE(
-        W_enc=directions.T.clone(),
-        b_enc=torch.zeros(width),
-        W_dec=directions.clone(),
-        b_dec=torch.full((D,), 0.2),
-        arch=arch,
-        **settings,
-    )
-
-
-def toy_family(arch: str = "jumprelu") -> list[SAE]:
-    """Widths 6, 12, 19: each keeps the narrower one's directions and adds 6 novel ones; the
-    widest also holds a blend of directions 0 and 1 (cos 1/√2 > 0.7 with each)."""
-    U = true_directions()
-    blend = (U[0] + U[1]) / (U[0] + U[1]).norm()
-    members = [U[:6], U[:12], torch.cat([U[:18], blend[None]])]
-    return [hand_sae(m, arch).replace(metadata={"name": f"m{len(m)}"}) for m in members]
-
 
 # --------------------------------------------------------------------------- the plan
 
@@ -127,12 +78,6 @@ def test_upto_is_a_width_or_an_index():
 
 
 # --------------------------------------------------------------------------- the builder
-
-
-def subset_sae(family: list[SAE], features) -> SAE:
-    """The Frankenstein of a step built directly: concat of the chosen features, in order."""
-    parts = [family[m].select([j]) for m, j in features]
-    return concat(parts)
 
 
 def test_frankenstein_metrics_match_direct_evaluation():
@@ -206,15 +151,6 @@ def test_sgd_retrain_refits_the_last_step_only():
     assert evaluate(sae, x, device="cpu").mse == pytest.approx(report.steps[-1].mse_after, rel=1e-5)
 
 
-def test_report_is_json_and_round_trips():
-    family, x = toy_family(), toy_acts(300)
-    _, report = frankenstein(family, x, retrain="none", **CPU)
-    text = json.dumps(report.to_dict(), allow_nan=False)
-    again = FrankensteinReport.from_dict(json.loads(text))
-    assert again.to_dict() == report.to_dict()
-    assert again.steps[0].source == "m6"
-
-
 def test_stitched_sae_reloads_in_saegeo_and_saelens(tmp_path):
     sae_lens = pytest.importorskip("sae_lens")
     family, x = toy_family(), toy_acts(300)
@@ -279,65 +215,6 @@ def test_steps_train_every_step_with_sgd():
     assert math.isnan(report.steps[0].mse_after) and math.isfinite(report.steps[-1].mse_after)
 
 
-def test_frankenstein_curve_compares_each_width_with_the_members():
-    family, x = toy_family(), toy_acts(600)
-    held_out = toy_acts(300) + 0.01
-    curve = frankenstein_curve(family, x, eval_acts=held_out, **CPU)
-    assert curve["kind"].tolist() == ["original"] * 3 + ["frankenstein", "unrefit"] * 3
-    frank = curve[curve["kind"] == "frankenstein"]
-    assert frank["n_features"].tolist() == [6, 12, 18]
-    assert frank["nearest"].tolist() == ["m6", "m12", "m19"]
-    sae, _ = frankenstein(family, x, upto=12, **CPU)
-    assert frank["mse"].iloc[1] == pytest.approx(evaluate(sae, held_out, device="cpu").mse)
-    unrefit = curve[curve["kind"] == "unrefit"]
-    direct = evaluate(
-        subset_sae(family, plan_frankenstein(family, device="cpu")[-1].features),
-        held_out,
-        device="cpu",
-    )
-    assert unrefit["mse"].iloc[-1] == pytest.approx(direct.mse, rel=1e-5)
-    originals = curve[curve["kind"] == "original"]
-    assert (originals["mse_vs_nearest"] == 1).all()
-
-
-# --------------------------------------------------------------------------- the path
-
-
-def test_interpolation_path_matches_direct_evaluation():
-    family, x = toy_family(), toy_acts(600)
-    path = interpolation_path(family, x, **CPU)
-    for pair in (0, 1):
-        small, large = family[pair], family[pair + 1]
-        rows = path[path["pair"] == pair]
-        steps = _pair_steps(small, large, threshold=0.7, device=torch.device("cpu"))
-        assert len(rows) == len(steps)
-        assert rows["action"].tolist()[0] == "start"
-        union = concat([small, large])
-        mask = np.zeros(union.width, dtype=bool)
-        for row, (_, _, added, removed) in zip(rows.itertuples(), steps, strict=True):
-            mask[removed] = False
-            mask[added] = True
-            direct = evaluate(union.select(np.nonzero(mask)[0].tolist()), x, device="cpu")
-            assert row.mse == pytest.approx(direct.mse, rel=1e-5, abs=1e-9)
-            assert row.l0 == pytest.approx(direct.l0)
-            assert row.n_features == mask.sum()
-    # Novel features come first, most novel first; swaps follow, most similar first.
-    first = path[path["pair"] == 0]
-    adds, swaps = first[first["action"] == "add"], first[first["action"] == "swap"]
-    assert adds["cos"].is_monotonic_increasing and swaps["cos"].is_monotonic_decreasing
-    assert adds.index.max() < swaps.index.min()
-    # Every base feature has a child, so the path ends at the larger SAE.
-    end = first.iloc[-1]
-    assert end["mse"] == pytest.approx(evaluate(family[1], x, device="cpu").mse, rel=1e-5)
-
-
-def test_interpolation_path_points_and_matching_pursuit():
-    family, x = toy_family("matching_pursuit")[:2], toy_acts(200)
-    path = interpolation_path(family, x, points=3, **CPU)
-    assert path["step"].tolist() == [0, 6, 12]
-    assert path["mse"].iloc[0] == pytest.approx(evaluate(family[0], x, device="cpu").mse)
-
-
 # --------------------------------------------------------------------------- the CLI
 
 
@@ -371,7 +248,7 @@ def test_cli_stitch_writes_one_directory(family_on_disk, capsys):
         "sae_weights.safetensors",
     ]
     report = json.loads((out / "report.json").read_text())
-    assert report["schema"] == "saegeo.stitch.report.v1" and report["swap"] is True
+    assert report["schema"] == "saegeo.frankenstein_report.v1" and report["swap"] is True
     assert len(report["steps"]) == 2
     assert load_sae(out).width == report["steps"][-1]["n_features"]
     assert sorted(p.name for p in family_on_disk.iterdir()) == ["acts.npy", "family", "frank"]
@@ -407,5 +284,3 @@ def test_gpu_frankenstein_matches_cpu():
     for a, b in zip(gpu.steps, cpu.steps, strict=True):
         assert a.mse_after == pytest.approx(b.mse_after, rel=1e-4)
     torch.testing.assert_close(gpu_sae(x), cpu_sae(x), rtol=1e-4, atol=1e-4)
-    path = interpolation_path(family, x, device="cuda", progress=False)
-    assert len(path) == len(interpolation_path(family, x, **CPU))

@@ -1,10 +1,11 @@
-"""Decoder refits: statistics against dense references, the exact solve against lstsq,
-codes kept fixed by the folding, SGD against the exact optimum, checkpoints that resume."""
+"""The exact decoder refit: statistics against dense references, the solve against lstsq,
+codes kept fixed by the folding."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from refit_helpers import D, F, N, acts, random_sae
 
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import evaluate
@@ -18,30 +19,6 @@ from saegeo.stitch.refit import (
     solve_decoder,
     with_decoder,
 )
-from saegeo.stitch.refit_sgd import refit_sgd
-
-D, F, N = 8, 12, 400
-
-
-def random_sae(arch: str = "jumprelu", **settings) -> SAE:
-    extra: dict = {}
-    if arch == "jumprelu":
-        extra["threshold"] = torch.rand(F) * 0.5
-    if arch == "topk":
-        extra["k"] = 4
-    return SAE(
-        W_enc=torch.randn(D, F),
-        b_enc=torch.randn(F) * 0.1,
-        W_dec=torch.randn(F, D),
-        b_dec=torch.randn(D) * 0.3,
-        arch=arch,
-        **extra,
-        **settings,
-    )
-
-
-def acts(n: int = N) -> torch.Tensor:
-    return torch.randn(n, D) + 0.5
 
 
 def design(sae: SAE, x_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -156,23 +133,11 @@ def test_new_b_dec_is_folded_into_b_enc():
 
 
 @pytest.mark.parametrize("normalize", ["none", "constant_norm_rescale", "layer_norm"])
-def test_refit_never_worse_than_before_or_sgd(normalize):
+def test_refit_never_worse_than_before(normalize):
     sae, x = random_sae(normalize_activations=normalize), acts()
     exact = refit_exact(sae, x, device="cpu", progress=False)
     assert exact.after.mse <= exact.before.mse
     assert evaluate(exact.sae, x, device="cpu").mse == pytest.approx(exact.after.mse, rel=1e-5)
-    sgd = refit_sgd(sae, x, tokens=40 * N, lr=3e-2, batch_size=100, device="cpu", progress=False)
-    assert sgd.before.mse == pytest.approx(exact.before.mse, rel=1e-5)
-    assert sgd.after.mse < sgd.before.mse
-    assert exact.after.mse <= sgd.after.mse * (1 + 1e-6)
-    assert evaluate(sgd.sae, x, device="cpu").mse == pytest.approx(sgd.after.mse, rel=1e-5)
-
-
-def test_sgd_converges_to_exact():
-    sae, x = random_sae(), acts()
-    exact = refit_exact(sae, x, ridge=0.0, device="cpu", progress=False)
-    sgd = refit_sgd(sae, x, tokens=300 * N, lr=0.1, batch_size=N, device="cpu", progress=False)
-    assert sgd.after.mse == pytest.approx(exact.after.mse, rel=1e-3)
 
 
 def test_matching_pursuit_refit_is_one_mod_step():
@@ -194,47 +159,10 @@ def test_matching_pursuit_refit_is_one_mod_step():
     assert result.after.mse == pytest.approx(stats.metrics(W_dec, b_dec).mse)
 
 
-def test_sgd_checkpoint_resumes(tmp_path):
-    sae, x = random_sae(), acts()
-    settings = {
-        "tokens": 30 * 100,
-        "lr": 1e-2,
-        "batch_size": 100,
-        "device": "cpu",
-        "progress": False,
-    }
-    straight = refit_sgd(sae, x, **settings)
-
-    def interrupt(step: int, loss: float) -> None:
-        if step == 17:
-            raise KeyboardInterrupt
-
-    path = tmp_path / "refit.pt"
-    with pytest.raises(KeyboardInterrupt):
-        refit_sgd(sae, x, checkpoint=path, checkpoint_every=5, callback=interrupt, **settings)
-    assert path.exists()
-    steps: list[int] = []
-    resumed = refit_sgd(
-        sae,
-        x,
-        checkpoint=path,
-        checkpoint_every=5,
-        callback=lambda step, loss: steps.append(step),
-        **settings,
-    )
-    assert steps[0] == 16  # resumed after the checkpoint at step 15
-    torch.testing.assert_close(resumed.sae.W_dec, straight.sae.W_dec)
-    torch.testing.assert_close(resumed.sae.b_dec, straight.sae.b_dec)
-    with pytest.raises(SaegeoError, match="refit.pt"):
-        refit_sgd(sae, x, checkpoint=path, **{**settings, "lr": 2e-2})
-
-
 def test_errors_name_the_problem():
     sae = random_sae()
     with pytest.raises(SaegeoError, match="d_in"):
         refit_exact(sae, torch.randn(10, D + 1), device="cpu", progress=False)
-    with pytest.raises(SaegeoError, match="tokens"):
-        refit_sgd(sae, acts(), tokens=0, device="cpu", progress=False)
 
 
 @pytest.mark.gpu
@@ -244,8 +172,6 @@ def test_gpu_refit_matches_cpu():
     gpu = refit_exact(sae, x, device="cuda", progress=False)
     assert gpu.after.mse == pytest.approx(cpu.after.mse, rel=1e-4)
     torch.testing.assert_close(gpu.sae.W_dec.cpu(), cpu.sae.W_dec, rtol=1e-3, atol=1e-4)
-    sgd = refit_sgd(sae, x, tokens=10 * N, batch_size=100, device="cuda", progress=False)
-    assert sgd.sae.W_dec.device.type == "cuda"
 
 
 def test_stats_of_two_shards_merge_into_the_stats_of_both():

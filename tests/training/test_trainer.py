@@ -15,7 +15,6 @@ from saegeo.effects.metrics import evaluate
 from saegeo.errors import SaegeoError
 from saegeo.io.formats import load_sae, save_sae
 from saegeo.io.store import ActivationStore
-from saegeo.training.step import geometric_median
 from saegeo.training.toy import ToyConfig, ToyModel, make_toy_model
 from saegeo.training.trainer import TrainConfig, train_family, train_sae
 
@@ -190,10 +189,6 @@ def test_saelens_reads_trained_batchtopk(tmp_path, store: ActivationStore) -> No
 
 
 def test_bad_configs_raise(store: ActivationStore) -> None:
-    with pytest.raises(SaegeoError, match="arch"):
-        TrainConfig(arch="gated")  # type: ignore[arg-type]
-    with pytest.raises(SaegeoError, match="matryoshka_widths"):
-        TrainConfig(matryoshka_widths=(8, 4))
     with pytest.raises(SaegeoError, match="k=64"):
         train_sae(store, _config(k=64))
     with pytest.raises(SaegeoError, match="widths"):
@@ -215,7 +210,7 @@ def test_errors_name_python_fields_and_the_cli_names_flags(tmp_path, capsys) -> 
     np.save(acts, x.numpy())
     base = ["train", "--acts", str(acts), "--widths", "16", "--out", str(tmp_path / "f")]
     assert main([*base, "--k", "0"]) == 2
-    assert capsys.readouterr().err == "saegeo train: error: --k 0: must be >= 1\n"
+    assert capsys.readouterr().err == "saegeo train: error: argument --k: must be >= 1, got 0\n"
     flags = ["--arch", "relu", "--lr", "1e8", "--tokens", "4000", "--batch-size", "200"]
     assert main([*base, *flags, "--eval-tokens", "0"]) == 2
     err = capsys.readouterr().err
@@ -253,10 +248,3 @@ def test_cli_train(tmp_path, capsys, store: ActivationStore) -> None:
     assert Family.load(out).widths == [16, 32]
     assert main(["train", "--acts", str(acts), "--widths", "16,x", "--out", str(out)]) == 2
     assert "--widths" in capsys.readouterr().err
-
-
-def test_geometric_median_resists_outliers() -> None:
-    points = torch.cat([torch.randn(200, 4) * 0.1 + 1.0, torch.full((20, 4), 100.0)])
-    median = geometric_median(points)
-    torch.testing.assert_close(median, torch.ones(4), atol=0.1, rtol=0)
-    assert float(points.mean(0)[0]) > 9.0

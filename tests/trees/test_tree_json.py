@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import jsonschema
 import networkx as nx
@@ -211,6 +212,23 @@ def test_forest_document_validates_and_round_trips(dag):
     bad["trees"][0]["tree"].pop("children")
     with pytest.raises(FormatError, match=r"\$\.trees\[0\]\.tree"):
         forest_from_json(bad)
+
+
+def test_plain_validator_resolves_the_tree_schema_by_id(dag):
+    _, trees = forest(dag, rank_by="split", min_size=2)
+    doc = json.loads(json.dumps(forest_to_json(dag, trees, rank_by="split")))
+    packaged = Path(sg.__file__).parent / "trees"
+    forest_file = json.loads((packaged / "feature_forest.v1.schema.json").read_text())
+    tree_file = json.loads((packaged / "feature_tree.v1.schema.json").read_text())
+    # The embedded copy is the tree schema itself, found by its $id.
+    assert forest_file["$defs"]["feature_tree.v1"] == tree_file
+    assert forest_file["properties"]["trees"]["items"] == {"$ref": tree_file["$id"]}
+    for schema in (forest_file, forest_schema()):
+        jsonschema.validate(doc, schema)  # no registry, no network
+        bad = copy.deepcopy(doc)
+        bad["trees"][0]["tree"]["children"][0]["level"] = "one"
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
 
 
 def test_dag_round_trips_through_node_link_json(dag):

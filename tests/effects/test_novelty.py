@@ -1,0 +1,27 @@
+"""Seed 003's novelty analysis: kinds, delta-MSE signs and cumulative curves per pair."""
+
+from __future__ import annotations
+
+from sae_helpers import relu_pair
+
+from saegeo.effects.novelty import family_novelty, kind_sign_table, novelty_table
+
+
+def test_novelty_tables_and_family_analysis():
+    small, large, acts = relu_pair()
+    table = novelty_table(small, large, acts, device="cpu")
+    assert list(table.columns) == ["max_cos", "nearest", "kind", "delta_mse"]
+    cells = kind_sign_table(table)
+    assert cells.values.sum() == large.width and list(cells.index) == ["novel", "reconstruction"]
+    assert int(cells.loc["novel", "delta_mse < 0"]) == int(
+        ((table["kind"] == "novel") & (table["delta_mse"] < 0)).sum()
+    )
+    middle = large.select(range(9))
+    result = family_novelty([small, middle, large], acts, points=3, device="cpu")
+    assert result.summary["large_width"].tolist() == [9, 12]
+    assert result.summary["n_novel"].sum() == (result.features["kind"] == "novel").sum()
+    assert set(result.curves["kind"]) == {"novel", "reconstruction"}
+    first = result.curves[(result.curves["pair"] == 0) & (result.curves["n_added"] == 0)]
+    assert first["mse"].nunique() == 1  # both curves start at the small SAE
+    geometry_only = family_novelty([small, large])
+    assert "delta_mse" not in geometry_only.features and geometry_only.curves.empty

@@ -1,0 +1,31 @@
+"""The package docstring: its shape-suffix legend covers every suffix the code uses."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import saegeo
+
+# Names whose capital after the underscore is a name, not an axis (the gradient of ``W``).
+# Names that end in capitals without being shape suffixes: a gradient, TransformerLens's
+# parameter names, a folder pattern.
+NOT_SUFFIXES = {"grad_W", "b_O", "width_W"}
+SUFFIX = re.compile(r"\b[a-z][a-zA-Z0-9]*_([A-Z1]{1,4})\b")
+
+
+def _legend_letters() -> set[str]:
+    return set(re.findall(r"^([A-Z1])\s{2,}\S", saegeo.__doc__ or "", flags=re.MULTILINE))
+
+
+def test_legend_covers_every_suffix():
+    used: dict[str, str] = {}
+    for path in Path(saegeo.__file__).parent.rglob("*.py"):
+        for match in SUFFIX.finditer(path.read_text()):
+            if match.group(0) not in NOT_SUFFIXES:
+                for letter in match.group(1):
+                    used.setdefault(letter, f"{path.name}: {match.group(0)}")
+    legend = _legend_letters()
+    assert {"B", "D", "F", "K", "S", "L", "P", "C"} <= legend
+    missing = {letter: where for letter, where in used.items() if letter not in legend}
+    assert not missing, f"suffix letters without a legend entry: {missing}"

@@ -1,0 +1,131 @@
+"""Sparse training ops, each against the dense or naive computation it replaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from saegeo.core.pursuit import matching_pursuit
+from saegeo.training import losses
+from saegeo.training.sparse_ops import (
+    pursuit_with_grad,
+    sampled_linear,
+    select_batch_topk,
+    select_topk,
+    sparse_decode,
+    sparse_prefix_reconstructions,
+)
+
+B, D, W = 64, 12, 40
+
+
+def _dense(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
+    return torch.zeros(shape, dtype=values.dtype).index_put((rows, cols), values)
+
+
+def test_select_topk_matches_dense() -> None:
+    pre = torch.randn(B, W)
+    sel = select_topk(pre, 5)
+    assert bool((sel.rows[1:] >= sel.rows[:-1]).all())
+    dense = _dense(sel.rows, sel.cols, sel.pre, (B, W)).relu()
+    assert_close(dense, losses.topk_activations(pre, 5))
+
+
+@pytest.mark.parametrize("candidates", [None, 2])
+def test_select_batch_topk_matches_dense(candidates: int | None) -> None:
+    pre = torch.randn(B, W)
+    pre[3] += 5.0  # one token holds far more than its share, forcing the exact fallback
+    sel = select_batch_topk(pre, 4, candidates=candidates)
+    dense = _dense(sel.rows, sel.cols, sel.pre, (B, W))
+    assert_close(dense, losses.batch_topk_activations(pre, 4))
+    order_key = sel.rows * W + sel.cols
+    assert bool((order_key[1:] > order_key[:-1]).all())
+
+
+def test_sampled_linear_and_sparse_decode_match_dense() -> None:
+    x = torch.randn(B, D, requires_grad=True)
+    W_enc = torch.randn(D, W, requires_grad=True)
+    b_enc = torch.randn(W, requires_grad=True)
+    W_dec = torch.randn(W, D, requires_grad=True)
+    target = torch.randn(B, D)
+
+    with torch.no_grad():
+        sel = select_topk(x @ W_enc + b_enc, 6)
+    vals = sampled_linear(x, W_enc, b_enc, sel).relu()
+    out = sparse_decode(sel.rows, sel.cols, vals, W_dec, B)
+    ((out - target) ** 2).sum().backward()
+    fast = [t.grad.clone() for t in (x, W_enc, b_enc, W_dec)]
+    for t in (x, W_enc, b_enc, W_dec):
+        t.grad = None
+
+    mask = _dense(sel.rows, sel.cols, torch.ones_like(sel.pre), (B, W))
+    dense_acts = ((x @ W_enc + b_enc) * mask).relu()
+    dense_out = dense_acts @ W_dec
+    assert_close(out, dense_out, atol=1e-5, rtol=1e-5)
+    ((dense_out - target) ** 2).sum().backward()
+    for got, t in zip(fast, (x, W_enc, b_enc, W_dec), strict=True):
+        assert_close(got, t.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_sparse_prefix_reconstructions_match_dense() -> None:
+    pre = torch.randn(B, W)
+    sel = select_batch_topk(pre, 6)
+    vals = sel.pre.clone().requires_grad_()
+    W_dec = torch.randn(W, D, requires_grad=True)
+    b_dec = torch.randn(D)
+    bounds = torch.tensor([0, 3, 10, 25, 40])
+    fast = sparse_prefix_reconstructions(sel.rows, sel.cols, vals, W_dec, b_dec, bounds, B)
+    fast.pow(2).sum().backward()
+    fast_grads = vals.grad.clone(), W_dec.grad.clone()
+    vals.grad, W_dec.grad = None, None
+    dense = losses.prefix_reconstructions(
+        _dense(sel.rows, sel.cols, vals, (B, W)), W_dec, b_dec, bounds
+    )
+    assert_close(fast, dense, atol=1e-5, rtol=1e-5)
+    dense.pow(2).sum().backward()
+    assert_close(fast_grads[0], vals.grad, atol=1e-4, rtol=1e-4)
+    assert_close(fast_grads[1], W_dec.grad, atol=1e-4, rtol=1e-4)
+
+
+def _pursuit_full_reference(x, W_dec, residual_threshold, max_iterations, stop_dup):
+    """SAELens's training pass: choices without gradient over the whole dictionary."""
+    residual = x
+    batch = x.shape[0]
+    acts = x.new_zeros(batch, W_dec.shape[0])
+    prev = torch.zeros_like(acts, dtype=torch.bool)
+    done = torch.zeros(batch, dtype=torch.bool)
+    for _ in range(max_iterations):
+        with torch.no_grad():
+            idx = (residual @ W_dec.T).relu().max(dim=1).indices
+        atom = W_dec[idx]
+        value = (residual * atom).sum(-1).relu() * (~done)
+        acts = acts + torch.nn.functional.one_hot(idx, W_dec.shape[0]) * value[:, None]
+        residual = residual - value[:, None] * atom
+        with torch.no_grad():
+            if stop_dup:
+                support = acts != 0
+                done = done | (support == prev).all(1)
+                prev = support
+            if residual_threshold > 0:
+                done = done | (residual.norm(dim=-1) < residual_threshold)
+    return acts
+
+
+@pytest.mark.parametrize("stop_dup", [True, False])
+def test_pursuit_with_grad_matches_full_pursuit(stop_dup: bool) -> None:
+    W_dec = torch.randn(W, D)
+    W_dec = (W_dec / W_dec.norm(dim=1, keepdim=True)).requires_grad_()
+    x = torch.randn(B, D, requires_grad=True)
+    kwargs = {"residual_threshold": 0.5, "max_iterations": 6, "stop_on_duplicate_support": stop_dup}
+    fast = pursuit_with_grad(x, W_dec, **kwargs)
+    assert_close(fast.detach(), matching_pursuit(x.detach(), W_dec.detach(), **kwargs))
+    target = torch.randn(B, D)
+    ((fast @ W_dec - target) ** 2).sum().backward()
+    fast_grads = x.grad.clone(), W_dec.grad.clone()
+    x.grad, W_dec.grad = None, None
+    ref = _pursuit_full_reference(x, W_dec, 0.5, 6, stop_dup)
+    assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    ((ref @ W_dec - target) ** 2).sum().backward()
+    assert_close(fast_grads[0], x.grad, atol=1e-4, rtol=1e-4)
+    assert_close(fast_grads[1], W_dec.grad, atol=1e-4, rtol=1e-4)
