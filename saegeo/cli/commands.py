@@ -1,0 +1,285 @@
+"""What each ``saegeo`` subcommand does with its parsed flags."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from saegeo.cli import args as types
+from saegeo.errors import SaegeoError
+
+DEFAULT_CONTEXT = 128
+"""Tokens per model input when neither --context nor --for's SAE gives one."""
+
+
+def _report_skipped(args: argparse.Namespace, acts: Any) -> None:
+    skipped = getattr(acts, "skipped_rows", 0)
+    if skipped:
+        print(f"skipped {skipped} rows with NaN or Inf values in {args.acts}")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from saegeo.core.describe import describe_sae
+    from saegeo.io.pretrained import load_family_spec
+
+    family = load_family_spec(args.paths)
+    for sae in family:
+        print(describe_sae(sae))
+    if len(family) > 1:
+        print(f"family: {len(family)} SAEs, widths {family.widths}, d_in {family.d_in}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from saegeo.demo import run_demo
+
+    types.guard(args, [(args.out, "demo", "--out")], [])
+    report = run_demo(args.out, quick=args.quick)
+    print(f"report: {report}")
+    return 0
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from saegeo.effects.novelty import novelty_table
+    from saegeo.io.atomic import write_text
+    from saegeo.io.pretrained import load_sae_spec
+
+    types.guard(args, [(args.out, "table", "--out")], [args.small, args.large, args.acts])
+    small, large = load_sae_spec(args.small), load_sae_spec(args.large)
+    acts = types.open_acts(args)
+    table = novelty_table(
+        small,
+        large,
+        acts,
+        threshold=args.threshold,
+        topk=args.topk,
+        limit=args.limit,
+        device=args.device,
+    )
+    write_text(args.out, table.to_csv())
+    _report_skipped(args, acts)
+    n_novel = int((table["kind"] == "novel").sum())
+    print(
+        f"{n_novel} of {len(table)} features of {large.name} are novel "
+        f"(max cos <= {args.threshold}) -> {args.out}"
+    )
+    return 0
+
+
+def _cmd_tree(args: argparse.Namespace) -> int:
+    from saegeo.io.atomic import json_text
+    from saegeo.io.pretrained import RELEASE_PREFIX, load_family_spec
+    from saegeo.trees.dag import feature_dag, feature_tree, forest, node_id, parse_node_id
+    from saegeo.trees.tree_json import forest_to_json, read_labels, tree_to_json
+    from saegeo.viz.figures import figure_page, forest_html, tree_figure
+
+    types.guard(
+        args,
+        [(args.out, "tree", "--out"), (args.html, "html", "--html")],
+        [*args.paths, args.acts, args.labels],
+    )
+    threshold = args.threshold
+    if args.metric == "decoder_cosine" and threshold is not None and not -1 <= threshold <= 1:
+        raise SaegeoError(
+            f"--threshold {threshold:g}: a decoder cosine threshold must lie in [-1, 1]"
+        )
+    root = None if args.all else parse_node_id(args.root, name="--root")
+    labels = read_labels(args.labels) if args.labels else None
+    if args.neuronpedia and root is None:
+        raise SaegeoError("--neuronpedia: prints the quick list of one tree; use it with --root")
+    if bool(args.paths) == bool(args.release):
+        raise SaegeoError("give the family as PATH... or as --release RELEASE (one of the two)")
+    family = load_family_spec(args.paths or [RELEASE_PREFIX + args.release])
+    if root is not None and not (root[0] < len(family) and root[1] < family.widths[root[0]]):
+        raise SaegeoError(
+            f"--root {node_id(root)}: no such feature; levels have widths "
+            f"{family.widths} (level 0 is the narrowest)"
+        )
+    acts = types.open_acts(args)
+    G = feature_dag(
+        family,
+        metric=args.metric,
+        threshold=args.threshold,
+        acts=acts,
+        device=args.device,
+    )
+    if root is None:
+        table, trees = forest(G, rank_by=args.rank_by, min_size=args.min_size)
+        doc = forest_to_json(G, trees, rank_by=args.rank_by, labels=labels)
+        page = forest_html(trees, labels=labels, top=args.top) if args.html else None
+        types.write_tree(args, json_text(doc), page)
+        _report_skipped(args, acts)
+        print(table.head(args.top).to_string())
+        print(f"forest: {len(trees)} trees of >= {args.min_size} features -> {args.out}")
+        return 0
+    T = feature_tree(G, root)
+    page = figure_page(tree_figure(T, labels=labels)) if args.html else None
+    types.write_tree(args, json_text(tree_to_json(T, labels=labels)), page)
+    _report_skipped(args, acts)
+    print(f"tree {node_id(root)}: {T.number_of_nodes()} features -> {args.out}")
+    if args.neuronpedia:
+        from saegeo.trees.neuronpedia import tree_quick_list
+
+        print(f"Neuronpedia: {tree_quick_list(T, name=f'saegeo tree {node_id(root)}')}")
+    return 0
+
+
+def _cmd_stitch(args: argparse.Namespace) -> int:
+    from saegeo.io.atomic import atomic_dir, write_json
+    from saegeo.io.formats import save_sae
+    from saegeo.io.pretrained import load_family_spec
+    from saegeo.stitch.frankenstein import StitchConfig, frankenstein
+
+    types.guard(
+        args,
+        [(args.out, "stitched", "--out"), (args.checkpoint, "checkpoint", "--checkpoint")],
+        [*args.paths, args.acts],
+    )
+    family = load_family_spec(args.paths)
+    if args.upto is not None and args.upto < family.widths[0]:
+        raise SaegeoError(
+            f"--upto {args.upto}: no member is that narrow; the widths are {family.widths}"
+        )
+    # The stitched SAE holds at most every member's features: encoder and decoder, float32.
+    types.guard(
+        args,
+        [(args.out, "stitched", "--out")],
+        [*args.paths, args.acts],
+        need_bytes=8 * family.d_in * sum(family.widths),
+    )
+    acts = types.open_acts(args)
+    config = StitchConfig(
+        threshold=args.threshold,
+        upto=args.upto,
+        swap=args.swap,
+        retrain=args.retrain,
+        sgd_tokens=args.sgd_tokens,
+        checkpoint=args.checkpoint,
+        limit=args.limit,
+        device=args.device,
+    )
+    sae, report = frankenstein(family, acts, config)
+    # The SAE and its report appear together under --out, or not at all.
+    with atomic_dir(args.out) as tmp:
+        save_sae(sae, tmp)
+        write_json(tmp / "report.json", report.to_dict())
+    _report_skipped(args, acts)
+    columns = [
+        "source",
+        "added",
+        "swapped_in",
+        "n_features",
+        "l0_before",
+        "mse_before",
+        "mse_after",
+    ]
+    print(report.to_frame()[columns].to_string(index=False))
+    print(f"frankenstein: {sae.width} features ({args.retrain} refit) -> {args.out}")
+    return 0
+
+
+def _cmd_harvest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from saegeo.lm.config import HarvestConfig
+    from saegeo.lm.harvest import harvest
+
+    local = [p for p in (args.model, args.text) if p is not None and Path(p).exists()]
+    types.guard(args, [(args.out, "store", "--out")], local)
+    if args.threads:
+        import torch
+
+        # On a machine shared with other jobs, fewer threads than cores avoids stalls at
+        # every parallel op; this process is the only user of the setting.
+        torch.set_num_threads(args.threads)
+    site = _harvest_site(args)
+    config = HarvestConfig(
+        layer=args.layer,
+        hook=site["hook"],
+        center_writing_weights=site["center"],
+        context=site["context"],
+        skip_first=args.skip_first,
+        batch_size=args.batch_size,
+        max_tokens=args.tokens,
+        dtype=args.dtype,
+        device=args.device,
+        gguf_file=args.gguf_file,
+        model_dtype=args.model_dtype,
+        compile={"auto": None, "yes": True, "no": False}[args.compile],
+    )
+    store = harvest(site["model"], args.text, args.out, config)
+    meta = store.meta
+    print(
+        f"harvest: {store.n_tokens} tokens x {store.d_in} ({meta['dtype']}) from "
+        f"{meta['model']} {meta['hook']} -> {args.out}"
+    )
+    return 0
+
+
+def _harvest_site(args: argparse.Namespace) -> dict:
+    """Model, hook, context and centring for ``harvest``: from --for's SAE, else the flags."""
+    from saegeo.lm.harvest import DEFAULT_MODEL
+
+    site = {
+        "model": args.model or DEFAULT_MODEL,
+        "hook": args.hook,
+        "center": False,
+        "context": args.context or DEFAULT_CONTEXT,
+    }
+    if not args.for_sae:
+        return site
+    from saegeo.io.pretrained import site_metadata
+    from saegeo.lm.sites import hf_model_name, site_for
+
+    if args.layer is not None or args.hook is not None:
+        raise SaegeoError("--for sets the hook from the SAE; drop --layer/--hook")
+    meta = site_metadata(args.for_sae)
+    found = site_for(meta, source=f"--for {args.for_sae}")
+    if not args.model and not meta.get("model_name"):
+        raise SaegeoError(f"--for {args.for_sae}: records no model_name; pass --model")
+    site.update(hook=found.hook_name, center=found.center_writing_weights)
+    site["model"] = args.model or hf_model_name(str(meta["model_name"]))
+    if not args.context and isinstance(meta.get("context_size"), int):
+        site["context"] = int(meta["context_size"])
+    return site
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from saegeo.io.atomic import atomic_dir
+    from saegeo.training.trainer import TrainConfig, train_family
+
+    types.guard(args, [(args.out, "family", "--out")], [args.acts])
+    widths = list(args.widths)
+    matryoshka = args.matryoshka_widths
+    acts = types.open_acts(args)
+    types.check_train_size(args, widths, acts.d_in)
+    config = TrainConfig(
+        arch=args.arch,
+        k=args.k,
+        tokens=args.tokens,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        sparsity=args.sparsity,
+        sparsity_coefficient=args.sparsity_coefficient,
+        target_l0=args.target_l0,
+        matryoshka_widths=matryoshka,
+        prefixes=args.prefixes,
+        eval_tokens=args.eval_tokens,
+        device=args.device,
+        seed=args.seed,
+    )
+    # Trained into a fresh directory that replaces --out once every member is saved: an
+    # interrupted run leaves the previous output as it was, never a mix of two runs.
+    with atomic_dir(args.out) as tmp:
+        run = train_family(acts, widths, config, out_dir=tmp)
+    _report_skipped(args, acts)
+    for report in run.reports:
+        m = report.metrics
+        held_out = (
+            f"mse {m.mse:.4g}  fvu {m.fvu:.4f}  l0 {m.l0:.1f}  dead {m.dead_fraction:.3f}"
+            if m is not None
+            else "no held-out tokens"
+        )
+        print(f"{report.arch}-{report.width}: {held_out}  ({report.tokens_per_second:.0f} tok/s)")
+    print(f"family: {len(run.reports)} SAEs -> {args.out} (family.json, metrics.csv)")
+    return 0
