@@ -9,6 +9,7 @@ MatryoshkaBatchTopKSAE (JumpReLU with ``matryoshka_widths`` from its group sizes
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ def read_dictionary_learning(path: Path) -> SAE:
     """The SAE in the dictionary_learning directory ``path``."""
     source = regular_file(path / DICTLEARN_WEIGHTS, what="weights file")
     try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a refused legacy file is reported below, once
+            warnings.simplefilter("ignore")
+            state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # an unpickling refusal or a damaged archive
         raise FormatError(
             f"{source}: not a plain tensor state dict ({type(exc).__name__}); saegeo loads "

@@ -35,11 +35,13 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import itertools
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +127,21 @@ def packaged_gguf(name: str = DEFAULT_MODEL) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _loading_bars(transformers: Any, *, show: bool) -> Iterator[None]:
+    """transformers' and huggingface_hub's loading bars on a terminal only: elsewhere (a log
+    file, a pipe) they would be many lines of stderr."""
+    logging_utils = transformers.utils.logging
+    enabled = logging_utils.is_progress_bar_enabled()
+    if enabled and not show:
+        logging_utils.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled and not show:
+            logging_utils.enable_progress_bar()
+
+
 def load_model(
     model: str | os.PathLike[str] = DEFAULT_MODEL,
     *,
@@ -164,8 +181,11 @@ def load_model(
     # only adds a misleading warning from transformers.
     load_dtype = torch.float32 if gguf_file else dtype
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
-        lm = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=load_dtype, **kwargs)
+        with _loading_bars(transformers, show=sys.stderr.isatty()):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
+            lm = transformers.AutoModelForCausalLM.from_pretrained(
+                source, dtype=load_dtype, **kwargs
+            )
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ArgumentError("model", name, f"cannot load it ({first_line})") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,9 @@ def _load_checkpoint(
     optimizer: torch.optim.Optimizer,
 ) -> int:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a refused legacy file is reported below, once
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged or foreign file
         raise SaegeoError(
             f"{path}: unreadable refit checkpoint ({type(exc).__name__}); delete it to start over"

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, get_args
 
 from saegeo.config import fail
 from saegeo.training import losses
-
-logger = logging.getLogger(__name__)
 
 TrainArch = Literal[
     "topk", "batchtopk", "relu", "matryoshka_batchtopk", "matryoshka_relu", "matching_pursuit"
@@ -178,15 +175,8 @@ class TrainConfig:
 
 
 def matryoshka_widths(config: TrainConfig, width: int) -> list[int]:
-    """The nested widths a Matryoshka SAE of ``width`` is trained (fixed) or read (pareto) at."""
+    """The nested widths a Matryoshka SAE of ``width`` is trained (fixed) or read (pareto) at:
+    the configured ones below ``width``, then ``width``."""
     if config.matryoshka_widths is None:
         return losses.default_matryoshka_widths(width)
-    widths = [w for w in config.matryoshka_widths if w < width] + [width]
-    if any(w > width for w in config.matryoshka_widths):
-        logger.warning(
-            "matryoshka_widths %s exceed the width %d; keeping %s",
-            list(config.matryoshka_widths),
-            width,
-            widths,
-        )
-    return widths
+    return [w for w in config.matryoshka_widths if w < width] + [width]

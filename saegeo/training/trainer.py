@@ -219,6 +219,13 @@ def train_sae(
         if config.normalize
         else 1.0
     )
+    if config.architecture.matryoshka and any(w > width for w in config.matryoshka_widths or ()):
+        logger.warning(
+            "matryoshka_widths %s exceed the width %d; keeping %s",
+            list(config.matryoshka_widths or ()),
+            width,
+            matryoshka_widths(config, width),
+        )
     state = init_state(config, width, init_BD * scale, device)
     matmul_dtype = _matmul_dtype(config, device)
     # Thresholds and stop rules are given in raw units; training runs in normalised ones.

@@ -248,3 +248,13 @@ def test_cli_train(tmp_path, capsys, store: ActivationStore) -> None:
     assert Family.load(out).widths == [16, 32]
     assert main(["train", "--acts", str(acts), "--widths", "16,x", "--out", str(out)]) == 2
     assert "--widths" in capsys.readouterr().err
+
+
+def test_matryoshka_widths_beyond_the_width_are_reported_once(store, caplog) -> None:
+    config = _config(arch="matryoshka_batchtopk", matryoshka_widths=(8, 16, 64), tokens=5120)
+    with caplog.at_level("WARNING", logger="saegeo.training.trainer"):
+        sae, _ = train_sae(store, config)
+    assert sae.metadata["matryoshka_widths"] == [8, 16, 32]
+    assert [r.getMessage() for r in caplog.records].count(
+        "matryoshka_widths [8, 16, 64] exceed the width 32; keeping [8, 16, 32]"
+    ) == 1
