@@ -264,14 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every tree (forest), ranked")
     p.add_argument(
         "--metric",
-        choices=["decoder_cosine", "masked_cosine"],
+        choices=["decoder_cosine", "masked_cosine", "cofiring", "nesting"],
         default="decoder_cosine",
         help="edge score (default %(default)s)",
     )
     p.add_argument(
         "--acts",
         help="activations (.npy, .safetensors or store directory); needed "
-        "by masked_cosine, adds freq and max_act otherwise",
+        "by masked_cosine, cofiring and nesting, adds freq and max_act otherwise",
     )
     p.add_argument(
         "--threshold",

@@ -26,9 +26,11 @@ from saegeo.errors import SaegeoError, ShapeError
 MAX_PAIRS = 1 << 24
 
 
-def _as_csr(codes: sp.spmatrix | np.ndarray, name: str) -> sp.csr_matrix:
+def _as_csr(
+    codes: sp.spmatrix | np.ndarray, name: str, *, caller: str = "masked_cosine"
+) -> sp.csr_matrix:
     if not (sp.issparse(codes) or isinstance(codes, np.ndarray)) or codes.ndim != 2:
-        raise ShapeError(f"masked_cosine(): {name} must be a 2-D sparse matrix [tokens, latents]")
+        raise ShapeError(f"{caller}(): {name} must be a 2-D sparse matrix [tokens, latents]")
     matrix = sp.csr_matrix(codes, dtype=np.float64, copy=True)
     matrix.eliminate_zeros()
     matrix.sort_indices()
