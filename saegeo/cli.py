@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=None,
-        help="edge iff score > T (default 0.7 decoder_cosine, 0.6 masked_cosine)",
+        help="edge iff score > T (default 0.7 decoder_cosine, 0.6 masked_cosine, "
+        "0.5 cofiring and nesting)",
     )
     p.add_argument(
         "--out",
