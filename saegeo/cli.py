@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="edge iff score > T (default 0.7 decoder_cosine, 0.6 masked_cosine, "
-        "0.5 cofiring and nesting)",
+        "0.6 cofiring, 0.45 nesting)",
     )
     p.add_argument(
         "--out",

@@ -11,14 +11,14 @@ continues feature ``i`` of the narrower one:
   ``j`` (on the tokens where ``j`` fires, scaled by ``max(a_j) / max(a_i)``, seed 002) is
   ``> threshold`` (default 0.6). Needs activations.
 - ``metric="cofiring"``: the probability that parent ``i`` fires on a token where child ``j``
-  fires, ``P(i fires | j fires)``, is ``> threshold`` (default 0.5;
+  fires, ``P(i fires | j fires)``, is ``> threshold`` (default 0.6;
   :func:`saegeo.geometry.cofiring.cofiring`). A child feature fires only where its parent
   does, so a true parent scores near 1 whatever its decoder looks like. Needs activations.
 - ``metric="nesting"``: the smaller of that co-firing and the *presence* of the parent's
   decoder direction in the input where the child fires (relative to where the parent fires)
-  is ``> threshold`` (:func:`saegeo.geometry.cofiring.nesting`): the child's tokens lie inside
-  the parent's by firing and by content. Needs activations; the recommended metric for
-  hierarchies (``analyses/tree_recovery.py``).
+  is ``> threshold`` (default 0.45; :func:`saegeo.geometry.cofiring.nesting`): the child's
+  tokens lie inside the parent's by firing and by content. Needs activations; the
+  recommended metric for hierarchies (``analyses/tree_recovery.py``).
 
 A feature tree is the sub-DAG reachable from one root in which a node with several parents
 keeps only its best-scoring one; the others are listed under ``other_parents``. A forest is
@@ -56,8 +56,8 @@ RankBy = Literal["size", "split"]
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "decoder_cosine": 0.7,
     "masked_cosine": 0.6,
-    "cofiring": 0.5,
-    "nesting": 0.5,
+    "cofiring": 0.6,
+    "nesting": 0.45,
 }
 """Edge thresholds used when ``threshold=None``: seed 003 for decoder cosine, seed 002 for MCS;
 for co-firing, the threshold chosen on held-out synthetic families by
@@ -142,7 +142,7 @@ def feature_dag(
         and the parent's presence in the input on the child's tokens is > threshold; needs
         ``acts``).
     threshold
-        Edge threshold; None takes :data:`DEFAULT_THRESHOLDS` (0.7, 0.6, 0.5, 0.5).
+        Edge threshold; None takes :data:`DEFAULT_THRESHOLDS` (0.7, 0.6, 0.6, 0.45).
     acts
         Activations [N, d_in] (store, tensor or path). Each SAE's codes are encoded once; they
         give the MCS and the node attributes ``freq`` (fraction of tokens where the feature

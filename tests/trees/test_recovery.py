@@ -12,7 +12,7 @@ from cofiring_helpers import naive_cofiring, naive_presence
 from test_dag import edge_scores, nested_family
 
 import saegeo as sg
-from saegeo.trees.dag import feature_dag
+from saegeo.trees.dag import DEFAULT_THRESHOLDS, feature_dag
 from saegeo.trees.recovery import latent_features, recovery, subtree_matrix, true_pairs
 
 # --------------------------------------------------------------------------- DAG metrics
@@ -23,7 +23,8 @@ def test_cofiring_and_nesting_edges_match_dense_reference(metric):
     fam = nested_family(widths=(5, 9, 14), d=8, noise=0.6)
     acts = torch.randn(400, 8)
     G = feature_dag(fam, metric=metric, acts=acts, progress=False, device="cpu", batch_size=64)
-    assert G.graph["metric"] == metric and G.graph["threshold"] == 0.5
+    threshold = DEFAULT_THRESHOLDS[metric]
+    assert G.graph["metric"] == metric and G.graph["threshold"] == threshold
     codes = [sg.encode_codes(sae, acts, progress=False).toarray() for sae in fam]
     x = acts.double().numpy()
     expected = {}
@@ -34,7 +35,7 @@ def test_cofiring_and_nesting_edges_match_dense_reference(metric):
                 fam[level].W_dec.double().numpy(), codes[level], codes[level + 1], x
             )
             score = np.where(score > 0, np.minimum(score, presence), 0.0)
-        for i, j in zip(*np.nonzero(score > 0.5), strict=True):
+        for i, j in zip(*np.nonzero(score > threshold), strict=True):
             expected[((level, int(i)), (level + 1, int(j)))] = score[i, j]
     got = edge_scores(G)
     assert expected and got.keys() == expected.keys()

@@ -291,7 +291,7 @@ def test_cli_tree_nesting_metric(saved_family, tmp_path):
     assert main([*args, "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     validator(tree_schema()).validate(doc)
-    assert doc["metric"] == "nesting" and doc["threshold"] == 0.5
+    assert doc["metric"] == "nesting" and doc["threshold"] == 0.45
     G = feature_dag(sg.Family.load([str(saved_family)]), metric="nesting", acts=acts)
     expected = {f"{level}/{feature}" for level, feature in feature_tree(G, "0/0")}
     assert {n["id"] for n in all_nodes(doc["tree"])} == expected
