@@ -47,7 +47,7 @@ def latent_features(
 
     Examples
     --------
-    >>> latent_features(torch.tensor([[1.0, 0.1], [1.0, 1.0]]), torch.eye(2)).tolist()
+    >>> latent_features(torch.tensor([[1.0, 0.1], [-1.0, 0.2]]), torch.eye(2)).tolist()
     [0, -1]
     """
     W_FD = torch.as_tensor(W_dec_FD).detach().double()
