@@ -44,6 +44,7 @@ from saegeo.effects.metrics import Metrics, evaluate
 from saegeo.effects.novelty import family_novelty
 from saegeo.errors import FormatError, SaegeoError, ShapeError
 from saegeo.geometry.classify import classify, swap_groups
+from saegeo.geometry.cofiring import cofiring, nesting
 from saegeo.geometry.masked_cosine import masked_cosine
 from saegeo.geometry.similarity import CosineMatch, decoder_cosine, decoder_cosine_pairs
 from saegeo.io.formats import load_sae, save_sae
@@ -90,6 +91,7 @@ __all__ = [
     "TrainConfig",
     "TrainReport",
     "classify",
+    "cofiring",
     "compare_frankensteins",
     "concat",
     "decoder_cosine",
@@ -110,6 +112,7 @@ __all__ = [
     "load_sae",
     "make_toy_model",
     "masked_cosine",
+    "nesting",
     "plan_frankenstein",
     "refit_exact",
     "refit_sgd",

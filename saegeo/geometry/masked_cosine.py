@@ -20,89 +20,18 @@ import numpy as np
 import scipy.sparse as sp
 
 from saegeo.errors import SaegeoError, ShapeError
+from saegeo.geometry.sparse_codes import (
+    MAX_PAIRS,
+    aligned,
+    as_csr,
+    child_groups,
+    column_max,
+    column_norm,
+    safe_divide,
+    top_k_per_child,
+    with_data,
+)
 from saegeo.io.streaming import progress_bar
-
-# Co-firing (parent, child) pairs held at once per product (~12 bytes each).
-MAX_PAIRS = 1 << 24
-
-
-def _as_csr(codes: sp.spmatrix | np.ndarray, name: str) -> sp.csr_matrix:
-    if not (sp.issparse(codes) or isinstance(codes, np.ndarray)) or codes.ndim != 2:
-        raise ShapeError(f"masked_cosine(): {name} must be a 2-D sparse matrix [tokens, latents]")
-    matrix = sp.csr_matrix(codes, dtype=np.float64, copy=True)
-    matrix.eliminate_zeros()
-    matrix.sort_indices()
-    return matrix
-
-
-def _with_data(matrix: sp.spmatrix, data: np.ndarray) -> sp.spmatrix:
-    """The same sparsity pattern with new values."""
-    out = matrix.copy()
-    out.data = data
-    return out
-
-
-def _column_max(matrix: sp.csc_matrix) -> np.ndarray:
-    """Largest stored value of each column (0 for empty columns)."""
-    out = np.zeros(matrix.shape[1])
-    nonempty = np.diff(matrix.indptr) > 0
-    if nonempty.any():
-        out[nonempty] = np.maximum.reduceat(matrix.data, matrix.indptr[:-1][nonempty])
-    return out
-
-
-def _column_norm(matrix: sp.csc_matrix) -> np.ndarray:
-    return np.sqrt(np.asarray(_with_data(matrix, matrix.data**2).sum(axis=0)).ravel())
-
-
-def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = numerator / denominator
-    out[~np.isfinite(out)] = 0.0
-    return out
-
-
-def _aligned(pattern: sp.csr_matrix, other: sp.csr_matrix) -> np.ndarray:
-    """Values of ``other`` at each stored entry of ``pattern`` (0 where ``other`` has none).
-
-    Products of operands with equal patterns store their entries in the same order, and the
-    products of non-negative codes share one pattern: that is the fast path. Codes with
-    negative values can cancel to an unstored zero; then entries are matched by position.
-    """
-    if (
-        other.nnz == pattern.nnz
-        and np.array_equal(other.indptr, pattern.indptr)
-        and np.array_equal(other.indices, pattern.indices)
-    ):
-        return other.data
-    other.sort_indices()
-    n_cols = np.int64(pattern.shape[1])
-    keys = np.repeat(np.arange(pattern.shape[0], dtype=np.int64), np.diff(pattern.indptr))
-    keys = keys * n_cols + pattern.indices
-    other_keys = np.repeat(np.arange(other.shape[0], dtype=np.int64), np.diff(other.indptr))
-    other_keys = other_keys * n_cols + other.indices
-    pos = np.searchsorted(other_keys, keys).clip(max=max(other.nnz - 1, 0))
-    found = other_keys[pos] == keys if other.nnz else np.zeros(keys.size, dtype=bool)
-    return np.where(found, other.data[pos] if other.nnz else 0.0, 0.0)
-
-
-def _child_groups(A: sp.csr_matrix, B: sp.csc_matrix, max_pairs: int) -> list[tuple[int, int]]:
-    """Consecutive child ranges whose co-firing pairs with all parents stay <= max_pairs.
-
-    A child's pairs are bounded by the parent latents active on its tokens, summed.
-    """
-    parents_per_token = np.diff(A.indptr).astype(np.float64)
-    bound = np.asarray(_with_data(B, np.ones_like(B.data)).T @ parents_per_token).ravel()
-    cum = np.cumsum(bound)
-    groups, start = [], 0
-    n_children = B.shape[1]
-    while start < n_children:
-        base = cum[start - 1] if start else 0.0
-        stop = int(np.searchsorted(cum, base + max_pairs, side="right"))
-        stop = min(max(stop, start + 1), n_children)
-        groups.append((start, stop))
-        start = stop
-    return groups
 
 
 def masked_cosine(
@@ -150,7 +79,7 @@ def masked_cosine(
     >>> round(float(masked_cosine(parent, child, scale_by_max=False)[0, 0]), 4)
     0.7071
     """
-    A, B = _as_csr(codes_parent, "codes_parent"), _as_csr(codes_child, "codes_child")
+    A, B = as_csr(codes_parent, "codes_parent"), as_csr(codes_child, "codes_child")
     if A.shape[0] != B.shape[0]:
         raise ShapeError(
             f"masked_cosine(): parent codes cover {A.shape[0]} tokens, child codes "
@@ -165,32 +94,32 @@ def masked_cosine(
     # Products run child-major: children [C_g, N] @ parents [N, P] gives, per child, its
     # co-firing parents, which is the [P, C] result's column layout, so the kept entries of all
     # groups concatenate into a CSC matrix with no sorting.
-    parents_sq_NP = _with_data(A, A.data**2)
-    parents_on_NP = _with_data(A, np.ones_like(A.data))
-    child_norm_C = _column_norm(B_csc)
-    parent_norm_P = _column_norm(A_csc)
-    ratio_parent_P = _safe_divide(np.ones(n_parents), _column_max(A_csc))
-    child_max_C = _column_max(B_csc)
+    parents_sq_NP = with_data(A, A.data**2)
+    parents_on_NP = with_data(A, np.ones_like(A.data))
+    child_norm_C = column_norm(B_csc)
+    parent_norm_P = column_norm(A_csc)
+    ratio_parent_P = safe_divide(np.ones(n_parents), column_max(A_csc))
+    child_max_C = column_max(B_csc)
 
-    groups = _child_groups(A, B_csc, max_pairs)
+    groups = child_groups(A, B_csc, max_pairs)
     parents_out, vals_out = [], []
     counts_C = np.zeros(n_children, dtype=np.int64)
     for start, stop in progress_bar(None, "masked cosine", progress, iterable=groups, unit="group"):
         children_CN = B_csc[:, start:stop].T  # the transpose of a csc is a csr without copying
-        children_on_CN = _with_data(children_CN, np.ones_like(children_CN.data))
+        children_on_CN = with_data(children_CN, np.ones_like(children_CN.data))
         # Squares are positive, so this product's pattern is exactly the co-firing pairs.
         parent_sq_on_child = children_on_CN @ parents_sq_NP
-        num = _aligned(parent_sq_on_child, children_CN @ A)
+        num = aligned(parent_sq_on_child, children_CN @ A)
         child = np.repeat(
             np.arange(start, stop, dtype=np.int64), np.diff(parent_sq_on_child.indptr)
         )
         parent = parent_sq_on_child.indices.astype(np.int64)
-        scores = _safe_divide(num, np.sqrt(parent_sq_on_child.data) * child_norm_C[child])
+        scores = safe_divide(num, np.sqrt(parent_sq_on_child.data) * child_norm_C[child])
         if not directed:
-            child_sq_on_parent = _with_data(children_CN, children_CN.data**2) @ parents_on_NP
-            backward = _safe_divide(
+            child_sq_on_parent = with_data(children_CN, children_CN.data**2) @ parents_on_NP
+            backward = safe_divide(
                 num,
-                parent_norm_P[parent] * np.sqrt(_aligned(parent_sq_on_child, child_sq_on_parent)),
+                parent_norm_P[parent] * np.sqrt(aligned(parent_sq_on_child, child_sq_on_parent)),
             )
             scores = np.maximum(scores, backward)
             del child_sq_on_parent, backward
@@ -200,7 +129,7 @@ def masked_cosine(
         keep = scores > min_score
         child, parent, scores = child[keep], parent[keep], scores[keep]
         if top_k is not None:
-            best = _top_k_per_child(child, parent, scores, top_k)
+            best = top_k_per_child(child, parent, scores, top_k)
             child, parent, scores = child[best], parent[best], scores[best]
         counts_C[start:stop] = np.bincount(child - start, minlength=stop - start)
         parents_out.append(parent.astype(np.int32))
@@ -216,19 +145,3 @@ def masked_cosine(
         shape=(n_parents, n_children),
     )
     return result.tocsr()
-
-
-def _top_k_per_child(
-    child: np.ndarray, parent: np.ndarray, values: np.ndarray, k: int
-) -> np.ndarray:
-    """Positions, in their original order, of the ``k`` largest values of each child among
-    entries (child, parent, values) ordered by child; ties keep the smaller parent index."""
-    order = np.lexsort((parent, -values, child))
-    sorted_child = child[order]
-    first = np.ones(sorted_child.size, dtype=bool)
-    first[1:] = sorted_child[1:] != sorted_child[:-1]
-    run_starts = np.flatnonzero(first)
-    rank = np.arange(sorted_child.size) - np.repeat(
-        run_starts, np.diff(np.append(run_starts, sorted_child.size))
-    )
-    return np.sort(order[rank < k])

@@ -10,6 +10,15 @@ continues feature ``i`` of the narrower one:
 - ``metric="masked_cosine"``: the directed masked cosine similarity of parent ``i`` and child
   ``j`` (on the tokens where ``j`` fires, scaled by ``max(a_j) / max(a_i)``, seed 002) is
   ``> threshold`` (default 0.6). Needs activations.
+- ``metric="cofiring"``: the probability that parent ``i`` fires on a token where child ``j``
+  fires, ``P(i fires | j fires)``, is ``> threshold`` (default 0.6;
+  :func:`saegeo.geometry.cofiring.cofiring`). A child feature fires only where its parent
+  does, so a true parent scores near 1 whatever its decoder looks like. Needs activations.
+- ``metric="nesting"``: the smaller of that co-firing and the *presence* of the parent's
+  decoder direction in the input where the child fires (relative to where the parent fires)
+  is ``> threshold`` (default 0.45; :func:`saegeo.geometry.cofiring.nesting`): the child's
+  tokens lie inside the parent's by firing and by content. Needs activations; the
+  recommended metric for hierarchies (``analyses/tree_recovery.py``).
 
 A feature tree is the sub-DAG reachable from one root in which a node with several parents
 keeps only its best-scoring one; the others are listed under ``other_parents``. A forest is
@@ -36,15 +45,23 @@ from saegeo.core.family import Family
 from saegeo.core.feature_info import log_feature_density, neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
+from saegeo.geometry.cofiring import InputMeans, cofiring, input_means, nesting
 from saegeo.geometry.masked_cosine import masked_cosine
 from saegeo.geometry.similarity import decoder_cosine_pairs
 from saegeo.io.streaming import ActsLike, checked_store
 
-Metric = Literal["decoder_cosine", "masked_cosine"]
+Metric = Literal["decoder_cosine", "masked_cosine", "cofiring", "nesting"]
 RankBy = Literal["size", "split"]
 
-DEFAULT_THRESHOLDS: dict[str, float] = {"decoder_cosine": 0.7, "masked_cosine": 0.6}
-"""Edge thresholds used when ``threshold=None``: seed 003 for decoder cosine, seed 002 for MCS."""
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "decoder_cosine": 0.7,
+    "masked_cosine": 0.6,
+    "cofiring": 0.6,
+    "nesting": 0.45,
+}
+"""Edge thresholds used when ``threshold=None``: seed 003 for decoder cosine, seed 002 for MCS;
+for co-firing, the threshold chosen on held-out synthetic families by
+``analyses/tree_recovery.py``."""
 
 Node = tuple[int, int]
 
@@ -120,9 +137,12 @@ def feature_dag(
     metric
         ``"decoder_cosine"`` (edge iff the decoder cosine is > threshold) or
         ``"masked_cosine"`` (edge iff the directed, max-scaled MCS of parent and child is
-        > threshold; needs ``acts``).
+        > threshold; needs ``acts``) or ``"cofiring"`` (edge iff P(parent fires | child
+        fires) > threshold; needs ``acts``) or ``"nesting"`` (edge iff the smaller of that
+        and the parent's presence in the input on the child's tokens is > threshold; needs
+        ``acts``).
     threshold
-        Edge threshold; None takes :data:`DEFAULT_THRESHOLDS` (0.7 and 0.6).
+        Edge threshold; None takes :data:`DEFAULT_THRESHOLDS` (0.7, 0.6, 0.6, 0.45).
     acts
         Activations [N, d_in] (store, tensor or path). Each SAE's codes are encoded once; they
         give the MCS and the node attributes ``freq`` (fraction of tokens where the feature
@@ -170,8 +190,8 @@ def feature_dag(
     ):
         raise SaegeoError(f"feature_dag(): threshold must be a finite number, got {threshold!r}")
     threshold = float(threshold)
-    if metric == "masked_cosine" and acts is None:
-        raise SaegeoError("feature_dag(): metric='masked_cosine' needs activations; pass acts=")
+    if metric != "decoder_cosine" and acts is None:
+        raise SaegeoError(f"feature_dag(): metric={metric!r} needs activations; pass acts=")
 
     levels: list[dict[str, Any]] = [
         {"level": level, "width": sae.width, "source": sae.name} for level, sae in enumerate(fam)
@@ -194,21 +214,39 @@ def feature_dag(
 
     store = checked_store(acts) if acts is not None else None
 
-    def encode(level: int) -> sp.csr_matrix:
+    def encode(level: int) -> tuple[sp.csr_matrix, InputMeans | None]:
         assert store is not None
         codes = encode_codes(
             fam[level], store, batch_size=batch_size, limit=limit, device=device, progress=progress
         )
         _set_activation_stats(G, level, codes)
-        return codes
+        means = (
+            input_means(codes, store, batch_size=batch_size, limit=limit)
+            if metric == "nesting"
+            else None
+        )
+        return codes, means
 
     # Codes of two adjacent levels are held at a time; each SAE is encoded once.
-    codes_prev = encode(0) if store is not None else None
+    codes_prev, means_prev = encode(0) if store is not None else (None, None)
     for level, (small, large) in enumerate(fam.pairs()):
-        codes_next = encode(level + 1) if store is not None else None
+        codes_next, means_next = encode(level + 1) if store is not None else (None, None)
         if metric == "decoder_cosine":
             M = decoder_cosine_pairs(
                 small, large, threshold=threshold, device=device, progress=progress
+            ).tocoo()
+        elif metric == "cofiring":
+            M = cofiring(codes_prev, codes_next, min_score=threshold, progress=progress).tocoo()
+        elif metric == "nesting":
+            assert means_prev is not None and means_next is not None
+            M = nesting(
+                codes_prev,
+                codes_next,
+                small.W_dec,
+                means_prev,
+                means_next,
+                min_score=threshold,
+                progress=progress,
             ).tocoo()
         else:
             M = masked_cosine(
@@ -223,7 +261,7 @@ def feature_dag(
             ((level, int(i)), (level + 1, int(j)), {"score": float(s)})
             for i, j, s in zip(M.row, M.col, M.data, strict=True)
         )
-        codes_prev = codes_next
+        codes_prev, means_prev = codes_next, means_next
     return G
 
 

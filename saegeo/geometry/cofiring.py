@@ -1,0 +1,314 @@
+"""Co-firing scores of latent pairs: how often a parent latent fires where a child latent does.
+
+In a true feature hierarchy a child fires only where its parent fires, so for a parent latent
+``i`` and a child latent ``j`` of a wider SAE, the **co-firing** score
+
+``P(i fires | j fires) = |{t : a_i(t) > 0 and b_j(t) > 0}| / |{t : b_j(t) > 0}|``
+
+is near 1, while it is near 0 for siblings (mutually exclusive, or independent given the
+parent) and for unrelated latents, and equals the child's conditional probability (well
+under 1) when the roles are reversed. With ``weighted=True`` each of the child's tokens
+counts with its activation, ``Σ_t 1[a_i(t) > 0] b_j(t) / Σ_t b_j(t)``: the share of the
+child's activation mass that falls where the parent fires.
+
+Co-firing misses a parent whose latent goes silent where a child latent fires (absorption:
+the child latent writes the parent's direction itself). The **presence** of parent ``i`` on
+child ``j``'s tokens looks at the input instead: how much of the parent's decoder direction
+the input holds, on average, where ``j`` fires, relative to where ``i`` itself fires,
+
+``presence(i, j) = d̂_i · (x̄_j − x̄) / d̂_i · (x̄_i − x̄)``,
+
+with ``x̄_j`` the mean input over the tokens where ``j`` fires and ``x̄`` the mean input. The
+**nesting** score is the smaller of the two, ``min(P(i fires | j fires), presence(i, j))``:
+high only when the child's tokens lie inside the parent's by firing *and* by content.
+
+Every quantity is a co-activation sum over the tokens, computed from sparse codes A [N, P]
+and B [N, C] with sparse products (``1[A]ᵀ 1[B]``, ``1[A]ᵀ B``, ``1[B]ᵀ X``), children grouped
+as in :func:`saegeo.geometry.masked_cosine.masked_cosine` so that memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from saegeo.errors import SaegeoError, ShapeError
+from saegeo.geometry.sparse_codes import (
+    MAX_PAIRS,
+    as_csr,
+    child_groups,
+    safe_divide,
+    top_k_per_child,
+    with_data,
+)
+from saegeo.io.streaming import ActsLike, progress_bar, stream
+
+
+def cofiring(
+    codes_parent: sp.spmatrix,
+    codes_child: sp.spmatrix,
+    *,
+    weighted: bool = False,
+    min_score: float = 0.0,
+    top_k: int | None = None,
+    max_pairs: int = MAX_PAIRS,
+    progress: bool | None = None,
+) -> sp.csr_matrix:
+    """P(parent fires | child fires) of every (parent, child) latent pair, as csr [P, C].
+
+    Parameters
+    ----------
+    codes_parent, codes_child
+        Sparse codes [N, P] and [N, C] of the same N tokens (see :func:`saegeo.encode_codes`).
+        A latent fires on a token where its code is non-zero.
+    weighted
+        Weight each of the child's tokens by its activation ``|b_j(t)|``: the share of the
+        child's activation mass on the tokens where the parent fires.
+    min_score
+        Entries ``<= min_score`` are dropped.
+    top_k
+        Keep only the ``top_k`` best parents of each child (ties: the smaller parent index).
+    max_pairs
+        Co-firing pairs held at once per sparse product; bounds memory.
+    progress
+        Show a progress bar on a terminal: None shows one when children come in several groups.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        float32 [P, C] with values in [0, 1]. Pairs that never co-fire are 0 (absent).
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> parent = sp.csr_matrix([[1.0], [1.0], [0.0], [0.0]])
+    >>> child = sp.csr_matrix([[2.0], [0.0], [1.0], [0.0]])
+    >>> float(cofiring(parent, child)[0, 0])
+    0.5
+    >>> round(float(cofiring(parent, child, weighted=True)[0, 0]), 4)
+    0.6667
+    """
+    A, B = _checked(codes_parent, codes_child, "cofiring", top_k, max_pairs)
+    rows, cols, scores = _cofiring_entries(
+        A,
+        B,
+        weighted=weighted,
+        min_score=min_score,
+        top_k=top_k,
+        max_pairs=max_pairs,
+        progress=progress,
+        pair_scores=None,
+    )
+    return _to_csr(rows, cols, scores, A.shape[1], B.shape[1])
+
+
+def _checked(
+    codes_parent: sp.spmatrix,
+    codes_child: sp.spmatrix,
+    caller: str,
+    top_k: int | None,
+    max_pairs: int,
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    A = as_csr(codes_parent, "codes_parent", caller=caller)
+    B = as_csr(codes_child, "codes_child", caller=caller)
+    if A.shape[0] != B.shape[0]:
+        raise ShapeError(
+            f"{caller}(): parent codes cover {A.shape[0]} tokens, child codes "
+            f"{B.shape[0]}; encode the same activations with both SAEs"
+        )
+    if top_k is not None and top_k < 1:
+        raise SaegeoError(f"{caller}(): top_k must be >= 1, got {top_k}")
+    if max_pairs < 1:
+        raise SaegeoError(f"{caller}(): max_pairs must be >= 1, got {max_pairs}")
+    return A, B
+
+
+def _cofiring_entries(
+    A: sp.csr_matrix,
+    B: sp.csr_matrix,
+    *,
+    weighted: bool,
+    min_score: float,
+    top_k: int | None,
+    max_pairs: int,
+    progress: bool | None,
+    pair_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Co-firing of every co-firing pair above ``min_score``; with ``pair_scores(rows, cols)``,
+    the smaller of the co-firing and that score (computed only where co-firing passes)."""
+    n_parents = A.shape[1]
+    B_csc = B.tocsc()
+    weights_csc = with_data(B_csc, np.abs(B_csc.data) if weighted else np.ones_like(B_csc.data))
+    total_C = np.asarray(weights_csc.sum(axis=0)).ravel()
+    parents_PN = A.tocsc().T.tocsr()  # the transpose of a csc is a csr without copying
+    parents_on_PN = with_data(parents_PN, np.ones_like(parents_PN.data))
+
+    groups = child_groups(A, B_csc, max_pairs)
+    rows_out, cols_out, vals_out = [], [], []
+    for start, stop in progress_bar(None, "co-firing", progress, iterable=groups, unit="group"):
+        weights_NC = weights_csc[:, start:stop].tocsr()
+        # Weights are positive, so the product's pattern is exactly the co-firing pairs.
+        together = parents_on_PN @ weights_NC
+        rows = np.repeat(np.arange(n_parents, dtype=np.int64), np.diff(together.indptr))
+        cols = together.indices.astype(np.int64) + start
+        scores = safe_divide(together.data, total_C[cols])
+        keep = scores > min_score
+        rows, cols, scores = rows[keep], cols[keep], scores[keep]
+        if pair_scores is not None:
+            scores = np.minimum(scores, pair_scores(rows, cols))
+            keep = scores > min_score
+            rows, cols, scores = rows[keep], cols[keep], scores[keep]
+        if top_k is not None:
+            best = top_k_per_child(cols, rows, scores, top_k)
+            rows, cols, scores = rows[best], cols[best], scores[best]
+        del together
+        rows_out.append(rows.astype(np.int32))
+        cols_out.append(cols.astype(np.int32))
+        vals_out.append(scores.astype(np.float32))
+    if not vals_out:
+        empty = np.zeros(0, dtype=np.int32)
+        return empty, empty, np.zeros(0, dtype=np.float32)
+    return np.concatenate(rows_out), np.concatenate(cols_out), np.concatenate(vals_out)
+
+
+def _to_csr(
+    rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, n_parents: int, n_children: int
+) -> sp.csr_matrix:
+    return sp.csr_matrix((scores, (rows, cols)), shape=(n_parents, n_children), dtype=np.float32)
+
+
+class InputMeans(NamedTuple):
+    """Mean input over the tokens where each latent fires, and over all tokens."""
+
+    on_latent: np.ndarray
+    """float64 [F, D]: mean activation vector over the tokens where each latent fires (zeros for
+    a latent that never fires)."""
+    overall: np.ndarray
+    """float64 [D]: mean activation vector over all tokens."""
+
+
+def input_means(
+    codes: sp.spmatrix,
+    acts: ActsLike,
+    *,
+    batch_size: int = 4096,
+    limit: int | None = None,
+) -> InputMeans:
+    """Mean input where each latent of ``codes`` [N, F] fires, from one pass over ``acts``.
+
+    ``acts`` must be the activations the codes were encoded from (same order, same ``limit``);
+    memory is F·D for the sums plus one batch.
+    """
+    matrix = as_csr(codes, "codes", caller="input_means")
+    batches = stream(acts, batch_size=batch_size, limit=limit, device="cpu", progress=False)
+    store = batches.store
+    n_tokens = matrix.shape[0]
+    on_NF = with_data(matrix, np.ones_like(matrix.data))
+    sums_FD = np.zeros((matrix.shape[1], store.d_in))
+    total_D = np.zeros(store.d_in)
+    start = 0
+    for batch_BD in batches:
+        x_BD = batch_BD.double().numpy()
+        stop = start + x_BD.shape[0]
+        if stop > n_tokens:
+            break
+        sums_FD += on_NF[start:stop].T @ x_BD
+        total_D += x_BD.sum(axis=0)
+        start = stop
+    if start != n_tokens:
+        raise ShapeError(
+            f"input_means(): codes cover {n_tokens} tokens but acts {store.source} give "
+            f"{start if start < n_tokens else 'more'}; pass the activations (and limit) the "
+            "codes were encoded from"
+        )
+    counts_F = np.asarray(on_NF.sum(axis=0)).ravel()
+    on_latent = safe_divide(sums_FD, np.maximum(counts_F, 1)[:, None])
+    return InputMeans(on_latent, total_D / max(n_tokens, 1))
+
+
+def presence_scores(
+    W_dec_PD: np.ndarray | torch.Tensor,
+    means_parent: InputMeans,
+    means_child: InputMeans,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    *,
+    chunk: int = 1 << 16,
+) -> np.ndarray:
+    """Presence of parent ``rows[e]`` on child ``cols[e]``'s tokens, for each pair ``e``.
+
+    ``d̂_i · (x̄_j − x̄) / d̂_i · (x̄_i − x̄)``, 0 where the parent's own term is <= 0.
+    """
+    W_PD = torch.as_tensor(W_dec_PD).detach().double().cpu().numpy()
+    unit_PD = W_PD / np.maximum(np.linalg.norm(W_PD, axis=1, keepdims=True), 1e-12)
+    centre = means_parent.overall
+    own_P = np.einsum("pd,pd->p", unit_PD, means_parent.on_latent - centre)
+    child_CD = means_child.on_latent - centre
+    out = np.zeros(rows.size)
+    for start in range(0, rows.size, chunk):
+        r, c = rows[start : start + chunk], cols[start : start + chunk]
+        out[start : start + chunk] = np.einsum("ed,ed->e", unit_PD[r], child_CD[c])
+    own = own_P[rows]
+    return np.where(own > 0, out / np.where(own > 0, own, 1.0), 0.0)
+
+
+def nesting(
+    codes_parent: sp.spmatrix,
+    codes_child: sp.spmatrix,
+    W_dec_PD: np.ndarray | torch.Tensor,
+    means_parent: InputMeans,
+    means_child: InputMeans,
+    *,
+    min_score: float = 0.0,
+    top_k: int | None = None,
+    max_pairs: int = MAX_PAIRS,
+    progress: bool | None = None,
+) -> sp.csr_matrix:
+    """``min(P(parent fires | child fires), presence(parent, child))`` as csr [P, C].
+
+    Parameters
+    ----------
+    codes_parent, codes_child
+        Sparse codes [N, P] and [N, C] of the same N tokens.
+    W_dec_PD
+        The parent SAE's decoder [P, D].
+    means_parent, means_child
+        :func:`input_means` of each SAE's codes on the same activations.
+    min_score, top_k, max_pairs, progress
+        As in :func:`cofiring`. Presence is computed only for pairs whose co-firing passes
+        ``min_score``.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        float32 [P, C]; pairs that never co-fire are 0 (absent).
+    """
+    A, B = _checked(codes_parent, codes_child, "nesting", top_k, max_pairs)
+    W_PD = torch.as_tensor(W_dec_PD)
+    if tuple(W_PD.shape) != (A.shape[1], means_parent.on_latent.shape[1]):
+        raise ShapeError(
+            f"nesting(): W_dec_PD must be [{A.shape[1]}, d_in], got {tuple(W_PD.shape)}"
+        )
+    if means_parent.on_latent.shape[0] != A.shape[1] or (
+        means_child.on_latent.shape[0] != B.shape[1]
+    ):
+        raise ShapeError("nesting(): means_parent/means_child do not match the codes' widths")
+
+    def presence(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return presence_scores(W_PD, means_parent, means_child, rows, cols)
+
+    rows, cols, scores = _cofiring_entries(
+        A,
+        B,
+        weighted=False,
+        min_score=min_score,
+        top_k=top_k,
+        max_pairs=max_pairs,
+        progress=progress,
+        pair_scores=presence,
+    )
+    return _to_csr(rows, cols, scores, A.shape[1], B.shape[1])
