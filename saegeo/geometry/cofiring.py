@@ -36,10 +36,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from saegeo.errors import SaegeoError, ShapeError
+from saegeo.errors import ShapeError
 from saegeo.geometry.sparse_codes import (
     MAX_PAIRS,
     as_csr,
+    checked_pair,
     child_groups,
     safe_divide,
     top_k_per_child,
@@ -92,7 +93,7 @@ def cofiring(
     >>> round(float(cofiring(parent, child, weighted=True)[0, 0]), 4)
     0.6667
     """
-    A, B = _checked(codes_parent, codes_child, "cofiring", top_k, max_pairs)
+    A, B = checked_pair(codes_parent, codes_child, "cofiring", top_k, max_pairs)
     rows, cols, scores = _cofiring_entries(
         A,
         B,
@@ -104,27 +105,6 @@ def cofiring(
         pair_scores=None,
     )
     return _to_csr(rows, cols, scores, A.shape[1], B.shape[1])
-
-
-def _checked(
-    codes_parent: sp.spmatrix,
-    codes_child: sp.spmatrix,
-    caller: str,
-    top_k: int | None,
-    max_pairs: int,
-) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    A = as_csr(codes_parent, "codes_parent", caller=caller)
-    B = as_csr(codes_child, "codes_child", caller=caller)
-    if A.shape[0] != B.shape[0]:
-        raise ShapeError(
-            f"{caller}(): parent codes cover {A.shape[0]} tokens, child codes "
-            f"{B.shape[0]}; encode the same activations with both SAEs"
-        )
-    if top_k is not None and top_k < 1:
-        raise SaegeoError(f"{caller}(): top_k must be >= 1, got {top_k}")
-    if max_pairs < 1:
-        raise SaegeoError(f"{caller}(): max_pairs must be >= 1, got {max_pairs}")
-    return A, B
 
 
 def _cofiring_entries(
@@ -287,7 +267,7 @@ def nesting(
     scipy.sparse.csr_matrix
         float32 [P, C]; pairs that never co-fire are 0 (absent).
     """
-    A, B = _checked(codes_parent, codes_child, "nesting", top_k, max_pairs)
+    A, B = checked_pair(codes_parent, codes_child, "nesting", top_k, max_pairs)
     W_PD = torch.as_tensor(W_dec_PD)
     if tuple(W_PD.shape) != (A.shape[1], means_parent.on_latent.shape[1]):
         raise ShapeError(

@@ -19,11 +19,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from saegeo.errors import SaegeoError, ShapeError
 from saegeo.geometry.sparse_codes import (
     MAX_PAIRS,
     aligned,
-    as_csr,
+    checked_pair,
     child_groups,
     column_max,
     column_norm,
@@ -79,16 +78,7 @@ def masked_cosine(
     >>> round(float(masked_cosine(parent, child, scale_by_max=False)[0, 0]), 4)
     0.7071
     """
-    A, B = as_csr(codes_parent, "codes_parent"), as_csr(codes_child, "codes_child")
-    if A.shape[0] != B.shape[0]:
-        raise ShapeError(
-            f"masked_cosine(): parent codes cover {A.shape[0]} tokens, child codes "
-            f"{B.shape[0]}; encode the same activations with both SAEs"
-        )
-    if top_k is not None and top_k < 1:
-        raise SaegeoError(f"masked_cosine(): top_k must be >= 1, got {top_k}")
-    if max_pairs < 1:
-        raise SaegeoError(f"masked_cosine(): max_pairs must be >= 1, got {max_pairs}")
+    A, B = checked_pair(codes_parent, codes_child, "masked_cosine", top_k, max_pairs)
     n_parents, n_children = A.shape[1], B.shape[1]
     A_csc, B_csc = A.tocsc(), B.tocsc()
     # Products run child-major: children [C_g, N] @ parents [N, P] gives, per child, its

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from saegeo.errors import ShapeError
+from saegeo.errors import SaegeoError, ShapeError
 
 MAX_PAIRS = 1 << 24
 """Co-firing (parent, child) pairs held at once per product (~12 bytes each)."""
@@ -28,6 +28,29 @@ def as_csr(
     matrix.eliminate_zeros()
     matrix.sort_indices()
     return matrix
+
+
+def checked_pair(
+    codes_parent: sp.spmatrix | np.ndarray,
+    codes_child: sp.spmatrix | np.ndarray,
+    caller: str,
+    top_k: int | None,
+    max_pairs: int,
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Parent and child codes as CSR matrices (see :func:`as_csr`), checked to cover the same
+    tokens, with ``top_k`` and ``max_pairs`` checked too; errors name ``caller``."""
+    A = as_csr(codes_parent, "codes_parent", caller=caller)
+    B = as_csr(codes_child, "codes_child", caller=caller)
+    if A.shape[0] != B.shape[0]:
+        raise ShapeError(
+            f"{caller}(): parent codes cover {A.shape[0]} tokens, child codes "
+            f"{B.shape[0]}; encode the same activations with both SAEs"
+        )
+    if top_k is not None and top_k < 1:
+        raise SaegeoError(f"{caller}(): top_k must be >= 1, got {top_k}")
+    if max_pairs < 1:
+        raise SaegeoError(f"{caller}(): max_pairs must be >= 1, got {max_pairs}")
+    return A, B
 
 
 def with_data(matrix: sp.spmatrix, data: np.ndarray) -> sp.spmatrix:
