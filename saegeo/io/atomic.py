@@ -16,18 +16,11 @@ from typing import Any
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with _deferred_file(path) as (tmp, final):
         yield tmp
         if tmp.exists():
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -115,6 +108,8 @@ def atomic_files(*paths: str | os.PathLike[str]) -> Iterator[list[Path]]:
 
 @contextlib.contextmanager
 def _deferred_file(path: str | os.PathLike[str]) -> Iterator[tuple[Path, Path]]:
+    """A temporary file beside ``path`` and the final path; the temporary file is removed at
+    the end unless the block moved it into place."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
