@@ -366,6 +366,152 @@ CASES: dict[str, Case] = {
 }
 
 
+def edited_cfg(name: str, **changes: object) -> Callable[[Path], str]:
+    """An SAE directory whose cfg.json has ``changes`` (a value None deletes the key)."""
+
+    def make(root: Path) -> str:
+        sae_dir = root / name
+        sg.save_sae(_sae(8, 0), sae_dir)
+        cfg = json.loads((sae_dir / "cfg.json").read_text())
+        for key, value in changes.items():
+            if value is None:
+                cfg.pop(key, None)
+            else:
+                cfg[key] = value
+        (sae_dir / "cfg.json").write_text(json.dumps(cfg))
+        return str(sae_dir)
+
+    return make
+
+
+def mp_sae(root: Path, **changes: object) -> str:
+    sae_dir = root / "mp_sae"
+    sg.save_sae(sg.SAE.from_decoder(torch.eye(D_IN)), sae_dir)
+    cfg = json.loads((sae_dir / "cfg.json").read_text())
+    cfg.update(changes)
+    (sae_dir / "cfg.json").write_text(json.dumps(cfg))
+    return str(sae_dir)
+
+
+def int8_weights(root: Path) -> str:
+    from safetensors.torch import save_file
+
+    sae = _sae(8, 0)
+    sae_dir = root / "int8_sae"
+    sg.save_sae(sae, sae_dir)
+    weights = dict(sae.architecture.saelens_weights(sae))
+    weights["W_dec"] = weights["W_dec"].to(torch.int8)
+    save_file(
+        {k: v.contiguous() for k, v in weights.items()}, str(sae_dir / "sae_weights.safetensors")
+    )
+    return str(sae_dir)
+
+
+def width_zero(root: Path) -> str:
+    from safetensors.torch import save_file
+
+    sae_dir = root / "empty_sae"
+    sae_dir.mkdir()
+    tensors = {
+        "W_enc": torch.zeros(D_IN, 0),
+        "b_enc": torch.zeros(0),
+        "W_dec": torch.zeros(0, D_IN),
+        "b_dec": torch.zeros(D_IN),
+    }
+    save_file(tensors, str(sae_dir / "sae_weights.safetensors"))
+    (sae_dir / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": D_IN}))
+    return str(sae_dir)
+
+
+def deep_cfg(root: Path) -> str:
+    sae_dir = root / "deep_sae"
+    sg.save_sae(_sae(8, 0), sae_dir)
+    (sae_dir / "cfg.json").write_text("[" * 100_000 + "]" * 100_000)
+    return str(sae_dir)
+
+
+def dictionary_learning(root: Path, config: object) -> str:
+    sae_dir = root / "dl_sae"
+    sae_dir.mkdir()
+    W = torch.randn(8, D_IN)
+    state = {
+        "encoder.weight": W,
+        "encoder.bias": torch.zeros(8),
+        "decoder.weight": W.T.clone(),
+        "b_dec": torch.zeros(D_IN),
+        "k": torch.tensor(2),
+    }
+    torch.save(state, sae_dir / "ae.pt")
+    (sae_dir / "config.json").write_text(json.dumps(config))
+    return str(sae_dir)
+
+
+def legacy_pickle(root: Path) -> str:
+    import pickle
+
+    sae_dir = root / "pickled_sae"
+    sae_dir.mkdir()
+    with open(sae_dir / "ae.pt", "wb") as f:
+        pickle.dump({"encoder.weight": object()}, f)
+    return str(sae_dir)
+
+
+CONFIG_CASES: dict[str, Case] = {
+    "cfg d_in contradicts the weights": lambda r: (
+        ["info", edited_cfg("a", d_in=D_IN + 1)(r)],
+        "d_in is 9 but the weights have 8",
+    ),
+    "cfg d_sae contradicts the weights": lambda r: (
+        ["info", edited_cfg("b", d_sae=999)(r)],
+        "d_sae is 999",
+    ),
+    "cfg apply_b_dec_to_input as a string": lambda r: (
+        ["info", edited_cfg("c", apply_b_dec_to_input="false")(r)],
+        "apply_b_dec_to_input",
+    ),
+    "cfg k true": lambda r: (["info", edited_cfg("d", k=True)(r)], "k must be an integer"),
+    "cfg metadata of the wrong type": lambda r: (
+        ["info", edited_cfg("e", metadata=[1])(r)],
+        "metadata must be a JSON object",
+    ),
+    "cfg activation_fn_kwargs of the wrong type": lambda r: (
+        [
+            "info",
+            edited_cfg(
+                "f",
+                architecture="standard",
+                activation_fn="topk",
+                k=None,
+                activation_fn_kwargs=[2],
+            )(r),
+        ],
+        "activation_fn_kwargs",
+    ),
+    "cfg matching-pursuit fields as strings": lambda r: (
+        ["info", mp_sae(r, max_iterations="8")],
+        "max_iterations must be an integer",
+    ),
+    "cfg matryoshka widths falling": lambda r: (
+        ["info", edited_cfg("g", metadata={"matryoshka_widths": [8, 4]})(r)],
+        "matryoshka_widths",
+    ),
+    "cfg deeply nested": lambda r: (["info", deep_cfg(r)], "cfg.json"),
+    "int8 weights": lambda r: (["info", int8_weights(r)], "W_dec has dtype int8"),
+    "width-0 SAE": lambda r: (["info", width_zero(r)], "width 0"),
+    "dictionary_learning trainer not an object": lambda r: (
+        ["info", dictionary_learning(r, {"trainer": [1]})],
+        "trainer must be a JSON object",
+    ),
+    "dictionary_learning k of the wrong type": lambda r: (
+        ["info", dictionary_learning(r, {"trainer": {"k": "two"}})],
+        "k must be an integer",
+    ),
+    "pickled code in ae.pt": lambda r: (["info", legacy_pickle(r)], "weights_only"),
+    "family with two SAEs of one width": lambda r: (["info", family(r)[0], family(r)[0]], "width"),
+}
+CASES.update(CONFIG_CASES)
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
