@@ -29,9 +29,10 @@ U     a subset singled out for separate work: undecided rows (core.pursuit), uni
       before it (``bounds_P1``: P + 1 prefix bounds)
 ====  ================================================================================
 
-Examples:
-    >>> import saegeo as sg
-    >>> fam = sg.Family.load("path/to/family")  # doctest: +SKIP
+Examples
+--------
+>>> import saegeo as sg
+>>> fam = sg.Family.load("path/to/family")  # doctest: +SKIP
 """
 
 from saegeo.core.codes import encode_codes

@@ -147,13 +147,14 @@ TRAIN_SETTINGS = ("arch", "k", "multipliers", "train_tokens", "seed")
 def stage_key(settings: dict[str, Any], *inputs: str) -> str:
     """A short hash of a stage's ``settings`` and the keys of the stages it reads.
 
-    Examples:
-        >>> stage_key({"k": 32}) == stage_key({"k": 32})
-        True
-        >>> stage_key({"k": 32}) == stage_key({"k": 16})
-        False
-        >>> stage_key({"k": 32}, "a") == stage_key({"k": 32}, "b")
-        False
+    Examples
+    --------
+    >>> stage_key({"k": 32}) == stage_key({"k": 32})
+    True
+    >>> stage_key({"k": 32}) == stage_key({"k": 16})
+    False
+    >>> stage_key({"k": 32}, "a") == stage_key({"k": 32}, "b")
+    False
     """
     blob = json.dumps({"settings": settings, "inputs": list(inputs)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

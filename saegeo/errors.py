@@ -25,9 +25,10 @@ class ArgumentError(SaegeoError):
     configuration class such as ``HarvestConfig``); the CLI shows the same error with the flag
     that sets ``name``.
 
-    Examples:
-        >>> str(ArgumentError("max_tokens", 0, "must be at least 1", owner="HarvestConfig"))
-        'HarvestConfig.max_tokens=0: must be at least 1'
+    Examples
+    --------
+    >>> str(ArgumentError("max_tokens", 0, "must be at least 1", owner="HarvestConfig"))
+    'HarvestConfig.max_tokens=0: must be at least 1'
     """
 
     def __init__(self, name: str, value: object, problem: str, *, owner: str | None = None):

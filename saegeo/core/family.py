@@ -18,12 +18,13 @@ PathLike = str | os.PathLike[str]
 class Family(Sequence[SAE]):
     """SAEs on the same site sorted by width; ``fam[0]`` is the narrowest.
 
-    Examples:
-        >>> import torch
-        >>> from saegeo.core.sae import SAE
-        >>> fam = Family([SAE.from_decoder(torch.eye(4)), SAE.from_decoder(torch.eye(4)[:2])])
-        >>> fam.widths
-        [2, 4]
+    Examples
+    --------
+    >>> import torch
+    >>> from saegeo.core.sae import SAE
+    >>> fam = Family([SAE.from_decoder(torch.eye(4)), SAE.from_decoder(torch.eye(4)[:2])])
+    >>> fam.widths
+    [2, 4]
     """
 
     def __init__(self, saes: Sequence[SAE]) -> None:

@@ -142,32 +142,45 @@ def matching_pursuit(
     (``stop_on_duplicate_support``). The result equals SAELens's ``_encode_matching_pursuit``:
     same supports, values to float tolerance.
 
-    Args:
-        residual_BD: centred (and normalised) inputs [batch, d_in]; further leading dimensions
-            are flattened and restored, as in SAELens.
-        W_dec_FD: dictionary [width, d_in]; rows need not have unit norm.
-        residual_threshold: stop a row once ``||r|| < residual_threshold``; 0 or less disables.
-        max_iterations: iteration cap per row; None means d_in.
-        stop_on_duplicate_support: stop a row whose support did not grow in an iteration.
-        method: ``gram`` (update correlations with ``W_dec W_decᵀ``), ``direct`` (recompute
-            them) or ``auto``, which picks ``gram`` when all of these hold and ``direct``
-            otherwise: the dtype is float32 or float64; d_in >= 64; the Gram matrix and two
-            batches of correlations fit in half the free memory of the device; and
-            width <= batch · max_iterations / 4, so that building the Gram matrix costs at most
-            a quarter of recomputing correlations for every row and iteration.
-        batch_size: rows encoded together; None keeps each batch's correlations near 256 MB.
-        device: where to compute; None keeps ``residual_BD``'s device, ``"auto"`` means CUDA
-            when present. The codes come back on ``residual_BD``'s device.
-        gram_FF: a precomputed ``W_dec W_decᵀ`` [width, width] to reuse across calls.
+    Parameters
+    ----------
+    residual_BD
+        centred (and normalised) inputs [batch, d_in]; further leading dimensions
+        are flattened and restored, as in SAELens.
+    W_dec_FD
+        dictionary [width, d_in]; rows need not have unit norm.
+    residual_threshold
+        stop a row once ``||r|| < residual_threshold``; 0 or less disables.
+    max_iterations
+        iteration cap per row; None means d_in.
+    stop_on_duplicate_support
+        stop a row whose support did not grow in an iteration.
+    method
+        ``gram`` (update correlations with ``W_dec W_decᵀ``), ``direct`` (recompute
+        them) or ``auto``, which picks ``gram`` when all of these hold and ``direct``
+        otherwise: the dtype is float32 or float64; d_in >= 64; the Gram matrix and two
+        batches of correlations fit in half the free memory of the device; and
+        width <= batch · max_iterations / 4, so that building the Gram matrix costs at most
+        a quarter of recomputing correlations for every row and iteration.
+    batch_size
+        rows encoded together; None keeps each batch's correlations near 256 MB.
+    device
+        where to compute; None keeps ``residual_BD``'s device, ``"auto"`` means CUDA
+        when present. The codes come back on ``residual_BD``'s device.
+    gram_FF
+        a precomputed ``W_dec W_decᵀ`` [width, width] to reuse across calls.
 
-    Returns:
+    Returns
+    -------
+    torch.Tensor
         Codes [batch, width] in ``residual_BD``'s dtype.
 
-    Examples:
-        >>> import torch
-        >>> W_dec_FD = torch.eye(3)
-        >>> matching_pursuit(torch.tensor([[2.0, -1.0, 0.5]]), W_dec_FD, residual_threshold=0)
-        tensor([[2.0000, 0.0000, 0.5000]])
+    Examples
+    --------
+    >>> import torch
+    >>> W_dec_FD = torch.eye(3)
+    >>> matching_pursuit(torch.tensor([[2.0, -1.0, 0.5]]), W_dec_FD, residual_threshold=0)
+    tensor([[2.0000, 0.0000, 0.5000]])
     """
     _check_inputs(residual_BD, W_dec_FD, method, max_iterations, batch_size)
     out_device = residual_BD.device

@@ -30,29 +30,44 @@ __all__ = ["ARCHS", "NORMALIZATIONS", "SAE", "Arch", "Normalization", "check_sam
 class SAE:
     """A sparse autoencoder of any supported architecture, as plain tensors.
 
-    Attributes:
-        W_enc: encoder [d_in, width]; for ``matching_pursuit`` always ``W_dec.T`` (tied).
-        b_enc: encoder bias [width]; zeros and unused for ``matching_pursuit``.
-        W_dec: decoder [width, d_in]; row ``j`` is feature ``j``'s direction.
-        b_dec: decoder bias [d_in].
-        arch: ``relu`` (SAELens "standard"), ``jumprelu`` (also BatchTopK and Matryoshka
-            saved for inference), ``topk`` or ``matching_pursuit``.
-        threshold: JumpReLU thresholds [width]; None for other architectures.
-        k: active latents per token for ``topk``.
-        residual_threshold: matching pursuit stops a row once its residual norm is below this
-            (0 disables the rule). SAELens's default.
-        max_iterations: matching pursuit iteration cap; None means d_in, as in SAELens.
-        stop_on_duplicate_support: matching pursuit stops a row whose support did not change.
-        apply_b_dec_to_input: subtract ``b_dec`` from the input before encoding.
-        normalize_activations: SAELens's run-time input normalisation.
-        metadata: model name, hook name, Matryoshka widths, source path and anything else
-            that travels with the weights; never used by the math.
+    Attributes
+    ----------
+    W_enc
+        encoder [d_in, width]; for ``matching_pursuit`` always ``W_dec.T`` (tied).
+    b_enc
+        encoder bias [width]; zeros and unused for ``matching_pursuit``.
+    W_dec
+        decoder [width, d_in]; row ``j`` is feature ``j``'s direction.
+    b_dec
+        decoder bias [d_in].
+    arch
+        ``relu`` (SAELens "standard"), ``jumprelu`` (also BatchTopK and Matryoshka
+        saved for inference), ``topk`` or ``matching_pursuit``.
+    threshold
+        JumpReLU thresholds [width]; None for other architectures.
+    k
+        active latents per token for ``topk``.
+    residual_threshold
+        matching pursuit stops a row once its residual norm is below this
+        (0 disables the rule). SAELens's default.
+    max_iterations
+        matching pursuit iteration cap; None means d_in, as in SAELens.
+    stop_on_duplicate_support
+        matching pursuit stops a row whose support did not change.
+    apply_b_dec_to_input
+        subtract ``b_dec`` from the input before encoding.
+    normalize_activations
+        SAELens's run-time input normalisation.
+    metadata
+        model name, hook name, Matryoshka widths, source path and anything else
+        that travels with the weights; never used by the math.
 
-    Examples:
-        >>> import torch
-        >>> sae = SAE.from_decoder(torch.eye(3))
-        >>> sae.width, sae.d_in, sae.arch
-        (3, 3, 'matching_pursuit')
+    Examples
+    --------
+    >>> import torch
+    >>> sae = SAE.from_decoder(torch.eye(3))
+    >>> sae.width, sae.d_in, sae.arch
+    (3, 3, 'matching_pursuit')
     """
 
     W_enc: torch.Tensor

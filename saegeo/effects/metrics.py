@@ -63,15 +63,16 @@ class Moments:
     variance of activations with a large mean keeps its precision. Partial moments of disjoint
     token sets combine with :meth:`merge` (or ``+``), e.g. across shards or ranks.
 
-    Examples:
-        >>> import torch
-        >>> x = torch.tensor([[1.0, 10.0], [3.0, 10.0], [5.0, 16.0]])
-        >>> m = Moments(2)
-        >>> m.add(x[:2]); m.add(x[2:])
-        >>> m.n, m.mean_D.tolist(), m.m2
-        (3, [3.0, 12.0], 32.0)
-        >>> (Moments.of(x[:1]) + Moments.of(x[1:])).m2
-        32.0
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([[1.0, 10.0], [3.0, 10.0], [5.0, 16.0]])
+    >>> m = Moments(2)
+    >>> m.add(x[:2]); m.add(x[2:])
+    >>> m.n, m.mean_D.tolist(), m.m2
+    (3, [3.0, 12.0], 32.0)
+    >>> (Moments.of(x[:1]) + Moments.of(x[1:])).m2
+    32.0
     """
 
     def __init__(self, d_in: int, device: str | torch.device = "cpu") -> None:
@@ -154,13 +155,14 @@ def evaluate(
     At most ``limit`` tokens are read, ``batch_size`` at a time; ``progress`` as in
     :mod:`saegeo.io.streaming`.
 
-    Examples:
-        >>> import torch
-        >>> from saegeo.core.sae import SAE
-        >>> sae = SAE.from_decoder(torch.eye(4))
-        >>> m = evaluate(sae, torch.eye(4) * 2)
-        >>> round(m.fvu, 6), m.l0, m.dead_fraction
-        (0.0, 1.0, 0.0)
+    Examples
+    --------
+    >>> import torch
+    >>> from saegeo.core.sae import SAE
+    >>> sae = SAE.from_decoder(torch.eye(4))
+    >>> m = evaluate(sae, torch.eye(4) * 2)
+    >>> round(m.fvu, 6), m.l0, m.dead_fraction
+    (0.0, 1.0, 0.0)
     """
     sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "evaluate")
     moments = Moments(sae.d_in, batches.device)

@@ -15,10 +15,11 @@ Sources:
 - a ``.jsonl`` file: one document per line, from its ``"text"`` field;
 - a list of strings, in memory.
 
-Examples:
-    >>> source = from_texts(["one document", "another"], name="demo")
-    >>> len(source), source[1].text, source.spec["kind"]
-    (2, 'another', 'texts')
+Examples
+--------
+>>> source = from_texts(["one document", "another"], name="demo")
+>>> len(source), source[1].text, source.spec["kind"]
+(2, 'another', 'texts')
 """
 
 from __future__ import annotations

@@ -76,11 +76,15 @@ def site_metadata(repo_id: str, folder: str) -> dict[str, Any]:
 def load_params_npz(path: str | Path, *, repo_id: str = "", folder: str | None = None) -> SAE:
     """A JumpReLU SAE from a Gemma Scope ``params.npz`` (see the module docstring).
 
-    Args:
-        path: the ``params.npz`` file.
-        repo_id: the repository it came from (gives the model and the kind of site).
-        folder: its folder in the repository (gives the layer and width); defaults to the
-            last three parts of the file's directory.
+    Parameters
+    ----------
+    path
+        the ``params.npz`` file.
+    repo_id
+        the repository it came from (gives the model and the kind of site).
+    folder
+        its folder in the repository (gives the layer and width); defaults to the
+        last three parts of the file's directory.
     """
     path = Path(path)
     folder = folder if folder is not None else "/".join(path.parent.parts[-3:])

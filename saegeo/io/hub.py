@@ -58,12 +58,17 @@ def fetch(
 ) -> Path | None:
     """The local path of ``filename`` in repository ``repo_id``, fetched if need be.
 
-    Args:
-        repo_id: ``ORG/NAME`` of a model repository.
-        filename: the file's path inside the repository.
-        what: names the SAE in error messages, e.g. ``"release R, SAE S"``.
-        required: when False, a file the repository does not have (or that is not cached
-            while offline) gives None instead of an error.
+    Parameters
+    ----------
+    repo_id
+        ``ORG/NAME`` of a model repository.
+    filename
+        the file's path inside the repository.
+    what
+        names the SAE in error messages, e.g. ``"release R, SAE S"``.
+    required
+        when False, a file the repository does not have (or that is not cached
+        while offline) gives None instead of an error.
     """
     hub = _hub()
     cache = cache_dir()

@@ -113,10 +113,11 @@ def load_pretrained(
     its folder, as ``sae_lens.SAE.from_pretrained`` accepts. ``use_sae_lens=False`` reads the
     table bundled with saegeo even when SAELens is installed.
 
-    Examples:
-        >>> import saegeo as sg
-        >>> sae = sg.load_pretrained("gpt2-small-res-jb-feature-splitting",
-        ...                          "blocks.8.hook_resid_pre_768")  # doctest: +SKIP
+    Examples
+    --------
+    >>> import saegeo as sg
+    >>> sae = sg.load_pretrained("gpt2-small-res-jb-feature-splitting",
+    ...                          "blocks.8.hook_resid_pre_768")  # doctest: +SKIP
     """
     if repo_id is not None:
         if release is not None:

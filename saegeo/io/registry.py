@@ -36,17 +36,27 @@ _HOOK_RE = re.compile(r"blocks\.\d+\.(?:[a-z_]+\.)*hook_[a-z]+(?:_[a-z]+)*")
 class Release:
     """One release of the registry.
 
-    Attributes:
-        name: the release name.
-        repo_id: the Hugging Face repository holding its files.
-        model: the model name (TransformerLens spelling, e.g. ``gpt2-small``).
-        conversion_func: the SAELens loader its files need; None is the SAELens layout.
-        saes: SAE id -> folder (or file) in the repository, in registry order.
-        neuronpedia: SAE id -> Neuronpedia id, where the registry gives one.
-        config_overrides: settings applied over every SAE's config.
-        norm_scaling_factor: SAE id -> input scale folded into SAEs that normalise their
-            input by ``expected_average_only_in``.
-        registry: where the entry came from, ``"sae_lens"`` or ``"saegeo"``.
+    Attributes
+    ----------
+    name
+        the release name.
+    repo_id
+        the Hugging Face repository holding its files.
+    model
+        the model name (TransformerLens spelling, e.g. ``gpt2-small``).
+    conversion_func
+        the SAELens loader its files need; None is the SAELens layout.
+    saes
+        SAE id -> folder (or file) in the repository, in registry order.
+    neuronpedia
+        SAE id -> Neuronpedia id, where the registry gives one.
+    config_overrides
+        settings applied over every SAE's config.
+    norm_scaling_factor
+        SAE id -> input scale folded into SAEs that normalise their
+        input by ``expected_average_only_in``.
+    registry
+        where the entry came from, ``"sae_lens"`` or ``"saegeo"``.
     """
 
     name: str

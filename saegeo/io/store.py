@@ -40,11 +40,12 @@ REAL_SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8
 class ActivationStore:
     """Read-only access to N activation vectors of dimension d_in, in batches.
 
-    Examples:
-        >>> import torch
-        >>> store = ActivationStore.from_tensor(torch.ones(10, 4))
-        >>> [b.shape[0] for b in store.iter_batches(batch_size=4)]
-        [4, 4, 2]
+    Examples
+    --------
+    >>> import torch
+    >>> store = ActivationStore.from_tensor(torch.ones(10, 4))
+    >>> [b.shape[0] for b in store.iter_batches(batch_size=4)]
+    [4, 4, 2]
     """
 
     def __init__(

@@ -10,11 +10,12 @@ that their ``d_in`` fits the SAE that will read them, with a progress bar.
 - ``True``: always show it;
 - ``False``: never show it.
 
-Examples:
-    >>> import torch
-    >>> batches = stream(torch.ones(10, 4), batch_size=4, limit=9, d_in=4, progress=False)
-    >>> batches.n_tokens, [x.shape[0] for x in batches]
-    (9, [4, 4, 1])
+Examples
+--------
+>>> import torch
+>>> batches = stream(torch.ones(10, 4), batch_size=4, limit=9, d_in=4, progress=False)
+>>> batches.n_tokens, [x.shape[0] for x in batches]
+(9, [4, 4, 1])
 """
 
 from __future__ import annotations

@@ -19,9 +19,10 @@ MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
 class HarvestConfig:
     """How :func:`saegeo.lm.harvest.harvest` runs a language model and stores its activations.
 
-    Examples:
-        >>> HarvestConfig(layer=15, max_tokens=100_000).tokens_per_context
-        126
+    Examples
+    --------
+    >>> HarvestConfig(layer=15, max_tokens=100_000).tokens_per_context
+    126
     """
 
     layer: int | None = None

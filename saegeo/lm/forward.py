@@ -15,9 +15,10 @@ cold. Batches are padded to ``rows`` so that a short last batch does not recompi
 that does not compile (no C++ compiler, an operation inductor cannot trace) falls back to the
 uncompiled forward with one warning.
 
-Examples:
-    >>> with stopped_forward(model, blocks, 15, compile=True, rows=16) as run:  # doctest: +SKIP
-    ...     acts_BTD = run(input_ids_BT)
+Examples
+--------
+>>> with stopped_forward(model, blocks, 15, compile=True, rows=16) as run:  # doctest: +SKIP
+...     acts_BTD = run(input_ids_BT)
 """
 
 from __future__ import annotations
@@ -134,13 +135,19 @@ def stopped_forward(
 ) -> Iterator[StoppedForward]:
     """Yield ``run``, with ``run(input_ids_BT)`` -> output of ``blocks[layer]`` [B, T, D].
 
-    Args:
-        model: a ``transformers`` causal LM whose decoder blocks are ``blocks``.
-        blocks: its decoder blocks, in order.
-        layer: the block whose output ``run`` returns.
-        compile: compile ``blocks[: layer + 1]`` (see the module docstring); ``run.compiled``
-            turns False if compiling fails.
-        rows: when compiling, pad shorter batches to this many rows (the harvest's batch size).
+    Parameters
+    ----------
+    model
+        a ``transformers`` causal LM whose decoder blocks are ``blocks``.
+    blocks
+        its decoder blocks, in order.
+    layer
+        the block whose output ``run`` returns.
+    compile
+        compile ``blocks[: layer + 1]`` (see the module docstring); ``run.compiled``
+        turns False if compiling fails.
+    rows
+        when compiling, pad shorter batches to this many rows (the harvest's batch size).
     """
     run = StoppedForward(model, blocks, layer, rows)
     if compile:

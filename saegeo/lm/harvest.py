@@ -27,10 +27,11 @@ round differently and their activations differ by about 1% of a token's norm (at
 SmolLM2, median; the compiled one, rounding less often, is the closer to float32), and a
 resumed harvest may be compiled where its first part was not.
 
-Examples:
-    >>> store = harvest("smollm2-135m-instruct", "bbc_news", "acts/", layer=15,
-    ...                 max_tokens=100_000)  # doctest: +SKIP
-    >>> tokenizer = load_tokenizer(store)  # doctest: +SKIP
+Examples
+--------
+>>> store = harvest("smollm2-135m-instruct", "bbc_news", "acts/", layer=15,
+...                 max_tokens=100_000)  # doctest: +SKIP
+>>> tokenizer = load_tokenizer(store)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -151,14 +152,19 @@ def load_model(
 ) -> LanguageModel:
     """Load a causal language model and its tokenizer with ``from_pretrained``.
 
-    Args:
-        model: a packaged model name (``"smollm2-135m-instruct"``), a Hugging Face model name,
-            a local model directory, or a ``.gguf`` file.
-        gguf_file: the GGUF file inside ``model`` (a directory or repository), if any.
-        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ...
-        model_dtype: the dtype the model computes in; ``"auto"`` is bfloat16 where the device
-            multiplies bfloat16 fast (CUDA with bf16, CPUs with AVX-512 BF16 or AMX), else
-            float32.
+    Parameters
+    ----------
+    model
+        a packaged model name (``"smollm2-135m-instruct"``), a Hugging Face model name,
+        a local model directory, or a ``.gguf`` file.
+    gguf_file
+        the GGUF file inside ``model`` (a directory or repository), if any.
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ...
+    model_dtype
+        the dtype the model computes in; ``"auto"`` is bfloat16 where the device
+        multiplies bfloat16 fast (CUDA with bf16, CPUs with AVX-512 BF16 or AMX), else
+        float32.
     """
     transformers = _import_transformers()
     name = str(model)
@@ -273,22 +279,31 @@ def harvest(
     Re-running with the same ``out`` (and settings) keeps the shards already written and
     continues with the next token, up to ``max_tokens`` in all.
 
-    Args:
-        model: a name or path for :func:`load_model`, or a built ``transformers`` causal LM
-            (then pass ``tokenizer``; it is used on its own device and dtype unless ``device``
-            or ``model_dtype`` say otherwise).
-        texts: a :class:`~saegeo.io.corpus.TextSource`, ``"bbc_news"``/``None`` (the packaged
-            BBC news), a path (see :func:`saegeo.io.corpus.text_files`) or a list of strings.
-        out: the store directory to write (or resume).
-        config: the settings (:class:`~saegeo.lm.config.HarvestConfig`: ``layer``,
-            ``context``, ``skip_first``, ``batch_size``, ``max_tokens``, ``dtype``,
-            ``model_dtype``, ``device``, ``gguf_file``, ``text_source``, ``shard_tokens``,
-            ``compile``, ``progress``); default settings when None.
-        tokenizer: the tokenizer of a built model.
-        overrides: fields of ``config`` given as keywords (``layer=15, max_tokens=100_000``),
-            which replace its values.
+    Parameters
+    ----------
+    model
+        a name or path for :func:`load_model`, or a built ``transformers`` causal LM
+        (then pass ``tokenizer``; it is used on its own device and dtype unless ``device``
+        or ``model_dtype`` say otherwise).
+    texts
+        a :class:`~saegeo.io.corpus.TextSource`, ``"bbc_news"``/``None`` (the packaged
+        BBC news), a path (see :func:`saegeo.io.corpus.text_files`) or a list of strings.
+    out
+        the store directory to write (or resume).
+    config
+        the settings (:class:`~saegeo.lm.config.HarvestConfig`: ``layer``,
+        ``context``, ``skip_first``, ``batch_size``, ``max_tokens``, ``dtype``,
+        ``model_dtype``, ``device``, ``gguf_file``, ``text_source``, ``shard_tokens``,
+        ``compile``, ``progress``); default settings when None.
+    tokenizer
+        the tokenizer of a built model.
+    overrides
+        fields of ``config`` given as keywords (``layer=15, max_tokens=100_000``),
+        which replace its values.
 
-    Returns:
+    Returns
+    -------
+    ActivationStore
         The store, opened for reading; ``store.meta`` holds the metadata.
     """
     config = override(config or HarvestConfig(), overrides)

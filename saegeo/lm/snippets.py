@@ -6,18 +6,19 @@ saw across a context boundary, so text beyond it says nothing about why the feat
 :func:`top_snippets` works on arrays (codes, token ids, document ids); :func:`store_tokens`
 reads those from a harvested store and :func:`feature_snippets` does both in one call.
 
-Examples:
-    >>> import numpy as np, scipy.sparse as sp
-    >>> class Chars:  # a tokenizer whose token ids are character codes
-    ...     def decode(self, ids):
-    ...         return "".join(map(chr, ids))
-    >>> ids = np.frombuffer(b"the cat sat. a dog ran.", dtype=np.uint8).astype(np.int64)
-    >>> codes = sp.csr_matrix((np.array([2.0, 1.0]), ([4, 17], [0, 0])), shape=(len(ids), 1))
-    >>> df = top_snippets(codes, 0, ids, Chars(), k=2, window=3)
-    >>> df[["token", "activation", "text"]].values.tolist()
-    [[4, 2.0, 'he «c»at '], [17, 1.0, ' do«g» ra']]
-    >>> top_snippets(codes, 0, ids, Chars(), k=1, window=(5, 0)).loc[0, "text"]
-    'the «c»'
+Examples
+--------
+>>> import numpy as np, scipy.sparse as sp
+>>> class Chars:  # a tokenizer whose token ids are character codes
+...     def decode(self, ids):
+...         return "".join(map(chr, ids))
+>>> ids = np.frombuffer(b"the cat sat. a dog ran.", dtype=np.uint8).astype(np.int64)
+>>> codes = sp.csr_matrix((np.array([2.0, 1.0]), ([4, 17], [0, 0])), shape=(len(ids), 1))
+>>> df = top_snippets(codes, 0, ids, Chars(), k=2, window=3)
+>>> df[["token", "activation", "text"]].values.tolist()
+[[4, 2.0, 'he «c»at '], [17, 1.0, ' do«g» ra']]
+>>> top_snippets(codes, 0, ids, Chars(), k=1, window=(5, 0)).loc[0, "text"]
+'the «c»'
 """
 
 from __future__ import annotations

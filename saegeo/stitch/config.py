@@ -19,10 +19,11 @@ RETRAINS: tuple[str, ...] = get_args(Retrain)
 class StitchConfig:
     """How :func:`saegeo.frankenstein` stitches a family and refits the decoder.
 
-    Examples:
-        >>> config = StitchConfig(threshold=0.6, retrain="none")
-        >>> config.with_overrides(swap=True).swap
-        True
+    Examples
+    --------
+    >>> config = StitchConfig(threshold=0.6, retrain="none")
+    >>> config.with_overrides(swap=True).swap
+    True
     """
 
     threshold: float = 0.7

@@ -127,13 +127,14 @@ def plan_frankenstein(
     the Frankenstein before this member's step is <= ``threshold`` (compared in float32, the
     precision of the cosines).
 
-    Examples:
-        >>> import torch
-        >>> from saegeo.core.sae import SAE
-        >>> small = SAE.from_decoder(torch.eye(4)[:2])
-        >>> large = SAE.from_decoder(torch.eye(4))
-        >>> [step.added for step in plan_frankenstein([small, large], device="cpu")]
-        [(0, 1), (2, 3)]
+    Examples
+    --------
+    >>> import torch
+    >>> from saegeo.core.sae import SAE
+    >>> small = SAE.from_decoder(torch.eye(4)[:2])
+    >>> large = SAE.from_decoder(torch.eye(4))
+    >>> [step.added for step in plan_frankenstein([small, large], device="cpu")]
+    [(0, 1), (2, 3)]
     """
     family = family if isinstance(family, Family) else Family(list(family))
     if not -1.0 <= threshold <= 1.0:
@@ -230,11 +231,12 @@ def frankenstein(
     resumable ``checkpoint`` file) or ``none``. The metrics use the first ``limit`` tokens of
     ``acts``, read ``batch_size`` at a time on ``device``. Returns the SAE and its report.
 
-    Examples:
-        >>> import saegeo as sg
-        >>> fam = sg.Family.load("runs/family")  # doctest: +SKIP
-        >>> sae, report = sg.frankenstein(fam, "acts.npy", threshold=0.7)  # doctest: +SKIP
-        >>> report.to_frame()[["source", "added", "n_features", "mse_after"]]  # doctest: +SKIP
+    Examples
+    --------
+    >>> import saegeo as sg
+    >>> fam = sg.Family.load("runs/family")  # doctest: +SKIP
+    >>> sae, report = sg.frankenstein(fam, "acts.npy", threshold=0.7)  # doctest: +SKIP
+    >>> report.to_frame()[["source", "added", "n_features", "mse_after"]]  # doctest: +SKIP
     """
     stitched = _stitch(family, acts, override(config or StitchConfig(), overrides), False)
     return stitched.saes[-1], stitched.report

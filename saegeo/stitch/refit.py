@@ -354,12 +354,13 @@ def refit_exact(
 
     See :func:`accumulate_stats`, :func:`solve_decoder` and :func:`with_decoder`.
 
-    Examples:
-        >>> import torch
-        >>> sae = SAE.from_decoder(torch.eye(4)).to(dtype=torch.float32)
-        >>> result = refit_exact(sae, torch.randn(64, 4), progress=False, device="cpu")
-        >>> result.after.mse <= result.before.mse + 1e-6
-        True
+    Examples
+    --------
+    >>> import torch
+    >>> sae = SAE.from_decoder(torch.eye(4)).to(dtype=torch.float32)
+    >>> result = refit_exact(sae, torch.randn(64, 4), progress=False, device="cpu")
+    >>> result.after.mse <= result.before.mse + 1e-6
+    True
     """
     start = time.perf_counter()
     stats = accumulate_stats(

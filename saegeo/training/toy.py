@@ -8,14 +8,15 @@ sum of magnitude times direction over its firing features, plus optional Gaussia
 Directions are random unit vectors in ``d`` dimensions (near-orthogonal when ``d`` is large),
 or exactly orthonormal.
 
-Examples:
-    >>> toy = make_toy_model(ToyConfig(n_roots=2, branching=2, depth=1, d=16))
-    >>> toy.n_features, toy.directions.shape
-    (6, torch.Size([6, 16]))
-    >>> sorted(toy.tree.successors(0))
-    [2, 3]
-    >>> toy.sample(5).acts.shape
-    torch.Size([5, 16])
+Examples
+--------
+>>> toy = make_toy_model(ToyConfig(n_roots=2, branching=2, depth=1, d=16))
+>>> toy.n_features, toy.directions.shape
+(6, torch.Size([6, 16]))
+>>> sorted(toy.tree.successors(0))
+[2, 3]
+>>> toy.sample(5).acts.shape
+torch.Size([5, 16])
 """
 
 from __future__ import annotations

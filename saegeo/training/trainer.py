@@ -178,13 +178,14 @@ def train_sae(
 ) -> tuple[SAE, TrainReport]:
     """Train one SAE on ``acts`` (a store, tensor [N, d_in] or path) and report on it.
 
-    Examples:
-        >>> from saegeo.training.toy import ToyConfig, make_toy_model
-        >>> store = make_toy_model(ToyConfig(d=16)).to_store(20_000)
-        >>> sae, report = train_sae(store, TrainConfig(width=64, k=4, tokens=20_000,
-        ...                                            batch_size=512, progress=False))
-        >>> sae.arch, sae.width, report.metrics.l0 <= 4
-        ('topk', 64, True)
+    Examples
+    --------
+    >>> from saegeo.training.toy import ToyConfig, make_toy_model
+    >>> store = make_toy_model(ToyConfig(d=16)).to_store(20_000)
+    >>> sae, report = train_sae(store, TrainConfig(width=64, k=4, tokens=20_000,
+    ...                                            batch_size=512, progress=False))
+    >>> sae.arch, sae.width, report.metrics.l0 <= 4
+    ('topk', 64, True)
     """
     config = config or TrainConfig()
     store = checked_store(acts)
