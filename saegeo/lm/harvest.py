@@ -37,6 +37,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import itertools
 import logging
@@ -132,14 +133,23 @@ def packaged_gguf(name: str = DEFAULT_MODEL) -> Path:
 def _loading_bars(transformers: Any, *, show: bool) -> Iterator[None]:
     """transformers' and huggingface_hub's loading bars on a terminal only: elsewhere (a log
     file, a pipe) they would be many lines of stderr."""
+    if show:
+        yield
+        return
+    import importlib
+
     logging_utils = transformers.utils.logging
     enabled = logging_utils.is_progress_bar_enabled()
-    if enabled and not show:
-        logging_utils.disable_progress_bar()
+    logging_utils.disable_progress_bar()
+    # The GGUF reader draws its own tqdm bar, which that switch does not reach.
+    gguf_utils = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    own_bar = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(own_bar, disable=True)
     try:
         yield
     finally:
-        if enabled and not show:
+        gguf_utils.tqdm = own_bar
+        if enabled:
             logging_utils.enable_progress_bar()
 
 
