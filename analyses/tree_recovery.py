@@ -9,7 +9,7 @@ the numbers of true features down to each depth (so its last member can give eve
 latent), with ``k`` = depth + 1 true features on the deepest tokens.
 
 Each parent/child score gives the edges of the family's feature DAG; they are scored by
-:mod:`saegeo.trees.recovery` (the rule of issue 18: latent -> true feature of max decoder
+:mod:`saegeo.trees.recovery` (latent -> true feature of max decoder
 cosine, latents below 0.5 left out; an edge is correct when the child's true feature lies in
 the subtree of the parent's true feature, itself included; recall over the true pairs among
 scored latents of adjacent widths).

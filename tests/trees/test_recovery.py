@@ -88,7 +88,7 @@ def test_subtree_matrix_rejects_a_cycle():
 def test_nesting_recovers_a_saelens_synthetic_hierarchy():
     """TopK SAEs of widths 3 (k=1) and 12 (k=2) trained by SAELens's own trainer on a SAELens
     synthetic hierarchy (3 roots with 3 mutually exclusive children each, 32 dimensions,
-    400 steps each). Scored by the issue-18 rule, nesting recovers the hierarchy: observed
+    400 steps each). Scored by saegeo.trees.recovery, nesting recovers the hierarchy: observed
     precision 1.0 and recall 0.9 (one child latent of the wider SAE fires on a sibling's
     tokens too). Here, unlike in the benchmark's deeper families, the child latents carry
     their parent's direction (k is as large as the features on a token, and the parent latent
