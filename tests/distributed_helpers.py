@@ -131,3 +131,44 @@ def statistics() -> dict[str, Any]:
     out["dag_edges"] = sorted((u, v, round(d["score"], 5)) for u, v, d in G.edges(data=True))
     out["dag_nodes"] = np.array([[d["freq"], d["max_act"]] for _, d in sorted(G.nodes(data=True))])
     return out
+
+
+def cli_runs(argvs: list[list[str]], ports: list[int]) -> list[dict[str, Any]]:
+    """``saegeo.cli.main(argv)`` for each argv (a fresh process group each time, on its own
+    port), recording the exit code, stdout, stderr and which atomic writers this rank called."""
+    import contextlib
+    import io
+
+    from saegeo.cli import main
+    from saegeo.io import atomic
+
+    writes: list[str] = []
+
+    def counted(name: str) -> Callable:
+        original = getattr(atomic, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            writes.append(name)
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    for name in ("write_text", "write_json", "atomic_files", "atomic_dir"):
+        setattr(atomic, name, counted(name))
+    runs = []
+    for argv, port in zip(argvs, ports, strict=True):
+        os.environ["MASTER_PORT"] = str(port)
+        writes.clear()
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+        runs.append(
+            {
+                "code": code,
+                "stdout": out.getvalue(),
+                "stderr": err.getvalue(),
+                "writes": list(writes),
+                "group_left": dist.is_initialized(),
+            }
+        )
+    return runs

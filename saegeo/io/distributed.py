@@ -220,7 +220,6 @@ def init_from_env(timeout_s: float = 1800.0) -> bool:
 
 
 def destroy() -> None:
-    """End the process group (after a barrier, so no rank leaves while a peer still talks)."""
+    """End the process group (the command line's, after every rank has agreed on the outcome)."""
     if is_distributed():
-        dist.barrier()
         dist.destroy_process_group()

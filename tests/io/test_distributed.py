@@ -68,3 +68,87 @@ def test_the_single_process_statistics_are_not_trivial(single):
     assert single["mcs"].any() and single["cosine_pairs"].any() and single["dag_edges"]
     assert (single["delta"] != 0).any() and (single["delta_pursuit"] != 0).any()
     assert single["stats"][4] == 203 and single["metrics"][2] > 0
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def _cli_setup(root):
+    from sae_helpers import random_sae
+
+    import saegeo as sg
+
+    for width, seed in ((12, 2), (25, 3)):
+        sg.save_sae(
+            random_sae(width, "jumprelu", seed=seed).to(dtype=torch.float32), root / f"w{width}"
+        )
+    x_ND = np.random.default_rng(0).normal(size=(203, 16)).astype(np.float32) + 0.5
+    np.save(root / "acts.npy", x_ND)
+    x_ND[150, 3] = np.nan  # in the second rank's share only
+    np.save(root / "bad.npy", x_ND)
+    family = [str(root / "w12"), str(root / "w25")]
+    acts = ["--acts", str(root / "acts.npy")]
+
+    def argvs(tag):
+        return [
+            ["classify", *family, *acts, "--out", str(root / f"table-{tag}.csv")],
+            ["tree", *family, *acts, "--metric", "masked_cosine", "--threshold", "0.2",
+             "--root", "0/1", "--out", str(root / f"tree-{tag}.json")],
+            ["stitch", *family, *acts, "--threshold", "0.5", "--out", str(root / f"stitch-{tag}")],
+            ["classify", *family, "--acts", str(root / "bad.npy"),
+             "--out", str(root / f"bad-{tag}.csv")],
+            ["stitch", *family, *acts, "--retrain", "sgd", "--out", str(root / f"sgd-{tag}")],
+        ]  # fmt: skip
+
+    return argvs
+
+
+def test_the_command_line_under_torchrun_writes_once_and_fails_on_every_rank_alike(
+    tmp_path, capsys
+):
+    import json
+
+    import pandas as pd
+    from distributed_helpers import cli_runs, free_port
+
+    import saegeo as sg
+    from saegeo.cli import main
+
+    argvs = _cli_setup(tmp_path)
+    single = []
+    for argv in argvs("one"):
+        code = main(argv)
+        single.append((code, capsys.readouterr().err))
+    assert [code for code, _ in single] == [0, 0, 0, 2, 0]
+    ranks = run_ranks(
+        cli_runs, 2, tmp_path, argvs("two"), [free_port() for _ in argvs("two")], env=True
+    )
+    for rank, runs in enumerate(ranks):
+        assert not any(run["group_left"] for run in runs), "the group outlives main()"
+        if rank:  # silent, and writes nothing
+            assert all(run["stdout"] == run["stderr"] == "" for run in runs[:4])
+            assert all(run["writes"] == [] for run in runs)
+    main_runs = ranks[0]
+    for i in range(3):
+        assert ranks[1][i]["code"] == main_runs[i]["code"] == 0, main_runs[i]["stderr"]
+        assert main_runs[i]["writes"], f"rank 0 wrote nothing for {argvs('two')[i][0]}"
+    table = {t: pd.read_csv(tmp_path / f"table-{t}.csv", index_col=0) for t in ("one", "two")}
+    pd.testing.assert_frame_equal(table["two"], table["one"], rtol=1e-5)
+    tree = {t: json.loads((tmp_path / f"tree-{t}.json").read_text()) for t in ("one", "two")}
+    assert json.dumps(tree["two"]["tree"], sort_keys=True) == json.dumps(
+        tree["one"]["tree"], sort_keys=True
+    )
+    stitched = {t: sg.load_sae(tmp_path / f"stitch-{t}") for t in ("one", "two")}
+    torch.testing.assert_close(stitched["two"].W_dec, stitched["one"].W_dec, rtol=1e-4, atol=1e-5)
+
+    # Bad rows in the second rank's share: both ranks exit 2; rank 0 prints that rank's line,
+    # the very line one process prints; no output appears.
+    bad = [runs[3] for runs in ranks]
+    assert [run["code"] for run in bad] == [2, 2]
+    assert bad[0]["stderr"] == single[3][1] and bad[0]["stderr"].count("\n") == 1
+    assert "row 150 holds NaN" in bad[0]["stderr"]  # found by rank 1 alone (rows 101-202)
+    assert not (tmp_path / "bad-two.csv").exists()
+    # A command part refused under torchrun: one line, exit 2 on both ranks, no output.
+    assert [runs[4]["code"] for runs in ranks] == [2, 2]
+    assert "--retrain sgd" in ranks[0][4]["stderr"] and ranks[1][4]["stderr"] == ""
+    assert not (tmp_path / "sgd-two").exists()
