@@ -172,3 +172,31 @@ def cli_runs(argvs: list[list[str]], ports: list[int]) -> list[dict[str, Any]]:
             }
         )
     return runs
+
+
+def train_toy(arch: str, batch_size: int) -> dict[str, Any]:
+    """A small SAE trained on a toy model's activations: its weights and held-out metrics."""
+    from saegeo.training.config import TrainConfig
+    from saegeo.training.toy import ToyConfig, make_toy_model
+    from saegeo.training.trainer import train_sae
+
+    store = make_toy_model(ToyConfig(d=16, seed=0)).to_store(6000)
+    config = TrainConfig(
+        arch=arch, width=32, k=4, tokens=6000, batch_size=batch_size, eval_tokens=1000,
+        progress=False, device="cpu", seed=3,
+    )  # fmt: skip
+    sae, report = train_sae(store, config)
+    assert report.metrics is not None
+    return {
+        "W_dec": sae.W_dec.numpy(),
+        "W_enc": sae.W_enc.numpy(),
+        "threshold": None if sae.threshold is None else sae.threshold.numpy(),
+        "fvu": report.metrics.fvu,
+        "tokens": report.tokens,
+        "steps": report.steps,
+    }
+
+
+def statistics_and_training() -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`statistics`, then :func:`train_toy` at batch 250 per rank (one spawn for both)."""
+    return statistics(), train_toy("batchtopk", 250)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -140,6 +141,17 @@ def all_reduce_sums(*values: float) -> tuple[float, ...]:
         return tuple(float(v) for v in values)
     summed = all_reduce_(torch.tensor([float(v) for v in values], dtype=torch.float64))
     return tuple(summed.tolist())
+
+
+def average_gradients_(params: Sequence[torch.Tensor]) -> None:
+    """Replace each parameter's gradient by its mean over ranks, in one all-reduce (what
+    ``DistributedDataParallel`` does for a module); a missing gradient counts as zeros."""
+    if not is_distributed():
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = all_reduce_(torch.cat([g.reshape(-1) for g in grads])) / world_size()
+    for p, part in zip(params, flat.split([g.numel() for g in grads]), strict=True):
+        p.grad = part.view_as(p).to(p.dtype)
 
 
 def all_gather(obj: T) -> list[T]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from distributed_helpers import run_ranks, statistics
+from distributed_helpers import run_ranks, statistics, statistics_and_training
 
 from saegeo.io import distributed
 
@@ -53,14 +53,25 @@ def single():
     return statistics()
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_every_statistic_over_ranks_equals_the_single_process_one(world, single, tmp_path):
-    results = run_ranks(statistics, world, tmp_path)
-    assert len(results) == world
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """Statistics and a data-parallel training run on 2 ranks, from one spawn."""
+    return run_ranks(statistics_and_training, 2, tmp_path_factory.mktemp("two"))
+
+
+def _check_statistics(results, single):
     for rank, result in enumerate(results):
         assert result.keys() == single.keys()
         for name, want in single.items():
             _same(f"rank {rank} {name}", result[name], want)
+
+
+def test_every_statistic_over_two_ranks_equals_the_single_process_one(two_ranks, single):
+    _check_statistics([stats for stats, _ in two_ranks], single)
+
+
+def test_every_statistic_over_three_uneven_ranks_equals_the_single_process_one(single, tmp_path):
+    _check_statistics(run_ranks(statistics, 3, tmp_path), single)
 
 
 def test_the_single_process_statistics_are_not_trivial(single):
@@ -152,3 +163,19 @@ def test_the_command_line_under_torchrun_writes_once_and_fails_on_every_rank_ali
     assert [runs[4]["code"] for runs in ranks] == [2, 2]
     assert "--retrain sgd" in ranks[0][4]["stderr"] and ranks[1][4]["stderr"] == ""
     assert not (tmp_path / "sgd-two").exists()
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_data_parallel_training_keeps_ranks_in_step_and_learns_as_one_process(two_ranks):
+    from distributed_helpers import train_toy
+
+    single = train_toy("batchtopk", 500)  # the batch of both ranks together
+    ranks = [trained for _, trained in two_ranks]
+    for name in ("W_dec", "W_enc", "threshold"):
+        np.testing.assert_array_equal(ranks[1][name], ranks[0][name], err_msg=name)
+    # The same tokens and steps; the held-out fit is as good.
+    assert (ranks[0]["tokens"], ranks[0]["steps"]) == (single["tokens"], single["steps"])
+    assert not np.array_equal(ranks[0]["W_dec"], single["W_dec"])
+    assert ranks[0]["fvu"] < single["fvu"] + 0.05, (ranks[0]["fvu"], single["fvu"])
