@@ -15,6 +15,9 @@ DEFAULT_CONTEXT = 128
 
 def _report_skipped(args: argparse.Namespace, acts: Any) -> None:
     skipped = getattr(acts, "skipped_rows", 0)
+    if distributed.is_distributed() and acts is not None:
+        # Each rank read its own share of the rows: count the union of what they dropped.
+        skipped = len(set().union(*distributed.all_gather(set(acts._skipped))))
     if skipped:
         print(f"skipped {skipped} rows with NaN or Inf values in {args.acts}")
 

@@ -109,6 +109,8 @@ def _cli_setup(root):
             ["classify", *family, "--acts", str(root / "bad.npy"),
              "--out", str(root / f"bad-{tag}.csv")],
             ["stitch", *family, *acts, "--retrain", "sgd", "--out", str(root / f"sgd-{tag}")],
+            ["classify", *family, "--acts", str(root / "bad.npy"), "--skip-nonfinite",
+             "--out", str(root / f"skip-{tag}.csv")],
         ]  # fmt: skip
 
     return argvs
@@ -130,14 +132,14 @@ def test_the_command_line_under_torchrun_writes_once_and_fails_on_every_rank_ali
     for argv in argvs("one"):
         code = main(argv)
         single.append((code, capsys.readouterr().err))
-    assert [code for code, _ in single] == [0, 0, 0, 2, 0]
+    assert [code for code, _ in single] == [0, 0, 0, 2, 0, 0]
     ranks = run_ranks(
         cli_runs, 2, tmp_path, argvs("two"), [free_port() for _ in argvs("two")], env=True
     )
     for rank, runs in enumerate(ranks):
         assert not any(run["group_left"] for run in runs), "the group outlives main()"
         if rank:  # silent, and writes nothing
-            assert all(run["stdout"] == run["stderr"] == "" for run in runs[:4])
+            assert all(run["stdout"] == run["stderr"] == "" for run in runs[:4] + runs[5:])
             assert all(run["writes"] == [] for run in runs)
     main_runs = ranks[0]
     for i in range(3):
@@ -179,3 +181,6 @@ def test_data_parallel_training_keeps_ranks_in_step_and_learns_as_one_process(tw
     assert (ranks[0]["tokens"], ranks[0]["steps"]) == (single["tokens"], single["steps"])
     assert not np.array_equal(ranks[0]["W_dec"], single["W_dec"])
     assert ranks[0]["fvu"] < single["fvu"] + 0.05, (ranks[0]["fvu"], single["fvu"])
+    # Rows dropped by rank 1 alone are reported by rank 0.
+    assert [runs[5]["code"] for runs in ranks] == [0, 0]
+    assert "skipped 1 rows with NaN or Inf values" in ranks[0][5]["stdout"]
