@@ -24,7 +24,7 @@ Usage::
 
 With ``--device cuda`` the ranks use NCCL, one GPU each (2 ranks need 2 GPUs; with one GPU
 only the 1-rank time is printed). Sizes are small by default so that it runs in about a minute
-on a laptop; scale them up for a real measurement.
+on two CPU cores; scale them up for a real measurement.
 """
 
 from __future__ import annotations

@@ -11,6 +11,24 @@ collective. Sums are reduced in float64; :class:`~saegeo.effects.metrics.Moments
 gathered and merged in rank order (:func:`merge_moments`), so every rank ends with the same
 value, equal to the single-process one up to float64 rounding.
 
+Every rank calls a function with the same arguments (the same activations, SAEs and codes);
+the function splits the work itself. What is split, and what is combined:
+
+- token sums (``evaluate``, ``fixed_code_metrics``, ``accumulate_stats``, ``delta_mse``,
+  ``swap_deltas``): float64 all-reduce of the sums, of the size of the result ([F+1, F+1]
+  and [F+1, D] for the exact refit, [F] or [L] otherwise);
+- codes (``encode_codes``): each rank encodes its tokens and the rows are gathered
+  (:func:`gather_rows`), so every rank holds the whole [N, F] sparse matrix, 8 bytes per
+  non-zero (float32 value, int32 column) plus 8 per row: N·L0 values, as one process holds;
+- co-activations (``masked_cosine``): from those codes, each rank scores a contiguous share of
+  the child groups (each group's products stay within ``max_pairs`` entries) and the kept
+  entries are gathered; no rank builds a dense [P, C] matrix, and each holds the result once;
+- decoder cosine: each rank takes a contiguous share of the larger SAE's rows; the top-k
+  ([L, k]) or the kept pairs are gathered;
+- training (``train_sae``): gradients averaged over ranks each step (:func:`average_gradients_`).
+
+Calibrations that are not sums (a TopK SAE's JumpReLU threshold) read every token on every rank.
+
 **Errors.** Each reduction first exchanges one integer, the number of ranks that have
 failed (:func:`check_peers`). A rank that fails outside a reduction calls
 :func:`agree_on_error` with its message; its peers, waiting in their next reduction (or in
