@@ -165,6 +165,9 @@ def test_the_command_line_under_torchrun_writes_once_and_fails_on_every_rank_ali
     assert [runs[4]["code"] for runs in ranks] == [2, 2]
     assert "--retrain sgd" in ranks[0][4]["stderr"] and ranks[1][4]["stderr"] == ""
     assert not (tmp_path / "sgd-two").exists()
+    # Rows dropped by rank 1 alone are reported by rank 0.
+    assert [runs[5]["code"] for runs in ranks] == [0, 0]
+    assert "skipped 1 rows with NaN or Inf values" in ranks[0][5]["stdout"]
 
 
 # --------------------------------------------------------------------------- training
@@ -181,6 +184,3 @@ def test_data_parallel_training_keeps_ranks_in_step_and_learns_as_one_process(tw
     assert (ranks[0]["tokens"], ranks[0]["steps"]) == (single["tokens"], single["steps"])
     assert not np.array_equal(ranks[0]["W_dec"], single["W_dec"])
     assert ranks[0]["fvu"] < single["fvu"] + 0.05, (ranks[0]["fvu"], single["fvu"])
-    # Rows dropped by rank 1 alone are reported by rank 0.
-    assert [runs[5]["code"] for runs in ranks] == [0, 0]
-    assert "skipped 1 rows with NaN or Inf values" in ranks[0][5]["stdout"]
