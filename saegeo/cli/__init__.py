@@ -27,7 +27,7 @@ __all__ = ["EXIT_USER_ERROR", "build_parser", "flag_message", "main"]
 
 EXIT_USER_ERROR = 2
 # Commands whose work is split across torchrun's ranks; the others run on one process.
-DISTRIBUTED_COMMANDS = frozenset({"info", "classify", "tree", "stitch"})
+DISTRIBUTED_COMMANDS = frozenset({"info", "classify", "tree", "stitch", "train"})
 # Library arguments that a flag of another name sets (the others are spelt alike: max_tokens
 # is --tokens, sgd_tokens is --sgd-tokens).
 FLAG_NAMES = {"max_tokens": "--tokens", "texts": "--text"}

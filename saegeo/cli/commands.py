@@ -281,8 +281,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     # Trained into a fresh directory that replaces --out once every member is saved: an
     # interrupted run leaves the previous output as it was, never a mix of two runs.
-    with atomic_dir(args.out) as tmp:
-        run = train_family(acts, widths, config, out_dir=tmp)
+    if distributed.is_main():
+        with atomic_dir(args.out) as tmp:
+            run = train_family(acts, widths, config, out_dir=tmp)
+    else:  # under torchrun: data-parallel, rank 0 saves
+        run = train_family(acts, widths, config)
     _report_skipped(args, acts)
     for report in run.reports:
         m = report.metrics

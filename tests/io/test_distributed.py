@@ -111,6 +111,8 @@ def _cli_setup(root):
             ["stitch", *family, *acts, "--retrain", "sgd", "--out", str(root / f"sgd-{tag}")],
             ["classify", *family, "--acts", str(root / "bad.npy"), "--skip-nonfinite",
              "--out", str(root / f"skip-{tag}.csv")],
+            ["train", *acts, "--widths", "8,16", "--k", "2", "--tokens", "2000",
+             "--batch-size", "100", "--eval-tokens", "40", "--out", str(root / f"train-{tag}")],
         ]  # fmt: skip
 
     return argvs
@@ -132,7 +134,7 @@ def test_the_command_line_under_torchrun_writes_once_and_fails_on_every_rank_ali
     for argv in argvs("one"):
         code = main(argv)
         single.append((code, capsys.readouterr().err))
-    assert [code for code, _ in single] == [0, 0, 0, 2, 0, 0]
+    assert [code for code, _ in single] == [0, 0, 0, 2, 0, 0, 0]
     ranks = run_ranks(
         cli_runs, 2, tmp_path, argvs("two"), [free_port() for _ in argvs("two")], env=True
     )
@@ -168,6 +170,9 @@ def test_the_command_line_under_torchrun_writes_once_and_fails_on_every_rank_ali
     # Rows dropped by rank 1 alone are reported by rank 0.
     assert [runs[5]["code"] for runs in ranks] == [0, 0]
     assert "skipped 1 rows with NaN or Inf values" in ranks[0][5]["stdout"]
+    # Data-parallel training: rank 0 saves the family (rank 1's silence and no writes: above).
+    assert [runs[6]["code"] for runs in ranks] == [0, 0] and ranks[0][6]["writes"]
+    assert sg.Family.load(tmp_path / "train-two").widths == [8, 16]
 
 
 # --------------------------------------------------------------------------- training
