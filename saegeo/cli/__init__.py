@@ -2,21 +2,32 @@
 
 :mod:`saegeo.cli.parser` declares the subcommands and flags (:mod:`saegeo.cli.args` holds the
 flag types and output guards), :mod:`saegeo.cli.commands` runs them.
+
+Under ``torchrun`` (its variables RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR set), ``main``
+starts the process group (NCCL on CUDA, else gloo) and ends it on return. Every rank runs the
+command; statistics over tokens are split across ranks (:mod:`saegeo.io.distributed`), rank 0
+alone prints, shows progress and writes outputs. At the end every rank agrees on the outcome:
+an error on any rank ends all of them with exit code 2 and rank 0 prints that rank's one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from saegeo.cli.parser import build_parser
 from saegeo.errors import ArgumentError, SaegeoError
+from saegeo.io import distributed
 
 __all__ = ["EXIT_USER_ERROR", "build_parser", "flag_message", "main"]
 
 EXIT_USER_ERROR = 2
+# Commands whose work is split across torchrun's ranks; the others run on one process.
+DISTRIBUTED_COMMANDS = frozenset({"info", "classify", "tree", "stitch", "train"})
 # Library arguments that a flag of another name sets (the others are spelt alike: max_tokens
 # is --tokens, sgd_tokens is --sgd-tokens).
 FLAG_NAMES = {"max_tokens": "--tokens", "texts": "--text"}
@@ -34,6 +45,18 @@ def flag_message(exc: SaegeoError, parser: argparse.ArgumentParser) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = distributed.init_from_env()
+    try:
+        with contextlib.ExitStack() as stack:
+            if not distributed.is_main():
+                stack.enter_context(contextlib.redirect_stdout(open(os.devnull, "w")))  # noqa: SIM115
+            return _main(argv)
+    finally:
+        if started:
+            distributed.destroy()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args, unknown = parser.parse_known_args(argv)
@@ -49,8 +72,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    code, message = 0, None
     try:
-        return int(args.func(args) or 0)
+        if distributed.is_distributed() and args.command not in DISTRIBUTED_COMMANDS:
+            raise SaegeoError(
+                f"saegeo {args.command} runs on one process; launch it without torchrun"
+            )
+        code = int(args.func(args) or 0)
+    except distributed.PeerError as exc:
+        # Another rank failed; every rank already holds its message.
+        return _fail(args, str(exc))
     except SaegeoError as exc:
         from saegeo.io.store import NonFiniteError
 
@@ -59,11 +90,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(exc, NonFiniteError)
             else flag_message(exc, args.parser)
         )
-        print(f"saegeo {args.command}: error: {message}", file=sys.stderr)
-        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"saegeo {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # A bug: release the other ranks with one line, then show this rank's traceback.
+        distributed.agree_on_error(f"rank {distributed.rank()}: {type(exc).__name__}: {exc}")
+        raise
+    message = distributed.agree_on_error(message)
+    return code if message is None else _fail(args, message)
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    """Print the one-line error (rank 0 only, under torchrun) and give the exit code."""
+    if distributed.is_main():
+        print(f"saegeo {args.command}: error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -239,8 +239,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def write_tree(args: argparse.Namespace, doc: str, page: str | None) -> None:
-    """The JSON and the HTML page appear together, or neither does."""
+    """The JSON and the HTML page appear together, or neither does (rank 0 writes them)."""
+    from saegeo.io import distributed
     from saegeo.io.atomic import atomic_files
+
+    if not distributed.is_main():
+        return
 
     paths = [args.out, args.html] if page is not None else [args.out]
     with atomic_files(*paths) as temps:

@@ -7,6 +7,7 @@ from typing import Any
 
 from saegeo.cli import args as types
 from saegeo.errors import SaegeoError
+from saegeo.io import distributed
 
 DEFAULT_CONTEXT = 128
 """Tokens per model input when neither --context nor --for's SAE gives one."""
@@ -14,6 +15,9 @@ DEFAULT_CONTEXT = 128
 
 def _report_skipped(args: argparse.Namespace, acts: Any) -> None:
     skipped = getattr(acts, "skipped_rows", 0)
+    if distributed.is_distributed() and acts is not None:
+        # Each rank read its own share of the rows: count the union of what they dropped.
+        skipped = len(set().union(*distributed.all_gather(set(acts._skipped))))
     if skipped:
         print(f"skipped {skipped} rows with NaN or Inf values in {args.acts}")
 
@@ -56,7 +60,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         limit=args.limit,
         device=args.device,
     )
-    write_text(args.out, table.to_csv())
+    if distributed.is_main():
+        write_text(args.out, table.to_csv())
     _report_skipped(args, acts)
     n_novel = int((table["kind"] == "novel").sum())
     print(
@@ -135,6 +140,11 @@ def _cmd_stitch(args: argparse.Namespace) -> int:
         [(args.out, "stitched", "--out"), (args.checkpoint, "checkpoint", "--checkpoint")],
         [*args.paths, args.acts],
     )
+    if distributed.is_distributed() and args.retrain == "sgd":
+        raise SaegeoError(
+            "--retrain sgd trains on one process; under torchrun use --retrain exact "
+            "(its statistics are split across ranks), or launch without torchrun"
+        )
     family = load_family_spec(args.paths)
     if args.upto is not None and args.upto < family.widths[0]:
         raise SaegeoError(
@@ -160,9 +170,10 @@ def _cmd_stitch(args: argparse.Namespace) -> int:
     )
     sae, report = frankenstein(family, acts, config)
     # The SAE and its report appear together under --out, or not at all.
-    with atomic_dir(args.out) as tmp:
-        save_sae(sae, tmp)
-        write_json(tmp / "report.json", report.to_dict())
+    if distributed.is_main():
+        with atomic_dir(args.out) as tmp:
+            save_sae(sae, tmp)
+            write_json(tmp / "report.json", report.to_dict())
     _report_skipped(args, acts)
     columns = [
         "source",
@@ -270,8 +281,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     # Trained into a fresh directory that replaces --out once every member is saved: an
     # interrupted run leaves the previous output as it was, never a mix of two runs.
-    with atomic_dir(args.out) as tmp:
-        run = train_family(acts, widths, config, out_dir=tmp)
+    if distributed.is_main():
+        with atomic_dir(args.out) as tmp:
+            run = train_family(acts, widths, config, out_dir=tmp)
+    else:  # under torchrun: data-parallel, rank 0 saves
+        run = train_family(acts, widths, config)
     _report_skipped(args, acts)
     for report in run.reports:
         m = report.metrics

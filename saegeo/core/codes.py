@@ -7,6 +7,7 @@ import scipy.sparse as sp
 import torch
 
 from saegeo.core.sae import SAE
+from saegeo.io import distributed
 from saegeo.io.streaming import ActsLike, sae_stream
 
 
@@ -23,8 +24,13 @@ def encode_codes(
 
     Batches are encoded on ``device`` and only the non-zeros are kept, so memory grows with
     N·L0 rather than N·width. ``progress`` as in :mod:`saegeo.io.streaming`.
+
+    Under ``torch.distributed`` each rank encodes its share of the tokens and the rows are
+    gathered, so every rank returns the whole matrix (the single-process result): each holds
+    N·L0 values and column indices, as one process would.
     """
     sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "encode_codes")
+    batches = batches.replace(sharded=True)
     blocks = []
     for batch_BD in batches:
         acts_BF = sae.encode(batch_BD)
@@ -37,6 +43,9 @@ def encode_codes(
                 dtype=np.float32,
             )
         )
-    if not blocks:
-        return sp.csr_matrix((0, sae.width), dtype=np.float32)
-    return sp.vstack(blocks, format="csr", dtype=np.float32)
+    codes = (
+        sp.vstack(blocks, format="csr", dtype=np.float32)
+        if blocks
+        else sp.csr_matrix((0, sae.width), dtype=np.float32)
+    )
+    return distributed.gather_rows(codes)

@@ -48,6 +48,7 @@ from saegeo.core.sae import SAE
 from saegeo.effects.hybrid import TopkMode, hybrid, output_scale, prepare_pair, rebase
 from saegeo.effects.metrics import evaluate
 from saegeo.errors import SaegeoError
+from saegeo.io import distributed
 from saegeo.io.streaming import ActsLike, BatchStream, progress_bar, stream
 
 # Entries of a [tokens, features] working block (bounds memory per product).
@@ -241,10 +242,13 @@ def delta_mse(
     small, large, kind, batches = _pair_stream(
         small, large, acts, topk, batch_size, limit, device, progress, "delta_mse"
     )
+    batches = batches.replace(sharded=True)  # sums reduced over ranks below
     if kind == "pursuit":
         total_L, n_tokens = _delta_pursuit(small, large, batches)
     else:
         total_L, n_tokens = _delta_closed_form(small, large, batches, kind=kind)
+    total_L = distributed.all_reduce_(torch.from_numpy(total_L)).numpy()
+    n_tokens = int(distributed.all_reduce_sums(n_tokens)[0])
     if n_tokens == 0:
         raise SaegeoError(f"delta_mse(): no activations in {batches.store.source}")
     return pd.Series(
@@ -360,7 +364,12 @@ def swap_deltas(
     gs = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups_small]
     gl = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups_large]
     if kind == "additive":
-        sq_error_G, l0_G, n_tokens = _swap_closed_form(small, large, batches, gs, gl)
+        sq_error_G, l0_G, n_tokens = _swap_closed_form(
+            small, large, batches.replace(sharded=True), gs, gl
+        )
+        sq_error_G = distributed.all_reduce_(torch.from_numpy(sq_error_G)).numpy()
+        l0_G = distributed.all_reduce_(torch.from_numpy(l0_G)).numpy()
+        n_tokens = int(distributed.all_reduce_sums(n_tokens)[0])
         if n_tokens == 0:
             raise SaegeoError(f"swap_deltas(): no activations in {batches.store.source}")
         return pd.DataFrame(

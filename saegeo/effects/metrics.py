@@ -21,6 +21,7 @@ import torch
 
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
+from saegeo.io import distributed
 from saegeo.io.streaming import ActsLike, sae_stream
 
 
@@ -165,6 +166,7 @@ def evaluate(
     (0.0, 1.0, 0.0)
     """
     sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "evaluate")
+    batches = batches.replace(sharded=True)  # sums reduced over ranks below
     moments = Moments(sae.d_in, batches.device)
     squared_error = 0.0
     fired_F = torch.zeros(sae.width, dtype=torch.float64, device=batches.device)
@@ -174,6 +176,9 @@ def evaluate(
         squared_error += float((x_BD.double() - x_hat_BD.double()).pow(2).sum())
         fired_F += (codes_BF != 0).sum(0).double()
         moments.add(x_BD)
+    (squared_error,) = distributed.all_reduce_sums(squared_error)
+    distributed.all_reduce_(fired_F)
+    moments = distributed.merge_moments(moments)
     if moments.n == 0:
         raise SaegeoError(f"evaluate(): no activations in {batches.store.source}")
     return metrics_from_sums(squared_error, moments, fired_F)

@@ -12,6 +12,12 @@ The products share one sparsity pattern (the pairs that co-fire), so their entri
 without lookups. Children are processed in groups sized so that each group's products stay
 within ``max_pairs`` entries; ``min_score`` and ``top_k`` are applied per group, so memory
 follows what is kept, not the number of co-firing pairs.
+
+Under ``torch.distributed`` every rank passes the same codes (as
+:func:`saegeo.core.codes.encode_codes` returns them: each rank encodes its share of the tokens
+and the rows are gathered, N·L0 values per rank). Each rank scores a contiguous share of the
+child groups and the kept entries are gathered: beyond the codes, a rank holds its groups'
+products (``max_pairs`` entries at a time) and the whole result, never a dense [P, C] matrix.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from saegeo.geometry.sparse_codes import (
     top_k_per_child,
     with_data,
 )
+from saegeo.io import distributed
 from saegeo.io.streaming import progress_bar
 
 
@@ -92,6 +99,9 @@ def masked_cosine(
     child_max_C = column_max(B_csc)
 
     groups = child_groups(A, B_csc, max_pairs)
+    # Under torch.distributed each rank scores a contiguous share of the child groups; the kept
+    # entries are gathered below.
+    groups = [groups[i] for i in distributed.split_items(len(groups))]
     parents_out, vals_out = [], []
     counts_C = np.zeros(n_children, dtype=np.int64)
     for start, stop in progress_bar(None, "masked cosine", progress, iterable=groups, unit="group"):
@@ -124,6 +134,16 @@ def masked_cosine(
         counts_C[start:stop] = np.bincount(child - start, minlength=stop - start)
         parents_out.append(parent.astype(np.int32))
         vals_out.append(scores.astype(np.float32))
+    if distributed.is_distributed():
+        parts = distributed.all_gather(
+            (
+                counts_C,
+                np.concatenate(parents_out) if parents_out else np.zeros(0, np.int32),
+                np.concatenate(vals_out) if vals_out else np.zeros(0, np.float32),
+            )
+        )
+        counts_C = np.sum([part[0] for part in parts], axis=0)
+        parents_out, vals_out = [part[1] for part in parts], [part[2] for part in parts]
     indptr = np.zeros(n_children + 1, dtype=np.int64)
     np.cumsum(counts_C, out=indptr[1:])
     result = sp.csc_matrix(

@@ -20,6 +20,7 @@ import torch
 from saegeo.core.devices import resolve_device
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError, ShapeError
+from saegeo.io import distributed
 from saegeo.io.streaming import progress_bar
 
 # Largest similarity tile held at once, in elements (256 MiB of float32).
@@ -177,6 +178,9 @@ def decoder_cosine(
     (0.7071, 0)
     """
     small32_SD, small_SD, W_large_LD, torch_device = _prepare(small, large, device, dtype)
+    # Under torch.distributed each rank takes a contiguous share of the large rows.
+    start, stop = distributed.shard(W_large_LD.shape[0])
+    W_large_LD = W_large_LD[start:stop]
     n_small, n_large = small_SD.shape[0], W_large_LD.shape[0]
     if not 1 <= k <= n_small:
         raise SaegeoError(f"decoder_cosine(): k must lie in [1, {n_small}], got {k}")
@@ -224,7 +228,7 @@ def decoder_cosine(
         # Recomputed values can reorder near-ties; keep each row best first.
         order = values_LK.argsort(dim=1, descending=True, stable=True)
         values_LK, indices_LK = values_LK.gather(1, order), indices_LK.gather(1, order)
-    return CosineMatch(values_LK.float().cpu(), indices_LK.cpu())
+    return CosineMatch(*distributed.concat_ranks(values_LK.float().cpu(), indices_LK.cpu()))
 
 
 def _exact_values(
@@ -277,6 +281,10 @@ def decoder_cosine_pairs(
         [small.width, large.width] float32 cosines of the kept pairs.
     """
     small32_SD, small_SD, W_large_LD, torch_device = _prepare(small, large, device, dtype)
+    shape = (small_SD.shape[0], W_large_LD.shape[0])
+    # Under torch.distributed each rank takes a contiguous share of the large rows.
+    first, stop = distributed.shard(W_large_LD.shape[0])
+    W_large_LD = W_large_LD[first:stop]
     exact = dtype not in LOW_PRECISION
     cut = threshold if exact else threshold - BF16_MARGIN
     rows_L, cols_S, vals = [], [], []
@@ -300,14 +308,19 @@ def decoder_cosine_pairs(
             value = (large_LD * small32_SD[hit_S + tile.col]).sum(dim=1)
             keep = value > threshold
             hit_L, hit_S, value = hit_L[keep], hit_S[keep], value[keep]
-        rows_L.append((hit_L + tile.start).cpu())
+        rows_L.append((hit_L + tile.start + first).cpu())
         cols_S.append((hit_S + tile.col).cpu())
         vals.append(value.cpu())
-    shape = (small_SD.shape[0], W_large_LD.shape[0])
-    if not vals:
+    empty = torch.zeros(0, dtype=torch.long)
+    large_N, small_N, value_N = distributed.concat_ranks(
+        torch.cat(rows_L) if rows_L else empty,
+        torch.cat(cols_S) if cols_S else empty,
+        torch.cat(vals) if vals else torch.zeros(0),
+    )
+    if not value_N.numel():
         return sp.csr_matrix(shape, dtype=np.float32)
     return sp.csr_matrix(
-        (torch.cat(vals).numpy(), (torch.cat(cols_S).numpy(), torch.cat(rows_L).numpy())),
+        (value_N.numpy(), (small_N.numpy(), large_N.numpy())),
         shape=shape,
         dtype=np.float32,
     )

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from saegeo.core.devices import resolve_device
 from saegeo.errors import ShapeError
+from saegeo.io import distributed
 from saegeo.io.store import ActivationStore, as_store
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ def token_count(store: ActivationStore, limit: int | None) -> int:
 def progress_bar(total: int | None, desc: str, progress: bool | None, **options: object) -> tqdm:
     """A tqdm bar that follows the module's meaning of ``progress`` (None: on a terminal)."""
     disable = None if progress is None else not progress
+    if not distributed.is_main():
+        disable = True  # under torch.distributed, rank 0 alone shows progress
     return tqdm(total=total, desc=desc, leave=False, disable=disable, **options)  # type: ignore[call-overload]
 
 
@@ -98,6 +101,10 @@ class BatchStream:
     """The progress bar: None on a terminal, True always, False never."""
     desc: str
     """The bar's label."""
+    sharded: bool = False
+    """Under ``torch.distributed``, yield only this rank's contiguous share of the tokens
+    (:func:`saegeo.io.distributed.shard`); set by functions that reduce their sums over
+    ranks. Without a process group it changes nothing."""
 
     def replace(self, **changes: Any) -> BatchStream:
         """The same stream with some settings changed (e.g. ``dtype=sae.dtype``)."""
@@ -120,9 +127,14 @@ class BatchStream:
         return token_count(self.store, self.limit)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        with progress_bar(self.n_tokens, self.desc, self.progress, unit="tok") as bar:
-            for x_BD in self.store.iter_batches(
-                self.batch_size, limit=self.limit, dtype=self.dtype, device=self.device
+        store, limit = self.store, self.limit
+        if self.sharded and distributed.is_distributed():
+            start, stop = distributed.shard(self.n_tokens)
+            store, limit = store.slice(start, stop), None
+        total = token_count(store, limit)
+        with progress_bar(total, self.desc, self.progress, unit="tok") as bar:
+            for x_BD in store.iter_batches(
+                self.batch_size, limit=limit, dtype=self.dtype, device=self.device
             ):
                 yield x_BD
                 bar.update(x_BD.shape[0])

@@ -42,6 +42,7 @@ from saegeo.core import normalization
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Metrics, Moments, metrics_from_sums
 from saegeo.errors import SaegeoError, ShapeError
+from saegeo.io import distributed
 from saegeo.io.streaming import ActsLike, sae_stream
 
 # Entries of the padded co-activation outer products built at once (float64 values and int64
@@ -219,6 +220,7 @@ def accumulate_stats(
     (see ``SPMM_RATIO``), O(L0² + L0·D) per token through the co-active pairs alone.
     """
     sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "accumulate_stats")
+    batches = batches.replace(sharded=True)  # sums reduced over ranks below
     torch_device = batches.device
     width, d_in = sae.width, sae.d_in
     f64: dict[str, Any] = {"dtype": torch.float64, "device": torch_device}
@@ -261,6 +263,10 @@ def accumulate_stats(
         target_sq += float((w_B.to(torch.float64) * (y_BD**2).sum(1)).sum())
         moments.add(x_BD)
         n_tokens += x_BD.shape[0]
+    for total in (gram, cross, active):
+        distributed.all_reduce_(total)
+    target_sq, tokens = distributed.all_reduce_sums(target_sq, n_tokens)
+    n_tokens, moments = int(tokens), distributed.merge_moments(moments)
     if n_tokens == 0:
         raise SaegeoError(f"activations {batches.store.source}: no tokens to fit on")
     gram[width, :width] = gram[:width, width]
@@ -402,6 +408,7 @@ def fixed_code_metrics(
     so this is the error a refit minimises (see the module docstring).
     """
     sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "fixed_code_metrics")
+    batches = batches.replace(sharded=True)  # sums reduced over ranks below
     sse = [0.0] * len(decoders)
     moments = Moments(sae.d_in, batches.device)
     active = torch.zeros(sae.width, dtype=torch.long, device=batches.device)
@@ -414,6 +421,9 @@ def fixed_code_metrics(
             sse[i] += float((w_B.double() * (error_BD.double() ** 2).sum(dim=1)).sum())
         moments.add(x_BD)
         active += (acts_BF != 0).sum(dim=0)
+    sse = list(distributed.all_reduce_sums(*sse))
+    distributed.all_reduce_(active)
+    moments = distributed.merge_moments(moments)
     if moments.n == 0:
         raise SaegeoError(f"activations {batches.store.source}: no tokens to evaluate on")
     return [metrics_from_sums(value, moments, active) for value in sse]

@@ -17,6 +17,13 @@ codes (not the decoder), so saved decoder rows keep the unit norm they were trai
 The BatchTopK threshold is the running (bias-corrected) average of the smallest activation
 selected in each batch, as SAELens keeps it. The first ``eval_tokens`` tokens of the store are
 held out from training and used for the reported metrics.
+
+Under ``torch.distributed`` training is data-parallel: every rank starts from the same weights,
+trains on its contiguous share of the training rows (shuffled with its own seed), and the
+gradients are averaged over ranks before each step, as ``DistributedDataParallel`` does; the
+dead-latent counts, the BatchTopK threshold (each rank's estimate, averaged), the ReLU
+penalty's control of L0 and the loss are kept the same on every rank. ``tokens`` counts the
+tokens of all ranks together.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from saegeo.core.family import Family
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Metrics, Moments, evaluate
 from saegeo.errors import ArgumentError, SaegeoError
+from saegeo.io import distributed
 from saegeo.io.atomic import write_json, write_text
 from saegeo.io.formats import save_sae
 from saegeo.io.outputs import FAMILY_FORMAT
@@ -202,7 +210,10 @@ def train_sae(
             f"activations {store.source}: {n_train} token(s) to train on; training needs at "
             "least 2 (and many more to learn anything)"
         )
-    batch_size = min(config.batch_size, n_train)
+    # Under torch.distributed: data-parallel, each rank on its share of the training rows,
+    # gradients averaged (as DistributedDataParallel does), the same batch size on every rank.
+    world = distributed.world_size()
+    batch_size = min(config.batch_size, max(1, n_train // world))
 
     init_BD = torch.cat(
         list(
@@ -233,15 +244,19 @@ def train_sae(
     train_config = dataclasses.replace(config, residual_threshold=config.residual_threshold * scale)
     params = state.parameters()
     optimizer = torch.optim.Adam(params, lr=config.lr)
-    generator = torch.Generator().manual_seed(config.seed)
-    batches = _shuffled_batches(store, n_eval, batch_size, config.shuffle_tokens, generator, device)
-    steps = max(1, config.tokens // batch_size)
+    generator = torch.Generator().manual_seed(config.seed + distributed.rank())
+    first, stop = distributed.span(n_train, distributed.rank(), world)
+    rows = store if world == 1 else store.slice(0, n_eval + stop)
+    batches = _shuffled_batches(
+        rows, n_eval + first, batch_size, config.shuffle_tokens, generator, device
+    )
+    steps = max(1, config.tokens // (batch_size * world))
     sparsity_warmup = max(1.0, config.sparsity_warmup * steps)
     threshold_rate = min(1.0, max(config.threshold_lr, 10 / steps))
     loss_value = float("nan")
     started = time.perf_counter()
     with progress_bar(
-        steps * batch_size,
+        steps * batch_size * world,
         f"train {config.arch}-{width}",
         config.progress,
         unit="tok",
@@ -257,19 +272,26 @@ def train_sae(
             )
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
+            distributed.average_gradients_(params)
             if arch.unit_decoder:
                 remove_parallel_grad_(state.W_dec)
             optimizer.step()
             if arch.unit_decoder:
                 unit_norm_rows_(state.W_dec)
+            fired, l0, loss_value = out.fired, out.l0, out.loss.item()
+            if world > 1:  # every rank keeps the same bookkeeping
+                fired = distributed.all_reduce_(fired.long()) > 0
+                l0, loss_value, threshold_sum = distributed.all_reduce_sums(
+                    l0 / world, loss_value / world, state.threshold_sum / world
+                )
+                state.threshold_sum = threshold_sum
             with torch.no_grad():
-                state.since_fired += x_BD.shape[0]
-                state.since_fired[out.fired] = 0
+                state.since_fired += x_BD.shape[0] * world
+                state.since_fired[fired] = 0
             target = config.target_l0 if arch.sparsity == "penalty" else None
             if target is not None and step >= sparsity_warmup:
                 # Multiplicative control of λ towards the target L0 (Glen Taggart's idea).
-                state.coefficient *= math.exp(0.02 if out.l0 > target else -0.02)
-            loss_value = out.loss.item()
+                state.coefficient *= math.exp(0.02 if l0 > target else -0.02)
             if not math.isfinite(loss_value):
                 raise ArgumentError(
                     "lr",
@@ -288,7 +310,7 @@ def train_sae(
                 }
                 state.history.append(entry)
                 bar.set_postfix(fvu=f"{entry['fvu']:.3f}", l0=f"{out.l0:.1f}")
-            bar.update(x_BD.shape[0])
+            bar.update(x_BD.shape[0] * world)
     seconds = time.perf_counter() - started
 
     sae = _export(config, state, scale)
@@ -302,10 +324,10 @@ def train_sae(
         arch=config.arch,
         width=width,
         saved_arch=sae.arch,
-        tokens=steps * batch_size,
+        tokens=steps * batch_size * world,
         steps=steps,
         seconds=seconds,
-        tokens_per_second=steps * batch_size / max(seconds, 1e-9),
+        tokens_per_second=steps * batch_size * world / max(seconds, 1e-9),
         scale=scale,
         threshold=(state.threshold / scale if arch.sparsity == "batchtopk" else None),
         final_loss=loss_value,
@@ -416,8 +438,10 @@ def train_family(
         saes.append(sae)
         reports.append(report)
         if out is not None:
-            paths.append(save_sae(sae, out / f"{config.arch}-{width}"))
-            _write_summary(out, store, config, reports, paths)
+            paths.append(out / f"{config.arch}-{width}")
+            if distributed.is_main():  # under torch.distributed, rank 0 writes
+                save_sae(sae, paths[-1])
+                _write_summary(out, store, config, reports, paths)
     return FamilyRun(family=Family(saes), reports=reports, paths=paths if out else None)
 
 
