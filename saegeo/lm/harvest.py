@@ -142,7 +142,7 @@ def _loading_bars(transformers: Any, *, show: bool) -> Iterator[None]:
     enabled = logging_utils.is_progress_bar_enabled()
     logging_utils.disable_progress_bar()
     # The GGUF reader draws its own tqdm bar, which that switch does not reach.
-    gguf_utils = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    gguf_utils: Any = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
     own_bar = gguf_utils.tqdm
     gguf_utils.tqdm = functools.partial(own_bar, disable=True)
     try:
