@@ -36,12 +36,13 @@ their own :func:`agree_on_error` at the end of a command), see the count, gather
 messages and raise :class:`PeerError` with the message of the lowest failing rank. So every
 rank stops with the same one-line message, and none is left waiting in a collective.
 
-Examples:
-    >>> shard(10)
-    (0, 10)
-    >>> import torch
-    >>> all_reduce_(torch.ones(2)).tolist()
-    [1.0, 1.0]
+Examples
+--------
+>>> shard(10)
+(0, 10)
+>>> import torch
+>>> all_reduce_(torch.ones(2)).tolist()
+[1.0, 1.0]
 """
 
 from __future__ import annotations
