@@ -292,25 +292,37 @@ def run_demo(
     :func:`stage_keys`), so a second run with the same settings only re-renders the page and
     a changed setting recomputes the sections that depend on it.
     """
+    settings = settings or (DemoSettings.quick() if quick else DemoSettings())
+    data = demo_data(out, settings, progress=progress)
+    return write_report(data, progress=progress)
+
+
+def write_report(data: DemoData, *, progress: bool | None = None) -> Path:
+    """Run every analysis on ``data`` and write ``data.root/report/index.html``.
+
+    Each section's results are cached under ``data.root`` as :func:`run_demo` describes.
+    """
     from saegeo.core.describe import sparsity_settings
     from saegeo.viz.report import Report
 
-    settings = settings or (DemoSettings.quick() if quick else DemoSettings())
-    data = demo_data(out, settings, progress=progress)
-    report_dir = Path(out) / "report"
+    report_dir = data.root / "report"
     n_eval = min(EVAL_TOKENS, data.store.n_tokens // 5)
     held_out, fit = data.store.slice(0, n_eval), data.store.slice(n_eval)
     family = data.family
-    stages, keys = Stages(Path(out)), stage_keys(settings, n_eval)
+    stages, keys = Stages(data.root), stage_keys(data.settings, n_eval)
 
-    page = Report(
-        f"saegeo demo: {data.store.meta.get('model', 'model')} layer "
-        f"{data.store.meta.get('layer', '?')}, widths {family.widths}"
+    model = data.store.meta.get("model")
+    site = f"{model} layer {data.store.meta.get('layer', '?')}" if model else "toy activations"
+    page = Report(f"saegeo demo: {site}, widths {family.widths}")
+    source = (
+        f"{data.store.meta.get('hook', 'the')} residual stream on packaged BBC news"
+        if model
+        else str(data.store.meta.get("description", data.store.source))
     )
     page.text(
-        f"Activations: {data.store.n_tokens:,} tokens of {data.store.meta.get('hook', 'the')} "
-        f"residual stream on packaged BBC news; the first {n_eval:,} are held out for every "
-        "metric below. The family was trained here with <code>saegeo.training.trainer</code>."
+        f"Activations: {data.store.n_tokens:,} tokens of {source}; the first {n_eval:,} are "
+        "held out for every metric below. The family was trained here with "
+        "<code>saegeo.training.trainer</code>."
     )
     page.heading("The family")
     members = _family_table(data, sparsity_settings)
@@ -409,10 +421,7 @@ def _novelty_section(
         "directions, and the wider SAE's features mostly differ from the narrower one's.",
         note=True,
     )
-    page.figure(
-        novelty_figure(result, title="Novel vs reconstruction"),
-        height=f"{380 * (len(result.summary) + 1)}px",
-    )
+    page.figure(novelty_figure(result, title="Novel vs reconstruction"))
     return result
 
 

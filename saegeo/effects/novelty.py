@@ -18,6 +18,7 @@ from saegeo.core.family import Family
 from saegeo.core.feature_info import neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.effects.delta import cumulative_mse, delta_mse
+from saegeo.effects.explained import explained_share
 from saegeo.effects.hybrid import TopkMode
 from saegeo.errors import SaegeoError
 from saegeo.geometry.classify import KINDS, NOVEL, classify
@@ -38,7 +39,7 @@ class FamilyNovelty(NamedTuple):
     ``delta_mse`` of each kind (``mean_delta_novel``, ``mean_delta_reconstruction``)."""
     features: pd.DataFrame
     """Every larger-SAE feature of every pair: ``pair`` (index of the pair), ``feature``,
-    ``max_cos``, ``nearest``, ``kind`` and, with activations, ``delta_mse``."""
+    ``max_cos``, ``nearest``, ``kind`` and, with activations, ``delta_mse`` and ``explained``."""
     curves: pd.DataFrame
     """Cumulative curves (with activations and ``points`` > 0): ``pair``, ``kind``,
     ``n_added``, ``mse``, ``l0``."""
@@ -56,7 +57,13 @@ def novelty_table(
     device: str | torch.device = "auto",
     progress: bool | None = None,
 ) -> pd.DataFrame:
-    """:func:`saegeo.classify` of the pair, with a ``delta_mse`` column when ``acts`` is given.
+    """:func:`saegeo.classify` of the pair, with ``delta_mse`` and ``explained`` columns when
+    ``acts`` is given.
+
+    ``explained`` (:func:`saegeo.effects.explained.explained_share`) is the share of each
+    feature's decoder contribution that the smaller SAE's reconstruction already holds on the
+    tokens where it fires (NaN where it never fires): a second novelty score beside ``max_cos``,
+    whose ``kind`` stays the published rule.
 
     For SAEs published with Neuronpedia ids, ``neuronpedia`` holds each larger-SAE feature's
     page and ``nearest_neuronpedia`` that of its nearest smaller-SAE feature.
@@ -67,16 +74,11 @@ def novelty_table(
     if neuronpedia_url(small, 0) is not None:
         table["nearest_neuronpedia"] = [neuronpedia_url(small, i) for i in table["nearest"]]
     if acts is not None:
-        table["delta_mse"] = delta_mse(
-            small,
-            large,
-            acts,
-            topk=topk,
-            batch_size=batch_size,
-            limit=limit,
-            device=device,
-            progress=progress,
+        options: dict[str, Any] = dict(
+            topk=topk, batch_size=batch_size, limit=limit, device=device, progress=progress
         )
+        table["delta_mse"] = delta_mse(small, large, acts, **options)
+        table["explained"] = explained_share(small, large, acts, **options)["explained"]
     return table
 
 

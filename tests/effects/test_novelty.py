@@ -10,7 +10,7 @@ from saegeo.effects.novelty import family_novelty, kind_sign_table, novelty_tabl
 def test_novelty_tables_and_family_analysis():
     small, large, acts = relu_pair()
     table = novelty_table(small, large, acts, device="cpu")
-    assert list(table.columns) == ["max_cos", "nearest", "kind", "delta_mse"]
+    assert list(table.columns) == ["max_cos", "nearest", "kind", "delta_mse", "explained"]
     cells = kind_sign_table(table)
     assert cells.values.sum() == large.width and list(cells.index) == ["novel", "reconstruction"]
     assert int(cells.loc["novel", "delta_mse < 0"]) == int(
