@@ -6,16 +6,20 @@ scores:
 
 - ``max_cos``: seed 003's largest decoder cosine to the narrower SAE (novel iff <= 0.7, the
   published default);
-- ``explained``: the share of the feature's decoder contribution that the narrower SAE's
-  reconstruction already holds on the tokens where it fires
+- ``explained``: the share of the input's component along the feature's decoder contributions
+  that the narrower SAE's reconstruction already holds, on the tokens where it fires
   (:func:`saegeo.effects.explained.explained_share`; the closed form of ``delta_mse`` puts its
-  threshold at 1/2).
+  threshold at 1/2 when ``present`` is 1);
+- ``projection``: the least-squares coefficient of the narrower reconstruction on the feature's
+  contributions, ``Σ<ŷ, c> / Σ||c||² = explained · present``, which also carries the wider
+  SAE's scale of the feature (shown for comparison).
 
-The table gives, per pair, the share of features with ``delta_mse < 0`` and each score's ROC
-AUC for that sign (low score = predicted to lower the MSE), and how often each score's
-threshold rule (``max_cos <= 0.7``, ``explained <= 0.5``) gets the sign right (balanced
-accuracy: the mean of the two classes' hit rates). ``present`` is the median of ``explained +
-residual``, the closed form's assumption (about 1) behind the 1/2 threshold.
+The table gives, per pair, the wider features scored (those that fire on the held-out tokens),
+the share of them with ``delta_mse < 0``, each score's ROC AUC for that sign (low score =
+predicted to lower the MSE), and how often each threshold rule (``max_cos <= 0.7``,
+``explained < 0.5``) gets the sign right (balanced accuracy: the mean of the two classes' hit
+rates). ``present`` is the median of ``present``, the closed form's assumption (about 1) behind
+the 1/2 threshold.
 
     .venv/bin/python analyses/novelty_scores.py [--family PATH... --acts ACTS] [--out FILE]
 
@@ -61,12 +65,12 @@ def pair_rows(name: str, family: sg.Family, acts: torch.Tensor, topk: str) -> li
         table = novelty_table(small, large, progress=False)
         delta = sg.delta_mse(small, large, acts, **options)
         scores = explained_share(small, large, acts, **options)
-        fires = scores["explained"].notna().to_numpy()
+        fires = scores["explained"].notna().to_numpy()  # fires, and present > 0
         lowers = (delta < 0).to_numpy()[fires]
         max_cos = table["max_cos"].to_numpy()[fires]
         explained = scores["explained"].to_numpy()[fires]
-        present = (scores["explained"] + scores["residual"]).to_numpy()[fires]
-        ratio = explained / present
+        present = scores["present"].to_numpy()[fires]
+        projection = explained * present
         FEATURES.append(
             pd.DataFrame(
                 {
@@ -83,13 +87,13 @@ def pair_rows(name: str, family: sg.Family, acts: torch.Tensor, topk: str) -> li
             {
                 "family": name,
                 "pair": f"{small.width}->{large.width}",
-                "firing": int(fires.sum()),
+                "scored": int(fires.sum()),
                 "lowers_mse": float(lowers.mean()),
                 "auc_max_cos": roc_auc(-max_cos, lowers),
+                "auc_projection": roc_auc(-projection, lowers),
                 "auc_explained": roc_auc(-explained, lowers),
-                "auc_ratio": roc_auc(-ratio, lowers),
                 "bacc_max_cos": balanced_accuracy(max_cos <= 0.7, lowers),
-                "bacc_explained": balanced_accuracy(explained <= EXPLAINED_THRESHOLD, lowers),
+                "bacc_explained": balanced_accuracy(explained < EXPLAINED_THRESHOLD, lowers),
                 "present": float(np.median(present)),
             }
         )

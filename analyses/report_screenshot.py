@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "reports" / "toy_report"))
     parser.add_argument("--png", default=str(ROOT / "assets" / "report.png"))
     parser.add_argument("--width", type=int, default=1400)
-    parser.add_argument("--height", type=int, default=4800)
+    parser.add_argument("--height", type=int, default=4400)
     args = parser.parse_args()
     torch.manual_seed(0)
     root = Path(args.out)

@@ -172,7 +172,14 @@ def stage_keys(settings: DemoSettings, n_eval: int | None = None) -> dict[str, s
     if n_eval is not None:
         keys["family_table"] = stage_key({}, family)
         keys["novelty"] = stage_key(
-            {"n_eval": n_eval, "sample": NOVELTY_TOKENS, "points": NOVELTY_POINTS}, acts, family
+            {
+                "n_eval": n_eval,
+                "sample": NOVELTY_TOKENS,
+                "points": NOVELTY_POINTS,
+                "scores": ["delta_mse", "explained"],
+            },
+            acts,
+            family,
         )
         keys["trees"] = stage_key(
             {"rank_by": "split", "min_size": TREE_MIN_SIZE, "top": TREE_COUNT}, family
@@ -407,9 +414,17 @@ def _novelty_section(
         "A wider SAE's feature is <b>novel</b> when its largest decoder cosine to the narrower "
         "SAE is at most 0.7, <b>reconstruction</b> otherwise. <code>delta_mse</code> is the "
         "change in the narrower SAE's MSE when that one feature is added to it, keeping its "
-        "own activation."
+        "own activation. A second score, <code>explained</code>, is the share of the input's "
+        "component along a feature's decoder contributions that the narrower SAE already "
+        "reconstructs on the tokens where the feature fires; the closed form of "
+        "<code>delta_mse</code> predicts that adding the feature lowers the MSE when it is "
+        "below about 1/2. <code>auc_max_cos</code> and <code>auc_explained</code> say how well "
+        "each score ranks the features that lower the MSE above those that do not (ROC AUC; "
+        "0.5 is chance, 1 perfect)."
     )
-    page.table(result.summary)
+    # The kind × sign counts show as the 2×2 tables below rather than as summary columns.
+    cells = [c for c in result.summary if c.endswith(("_decreases", "_does_not_decrease"))]
+    page.table(result.summary.drop(columns=cells))
     page.table(kind_sign_frame(result))
     median_cos = float(result.features["max_cos"].median())
     share = float(result.summary["share_novel"].mean())

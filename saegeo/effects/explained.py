@@ -8,30 +8,32 @@ narrower SAE actually reconstructs on the tokens where the feature fires.
 **Definition.** On token ``t`` let ``c_j(t) = s(t) f_j(t) d_j`` be large feature ``j``'s
 decoder contribution (``f_j`` its activation in its own SAE, ``d_j`` its decoder row, ``s`` the
 output normalisation's scale, :func:`saegeo.effects.hybrid.output_scale`), ``ŷ(t) = s(t) a(t)
-W_dec`` the narrower SAE's reconstruction without its bias (``a`` its codes) and ``r(t) = x(t) -
-x̂(t)`` its error. Summing over the tokens (only those where ``j`` fires count):
+W_dec`` the narrower SAE's reconstruction without its bias (``a`` its codes), ``r(t) = x(t) -
+x̂(t)`` its error and ``y(t) = ŷ(t) + r(t)`` the input less the narrower SAE's bias terms.
+Summing over the tokens (only those where ``j`` fires count):
 
-    explained_j = Σ <ŷ, c_j> / Σ ||c_j||²        residual_j = Σ <r, c_j> / Σ ||c_j||²
+    present_j   = Σ <y, c_j> / Σ ||c_j||²      (how much of its contribution the input holds)
+    explained_j = Σ <ŷ, c_j> / Σ <y, c_j>      (the share of that the narrower SAE rebuilds)
     energy_j    = Σ ||c_j||² / N
 
-``explained`` is the least-squares coefficient of the narrower reconstruction on the feature's
-contribution: 1 when the narrower SAE already reconstructs all of it (whatever combination of
-its features does so), 0 when it reconstructs none of it.
+``explained`` is 1 when the narrower reconstruction already holds all of the input's component
+along the feature's contributions (whatever combination of its features does so) and 0 when it
+holds none of it. It is a ratio of two projections on the same contributions, so it does not
+change when the wider SAE scales ``f_j`` or ``d_j``.
 
 **Why it predicts delta_mse.** For additive pairs (relu, jumprelu) the feature fires in the
 union exactly as in its own SAE, and the closed form of :mod:`saegeo.effects.delta`,
 ``delta_j = mean (s²f²||d||² - 2sf<r, d>)``, is exactly
 
-    delta_j = energy_j · (1 - 2 residual_j),
+    delta_j = energy_j · (1 - 2 present_j (1 - explained_j)),
 
-so adding ``j`` lowers the MSE iff ``residual_j > 1/2``. Write ``residual = present -
-explained`` with ``present_j = Σ <x - s·b - h, c_j> / Σ ||c_j||²`` (how much of the
-contribution the input itself holds; ``b`` the narrower output bias, ``h`` the normalisation's
-shift). When the wider decoder is least-squares optimal for its codes, its error is orthogonal to
-each feature's activations, so ``present_j = 1 + Σ_i≠j Σ f_i f_j <d_i, d_j> / Σ f_j² ||d_j||²``:
-1 up to the overlap with features that fire with it. Hence ``delta_j < 0`` iff ``explained_j <
-present_j - 1/2 ≈ 1/2``: a score of the narrower reconstruction alone, with a threshold the closed
-form supplies rather than one chosen by eye.
+so adding ``j`` lowers the MSE iff ``explained_j < 1 - 1 / (2 present_j)``. When the wider
+decoder is least-squares optimal for its codes, its error is orthogonal to each feature's
+activations, so ``present_j = 1 + Σ_i≠j Σ f_i f_j <d_i, d_j> / Σ f_j² ||d_j||²``: 1 up to the
+overlap with the features that fire with it, and the threshold is ``1/2``
+(``EXPLAINED_THRESHOLD``). Shrunken activations (an L1 penalty) and co-firing parents raise
+``present`` and the threshold with it. The projection coefficient ``Σ <ŷ, c_j> / Σ ||c_j||² =
+explained_j · present_j`` would carry that scale into the score; the ratio leaves it out.
 
 For TopK pairs (``topk="reencode"``) and matching pursuit, ``f_j`` is still the activation in
 the feature's own SAE; the identity above then holds only approximately (the union displaces or
@@ -55,8 +57,8 @@ from saegeo.errors import SaegeoError
 from saegeo.io.streaming import ActsLike, BatchStream
 
 EXPLAINED_THRESHOLD = 0.5
-"""``explained`` at or below which adding a feature is predicted to lower the MSE (see the
-module docstring: ``delta_mse < 0`` iff ``explained < present - 1/2`` with ``present ≈ 1``)."""
+"""``explained`` below which adding a feature is predicted to lower the MSE (see the module
+docstring: ``delta_mse < 0`` iff ``explained < 1 - 1 / (2 present)``, with ``present ≈ 1``)."""
 
 
 @torch.no_grad()
@@ -122,11 +124,12 @@ def explained_share(
     Returns
     -------
     pandas.DataFrame
-        Indexed by large feature (``feature``), columns ``explained``, ``residual`` and
-        ``energy`` (module docstring); ``explained`` and ``residual`` are NaN for features that
-        never fire on these tokens. For additive pairs ``delta_mse = energy * (1 - 2 *
-        residual)``; a low ``explained`` (at most ``EXPLAINED_THRESHOLD``) predicts that adding
-        the feature lowers the MSE.
+        Indexed by large feature (``feature``), columns ``explained``, ``present`` and
+        ``energy`` (module docstring); ``explained`` and ``present`` are NaN for features that
+        never fire on these tokens, and ``explained`` too where ``present <= 0`` (the input
+        holds nothing along the feature's contributions). For additive pairs ``delta_mse =
+        energy * (1 - 2 * present * (1 - explained))``; a low ``explained`` (below
+        ``EXPLAINED_THRESHOLD``) predicts that adding the feature lowers the MSE.
 
     Examples
     --------
@@ -136,8 +139,8 @@ def explained_share(
     >>> large = SAE(W_enc=torch.eye(2), b_enc=torch.zeros(2),
     ...             W_dec=torch.eye(2), b_dec=torch.zeros(2))
     >>> table = explained_share(small, large, torch.tensor([[1.0, 2.0]]), progress=False)
-    >>> table["explained"].tolist(), table["residual"].tolist(), table["energy"].tolist()
-    ([1.0, 0.0], [0.0, 1.0], [1.0, 4.0])
+    >>> table["explained"].tolist(), table["present"].tolist(), table["energy"].tolist()
+    ([1.0, 0.0], [1.0, 1.0], [1.0, 4.0])
 
     Large feature 0 duplicates the small one (explained 1: adding it doubles that part, delta
     ``1 * (1 - 0) = 1``); feature 1 is new (delta ``4 * (1 - 2) = -4``).
@@ -145,17 +148,17 @@ def explained_share(
     small, large, _, batches = _pair_stream(
         small, large, acts, topk, batch_size, limit, device, progress, "explained share"
     )
-    sum_sq_L, sum_explained_L, sum_residual_L, n_tokens = _contribution_sums(
-        small, large, batches
-    )
+    sum_sq_L, sum_explained_L, sum_residual_L, n_tokens = _contribution_sums(small, large, batches)
     if n_tokens == 0:
         raise SaegeoError(f"explained_share(): no activations in {batches.store.source}")
-    fires_L = sum_sq_L > 0
-    denominator_L = np.where(fires_L, sum_sq_L, 1.0)
+    sum_input_L = sum_explained_L + sum_residual_L
+    fires_L, holds_L = sum_sq_L > 0, sum_input_L > 0
     return pd.DataFrame(
         {
-            "explained": np.where(fires_L, sum_explained_L / denominator_L, np.nan),
-            "residual": np.where(fires_L, sum_residual_L / denominator_L, np.nan),
+            "explained": np.where(
+                fires_L & holds_L, sum_explained_L / np.where(holds_L, sum_input_L, 1.0), np.nan
+            ),
+            "present": np.where(fires_L, sum_input_L / np.where(fires_L, sum_sq_L, 1.0), np.nan),
             "energy": sum_sq_L / n_tokens,
         },
         index=pd.RangeIndex(large.width, name="feature"),

@@ -18,7 +18,7 @@ from saegeo.core.family import Family
 from saegeo.core.feature_info import neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.effects.delta import cumulative_mse, delta_mse
-from saegeo.effects.explained import explained_share
+from saegeo.effects.explained import explained_share, roc_auc
 from saegeo.effects.hybrid import TopkMode
 from saegeo.errors import SaegeoError
 from saegeo.geometry.classify import KINDS, NOVEL, classify
@@ -35,8 +35,10 @@ class FamilyNovelty(NamedTuple):
     """One row per pair: ``small``, ``large`` (names), ``small_width``, ``large_width``,
     ``n_novel``, ``share_novel`` and, with activations, the four cells of
     :func:`kind_sign_table` (``novel_decreases``, ``novel_does_not_decrease``,
-    ``reconstruction_decreases``, ``reconstruction_does_not_decrease``) and the mean
-    ``delta_mse`` of each kind (``mean_delta_novel``, ``mean_delta_reconstruction``)."""
+    ``reconstruction_decreases``, ``reconstruction_does_not_decrease``), the mean
+    ``delta_mse`` of each kind (``mean_delta_novel``, ``mean_delta_reconstruction``) and how
+    well each novelty score predicts ``delta_mse < 0`` (:func:`score_aucs`: ``auc_max_cos``,
+    ``auc_explained``)."""
     features: pd.DataFrame
     """Every larger-SAE feature of every pair: ``pair`` (index of the pair), ``feature``,
     ``max_cos``, ``nearest``, ``kind`` and, with activations, ``delta_mse`` and ``explained``."""
@@ -100,6 +102,22 @@ def kind_sign_table(table: pd.DataFrame) -> pd.DataFrame:
         index=pd.Index(KINDS, name="kind"),
     )
     return out
+
+
+def score_aucs(table: pd.DataFrame) -> dict[str, float]:
+    """ROC AUC of each novelty score for the sign of ``delta_mse`` (positive: ``< 0``).
+
+    ``table`` is :func:`novelty_table`'s result with activations. Low ``max_cos`` and low
+    ``explained`` predict that adding a feature lowers the MSE; features with no ``explained``
+    (never firing) are left out of both, so the two AUCs count the same features. NaN when
+    every scored feature falls on one side.
+    """
+    scored = table[table["explained"].notna()]
+    lowers = (scored["delta_mse"] < 0).to_numpy()
+    return {
+        f"auc_{score}": roc_auc(-scored[score].to_numpy(), lowers)
+        for score in ("max_cos", "explained")
+    }
 
 
 def cumulative_curves(
@@ -190,6 +208,7 @@ def family_novelty(
             for kind in KINDS:
                 chosen = table.loc[table["kind"] == kind, "delta_mse"]
                 row[f"mean_delta_{kind}"] = float(chosen.mean()) if len(chosen) else np.nan
+            row.update(score_aucs(table))
             if points > 0:
                 curve = cumulative_curves(small, large, store, table, points=points, **options)
                 curve.insert(0, "pair", pair)

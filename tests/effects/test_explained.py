@@ -16,22 +16,24 @@ from saegeo.errors import SaegeoError
 
 
 def naive_explained(small: sg.SAE, large: sg.SAE, x_BD: torch.Tensor) -> np.ndarray:
-    """[L, 3] explained, residual, energy: one feature at a time, token by token."""
+    """[L, 3] explained, present, energy: one feature at a time, token by token."""
     scale_B = output_scale(small.normalize_activations, x_BD)
     codes_BS = small.encode(x_BD)
     recon_BD = small.forward(x_BD)
     acts_BL = large.encode(x_BD)
     rows = []
     for j in range(large.width):
-        sq = explained = residual = 0.0
+        sq = rebuilt = held = 0.0
         for t in range(x_BD.shape[0]):
             c_D = scale_B[t] * acts_BL[t, j] * large.W_dec[j]
             part_D = scale_B[t] * (codes_BS[t] @ small.W_dec)
+            # The input less the small SAE's bias terms: what its codes have to rebuild.
+            y_D = x_BD[t] - (recon_BD[t] - part_D)
             sq += float(c_D @ c_D)
-            explained += float(part_D @ c_D)
-            residual += float((x_BD[t] - recon_BD[t]) @ c_D)
-        ratio = (np.nan, np.nan) if sq == 0 else (explained / sq, residual / sq)
-        rows.append((*ratio, sq / x_BD.shape[0]))
+            rebuilt += float(part_D @ c_D)
+            held += float(y_D @ c_D)
+        explained = rebuilt / held if sq > 0 and held > 0 else np.nan
+        rows.append((explained, held / sq if sq > 0 else np.nan, sq / x_BD.shape[0]))
     return np.array(rows)
 
 
@@ -42,7 +44,7 @@ def test_explained_share_matches_dense_reference(acts, arch, norm):
     large = random_sae(22, arch, seed=12, norm=norm, apply_b_dec=arch == "matching_pursuit")
     x_BD = acts[:60]
     result = explained_share(small, large, x_BD, batch_size=16, device="cpu", progress=False)
-    assert list(result.columns) == ["explained", "residual", "energy"]
+    assert list(result.columns) == ["explained", "present", "energy"]
     assert result.index.name == "feature" and len(result) == large.width
     expected = naive_explained(small, large, x_BD)
     np.testing.assert_allclose(result.to_numpy(), expected, rtol=1e-6, atol=1e-6)
@@ -50,11 +52,13 @@ def test_explained_share_matches_dense_reference(acts, arch, norm):
 
 
 @pytest.mark.parametrize("arch", ["relu", "jumprelu"])
-def test_additive_delta_mse_is_energy_times_one_minus_twice_residual(acts, arch):
+def test_additive_delta_mse_follows_from_the_scores(acts, arch):
     small, large = random_sae(12, arch, seed=1), random_sae(24, arch, seed=2, apply_b_dec=False)
     scores = explained_share(small, large, acts, device="cpu", progress=False)
     delta = delta_mse(small, large, acts, device="cpu", progress=False)
-    identity = scores["energy"] * (1 - 2 * scores["residual"].fillna(0.0))
+    assert scores["explained"].notna().sum() > 12
+    unexplained = scores["present"] * (1 - scores["explained"])
+    identity = scores["energy"] * (1 - 2 * unexplained.fillna(0.0))
     np.testing.assert_allclose(identity.to_numpy(), delta.to_numpy(), rtol=1e-6, atol=1e-9)
 
 

@@ -53,7 +53,10 @@ def row_gaps_px(fig) -> list[float]:
         {tuple(fig.layout[name].domain) for name in fig.layout if name.startswith("yaxis")},
         reverse=True,
     )
-    return [(upper[0] - lower[1]) * plot_px for upper, lower in zip(domains, domains[1:])]
+    return [
+        (upper[0] - lower[1]) * plot_px
+        for upper, lower in zip(domains[:-1], domains[1:], strict=True)
+    ]
 
 
 def assert_readable_axes(fig) -> None:

@@ -74,3 +74,9 @@ def test_figures_take_the_page_width_and_their_own_height():
     assert "height:777px; width:100%" in html and "height:300px; width:100%" in html
     assert '"width":1150' not in html.replace(" ", "")
     assert html.count("plotly.js v") == 1  # inline once, offline
+
+
+def test_long_text_cells_wrap_and_short_ones_do_not():
+    page = table_html(pd.DataFrame({"name": ["topk-576", "x" * 40]}))
+    assert '<td class="text">topk-576</td>' in page
+    assert '<td class="text long">' + "x" * 40 in page
