@@ -39,6 +39,7 @@ from saegeo.core.codes import encode_codes
 from saegeo.core.family import Family
 from saegeo.core.sae import SAE, concat
 from saegeo.effects.delta import delta_mse
+from saegeo.effects.explained import explained_share
 from saegeo.effects.hybrid import hybrid
 from saegeo.effects.interpolation import interpolation_path
 from saegeo.effects.metrics import Metrics, evaluate
@@ -100,6 +101,7 @@ __all__ = [
     "delta_mse",
     "encode_codes",
     "evaluate",
+    "explained_share",
     "family_novelty",
     "feature_dag",
     "feature_tree",

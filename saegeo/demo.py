@@ -173,7 +173,14 @@ def stage_keys(settings: DemoSettings, n_eval: int | None = None) -> dict[str, s
     if n_eval is not None:
         keys["family_table"] = stage_key({}, family)
         keys["novelty"] = stage_key(
-            {"n_eval": n_eval, "sample": NOVELTY_TOKENS, "points": NOVELTY_POINTS}, acts, family
+            {
+                "n_eval": n_eval,
+                "sample": NOVELTY_TOKENS,
+                "points": NOVELTY_POINTS,
+                "scores": ["delta_mse", "explained"],
+            },
+            acts,
+            family,
         )
         keys["trees"] = stage_key(
             {"rank_by": "split", "min_size": TREE_MIN_SIZE, "top": TREE_COUNT}, family
@@ -293,25 +300,37 @@ def run_demo(
     :func:`stage_keys`), so a second run with the same settings only re-renders the page and
     a changed setting recomputes the sections that depend on it.
     """
+    settings = settings or (DemoSettings.quick() if quick else DemoSettings())
+    data = demo_data(out, settings, progress=progress)
+    return write_report(data, progress=progress)
+
+
+def write_report(data: DemoData, *, progress: bool | None = None) -> Path:
+    """Run every analysis on ``data`` and write ``data.root/report/index.html``.
+
+    Each section's results are cached under ``data.root`` as :func:`run_demo` describes.
+    """
     from saegeo.core.describe import sparsity_settings
     from saegeo.viz.report import Report
 
-    settings = settings or (DemoSettings.quick() if quick else DemoSettings())
-    data = demo_data(out, settings, progress=progress)
-    report_dir = Path(out) / "report"
+    report_dir = data.root / "report"
     n_eval = min(EVAL_TOKENS, data.store.n_tokens // 5)
     held_out, fit = data.store.slice(0, n_eval), data.store.slice(n_eval)
     family = data.family
-    stages, keys = Stages(Path(out)), stage_keys(settings, n_eval)
+    stages, keys = Stages(data.root), stage_keys(data.settings, n_eval)
 
-    page = Report(
-        f"saegeo demo: {data.store.meta.get('model', 'model')} layer "
-        f"{data.store.meta.get('layer', '?')}, widths {family.widths}"
+    model = data.store.meta.get("model")
+    site = f"{model} layer {data.store.meta.get('layer', '?')}" if model else "toy activations"
+    page = Report(f"saegeo demo: {site}, widths {family.widths}")
+    source = (
+        f"{data.store.meta.get('hook', 'the')} residual stream on packaged BBC news"
+        if model
+        else str(data.store.meta.get("description", data.store.source))
     )
     page.text(
-        f"Activations: {data.store.n_tokens:,} tokens of {data.store.meta.get('hook', 'the')} "
-        f"residual stream on packaged BBC news; the first {n_eval:,} are held out for every "
-        "metric below. The family was trained here with <code>saegeo.training.trainer</code>."
+        f"Activations: {data.store.n_tokens:,} tokens of {source}; the first {n_eval:,} are "
+        "held out for every metric below. The family was trained here with "
+        "<code>saegeo.training.trainer</code>."
     )
     page.heading("The family")
     members = _family_table(data, sparsity_settings)
@@ -396,9 +415,17 @@ def _novelty_section(
         "A wider SAE's feature is <b>novel</b> when its largest decoder cosine to the narrower "
         "SAE is at most 0.7, <b>reconstruction</b> otherwise. <code>delta_mse</code> is the "
         "change in the narrower SAE's MSE when that one feature is added to it, keeping its "
-        "own activation."
+        "own activation. A second score, <code>explained</code>, is the share of the input's "
+        "component along a feature's decoder contributions that the narrower SAE already "
+        "reconstructs on the tokens where the feature fires; the closed form of "
+        "<code>delta_mse</code> predicts that adding the feature lowers the MSE when it is "
+        "below about 1/2. <code>auc_max_cos</code> and <code>auc_explained</code> say how well "
+        "each score ranks the features that lower the MSE above those that do not (ROC AUC; "
+        "0.5 is chance, 1 perfect)."
     )
-    page.table(result.summary)
+    # The kind × sign counts show as the 2×2 tables below rather than as summary columns.
+    cells = [c for c in result.summary if c.endswith(("_decreases", "_does_not_decrease"))]
+    page.table(result.summary.drop(columns=cells))
     page.table(kind_sign_frame(result))
     median_cos = float(result.features["max_cos"].median())
     share = float(result.summary["share_novel"].mean())
@@ -410,10 +437,7 @@ def _novelty_section(
         "directions, and the wider SAE's features mostly differ from the narrower one's.",
         note=True,
     )
-    page.figure(
-        novelty_figure(result, title="Novel vs reconstruction"),
-        height=f"{380 * (len(result.summary) + 1)}px",
-    )
+    page.figure(novelty_figure(result, title="Novel vs reconstruction"))
     return result
 
 

@@ -52,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.7,
         help="novel iff max decoder cosine <= T (default %(default)s)",
     )
-    p.add_argument("--acts", type=types.path, help="activations; adds each feature's delta_mse")
+    p.add_argument(
+        "--acts",
+        type=types.path,
+        help="activations; adds each feature's delta_mse and explained share",
+    )
     p.add_argument(
         "--topk",
         choices=TOPK_MODES,

@@ -18,6 +18,7 @@ from saegeo.core.family import Family
 from saegeo.core.feature_info import neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.effects.delta import cumulative_mse, delta_mse
+from saegeo.effects.explained import explained_share, roc_auc
 from saegeo.effects.hybrid import TopkMode
 from saegeo.errors import SaegeoError
 from saegeo.geometry.classify import KINDS, NOVEL, classify
@@ -34,11 +35,13 @@ class FamilyNovelty(NamedTuple):
     """One row per pair: ``small``, ``large`` (names), ``small_width``, ``large_width``,
     ``n_novel``, ``share_novel`` and, with activations, the four cells of
     :func:`kind_sign_table` (``novel_decreases``, ``novel_does_not_decrease``,
-    ``reconstruction_decreases``, ``reconstruction_does_not_decrease``) and the mean
-    ``delta_mse`` of each kind (``mean_delta_novel``, ``mean_delta_reconstruction``)."""
+    ``reconstruction_decreases``, ``reconstruction_does_not_decrease``), the mean
+    ``delta_mse`` of each kind (``mean_delta_novel``, ``mean_delta_reconstruction``) and how
+    well each novelty score predicts ``delta_mse < 0`` (:func:`score_aucs`: ``auc_max_cos``,
+    ``auc_explained``)."""
     features: pd.DataFrame
     """Every larger-SAE feature of every pair: ``pair`` (index of the pair), ``feature``,
-    ``max_cos``, ``nearest``, ``kind`` and, with activations, ``delta_mse``."""
+    ``max_cos``, ``nearest``, ``kind`` and, with activations, ``delta_mse`` and ``explained``."""
     curves: pd.DataFrame
     """Cumulative curves (with activations and ``points`` > 0): ``pair``, ``kind``,
     ``n_added``, ``mse``, ``l0``."""
@@ -56,7 +59,13 @@ def novelty_table(
     device: str | torch.device = "auto",
     progress: bool | None = None,
 ) -> pd.DataFrame:
-    """:func:`saegeo.classify` of the pair, with a ``delta_mse`` column when ``acts`` is given.
+    """:func:`saegeo.classify` of the pair, with ``delta_mse`` and ``explained`` columns when
+    ``acts`` is given.
+
+    ``explained`` (:func:`saegeo.effects.explained.explained_share`) is the share of each
+    feature's decoder contribution that the smaller SAE's reconstruction already holds on the
+    tokens where it fires (NaN where it never fires): a second novelty score beside ``max_cos``,
+    whose ``kind`` stays the published rule.
 
     For SAEs published with Neuronpedia ids, ``neuronpedia`` holds each larger-SAE feature's
     page and ``nearest_neuronpedia`` that of its nearest smaller-SAE feature.
@@ -67,16 +76,11 @@ def novelty_table(
     if neuronpedia_url(small, 0) is not None:
         table["nearest_neuronpedia"] = [neuronpedia_url(small, i) for i in table["nearest"]]
     if acts is not None:
-        table["delta_mse"] = delta_mse(
-            small,
-            large,
-            acts,
-            topk=topk,
-            batch_size=batch_size,
-            limit=limit,
-            device=device,
-            progress=progress,
+        options: dict[str, Any] = dict(
+            topk=topk, batch_size=batch_size, limit=limit, device=device, progress=progress
         )
+        table["delta_mse"] = delta_mse(small, large, acts, **options)
+        table["explained"] = explained_share(small, large, acts, **options)["explained"]
     return table
 
 
@@ -98,6 +102,22 @@ def kind_sign_table(table: pd.DataFrame) -> pd.DataFrame:
         index=pd.Index(KINDS, name="kind"),
     )
     return out
+
+
+def score_aucs(table: pd.DataFrame) -> dict[str, float]:
+    """ROC AUC of each novelty score for the sign of ``delta_mse`` (positive: ``< 0``).
+
+    ``table`` is :func:`novelty_table`'s result with activations. Low ``max_cos`` and low
+    ``explained`` predict that adding a feature lowers the MSE; features with no ``explained``
+    (never firing) are left out of both, so the two AUCs count the same features. NaN when
+    every scored feature falls on one side.
+    """
+    scored = table[table["explained"].notna()]
+    lowers = (scored["delta_mse"] < 0).to_numpy()
+    return {
+        f"auc_{score}": roc_auc(-scored[score].to_numpy(), lowers)
+        for score in ("max_cos", "explained")
+    }
 
 
 def cumulative_curves(
@@ -188,6 +208,7 @@ def family_novelty(
             for kind in KINDS:
                 chosen = table.loc[table["kind"] == kind, "delta_mse"]
                 row[f"mean_delta_{kind}"] = float(chosen.mean()) if len(chosen) else np.nan
+            row.update(score_aucs(table))
             if points > 0:
                 curve = cumulative_curves(small, large, store, table, points=points, **options)
                 curve.insert(0, "pair", pair)

@@ -11,11 +11,47 @@ from saegeo.effects.novelty import FamilyNovelty
 NOVELTY_COLOURS = {"novel": "#d62728", "reconstruction": "#1f77b4"}
 FRANKENSTEIN_COLOURS = {"original": "#1f77b4", "frankenstein": "#d62728", "unrefit": "#ff9896"}
 
+ROW_PX = 330
+"""Height of one row of subplots' plotting area, in pixels."""
+ROW_GAP_PX = 110
+"""Pixels between two rows of subplots: an x-axis's tick labels and title, then the next row's
+subplot titles, each clear of the other."""
+MARGIN = {"t": 120, "b": 70, "l": 80, "r": 30}
+"""Outer margins: the title and a horizontal legend above the first row's subplot titles."""
+
+
+def grid_height(n_rows: int) -> tuple[int, float]:
+    """Total height in pixels and plotly's ``vertical_spacing`` for ``n_rows`` rows of subplots,
+    so that rows are ``ROW_PX`` high and ``ROW_GAP_PX`` apart at any number of rows."""
+    plot_px = n_rows * ROW_PX + (n_rows - 1) * ROW_GAP_PX
+    return plot_px + MARGIN["t"] + MARGIN["b"], ROW_GAP_PX / plot_px
+
+
+def readable_axes_(fig: go.Figure) -> go.Figure:
+    """Axis titles kept clear of tick labels, margins grown to fit them, tick labels level."""
+    fig.update_xaxes(automargin=True, title_standoff=10, tickangle=0)
+    fig.update_yaxes(automargin=True, title_standoff=8)
+    return fig
+
+
+def _legend_above(plot_px: int) -> dict[str, object]:
+    """A horizontal legend just above the first row's subplot titles."""
+    return {
+        "orientation": "h",
+        "x": 0,
+        "xanchor": "left",
+        "y": 1 + 34 / plot_px,
+        "yanchor": "bottom",
+    }
+
 
 def novelty_figure(result: FamilyNovelty, *, threshold: float = 0.7, title: str = "") -> go.Figure:
     """Per pair: delta_mse vs max cosine (seed 003's scatter) and the cumulative MSE curves."""
     n_pairs = len(result.summary)
-    labels = [f"{r.small} → {r.large}" for r in result.summary.itertuples()]
+    # Widths keep the category ticks short enough to stay level; names are in the hover text.
+    labels = [f"{r.small_width} → {r.large_width}" for r in result.summary.itertuples()]
+    names = [f"{r.small} → {r.large}" for r in result.summary.itertuples()]
+    height, spacing = grid_height(n_pairs + 1)
     fig = make_subplots(
         rows=n_pairs + 1,
         cols=2,
@@ -28,7 +64,8 @@ def novelty_figure(result: FamilyNovelty, *, threshold: float = 0.7, title: str 
                 for t in (f"{label}: delta_mse vs max cos", f"{label}: cumulative MSE")
             ],
         ],
-        vertical_spacing=0.08 / max(n_pairs, 1),
+        vertical_spacing=spacing,
+        horizontal_spacing=0.1,
     )
     fig.add_trace(
         go.Bar(
@@ -37,6 +74,7 @@ def novelty_figure(result: FamilyNovelty, *, threshold: float = 0.7, title: str 
             marker_color=NOVELTY_COLOURS["novel"],
             name="share novel",
             showlegend=False,
+            hovertext=names,
         ),
         row=1,
         col=1,
@@ -50,6 +88,7 @@ def novelty_figure(result: FamilyNovelty, *, threshold: float = 0.7, title: str 
                     name=f"{kind}, delta_mse {'< 0' if sign == 'decreases' else '>= 0'}",
                     marker_color=NOVELTY_COLOURS[kind],
                     opacity=1.0 if sign == "decreases" else 0.45,
+                    hovertext=names,
                 ),
                 row=1,
                 col=2,
@@ -97,14 +136,20 @@ def novelty_figure(result: FamilyNovelty, *, threshold: float = 0.7, title: str 
         fig.update_yaxes(title_text="delta_mse (added alone)", row=pair + 2, col=1)
         fig.update_xaxes(title_text="features added (lowest delta_mse first)", row=pair + 2, col=2)
         fig.update_yaxes(title_text="MSE", row=pair + 2, col=2)
+    fig.update_xaxes(title_text="pair of widths", type="category", row=1, col=1)
+    fig.update_xaxes(title_text="pair of widths", type="category", row=1, col=2)
+    fig.update_yaxes(title_text="share novel", tickformat=".0%", row=1, col=1)
+    fig.update_yaxes(title_text="features", row=1, col=2)
     fig.update_layout(
-        title=title,
+        title={"text": title, "x": 0, "xanchor": "left", "y": 1 - 16 / height, "yanchor": "top"},
         template="plotly_white",
         barmode="group",
-        height=380 * (n_pairs + 1),
+        height=height,
         width=1150,
+        margin=MARGIN,
+        legend=_legend_above(height - MARGIN["t"] - MARGIN["b"]),
     )
-    return fig
+    return readable_axes_(fig)
 
 
 def frankenstein_figure(
@@ -115,7 +160,9 @@ def frankenstein_figure(
     ``comparison`` is :func:`saegeo.stitch.curve.frankenstein_curve`'s frame and ``path``
     :func:`saegeo.effects.interpolation.interpolation_path`'s.
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("MSE vs features", "MSE vs L0"))
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("MSE vs features", "MSE vs L0"), horizontal_spacing=0.1
+    )
     for pair, rows in (path if path is not None else pd.DataFrame(columns=["pair"])).groupby(
         "pair"
     ):
@@ -157,5 +204,13 @@ def frankenstein_figure(
     fig.update_xaxes(type="log", title_text="features", row=1, col=1)
     fig.update_xaxes(title_text="L0 (mean active latents)", row=1, col=2)
     fig.update_yaxes(title_text="MSE (held-out)", row=1, col=1)
-    fig.update_layout(title=title, template="plotly_white", height=520, width=1100)
-    return fig
+    height = ROW_PX + 90 + MARGIN["t"] + MARGIN["b"]
+    fig.update_layout(
+        title={"text": title, "x": 0, "xanchor": "left", "y": 1 - 16 / height, "yanchor": "top"},
+        template="plotly_white",
+        height=height,
+        width=1100,
+        margin=MARGIN,
+        legend=_legend_above(height - MARGIN["t"] - MARGIN["b"]),
+    )
+    return readable_axes_(fig)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from sae_helpers import relu_pair
 
+from saegeo.effects.explained import roc_auc
 from saegeo.effects.novelty import family_novelty, kind_sign_table, novelty_table
 
 
 def test_novelty_tables_and_family_analysis():
     small, large, acts = relu_pair()
     table = novelty_table(small, large, acts, device="cpu")
-    assert list(table.columns) == ["max_cos", "nearest", "kind", "delta_mse"]
+    assert list(table.columns) == ["max_cos", "nearest", "kind", "delta_mse", "explained"]
     cells = kind_sign_table(table)
     assert cells.values.sum() == large.width and list(cells.index) == ["novel", "reconstruction"]
     assert int(cells.loc["novel", "delta_mse < 0"]) == int(
@@ -21,6 +22,11 @@ def test_novelty_tables_and_family_analysis():
     assert result.summary["large_width"].tolist() == [9, 12]
     assert result.summary["n_novel"].sum() == (result.features["kind"] == "novel").sum()
     assert set(result.curves["kind"]) == {"novel", "reconstruction"}
+    last = result.features[result.features["pair"] == 1].dropna(subset=["explained"])
+    lowers = (last["delta_mse"] < 0).to_numpy()
+    for score in ("max_cos", "explained"):
+        expected = roc_auc(-last[score].to_numpy(), lowers)
+        assert result.summary[f"auc_{score}"][1] == expected and 0 <= expected <= 1
     first = result.curves[(result.curves["pair"] == 0) & (result.curves["n_added"] == 0)]
     assert first["mse"].nunique() == 1  # both curves start at the small SAE
     geometry_only = family_novelty([small, large])

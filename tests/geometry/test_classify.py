@@ -138,8 +138,10 @@ def test_cli_classify_writes_csv(tmp_path, capsys):
         == 0
     )
     table = pd.read_csv(out, index_col="feature")
-    assert list(table.columns) == ["max_cos", "nearest", "kind", "delta_mse"]
+    assert list(table.columns) == ["max_cos", "nearest", "kind", "delta_mse", "explained"]
     np.testing.assert_allclose(table["delta_mse"], sg.delta_mse(small, large, acts), rtol=1e-6)
+    explained = sg.explained_share(small, large, acts)["explained"]
+    np.testing.assert_allclose(table["explained"], explained, rtol=1e-6)
     assert not list(out.parent.glob(".*tmp"))
 
 

@@ -1,0 +1,103 @@
+"""Seed 003's figures: readable layout (titles clear of axes, level ticks, rows apart)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from saegeo.effects.novelty import FamilyNovelty
+from saegeo.viz.plots import ROW_GAP_PX, frankenstein_figure, grid_height, novelty_figure
+
+
+def synthetic_novelty(n_pairs: int) -> FamilyNovelty:
+    rng = np.random.default_rng(0)
+    summary, features, curves = [], [], []
+    for pair in range(n_pairs):
+        small, large = 576 * 2**pair, 576 * 2 ** (pair + 1)
+        summary.append(
+            {
+                "small": f"topk-{small}",
+                "large": f"topk-{large}",
+                "small_width": small,
+                "large_width": large,
+                "n_novel": 10,
+                "share_novel": 0.4,
+                "novel_decreases": 6,
+                "novel_does_not_decrease": 4,
+                "reconstruction_decreases": 3,
+                "reconstruction_does_not_decrease": 12,
+            }
+        )
+        for feature in range(25):
+            features.append(
+                {
+                    "pair": pair,
+                    "feature": feature,
+                    "nearest": feature % 7,
+                    "kind": "novel" if feature < 10 else "reconstruction",
+                    "max_cos": rng.random(),
+                    "delta_mse": rng.normal(),
+                }
+            )
+        for kind in ("novel", "reconstruction"):
+            for n in (0, 5, 10):
+                curves.append({"pair": pair, "kind": kind, "n_added": n, "mse": 1.0, "l0": 8.0})
+    return FamilyNovelty(pd.DataFrame(summary), pd.DataFrame(features), pd.DataFrame(curves))
+
+
+def row_gaps_px(fig) -> list[float]:
+    """Pixels between vertically adjacent subplots' plotting areas."""
+    plot_px = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
+    domains = sorted(
+        {tuple(fig.layout[name].domain) for name in fig.layout if name.startswith("yaxis")},
+        reverse=True,
+    )
+    return [
+        (upper[0] - lower[1]) * plot_px
+        for upper, lower in zip(domains[:-1], domains[1:], strict=True)
+    ]
+
+
+def assert_readable_axes(fig) -> None:
+    for name in fig.layout:
+        if name.startswith(("xaxis", "yaxis")):
+            axis = fig.layout[name]
+            assert axis.automargin is True, name
+            assert axis.title.standoff is not None and axis.title.standoff >= 8, name
+            if name.startswith("xaxis"):
+                assert axis.tickangle == 0, name  # level tick labels, never rotated into titles
+
+
+@pytest.mark.parametrize("n_pairs", [1, 3])
+def test_novelty_figure_rows_stay_apart(n_pairs):
+    fig = novelty_figure(synthetic_novelty(n_pairs), title="Novel vs reconstruction")
+    assert_readable_axes(fig)
+    gaps = row_gaps_px(fig)
+    assert len(gaps) == n_pairs  # n_pairs + 1 rows
+    # Room for an x-axis's tick labels and title, then the next row's subplot titles.
+    assert all(gap == pytest.approx(ROW_GAP_PX) for gap in gaps) and ROW_GAP_PX >= 100
+    assert fig.layout.height == grid_height(n_pairs + 1)[0]
+    # Short category ticks (widths, not names); the names go to the hover text.
+    assert list(fig.data[0].x) == [f"{576 * 2**p} → {576 * 2 ** (p + 1)}" for p in range(n_pairs)]
+    assert "topk-576 → topk-1152" in fig.data[0].hovertext
+    # The legend sits above the first row's subplot titles, the title above the legend.
+    top_titles = max(a.y for a in fig.layout.annotations)
+    assert fig.layout.legend.y > top_titles and fig.layout.legend.yanchor == "bottom"
+    assert fig.layout.margin.t >= 100 and fig.layout.title.yanchor == "top"
+
+
+def test_frankenstein_figure_layout():
+    comparison = pd.DataFrame(
+        {
+            "kind": ["original", "original", "frankenstein"],
+            "name": ["a", "b", "f"],
+            "n_features": [48, 96, 120],
+            "l0": [8.0, 8.0, 14.0],
+            "mse": [1.0, 0.8, 0.7],
+        }
+    )
+    fig = frankenstein_figure(comparison, title="Frankenstein")
+    assert_readable_axes(fig)
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y > 1
+    assert fig.layout.xaxis.type == "log"
