@@ -57,7 +57,7 @@ BLOCK_ELEMENTS = 1 << 24
 PAIR_ROWS = 4096
 
 
-def _pair_stream(
+def pair_stream(
     small: SAE,
     large: SAE,
     acts: ActsLike,
@@ -239,7 +239,7 @@ def delta_mse(
         ``delta_mse`` indexed by large feature (``feature``); negative where adding the feature
         lowers the MSE, 0 for features that never fire on these tokens.
     """
-    small, large, kind, batches = _pair_stream(
+    small, large, kind, batches = pair_stream(
         small, large, acts, topk, batch_size, limit, device, progress, "delta_mse"
     )
     batches = batches.replace(sharded=True)  # sums reduced over ranks below
@@ -355,7 +355,7 @@ def swap_deltas(
         raise SaegeoError(
             f"swap_deltas(): {len(groups_small)} small groups but {len(groups_large)} large groups"
         )
-    small, large, kind, batches = _pair_stream(
+    small, large, kind, batches = pair_stream(
         small, large, acts, topk, batch_size, limit, device, progress, "swap deltas"
     )
     index = pd.RangeIndex(len(groups_small), name="group")
@@ -412,7 +412,7 @@ def cumulative_mse(
     pandas.DataFrame
         Columns ``n_added``, ``mse``, ``l0``, one row per point.
     """
-    small, large, _, batches = _pair_stream(
+    small, large, _, batches = pair_stream(
         small, large, acts, topk, batch_size, limit, device, progress, "cumulative mse"
     )
     order_arr = np.asarray(order, dtype=np.int64).reshape(-1)

@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 
 from saegeo.core.sae import SAE
-from saegeo.effects.delta import BLOCK_ELEMENTS, _pair_stream
+from saegeo.effects.delta import BLOCK_ELEMENTS, pair_stream
 from saegeo.effects.hybrid import TopkMode, output_scale
 from saegeo.errors import SaegeoError
 from saegeo.io.streaming import ActsLike, BatchStream
@@ -145,7 +145,7 @@ def explained_share(
     Large feature 0 duplicates the small one (explained 1: adding it doubles that part, delta
     ``1 * (1 - 0) = 1``); feature 1 is new (delta ``4 * (1 - 2) = -4``).
     """
-    small, large, _, batches = _pair_stream(
+    small, large, _, batches = pair_stream(
         small, large, acts, topk, batch_size, limit, device, progress, "explained share"
     )
     sum_sq_L, sum_explained_L, sum_residual_L, n_tokens = _contribution_sums(small, large, batches)
