@@ -261,10 +261,15 @@ def forward_step(
 def _pre_activations(
     x_BD: torch.Tensor, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
-    """``x W_enc + b_enc`` [B, F] (float32) from a product in ``dtype``."""
+    """``x W_enc + b_enc`` [B, F] computed, and returned, in ``dtype``.
+
+    A low-precision result is used only to choose latents (the chosen ones are recomputed in
+    float32), so it is not converted back: at wide SAEs that conversion costs as much as the
+    bfloat16 product itself.
+    """
     if dtype == torch.float32:
         return x_BD @ W_enc_DF + b_enc_F
-    return torch.addmm(b_enc_F.to(dtype), x_BD.to(dtype), W_enc_DF.to(dtype)).float()
+    return torch.addmm(b_enc_F.to(dtype), x_BD.to(dtype), W_enc_DF.to(dtype))
 
 
 def lr_factor(step: int, steps: int, config: TrainConfig) -> float:
