@@ -48,7 +48,12 @@ from saegeo.errors import FormatError, SaegeoError, ShapeError
 from saegeo.geometry.classify import classify, swap_groups
 from saegeo.geometry.cofiring import cofiring, nesting
 from saegeo.geometry.masked_cosine import masked_cosine
-from saegeo.geometry.similarity import CosineMatch, decoder_cosine, decoder_cosine_pairs
+from saegeo.geometry.similarity import (
+    CosineMatch,
+    decoder_cosine,
+    decoder_cosine_pairs,
+    seed_stability,
+)
 from saegeo.io.formats import load_sae, save_sae
 from saegeo.io.pretrained import load_pretrained
 from saegeo.io.store import ActivationStore, ShardWriter
@@ -98,6 +103,7 @@ __all__ = [
     "concat",
     "decoder_cosine",
     "decoder_cosine_pairs",
+    "seed_stability",
     "delta_mse",
     "encode_codes",
     "evaluate",

@@ -324,3 +324,28 @@ def decoder_cosine_pairs(
         shape=shape,
         dtype=np.float32,
     )
+
+
+def seed_stability(
+    sae: SAE | torch.Tensor,
+    other: SAE | torch.Tensor,
+    *,
+    threshold: float = 0.7,
+    device: str | torch.device = "auto",
+) -> float:
+    """Share of ``sae``'s features whose largest decoder cosine to ``other``'s is > ``threshold``.
+
+    With two SAEs of one width trained from different seeds this measures how reproducible
+    the learned directions are: a converged dictionary finds most of its features again.
+    Rows of zero norm (latents that never trained) count as not found.
+
+    Examples
+    --------
+    >>> import torch
+    >>> seed_stability(torch.eye(4), torch.eye(4)[[1, 0, 3]], device="cpu")
+    0.75
+    """
+    if not 0 <= threshold <= 1:
+        raise SaegeoError(f"seed_stability(): threshold must lie in [0, 1], got {threshold}")
+    values = decoder_cosine(other, sae, device=device, progress=False).values[:, 0]
+    return float((values > threshold).float().mean())

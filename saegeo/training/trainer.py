@@ -35,7 +35,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -183,8 +183,15 @@ def _shuffled_batches(
 def train_sae(
     acts: ActsLike,
     config: TrainConfig | None = None,
+    *,
+    snapshots: Collection[int] = (),
+    on_snapshot: Callable[[int, SAE], None] | None = None,
 ) -> tuple[SAE, TrainReport]:
     """Train one SAE on ``acts`` (a store, tensor [N, d_in] or path) and report on it.
+
+    ``on_snapshot(steps, sae)`` is called with the SAE as it stands after each number of
+    optimiser steps in ``snapshots`` (saved as the finished SAE would be), for curves of a
+    quantity against training time.
 
     Examples
     --------
@@ -311,6 +318,8 @@ def train_sae(
                 state.history.append(entry)
                 bar.set_postfix(fvu=f"{entry['fvu']:.3f}", l0=f"{out.l0:.1f}")
             bar.update(x_BD.shape[0] * world)
+            if on_snapshot is not None and step + 1 in snapshots:
+                on_snapshot(step + 1, _export(config, state, scale))
     seconds = time.perf_counter() - started
 
     sae = _export(config, state, scale)

@@ -105,3 +105,15 @@ def test_gpu_matches_cpu(decoders):
     gpu = decoder_cosine(W_small_SD, W_large_LD, k=2, device="cuda", block_elements=7 * 256)
     torch.testing.assert_close(gpu.values, cpu.values, atol=1e-5, rtol=0)
     assert torch.equal(gpu.indices, cpu.indices)
+
+
+def test_seed_stability_counts_features_found_again():
+    g = torch.Generator().manual_seed(0)
+    W_FD = torch.randn(40, 16, generator=g)
+    other = W_FD[:30] + 0.01 * torch.randn(30, 16, generator=g)  # 30 of 40 found again
+    assert sg.seed_stability(W_FD, other, device="cpu") == pytest.approx(0.75)
+    assert sg.seed_stability(other, W_FD, device="cpu") == 1.0
+    reference = (dense_cosines(other, W_FD).max(dim=1).values > 0.7).double().mean()
+    assert sg.seed_stability(W_FD, other, device="cpu") == pytest.approx(float(reference))
+    with pytest.raises(SaegeoError, match="threshold"):
+        sg.seed_stability(W_FD, other, threshold=1.5)

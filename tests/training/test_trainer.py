@@ -258,3 +258,14 @@ def test_matryoshka_widths_beyond_the_width_are_reported_once(store, caplog) -> 
     assert [r.getMessage() for r in caplog.records].count(
         "matryoshka_widths [8, 16, 64] exceed the width 32; keeping [8, 16, 32]"
     ) == 1
+
+
+def test_snapshots_are_the_sae_as_it_stood(store: ActivationStore) -> None:
+    seen: dict[int, object] = {}
+    config = _config(arch="batchtopk", tokens=10 * 512)
+    final, _ = train_sae(store, config, snapshots=[3, 10], on_snapshot=seen.__setitem__)
+    assert sorted(seen) == [3, 10]
+    # The last snapshot is the finished SAE; the early one differs from it.
+    assert torch.equal(seen[10].W_dec, final.W_dec)
+    assert torch.equal(seen[10].threshold, final.threshold)
+    assert not torch.equal(seen[3].W_dec, final.W_dec)
