@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -66,3 +68,41 @@ def random_texts(n: int = 20, seed: int = 0) -> list[str]:
     """``n`` documents of 5 to 40 random words."""
     rng = random.Random(seed)
     return [" ".join(rng.choices(WORDS, k=rng.randint(5, 40))) for _ in range(n)]
+
+
+def harvest_on_ranks(
+    root: str, runs: list[tuple[str, dict[str, Any]]], argvs: list[list[list[str]]]
+) -> tuple[list[str | None], list[dict[str, Any]]]:
+    """What one rank of a process group does: ``harvest`` into ``root/out`` for each
+    ``(out, options)`` (the tiny Llama on :func:`random_texts` unless ``options`` say otherwise;
+    ``options["rank1"]`` changes rank 1's options), then ``saegeo`` with each of
+    ``argvs[rank]``.
+
+    Each harvest fails as the command line does (the failing rank calls
+    :func:`~saegeo.io.distributed.agree_on_error`): its result is the message every rank
+    agreed on, or None. The command lines' results are those of
+    :func:`distributed_helpers.cli_runs`.
+    """
+    from distributed_helpers import cli_runs
+
+    from saegeo.errors import SaegeoError
+    from saegeo.io import distributed
+    from saegeo.lm.harvest import harvest
+
+    model, tokenizer = tiny_llama()
+    results: list[str | None] = []
+    for out, options in runs:
+        options = {"model": model, "tokenizer": tokenizer, "texts": random_texts(), **options}
+        own = options.pop("rank1", {})
+        options.update(own if distributed.rank() == 1 else {})
+        message = None
+        try:
+            harvest(out=Path(root, out), **options)
+        except distributed.PeerError as exc:  # another rank failed; all already agree
+            results.append(str(exc))
+            continue
+        except SaegeoError as exc:
+            message = str(exc)
+        results.append(distributed.agree_on_error(message))
+    mine = argvs[distributed.rank()]
+    return results, cli_runs(mine, [0] * len(mine))

@@ -6,7 +6,8 @@ flag types and output guards), :mod:`saegeo.cli.commands` runs them.
 Under ``torchrun`` (its variables RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR set), ``main``
 starts the process group (NCCL on CUDA, else gloo) and ends it on return. Every rank runs the
 command; statistics over tokens are split across ranks (:mod:`saegeo.io.distributed`), rank 0
-alone prints, shows progress and writes outputs. At the end every rank agrees on the outcome:
+alone prints, shows progress and writes outputs (``harvest``: each rank writes its shards of the
+one store, rank 0 its ``meta.json``). At the end every rank agrees on the outcome:
 an error on any rank ends all of them with exit code 2 and rank 0 prints that rank's one line.
 """
 
@@ -27,7 +28,7 @@ __all__ = ["EXIT_USER_ERROR", "build_parser", "flag_message", "main"]
 
 EXIT_USER_ERROR = 2
 # Commands whose work is split across torchrun's ranks; the others run on one process.
-DISTRIBUTED_COMMANDS = frozenset({"info", "classify", "tree", "stitch", "train"})
+DISTRIBUTED_COMMANDS = frozenset({"info", "classify", "tree", "stitch", "train", "harvest"})
 # Library arguments that a flag of another name sets (the others are spelt alike: max_tokens
 # is --tokens, sgd_tokens is --sgd-tokens).
 FLAG_NAMES = {"max_tokens": "--tokens", "texts": "--text"}

@@ -25,7 +25,9 @@ the function splits the work itself. What is split, and what is combined:
   entries are gathered; no rank builds a dense [P, C] matrix, and each holds the result once;
 - decoder cosine: each rank takes a contiguous share of the larger SAE's rows; the top-k
   ([L, k]) or the kept pairs are gathered;
-- training (``train_sae``): gradients averaged over ranks each step (:func:`average_gradients_`).
+- training (``train_sae``): gradients averaged over ranks each step (:func:`average_gradients_`);
+- harvesting (``harvest``): whole shards of the store, dealt out in turn; each rank writes its
+  own and rank 0 lists every round of them in ``meta.json`` (the entries are gathered).
 
 Calibrations that are not sums (a TopK SAE's JumpReLU threshold) read every token on every rank.
 

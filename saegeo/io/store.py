@@ -10,7 +10,8 @@ Three layouts open with :meth:`ActivationStore.open`:
 ``meta.json`` (``"format": "saegeo.activations.v1"``) lists the shards in order with their
 token counts, ``d_in`` and ``dtype``, and whatever the producer records (model, layer, text
 source, tokenizer). :class:`ShardWriter` writes that layout one complete shard at a time, so
-an interrupted harvest keeps every shard already written.
+an interrupted harvest keeps every shard already written; the ranks of a ``torch.distributed``
+process group can write one store together (``collective=True``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from saegeo.errors import FormatError, SaegeoError
+from saegeo.io import distributed
 from saegeo.io.atomic import atomic_file, write_json
 from saegeo.io.paths import regular_file
 
@@ -349,6 +351,17 @@ class ShardWriter:
     ``n_tokens`` says how many tokens they hold, so a producer can skip that much input.
     ``shard_info`` is recorded in the ``meta.json`` entry of every shard written next (how a
     producer made it, where that may change between resumed runs).
+
+    With ``collective=True`` under a ``torch.distributed`` process group of ``W`` ranks, every
+    rank opens the same directory (on a file system they all see) and the ranks write the
+    new rows together: cut into shards of ``shard_tokens`` rows, shard ``j`` is rank
+    ``j % W``'s (:meth:`owned`), and each rank adds the rows of its own shards, in order. Each
+    rank writes its shard files; after each round of ``W`` shards, rank 0 alone lists them in
+    ``meta.json``, in the order of their rows. So the store has the shards, file names and
+    ``meta.json`` that one process adding every row would write, and an interrupted run
+    resumes after its last complete round. Every rank calls :meth:`add` and :meth:`close`
+    (they exchange each round's shards); without a process group ``collective`` changes
+    nothing.
     """
 
     def __init__(
@@ -359,6 +372,7 @@ class ShardWriter:
         dtype: str = "float32",
         shard_tokens: int = 65536,
         meta: dict[str, Any] | None = None,
+        collective: bool = False,
     ) -> None:
         if dtype not in DTYPES:
             raise SaegeoError(f"store dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -382,14 +396,27 @@ class ShardWriter:
                 "shards": [],
                 **(meta or {}),
             }
+        self._collective = collective and distributed.is_distributed()
+        self._writes_meta = not self._collective or distributed.is_main()
+        self._first_row = self.n_tokens
         self._pending: list[dict[str, torch.Tensor]] = []
         self._pending_tokens = 0
         self.shard_info: dict[str, Any] = {}
 
     @property
     def n_tokens(self) -> int:
-        """Tokens written to complete shards so far."""
+        """Tokens written to complete shards so far (by every rank, once listed)."""
         return int(self.meta["n_tokens"])
+
+    def owned(self, rows: np.ndarray) -> np.ndarray:
+        """Which of the store's rows ``rows`` [n] (numbered from its first row) this rank adds:
+        the new ones (from ``n_tokens`` at opening) in its shards; every new one when the
+        writer is not collective."""
+        new = rows >= self._first_row
+        if not self._collective:
+            return new
+        shard = (rows - self._first_row) // self.shard_tokens
+        return new & (shard % distributed.world_size() == distributed.rank())
 
     def add(self, acts: torch.Tensor, **extra: torch.Tensor) -> None:
         """Queue activations [n, d_in] (and per-token tensors such as ``token_ids`` [n])."""
@@ -407,8 +434,15 @@ class ShardWriter:
         """Write what is queued as a last shard, record ``meta`` and return the store."""
         if self._pending_tokens:
             self._flush(self._pending_tokens)
+        if self._collective:
+            # Empty rounds until no rank has a shard left to list.
+            while any(entry is not None for entry in self._list(None)):
+                pass
         self.meta.update(meta)
-        write_json(self.path / META_FILE, self.meta)
+        if self._writes_meta:
+            write_json(self.path / META_FILE, self.meta)
+        if self._collective:
+            distributed.check_peers()  # the other ranks read meta.json once rank 0 wrote it
         return ActivationStore.open(self.path)
 
     def _flush(self, n: int) -> None:
@@ -418,9 +452,29 @@ class ShardWriter:
         rest = {k: v[n:] for k, v in joined.items()}
         self._pending = [rest] if rest["acts"].shape[0] else []
         self._pending_tokens -= n
-        name = f"shard_{len(self.meta['shards']):05d}.safetensors"
+        # A round's shards follow those listed, in rank order (see the class docstring).
+        index = len(self.meta["shards"]) + (distributed.rank() if self._collective else 0)
+        name = f"shard_{index:05d}.safetensors"
         with atomic_file(self.path / name) as tmp:
             save_file(shard, str(tmp))
-        self.meta["shards"].append({"file": name, "n_tokens": n, **self.shard_info})
-        self.meta["n_tokens"] = self.n_tokens + n
-        write_json(self.path / META_FILE, self.meta)
+        self._list({"file": name, "n_tokens": n, **self.shard_info})
+
+    def _list(self, entry: dict[str, Any] | None) -> list[dict[str, Any] | None]:
+        """Add this round's shards (``entry``: this rank's, or None) to ``meta.json``."""
+        if not self._collective:
+            entries: list[dict[str, Any] | None] = [entry]
+        else:
+            entries = distributed.all_gather(entry)
+            for rank, shard in enumerate(entries):
+                if shard is not None and not (self.path / shard["file"]).is_file():
+                    raise SaegeoError(
+                        f"{self.path / shard['file']}: written by rank {rank} but not seen by "
+                        f"rank {distributed.rank()}; the ranks must share the store's file system"
+                    )
+        listed = [shard for shard in entries if shard is not None]
+        for shard in listed:
+            self.meta["shards"].append(shard)
+            self.meta["n_tokens"] = self.n_tokens + shard["n_tokens"]
+        if listed and self._writes_meta:
+            write_json(self.path / META_FILE, self.meta)
+        return entries

@@ -36,7 +36,8 @@ class HarvestConfig:
     batch_size: int = 16
     """Contexts per forward pass."""
     max_tokens: int | None = None
-    """Stop after this many stored tokens in all (None: the whole text source)."""
+    """Stop after this many stored tokens in all, of every rank together under a process group
+    (None: the whole text source)."""
     dtype: StoreDtype = "float16"
     """The stored dtype."""
     model_dtype: ModelDtype = "auto"
@@ -49,7 +50,8 @@ class HarvestConfig:
     text_source: str | None = None
     """A name for texts given as a list of strings, recorded in the store's metadata."""
     shard_tokens: int = 65536
-    """About how many tokens per shard (rounded down to whole contexts)."""
+    """About how many tokens per shard (rounded down to whole contexts); under a process group,
+    the share of work each rank takes in turn."""
     compile: bool | None = None
     """Compile the blocks that run with ``torch.compile`` (1.1–1.4× faster on a CPU, after a few
     seconds of compiling; see :mod:`saegeo.lm.forward`); None compiles on a CPU when the call

@@ -27,6 +27,18 @@ round differently and their activations differ by about 1% of a token's norm (at
 SmolLM2, median; the compiled one, rounding less often, is the closer to float32), and a
 resumed harvest may be compiled where its first part was not.
 
+**Ranks.** Under a ``torch.distributed`` process group (started by the caller, or by
+``torchrun`` for the command line) every rank calls :func:`harvest` with the same arguments and
+the ranks write one store together, into a directory they all see: the new tokens are cut into
+shards of ``shard_tokens`` (rounded down to whole contexts), and shard ``j`` is run and written
+by rank ``j % W``; every rank tokenises the same stream and runs only the contexts that hold
+tokens of its shards. Rank 0 lists each round of ``W`` shards in ``meta.json`` once all are
+written (:class:`~saegeo.io.store.ShardWriter` with ``collective=True``), writes the tokenizer
+and shows progress. So the store is the one a single process writes, shard for shard, in the
+same order, with the same file names: only the rounding of batched forwards can differ. An
+interrupted run resumes after its last listed round, on any number of ranks. The work is dealt
+out a shard at a time, so a harvest of fewer shards than ranks leaves some ranks idle.
+
 Examples
 --------
 >>> store = harvest("smollm2-135m-instruct", "bbc_news", "acts/", layer=15,
@@ -55,6 +67,7 @@ import torch
 from saegeo.config import override
 from saegeo.core.devices import fast_bfloat16, resolve_device
 from saegeo.errors import ArgumentError, SaegeoError
+from saegeo.io import distributed
 from saegeo.io.atomic import atomic_dir
 from saegeo.io.corpus import TextSource, open_source
 from saegeo.io.store import DTYPES, META_FILE, ActivationStore, ShardWriter
@@ -287,7 +300,9 @@ def harvest(
     """Write the residual stream after block ``layer`` of ``model`` on ``texts`` to ``out``.
 
     Re-running with the same ``out`` (and settings) keeps the shards already written and
-    continues with the next token, up to ``max_tokens`` in all.
+    continues with the next token, up to ``max_tokens`` in all. Under a ``torch.distributed``
+    process group, every rank calls it with the same arguments and they share the work (see
+    the module docstring); ``max_tokens`` counts the tokens of every rank.
 
     Parameters
     ----------
@@ -315,6 +330,12 @@ def harvest(
     -------
     ActivationStore
         The store, opened for reading; ``store.meta`` holds the metadata.
+
+    Raises
+    ------
+    SaegeoError
+        A setting, model or text source that does not work, named; under a process group,
+        settings that differ between ranks (on every rank alike).
     """
     config = override(config or HarvestConfig(), overrides)
     layer, context, skip_first = config.layer, config.context, config.skip_first
@@ -376,24 +397,43 @@ def harvest(
     meta.update(tl_hook_name=hook, center_writing_weights=True if center else None)
     _check_resumable(out, meta)
     shard_tokens = max(1, config.shard_tokens // n_stored) * n_stored
-    writer = ShardWriter(out, d_model, dtype=dtype, shard_tokens=shard_tokens, meta=meta)
-    _save_tokenizer(lm.tokenizer, out / TOKENIZER_DIR)
+    settings = {key: meta[key] for key in RESUME_KEYS}
+    _same_on_every_rank(
+        {**settings, "dtype": dtype, "shard_tokens": shard_tokens, "max_tokens": max_tokens}
+    )
+    writer = ShardWriter(
+        out, d_model, dtype=dtype, shard_tokens=shard_tokens, meta=meta, collective=True
+    )
+    if distributed.is_main():
+        _save_tokenizer(lm.tokenizer, out / TOKENIZER_DIR)
 
     done = writer.n_tokens
     target = math.inf if max_tokens is None else max_tokens
     if done >= target:
         logger.info("%s already holds %d tokens (asked for %s)", out, done, max_tokens)
         return writer.close(**meta)
-    first_context, skip = divmod(done, n_stored)
+    first_context = done // n_stored
     last_context = None if max_tokens is None else math.ceil(max_tokens / n_stored)
     contexts = itertools.islice(
         iter_contexts(lm.tokenizer, source, n_text), first_context, last_context
+    )
+
+    def kept(context: int) -> np.ndarray:
+        """Which of a context's stored tokens [n_stored] are new rows this rank writes."""
+        rows = context * n_stored + np.arange(n_stored)
+        return writer.owned(rows) & (rows < target)
+
+    # Every rank reads the same contexts and runs those that hold rows of its own.
+    own_contexts = (
+        (ids, docs, keep)
+        for c, (ids, docs) in enumerate(contexts, first_context)
+        if (keep := kept(c)).any()
     )
     device_of_model = next(lm.model.parameters()).device
     compile = config.compile
     if compile is None:
         compile = device_of_model.type == "cpu" and target - done >= COMPILE_MIN_TOKENS
-    started, new_tokens = time.perf_counter(), 0
+    started = time.perf_counter()
     bar = progress_bar(
         max_tokens,
         f"harvest layer {layer}",
@@ -404,12 +444,10 @@ def harvest(
     )
     forward = stopped_forward(lm.model, blocks, layer, compile=compile, rows=batch_size)
     with bar, forward as run:
-        while done < target:
-            batch = list(itertools.islice(contexts, batch_size))
-            if not batch:
-                break
-            token_ids_BT = torch.from_numpy(np.stack([ids for ids, _ in batch]))
-            doc_ids_BT = torch.from_numpy(np.stack([docs for _, docs in batch]))
+        while batch := list(itertools.islice(own_contexts, batch_size)):
+            token_ids_BT = torch.from_numpy(np.stack([ids for ids, _, _ in batch]))
+            doc_ids_BT = torch.from_numpy(np.stack([docs for _, docs, _ in batch]))
+            keep_BT = torch.from_numpy(np.stack([keep for _, _, keep in batch]))
             bos_B1 = torch.full((len(batch), 1), bos, dtype=token_ids_BT.dtype)
             input_ids_BT = torch.cat([bos_B1, token_ids_BT], dim=1).to(device_of_model)
             acts_BTD = run(input_ids_BT)[:, 1 + skip_first :]
@@ -417,9 +455,7 @@ def harvest(
                 acts_BTD = centred(acts_BTD)
             writer.shard_info["compiled"] = run.compiled
             token_ids_BT, doc_ids_BT = token_ids_BT[:, skip_first:], doc_ids_BT[:, skip_first:]
-            keep = slice(skip, skip + int(min(target - done, token_ids_BT.numel() - skip)))
-            skip = 0
-            acts_BD = acts_BTD.reshape(-1, d_model)[keep]
+            acts_BD = acts_BTD[keep_BT.to(acts_BTD.device)]
             if dtype == "float16" and acts_BD.abs().max().item() > FLOAT16_MAX:
                 raise ArgumentError(
                     "dtype",
@@ -430,14 +466,14 @@ def harvest(
                 )
             writer.add(
                 acts_BD,
-                token_ids=token_ids_BT.reshape(-1)[keep].to(torch.int32),
-                doc_ids=doc_ids_BT.reshape(-1)[keep],
+                token_ids=token_ids_BT[keep_BT].to(torch.int32),
+                doc_ids=doc_ids_BT[keep_BT],
             )
-            done += acts_BD.shape[0]
-            new_tokens += acts_BD.shape[0]
-            bar.update(acts_BD.shape[0])
+            bar.update(acts_BD.shape[0] * distributed.world_size())
     store = writer.close(**meta)
-    elapsed = time.perf_counter() - started
+    if not distributed.is_main():
+        return store
+    elapsed, new_tokens = time.perf_counter() - started, store.n_tokens - done
     logger.info(
         "harvested %d tokens in %.1f s (%.0f tokens/s); %s holds %d",
         new_tokens,
@@ -533,6 +569,20 @@ def _harvest_meta(
         "text_source": text_spec,
         "tokenizer": {"path": TOKENIZER_DIR, "source": lm.name},
     }
+
+
+def _same_on_every_rank(settings: dict[str, Any]) -> None:
+    """Raise, on every rank alike, where a rank harvests otherwise than rank 0 (a no-op on one
+    process); also the point before which no rank writes into the store."""
+    first, *others = distributed.all_gather(settings)
+    for rank, other in enumerate(others, 1):
+        for key, value in first.items():
+            if other[key] != value:
+                raise SaegeoError(
+                    f"rank {rank} harvests with {key}={other[key]!r}, rank 0 with "
+                    f"{key}={value!r}; every rank must harvest the same texts with the same "
+                    "model and settings into the same store"
+                )
 
 
 def _check_resumable(out: Path, meta: dict[str, Any]) -> None:

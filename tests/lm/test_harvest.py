@@ -31,19 +31,21 @@ def texts() -> list[str]:
     return random_texts()
 
 
+# skip_first=0 stores every text token, which keeps the layout arithmetic below simple;
+# test_skip_first_leaves_out_the_first_positions covers the default.
+OPTIONS = {
+    "layer": 0,
+    "context": 16,
+    "batch_size": 4,
+    "progress": False,
+    "dtype": "float32",
+    "skip_first": 0,
+}
+
+
 def run(tiny_lm, texts, out, **kwargs) -> ActivationStore:
     model, tokenizer = tiny_lm
-    # skip_first=0 stores every text token, which keeps the layout arithmetic below simple;
-    # test_skip_first_leaves_out_the_first_positions covers the default.
-    options = {
-        "layer": 0,
-        "context": 16,
-        "batch_size": 4,
-        "progress": False,
-        "dtype": "float32",
-        "skip_first": 0,
-    }
-    return harvest(model, texts, out, tokenizer=tokenizer, **{**options, **kwargs})
+    return harvest(model, texts, out, tokenizer=tokenizer, **{**OPTIONS, **kwargs})
 
 
 def test_contexts_follow_the_token_stream(tiny_lm, texts):
@@ -234,3 +236,140 @@ def test_skip_first_leaves_out_the_first_positions(tiny_lm, texts, tmp_path):
     )
     with pytest.raises(SaegeoError, match=r"^HarvestConfig\.context=3: must be at least 4"):
         run(tiny_lm, texts, tmp_path / "bad", context=3, skip_first=2)
+
+
+# --------------------------------------------------------------------------- ranks
+
+RANKED = {**OPTIONS, "max_tokens": 200, "shard_tokens": 30, "compile": False}
+"""Shards of two contexts: six full ones, then 20 tokens (part of a context)."""
+LOUD_WORD = "w0"
+"""A word whose embedding exceeds the float16 range, in the second shard of LOUD_TEXTS only."""
+LOUD_TEXTS = [" ".join(["w1"] * 40), " ".join([LOUD_WORD] + ["w2"] * 30)]
+
+
+def _same_store(path, want_path):
+    """Equal rows, token ids, doc ids and metadata; the same files (one meta.json)."""
+    got, want = ActivationStore.open(path), ActivationStore.open(want_path)
+    assert got.n_tokens == want.n_tokens
+    torch.testing.assert_close(got.read(), want.read())
+    np.testing.assert_array_equal(got.token_ids(), want.token_ids())
+    np.testing.assert_array_equal(got.doc_ids(), want.doc_ids())
+    assert got.meta == want.meta  # the same shards, in the same order, under the same names
+    assert sorted(p.name for p in path.iterdir()) == sorted(p.name for p in want_path.iterdir())
+
+
+def _loud_model(tiny_lm, path):
+    model, tokenizer = tiny_lm
+    loud = type(model)(model.config)
+    loud.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        loud.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids(LOUD_WORD)] = 1e5
+    loud.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tiny_lm, texts, tmp_path_factory):
+    """A root directory with single-process stores, and what 2 ranks harvested beside them."""
+    from distributed_helpers import run_ranks
+    from lm_helpers import harvest_on_ranks
+
+    root = tmp_path_factory.mktemp("two")
+    # Begun on one process and interrupted; a run on ranks had also left a shard unlisted.
+    run(tiny_lm, texts, root / "resumed", **{**RANKED, "max_tokens": 70})
+    (root / "resumed" / "shard_00003.safetensors").write_bytes(b"unlisted")
+    _loud_model(tiny_lm, root / "model")
+    (root / "docs.txt").write_text("w1 w2 w3 w4 w5 w6 w7 w8\nw9 w10 w11 w12\n" * 10)
+    loud = {"model": str(root / "model"), "tokenizer": None, "texts": LOUD_TEXTS,
+            "device": "cpu", "model_dtype": "float32"}  # fmt: skip
+    runs = [
+        ("two", RANKED),
+        ("resumed", RANKED),
+        ("mismatch", {**RANKED, "rank1": {"layer": 1}}),
+        ("loud", {**RANKED, **loud, "max_tokens": 60, "dtype": "float16"}),
+    ]
+    cli = [*_cli_args(root), "--out"]
+    argvs = [
+        [[*cli, str(root / "cli-two")], [*cli, str(root / "cli-bad"), "--layer", "0"]],
+        [[*cli, str(root / "cli-two")], [*cli, str(root / "cli-bad"), "--layer", "7"]],
+    ]
+    results = run_ranks(harvest_on_ranks, 2, root, str(root), runs, argvs)
+    return root, loud, results
+
+
+def _cli_args(root):
+    return ["harvest", "--model", str(root / "model"), "--text", str(root / "docs.txt"),
+            "--context", "8", "--tokens", "50", "--dtype", "float32",
+            "--model-dtype", "float32"]  # fmt: skip
+
+
+def test_two_ranks_harvest_the_store_one_process_harvests(tiny_lm, texts, two_ranks):
+    root, _, results = two_ranks
+    assert [errors[:2] for errors, _ in results] == [[None, None]] * 2
+    run(tiny_lm, texts, root / "one", **RANKED)
+    _same_store(root / "two", root / "one")
+    assert len(ActivationStore.open(root / "two").meta["shards"]) == 7
+    # A store interrupted mid-context, resumed by two ranks, which replace the unlisted shard.
+    run(tiny_lm, texts, root / "resumed-one", **{**RANKED, "max_tokens": 70})
+    run(tiny_lm, texts, root / "resumed-one", **RANKED)
+    _same_store(root / "resumed", root / "resumed-one")
+    torch.testing.assert_close(
+        ActivationStore.open(root / "resumed").read(), ActivationStore.open(root / "one").read()
+    )
+
+
+def test_an_error_on_one_rank_stops_every_rank_with_one_message(tiny_lm, two_ranks, capsys):
+    from saegeo.cli import main
+
+    root, loud, results = two_ranks
+    (mismatch, mismatch_1), (overflow, overflow_1) = zip(
+        *[errors[2:] for errors, _ in results], strict=True
+    )
+    # Settings that differ between ranks: the same message everywhere, nothing written.
+    assert mismatch == mismatch_1 and mismatch.startswith("rank 1 harvests with layer=1, ")
+    assert not (root / "mismatch").exists()
+    # Activations out of the float16 range in rank 1's share: the message one process gives.
+    assert overflow == overflow_1
+    with pytest.raises(SaegeoError) as single:
+        harvest(out=root / "loud-one", **{**RANKED, **loud, "max_tokens": 60, "dtype": "float16"})
+    assert overflow == str(single.value) and "exceed the float16 range" in overflow
+    # The command line: rank 1 alone is given a bad --layer; both exit 2, rank 0 prints the
+    # line one process prints, and nothing is written.
+    assert main([*_cli_args(root), "--out", str(root / "cli-bad"), "--layer", "7"]) == 2
+    single_line = capsys.readouterr().err
+    bad = [cli[1] for _, cli in results]
+    assert [run["code"] for run in bad] == [2, 2]
+    assert bad[0]["stderr"] == single_line and bad[1]["stderr"] == ""
+    assert single_line.startswith("saegeo harvest: error: --layer 7: model ")
+    assert not (root / "cli-bad").exists()
+
+
+def test_the_command_line_harvests_on_two_ranks(two_ranks):
+    from saegeo.cli import main
+
+    root, _, results = two_ranks
+    good = [cli[0] for _, cli in results]
+    assert [run["code"] for run in good] == [0, 0], good[0]["stderr"]
+    assert good[0]["stdout"].startswith("harvest: 50 tokens") and good[1]["stdout"] == ""
+    assert main([*_cli_args(root), "--out", str(root / "cli-one")]) == 0
+    _same_store(root / "cli-two", root / "cli-one")
+
+
+def test_three_ranks_harvest_the_store_one_process_harvests(tiny_lm, texts, tmp_path):
+    from distributed_helpers import run_ranks
+    from lm_helpers import harvest_on_ranks
+
+    runs = [
+        ("three", RANKED),
+        ("whole-source", {**RANKED, "max_tokens": None}),
+        ("one-shard", {**RANKED, "max_tokens": 20}),  # ranks 1 and 2 idle
+    ]
+    results = run_ranks(harvest_on_ranks, 3, tmp_path, str(tmp_path), runs, [[], [], []])
+    assert [errors for errors, _ in results] == [[None] * 3] * 3
+    for name, options in runs:
+        run(tiny_lm, texts, tmp_path / f"{name}-one", **options)
+        _same_store(tmp_path / name, tmp_path / f"{name}-one")
+    n_stream = sum(len(t.split()) + 1 for t in texts)
+    assert ActivationStore.open(tmp_path / "three").n_tokens == 200
+    assert ActivationStore.open(tmp_path / "whole-source").n_tokens == n_stream // 15 * 15
+    assert ActivationStore.open(tmp_path / "one-shard").n_tokens == 20
