@@ -1,4 +1,4 @@
-"""Inputs shared by the analysis scripts: the demo family when built, else a toy family."""
+"""Inputs shared by the analysis scripts: the demo family when harvested, else a toy family."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 import saegeo as sg
+from saegeo.demo import SHIPPED_FAMILY
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "reports" / "demo"
@@ -56,6 +57,15 @@ def toy_family(
     return sg.train_family(store, list(widths), config).family, store.read()
 
 
+def demo_family() -> tuple[sg.Family, Path] | None:
+    """The demo's family and activation store when ``make demo`` has run: the family trained
+    by ``saegeo demo --retrain`` if there is one, else the shipped family."""
+    if not (DEMO / "acts").exists():
+        return None
+    trained = DEMO / "family"
+    return sg.Family.load(trained if trained.exists() else SHIPPED_FAMILY), DEMO / "acts"
+
+
 def load_inputs(
     args: argparse.Namespace, toy: tuple[str, Sequence[int]]
 ) -> tuple[sg.Family, torch.Tensor, str]:
@@ -64,8 +74,8 @@ def load_inputs(
         if not args.acts:
             sys.exit(f"{sys.argv[0]}: --family needs --acts")
         family, acts_path = sg.Family.load(args.family), Path(args.acts)
-    elif (DEMO / "family").exists() and (DEMO / "acts").exists():
-        family, acts_path = sg.Family.load(DEMO / "family"), DEMO / "acts"
+    elif demo := demo_family():
+        family, acts_path = demo
     else:
         arch, widths = toy
         family, acts = toy_family(arch, widths)

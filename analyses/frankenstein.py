@@ -7,10 +7,10 @@ between adjacent widths (add novel features, then swap reconstruction groups) is
 
     .venv/bin/python analyses/frankenstein.py [--family PATH... --acts ACTS] [--out DIR]
 
-Without ``--family`` it uses the demo family (``reports/demo/family`` with activations
-``reports/demo/acts``) when ``make demo`` has built it, and otherwise trains a small TopK
-family on a toy model (seconds). The first ``--eval-tokens`` tokens of the activations are
-held out for every metric; the rest are used for the refits.
+Without ``--family`` it uses the demo family (the shipped one, or ``reports/demo/family`` after
+``saegeo demo --retrain``) on ``reports/demo/acts`` when ``make demo`` has run, and otherwise
+trains a small TopK family on a toy model (seconds). The first ``--eval-tokens`` tokens of the
+activations are held out for every metric; the rest are used for the refits.
 
 Writes ``comparison.csv``, ``path.csv`` and ``frankenstein.html`` (plotly, self-contained)
 under ``--out`` (default ``reports/frankenstein``).

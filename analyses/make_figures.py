@@ -3,7 +3,7 @@
     .venv/bin/python analyses/make_figures.py [--skip-analyses] [--pair 0]
 
 1. Runs ``analyses/novel_vs_reconstruction.py`` and ``analyses/frankenstein.py`` with their
-   defaults (the demo family when ``make demo`` has built it, else a toy family), unless
+   defaults (the demo family when ``make demo`` has run, else a toy family), unless
    ``--skip-analyses`` reuses their last results under ``reports/``.
 2. Draws ``assets/novel_vs_reconstruction.png`` (one pair of widths, ``--pair``) and
    ``assets/frankenstein.png`` from their CSV results with :mod:`saegeo.viz.plots`, rendered by

@@ -9,8 +9,9 @@ script only reads inputs and writes results.
 
     .venv/bin/python analyses/novel_vs_reconstruction.py [--family PATH... --acts ACTS] [--out DIR]
 
-Without ``--family`` it uses the demo family (``reports/demo/family`` with activations
-``reports/demo/acts``) when ``make demo`` has built it, and otherwise trains a small ReLU family
+Without ``--family`` it uses the demo family (the shipped one, or ``reports/demo/family`` after
+``saegeo demo --retrain``) on ``reports/demo/acts`` when ``make demo`` has run, and otherwise
+trains a small ReLU family
 (standard SAEs, as in seed 003) on a toy model, which takes a minute or two on a CPU.
 
 Writes ``summary.csv`` (one row per pair), ``features.csv`` (one row per wider-SAE feature),

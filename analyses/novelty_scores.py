@@ -25,8 +25,8 @@ the 1/2 threshold.
 
 Families: toy hierarchies (:mod:`saegeo.training.toy`) with SAEs trained by
 :func:`saegeo.train_family` (ReLU, BatchTopK saved as JumpReLU, TopK with the TopK union), a few
-minutes in all on two CPU cores; the demo family too when ``make demo`` has built it under
-``reports/demo``; or ``--family``/``--acts``. Writes the table as CSV under ``--out``.
+minutes in all on two CPU cores; the demo family too when ``make demo`` has run (activations
+under ``reports/demo``); or ``--family``/``--acts``. Writes the table as CSV under ``--out``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from common import DEMO, ROOT, toy_family
+from common import DEMO, ROOT, demo_family, toy_family
 
 import saegeo as sg
 from saegeo.effects.explained import EXPLAINED_THRESHOLD, explained_share, roc_auc
@@ -123,9 +123,9 @@ def main() -> None:
             rows += pair_rows(f"toy {arch}", family, acts[: args.tokens], "reencode")
             if arch == "topk":
                 rows += pair_rows("toy topk as jumprelu", family, acts[: args.tokens], "jumprelu")
-        if (DEMO / "family").exists() and (DEMO / "acts").exists():
-            family = sg.Family.load(DEMO / "family")
-            acts = sg.ActivationStore.open(DEMO / "acts").read(limit=args.tokens)
+        if demo := demo_family():
+            family, acts_path = demo
+            acts = sg.ActivationStore.open(acts_path).read(limit=args.tokens)
             rows += pair_rows("demo", family, acts, "reencode")
         else:
             print(f"(no demo family under {DEMO}: toy families only)")

@@ -1,12 +1,14 @@
-"""The demo's HTML report on a toy family, and its screenshot at 1400 px for the README.
+"""The demo's HTML report, and its screenshot at 1400 px for the README.
 
-    .venv/bin/python analyses/report_screenshot.py [--out DIR] [--png assets/report.png]
+    .venv/bin/python analyses/report_screenshot.py [--toy] [--out DIR] [--png assets/report.png]
 
-Trains a small TopK family (widths 48, 96, 192) on a toy two-level hierarchy
-(:mod:`saegeo.training.toy`), runs the demo's report on it (:func:`saegeo.demo.write_report`:
-the same sections, tables and figures as ``make demo``, cached under ``--out``) and renders the
-page with headless Chromium (``apt-get install chromium``) at 1400 px wide. About two minutes on
-two CPU cores; a second run only re-renders.
+By default runs ``make demo``'s pipeline (:func:`saegeo.demo.run_demo`: the shipped family on
+the packaged data, cached under ``--out``, default ``reports/demo``). With ``--toy`` it trains a
+small TopK family (widths 48, 96, 192) on a toy two-level hierarchy
+(:mod:`saegeo.training.toy`) instead and runs the demo's report on it
+(:func:`saegeo.demo.write_report`: the same sections, tables and figures). Either way the page
+is rendered with headless Chromium (``apt-get install chromium``) at 1400 px wide. A few minutes
+on two CPU cores the first time; a second run only re-renders.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from common import ROOT, screenshot
 
 import saegeo as sg
-from saegeo.demo import DemoData, DemoSettings, Stages, stage_keys, write_report
+from saegeo.demo import DemoData, DemoSettings, Stages, run_demo, stage_keys, write_report
 
 WIDTHS = (48, 96, 192)
 K = 8
@@ -49,6 +51,7 @@ def toy_data(root: Path) -> DemoData:
     settings = DemoSettings(
         model="toy",
         tokens=acts.shape[0],
+        retrain=True,
         arch="topk",
         k=K,
         multipliers=WIDTHS,
@@ -64,20 +67,24 @@ def toy_data(root: Path) -> DemoData:
         )
         family = sg.train_family(store, list(WIDTHS), config, out_dir=family_dir).family
         stages.done("family")
-    return DemoData(store=store, family=family, root=root, settings=settings)
+    return DemoData(store, family, root, settings, family_dir)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=str(ROOT / "reports" / "toy_report"))
+    parser.add_argument("--toy", action="store_true", help="a toy family instead of the demo's")
+    parser.add_argument("--out", default=None, help="cache directory of the report")
     parser.add_argument("--png", default=str(ROOT / "assets" / "report.png"))
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=4400)
     args = parser.parse_args()
     torch.manual_seed(0)
-    root = Path(args.out)
-    root.mkdir(parents=True, exist_ok=True)
-    page = write_report(toy_data(root), progress=False)
+    if args.toy:
+        root = Path(args.out or ROOT / "reports" / "toy_report")
+        root.mkdir(parents=True, exist_ok=True)
+        page = write_report(toy_data(root), progress=False)
+    else:
+        page = run_demo(args.out or ROOT / "reports" / "demo")
     png = screenshot(page, Path(args.png), width=args.width, height=args.height)
     print(f"report: {page}\nscreenshot: {png}")
 

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 import saegeo as sg
-from saegeo.effects.novelty import kind_sign_frame
+from saegeo.effects.novelty import SEED_003_FIRST_PAIR, kind_sign_frame
 from saegeo.io.atomic import write_text
 from saegeo.lm.harvest import harvest
 from saegeo.lm.sites import hf_model_name, site_for
@@ -51,13 +51,7 @@ PUBLISHED_SAES = pd.DataFrame(
     }
 )
 """The seed's table of GPT-2 SAEs (layer 8 resid_pre): dictionary size, L0, MSE."""
-PUBLISHED_FIRST_PAIR = {
-    "n_novel": 657,
-    "novel_decreases": 628,
-    "novel_does_not_decrease": 29,
-    "reconstruction_decreases": 281,
-    "reconstruction_does_not_decrease": 598,
-}
+PUBLISHED_FIRST_PAIR = {k: v for k, v in SEED_003_FIRST_PAIR.items() if not k.endswith("_width")}
 """GPT2-768 → GPT2-1536: 657 novel features; the 2×2 table kind × sign(delta_mse)."""
 PUBLISHED_NOVEL_SHARE = 0.35
 """'about 35%' of a larger SAE's features are novel, across the family."""

@@ -1,10 +1,11 @@
 """Seed stability against optimiser steps: do two seeds of one width find the same features?
 
-Trains one SAE width with several seeds on the same activations and, at evenly spaced
-optimiser steps, measures :func:`saegeo.seed_stability`: the share of one seed's features whose
-largest decoder cosine to the other seed's SAE is > 0.7 (the mean over ordered seed pairs),
-also among live latents only (those that fire on the held-out tokens, in both SAEs), with the held-out FVU and the dead share of each seed. A converged dictionary finds
-most of its features again from another starting point; a young one does not.
+Trains one SAE width from two seeds on the same activations and, at evenly spaced optimiser
+steps, measures :func:`saegeo.seed_stability`: the share of one seed's features whose largest
+decoder cosine to the other seed's SAE is > 0.7 (both directions averaged), also among live
+latents only (those that fire on the held-out tokens), with the held-out FVU, L0 and dead
+share. A converged dictionary finds most of its features again from another starting point; a
+young one does not.
 
     .venv/bin/python analyses/seed_stability.py --acts STORE --width 576 \\
         [--arch batchtopk --k 32 --tokens 10000000 --batch-size 4096 --lr 0.002] \\
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import time
 from pathlib import Path
@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 import saegeo as sg
-from saegeo.training.config import TRAIN_ARCHS
 from saegeo.effects.metrics import evaluate
+from saegeo.training.config import TRAIN_ARCHS
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,7 +44,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--aux-k", type=int, default=None)
     parser.add_argument("--aux-coefficient", type=float, default=1 / 32)
     parser.add_argument("--dead-tokens", type=int, default=200_000)
-    parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
+    parser.add_argument("--seeds", default="0,1", help="the two training seeds, comma-separated")
     parser.add_argument("--points", type=int, default=8, help="snapshots along the run")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the curve")
@@ -73,6 +73,8 @@ def main() -> None:
     marks = sorted({max(1, round(steps * (i + 1) / args.points)) for i in range(args.points)})
     held_out = store.read(limit=min(config.eval_tokens, store.n_tokens // 5))
     seeds = [int(s) for s in args.seeds.split(",")]
+    if len(seeds) != 2:
+        raise SystemExit(f"--seeds: give two seeds, got {args.seeds!r}")
     started = time.perf_counter()
     snapshots: dict[int, dict[int, sg.SAE]] = {seed: {} for seed in seeds}
     for seed in seeds:
@@ -84,27 +86,11 @@ def main() -> None:
             on_snapshot=lambda step, sae, seed=seed: snapshots[seed].__setitem__(step, sae),
         )
         print(f"seed {seed} trained at {time.perf_counter() - started:.0f} s", flush=True)
-    rows = []
-    for step in marks:
-        saes = {seed: snapshots[seed][step] for seed in seeds}
-        live = {seed: _live(saes[seed], held_out) for seed in seeds}
-        shares, live_shares = [], []
-        for a, b in itertools.permutations(seeds, 2):
-            shares.append(sg.seed_stability(saes[a], saes[b]))
-            both = saes[b].W_dec[live[b]]
-            live_shares.append(sg.seed_stability(saes[a].W_dec[live[a]], both))
-        metrics = [evaluate(saes[s], held_out, progress=False) for s in seeds]
-        rows.append(
-            {
-                "steps": step,
-                "tokens": step * config.batch_size,
-                "stability": sum(shares) / len(shares),
-                "stability_live": sum(live_shares) / len(live_shares),
-                "fvu": sum(m.fvu for m in metrics) / len(metrics),
-                "l0": sum(m.l0 for m in metrics) / len(metrics),
-                "dead": sum(m.dead_fraction for m in metrics) / len(metrics),
-            }
-        )
+    rows = [
+        {"steps": step, "tokens": step * config.batch_size}
+        | stability_row(snapshots[seeds[0]][step], snapshots[seeds[1]][step], held_out)
+        for step in marks
+    ]
     seconds = time.perf_counter() - started
     print(f"{'steps':>7} {'tokens':>10} {'stable':>7} {'live':>6} {'fvu':>6} {'l0':>6} {'dead':>6}")
     for r in rows:
@@ -119,6 +105,24 @@ def main() -> None:
         args.out.write_text(
             json.dumps({"settings": settings, "seconds": seconds, "curve": rows}, indent=1)
         )
+
+
+def stability_row(a: sg.SAE, b: sg.SAE, held_out: torch.Tensor) -> dict[str, float]:
+    """Seed stability of ``a`` and ``b`` (both directions averaged), also among the latents
+    live on ``held_out``, with their mean held-out FVU, L0 and dead share."""
+    live_a, live_b = _live(a, held_out), _live(b, held_out)
+    metrics = [evaluate(sae, held_out, progress=False) for sae in (a, b)]
+    return {
+        "stability": (sg.seed_stability(a, b) + sg.seed_stability(b, a)) / 2,
+        "stability_live": (
+            sg.seed_stability(a.W_dec[live_a], b.W_dec[live_b])
+            + sg.seed_stability(b.W_dec[live_b], a.W_dec[live_a])
+        )
+        / 2,
+        "fvu": sum(m.fvu for m in metrics) / 2,
+        "l0": sum(m.l0 for m in metrics) / 2,
+        "dead": sum(m.dead_fraction for m in metrics) / 2,
+    }
 
 
 def _live(sae: sg.SAE, acts: torch.Tensor) -> torch.Tensor:

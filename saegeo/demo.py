@@ -1,7 +1,9 @@
-"""The demo data: activations of the packaged language model and SAE families trained on them.
+"""The demo: activations of the packaged language model, an SAE family on them, the report.
 
-Everything is built on this machine from registry packages and cached under one directory,
-so the first call harvests and trains and later calls only read.
+The family is the converged one shipped with saegeo (:data:`SHIPPED_FAMILY`, made by
+``analyses/demo_family.py``), or one trained here in minutes (``DemoSettings.retrain``). The
+activations are harvested on this machine from registry packages; everything is cached under
+one directory, so the first call harvests (and trains) and later calls only read.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from saegeo.core.family import Family
+from saegeo.errors import ArgumentError
 from saegeo.io.atomic import write_json, write_text
 from saegeo.io.store import META_FILE, ActivationStore
 from saegeo.training.config import TrainArch
@@ -24,40 +27,78 @@ log = logging.getLogger(__name__)
 DEFAULT_ROOT = Path("reports/demo")
 
 
+SHIPPED_FAMILY = Path(__file__).resolve().parent / "data" / "demo_family"
+"""The family shipped with saegeo: SAELens directories stored in float16, with ``family.json``
+(the harvest and training settings, the held-out tokens), ``metrics.csv`` and
+``seed_stability.json``; ``analyses/demo_family.py`` makes it from scratch."""
+
+
 @dataclass(frozen=True)
 class DemoSettings:
-    """What the demo harvests and trains."""
+    """What the demo harvests, and the family it analyses: the shipped one, or one trained here.
+
+    The defaults are the shipped family's site; with ``retrain`` False the harvest must stay
+    there, since the family was trained on it.
+    """
 
     model: str = "smollm2-135m-instruct"
     """The language model: the packaged default, a Hugging Face name or a local path."""
-    layer: int = 15
+    layer: int = 5
     """Residual stream after this block (0-based)."""
-    tokens: int = 300_000
-    """Tokens of packaged BBC news to harvest."""
+    tokens: int = 81_920
+    """Tokens of packaged BBC news to harvest, from the first: the shipped family's held-out
+    tokens (the first :data:`EVAL_TOKENS`, a fifth of the default) and the refit tokens after
+    them; with ``retrain``, the training tokens too."""
     context: int = 128
     """Tokens per model input."""
     skip_first: int = 1
     """Text tokens at the start of each context left out (see saegeo.lm.harvest)."""
-    arch: TrainArch = "topk"
-    """Training architecture of the family (see saegeo.training.trainer)."""
+    retrain: bool = False
+    """Train a family here with the settings below instead of using the shipped one."""
+    arch: TrainArch = "batchtopk"
+    """With ``retrain``: training architecture of the family (see saegeo.training.trainer)."""
     k: int = 32
-    """Active latents per token."""
+    """With ``retrain``: active latents per token."""
     multipliers: tuple[int, ...] = (1, 2, 4, 8)
-    """Family widths as multiples of the model's width."""
+    """With ``retrain``: family widths as multiples of the model's width."""
     train_tokens: int = 600_000
-    """Training tokens per member (the store is cycled through)."""
+    """With ``retrain``: training tokens per member (the store is cycled through)."""
     seed: int = 0
-    """Seed of the training runs."""
+    """With ``retrain``: seed of the training runs."""
+
+    @classmethod
+    def retrained(cls) -> DemoSettings:
+        """A family trained here from scratch in minutes (``saegeo demo --retrain``)."""
+        return cls(tokens=300_000, retrain=True)
 
     @classmethod
     def quick(cls) -> DemoSettings:
         """Small settings for a fast look (and for the test suite's notebook runs)."""
-        return cls(tokens=40_000, multipliers=(1, 2, 4), train_tokens=200_000, k=16)
+        return cls(tokens=40_000, retrain=True, multipliers=(1, 2, 4), train_tokens=200_000, k=16)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
         }
+
+
+def shipped_record() -> dict[str, Any]:
+    """The shipped family's ``family.json``: its members, harvest and training settings."""
+    return json.loads((SHIPPED_FAMILY / "family.json").read_text())
+
+
+def _check_shipped_site(settings: DemoSettings) -> None:
+    """The harvest settings of ``settings`` must be those the shipped family was trained on."""
+    harvest = shipped_record()["harvest"]
+    for name in HARVEST_SETTINGS:
+        if name != "tokens" and getattr(settings, name) != harvest[name]:
+            raise ArgumentError(
+                name,
+                getattr(settings, name),
+                f"the shipped family was trained with {name}={harvest[name]!r}; keep it, or "
+                "set retrain=True to train a family on this site",
+                owner="DemoSettings",
+            )
 
 
 class DemoData(NamedTuple):
@@ -66,11 +107,13 @@ class DemoData(NamedTuple):
     store: ActivationStore
     """Harvested activations (with token ids and document ids per token)."""
     family: Family
-    """SAEs trained on ``store``, narrowest first."""
+    """The shipped SAEs, or with ``retrain`` SAEs trained on ``store``; narrowest first."""
     root: Path
-    """The cache directory: ``acts/`` and ``family/`` live here."""
+    """The cache directory: ``acts/`` (and with ``retrain``, ``family/``) live here."""
     settings: DemoSettings
     """What was harvested and trained."""
+    family_dir: Path
+    """Where the family was loaded from: :data:`SHIPPED_FAMILY` or ``root/family``."""
 
 
 def demo_data(
@@ -81,8 +124,9 @@ def demo_data(
 ) -> DemoData:
     """The demo's activations and family under ``root``, built on first use.
 
-    ``root/acts`` is the activation store (resumed if a harvest was interrupted) and
-    ``root/family`` the trained SAEs with ``family.json``. Each is a stage keyed by the
+    ``root/acts`` is the activation store (resumed if a harvest was interrupted). The family
+    is the shipped one (:data:`SHIPPED_FAMILY`) unless ``settings.retrain``; then
+    ``root/family`` holds SAEs trained here, with ``family.json``. Each is a stage keyed by the
     settings that produced it and by its inputs' keys (see :class:`Stages`): it is rebuilt
     when that key changes, and only then.
     """
@@ -90,6 +134,8 @@ def demo_data(
     from saegeo.training.trainer import TrainConfig, train_family
 
     settings = settings or DemoSettings()
+    if not settings.retrain:
+        _check_shipped_site(settings)
     root = Path(root)
     store_dir, family_dir = root / "acts", root / "family"
     keys = stage_keys(settings)
@@ -115,6 +161,10 @@ def demo_data(
             progress=progress,
         )
         stages.done("acts")
+    if not settings.retrain:
+        _remove(family_dir)  # a family trained here earlier, on other activations
+        family = Family.load(SHIPPED_FAMILY)
+        return DemoData(store, family, root, settings, SHIPPED_FAMILY)
     if stages.ready("family", keys["family"], [family_dir]):
         family = Family.load(family_dir)
     else:
@@ -132,7 +182,7 @@ def demo_data(
         log.info("training %s family of widths %s", settings.arch, widths)
         family = train_family(store, widths, config, out_dir=family_dir).family
         stages.done("family")
-    return DemoData(store=store, family=family, root=root, settings=settings)
+    return DemoData(store, family, root, settings, family_dir)
 
 
 # --------------------------------------------------------------------------- stage keys
@@ -168,7 +218,11 @@ def stage_keys(settings: DemoSettings, n_eval: int | None = None) -> dict[str, s
     """
     values = settings.as_dict()
     acts = stage_key({k: values[k] for k in HARVEST_SETTINGS})
-    family = stage_key({k: values[k] for k in TRAIN_SETTINGS}, acts)
+    if settings.retrain:
+        family = stage_key({k: values[k] for k in TRAIN_SETTINGS}, acts)
+    else:  # a new shipped family is a new family
+        shipped = hashlib.sha256((SHIPPED_FAMILY / "family.json").read_bytes()).hexdigest()
+        family = stage_key({"shipped": shipped})
     keys = {"acts": acts, "family": family}
     if n_eval is not None:
         keys["family_table"] = stage_key({}, family)
@@ -290,17 +344,29 @@ def run_demo(
     out: str | Path = DEFAULT_ROOT,
     *,
     quick: bool = False,
+    retrain: bool = False,
     settings: DemoSettings | None = None,
     progress: bool | None = None,
 ) -> Path:
     """Build the demo data under ``out`` (cached), run every analysis, write the report.
+
+    The family is the shipped one; ``retrain`` trains one here in minutes
+    (:meth:`DemoSettings.retrained`) and ``quick`` a smaller one on fewer tokens
+    (:meth:`DemoSettings.quick`); ``settings`` overrides both.
 
     Returns the path of ``out/report/index.html``. Analysis results are cached beside the
     report, each section's files keyed by the settings and stages that produced them (see
     :func:`stage_keys`), so a second run with the same settings only re-renders the page and
     a changed setting recomputes the sections that depend on it.
     """
-    settings = settings or (DemoSettings.quick() if quick else DemoSettings())
+    if settings is None:
+        settings = (
+            DemoSettings.quick()
+            if quick
+            else DemoSettings.retrained()
+            if retrain
+            else DemoSettings()
+        )
     data = demo_data(out, settings, progress=progress)
     return write_report(data, progress=progress)
 
@@ -329,12 +395,13 @@ def write_report(data: DemoData, *, progress: bool | None = None) -> Path:
     )
     page.text(
         f"Activations: {data.store.n_tokens:,} tokens of {source}; the first {n_eval:,} are "
-        "held out for every metric below. The family was trained here with "
-        "<code>saegeo.training.trainer</code>."
+        f"held out for every metric below. {_provenance(data)}"
     )
     page.heading("The family")
     members = _family_table(data, sparsity_settings)
     page.table(members)
+    if not data.settings.retrain:
+        _stability_section(page)
     if not stages.ready("family_table", keys["family_table"], [report_dir / "family.csv"]):
         write_text(report_dir / "family.csv", members.to_csv(index=False))
         stages.done("family_table")
@@ -359,10 +426,52 @@ def write_report(data: DemoData, *, progress: bool | None = None) -> Path:
     return page.write(report_dir / "index.html")
 
 
+def _provenance(data: DemoData) -> str:
+    """Where the family comes from, in a sentence or two."""
+    if data.settings.retrain:
+        return (
+            "The family was trained here with <code>saegeo.training.trainer</code> on "
+            f"{data.settings.train_tokens:,} tokens per member; trained for minutes on a CPU, "
+            "its dictionaries have not converged (the shipped family, without "
+            "<code>--retrain</code>, has)."
+        )
+    record = shipped_record()
+    training = record["config"]
+    return (
+        f"The family ships with saegeo: {training['arch']} (saved as JumpReLU, as SAELens "
+        f"saves BatchTopK), k={training['k']}, trained by <code>analyses/demo_family.py</code> "
+        f"for {training['tokens']:,} tokens per member (batch {training['batch_size']}) on "
+        f"the whole packaged corpus ({record['acts_tokens']:,} tokens) except these held-out "
+        "ones."
+    )
+
+
+def _stability_section(page: Any) -> None:
+    import pandas as pd
+
+    from saegeo.viz.plots import seed_stability_figure
+
+    stability = json.loads((SHIPPED_FAMILY / "seed_stability.json").read_text())
+    final = stability["curve"][-1]
+    page.text(
+        f"Seed stability: trained again from another seed, the narrowest member "
+        f"(width {stability['width']}) finds {final['stability']:.0%} of its features again "
+        f"(largest decoder cosine to the other seed's features > 0.7; "
+        f"{final['stability_live']:.0%} among latents live on the held-out tokens). The curve "
+        "shows how it rose with training; points before the last are taken before the "
+        "learning rate's final decay."
+    )
+    page.figure(
+        seed_stability_figure(
+            pd.DataFrame(stability["curve"]), title="Seed stability of the narrowest member"
+        )
+    )
+
+
 def _family_table(data: DemoData, sparsity_settings: Any) -> Any:
     import pandas as pd
 
-    metrics_path = data.root / "family" / "metrics.csv"
+    metrics_path = data.family_dir / "metrics.csv"
     trained = pd.read_csv(metrics_path) if metrics_path.exists() else None
     rows = []
     for sae in data.family:
@@ -398,7 +507,12 @@ def _novelty_section(
 ) -> Any:
     import pandas as pd
 
-    from saegeo.effects.novelty import FamilyNovelty, family_novelty, kind_sign_frame
+    from saegeo.effects.novelty import (
+        FamilyNovelty,
+        family_novelty,
+        kind_sign_frame,
+        seed_003_table,
+    )
     from saegeo.viz.plots import novelty_figure
 
     files = {name: report_dir / f"novelty_{name}.csv" for name in ("summary", "features", "curves")}
@@ -427,16 +541,12 @@ def _novelty_section(
     cells = [c for c in result.summary if c.endswith(("_decreases", "_does_not_decrease"))]
     page.table(result.summary.drop(columns=cells))
     page.table(kind_sign_frame(result))
-    median_cos = float(result.features["max_cos"].median())
-    share = float(result.summary["share_novel"].mean())
     page.text(
-        f"Here {share:.0%} of the wider features are novel on average, and the median largest "
-        f"cosine is {median_cos:.2f}. Seed 003 found a minority of novel features in GPT-2 SAEs "
-        "trained on hundreds of millions of tokens; where the share is high, as in a family "
-        "trained for minutes on a CPU, the dictionaries have not yet converged on shared "
-        "directions, and the wider SAE's features mostly differ from the narrower one's.",
-        note=True,
+        "Seed 003's figures for every adjacent pair, under the seed's own first GPT-2 pair "
+        f"(on the first {NOVELTY_TOKENS:,} held-out tokens):"
     )
+    page.table(seed_003_table(result.summary))
+    page.text(seed_003_comparison(result), note=True)
     page.figure(novelty_figure(result, title="Novel vs reconstruction"))
     return result
 
@@ -543,3 +653,70 @@ def _frankenstein_section(
     ]
     page.table(comparison[columns])
     page.figure(frankenstein_figure(comparison, title="Frankenstein SAEs vs the originals"))
+
+
+def seed_003_comparison(result: Any) -> str:
+    """Where ``result`` (:class:`~saegeo.effects.novelty.FamilyNovelty` with activations) agrees
+    with seed 003's three findings and where it does not, in words with the figures."""
+    from saegeo.effects.novelty import SEED_003_FIRST_PAIR as seed
+
+    summary = result.summary
+    n_novel = summary["novel_decreases"] + summary["novel_does_not_decrease"]
+    n_rec = summary["reconstruction_decreases"] + summary["reconstruction_does_not_decrease"]
+    share = n_novel / summary["large_width"]
+    novel_lowers = summary["novel_decreases"] / n_novel.clip(lower=1)
+    rec_raises = summary["reconstruction_does_not_decrease"] / n_rec.clip(lower=1)
+    seed_novel = seed["n_novel"]
+    seed_rec = seed["reconstruction_decreases"] + seed["reconstruction_does_not_decrease"]
+    findings = [
+        (
+            "novel features are a minority of the wider SAE",
+            share,
+            seed_novel / seed["large_width"],
+            lambda v: v < 0.5,
+        ),
+        (
+            "novel features lower the narrower SAE's MSE when added",
+            novel_lowers,
+            seed["novel_decreases"] / seed_novel,
+            lambda v: v > 0.5,
+        ),
+        (
+            "reconstruction features raise it",
+            rec_raises,
+            seed["reconstruction_does_not_decrease"] / seed_rec,
+            lambda v: v > 0.5,
+        ),
+    ]
+    sentences = []
+    for claim, values, published, holds in findings:
+        held = [bool(holds(v)) for v in values]
+        span = (
+            f"{values.iloc[0]:.0%}"
+            if len(values) == 1
+            else f"{values.min():.0%}–{values.max():.0%} across pairs"
+        )
+        verdict = (
+            "Agrees"
+            if all(held)
+            else "Disagrees"
+            if not any(held)
+            else f"Agrees for {sum(held)} of {len(held)} pairs"
+        )
+        sentences.append(
+            f"{verdict} with seed 003 that {claim}: {span} here, {published:.0%} there."
+        )
+    features = result.features
+    if len(features) and "explained" in features:
+        novel = features[features["kind"] == "novel"]
+        rebuilt = novel["explained"] >= 0.5
+        if len(novel) and rebuilt.any() and (~rebuilt).any():
+            raise_ = (novel.loc[rebuilt, "delta_mse"] >= 0).mean()
+            lower = (novel.loc[~rebuilt, "delta_mse"] < 0).mean()
+            sentences.append(
+                f"Of the novel features, {rebuilt.mean():.0%} are already rebuilt by the "
+                "narrower SAE through other features (<code>explained</code> >= 0.5) although "
+                f"no single one is close to them; {raise_:.0%} of those raise the MSE when "
+                f"added, and {lower:.0%} of the rest lower it."
+            )
+    return " ".join(sentences)

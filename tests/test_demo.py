@@ -12,19 +12,22 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import saegeo.lm.harvest
 import saegeo.training.trainer
 from saegeo import demo
 from saegeo.core.family import Family
 from saegeo.demo import DemoSettings, run_demo, stage_keys
+from saegeo.effects.novelty import FamilyNovelty, seed_003_table
+from saegeo.errors import ArgumentError
 from saegeo.io.formats import load_sae
 from saegeo.io.store import ActivationStore, ShardWriter
 from saegeo.training.toy import ToyConfig, make_toy_model
 
 D_IN = 8
 SETTINGS = DemoSettings(
-    tokens=3000, multipliers=(1, 2), train_tokens=1024, k=2, context=16, arch="topk"
+    tokens=3000, retrain=True, multipliers=(1, 2), train_tokens=1024, k=2, context=16, arch="topk"
 )
 
 
@@ -158,3 +161,97 @@ def test_interrupted_training_starts_over(tmp_path, calls, monkeypatch):
     data = demo.demo_data(tmp_path, SETTINGS, progress=False)
     assert calls == {"harvest": 1, "train": 1}
     assert data.family.widths == [8, 16]
+
+
+# --------------------------------------------------------------------------- the shipped family
+
+SHIPPED_WIDTHS = [576, 1152, 2304]
+
+
+def test_shipped_family_is_what_the_readme_states():
+    family = Family.load(demo.SHIPPED_FAMILY)
+    assert family.widths == SHIPPED_WIDTHS and family.d_in == 576
+    assert {sae.arch for sae in family} == {"jumprelu"}
+    record = demo.shipped_record()
+    assert record["config"]["arch"] == "batchtopk"
+    assert all(sae.metadata["hook_name"] == "blocks.5.hook_resid_post" for sae in family)
+    cfgs = [json.loads(p.read_text()) for p in demo.SHIPPED_FAMILY.glob("*/cfg.json")]
+    assert len(cfgs) == 3 and {cfg["dtype"] for cfg in cfgs} == {"float16"}
+    size = sum(p.stat().st_size for p in demo.SHIPPED_FAMILY.rglob("*") if p.is_file())
+    assert size < 25 * 2**20
+    readme = (Path(demo.__file__).parents[1] / "README.md").read_text()
+    assert "BatchTopK family (k=32) of widths 576, 1152 and 2304" in readme
+    assert f"after block {record['harvest']['layer']} of SmolLM2" in readme
+
+
+def test_shipped_family_reloads_in_saelens_with_the_same_outputs():
+    sae_lens = pytest.importorskip("sae_lens")
+    family = Family.load(demo.SHIPPED_FAMILY)
+    x = torch.randn(64, 576, generator=torch.Generator().manual_seed(0)) * 3
+    for sae in family:
+        path = demo.SHIPPED_FAMILY / sae.name
+        lens = sae_lens.SAE.load_from_disk(str(path), dtype="float32")
+        with torch.no_grad():
+            codes = lens.encode(x)
+            torch.testing.assert_close(codes, sae.encode(x), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(lens.decode(codes), sae.decode(codes), atol=1e-4, rtol=1e-4)
+
+
+def test_default_settings_are_the_shipped_site():
+    harvest = demo.shipped_record()["harvest"]
+    settings = DemoSettings()
+    assert not settings.retrain
+    assert {name: getattr(settings, name) for name in harvest} == harvest
+
+
+def test_the_demo_harvests_only_the_held_out_tokens_for_the_shipped_family(tmp_path, monkeypatch):
+    harvested = []
+
+    def fake_harvest(model, texts, out, *, max_tokens, layer, **_):
+        harvested.append((max_tokens, layer))
+        acts = torch.randn(max_tokens, 576, generator=torch.Generator().manual_seed(0))
+        writer = ShardWriter(out, 576, shard_tokens=1000, meta={"model": model, "layer": layer})
+        writer.add(acts)
+        return writer.close()
+
+    monkeypatch.setattr(saegeo.lm.harvest, "harvest", fake_harvest)
+    settings = dataclasses.replace(DemoSettings(), tokens=2000)
+    data = demo.demo_data(tmp_path, settings, progress=False)
+    assert harvested == [(2000, 5)] and not (tmp_path / "family").exists()
+    assert data.family_dir == demo.SHIPPED_FAMILY and data.family.widths == SHIPPED_WIDTHS
+    with pytest.raises(ArgumentError, match="layer=5; keep it, or set retrain=True"):
+        demo.demo_data(tmp_path, dataclasses.replace(settings, layer=3), progress=False)
+
+
+def test_the_comparison_with_seed_003_says_where_it_agrees():
+    summary = pd.DataFrame(
+        {
+            "small": ["a", "b"],
+            "large": ["b", "c"],
+            "small_width": [4, 8],
+            "large_width": [8, 16],
+            "novel_decreases": [3, 12],
+            "novel_does_not_decrease": [1, 2],
+            "reconstruction_decreases": [1, 2],
+            "reconstruction_does_not_decrease": [3, 0],
+        }
+    )
+    features = pd.DataFrame(
+        {
+            "kind": ["novel"] * 4 + ["reconstruction"],
+            "explained": [0.9, 0.8, 0.2, 0.1, 0.9],
+            "delta_mse": [1.0, -1.0, -1.0, -1.0, 1.0],
+        }
+    )
+    result = FamilyNovelty(summary, features, pd.DataFrame())
+    text = demo.seed_003_comparison(result)
+    assert "Of the novel features, 50% are already rebuilt" in text
+    assert "50% of those raise the MSE when added, and 100% of the rest lower it" in text
+    assert "Agrees with seed 003 that novel features lower the narrower SAE's MSE" in text
+    assert "86%" in text and "75%" in text  # 12/14 and 3/4 novel features lower the MSE
+    assert "Disagrees with seed 003 that novel features are a minority" in text
+    assert "Agrees for 1 of 2 pairs with seed 003 that reconstruction features raise it" in text
+    table = seed_003_table(summary)
+    assert list(table["pair"]) == ["seed 003: GPT2-768 → GPT2-1536", "a → b", "b → c"]
+    assert table.loc[0, "novel share"] == "657 / 1,536 = 43%"
+    assert table.loc[2, "reconstruction with delta_mse >= 0"] == "0 / 2 = 0%"

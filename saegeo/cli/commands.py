@@ -38,7 +38,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from saegeo.demo import run_demo
 
     types.guard(args, [(args.out, "demo", "--out")], [])
-    report = run_demo(args.out, quick=args.quick)
+    report = run_demo(args.out, quick=args.quick, retrain=args.retrain)
     print(f"report: {report}")
     return 0
 

@@ -346,7 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=types.path,
         help="report directory (default %(default)s)",
     )
-    p.add_argument("--quick", action="store_true", help="smaller sizes, for a fast look")
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train a family here from scratch (minutes) instead of the one shipped with saegeo",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="train a small family on fewer tokens, for a fast look"
+    )
     p.set_defaults(func=commands._cmd_demo, parser=p)
 
     return parser

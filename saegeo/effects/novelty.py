@@ -26,6 +26,17 @@ from saegeo.io.streaming import ActsLike, checked_store
 
 DECREASES = "delta_mse < 0"
 DOES_NOT_DECREASE = "delta_mse >= 0"
+SEED_003_FIRST_PAIR = {
+    "small_width": 768,
+    "large_width": 1536,
+    "n_novel": 657,
+    "novel_decreases": 628,
+    "novel_does_not_decrease": 29,
+    "reconstruction_decreases": 281,
+    "reconstruction_does_not_decrease": 598,
+}
+"""Seed 003's GPT2-768 → GPT2-1536 pair (layer 8 resid_pre), as published: the novel features
+and the 2×2 table kind × sign(delta_mse)."""
 
 
 class FamilyNovelty(NamedTuple):
@@ -236,3 +247,36 @@ def kind_sign_frame(result: FamilyNovelty) -> pd.DataFrame:
         cells.insert(0, "pair", pair)
         frames.append(cells)
     return pd.concat(frames, ignore_index=True)
+
+
+def seed_003_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Seed 003's per-pair figures for every pair of ``summary``, under the seed's own row.
+
+    ``summary`` is :attr:`FamilyNovelty.summary` computed with activations. Columns: the pair,
+    the novel share, the novel features that lower the MSE when added alone and the
+    reconstruction features that do not (each as "count / of kind" and as a share).
+    """
+    rows: list[dict[str, Any]] = [{"pair": "seed 003: GPT2-768 → GPT2-1536", **SEED_003_FIRST_PAIR}]
+    rows += [
+        {"pair": f"{row['small']} → {row['large']}", **row} for row in summary.to_dict("records")
+    ]
+    table = []
+    for row in rows:
+        n_novel = int(row["novel_decreases"] + row["novel_does_not_decrease"])
+        n_rec = int(row["reconstruction_decreases"] + row["reconstruction_does_not_decrease"])
+        width = int(row["large_width"])
+        table.append(
+            {
+                "pair": row["pair"],
+                "novel share": f"{n_novel:,} / {width:,} = {n_novel / width:.0%}",
+                "novel with delta_mse < 0": _share(int(row["novel_decreases"]), n_novel),
+                "reconstruction with delta_mse >= 0": _share(
+                    int(row["reconstruction_does_not_decrease"]), n_rec
+                ),
+            }
+        )
+    return pd.DataFrame(table)
+
+
+def _share(count: int, total: int) -> str:
+    return f"{count:,} / {total:,} = {count / total:.0%}" if total else "0 / 0"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import logging
 import math
@@ -420,6 +421,9 @@ def train_family(
     widths: Sequence[int],
     config: TrainConfig | None = None,
     out_dir: str | os.PathLike[str] | None = None,
+    *,
+    snapshots: Collection[int] = (),
+    on_snapshot: Callable[[int, int, SAE], None] | None = None,
 ) -> FamilyRun:
     """Train one SAE per width with the same configuration and data.
 
@@ -428,7 +432,8 @@ def train_family(
     so an interrupted run keeps what it finished. Member ``i`` is trained with seed
     ``config.seed + i``: with one seed every member would start from the same first decoder
     rows and, after short training, still share them, which reads as spurious
-    reconstruction features across widths.
+    reconstruction features across widths. ``on_snapshot(width, steps, sae)`` is called as
+    :func:`train_sae` describes, for every member.
     """
     config = config or TrainConfig()
     widths = sorted(int(w) for w in widths)
@@ -443,24 +448,31 @@ def train_family(
     paths: list[Path] = []
     for index, width in enumerate(widths):
         member = dataclasses.replace(config.with_width(width), seed=config.seed + index)
-        sae, report = train_sae(store, member)
+        sae, report = train_sae(
+            store,
+            member,
+            snapshots=snapshots,
+            on_snapshot=None if on_snapshot is None else functools.partial(on_snapshot, width),
+        )
         saes.append(sae)
         reports.append(report)
         if out is not None:
             paths.append(out / f"{config.arch}-{width}")
             if distributed.is_main():  # under torch.distributed, rank 0 writes
                 save_sae(sae, paths[-1])
-                _write_summary(out, store, config, reports, paths)
+                write_summary(out, store, config, reports, paths)
     return FamilyRun(family=Family(saes), reports=reports, paths=paths if out else None)
 
 
-def _write_summary(
+def write_summary(
     out: Path,
     store: ActivationStore,
     config: TrainConfig,
     reports: list[TrainReport],
     paths: list[Path],
 ) -> None:
+    """``family.json`` and ``metrics.csv`` under ``out`` for the members saved at ``paths``
+    (what :func:`train_family` writes after each member)."""
     members = [
         {"name": path.name, "path": path.name, **report.row()}
         for report, path in zip(reports, paths, strict=True)

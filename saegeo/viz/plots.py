@@ -34,6 +34,20 @@ def readable_axes_(fig: go.Figure) -> go.Figure:
     return fig
 
 
+def page_layout_(fig: go.Figure, title: str, height: int, *, width: int = 1100) -> go.Figure:
+    """The title at the top left, the legend above the plots, ``MARGIN`` around them, readable
+    axes (:func:`readable_axes_`); ``height`` in pixels, margins included."""
+    fig.update_layout(
+        title={"text": title, "x": 0, "xanchor": "left", "y": 1 - 16 / height, "yanchor": "top"},
+        template="plotly_white",
+        height=height,
+        width=width,
+        margin=MARGIN,
+        legend=_legend_above(height - MARGIN["t"] - MARGIN["b"]),
+    )
+    return readable_axes_(fig)
+
+
 def _legend_above(plot_px: int) -> dict[str, object]:
     """A horizontal legend just above the first row's subplot titles."""
     return {
@@ -140,16 +154,8 @@ def novelty_figure(result: FamilyNovelty, *, threshold: float = 0.7, title: str 
     fig.update_xaxes(title_text="pair of widths", type="category", row=1, col=2)
     fig.update_yaxes(title_text="share novel", tickformat=".0%", row=1, col=1)
     fig.update_yaxes(title_text="features", row=1, col=2)
-    fig.update_layout(
-        title={"text": title, "x": 0, "xanchor": "left", "y": 1 - 16 / height, "yanchor": "top"},
-        template="plotly_white",
-        barmode="group",
-        height=height,
-        width=1150,
-        margin=MARGIN,
-        legend=_legend_above(height - MARGIN["t"] - MARGIN["b"]),
-    )
-    return readable_axes_(fig)
+    fig.update_layout(barmode="group")
+    return page_layout_(fig, title, height, width=1150)
 
 
 def frankenstein_figure(
@@ -205,12 +211,35 @@ def frankenstein_figure(
     fig.update_xaxes(title_text="L0 (mean active latents)", row=1, col=2)
     fig.update_yaxes(title_text="MSE (held-out)", row=1, col=1)
     height = ROW_PX + 90 + MARGIN["t"] + MARGIN["b"]
-    fig.update_layout(
-        title={"text": title, "x": 0, "xanchor": "left", "y": 1 - 16 / height, "yanchor": "top"},
-        template="plotly_white",
-        height=height,
-        width=1100,
-        margin=MARGIN,
-        legend=_legend_above(height - MARGIN["t"] - MARGIN["b"]),
+    return page_layout_(fig, title, height)
+
+
+def seed_stability_figure(
+    curve: pd.DataFrame, *, threshold: float = 0.7, title: str = ""
+) -> go.Figure:
+    """Seed stability against optimiser steps: all latents, and live latents only.
+
+    ``curve`` has columns ``steps``, ``stability`` and ``stability_live`` (shares in [0, 1]),
+    as ``analyses/seed_stability.py`` and ``analyses/demo_family.py`` write them.
+    """
+    fig = go.Figure()
+    for column, name, colour in (
+        ("stability", "all latents", "#1f77b4"),
+        ("stability_live", "live latents", "#ff7f0e"),
+    ):
+        if column in curve:
+            fig.add_trace(
+                go.Scatter(
+                    x=curve["steps"],
+                    y=curve[column],
+                    mode="lines+markers",
+                    name=name,
+                    marker={"color": colour},
+                )
+            )
+    fig.update_xaxes(title_text="optimiser steps", rangemode="tozero")
+    fig.update_yaxes(
+        title_text=f"share found again by the other seed (cos > {threshold})", range=[0, 1]
     )
-    return readable_axes_(fig)
+    height = ROW_PX + MARGIN["t"] + MARGIN["b"]
+    return page_layout_(fig, title, height)

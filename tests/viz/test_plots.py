@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 
 from saegeo.effects.novelty import FamilyNovelty
-from saegeo.viz.plots import ROW_GAP_PX, frankenstein_figure, grid_height, novelty_figure
+from saegeo.viz.plots import (
+    ROW_GAP_PX,
+    frankenstein_figure,
+    grid_height,
+    novelty_figure,
+    seed_stability_figure,
+)
 
 
 def synthetic_novelty(n_pairs: int) -> FamilyNovelty:
@@ -101,3 +107,12 @@ def test_frankenstein_figure_layout():
     assert_readable_axes(fig)
     assert fig.layout.legend.orientation == "h" and fig.layout.legend.y > 1
     assert fig.layout.xaxis.type == "log"
+
+
+def test_seed_stability_figure_draws_both_curves():
+    curve = pd.DataFrame({"steps": [10, 20], "stability": [0.1, 0.3], "stability_live": [0.2, 0.4]})
+    fig = seed_stability_figure(curve, title="Seed stability")
+    assert_readable_axes(fig)
+    assert [trace.name for trace in fig.data] == ["all latents", "live latents"]
+    assert list(fig.data[1].y) == [0.2, 0.4] and tuple(fig.layout.yaxis.range) == (0, 1)
+    assert fig.layout.legend.y > 1
