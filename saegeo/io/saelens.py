@@ -214,7 +214,11 @@ def write_saelens(sae: SAE, path: Path) -> Path:
         "apply_b_dec_to_input": sae.apply_b_dec_to_input,
         "normalize_activations": sae.normalize_activations,
         "reshape_activations": "none",
-        "metadata": {**json_safe(sae.metadata), "sae_lens_version": SAELENS_FORMAT_VERSION},
+        # "source" is where the SAE was last read from, set again on every load.
+        "metadata": {
+            **json_safe({k: v for k, v in sae.metadata.items() if k != "source"}),
+            "sae_lens_version": SAELENS_FORMAT_VERSION,
+        },
         "architecture": arch.saelens_name,
         **arch.saelens_config(sae),
     }

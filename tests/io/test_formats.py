@@ -61,7 +61,11 @@ def test_matryoshka_widths_survive(tmp_path):
     sae = sg.load_sae(tmp_path / "m")
     assert sae.metadata["matryoshka_widths"] == [12, 24, 48]
     sg.save_sae(sae, tmp_path / "again")
-    assert sg.load_sae(tmp_path / "again").metadata["matryoshka_widths"] == [12, 24, 48]
+    again = sg.load_sae(tmp_path / "again")
+    assert again.metadata["matryoshka_widths"] == [12, 24, 48]
+    # Where an SAE was read from is not written with it; loading sets it anew.
+    saved = json.loads((tmp_path / "again" / "cfg.json").read_text())["metadata"]
+    assert "source" not in saved and again.metadata["source"] == str(tmp_path / "again")
     family = sg.Family.load(tmp_path / "m")
     assert family.widths == [12, 24, 48]
     x = torch.randn(8, sae.d_in)
