@@ -508,6 +508,10 @@ CONFIG_CASES: dict[str, Case] = {
     ),
     "pickled code in ae.pt": lambda r: (["info", legacy_pickle(r)], "weights_only"),
     "family with two SAEs of one width": lambda r: (["info", family(r)[0], family(r)[0]], "width"),
+    "demo both retrained and quick": lambda r: (
+        ["demo", "--retrain", "--quick", "--out", str(r / "demo")],
+        "--quick: not allowed with argument --retrain",
+    ),
 }
 CASES.update(CONFIG_CASES)
 

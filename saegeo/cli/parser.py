@@ -346,12 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=types.path,
         help="report directory (default %(default)s)",
     )
-    p.add_argument(
+    family = p.add_mutually_exclusive_group()
+    family.add_argument(
         "--retrain",
         action="store_true",
         help="train a family here from scratch (minutes) instead of the one shipped with saegeo",
     )
-    p.add_argument(
+    family.add_argument(
         "--quick", action="store_true", help="train a small family on fewer tokens, for a fast look"
     )
     p.set_defaults(func=commands._cmd_demo, parser=p)
