@@ -31,6 +31,8 @@ def _entry(rank: int, fn: Callable, world: int, init: str, out: str, args: tuple
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         result = fn(*args)
+        # No rank leaves the group while another may still be talking to it.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
     Path(out, f"rank{rank}.pkl").write_bytes(pickle.dumps(result))
