@@ -47,7 +47,8 @@ from typing import Any
 import torch
 
 from saegeo.io.store import ActivationStore
-from saegeo.lm.harvest import DEFAULT_MODEL, decoder_blocks, harvest, load_model
+from saegeo.lm.harvest import harvest
+from saegeo.lm.models import DEFAULT_MODEL, decoder_blocks, load_model
 
 
 def matmul_gflops(dtype: torch.dtype = torch.float32, *, n: int = 2048, seconds: float = 2.0):

@@ -229,7 +229,7 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
 
 def _harvest_site(args: argparse.Namespace) -> dict:
     """Model, hook, context and centring for ``harvest``: from --for's SAE, else the flags."""
-    from saegeo.lm.harvest import DEFAULT_MODEL
+    from saegeo.lm.models import DEFAULT_MODEL
 
     site = {
         "model": args.model or DEFAULT_MODEL,

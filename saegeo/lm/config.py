@@ -42,7 +42,7 @@ class HarvestConfig:
     """The stored dtype."""
     model_dtype: ModelDtype = "auto"
     """The dtype the model computes in; ``auto`` is bfloat16 where the device multiplies it fast
-    (see :func:`saegeo.lm.harvest.load_model`), else float32."""
+    (see :func:`saegeo.lm.models.load_model`), else float32."""
     device: str | torch.device = "auto"
     """Where the model runs; ``auto`` is CUDA when present."""
     gguf_file: str | None = None

