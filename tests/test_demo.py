@@ -179,7 +179,7 @@ def test_shipped_family_is_what_the_readme_states():
     assert len(cfgs) == 3 and {cfg["dtype"] for cfg in cfgs} == {"float16"}
     size = sum(p.stat().st_size for p in demo.SHIPPED_FAMILY.rglob("*") if p.is_file())
     assert size < 25 * 2**20
-    readme = (Path(demo.__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert "BatchTopK family (k=32) of widths 576, 1152 and 2304" in readme
     assert f"after block {record['harvest']['layer']} of SmolLM2" in readme
 

@@ -1,0 +1,80 @@
+"""The demo: activations of the packaged language model, an SAE family on them, the report.
+
+The family is the converged one shipped with saegeo (:data:`SHIPPED_FAMILY`, made by
+``analyses/demo_family.py``), or one trained here in minutes (``DemoSettings.retrain``). The
+activations are harvested on this machine from registry packages; everything is cached under
+one directory, so the first call harvests (and trains) and later calls only read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from saegeo.demo.data import DemoData, demo_data
+from saegeo.demo.report import seed_003_comparison, write_report
+from saegeo.demo.settings import (
+    DEFAULT_ROOT,
+    EVAL_TOKENS,
+    NOVELTY_POINTS,
+    NOVELTY_TOKENS,
+    SHIPPED_FAMILY,
+    STITCH_TOKENS,
+    TREE_COUNT,
+    TREE_MIN_SIZE,
+    DemoSettings,
+    shipped_record,
+)
+from saegeo.demo.stages import STAGES_FILE, Stages, stage_key, stage_keys
+
+__all__ = [
+    "DEFAULT_ROOT",
+    "EVAL_TOKENS",
+    "NOVELTY_POINTS",
+    "NOVELTY_TOKENS",
+    "SHIPPED_FAMILY",
+    "STAGES_FILE",
+    "STITCH_TOKENS",
+    "TREE_COUNT",
+    "TREE_MIN_SIZE",
+    "DemoData",
+    "DemoSettings",
+    "Stages",
+    "demo_data",
+    "run_demo",
+    "seed_003_comparison",
+    "shipped_record",
+    "stage_key",
+    "stage_keys",
+    "write_report",
+]
+
+
+def run_demo(
+    out: str | Path = DEFAULT_ROOT,
+    *,
+    quick: bool = False,
+    retrain: bool = False,
+    settings: DemoSettings | None = None,
+    progress: bool | None = None,
+) -> Path:
+    """Build the demo data under ``out`` (cached), run every analysis, write the report.
+
+    The family is the shipped one; ``retrain`` trains one here in minutes
+    (:meth:`DemoSettings.retrained`) and ``quick`` a smaller one on fewer tokens
+    (:meth:`DemoSettings.quick`); ``settings`` overrides both.
+
+    Returns the path of ``out/report/index.html``. Analysis results are cached beside the
+    report, each section's files keyed by the settings and stages that produced them (see
+    :func:`stage_keys`), so a second run with the same settings only re-renders the page and
+    a changed setting recomputes the sections that depend on it.
+    """
+    if settings is None:
+        settings = (
+            DemoSettings.quick()
+            if quick
+            else DemoSettings.retrained()
+            if retrain
+            else DemoSettings()
+        )
+    data = demo_data(out, settings, progress=progress)
+    return write_report(data, progress=progress)
