@@ -6,6 +6,10 @@ given as ``rows`` [N] and ``cols`` [N] (int64), sorted by row and then column. C
 the dense forward and backward (five [B, D]×[D, F]-sized products) this leaves one, which is
 what makes CPU training of wide SAEs practical. Each op here has a dense reference in the
 tests.
+
+Every sum over entries runs in a fixed order, so a training step is bit-for-bit reproducible on
+CUDA as on a CPU: sums per latent go through :func:`column_sums` (entries sorted by latent,
+then summed bag by bag), never through atomic ``index_add_``/``scatter_add_``.
 """
 
 from __future__ import annotations
@@ -82,20 +86,35 @@ def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tu
         return torch.sparse_csr_tensor(crow, cols, values, shape)
 
 
-def _coo_t_matmul(
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    values: torch.Tensor,
-    n_cols: int,
-    dense_BD: torch.Tensor,
+class ColumnBags(NamedTuple):
+    """Entries grouped by latent: ``order`` sorts them by column (stably), ``offsets`` [n_cols]
+    is where each column's bag starts in that order."""
+
+    order: torch.Tensor
+    offsets: torch.Tensor
+
+
+def column_bags(cols: torch.Tensor, n_cols: int) -> ColumnBags:
+    """The entries of each column, for :func:`column_sums`."""
+    order = torch.argsort(cols, stable=True)
+    return ColumnBags(order, _offsets(cols, n_cols))
+
+
+def column_sums(
+    bags: ColumnBags, rows: torch.Tensor, values: torch.Tensor, dense_BD: torch.Tensor
 ) -> torch.Tensor:
-    """Aᵀ @ dense for the sparse A [n_rows, n_cols] given by its entries: [n_cols, D]."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        At = torch.sparse_coo_tensor(
-            torch.stack([cols, rows]), values, (n_cols, dense_BD.shape[0]), is_coalesced=False
-        )
-        return torch.sparse.mm(At, dense_BD)
+    """Aᵀ @ dense [n_cols, D] for the sparse A [n_rows, n_cols] given by its entries.
+
+    Row ``j`` is ``Σ values[n] · dense[rows[n]]`` over column j's entries, summed in entry order
+    by ``embedding_bag``'s forward pass, which has no atomics on any device.
+    """
+    return F.embedding_bag(
+        rows[bags.order],
+        dense_BD,
+        bags.offsets,
+        mode="sum",
+        per_sample_weights=values[bags.order],
+    )
 
 
 def _sampled_dot(
@@ -149,11 +168,14 @@ class _SampledLinear(torch.autograd.Function):
                 mode="sum",
                 per_sample_weights=grad_N,
             )
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            bags = column_bags(cols, width)
         if ctx.needs_input_grad[1]:
-            grad_W = _coo_t_matmul(rows, cols, grad_N, width, x_BD).T
+            grad_W = column_sums(bags, rows, grad_N, x_BD).T
         if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(width, dtype=grad_N.dtype, device=grad_N.device)
-            grad_b.index_add_(0, cols, grad_N)
+            ones_N1 = grad_N.new_ones(grad_N.shape[0], 1)
+            grad_b = column_sums(bags, torch.arange(len(rows), device=rows.device), grad_N, ones_N1)
+            grad_b = grad_b[:, 0]
         return grad_x, grad_W, grad_b, None, None, None
 
 
@@ -193,7 +215,7 @@ class _SparseDecode(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_values = _sampled_dot(rows, cols, grad_RD, W_FD)
         if ctx.needs_input_grad[3]:
-            grad_W = _coo_t_matmul(rows, cols, values, W_FD.shape[0], grad_RD)
+            grad_W = column_sums(column_bags(cols, W_FD.shape[0]), rows, values, grad_RD)
         return None, None, grad_values, grad_W, None
 
 
@@ -256,18 +278,16 @@ class _PursuitCoefficients(torch.autograd.Function):
         for t in range(steps - 1, -1, -1):
             later = (ubar_BT[:, t + 1 :] * gram_pp_BTT[:, t, t + 1 :]).sum(1)
             ubar_BT[:, t] = (direct_BT[:, t] - later) * gate_BT[:, t]
+        # Steps are gathered onto their slots by products with the one-hot picks [B, T, K]
+        # rather than scatter-adds, whose sums have no fixed order on CUDA.
+        picked_BTK = F.one_hot(pick_BT, n_slots).to(grad_coef_BK.dtype)
         grad_scores = grad_gram = None
         if ctx.needs_input_grad[0]:
-            grad_scores = torch.zeros_like(grad_coef_BK).scatter_add_(1, pick_BT, ubar_BT)
+            grad_scores = torch.bmm(ubar_BT[:, None, :], picked_BTK)[:, 0]
         if ctx.needs_input_grad[1]:
             earlier_TT = torch.ones(steps, steps, device=pick_BT.device).triu(1)
             pair_BTT = -v_BT[:, :, None] * ubar_BT[:, None, :] * earlier_TT
-            flat_BTT = pick_BT[:, :, None] * n_slots + pick_BT[:, None, :]
-            grad_gram = torch.zeros(
-                batch, n_slots * n_slots, dtype=grad_coef_BK.dtype, device=grad_coef_BK.device
-            )
-            grad_gram.scatter_add_(1, flat_BTT.reshape(batch, -1), pair_BTT.reshape(batch, -1))
-            grad_gram = grad_gram.reshape(batch, n_slots, n_slots)
+            grad_gram = picked_BTK.transpose(1, 2) @ pair_BTT @ picked_BTK
         return grad_scores, grad_gram, None, None, None, None, None
 
 

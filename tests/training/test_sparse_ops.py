@@ -18,10 +18,14 @@ from saegeo.training.sparse_ops import (
 )
 
 B, D, W = 64, 12, 40
+DEVICES = pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)], ids=["cpu", "cuda"]
+)
 
 
 def _dense(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
-    return torch.zeros(shape, dtype=values.dtype).index_put((rows, cols), values)
+    zeros = torch.zeros(shape, dtype=values.dtype, device=values.device)
+    return zeros.index_put((rows, cols), values)
 
 
 def test_select_topk_matches_dense() -> None:
@@ -43,12 +47,13 @@ def test_select_batch_topk_matches_dense(candidates: int | None) -> None:
     assert bool((order_key[1:] > order_key[:-1]).all())
 
 
-def test_sampled_linear_and_sparse_decode_match_dense() -> None:
-    x = torch.randn(B, D, requires_grad=True)
-    W_enc = torch.randn(D, W, requires_grad=True)
-    b_enc = torch.randn(W, requires_grad=True)
-    W_dec = torch.randn(W, D, requires_grad=True)
-    target = torch.randn(B, D)
+@DEVICES
+def test_sampled_linear_and_sparse_decode_match_dense(device: str) -> None:
+    x = torch.randn(B, D).to(device).requires_grad_()
+    W_enc = torch.randn(D, W).to(device).requires_grad_()
+    b_enc = torch.randn(W).to(device).requires_grad_()
+    W_dec = torch.randn(W, D).to(device).requires_grad_()
+    target = torch.randn(B, D).to(device)
 
     with torch.no_grad():
         sel = select_topk(x @ W_enc + b_enc, 6)
@@ -94,7 +99,7 @@ def _pursuit_full_reference(x, W_dec, residual_threshold, max_iterations, stop_d
     batch = x.shape[0]
     acts = x.new_zeros(batch, W_dec.shape[0])
     prev = torch.zeros_like(acts, dtype=torch.bool)
-    done = torch.zeros(batch, dtype=torch.bool)
+    done = torch.zeros(batch, dtype=torch.bool, device=x.device)
     for _ in range(max_iterations):
         with torch.no_grad():
             idx = (residual @ W_dec.T).relu().max(dim=1).indices
@@ -112,15 +117,16 @@ def _pursuit_full_reference(x, W_dec, residual_threshold, max_iterations, stop_d
     return acts
 
 
+@DEVICES
 @pytest.mark.parametrize("stop_dup", [True, False])
-def test_pursuit_with_grad_matches_full_pursuit(stop_dup: bool) -> None:
+def test_pursuit_with_grad_matches_full_pursuit(stop_dup: bool, device: str) -> None:
     W_dec = torch.randn(W, D)
-    W_dec = (W_dec / W_dec.norm(dim=1, keepdim=True)).requires_grad_()
-    x = torch.randn(B, D, requires_grad=True)
+    W_dec = (W_dec / W_dec.norm(dim=1, keepdim=True)).to(device).requires_grad_()
+    x = torch.randn(B, D).to(device).requires_grad_()
     kwargs = {"residual_threshold": 0.5, "max_iterations": 6, "stop_on_duplicate_support": stop_dup}
     fast = pursuit_with_grad(x, W_dec, **kwargs)
     assert_close(fast.detach(), matching_pursuit(x.detach(), W_dec.detach(), **kwargs))
-    target = torch.randn(B, D)
+    target = torch.randn(B, D).to(device)
     ((fast @ W_dec - target) ** 2).sum().backward()
     fast_grads = x.grad.clone(), W_dec.grad.clone()
     x.grad, W_dec.grad = None, None

@@ -116,11 +116,19 @@ def test_pareto_prefixes(store: ActivationStore) -> None:
     assert sae.metadata["training"]["prefixes"] == "pareto"
 
 
-def test_deterministic_given_seed(store: ActivationStore) -> None:
-    a, _ = train_sae(store, _config(arch="batchtopk", tokens=10_000))
-    b, _ = train_sae(store, _config(arch="batchtopk", tokens=10_000))
-    c, _ = train_sae(store, _config(arch="batchtopk", tokens=10_000, seed=1))
-    assert torch.equal(a.W_dec, b.W_dec) and torch.equal(a.threshold, b.threshold)
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)], ids=["cpu", "cuda"]
+)
+@pytest.mark.parametrize("arch", ["batchtopk", "topk", "relu", "matching_pursuit"])
+def test_deterministic_given_seed(store: ActivationStore, arch: str, device: str) -> None:
+    """Bit-for-bit the same SAE from the same seed, on a CPU and on CUDA (whose atomic adds
+    would sum in a different order each run)."""
+    a, _ = train_sae(store, _config(arch=arch, tokens=10_000, device=device))
+    b, _ = train_sae(store, _config(arch=arch, tokens=10_000, device=device))
+    c, _ = train_sae(store, _config(arch=arch, tokens=10_000, device=device, seed=1))
+    assert torch.equal(a.W_dec, b.W_dec) and torch.equal(a.b_dec, b.b_dec)
+    if arch == "batchtopk":
+        assert torch.equal(a.threshold, b.threshold)
     assert not torch.equal(a.W_dec, c.W_dec)
 
 
