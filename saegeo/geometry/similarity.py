@@ -32,6 +32,11 @@ MIN_TILE_ROWS = 256
 # threshold are recomputed in float32 before the threshold is applied.
 BF16_MARGIN = 0.05
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+# Columns per block when a row maximum is located through block maxima (see _row_max).
+ROW_MAX_BLOCK = 256
+# Devices on which it is: on CUDA torch's max-with-index over long rows runs far below memory
+# bandwidth while a plain amax does not; on a CPU the plain max with index is the faster.
+ROW_MAX_BLOCKED_ON = ("cuda",)
 
 
 class CosineMatch(NamedTuple):
@@ -56,6 +61,31 @@ def _decoder(x: SAE | torch.Tensor, name: str) -> torch.Tensor:
             f"[width, d_in], got shape {tuple(W_FD.shape)}"
         )
     return W_FD
+
+
+def _row_max(cosines_LS: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's largest entry and its first column, [rows, 1] each: ``max(dim=1)``.
+
+    On the devices in ``ROW_MAX_BLOCKED_ON`` the maxima of blocks of ``ROW_MAX_BLOCK`` columns
+    come from one ``amax`` pass; the first block holding the row maximum is then searched for
+    its first column. The result is the same as ``max(dim=1)``, ties and NaN included.
+    """
+    if cosines_LS.device.type not in ROW_MAX_BLOCKED_ON:
+        best = cosines_LS.max(dim=1, keepdim=True)
+        return best.values, best.indices
+    rows, cols = cosines_LS.shape
+    full = cols - cols % ROW_MAX_BLOCK
+    parts = []
+    if full:
+        parts.append(cosines_LS[:, :full].view(rows, -1, ROW_MAX_BLOCK).amax(dim=2))
+    if full < cols:
+        parts.append(cosines_LS[:, full:].amax(dim=1, keepdim=True))
+    best = torch.cat(parts, dim=1).max(dim=1, keepdim=True)
+    col_LB = best.indices * ROW_MAX_BLOCK + torch.arange(ROW_MAX_BLOCK, device=best.indices.device)
+    block_LB = cosines_LS.gather(1, col_LB.clamp_max(cols - 1)).masked_fill(
+        col_LB >= cols, -torch.inf
+    )
+    return best.values, col_LB.gather(1, block_LB.max(dim=1, keepdim=True).indices)
 
 
 def _tile_shape(n_small: int, block_elements: int) -> tuple[int, int]:
@@ -180,7 +210,7 @@ def decoder_cosine(
     small32_SD, small_SD, W_large_LD, torch_device = _prepare(small, large, device, dtype)
     # Under torch.distributed each rank takes a contiguous share of the large rows.
     start, stop = distributed.shard(W_large_LD.shape[0])
-    W_large_LD = W_large_LD[start:stop]
+    W_large_LD = W_large_LD[start:stop].to(torch_device)
     n_small, n_large = small_SD.shape[0], W_large_LD.shape[0]
     if not 1 <= k <= n_small:
         raise SaegeoError(f"decoder_cosine(): k must lie in [1, {n_small}], got {k}")
@@ -197,8 +227,8 @@ def decoder_cosine(
     ):
         rows = slice(tile.start, tile.start + tile.cosines.shape[0])
         if k == 1:
-            # max is a single cheap pass over the tile; topk sorts.
-            best_vals, best_idx = tile.cosines.max(dim=1, keepdim=True)
+            # A row maximum is a single cheap pass over the tile; topk sorts.
+            best_vals, best_idx = _row_max(tile.cosines)
         else:
             best_vals, best_idx = tile.cosines.topk(min(k, tile.cosines.shape[1]), dim=1)
         best_idx = best_idx + tile.col
@@ -284,7 +314,7 @@ def decoder_cosine_pairs(
     shape = (small_SD.shape[0], W_large_LD.shape[0])
     # Under torch.distributed each rank takes a contiguous share of the large rows.
     first, stop = distributed.shard(W_large_LD.shape[0])
-    W_large_LD = W_large_LD[first:stop]
+    W_large_LD = W_large_LD[first:stop].to(torch_device)
     exact = dtype not in LOW_PRECISION
     cut = threshold if exact else threshold - BF16_MARGIN
     rows_L, cols_S, vals = [], [], []
