@@ -13,7 +13,9 @@ returns the same codes by two faster routes.
     row (:func:`_drift_bound`); where the best atom does not beat the runner-up (and 0) by
     more than that bound, exact correlations of the few atoms still in contention decide, so
     near-ties resolve as in SAELens. The argmax reads block maxima that the update pass leaves
-    behind, so each iteration streams the correlations once, in cache-sized tiles of rows.
+    behind, so each iteration streams the correlations once: in cache-sized tiles of rows on a
+    CPU, and on CUDA through one fused kernel (:mod:`saegeo.core.gram_update`) that reads each
+    correlation and Gram entry once and writes the correlation and its block maximum.
 ``direct``
     SAELens's recomputation, for dictionaries whose Gram matrix does not fit in memory, but
     only over the rows still running and in batches of rows.
@@ -40,6 +42,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from saegeo.core import gram_update
 from saegeo.errors import SaegeoError, ShapeError
 
 Method = Literal["auto", "gram", "direct"]
@@ -56,8 +59,11 @@ GRAM_MIN_D_IN = 64
 # Correlations per block whose maxima locate the argmax.
 BLOCK = 128
 # Bytes of correlations per batch of rows (bounds memory) and per tile of rows within a Gram
-# iteration on a CPU (keeps the update and the block maxima in cache).
+# iteration on a CPU (keeps the update and the block maxima in cache). On CUDA a batch may take
+# up to CUDA_BATCH_BYTES, within an eighth of the free memory: each iteration is a few dozen
+# kernel launches whatever the batch, so larger batches mean fewer of them.
 BATCH_BYTES = 256 * 2**20
+CUDA_BATCH_BYTES = 2**30
 CPU_TILE_BYTES = 2 * 2**20
 # Fewest rows per thread for which a CPU pursuit is split across threads.
 MIN_SHARE_ROWS = 64
@@ -163,7 +169,8 @@ def matching_pursuit(
         width <= batch · max_iterations / 4, so that building the Gram matrix costs at most
         a quarter of recomputing correlations for every row and iteration.
     batch_size
-        rows encoded together; None keeps each batch's correlations near 256 MB.
+        rows encoded together; None keeps each batch's correlations near 256 MB (on CUDA up
+        to 1 GiB, within an eighth of the free memory).
     device
         where to compute; None keeps ``residual_BD``'s device, ``"auto"`` means CUDA
         when present. The codes come back on ``residual_BD``'s device.
@@ -202,7 +209,7 @@ def matching_pursuit(
             gram_given=gram_FF is not None,
         )
     if batch_size is None:
-        batch_size = default_batch_size(width, W_dec_FD.dtype)
+        batch_size = default_batch_size(width, W_dec_FD.dtype, compute_device)
 
     acts_BF = torch.zeros(batch, width, dtype=residual_BD.dtype, device=compute_device)
     if iterations == 0 or batch == 0:
@@ -275,7 +282,7 @@ def choose_method(
         return "direct"
     itemsize = torch.empty((), dtype=dtype).element_size()
     gram_bytes = 0 if gram_given else width * _padded(width) * itemsize
-    rows = min(batch, default_batch_size(width, dtype))
+    rows = min(batch, default_batch_size(width, dtype, device))
     work_bytes = 2 * rows * _padded(width) * itemsize
     free = available_memory(device)
     if free is not None and gram_bytes + work_bytes > free / 2:
@@ -283,10 +290,15 @@ def choose_method(
     return "gram"
 
 
-def default_batch_size(width: int, dtype: torch.dtype) -> int:
-    """Rows per batch so that a batch's correlations [batch, width] take about 256 MB."""
+def default_batch_size(width: int, dtype: torch.dtype, device: torch.device | None = None) -> int:
+    """Rows per batch so that a batch's correlations [batch, width] take about 256 MB (on
+    CUDA up to 1 GiB, within an eighth of the free memory)."""
     itemsize = torch.empty((), dtype=dtype).element_size()
-    return max(1, BATCH_BYTES // (_padded(width) * itemsize))
+    budget = BATCH_BYTES
+    if device is not None and device.type == "cuda":
+        free = available_memory(device) or 0
+        budget = max(BATCH_BYTES, min(CUDA_BATCH_BYTES, free // 8))
+    return max(1, budget // (_padded(width) * itemsize))
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -524,8 +536,9 @@ def _pursue_gram(
     ``gram_FP`` is ``W_dec W_decᵀ`` padded with zero columns to whole blocks; correlations
     carry -inf in those columns, which the updates leave at -inf. Each iteration updates the
     correlations of the rows still running tile by tile, taking the block maxima while a tile
-    is in cache; once some rows have finished, the others are gathered into a second buffer on
-    the way (the two buffers then swap), so compaction costs no extra pass.
+    is in cache (on CUDA, row by row in one fused kernel); once some rows have finished, the
+    others are gathered into a second buffer on the way (the two buffers then swap), so
+    compaction costs no extra pass.
     """
     rows, _ = residual_BD.shape
     width, padded = gram_FP.shape
@@ -541,6 +554,7 @@ def _pursue_gram(
     torch.matmul(residual_BD, W_dec_FD.T, out=corr_BP[:, :width])
     block_max_BK = corr_BP.view(rows, blocks, BLOCK).amax(dim=-1)
     scale_B = residual_BD.norm(dim=-1) * norm_max
+    fused = gram_update.fused_update(residual_BD.device)
     for iteration in range(rules.iterations):
         idx_B = _select_gram(corr_BP, block_max_BK, residual_BD, W_dec_FD, scale_B)
         coef_B, finished_B = apply_atoms(
@@ -561,12 +575,24 @@ def _pursue_gram(
             front_BP, back_BP = back_BP, front_BP
             corr_BP = front_BP[:kept]
             block_max_BK = block_max_BK[:kept]
-        for start in range(0, kept, tile_rows):
-            stop = min(start + tile_rows, kept)
-            tile_TP = corr_BP[start:stop]
-            if source_BP is not corr_BP:
-                torch.index_select(source_BP, 0, keep_B[start:stop], out=tile_TP)
-            update_TP = gram_FP.index_select(0, idx_B[start:stop])
-            tile_TP.addcmul_(update_TP, coef_B[start:stop, None], value=-1)
-            torch.amax(tile_TP.view(-1, blocks, BLOCK), dim=-1, out=block_max_BK[start:stop])
+        if fused is not None:
+            gathered = source_BP is not corr_BP
+            fused(
+                source_BP,
+                keep_B if gathered else None,
+                corr_BP,
+                gram_FP,
+                idx_B,
+                coef_B,
+                block_max_BK,
+            )
+        else:
+            for start in range(0, kept, tile_rows):
+                stop = min(start + tile_rows, kept)
+                tile_TP = corr_BP[start:stop]
+                if source_BP is not corr_BP:
+                    torch.index_select(source_BP, 0, keep_B[start:stop], out=tile_TP)
+                update_TP = gram_FP.index_select(0, idx_B[start:stop])
+                tile_TP.addcmul_(update_TP, coef_B[start:stop, None], value=-1)
+                torch.amax(tile_TP.view(-1, blocks, BLOCK), dim=-1, out=block_max_BK[start:stop])
         scale_B += coef_B * norms_F[idx_B] * norm_max

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import pytest
-import sae_lens
 import torch
-from sae_lens.saes.matching_pursuit_sae import MatchingPursuitSAEConfig, _encode_matching_pursuit
+from pursuit_helpers import DYNAMIC, STATIC, assert_same_codes, decoder, sparse_inputs
 
 import saegeo.core.pursuit as pursuit
 from saegeo.core.pursuit import choose_method, matching_pursuit
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError, ShapeError
 
+sae_lens = pytest.importorskip("sae_lens")
+from sae_lens.saes.matching_pursuit_sae import (  # noqa: E402
+    MatchingPursuitSAEConfig,
+    _encode_matching_pursuit,
+)
+
 METHODS = ["gram", "direct"]
-STATIC = dict(residual_threshold=0.0, max_iterations=12, stop_on_duplicate_support=False)
-DYNAMIC = dict(residual_threshold=0.3, max_iterations=None, stop_on_duplicate_support=True)
 
 
 def reference(x_BD: torch.Tensor, W_dec_FD: torch.Tensor, **rules) -> torch.Tensor:
@@ -25,31 +28,6 @@ def reference(x_BD: torch.Tensor, W_dec_FD: torch.Tensor, **rules) -> torch.Tens
         max_iterations=rules["max_iterations"],
         stop_on_duplicate_support=rules["stop_on_duplicate_support"],
     )
-
-
-def assert_same_codes(ours_BF: torch.Tensor, ref_BF: torch.Tensor) -> None:
-    assert ours_BF.shape == ref_BF.shape and ours_BF.dtype == ref_BF.dtype
-    assert torch.equal(ours_BF != 0, ref_BF != 0), "supports differ"
-    torch.testing.assert_close(ours_BF, ref_BF, rtol=1e-5, atol=1e-5 * ref_BF.abs().max().item())
-
-
-def decoder(width: int, d_in: int, *, unit: bool, dtype=torch.float64) -> torch.Tensor:
-    W_dec_FD = torch.randn(width, d_in, dtype=dtype)
-    W_dec_FD /= W_dec_FD.norm(dim=1, keepdim=True)
-    if not unit:
-        # Norms below sqrt(2): larger ones make the un-normalised coefficient overshoot.
-        W_dec_FD *= torch.empty(width, 1, dtype=dtype).uniform_(0.4, 1.3)
-    return W_dec_FD
-
-
-def sparse_inputs(W_dec_FD: torch.Tensor, batch: int, noise: float = 0.05) -> torch.Tensor:
-    """Rows built from 1..12 atoms plus noise, so that rows stop at different iterations."""
-    width, d_in = W_dec_FD.shape
-    codes_BF = torch.zeros(batch, width, dtype=W_dec_FD.dtype)
-    for row in range(batch):
-        k = int(torch.randint(1, 13, ()))
-        codes_BF[row, torch.randperm(width)[:k]] = torch.rand(k, dtype=W_dec_FD.dtype) + 0.5
-    return codes_BF @ W_dec_FD + noise * torch.randn(batch, d_in, dtype=W_dec_FD.dtype)
 
 
 # ----------------------------------------------------------------- against the function
