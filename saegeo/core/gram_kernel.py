@@ -23,7 +23,10 @@ def gram_update_kernel(
     and each block's maximum (see :func:`saegeo.core.gram_update.update`)."""
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
-    source_row = tl.load(keep_ptr + row).to(tl.int64) if GATHER else row
+    if GATHER:  # noqa: SIM108 (a static branch of the compiled kernel)
+        source_row = tl.load(keep_ptr + row).to(tl.int64)
+    else:
+        source_row = row
     atom = tl.load(idx_ptr + row).to(tl.int64)
     coef = tl.load(coef_ptr + row)
     cols = chunk * (PER_PROGRAM * BLOCK) + tl.arange(0, PER_PROGRAM * BLOCK)

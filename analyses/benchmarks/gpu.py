@@ -1,0 +1,373 @@
+"""GPU benchmark: every device path of saegeo against a naive GPU baseline, in one run.
+
+Sized to finish in a few minutes on one H100/H200. Each row of the final table is a time
+ratio measured in this run (naive baseline / saegeo, so > 1 means saegeo is faster) next to
+the absolute times and, where it applies, the result's agreement with the baseline:
+
+- ceilings: float32 and bfloat16 matrix products (8192³) and a device-to-device copy, the
+  rates every other figure can be read against;
+- matching pursuit, 16384 tokens, d_in 768, width 16384, 64 iterations, with and without
+  early stops (``auto`` takes the Gram route with the fused update; the Gram matrix is built
+  inside the timed call), against the naive loop that recomputes every correlation of every
+  row at every iteration (SAELens's algorithm). Supports are compared with the naive loop on
+  the rows where its float32 and float64 runs agree;
+- decoder cosine, 49152 x 98304 features, d 768, float32 and bfloat16, against a plain
+  matrix product of the same shape into a preallocated output (the floor of any method that
+  forms the product) and a naive product + row max; decoders are on the GPU already;
+- training TopK and BatchTopK of width 16384 on d 768: bfloat16 products against float32,
+  tokens/s and the held-out FVU each reaches from the same seed and data;
+- the exact decoder refit on 400k tokens at width 16384 against solving the normal
+  equations from dense codes.
+
+    python analyses/benchmarks/gpu.py [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import saegeo as sg
+from saegeo.core.pursuit import matching_pursuit
+from saegeo.geometry import similarity
+from saegeo.geometry.similarity import decoder_cosine
+from saegeo.stitch.refit import refit_exact
+from saegeo.training.trainer import TrainConfig, train_sae
+
+FULL = dict(
+    pursuit=(16384, 768, 16384, 64),
+    cosine=(49152, 98304, 768),
+    train=(768, 16384, 1_048_576),
+    refit=400_000,
+)
+# A smoke test of the script itself, small enough for a CPU (--quick --device cpu).
+QUICK = dict(
+    pursuit=(512, 128, 1024, 16),
+    cosine=(1024, 2048, 128),
+    train=(128, 1024, 40_960),
+    refit=20_000,
+)
+DEVICE = "cuda"
+
+
+def synchronize() -> None:
+    if DEVICE == "cuda":
+        synchronize()
+
+
+def timed(fn: Callable[[], Any], repeats: int = 3, warmup: bool = True) -> tuple[float, Any]:
+    """Median seconds of ``repeats`` synchronised calls (after one warm-up call), and the last
+    result."""
+    if warmup:
+        fn()
+        synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def ceilings() -> dict[str, float]:
+    """TFLOP/s of 8192³ float32 and bfloat16 products; GB/s of a 4 GiB copy (read + write)."""
+    out = {}
+    n = 8192 if DEVICE == "cuda" else 1024
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        a, b = (torch.randn(n, n, device=DEVICE).to(dtype) for _ in range(2))
+        seconds, _ = timed(lambda a=a, b=b: a @ b, repeats=10)
+        out[f"gemm_{name}_tflops"] = 2 * n**3 / seconds / 1e12
+    src = torch.randn(2**30 if DEVICE == "cuda" else 2**24, device=DEVICE)
+    dst = torch.empty_like(src)
+    seconds, _ = timed(lambda: dst.copy_(src), repeats=10)
+    out["copy_gb_per_s"] = 2 * src.numel() * 4 / seconds / 1e9
+    return out
+
+
+def naive_pursuit(
+    x_BD: torch.Tensor, W_FD: torch.Tensor, iterations: int, rules: dict
+) -> torch.Tensor:
+    """SAELens's loop: every correlation of every row recomputed at every iteration."""
+    batch = x_BD.shape[0]
+    residual = x_BD.clone()
+    acts = torch.zeros(batch, W_FD.shape[0], dtype=x_BD.dtype, device=x_BD.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=x_BD.device)
+    rows = torch.arange(batch, device=x_BD.device)
+    for _ in range(iterations):
+        idx = (residual @ W_FD.T).relu().max(dim=1).indices
+        atom = W_FD[idx]
+        coef = (residual * atom).sum(-1).relu() * ~done
+        prior = acts[rows, idx]
+        acts[rows, idx] = prior + coef
+        residual -= coef[:, None] * atom
+        finished = coef == 0
+        if rules["stop_on_duplicate_support"]:
+            finished |= prior != 0
+        if rules["residual_threshold"] > 0:
+            finished |= residual.norm(dim=-1) < rules["residual_threshold"]
+        done |= finished
+    return acts
+
+
+def pursuit_inputs(batch: int, d_in: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random unit-norm dictionary and rows that are sums of 1..64 of its atoms plus noise."""
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    W_FD = torch.randn(width, d_in, device=DEVICE, generator=g)
+    W_FD /= W_FD.norm(dim=1, keepdim=True)
+    atoms = torch.randint(0, width, (batch, 64), device=DEVICE, generator=g)
+    used = torch.arange(64, device=DEVICE) < torch.randint(
+        1, 65, (batch, 1), device=DEVICE, generator=g
+    )
+    weights = (0.5 + torch.rand(batch, 64, device=DEVICE, generator=g)) * used
+    x_BD = torch.nn.functional.embedding_bag(atoms, W_FD, mode="sum", per_sample_weights=weights)
+    return x_BD + 0.02 * torch.randn(batch, d_in, device=DEVICE, generator=g), W_FD
+
+
+def bench_pursuit(batch: int, d_in: int, width: int, iterations: int) -> list[dict[str, Any]]:
+    x_BD, W_FD = pursuit_inputs(batch, d_in, width)
+    rows = []
+    settings = {
+        "static": dict(residual_threshold=0.0, stop_on_duplicate_support=False),
+        "dynamic": dict(residual_threshold=0.5, stop_on_duplicate_support=True),
+    }
+    for name, rules in settings.items():
+        naive_s, naive32 = timed(lambda rules=rules: naive_pursuit(x_BD, W_FD, iterations, rules))
+        naive64 = naive_pursuit(x_BD.double(), W_FD.double(), iterations, rules)
+        agree = ((naive32 != 0) == (naive64 != 0)).all(dim=1)
+        for method in ("auto", "direct"):
+
+            def run(method=method, rules=rules):
+                return matching_pursuit(
+                    x_BD, W_FD, max_iterations=iterations, method=method, **rules
+                )
+
+            seconds, ours = timed(run)
+            same = ((ours != 0) == (naive32 != 0)).all(dim=1)
+            rows.append(
+                {
+                    "path": f"matching pursuit {name}, {method}",
+                    "size": f"{batch} x {width}, d {d_in}, {iterations} it",
+                    "saegeo_s": seconds,
+                    "baseline": "naive loop",
+                    "baseline_s": naive_s,
+                    "agreement": (
+                        f"{int((agree & ~same).sum())} of {int(agree.sum())} rows differ where "
+                        f"naive f32/f64 agree ({int((~agree).sum())} rows they don't)"
+                    ),
+                }
+            )
+    return rows
+
+
+def bench_cosine(n_small: int, n_large: int, d_in: int) -> list[dict[str, Any]]:
+    g = torch.Generator(device=DEVICE).manual_seed(1)
+    small_SD = torch.randn(n_small, d_in, device=DEVICE, generator=g)
+    large_LD = torch.randn(n_large, d_in, device=DEVICE, generator=g)
+    rows = []
+    reference = None
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).removeprefix("torch.")
+        a, b = similarity.unit_rows(large_LD).to(dtype), similarity.unit_rows(small_SD).to(dtype)
+        out = torch.empty(n_large, n_small, dtype=dtype, device=DEVICE)
+        gemm_s, _ = timed(lambda a=a, b=b, out=out: torch.mm(a, b.T, out=out))
+        del out
+        naive_s, _ = timed(lambda a=a, b=b: (a @ b.T).max(dim=1))
+        seconds, match = timed(
+            lambda dtype=dtype: decoder_cosine(
+                small_SD, large_LD, device=DEVICE, dtype=dtype, progress=False
+            )
+        )
+        if reference is None:
+            reference = match
+            agreement = "reference"
+        else:
+            same = match.indices[:, 0] == reference.indices[:, 0]
+            diff = (match.values - reference.values).abs().max().item()
+            agreement = f"{float(same.float().mean()):.4f} same index as f32; max |Δ| {diff:.1e}"
+        size = f"{n_small} x {n_large}, d {d_in}"
+        rows.append(
+            {
+                "path": f"decoder cosine {name}",
+                "size": size,
+                "saegeo_s": seconds,
+                "baseline": "plain GEMM",
+                "baseline_s": gemm_s,
+                "agreement": agreement,
+            }
+        )
+        rows.append(
+            {
+                "path": f"decoder cosine {name}",
+                "size": size,
+                "saegeo_s": seconds,
+                "baseline": "naive GEMM + max",
+                "baseline_s": naive_s,
+                "agreement": "",
+            }
+        )
+    # Where a bfloat16 tile's time goes: its row maximum, blocked or torch's max with index.
+    tile = torch.randn(1365, n_small, device=DEVICE).to(torch.bfloat16)
+    plain_s, _ = timed(lambda: tile.max(dim=1, keepdim=True), repeats=10)
+    blocked_s, _ = timed(lambda: similarity._row_max(tile), repeats=10)
+    rows.append(
+        {
+            "path": "row max of one bf16 tile",
+            "size": f"1365 x {n_small}",
+            "saegeo_s": blocked_s,
+            "baseline": "max(dim=1)",
+            "baseline_s": plain_s,
+            "agreement": "",
+        }
+    )
+    return rows
+
+
+def training_data(d_in: int, tokens: int, features: int = 8192, k: int = 24) -> torch.Tensor:
+    """Tokens [N, d_in] on the CPU: sums of ``k`` of ``features`` directions with Zipf-like
+    frequencies and random magnitudes, plus noise (as a store hands them to the trainer)."""
+    g = torch.Generator(device=DEVICE).manual_seed(2)
+    dirs = torch.randn(features, d_in, device=DEVICE, generator=g)
+    dirs /= dirs.norm(dim=1, keepdim=True)
+    probs = 1.0 / torch.arange(1, features + 1, device=DEVICE).float() ** 0.8
+    chunks = []
+    for start in range(0, tokens, 65536):
+        n = min(65536, tokens - start)
+        idx = torch.multinomial(probs, n * k, replacement=True, generator=g).view(n, k)
+        mags = torch.rand(n, k, device=DEVICE, generator=g) * 2
+        x = torch.nn.functional.embedding_bag(idx, dirs, mode="sum", per_sample_weights=mags)
+        chunks.append((x + 0.05 * torch.randn(n, d_in, device=DEVICE, generator=g)).cpu())
+    return torch.cat(chunks)
+
+
+def bench_training(d_in: int, width: int, tokens: int) -> tuple[list[dict[str, Any]], sg.SAE]:
+    x = training_data(d_in, tokens + 16384)
+    rows = []
+    trained = None
+
+    def config(arch: str, dtype: str, n: int) -> TrainConfig:
+        return TrainConfig(
+            arch=arch,  # type: ignore[arg-type]
+            width=width,
+            k=32,
+            tokens=n,
+            batch_size=4096,
+            eval_tokens=16384,
+            matmul_dtype=dtype,  # type: ignore[arg-type]
+            device=DEVICE,
+            progress=False,
+        )
+
+    train_sae(x, config("topk", "float32", 4096 * 4))  # CUDA and allocator warm-up
+    for arch in ("topk", "batchtopk"):
+        reports = {}
+        for dtype in ("float32", "bfloat16"):
+            sae, reports[dtype] = train_sae(x, config(arch, dtype, tokens))
+            if arch == "topk" and dtype == "float32":
+                trained = sae
+        f32, bf16 = reports["float32"], reports["bfloat16"]
+        assert f32.metrics is not None and bf16.metrics is not None
+        rows.append(
+            {
+                "path": f"training {arch}, bf16 products",
+                "size": f"width {width}, d {d_in}, {tokens} tokens",
+                "saegeo_s": bf16.seconds,
+                "baseline": "float32 products",
+                "baseline_s": f32.seconds,
+                "agreement": (
+                    f"tok/s {f32.tokens_per_second:,.0f} -> {bf16.tokens_per_second:,.0f}; "
+                    f"FVU {f32.metrics.fvu:.4f} -> {bf16.metrics.fvu:.4f} "
+                    f"({(bf16.metrics.fvu - f32.metrics.fvu) / f32.metrics.fvu:+.2%})"
+                ),
+            }
+        )
+    assert trained is not None
+    return rows, trained
+
+
+def naive_refit(sae: sg.SAE, x_ND: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder and bias from dense codes [N, F] on the GPU: the normal equations of
+    ``[codes, 1] @ [W; b] ≈ x``, solved by Cholesky."""
+    codes_NF = sae.encode(x_ND)
+    design = torch.cat([codes_NF, torch.ones(len(codes_NF), 1, device=DEVICE)], dim=1)
+    del codes_NF
+    gram = design.T @ design
+    gram.diagonal().add_(1e-6 * gram.diagonal().mean())
+    solution = torch.cholesky_solve(design.T @ x_ND, torch.linalg.cholesky(gram))
+    return solution[:-1], solution[-1]
+
+
+def bench_refit(sae: sg.SAE, tokens: int, d_in: int) -> list[dict[str, Any]]:
+    x = training_data(d_in, tokens).to(DEVICE)
+    sae = sae.to(DEVICE)
+    seconds, refit = timed(lambda: refit_exact(sae, x, device=DEVICE, progress=False), repeats=2)
+    naive_s, (W_FD, b_D) = timed(lambda: naive_refit(sae, x), repeats=1)
+    with torch.no_grad():
+        naive_mse = ((sae.encode(x) @ W_FD + b_D - x) ** 2).sum(-1).mean().item()
+    return [
+        {
+            "path": "exact refit",
+            "size": f"{tokens} tokens, width {sae.width}",
+            "saegeo_s": seconds,
+            "baseline": "dense normal equations",
+            "baseline_s": naive_s,
+            "agreement": f"MSE {refit.after.mse:.5f} vs {naive_mse:.5f}",
+        }
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--device", default="cuda", help="cuda (default), or cpu with --quick")
+    args = parser.parse_args(argv)
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        parser.error("needs CUDA (or --device cpu --quick for a smoke test)")
+    sizes = QUICK if args.quick else FULL
+    start = time.perf_counter()
+    info: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
+        "torch": torch.__version__,
+        **{k: round(v, 1) for k, v in ceilings().items()},
+    }
+    print(json.dumps(info), flush=True)
+    rows = []
+    for name, bench in (
+        ("pursuit", lambda: bench_pursuit(*sizes["pursuit"])),
+        ("cosine", lambda: bench_cosine(*sizes["cosine"])),
+    ):
+        rows += bench()
+        print(f"{name} done at {time.perf_counter() - start:.0f} s", flush=True)
+    d_in, width, tokens = sizes["train"]
+    train_rows, sae = bench_training(d_in, width, tokens)
+    rows += train_rows
+    print(f"training done at {time.perf_counter() - start:.0f} s", flush=True)
+    rows += bench_refit(sae, sizes["refit"], d_in)
+    info["seconds"] = round(time.perf_counter() - start, 1)
+    print(f"\n{'path':<34} {'size':<34} {'saegeo':>9} {'baseline':>24} {'base':>9} {'ratio':>6}")
+    for row in rows:
+        row["ratio"] = row["baseline_s"] / row["saegeo_s"]
+        print(
+            f"{row['path']:<34} {row['size']:<34} {row['saegeo_s'] * 1e3:>7.1f}ms "
+            f"{row['baseline']:>24} {row['baseline_s'] * 1e3:>7.1f}ms {row['ratio']:>5.2f}x"
+        )
+        if row["agreement"]:
+            print(f"{'':<34} {row['agreement']}")
+    print(json.dumps(info))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
