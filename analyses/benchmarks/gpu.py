@@ -34,7 +34,8 @@ from typing import Any
 import torch
 
 import saegeo as sg
-from saegeo.core.pursuit import matching_pursuit
+from saegeo.core import gram_update
+from saegeo.core.pursuit import BLOCK, matching_pursuit
 from saegeo.geometry import similarity
 from saegeo.geometry.similarity import decoder_cosine
 from saegeo.stitch.refit import refit_exact
@@ -58,7 +59,7 @@ DEVICE = "cuda"
 
 def synchronize() -> None:
     if DEVICE == "cuda":
-        synchronize()
+        torch.cuda.synchronize()
 
 
 def timed(fn: Callable[[], Any], repeats: int = 3, warmup: bool = True) -> tuple[float, Any]:
@@ -212,17 +213,24 @@ def bench_cosine(n_small: int, n_large: int, d_in: int) -> list[dict[str, Any]]:
                 "agreement": "",
             }
         )
-    # Where a bfloat16 tile's time goes: its row maximum, blocked or torch's max with index.
-    tile = torch.randn(1365, n_small, device=DEVICE).to(torch.bfloat16)
-    plain_s, _ = timed(lambda: tile.max(dim=1, keepdim=True), repeats=10)
-    blocked_s, _ = timed(lambda: similarity._row_max(tile), repeats=10)
+    small_tiles = similarity.BLOCK_ELEMENTS  # the CPU's tile size
+    seconds, _ = timed(
+        lambda: decoder_cosine(
+            small_SD,
+            large_LD,
+            device=DEVICE,
+            dtype=torch.bfloat16,
+            block_elements=small_tiles,
+            progress=False,
+        )
+    )
     rows.append(
         {
-            "path": "row max of one bf16 tile",
-            "size": f"1365 x {n_small}",
-            "saegeo_s": blocked_s,
-            "baseline": "max(dim=1)",
-            "baseline_s": plain_s,
+            "path": "decoder cosine bf16, CPU-sized tiles",
+            "size": size,
+            "saegeo_s": seconds,
+            "baseline": "plain GEMM",
+            "baseline_s": rows[-2]["baseline_s"],
             "agreement": "",
         }
     )
@@ -322,11 +330,76 @@ def bench_refit(sae: sg.SAE, tokens: int, d_in: int) -> list[dict[str, Any]]:
     ]
 
 
+def sweep_fused_update(batch: int, width: int) -> list[str]:
+    """GB/s of the fused Gram update alone (3 passes of [batch, width] float32) at several
+    launch settings; the first is the shipped one."""
+    g = torch.Generator(device=DEVICE).manual_seed(3)
+    padded = -(-width // BLOCK) * BLOCK
+    corr = torch.randn(batch, padded, device=DEVICE, generator=g)
+    gram = torch.randn(width, padded, device=DEVICE, generator=g)
+    idx = torch.randint(0, width, (batch,), device=DEVICE, generator=g)
+    coef = torch.rand(batch, device=DEVICE, generator=g)
+    block_max = torch.empty(batch, padded // BLOCK, device=DEVICE)
+    shipped = (gram_update.NUM_WARPS, gram_update.BLOCKS_PER_PROGRAM)
+    lines = []
+    for warps, per_program in (shipped, (8, 16), (4, 8), (8, 32), (2, 4), (4, 32)):
+        gram_update.NUM_WARPS, gram_update.BLOCKS_PER_PROGRAM = warps, per_program
+        seconds, _ = timed(
+            lambda: gram_update.update(corr, None, corr, gram, idx, coef, block_max), repeats=10
+        )
+        gb_s = 3 * batch * padded * 4 / seconds / 1e9
+        lines.append(
+            f"fused update warps={warps} blocks/program={per_program}: "
+            f"{seconds * 1e3:.3f} ms, {gb_s:.0f} GB/s"
+        )
+    gram_update.NUM_WARPS, gram_update.BLOCKS_PER_PROGRAM = shipped
+    return lines
+
+
+def profile(sizes: dict[str, Any]) -> str:
+    """The CUDA kernels that take the time in one static pursuit and a short training run."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    batch, d_in, width, iterations = sizes["pursuit"]
+    x_BD, W_FD = pursuit_inputs(batch, d_in, width)
+    static = dict(residual_threshold=0.0, stop_on_duplicate_support=False)
+    tables = []
+    runs = {
+        "pursuit": lambda: matching_pursuit(x_BD, W_FD, max_iterations=iterations, **static),
+    }
+    d_in, width, _ = sizes["train"]
+    x = training_data(d_in, 4096 * 9)
+    for dtype in ("float32", "bfloat16"):
+        config = TrainConfig(
+            arch="topk",
+            width=width,
+            k=32,
+            tokens=4096 * 8,
+            batch_size=4096,
+            eval_tokens=0,
+            matmul_dtype=dtype,
+            device=DEVICE,
+            progress=False,  # type: ignore[arg-type]
+        )
+        runs[f"training topk {dtype}"] = lambda config=config: train_sae(x, config)
+    for name, run in runs.items():
+        run()
+        synchronize()
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            run()
+            synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18)
+        tables.append(f"=== {name}\n{table}")
+    return "\n".join(tables)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--device", default="cuda", help="cuda (default), or cpu with --quick")
+    parser.add_argument("--profile", help="also write a kernel profile to this file")
     args = parser.parse_args(argv)
     global DEVICE
     DEVICE = args.device
@@ -352,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     rows += train_rows
     print(f"training done at {time.perf_counter() - start:.0f} s", flush=True)
     rows += bench_refit(sae, sizes["refit"], d_in)
+    sweep = sweep_fused_update(*sizes["pursuit"][::2]) if DEVICE == "cuda" else []
     info["seconds"] = round(time.perf_counter() - start, 1)
     print(f"\n{'path':<34} {'size':<34} {'saegeo':>9} {'baseline':>24} {'base':>9} {'ratio':>6}")
     for row in rows:
@@ -362,7 +436,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         if row["agreement"]:
             print(f"{'':<34} {row['agreement']}")
+    print("\n".join(sweep))
     print(json.dumps(info))
+    if args.profile and DEVICE == "cuda":
+        with open(args.profile, "w") as f:
+            f.write(profile(sizes))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"info": info, "rows": rows}, f, indent=1)

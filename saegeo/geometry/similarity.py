@@ -23,8 +23,10 @@ from saegeo.errors import SaegeoError, ShapeError
 from saegeo.io import distributed
 from saegeo.io.streaming import progress_bar
 
-# Largest similarity tile held at once, in elements (256 MiB of float32).
+# Largest similarity tile held at once, in elements (256 MiB of float32); on CUDA four times
+# that, where each tile's fixed costs (launches, the row merge) weigh more against its product.
 BLOCK_ELEMENTS = 64 * 1024 * 1024
+CUDA_BLOCK_ELEMENTS = 4 * BLOCK_ELEMENTS
 # Fewest large-feature rows per tile before the small axis is split too: thinner tiles make
 # poor matrix products.
 MIN_TILE_ROWS = 256
@@ -32,11 +34,6 @@ MIN_TILE_ROWS = 256
 # threshold are recomputed in float32 before the threshold is applied.
 BF16_MARGIN = 0.05
 LOW_PRECISION = (torch.bfloat16, torch.float16)
-# Columns per block when a row maximum is located through block maxima (see _row_max).
-ROW_MAX_BLOCK = 256
-# Devices on which it is: on CUDA torch's max-with-index over long rows runs far below memory
-# bandwidth while a plain amax does not; on a CPU the plain max with index is the faster.
-ROW_MAX_BLOCKED_ON = ("cuda",)
 
 
 class CosineMatch(NamedTuple):
@@ -63,29 +60,10 @@ def _decoder(x: SAE | torch.Tensor, name: str) -> torch.Tensor:
     return W_FD
 
 
-def _row_max(cosines_LS: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's largest entry and its first column, [rows, 1] each: ``max(dim=1)``.
-
-    On the devices in ``ROW_MAX_BLOCKED_ON`` the maxima of blocks of ``ROW_MAX_BLOCK`` columns
-    come from one ``amax`` pass; the first block holding the row maximum is then searched for
-    its first column. The result is the same as ``max(dim=1)``, ties and NaN included.
-    """
-    if cosines_LS.device.type not in ROW_MAX_BLOCKED_ON:
-        best = cosines_LS.max(dim=1, keepdim=True)
-        return best.values, best.indices
-    rows, cols = cosines_LS.shape
-    full = cols - cols % ROW_MAX_BLOCK
-    parts = []
-    if full:
-        parts.append(cosines_LS[:, :full].view(rows, -1, ROW_MAX_BLOCK).amax(dim=2))
-    if full < cols:
-        parts.append(cosines_LS[:, full:].amax(dim=1, keepdim=True))
-    best = torch.cat(parts, dim=1).max(dim=1, keepdim=True)
-    col_LB = best.indices * ROW_MAX_BLOCK + torch.arange(ROW_MAX_BLOCK, device=best.indices.device)
-    block_LB = cosines_LS.gather(1, col_LB.clamp_max(cols - 1)).masked_fill(
-        col_LB >= cols, -torch.inf
-    )
-    return best.values, col_LB.gather(1, block_LB.max(dim=1, keepdim=True).indices)
+def _block_elements(block_elements: int | None, device: torch.device) -> int:
+    if block_elements is not None:
+        return block_elements
+    return CUDA_BLOCK_ELEMENTS if device.type == "cuda" else BLOCK_ELEMENTS
 
 
 def _tile_shape(n_small: int, block_elements: int) -> tuple[int, int]:
@@ -170,7 +148,7 @@ def decoder_cosine(
     k: int = 1,
     device: str | torch.device = "auto",
     dtype: torch.dtype = torch.float32,
-    block_elements: int = BLOCK_ELEMENTS,
+    block_elements: int | None = None,
     progress: bool | None = None,
 ) -> CosineMatch:
     """Top-``k`` decoder cosines from each ``large`` feature to the ``small`` features.
@@ -188,8 +166,9 @@ def decoder_cosine(
         the top-k from bfloat16 cosines, whose values are then recomputed in float32 (near-ties
         may be ordered differently from float32).
     block_elements
-        Largest tile of the cosine matrix held at once, in elements. Both axes are split when
-        the small SAE alone would exceed it.
+        Largest tile of the cosine matrix held at once, in elements; None is ``BLOCK_ELEMENTS``
+        (256 MiB of float32), four times that on CUDA. Both axes are split when the small SAE
+        alone would exceed it.
     progress
         Show a progress bar: None on a terminal, True always, False never
         (:mod:`saegeo.io.streaming`).
@@ -208,6 +187,7 @@ def decoder_cosine(
     (0.7071, 0)
     """
     small32_SD, small_SD, W_large_LD, torch_device = _prepare(small, large, device, dtype)
+    block_elements = _block_elements(block_elements, torch_device)
     # Under torch.distributed each rank takes a contiguous share of the large rows.
     start, stop = distributed.shard(W_large_LD.shape[0])
     W_large_LD = W_large_LD[start:stop].to(torch_device)
@@ -227,8 +207,8 @@ def decoder_cosine(
     ):
         rows = slice(tile.start, tile.start + tile.cosines.shape[0])
         if k == 1:
-            # A row maximum is a single cheap pass over the tile; topk sorts.
-            best_vals, best_idx = _row_max(tile.cosines)
+            # max is a single cheap pass over the tile; topk sorts.
+            best_vals, best_idx = tile.cosines.max(dim=1, keepdim=True)
         else:
             best_vals, best_idx = tile.cosines.topk(min(k, tile.cosines.shape[1]), dim=1)
         best_idx = best_idx + tile.col
@@ -290,7 +270,7 @@ def decoder_cosine_pairs(
     threshold: float,
     device: str | torch.device = "auto",
     dtype: torch.dtype = torch.float32,
-    block_elements: int = BLOCK_ELEMENTS,
+    block_elements: int | None = None,
     progress: bool | None = None,
 ) -> sp.csr_matrix:
     """Every (small i, large j) pair with decoder cosine ``> threshold``, as a sparse matrix.
@@ -311,6 +291,7 @@ def decoder_cosine_pairs(
         [small.width, large.width] float32 cosines of the kept pairs.
     """
     small32_SD, small_SD, W_large_LD, torch_device = _prepare(small, large, device, dtype)
+    block_elements = _block_elements(block_elements, torch_device)
     shape = (small_SD.shape[0], W_large_LD.shape[0])
     # Under torch.distributed each rank takes a contiguous share of the large rows.
     first, stop = distributed.shard(W_large_LD.shape[0])

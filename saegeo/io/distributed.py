@@ -238,14 +238,17 @@ def env_has_torchrun() -> bool:
 
 
 def init_from_env(timeout_s: float = 1800.0) -> bool:
-    """Start the process group ``torchrun`` describes (NCCL on CUDA, else gloo).
+    """Start the process group ``torchrun`` describes: NCCL when every rank of a host has a
+    GPU of its own, else gloo (ranks then share the host's devices).
 
     For the command line only; library functions never call it. Returns whether it started
     one (False if the variables are absent or a group already exists).
     """
     if is_distributed() or not env_has_torchrun() or not dist.is_available():
         return False
-    backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    own_gpu = torch.cuda.is_available() and local_ranks <= torch.cuda.device_count()
+    backend = "nccl" if own_gpu and dist.is_nccl_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))

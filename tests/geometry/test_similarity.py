@@ -8,7 +8,6 @@ import torch
 
 import saegeo as sg
 from saegeo.errors import SaegeoError, ShapeError
-from saegeo.geometry import similarity
 from saegeo.geometry.similarity import decoder_cosine, decoder_cosine_pairs, unit_rows
 
 
@@ -31,30 +30,6 @@ def test_decoder_cosine_matches_dense_topk(decoders, block_elements, k):
     expected = dense_cosines(W_small_SD, W_large_LD).topk(k, dim=1)
     match = decoder_cosine(W_small_SD, W_large_LD, k=k, block_elements=block_elements, device="cpu")
     assert match.values.shape == (530, k) and match.values.dtype == torch.float32
-    torch.testing.assert_close(match.values.double(), expected.values, atol=1e-5, rtol=0)
-    assert torch.equal(match.indices, expected.indices)
-
-
-@pytest.mark.parametrize("cols", [1, 255, 256, 700, 1024])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_blocked_row_max_is_max_with_first_index(monkeypatch, cols, dtype):
-    monkeypatch.setattr(similarity, "ROW_MAX_BLOCKED_ON", ("cpu",))
-    cosines = torch.randn(40, cols).to(dtype)
-    cosines[3] = 0.5  # a whole row tied
-    cosines[4, cols // 2 :] = cosines[4].max()  # ties across blocks
-    cosines[5, cols - 1] = torch.nan
-    values, indices = similarity._row_max(cosines)
-    expected = cosines.max(dim=1, keepdim=True)
-    torch.testing.assert_close(values, expected.values, equal_nan=True, atol=0, rtol=0)
-    assert torch.equal(indices, expected.indices)
-
-
-@pytest.mark.parametrize("block_elements", [10**8, 37 * 256])
-def test_blocked_row_max_route_matches_dense(monkeypatch, decoders, block_elements):
-    monkeypatch.setattr(similarity, "ROW_MAX_BLOCKED_ON", ("cpu",))
-    W_small_SD, W_large_LD = decoders
-    expected = dense_cosines(W_small_SD, W_large_LD).max(dim=1, keepdim=True)
-    match = decoder_cosine(W_small_SD, W_large_LD, block_elements=block_elements, device="cpu")
     torch.testing.assert_close(match.values.double(), expected.values, atol=1e-5, rtol=0)
     assert torch.equal(match.indices, expected.indices)
 
