@@ -14,6 +14,11 @@ cosine, latents below 0.5 left out; an edge is correct when the child's true fea
 the subtree of the parent's true feature, itself included; recall over the true pairs among
 scored latents of adjacent widths).
 
+Besides the published definitions and the co-firing scores of :mod:`saegeo.geometry.cofiring`
+(nesting, containment), the script prints candidates that did not beat them: base-rate
+contrasts (lift, ``P(p | c) − P(p | not c)``, and its normalised form) and their combinations
+with presence.
+
 Scores with a free threshold have it chosen on *calibration* families (other seeds, never the
 evaluation families), by the best mean F1. The script prints precision and recall of every
 method, mean and worst over seeds, per family kind, then overall.
@@ -40,8 +45,17 @@ import scipy.sparse as sp
 import torch
 
 import saegeo as sg
-from saegeo.geometry.cofiring import InputMeans, cofiring, input_means, nesting, presence_scores
+from saegeo.geometry.cofiring import (
+    InputMeans,
+    cofiring,
+    containment,
+    input_means,
+    nesting,
+    presence_scores,
+    present_codes,
+)
 from saegeo.geometry.masked_cosine import masked_cosine
+from saegeo.geometry.sparse_codes import as_csr, safe_divide
 from saegeo.training.toy import ToyConfig, make_toy_model
 from saegeo.trees.dag import DEFAULT_THRESHOLDS
 from saegeo.trees.recovery import Recovery, latent_features, recovery
@@ -268,6 +282,8 @@ class Level(NamedTuple):
     sae: sg.SAE
     codes: sp.csr_matrix
     means: InputMeans
+    present: sp.csr_matrix
+    """[N, F]: where each latent fires or its direction is in the input (``present_codes``)."""
 
 
 # name -> (score(parent level, child level) -> sparse [P, C], fixed threshold or None: tuned)
@@ -280,6 +296,42 @@ def _decoder(p: Level, c: Level) -> sp.csr_matrix:
 
 def _encoder(p: Level, c: Level) -> sp.csr_matrix:
     return _dense_pairs(_unit(p.sae.W_enc, 0).T @ _unit(c.sae.W_dec, 1).T)
+
+
+def _presence_on(p: Level, c: Level, M: sp.csr_matrix) -> sp.csr_matrix:
+    """Presence at the stored pairs of ``M``."""
+    coo = M.tocoo()
+    values = presence_scores(p.sae.W_dec, p.means, c.means, coo.row, coo.col)
+    return sp.csr_matrix((values, (coo.row, coo.col)), shape=M.shape)
+
+
+def _lift(p: Level, c: Level, *, normalised: bool, present: bool = False) -> sp.csr_matrix:
+    """``P(p | c) − P(p | not c)`` at the co-firing pairs; divided by ``1 − P(p | not c)``
+    when ``normalised``. Pairs that never co-fire have a negative lift and stay absent.
+    With ``present``, "p" is "p fires or its direction is in the input"."""
+    codes_p = p.present if present else p.codes
+    coo = cofiring(codes_p, c.codes).tocoo()
+    n_tokens = p.codes.shape[0]
+    fires_p = as_csr(codes_p, "codes").getnnz(axis=0)[coo.row].astype(np.float64)
+    fires_c = as_csr(c.codes, "codes").getnnz(axis=0)[coo.col].astype(np.float64)
+    elsewhere = safe_divide(fires_p - coo.data * fires_c, n_tokens - fires_c)
+    lift = coo.data - elsewhere
+    if normalised:
+        lift = safe_divide(lift, 1.0 - elsewhere)
+    return sp.csr_matrix((lift, (coo.row, coo.col)), shape=coo.shape)
+
+
+def _min(M: sp.csr_matrix, N: sp.csr_matrix) -> sp.csr_matrix:
+    """Entry-wise minimum of two pair scores (dense over pairs, fine at toy widths)."""
+    return _dense_pairs(np.minimum(M.toarray(), N.toarray()))
+
+
+def _gated(p: Level, c: Level) -> sp.csr_matrix:
+    """max(co-firing, presence) where the normalised lift is positive."""
+    gate = _lift(p, c, normalised=True)
+    gate.data = (gate.data > 0).astype(np.float64)
+    score = cofiring(p.codes, c.codes).maximum(_presence_on(p, c, gate))
+    return sp.csr_matrix(score.multiply(gate))
 
 
 METHODS: dict[str, tuple[ScoreFn, float | None]] = {
@@ -301,6 +353,29 @@ METHODS: dict[str, tuple[ScoreFn, float | None]] = {
         lambda p, c: nesting(p.codes, c.codes, p.sae.W_dec, p.means, c.means),
         None,
     ),
+    "containment = min(P(parent present | child), presence)": (
+        lambda p, c: containment(p.present, c.codes, p.sae.W_dec, p.means, c.means),
+        None,
+    ),
+    # Other candidates: base-rate contrasts (lift) and combinations with presence.
+    "lift P(p|c) - P(p|not c)": (lambda p, c: _lift(p, c, normalised=False), None),
+    "normalised lift": (lambda p, c: _lift(p, c, normalised=True), None),
+    "min(lift, presence)": (
+        lambda p, c: _min(_lift(p, c, normalised=False), presence(p.sae, p.means, c.means)),
+        None,
+    ),
+    "min(normalised lift, presence)": (
+        lambda p, c: _min(_lift(p, c, normalised=True), presence(p.sae, p.means, c.means)),
+        None,
+    ),
+    "P(parent present | child)": (lambda p, c: cofiring(p.present, c.codes), None),
+    "max(co-firing, presence) where lift > 0": (_gated, None),
+    "min(normalised lift of parent present, presence)": (
+        lambda p, c: _min(
+            _lift(p, c, normalised=True, present=True), presence(p.sae, p.means, c.means)
+        ),
+        None,
+    ),
 }
 Scored = tuple[list[np.ndarray], dict[str, list[sp.csr_matrix]], list[int]]
 """Latent -> true feature per level, every method's scores per level pair, true parents."""
@@ -314,7 +389,9 @@ def family_scores(truth: Truth) -> tuple[list[np.ndarray], dict[str, list[sp.csr
     levels = []
     for sae in fam:
         codes = sg.encode_codes(sae, truth.acts_ND, progress=False, device="cpu")
-        levels.append(Level(sae, codes, input_means(codes, truth.acts_ND)))
+        means = input_means(codes, truth.acts_ND)
+        present = present_codes(codes, truth.acts_ND, sae.W_dec, means)
+        levels.append(Level(sae, codes, means, present))
     scores = {
         name: [sp.csr_matrix(fn(levels[l], levels[l + 1])) for l in range(len(fam) - 1)]
         for name, (fn, _) in METHODS.items()

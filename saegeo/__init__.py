@@ -46,7 +46,7 @@ from saegeo.effects.metrics import Metrics, evaluate
 from saegeo.effects.novelty import family_novelty
 from saegeo.errors import FormatError, SaegeoError, ShapeError
 from saegeo.geometry.classify import classify, swap_groups
-from saegeo.geometry.cofiring import cofiring, nesting
+from saegeo.geometry.cofiring import cofiring, containment, nesting
 from saegeo.geometry.masked_cosine import masked_cosine
 from saegeo.geometry.similarity import (
     CosineMatch,
@@ -101,6 +101,7 @@ __all__ = [
     "cofiring",
     "compare_frankensteins",
     "concat",
+    "containment",
     "decoder_cosine",
     "decoder_cosine_pairs",
     "seed_stability",

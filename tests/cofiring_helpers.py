@@ -40,3 +40,16 @@ def naive_presence(W_PD, parent_NP, child_NC, x_ND) -> np.ndarray:
             there = unit @ (x_ND[on_c].mean(axis=0) - mean) if on_c.any() else -mean @ unit
             out[p, c] = there / own if own > 0 else 0.0
     return out
+
+
+def naive_present(W_FD, codes_NF, x_ND, fraction: float = 0.5) -> np.ndarray:
+    """1 where latent f fires or d̂_f · (x − mean x) >= fraction · d̂_f · (mean x on f − mean x)."""
+    mean = x_ND.mean(axis=0)
+    out = np.zeros(codes_NF.shape)
+    for f in range(codes_NF.shape[1]):
+        unit = W_FD[f] / np.linalg.norm(W_FD[f])
+        on = codes_NF[:, f] != 0
+        own = unit @ (x_ND[on].mean(axis=0) - mean) if on.any() else 0.0
+        for t in range(codes_NF.shape[0]):
+            out[t, f] = float(on[t] or (own > 0 and unit @ (x_ND[t] - mean) >= fraction * own))
+    return out

@@ -88,14 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--acts",
         type=types.path,
         help="activations (.npy, .safetensors or store directory); needed "
-        "by masked_cosine, cofiring and nesting, adds freq and max_act otherwise",
+        "by masked_cosine, cofiring, nesting and containment, adds freq and max_act otherwise",
     )
     p.add_argument(
         "--threshold",
         type=types.real(),
         default=None,
         help="edge iff score > T (default 0.7 decoder_cosine, 0.6 masked_cosine, "
-        "0.6 cofiring, 0.45 nesting)",
+        "0.6 cofiring, 0.45 nesting, 0.5 containment)",
     )
     p.add_argument(
         "--out",

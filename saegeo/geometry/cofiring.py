@@ -22,6 +22,13 @@ with ``x̄_j`` the mean input over the tokens where ``j`` fires and ``x̄`` the 
 **nesting** score is the smaller of the two, ``min(P(i fires | j fires), presence(i, j))``:
 high only when the child's tokens lie inside the parent's by firing *and* by content.
 
+Nesting misses a true parent whose latent goes silent where the child fires (absorption: the
+child latent writes the parent's direction itself), although the parent's direction is still
+in the input there. The parent is **present** on a token where its latent fires or the input
+holds at least half its own share of the parent's direction, ``d̂_i · (x − x̄) >= ½ d̂_i ·
+(x̄_i − x̄)`` (:func:`present_codes`). The **containment** score counts those tokens instead of
+the firing ones, ``min(P(i present | j fires), presence(i, j))`` (:func:`containment`).
+
 Every quantity is a co-activation sum over the tokens, computed from sparse codes A [N, P]
 and B [N, C] with sparse products (``1[A]ᵀ 1[B]``, ``1[A]ᵀ B``, ``1[B]ᵀ X``), children grouped
 as in :func:`saegeo.geometry.masked_cosine.masked_cosine` so that memory stays bounded.
@@ -29,7 +36,7 @@ as in :func:`saegeo.geometry.masked_cosine.masked_cosine` so that memory stays b
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -46,7 +53,7 @@ from saegeo.geometry.sparse_codes import (
     top_k_per_child,
     with_data,
 )
-from saegeo.io.streaming import ActsLike, progress_bar, stream
+from saegeo.io.streaming import ActsLike, BatchStream, progress_bar, stream
 
 
 def cofiring(
@@ -185,29 +192,118 @@ def input_means(
     """
     matrix = as_csr(codes, "codes", caller="input_means")
     batches = stream(acts, batch_size=batch_size, limit=limit, device="cpu", progress=False)
-    store = batches.store
-    n_tokens = matrix.shape[0]
     on_NF = with_data(matrix, np.ones_like(matrix.data))
-    sums_FD = np.zeros((matrix.shape[1], store.d_in))
-    total_D = np.zeros(store.d_in)
+    sums_FD = np.zeros((matrix.shape[1], batches.store.d_in))
+    total_D = np.zeros(batches.store.d_in)
+    for start, stop, x_BD in _aligned_batches(matrix, batches, "input_means"):
+        sums_FD += on_NF[start:stop].T @ x_BD
+        total_D += x_BD.sum(axis=0)
+    counts_F = np.asarray(on_NF.sum(axis=0)).ravel()
+    on_latent = safe_divide(sums_FD, np.maximum(counts_F, 1)[:, None])
+    return InputMeans(on_latent, total_D / max(matrix.shape[0], 1))
+
+
+def _aligned_batches(
+    codes: sp.csr_matrix, batches: BatchStream, caller: str
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(start, stop, x_BD)``: float64 batches with the rows of ``codes`` they match; a
+    ShapeError naming ``caller`` unless the batches cover exactly the codes' tokens."""
+    n_tokens = codes.shape[0]
     start = 0
     for batch_BD in batches:
         x_BD = batch_BD.double().numpy()
         stop = start + x_BD.shape[0]
         if stop > n_tokens:
             break
-        sums_FD += on_NF[start:stop].T @ x_BD
-        total_D += x_BD.sum(axis=0)
+        yield start, stop, x_BD
         start = stop
     if start != n_tokens:
         raise ShapeError(
-            f"input_means(): codes cover {n_tokens} tokens but acts {store.source} give "
+            f"{caller}(): codes cover {n_tokens} tokens but acts {batches.store.source} give "
             f"{start if start < n_tokens else 'more'}; pass the activations (and limit) the "
             "codes were encoded from"
         )
-    counts_F = np.asarray(on_NF.sum(axis=0)).ravel()
-    on_latent = safe_divide(sums_FD, np.maximum(counts_F, 1)[:, None])
-    return InputMeans(on_latent, total_D / max(n_tokens, 1))
+
+
+def _unit_rows(W_dec_FD: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Decoder rows [F, D] scaled to unit norm, as float64 numpy."""
+    W_FD = torch.as_tensor(W_dec_FD).detach().double().cpu().numpy()
+    return W_FD / np.maximum(np.linalg.norm(W_FD, axis=1, keepdims=True), 1e-12)
+
+
+def _own_share(unit_FD: np.ndarray, means: InputMeans) -> np.ndarray:
+    """``d̂_i · (x̄_i − x̄)`` [F]: how much of its direction the input holds where i fires."""
+    return np.einsum("fd,fd->f", unit_FD, means.on_latent - means.overall)
+
+
+def present_codes(
+    codes: sp.spmatrix,
+    acts: ActsLike,
+    W_dec_FD: np.ndarray | torch.Tensor,
+    means: InputMeans,
+    *,
+    fraction: float = 0.5,
+    batch_size: int = 4096,
+    limit: int | None = None,
+) -> sp.csr_matrix:
+    """Where each latent fires or its decoder direction is in the input, as 0/1 csr [N, F].
+
+    Latent ``i`` is present on token ``t`` when its code is non-zero or
+    ``d̂_i · (x_t − x̄) >= fraction · d̂_i · (x̄_i − x̄)``: the input holds at least ``fraction``
+    of the share of ``i``'s direction it holds, on average, where ``i`` fires. A latent whose
+    share is <= 0 is present only where it fires.
+
+    Parameters
+    ----------
+    codes
+        Sparse codes [N, F] of one SAE on ``acts`` (see :func:`saegeo.encode_codes`).
+    acts
+        The activations [N, d_in] the codes were encoded from (same order, same ``limit``).
+    W_dec_FD
+        The SAE's decoder [F, d_in].
+    means
+        :func:`input_means` of ``codes`` on ``acts``.
+    fraction
+        Share of the latent's own share of its direction that makes it present.
+    batch_size, limit
+        Tokens projected at once (memory is one dense [batch_size, F] block), and the cap on
+        tokens read.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        float64 [N, F] of ones where the latent is present.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    >>> codes = sp.csr_matrix([[1.0], [0.0], [0.0], [0.0]])  # silent on token 1
+    >>> means = input_means(codes, x)
+    >>> present_codes(codes, x, torch.tensor([[1.0, 0.0]]), means).toarray().ravel().tolist()
+    [1.0, 1.0, 0.0, 0.0]
+    """
+    matrix = as_csr(codes, "codes", caller="present_codes")
+    unit_FD = _unit_rows(W_dec_FD)
+    if unit_FD.shape != (matrix.shape[1], means.on_latent.shape[1]) or (
+        means.on_latent.shape[0] != matrix.shape[1]
+    ):
+        raise ShapeError(
+            f"present_codes(): W_dec_FD {unit_FD.shape} and means "
+            f"{means.on_latent.shape} must both be [{matrix.shape[1]}, d_in] like the codes"
+        )
+    own_F = _own_share(unit_FD, means)
+    cut_F = np.where(own_F > 0, fraction * own_F, np.inf)
+    batches = stream(acts, batch_size=batch_size, limit=limit, device="cpu", progress=False)
+    blocks = []
+    for start, stop, x_BD in _aligned_batches(matrix, batches, "present_codes"):
+        in_input = sp.csr_matrix((x_BD - means.overall) @ unit_FD.T >= cut_F)
+        blocks.append(in_input.maximum(matrix[start:stop] != 0))
+    if not blocks:
+        return sp.csr_matrix(matrix.shape, dtype=np.float64)
+    present = sp.vstack(blocks, format="csr").astype(np.float64)
+    present.eliminate_zeros()
+    return present
 
 
 def presence_scores(
@@ -223,11 +319,9 @@ def presence_scores(
 
     ``d̂_i · (x̄_j − x̄) / d̂_i · (x̄_i − x̄)``, 0 where the parent's own term is <= 0.
     """
-    W_PD = torch.as_tensor(W_dec_PD).detach().double().cpu().numpy()
-    unit_PD = W_PD / np.maximum(np.linalg.norm(W_PD, axis=1, keepdims=True), 1e-12)
-    centre = means_parent.overall
-    own_P = np.einsum("pd,pd->p", unit_PD, means_parent.on_latent - centre)
-    child_CD = means_child.on_latent - centre
+    unit_PD = _unit_rows(W_dec_PD)
+    own_P = _own_share(unit_PD, means_parent)
+    child_CD = means_child.on_latent - means_parent.overall
     out = np.zeros(rows.size)
     for start in range(0, rows.size, chunk):
         r, c = rows[start : start + chunk], cols[start : start + chunk]
@@ -267,16 +361,111 @@ def nesting(
     scipy.sparse.csr_matrix
         float32 [P, C]; pairs that never co-fire are 0 (absent).
     """
-    A, B = checked_pair(codes_parent, codes_child, "nesting", top_k, max_pairs)
+    return _min_with_presence(
+        codes_parent,
+        codes_child,
+        W_dec_PD,
+        means_parent,
+        means_child,
+        caller="nesting",
+        min_score=min_score,
+        top_k=top_k,
+        max_pairs=max_pairs,
+        progress=progress,
+    )
+
+
+def containment(
+    present_parent: sp.spmatrix,
+    codes_child: sp.spmatrix,
+    W_dec_PD: np.ndarray | torch.Tensor,
+    means_parent: InputMeans,
+    means_child: InputMeans,
+    *,
+    min_score: float = 0.0,
+    top_k: int | None = None,
+    max_pairs: int = MAX_PAIRS,
+    progress: bool | None = None,
+) -> sp.csr_matrix:
+    """``min(P(parent present | child fires), presence(parent, child))`` as csr [P, C].
+
+    The parent is present on a token where its latent fires or the input holds its direction
+    (:func:`present_codes`), so a parent whose latent is absorbed by the child's, silent on
+    the child's tokens while its direction is there, still contains the child. Never below
+    :func:`nesting` of the same pair.
+
+    Parameters
+    ----------
+    present_parent
+        :func:`present_codes` [N, P] of the parent SAE.
+    codes_child
+        Sparse codes [N, C] of the child SAE on the same N tokens.
+    W_dec_PD
+        The parent SAE's decoder [P, D].
+    means_parent, means_child
+        :func:`input_means` of each SAE's codes (where the latents *fire*) on the same
+        activations.
+    min_score, top_k, max_pairs, progress
+        As in :func:`cofiring`. Presence is computed only for pairs whose first term passes
+        ``min_score``.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        float32 [P, C]; pairs where the parent is never present with the child are 0 (absent).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    >>> parent = sp.csr_matrix([[1.0], [1.0], [0.0], [0.0]])  # silent on token 2
+    >>> child = sp.csr_matrix([[0.0], [1.0], [1.0], [0.0]])
+    >>> W = torch.tensor([[1.0, 0.0]])
+    >>> means_p, means_c = input_means(parent, x), input_means(child, x)
+    >>> float(nesting(parent, child, W, means_p, means_c)[0, 0])
+    0.5
+    >>> present = present_codes(parent, x, W, means_p)
+    >>> float(containment(present, child, W, means_p, means_c)[0, 0])
+    1.0
+    """
+    return _min_with_presence(
+        present_parent,
+        codes_child,
+        W_dec_PD,
+        means_parent,
+        means_child,
+        caller="containment",
+        min_score=min_score,
+        top_k=top_k,
+        max_pairs=max_pairs,
+        progress=progress,
+    )
+
+
+def _min_with_presence(
+    codes_parent: sp.spmatrix,
+    codes_child: sp.spmatrix,
+    W_dec_PD: np.ndarray | torch.Tensor,
+    means_parent: InputMeans,
+    means_child: InputMeans,
+    *,
+    caller: str,
+    min_score: float,
+    top_k: int | None,
+    max_pairs: int,
+    progress: bool | None,
+) -> sp.csr_matrix:
+    """The smaller of co-firing of ``codes_parent`` with ``codes_child`` and presence."""
+    A, B = checked_pair(codes_parent, codes_child, caller, top_k, max_pairs)
     W_PD = torch.as_tensor(W_dec_PD)
     if tuple(W_PD.shape) != (A.shape[1], means_parent.on_latent.shape[1]):
         raise ShapeError(
-            f"nesting(): W_dec_PD must be [{A.shape[1]}, d_in], got {tuple(W_PD.shape)}"
+            f"{caller}(): W_dec_PD must be [{A.shape[1]}, d_in], got {tuple(W_PD.shape)}"
         )
     if means_parent.on_latent.shape[0] != A.shape[1] or (
         means_child.on_latent.shape[0] != B.shape[1]
     ):
-        raise ShapeError("nesting(): means_parent/means_child do not match the codes' widths")
+        raise ShapeError(f"{caller}(): means_parent/means_child do not match the codes' widths")
 
     def presence(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return presence_scores(W_PD, means_parent, means_child, rows, cols)

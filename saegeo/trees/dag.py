@@ -19,6 +19,11 @@ continues feature ``i`` of the narrower one:
   is ``> threshold`` (default 0.45; :func:`saegeo.geometry.cofiring.nesting`): the child's
   tokens lie inside the parent's by firing and by content. Needs activations; the
   recommended metric for hierarchies (``analyses/tree_recovery.py``).
+- ``metric="containment"``: nesting where the parent also counts as firing on the tokens
+  whose input holds its decoder direction (at least half of its share where it fires), so
+  that a parent latent absorbed by its child's, silent on the child's tokens, still gets the
+  edge: ``min(P(i present | j fires), presence)`` is ``> threshold`` (default 0.5;
+  :func:`saegeo.geometry.cofiring.containment`). Needs activations.
 
 A feature tree is the sub-DAG reachable from one root in which a node with several parents
 keeps only its best-scoring one; the others are listed under ``other_parents``. A forest is
@@ -45,12 +50,19 @@ from saegeo.core.family import Family
 from saegeo.core.feature_info import log_feature_density, neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
-from saegeo.geometry.cofiring import InputMeans, cofiring, input_means, nesting
+from saegeo.geometry.cofiring import (
+    InputMeans,
+    cofiring,
+    containment,
+    input_means,
+    nesting,
+    present_codes,
+)
 from saegeo.geometry.masked_cosine import masked_cosine
 from saegeo.geometry.similarity import decoder_cosine_pairs
 from saegeo.io.streaming import ActsLike, checked_store
 
-Metric = Literal["decoder_cosine", "masked_cosine", "cofiring", "nesting"]
+Metric = Literal["decoder_cosine", "masked_cosine", "cofiring", "nesting", "containment"]
 RankBy = Literal["size", "split"]
 
 DEFAULT_THRESHOLDS: dict[str, float] = {
@@ -58,6 +70,7 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "masked_cosine": 0.6,
     "cofiring": 0.6,
     "nesting": 0.45,
+    "containment": 0.5,
 }
 """Edge thresholds used when ``threshold=None``: seed 003 for decoder cosine, seed 002 for MCS;
 for co-firing, the threshold chosen on held-out synthetic families by
@@ -140,9 +153,10 @@ def feature_dag(
         > threshold; needs ``acts``) or ``"cofiring"`` (edge iff P(parent fires | child
         fires) > threshold; needs ``acts``) or ``"nesting"`` (edge iff the smaller of that
         and the parent's presence in the input on the child's tokens is > threshold; needs
-        ``acts``).
+        ``acts``) or ``"containment"`` (as nesting, with the parent counted on the tokens
+        where its direction is in the input though its latent is silent; needs ``acts``).
     threshold
-        Edge threshold; None takes :data:`DEFAULT_THRESHOLDS` (0.7, 0.6, 0.6, 0.45).
+        Edge threshold; None takes :data:`DEFAULT_THRESHOLDS` (0.7, 0.6, 0.6, 0.45, 0.5).
     acts
         Activations [N, d_in] (store, tensor or path). Each SAE's codes are encoded once; they
         give the MCS and the node attributes ``freq`` (fraction of tokens where the feature
@@ -222,7 +236,7 @@ def feature_dag(
         _set_activation_stats(G, level, codes)
         means = (
             input_means(codes, store, batch_size=batch_size, limit=limit)
-            if metric == "nesting"
+            if metric in ("nesting", "containment")
             else None
         )
         return codes, means
@@ -241,6 +255,20 @@ def feature_dag(
             assert means_prev is not None and means_next is not None
             M = nesting(
                 codes_prev,
+                codes_next,
+                small.W_dec,
+                means_prev,
+                means_next,
+                min_score=threshold,
+                progress=progress,
+            ).tocoo()
+        elif metric == "containment":
+            assert store is not None and means_prev is not None and means_next is not None
+            present = present_codes(
+                codes_prev, store, small.W_dec, means_prev, batch_size=batch_size, limit=limit
+            )
+            M = containment(
+                present,
                 codes_next,
                 small.W_dec,
                 means_prev,

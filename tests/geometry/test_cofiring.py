@@ -1,4 +1,5 @@
-"""Co-firing, input means, presence and nesting from sparse products against dense loops."""
+"""Co-firing, input means, presence, nesting and containment from sparse products against dense
+loops."""
 
 from __future__ import annotations
 
@@ -6,11 +7,18 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from cofiring_helpers import naive_cofiring, naive_means, naive_presence
+from cofiring_helpers import naive_cofiring, naive_means, naive_presence, naive_present
 from test_masked_cosine import naive_filter
 
 from saegeo.errors import SaegeoError, ShapeError
-from saegeo.geometry.cofiring import cofiring, input_means, nesting, presence_scores
+from saegeo.geometry.cofiring import (
+    cofiring,
+    containment,
+    input_means,
+    nesting,
+    presence_scores,
+    present_codes,
+)
 
 N, P, C, D = 400, 12, 21, 9
 
@@ -72,6 +80,38 @@ def test_presence_and_nesting_match_dense_reference(data):
         np.testing.assert_allclose(M.toarray(), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("fraction", [0.5, 0.2])
+def test_present_codes_match_dense_reference(data, fraction):
+    parent, _, x, W = data
+    acts = torch.tensor(x, dtype=torch.float64)
+    means = input_means(parent, acts)
+    got = present_codes(parent, acts, W, means, fraction=fraction, batch_size=37)
+    expected = naive_present(W, parent.toarray(), x, fraction)
+    assert got.shape == (N, P) and sp.issparse(got)
+    np.testing.assert_allclose(got.toarray(), expected, atol=1e-6)
+    # Present wherever the latent fires, and somewhere it does not.
+    assert (got.toarray()[parent.toarray() != 0] == 1).all() and got.nnz > parent.nnz
+
+
+@pytest.mark.parametrize(("min_score", "top_k"), [(0.0, None), (0.3, None), (0.0, 1)])
+def test_containment_matches_dense_reference(data, min_score, top_k):
+    parent, child, x, W = data
+    acts = torch.tensor(x, dtype=torch.float64)
+    means_p, means_c = input_means(parent, acts), input_means(child, acts)
+    present = present_codes(parent, acts, W, means_p, batch_size=64)
+    present_NP = naive_present(W, parent.toarray(), x)
+    together_PC = naive_cofiring(present_NP, child.toarray(), weighted=False)
+    presence_PC = naive_presence(W, parent.toarray(), child.toarray(), x)
+    expected = np.where(together_PC > 0, np.minimum(together_PC, presence_PC), 0.0)
+    expected = naive_filter(expected, min_score, top_k)
+    M = containment(present, child, W, means_p, means_c, min_score=min_score, top_k=top_k)
+    assert M.shape == (P, C) and M.dtype == np.float32
+    np.testing.assert_allclose(M.toarray(), expected, atol=1e-6)
+    nested = nesting(parent, child, W, means_p, means_c, min_score=min_score, top_k=top_k)
+    if top_k is None:
+        assert (M.toarray() >= nested.toarray() - 1e-6).all()
+
+
 def test_nesting_separates_a_parent_from_a_sibling():
     """A parent whose latent is silent on half its child's tokens keeps high presence, and a
     sibling that co-fires by chance has none, so only the parent passes."""
@@ -96,6 +136,10 @@ def test_nesting_separates_a_parent_from_a_sibling():
     W = np.stack([parent_dir, sibling_dir])
     nested = nesting(codes_parent, codes_child, W, means_p, means_c).toarray()[:, 0]
     assert nested[0] == pytest.approx(scores[0]) and nested[1] < 0.1
+    # Containment counts the tokens where the absorbed parent's direction is in the input.
+    present = present_codes(codes_parent, acts, W, means_p)
+    contained = containment(present, codes_child, W, means_p, means_c).toarray()[:, 0]
+    assert contained[0] == pytest.approx(1.0) and contained[1] < 0.1
 
 
 def test_errors(data):
@@ -113,3 +157,9 @@ def test_errors(data):
         nesting(parent, child, W[:3], means_p, means_c)
     with pytest.raises(ShapeError, match="do not match"):
         nesting(parent, child, W, means_c, means_p)
+    with pytest.raises(ShapeError, match="present_codes\\(\\): codes cover 400 tokens"):
+        present_codes(parent, torch.tensor(x[:100]), W, means_p)
+    with pytest.raises(ShapeError, match="present_codes\\(\\): W_dec_FD"):
+        present_codes(parent, torch.tensor(x), W[:3], means_p)
+    with pytest.raises(ShapeError, match="containment\\(\\): W_dec_PD must be"):
+        containment(parent, child, W[:3], means_p, means_c)

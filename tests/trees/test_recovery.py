@@ -1,5 +1,6 @@
-"""The co-firing and nesting metrics of feature DAGs, the tree-recovery scoring rule, and tree
-recovery on a small family trained by SAELens on a SAELens synthetic hierarchy."""
+"""The co-firing, nesting and containment metrics of feature DAGs, the tree-recovery scoring
+rule, and tree recovery on a small family trained by SAELens on a SAELens synthetic
+hierarchy."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import tempfile
 import numpy as np
 import pytest
 import torch
-from cofiring_helpers import naive_cofiring, naive_presence
+from cofiring_helpers import naive_cofiring, naive_presence, naive_present
 from test_dag import edge_scores, nested_family
 
 import saegeo as sg
@@ -18,8 +19,8 @@ from saegeo.trees.recovery import latent_features, recovery, subtree_matrix, tru
 # --------------------------------------------------------------------------- DAG metrics
 
 
-@pytest.mark.parametrize("metric", ["cofiring", "nesting"])
-def test_cofiring_and_nesting_edges_match_dense_reference(metric):
+@pytest.mark.parametrize("metric", ["cofiring", "nesting", "containment"])
+def test_cofiring_metrics_edges_match_dense_reference(metric):
     fam = nested_family(widths=(5, 9, 14), d=8, noise=0.6)
     acts = torch.randn(400, 8)
     G = feature_dag(fam, metric=metric, acts=acts, progress=False, device="cpu", batch_size=64)
@@ -29,11 +30,11 @@ def test_cofiring_and_nesting_edges_match_dense_reference(metric):
     x = acts.double().numpy()
     expected = {}
     for level in range(len(fam) - 1):
-        score = naive_cofiring(codes[level], codes[level + 1], weighted=False)
-        if metric == "nesting":
-            presence = naive_presence(
-                fam[level].W_dec.double().numpy(), codes[level], codes[level + 1], x
-            )
+        W = fam[level].W_dec.double().numpy()
+        parent = naive_present(W, codes[level], x) if metric == "containment" else codes[level]
+        score = naive_cofiring(parent, codes[level + 1], weighted=False)
+        if metric != "cofiring":
+            presence = naive_presence(W, codes[level], codes[level + 1], x)
             score = np.where(score > 0, np.minimum(score, presence), 0.0)
         for i, j in zip(*np.nonzero(score > threshold), strict=True):
             expected[((level, int(i)), (level + 1, int(j)))] = score[i, j]
@@ -42,7 +43,7 @@ def test_cofiring_and_nesting_edges_match_dense_reference(metric):
     assert max(abs(got[e] - expected[e]) for e in got) < 1e-5
 
 
-@pytest.mark.parametrize("metric", ["cofiring", "nesting"])
+@pytest.mark.parametrize("metric", ["cofiring", "nesting", "containment"])
 def test_cofiring_metrics_need_activations(metric):
     with pytest.raises(sg.SaegeoError, match=f"metric='{metric}' needs activations"):
         feature_dag(nested_family(), metric=metric)
@@ -85,14 +86,14 @@ def test_subtree_matrix_rejects_a_cycle():
 # --------------------------------------------------------------------------- SAELens family
 
 
-def test_nesting_recovers_a_saelens_synthetic_hierarchy():
+def test_nesting_and_containment_recover_a_saelens_synthetic_hierarchy():
     """TopK SAEs of widths 3 (k=1) and 12 (k=2) trained by SAELens's own trainer on a SAELens
     synthetic hierarchy (3 roots with 3 mutually exclusive children each, 32 dimensions,
-    400 steps each). Scored by saegeo.trees.recovery, nesting recovers the hierarchy: observed
-    precision 1.0 and recall 0.9 (one child latent of the wider SAE fires on a sibling's
-    tokens too). Here, unlike in the benchmark's deeper families, the child latents carry
-    their parent's direction (k is as large as the features on a token, and the parent latent
-    has no room in the narrow SAE), so decoder cosine does as well."""
+    400 steps each). Scored by saegeo.trees.recovery, nesting and containment recover the
+    hierarchy: observed precision 1.0 and recall 0.9 for both (one child latent of the wider
+    SAE fires on a sibling's tokens too). Here, unlike in the benchmark's deeper families, the
+    child latents carry their parent's direction (k is as large as the features on a token,
+    and the parent latent has no room in the narrow SAE), so decoder cosine does as well."""
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.synthetic import (
         ActivationGenerator,
@@ -133,10 +134,11 @@ def test_nesting_recovers_a_saelens_synthetic_hierarchy():
         acts = dictionary(generator(8000))
     features = [latent_features(sae.W_dec, dictionary.feature_vectors) for sae in family]
     results = {}
-    for metric in ("decoder_cosine", "masked_cosine", "nesting"):
+    for metric in ("decoder_cosine", "masked_cosine", "nesting", "containment"):
         G = feature_dag(family, metric=metric, acts=acts, progress=False, device="cpu")
         results[metric] = recovery(G.edges, features, parent)
-    nested = results["nesting"]
-    assert nested.true_pairs >= 9, results
-    assert nested.precision >= 0.9 and nested.recall >= 0.9, results
-    assert nested.precision >= results["masked_cosine"].precision, results
+    assert results["nesting"].true_pairs >= 9, results
+    for metric in ("nesting", "containment"):
+        found = results[metric]
+        assert found.precision >= 0.9 and found.recall >= 0.9, results
+        assert found.precision >= results["masked_cosine"].precision, results

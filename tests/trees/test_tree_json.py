@@ -302,15 +302,16 @@ def test_cli_tree_writes_json_and_html(saved_family, tmp_path, capsys):
     assert "tree 0/0" in capsys.readouterr().out
 
 
-def test_cli_tree_nesting_metric(saved_family, tmp_path):
+@pytest.mark.parametrize(("metric", "threshold"), [("nesting", 0.45), ("containment", 0.5)])
+def test_cli_tree_nesting_metrics(saved_family, tmp_path, metric, threshold):
     out = tmp_path / "tree.json"
     acts = str(saved_family / "acts.npy")
-    args = ["tree", str(saved_family), "--root", "0/0", "--metric", "nesting", "--acts", acts]
+    args = ["tree", str(saved_family), "--root", "0/0", "--metric", metric, "--acts", acts]
     assert main([*args, "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     validator(tree_schema()).validate(doc)
-    assert doc["metric"] == "nesting" and doc["threshold"] == 0.45
-    G = feature_dag(sg.Family.load([str(saved_family)]), metric="nesting", acts=acts)
+    assert doc["metric"] == metric and doc["threshold"] == threshold
+    G = feature_dag(sg.Family.load([str(saved_family)]), metric=metric, acts=acts)
     expected = {f"{level}/{feature}" for level, feature in feature_tree(G, "0/0")}
     assert {n["id"] for n in all_nodes(doc["tree"])} == expected
 
@@ -354,6 +355,7 @@ def test_cli_tree_all_writes_forest(saved_family, tmp_path):
         (["--root", "7/0"], "--root 7/0"),
         (["--root", "0/0", "--metric", "masked_cosine"], "needs activations"),
         (["--root", "0/0", "--metric", "nesting"], "needs activations"),
+        (["--root", "0/0", "--metric", "containment"], "needs activations"),
     ],
 )
 def test_cli_tree_user_errors_are_one_line_exit_2(saved_family, tmp_path, capsys, args, message):
