@@ -17,13 +17,14 @@ continues feature ``i`` of the narrower one:
 - ``metric="nesting"``: the smaller of that co-firing and the *presence* of the parent's
   decoder direction in the input where the child fires (relative to where the parent fires)
   is ``> threshold`` (default 0.45; :func:`saegeo.geometry.cofiring.nesting`): the child's
-  tokens lie inside the parent's by firing and by content. Needs activations; the
-  recommended metric for hierarchies (``analyses/tree_recovery.py``).
+  tokens lie inside the parent's by firing and by content. Needs activations, and only the
+  codes' non-zeros besides them.
 - ``metric="containment"``: nesting where the parent also counts as firing on the tokens
   whose input holds its decoder direction (at least half of its share where it fires), so
   that a parent latent absorbed by its child's, silent on the child's tokens, still gets the
   edge: ``min(P(i present | j fires), presence)`` is ``> threshold`` (default 0.5;
-  :func:`saegeo.geometry.cofiring.containment`). Needs activations.
+  :func:`saegeo.geometry.cofiring.containment`). Needs activations; the recommended metric
+  for hierarchies (best F1 in ``analyses/tree_recovery.py``).
 
 A feature tree is the sub-DAG reachable from one root in which a node with several parents
 keeps only its best-scoring one; the others are listed under ``other_parents``. A forest is
