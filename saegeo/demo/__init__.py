@@ -15,27 +15,16 @@ from saegeo.demo.report import seed_003_comparison, write_report
 from saegeo.demo.settings import (
     DEFAULT_ROOT,
     EVAL_TOKENS,
-    NOVELTY_POINTS,
-    NOVELTY_TOKENS,
     SHIPPED_FAMILY,
-    STITCH_TOKENS,
-    TREE_COUNT,
-    TREE_MIN_SIZE,
     DemoSettings,
     shipped_record,
 )
-from saegeo.demo.stages import STAGES_FILE, Stages, stage_key, stage_keys
+from saegeo.demo.stages import Stages, stage_keys
 
 __all__ = [
     "DEFAULT_ROOT",
     "EVAL_TOKENS",
-    "NOVELTY_POINTS",
-    "NOVELTY_TOKENS",
     "SHIPPED_FAMILY",
-    "STAGES_FILE",
-    "STITCH_TOKENS",
-    "TREE_COUNT",
-    "TREE_MIN_SIZE",
     "DemoData",
     "DemoSettings",
     "Stages",
@@ -43,7 +32,6 @@ __all__ = [
     "run_demo",
     "seed_003_comparison",
     "shipped_record",
-    "stage_key",
     "stage_keys",
     "write_report",
 ]

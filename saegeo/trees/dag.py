@@ -37,7 +37,7 @@ and figures (:func:`node_id`, :func:`parse_node_id`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, get_args
 
 import networkx as nx
@@ -252,24 +252,18 @@ def feature_dag(
             ).tocoo()
         elif metric == "cofiring":
             M = cofiring(codes_prev, codes_next, min_score=threshold, progress=progress).tocoo()
-        elif metric == "nesting":
+        elif metric in ("nesting", "containment"):
             assert means_prev is not None and means_next is not None
-            M = nesting(
-                codes_prev,
-                codes_next,
-                small.W_dec,
-                means_prev,
-                means_next,
-                min_score=threshold,
-                progress=progress,
-            ).tocoo()
-        elif metric == "containment":
-            assert store is not None and means_prev is not None and means_next is not None
-            present = present_codes(
-                codes_prev, store, small.W_dec, means_prev, batch_size=batch_size, limit=limit
-            )
-            M = containment(
-                present,
+            score: Callable[..., sp.csr_matrix] = nesting
+            parent_codes = codes_prev
+            if metric == "containment":
+                assert store is not None
+                score = containment
+                parent_codes = present_codes(
+                    codes_prev, store, small.W_dec, means_prev, batch_size=batch_size, limit=limit
+                )
+            M = score(
+                parent_codes,
                 codes_next,
                 small.W_dec,
                 means_prev,
