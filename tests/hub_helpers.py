@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -255,6 +256,7 @@ def _npz_bytes(arrays: dict[str, np.ndarray], tmp: Path) -> bytes:
 
 def lens_lookup(name: str, entry: dict[str, Any]) -> Any:
     """SAELens's registry record for a fake release."""
+    pytest.importorskip("sae_lens")
     from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup
 
     return PretrainedSAELookup(
@@ -275,6 +277,8 @@ def install_fake_hub(cache: Path, monkeypatch: Any) -> FakeHub:
     """Build the fake cache, go offline on it, and register its releases with SAELens and
     with saegeo's bundled table (``monkeypatch`` undoes it all after the test)."""
     import huggingface_hub.constants
+
+    pytest.importorskip("sae_lens")
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     from saegeo.io import registry

@@ -44,6 +44,7 @@ def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
 
 
 def _lens(release: str, sae_id: str):  # type: ignore[no-untyped-def]
+    pytest.importorskip("sae_lens")
     from sae_lens import SAE as LensSAE
 
     return LensSAE.from_pretrained(release, sae_id, device="cpu")
@@ -188,6 +189,7 @@ def test_parse_spec():
 
 
 def test_pre_6_config_upgrade_matches_saelens():
+    pytest.importorskip("sae_lens")
     from sae_lens.loading.pretrained_sae_loaders import handle_pre_6_0_config
 
     cfg = pre6_cfg(64)
@@ -206,6 +208,7 @@ def test_pre_6_config_upgrade_matches_saelens():
 
 
 def test_bundled_table_matches_saelens_registry():
+    pytest.importorskip("sae_lens")
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     lens = get_pretrained_saes_directory()

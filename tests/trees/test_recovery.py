@@ -94,6 +94,7 @@ def test_nesting_and_containment_recover_a_saelens_synthetic_hierarchy():
     SAE fires on a sibling's tokens too). Here, unlike in the benchmark's deeper families, the
     child latents carry their parent's direction (k is as large as the features on a token,
     and the parent latent has no room in the narrow SAE), so decoder cosine does as well."""
+    pytest.importorskip("sae_lens")
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.synthetic import (
         ActivationGenerator,
