@@ -15,11 +15,16 @@ the absolute times and, where it applies, the result's agreement with the baseli
   matrix product of the same shape into a preallocated output (the floor of any method that
   forms the product) and a naive product + row max; decoders are on the GPU already;
 - training TopK and BatchTopK of width 16384 on d 768: bfloat16 products against float32,
-  tokens/s and the held-out FVU each reaches from the same seed and data;
+  tokens/s and the held-out FVU each reaches from the same seed and data; and one TopK step
+  alone (batches already on the device), which separates the step from data movement;
 - the exact decoder refit on 400k tokens at width 16384 against solving the normal
   equations from dense codes.
 
-    python analyses/benchmarks/gpu.py [--quick] [--json out.json]
+Also printed: the fused Gram update's bandwidth at several launch settings. ``--profile FILE``
+writes torch.profiler tables of one pursuit and of training steps.
+
+    python analyses/benchmarks/gpu.py [--json out.json] [--profile profile.txt]
+    python analyses/benchmarks/gpu.py --quick --device cpu     # a smoke test of the script
 """
 
 from __future__ import annotations
@@ -295,6 +300,17 @@ def bench_training(d_in: int, width: int, tokens: int) -> tuple[list[dict[str, A
                 ),
             }
         )
+    step_s = {dtype: training_steps(d_in, width, dtype)(20) for dtype in ("float32", "bfloat16")}
+    rows.append(
+        {
+            "path": "training step alone, topk bf16",
+            "size": f"width {width}, d {d_in}, batch 4096",
+            "saegeo_s": step_s["bfloat16"],
+            "baseline": "float32 products",
+            "baseline_s": step_s["float32"],
+            "agreement": "batches already on the device; no set-up, bookkeeping or export",
+        }
+    )
     assert trained is not None
     return rows, trained
 
@@ -356,8 +372,56 @@ def sweep_fused_update(batch: int, width: int) -> list[str]:
     return lines
 
 
+def training_steps(d_in: int, width: int, dtype: str) -> Callable[[int], float]:
+    """A function running ``n`` TopK training steps (forward, backward, Adam, decoder norms)
+    on batches already on the device, as the trainer runs them, and returning seconds per
+    step: the step alone, without data movement, set-up or export."""
+    from saegeo.training.step import (
+        forward_step,
+        init_state,
+        remove_parallel_grad_,
+        unit_norm_rows_,
+    )
+
+    config = TrainConfig(
+        arch="topk",
+        width=width,
+        k=32,
+        batch_size=4096,
+        matmul_dtype=dtype,  # type: ignore[arg-type]
+        device=DEVICE,
+        progress=False,
+    )
+    x = training_data(d_in, 4096 * 4).to(DEVICE)
+    batches = x.split(4096)
+    state = init_state(config, width, x[:4096], torch.device(DEVICE))
+    optimizer = torch.optim.Adam(state.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(0)
+    matmul_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+
+    def run(n: int) -> float:
+        synchronize()
+        start = time.perf_counter()
+        for step in range(n):
+            out = forward_step(
+                config, state, batches[step % 4], state.coefficient, generator, 0.01, matmul_dtype
+            )
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            remove_parallel_grad_(state.W_dec)
+            optimizer.step()
+            unit_norm_rows_(state.W_dec)
+            out.loss.item()
+        synchronize()
+        return (time.perf_counter() - start) / n
+
+    run(3)
+    return run
+
+
 def profile(sizes: dict[str, Any]) -> str:
-    """The CUDA kernels that take the time in one static pursuit and a short training run."""
+    """The kernels that take the time in one static pursuit and in TopK training steps (the
+    steps alone, batches on the device), with each step's time in float32 and bfloat16."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -365,31 +429,25 @@ def profile(sizes: dict[str, Any]) -> str:
     x_BD, W_FD = pursuit_inputs(batch, d_in, width)
     static = dict(residual_threshold=0.0, stop_on_duplicate_support=False)
     tables = []
-    runs = {
+    runs: dict[str, Callable[[], Any]] = {
         "pursuit": lambda: matching_pursuit(x_BD, W_FD, max_iterations=iterations, **static),
     }
     d_in, width, _ = sizes["train"]
-    x = training_data(d_in, 4096 * 9)
     for dtype in ("float32", "bfloat16"):
-        config = TrainConfig(
-            arch="topk",
-            width=width,
-            k=32,
-            tokens=4096 * 8,
-            batch_size=4096,
-            eval_tokens=0,
-            matmul_dtype=dtype,
-            device=DEVICE,
-            progress=False,  # type: ignore[arg-type]
-        )
-        runs[f"training topk {dtype}"] = lambda config=config: train_sae(x, config)
+        steps = training_steps(d_in, width, dtype)
+        tables.append(f"training step alone, topk {dtype}: {steps(20) * 1e3:.2f} ms")
+        runs[f"8 training steps, topk {dtype}"] = lambda steps=steps: steps(8)
+    activities = [ProfilerActivity.CPU]
+    if DEVICE == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    sort_by = "cuda_time_total" if DEVICE == "cuda" else "cpu_time_total"
     for name, run in runs.items():
         run()
         synchronize()
-        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with torch_profile(activities=activities) as prof:
             run()
             synchronize()
-        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18)
+        table = prof.key_averages().table(sort_by=sort_by, row_limit=25)
         tables.append(f"=== {name}\n{table}")
     return "\n".join(tables)
 
@@ -438,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'':<34} {row['agreement']}")
     print("\n".join(sweep))
     print(json.dumps(info))
-    if args.profile and DEVICE == "cuda":
+    if args.profile:
         with open(args.profile, "w") as f:
             f.write(profile(sizes))
     if args.json:
