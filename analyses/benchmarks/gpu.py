@@ -7,7 +7,7 @@ the absolute times and, where it applies, the result's agreement with the baseli
 - ceilings: float32 and bfloat16 matrix products (8192³) and a device-to-device copy, the
   rates every other figure can be read against;
 - matching pursuit, 16384 tokens, d_in 768, width 16384, 64 iterations, with and without
-  early stops (``auto`` takes the Gram route with the fused update; the Gram matrix is built
+  early stops (``auto`` takes the Gram route with the fused kernels; the Gram matrix is built
   inside the timed call), against the naive loop that recomputes every correlation of every
   row at every iteration (SAELens's algorithm). Supports are compared with the naive loop on
   the rows where its float32 and float64 runs agree;
@@ -20,8 +20,8 @@ the absolute times and, where it applies, the result's agreement with the baseli
 - the exact decoder refit on 400k tokens at width 16384 against solving the normal
   equations from dense codes.
 
-Also printed: the fused Gram update's bandwidth at several launch settings. ``--profile FILE``
-writes torch.profiler tables of one pursuit and of training steps.
+Also printed: the fused Gram iteration's two kernels alone at several warp counts.
+``--profile FILE`` writes torch.profiler tables of one pursuit and of training steps.
 
     python analyses/benchmarks/gpu.py [--json out.json] [--profile profile.txt]
     python analyses/benchmarks/gpu.py --quick --device cpu     # a smoke test of the script
@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 import saegeo as sg
-from saegeo.core import gram_update
+from saegeo.core import gram_update, pursuit
 from saegeo.core.pursuit import BLOCK, matching_pursuit
 from saegeo.geometry import similarity
 from saegeo.geometry.similarity import decoder_cosine
@@ -346,29 +346,45 @@ def bench_refit(sae: sg.SAE, tokens: int, d_in: int) -> list[dict[str, Any]]:
     ]
 
 
-def sweep_fused_update(batch: int, width: int) -> list[str]:
-    """GB/s of the fused Gram update alone (3 passes of [batch, width] float32) at several
-    launch settings; the first is the shipped one."""
+def fused_kernels(batch: int, d_in: int, width: int) -> list[str]:
+    """The fused Gram iteration's two kernels alone, float32, at several warp counts (the first
+    is the shipped one): the update's GB/s (3 passes of [batch, width]) and the choice and
+    update of every row's atom (select_apply) from correlations of random unit atoms."""
     g = torch.Generator(device=DEVICE).manual_seed(3)
     padded = -(-width // BLOCK) * BLOCK
-    corr = torch.randn(batch, padded, device=DEVICE, generator=g)
+    W_dec = torch.randn(width, d_in, device=DEVICE, generator=g)
+    W_dec /= W_dec.norm(dim=1, keepdim=True)
+    residual = torch.randn(batch, d_in, device=DEVICE, generator=g)
+    corr = torch.full((batch, padded), -torch.inf, device=DEVICE)
+    corr[:, :width] = residual @ W_dec.T
+    block_max = corr.view(batch, -1, BLOCK).amax(dim=-1)
+    drift = pursuit._drift_bound(residual.norm(dim=1), torch.float32)
     gram = torch.randn(width, padded, device=DEVICE, generator=g)
-    idx = torch.randint(0, width, (batch,), device=DEVICE, generator=g)
-    coef = torch.rand(batch, device=DEVICE, generator=g)
-    block_max = torch.empty(batch, padded // BLOCK, device=DEVICE)
-    shipped = (gram_update.NUM_WARPS, gram_update.BLOCKS_PER_PROGRAM)
+    acts = torch.zeros(batch, width, device=DEVICE)
+    rows = torch.arange(batch, device=DEVICE)
+    done = torch.zeros(batch, dtype=torch.bool, device=DEVICE)
+    out = (
+        torch.zeros(batch, dtype=torch.long, device=DEVICE),
+        *torch.zeros(3, batch, device=DEVICE),
+    )
+    shipped = gram_update.NUM_WARPS
     lines = []
-    for warps, per_program in (shipped, (8, 16), (4, 8), (8, 32), (2, 4), (4, 32)):
-        gram_update.NUM_WARPS, gram_update.BLOCKS_PER_PROGRAM = warps, per_program
-        seconds, _ = timed(
-            lambda: gram_update.update(corr, None, corr, gram, idx, coef, block_max), repeats=10
+    for warps in (shipped, 2, 8):
+        gram_update.NUM_WARPS = warps
+        select_s, _ = timed(
+            lambda: gram_update.select_apply(
+                corr, block_max, drift, residual, W_dec, acts, rows, done, out
+            ),
+            repeats=10,
         )
-        gb_s = 3 * batch * padded * 4 / seconds / 1e9
+        update_s, _ = timed(
+            lambda: gram_update.update(corr, gram, out[0], out[1], done, block_max), repeats=10
+        )
         lines.append(
-            f"fused update warps={warps} blocks/program={per_program}: "
-            f"{seconds * 1e3:.3f} ms, {gb_s:.0f} GB/s"
+            f"fused kernels warps={warps}: select_apply {select_s * 1e3:.3f} ms, update "
+            f"{update_s * 1e3:.3f} ms = {3 * batch * padded * 4 / update_s / 1e9:.0f} GB/s"
         )
-    gram_update.NUM_WARPS, gram_update.BLOCKS_PER_PROGRAM = shipped
+    gram_update.NUM_WARPS = shipped
     return lines
 
 
@@ -483,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     rows += train_rows
     print(f"training done at {time.perf_counter() - start:.0f} s", flush=True)
     rows += bench_refit(sae, sizes["refit"], d_in)
-    sweep = sweep_fused_update(*sizes["pursuit"][::2]) if DEVICE == "cuda" else []
+    sweep = fused_kernels(*sizes["pursuit"][:3]) if DEVICE == "cuda" else []
     info["seconds"] = round(time.perf_counter() - start, 1)
     print(f"\n{'path':<34} {'size':<34} {'saegeo':>9} {'baseline':>24} {'base':>9} {'ratio':>6}")
     for row in rows:

@@ -1,44 +1,187 @@
-"""The Triton kernel of :mod:`saegeo.core.gram_update` (imported only where it runs)."""
+"""The Triton kernels of :mod:`saegeo.core.gram_update` (imported only where they run)."""
 
 import triton
 import triton.language as tl
 
 
 @triton.jit
+def select_apply_kernel(
+    corr_ptr,
+    block_max_ptr,
+    drift_ptr,
+    residual_ptr,
+    dec_ptr,
+    acts_ptr,
+    rows_ptr,
+    done_ptr,
+    idx_ptr,
+    coef_ptr,
+    prior_ptr,
+    norm_ptr,
+    width,
+    padded,
+    blocks,
+    d_in,
+    BLOCK: tl.constexpr,
+    BLOCKS_POW2: tl.constexpr,
+    D_CHUNK: tl.constexpr,
+    EXACT_CHUNK: tl.constexpr,
+):
+    """One running row's iteration: choose its atom, then apply it (see
+    :func:`saegeo.core.gram_update.select_apply`). A finished row only gets coefficient 0."""
+    row = tl.program_id(0).to(tl.int64)
+    dtype = corr_ptr.dtype.element_ty
+    if tl.load(done_ptr + row) != 0:
+        tl.store(coef_ptr + row, tl.zeros((), dtype))
+    else:
+        # The block holding the largest correlation, and that correlation's column.
+        ks = tl.arange(0, BLOCKS_POW2)
+        block_max = tl.load(
+            block_max_ptr + row * blocks + ks, mask=ks < blocks, other=float("-inf")
+        )
+        has_nan = tl.max((block_max != block_max).to(tl.int32), axis=0) > 0
+        top = tl.max(block_max, axis=0)
+        # (A NaN maximum matches no block: clamped in range, the row then goes to the exact path.)
+        top_block = tl.min(tl.where(block_max == top, ks, blocks - 1), axis=0).to(tl.int64)
+        drift = tl.load(drift_ptr + row)
+        floor = top - 2 * drift
+        cols = tl.arange(0, BLOCK)
+        corr = tl.load(corr_ptr + row * padded + top_block * BLOCK + cols)
+        column = tl.min(tl.where(corr == top, cols, BLOCK - 1), axis=0).to(tl.int64)
+        blocks_near = tl.sum((block_max >= floor).to(tl.int32), axis=0)
+        entries_near = tl.sum((corr >= floor).to(tl.int32), axis=0)
+        clear = (blocks_near == 1) & (entries_near == 1) & (top > drift) & (has_nan == 0)
+        idx = top_block * BLOCK + column
+        if clear == 0:
+            idx = _exact_argmax(
+                corr_ptr,
+                block_max_ptr,
+                residual_ptr,
+                dec_ptr,
+                row,
+                floor,
+                has_nan,
+                width,
+                padded,
+                blocks,
+                d_in,
+                BLOCK,
+                EXACT_CHUNK,
+            )
+        # SAELens's update: coef = relu(<r, d>), codes += coef, r -= coef · d.
+        dot = tl.zeros((), dtype)
+        for start in range(0, d_in, D_CHUNK):
+            ds = start + tl.arange(0, D_CHUNK)
+            inside = ds < d_in
+            residual = tl.load(residual_ptr + row * d_in + ds, mask=inside, other=0.0)
+            atom = tl.load(dec_ptr + idx * d_in + ds, mask=inside, other=0.0)
+            dot += tl.sum(residual * atom, axis=0)
+        coef = tl.where((dot > 0) | (dot != dot), dot, 0.0)  # relu, NaN kept as torch keeps it
+        code_ptr = acts_ptr + tl.load(rows_ptr + row) * width + idx
+        prior = tl.load(code_ptr)
+        tl.store(code_ptr, prior + coef)
+        squares = tl.zeros((), dtype)
+        for start in range(0, d_in, D_CHUNK):
+            ds = start + tl.arange(0, D_CHUNK)
+            inside = ds < d_in
+            residual = tl.load(residual_ptr + row * d_in + ds, mask=inside, other=0.0)
+            atom = tl.load(dec_ptr + idx * d_in + ds, mask=inside, other=0.0)
+            residual = residual - coef * atom
+            tl.store(residual_ptr + row * d_in + ds, residual, mask=inside)
+            squares += tl.sum(residual * residual, axis=0)
+        tl.store(idx_ptr + row, idx)
+        tl.store(coef_ptr + row, coef)
+        tl.store(prior_ptr + row, prior)
+        tl.store(norm_ptr + row, tl.sqrt(squares))
+
+
+@triton.jit
+def _exact_argmax(
+    corr_ptr,
+    block_max_ptr,
+    residual_ptr,
+    dec_ptr,
+    row,
+    floor,
+    has_nan,
+    width,
+    padded,
+    blocks,
+    d_in,
+    BLOCK: tl.constexpr,
+    EXACT_CHUNK: tl.constexpr,
+):
+    """SAELens's argmax for a row its drifting correlations leave open (as
+    :func:`saegeo.core.pursuit._exact_argmax`): exact correlations of the atoms whose drifting
+    correlation reaches ``floor``, or of every atom where the floor is not finite."""
+    dtype = corr_ptr.dtype.element_ty
+    every = (has_nan != 0) | (floor != floor) | (tl.abs(floor) == float("inf"))
+    best = tl.full((), float("-inf"), dtype)
+    best_idx = tl.zeros((), tl.int64) + width
+    first_nan = tl.zeros((), tl.int64) + width
+    cols = tl.arange(0, BLOCK)
+    for block in range(0, blocks):
+        block_max = tl.load(block_max_ptr + row * blocks + block)
+        if every | (block_max >= floor):
+            atoms = block * BLOCK + cols.to(tl.int64)
+            corr = tl.load(corr_ptr + row * padded + atoms)
+            candidate = tl.where(every, atoms < width, (corr >= floor) & (atoms < width))
+            exact = tl.zeros((BLOCK,), dtype)
+            for start in range(0, d_in, EXACT_CHUNK):
+                ds = start + tl.arange(0, EXACT_CHUNK)
+                inside = ds < d_in
+                residual = tl.load(residual_ptr + row * d_in + ds, mask=inside, other=0.0)
+                dec = tl.load(
+                    dec_ptr + atoms[:, None] * d_in + ds[None, :],
+                    mask=candidate[:, None] & inside[None, :],
+                    other=0.0,
+                )
+                exact += tl.sum(dec * residual[None, :], axis=1)
+            nan = candidate & (exact != exact)
+            first_nan = tl.minimum(first_nan, tl.min(tl.where(nan, atoms, width), axis=0))
+            value = tl.where(candidate & (exact == exact), exact, float("-inf"))
+            block_best = tl.max(value, axis=0)
+            at_best = candidate & (value == block_best)
+            block_idx = tl.min(tl.where(at_best, atoms, width), axis=0)
+            better = block_best > best
+            best_idx = tl.where(better, block_idx, best_idx)
+            best = tl.where(better, block_best, best)
+    # A NaN correlation is SAELens's maximum where every atom counts; otherwise the first
+    # atom at the maximum, or atom 0 when no correlation is positive.
+    idx = tl.where(best > 0, best_idx, 0)
+    return tl.where(every & (first_nan < width), first_nan, idx)
+
+
+@triton.jit
 def gram_update_kernel(
-    source_ptr,
-    keep_ptr,
     corr_ptr,
     gram_ptr,
     idx_ptr,
     coef_ptr,
+    done_ptr,
     block_max_ptr,
     padded,
     blocks,
-    GATHER: tl.constexpr,
     BLOCK: tl.constexpr,
     PER_PROGRAM: tl.constexpr,
 ):
-    """One row's ``PER_PROGRAM`` blocks of ``BLOCK`` columns: ``corr = source - coef · gram``
+    """One running row's ``PER_PROGRAM`` blocks of ``BLOCK`` columns: ``corr -= coef · gram``
     and each block's maximum (see :func:`saegeo.core.gram_update.update`)."""
     row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1)
-    if GATHER:  # noqa: SIM108 (a static branch of the compiled kernel)
-        source_row = tl.load(keep_ptr + row).to(tl.int64)
-    else:
-        source_row = row
-    atom = tl.load(idx_ptr + row).to(tl.int64)
-    coef = tl.load(coef_ptr + row)
-    cols = chunk * (PER_PROGRAM * BLOCK) + tl.arange(0, PER_PROGRAM * BLOCK)
-    inside = cols < padded
-    corr = tl.load(source_ptr + source_row * padded + cols, mask=inside, other=0.0)
-    gram = tl.load(gram_ptr + atom * padded + cols, mask=inside, other=0.0)
-    new = corr - coef * gram
-    tl.store(corr_ptr + row * padded + cols, new, mask=inside)
-    new_KB = tl.reshape(new, (PER_PROGRAM, BLOCK))
-    block_max = tl.max(new_KB, axis=1)
-    # tl.max may skip NaN; a block's sum is NaN whenever the block holds one.
-    has_nan = tl.max((new_KB != new_KB).to(tl.int32), axis=1) > 0
-    block_max = tl.where(has_nan, tl.sum(new_KB, axis=1), block_max)
-    block = chunk * PER_PROGRAM + tl.arange(0, PER_PROGRAM)
-    tl.store(block_max_ptr + row * blocks + block, block_max, mask=block < blocks)
+    if tl.load(done_ptr + row) == 0:
+        chunk = tl.program_id(1)
+        atom = tl.load(idx_ptr + row).to(tl.int64)
+        coef = tl.load(coef_ptr + row)
+        cols = chunk * (PER_PROGRAM * BLOCK) + tl.arange(0, PER_PROGRAM * BLOCK)
+        inside = cols < padded
+        corr = tl.load(corr_ptr + row * padded + cols, mask=inside, other=0.0)
+        gram = tl.load(gram_ptr + atom * padded + cols, mask=inside, other=0.0)
+        new = corr - coef * gram
+        tl.store(corr_ptr + row * padded + cols, new, mask=inside)
+        new_KB = tl.reshape(new, (PER_PROGRAM, BLOCK))
+        block_max = tl.max(new_KB, axis=1)
+        # tl.max may skip NaN; a block's sum is NaN whenever the block holds one.
+        has_nan = tl.max((new_KB != new_KB).to(tl.int32), axis=1) > 0
+        block_max = tl.where(has_nan, tl.sum(new_KB, axis=1), block_max)
+        block = chunk * PER_PROGRAM + tl.arange(0, PER_PROGRAM)
+        tl.store(block_max_ptr + row * blocks + block, block_max, mask=block < blocks)

@@ -1,36 +1,43 @@
-"""The Gram update of matching pursuit's correlations as one fused GPU kernel (Triton).
+"""An iteration of matching pursuit's Gram route as two fused GPU kernels (Triton).
 
-One iteration of :func:`saegeo.core.pursuit.matching_pursuit`'s Gram route turns each running
-row's correlations ``c`` into ``c - coef · G[j]`` and takes the maxima of its blocks of
-columns, after gathering the rows still running into a fresh buffer when some have finished.
-In plain torch that is four passes over the correlations (gather, Gram rows, update, maxima);
-here each program reads one row's correlations and its Gram row once, writes the updated
-correlations once and their block maxima, which is the least memory traffic the update allows.
+One iteration of :func:`saegeo.core.pursuit.matching_pursuit`'s Gram route chooses each
+running row's atom from its drifting correlations (exact correlations settling near-ties),
+applies SAELens's update to its codes and residual, and turns its correlations ``c`` into
+``c - coef · G[j]`` with the maxima of their blocks of columns. In plain torch that is a few
+dozen small operations per iteration, some of which wait for the GPU (``nonzero``); here it is
+:func:`select_apply`, one program per row, and :func:`update`, which reads each correlation and
+Gram entry once and writes the correlation and its block maximum, the least memory traffic the
+update allows. Neither waits for the GPU, so the host queues iterations ahead of it. Rows
+that have finished (``done``) are skipped instead of gathered out, so the rows keep their
+places and no iteration needs to know how many are still running.
 
 Triton ships with PyTorch's CUDA builds. Where it is missing, or the tensors are not on CUDA,
-:func:`fused_update` is None and the pursuit keeps its torch passes; both compute each entry as
-``c - coef · g`` in the correlations' dtype, and the pursuit's drift bound covers either
-rounding. The kernel also runs in Triton's interpreter (``TRITON_INTERPRET=1``) on CPU
-tensors, which is how it is tested without a GPU.
+:func:`fused_iteration` is False and the pursuit keeps its torch passes; the kernels compute
+each value in the correlations' dtype, in their own order of summation, which the pursuit's
+drift bound covers. The kernels also run in Triton's interpreter (``TRITON_INTERPRET=1``) on
+CPU tensors, which is how they are tested without a GPU.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import torch
 
-# Blocks of columns per program at most: 16 blocks of 128 columns is 8 KiB of float32 per row.
+# Blocks of columns per program of the update at most: 16 blocks of 128 columns is 8 KiB of
+# float32 per row.
 BLOCKS_PER_PROGRAM = 16
 NUM_WARPS = 4
+# Entries of d_in per step of a coefficient and residual update, and per step of the exact
+# correlations of a block of candidate atoms ([block, EXACT_CHUNK] at a time; 8 keeps
+# select_apply's kernel near 64 registers a thread for sm_90, 32 would take 233).
+D_CHUNK = 256
+EXACT_CHUNK = 8
 
-# update's signature: (source, keep, corr, gram, idx, coef, block_max) -> None
-FusedUpdate = Callable[..., None]
-
-_kernel: Any = None  # the compiled kernel, once imported
+_kernels: ModuleType | None = None  # the compiled kernels' module, once imported
 
 
 def available() -> bool:
@@ -38,38 +45,96 @@ def available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def fused_update(device: torch.device) -> FusedUpdate | None:
-    """:func:`update` where it runs (CUDA with Triton, or Triton's interpreter), else None."""
+def fused_iteration(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the kernels run for ``dtype`` (float32 or float64) on ``device``: CUDA with
+    Triton, or Triton's interpreter."""
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if not available() or (device.type != "cuda" and not interpreted):
-        return None
-    return update
+    where = device.type == "cuda" or interpreted
+    return dtype in (torch.float32, torch.float64) and where and available()
+
+
+def select_apply(
+    corr_RP: torch.Tensor,
+    block_max_RK: torch.Tensor,
+    drift_R: torch.Tensor,
+    residual_RD: torch.Tensor,
+    W_dec_FD: torch.Tensor,
+    acts_BF: torch.Tensor,
+    rows_R: torch.Tensor,
+    done_R: torch.Tensor,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> None:
+    """Each running row's choice of atom and SAELens's update with it, in place.
+
+    The choice is :func:`saegeo.core.pursuit._select_gram`'s: the argmax of the drifting
+    correlations where it is clear by more than the drift bound ``drift_R`` [R], else the
+    exact argmax over the atoms still in contention. The update is
+    :func:`saegeo.core.pursuit.apply_atoms`'s: ``coef = relu(<r, d_j>)`` added to
+    ``acts_BF[rows_R[r], j]`` and ``coef · d_j`` subtracted from ``residual_RD[r]``.
+
+    Parameters
+    ----------
+    corr_RP, block_max_RK
+        Drifting correlations [R, padded] and their block maxima [R, padded / BLOCK].
+    drift_R
+        Each row's drift bound [R].
+    residual_RD, W_dec_FD
+        Residuals [R, d_in] (updated) and the dictionary [width, d_in].
+    acts_BF, rows_R
+        Codes [batch, width] (updated) and each row's row in them [R] (int64).
+    done_R
+        Rows that have finished [R] (bool): they get coefficient 0 and nothing else changes.
+    out
+        ``(idx_R, coef_R, prior_R, norm_R)``, written for the running rows: the atom chosen
+        (int64), its coefficient, its code before the update and the residual's new norm.
+    """
+    rows = corr_RP.shape[0]
+    if rows == 0:
+        return
+    width, d_in = W_dec_FD.shape
+    padded = corr_RP.shape[1]
+    blocks = block_max_RK.shape[1]
+    _check_contiguous(corr_RP, block_max_RK, residual_RD, W_dec_FD, acts_BF, *out)
+    _compiled().select_apply_kernel[(rows,)](
+        corr_RP,
+        block_max_RK,
+        drift_R,
+        residual_RD,
+        W_dec_FD,
+        acts_BF,
+        rows_R,
+        done_R,
+        *out,
+        width,
+        padded,
+        blocks,
+        d_in,
+        **select_apply_settings(padded, blocks),
+        **launch_options(),
+    )
 
 
 def update(
-    source_SP: torch.Tensor,
-    keep_R: torch.Tensor | None,
     corr_RP: torch.Tensor,
     gram_FP: torch.Tensor,
     idx_R: torch.Tensor,
     coef_R: torch.Tensor,
+    done_R: torch.Tensor,
     block_max_RK: torch.Tensor,
 ) -> None:
-    """``corr[r] = source[keep[r]] - coef[r] · gram[idx[r]]`` and its block maxima, in place.
+    """``corr[r] -= coef[r] · gram[idx[r]]`` and its block maxima, in place, for every row
+    not ``done``.
 
     Parameters
     ----------
-    source_SP
-        Correlations [rows before, padded] (contiguous); may be ``corr_RP`` itself when
-        ``keep_R`` is None.
-    keep_R
-        Row of ``source_SP`` for each output row [R] (int64), or None for row r itself.
     corr_RP
-        Output correlations [R, padded] (contiguous).
+        Correlations [R, padded] (contiguous).
     gram_FP
         ``W_dec W_decᵀ`` [width, padded], zero in the padding columns (contiguous).
     idx_R, coef_R
         Each row's chosen atom [R] (int64) and its coefficient [R].
+    done_R
+        Rows left as they are [R] (bool).
     block_max_RK
         Output maxima [R, blocks] of each block of ``padded / blocks`` columns (a power of 2;
         NaN where a block holds a NaN, as ``torch.amax``).
@@ -78,32 +143,58 @@ def update(
     if rows == 0:
         return
     blocks = block_max_RK.shape[1]
-    per_program = min(BLOCKS_PER_PROGRAM, 1 << (blocks - 1).bit_length())
-    for tensor in (source_SP, corr_RP, gram_FP, block_max_RK):
-        if not tensor.is_contiguous():
-            raise ValueError("gram update: tensors must be contiguous")
-    kernel = _compiled()
-    grid = (rows, -(-blocks // per_program))
-    kernel[grid](
-        source_SP,
-        keep_R if keep_R is not None else idx_R,
+    settings = update_settings(padded, blocks)
+    _check_contiguous(corr_RP, gram_FP, block_max_RK)
+    grid = (rows, -(-blocks // settings["PER_PROGRAM"]))
+    _compiled().gram_update_kernel[grid](
         corr_RP,
         gram_FP,
         idx_R,
         coef_R,
+        done_R,
         block_max_RK,
         padded,
         blocks,
-        GATHER=keep_R is not None,
-        BLOCK=padded // blocks,
-        PER_PROGRAM=per_program,
-        num_warps=NUM_WARPS,
+        **settings,
+        **launch_options(),
     )
 
 
-def _compiled() -> Any:
-    """The Triton kernel, imported on first use so that importing saegeo never needs Triton."""
-    global _kernel
-    if _kernel is None:
-        _kernel = importlib.import_module("saegeo.core.gram_kernel").gram_update_kernel
-    return _kernel
+def select_apply_settings(padded: int, blocks: int) -> dict[str, int]:
+    """The compile-time settings of :func:`select_apply`'s kernel."""
+    return dict(
+        BLOCK=padded // blocks,
+        BLOCKS_POW2=_power_of_2(blocks),
+        D_CHUNK=D_CHUNK,
+        EXACT_CHUNK=EXACT_CHUNK,
+    )
+
+
+def update_settings(padded: int, blocks: int) -> dict[str, int]:
+    """The compile-time settings of :func:`update`'s kernel."""
+    per_program = min(BLOCKS_PER_PROGRAM, _power_of_2(blocks))
+    return dict(BLOCK=padded // blocks, PER_PROGRAM=per_program)
+
+
+def launch_options() -> dict[str, Any]:
+    """Both kernels' launch options: fused multiply-adds allowed (said explicitly, as newer
+    Triton asks), which the pursuit's drift bound covers."""
+    return dict(num_warps=NUM_WARPS, enable_fp_fusion=True)
+
+
+def _power_of_2(n: int) -> int:
+    """The least power of 2 >= n."""
+    return 1 << (n - 1).bit_length()
+
+
+def _check_contiguous(*tensors: torch.Tensor) -> None:
+    if not all(tensor.is_contiguous() for tensor in tensors):
+        raise ValueError("gram update: tensors must be contiguous")
+
+
+def _compiled() -> ModuleType:
+    """The kernels' module, imported on first use so that importing saegeo never needs Triton."""
+    global _kernels
+    if _kernels is None:
+        _kernels = importlib.import_module("saegeo.core.gram_kernel")
+    return _kernels

@@ -14,8 +14,9 @@ returns the same codes by two faster routes.
     more than that bound, exact correlations of the few atoms still in contention decide, so
     near-ties resolve as in SAELens. The argmax reads block maxima that the update pass leaves
     behind, so each iteration streams the correlations once: in cache-sized tiles of rows on a
-    CPU, and on CUDA through one fused kernel (:mod:`saegeo.core.gram_update`) that reads each
-    correlation and Gram entry once and writes the correlation and its block maximum.
+    CPU, and on CUDA through two fused kernels (:mod:`saegeo.core.gram_update`): one chooses
+    and applies each row's atom, the other reads each correlation and Gram entry once and
+    writes the correlation and its block maximum, and no iteration waits for the GPU.
 ``direct``
     SAELens's recomputation, for dictionaries whose Gram matrix does not fit in memory, but
     only over the rows still running and in batches of rows.
@@ -67,6 +68,9 @@ CUDA_BATCH_BYTES = 2**30
 CPU_TILE_BYTES = 2 * 2**20
 # Fewest rows per thread for which a CPU pursuit is split across threads.
 MIN_SHARE_ROWS = 64
+# Iterations between the fused route's checks whether rows are still running (a check waits
+# for the GPU); a check gathers the running rows into a smaller batch once at most half run.
+CHECK_EVERY = 8
 
 
 class StopRules(NamedTuple):
@@ -215,7 +219,13 @@ def matching_pursuit(
     if iterations == 0 or batch == 0:
         return acts_BF.to(out_device).reshape(out_shape)
     rules = StopRules.of(residual_threshold, max_iterations, stop_on_duplicate_support, d_in)
-    if method == "gram":
+    if method == "gram" and gram_update.fused_iteration(compute_device, W_dec_FD.dtype):
+        gram_FP = _padded_gram(W_dec_FD, gram_FF)
+
+        def run(rows: slice) -> None:
+            _pursue_gram_fused(residual_BD[rows], W_dec_FD, gram_FP, acts_BF[rows], rules)
+
+    elif method == "gram":
         gram_FP = _padded_gram(W_dec_FD, gram_FF)
         tile_rows = _tile_rows(gram_FP.shape[1], W_dec_FD.dtype, compute_device)
 
@@ -536,25 +546,21 @@ def _pursue_gram(
     ``gram_FP`` is ``W_dec W_decᵀ`` padded with zero columns to whole blocks; correlations
     carry -inf in those columns, which the updates leave at -inf. Each iteration updates the
     correlations of the rows still running tile by tile, taking the block maxima while a tile
-    is in cache (on CUDA, row by row in one fused kernel); once some rows have finished, the
+    is in cache (on CUDA, :func:`_pursue_gram_fused` instead); once some rows have finished, the
     others are gathered into a second buffer on the way (the two buffers then swap), so
     compaction costs no extra pass.
     """
     rows, _ = residual_BD.shape
-    width, padded = gram_FP.shape
+    padded = gram_FP.shape[1]
     blocks = padded // BLOCK
     residual_BD = residual_BD.clone()
     rows_B = torch.arange(rows, device=residual_BD.device)
     norms_F = W_dec_FD.norm(dim=1)
     norm_max = norms_F.max()
-    front_BP = torch.empty(rows, padded, dtype=residual_BD.dtype, device=residual_BD.device)
+    front_BP, block_max_BK = _correlations(residual_BD, W_dec_FD, padded)
     back_BP: torch.Tensor | None = None
     corr_BP = front_BP
-    corr_BP[:, width:] = -torch.inf
-    torch.matmul(residual_BD, W_dec_FD.T, out=corr_BP[:, :width])
-    block_max_BK = corr_BP.view(rows, blocks, BLOCK).amax(dim=-1)
     scale_B = residual_BD.norm(dim=-1) * norm_max
-    fused = gram_update.fused_update(residual_BD.device)
     for iteration in range(rules.iterations):
         idx_B = _select_gram(corr_BP, block_max_BK, residual_BD, W_dec_FD, scale_B)
         coef_B, finished_B = apply_atoms(
@@ -575,24 +581,72 @@ def _pursue_gram(
             front_BP, back_BP = back_BP, front_BP
             corr_BP = front_BP[:kept]
             block_max_BK = block_max_BK[:kept]
-        if fused is not None:
-            gathered = source_BP is not corr_BP
-            fused(
-                source_BP,
-                keep_B if gathered else None,
-                corr_BP,
-                gram_FP,
-                idx_B,
-                coef_B,
-                block_max_BK,
-            )
-        else:
-            for start in range(0, kept, tile_rows):
-                stop = min(start + tile_rows, kept)
-                tile_TP = corr_BP[start:stop]
-                if source_BP is not corr_BP:
-                    torch.index_select(source_BP, 0, keep_B[start:stop], out=tile_TP)
-                update_TP = gram_FP.index_select(0, idx_B[start:stop])
-                tile_TP.addcmul_(update_TP, coef_B[start:stop, None], value=-1)
-                torch.amax(tile_TP.view(-1, blocks, BLOCK), dim=-1, out=block_max_BK[start:stop])
+        for start in range(0, kept, tile_rows):
+            stop = min(start + tile_rows, kept)
+            tile_TP = corr_BP[start:stop]
+            if source_BP is not corr_BP:
+                torch.index_select(source_BP, 0, keep_B[start:stop], out=tile_TP)
+            update_TP = gram_FP.index_select(0, idx_B[start:stop])
+            tile_TP.addcmul_(update_TP, coef_B[start:stop, None], value=-1)
+            torch.amax(tile_TP.view(-1, blocks, BLOCK), dim=-1, out=block_max_BK[start:stop])
         scale_B += coef_B * norms_F[idx_B] * norm_max
+
+
+def _pursue_gram_fused(
+    residual_BD: torch.Tensor,
+    W_dec_FD: torch.Tensor,
+    gram_FP: torch.Tensor,
+    acts_BF: torch.Tensor,
+    rules: StopRules,
+) -> None:
+    """:func:`_pursue_gram` through the fused kernels of :mod:`saegeo.core.gram_update`.
+
+    Each iteration is two kernels and a few elementwise operations, none of which waits for the
+    GPU. Finished rows stay in place, marked ``done``, and the kernels skip them; every
+    ``CHECK_EVERY`` iterations one check ends the batch once no row runs, and gathers the
+    running rows into a smaller batch once at most half of them run.
+    """
+    rows = residual_BD.shape[0]
+    dtype, device = residual_BD.dtype, residual_BD.device
+    residual_RD = residual_BD.clone()
+    rows_R = torch.arange(rows, device=device)
+    norms_F = W_dec_FD.norm(dim=1)
+    norm_max = norms_F.max()
+    corr_RP, block_max_RK = _correlations(residual_RD, W_dec_FD, gram_FP.shape[1])
+    scale_R = residual_RD.norm(dim=-1) * norm_max
+    done_R = torch.zeros(rows, dtype=torch.bool, device=device)
+    idx_R = torch.zeros(rows, dtype=torch.long, device=device)
+    coef_R, prior_R, norm_R = torch.empty(3, rows, dtype=dtype, device=device)
+    for iteration in range(rules.iterations):
+        out = (idx_R, coef_R, prior_R, norm_R)
+        drift_R = _drift_bound(scale_R, dtype)
+        gram_update.select_apply(
+            corr_RP, block_max_RK, drift_R, residual_RD, W_dec_FD, acts_BF, rows_R, done_R, out
+        )
+        done_R |= rules.finished(coef_R, prior_R, norm_R)
+        if iteration == rules.iterations - 1:
+            break
+        scale_R += coef_R * norms_F[idx_R] * norm_max
+        gram_update.update(corr_RP, gram_FP, idx_R, coef_R, done_R, block_max_RK)
+        if iteration % CHECK_EVERY == CHECK_EVERY - 1:
+            keep_R = (~done_R).nonzero().squeeze(1)
+            if keep_R.numel() == 0:
+                break
+            if keep_R.numel() <= rows_R.numel() // 2:
+                rows_R, residual_RD, corr_RP, block_max_RK, scale_R, done_R = (
+                    tensor[keep_R]
+                    for tensor in (rows_R, residual_RD, corr_RP, block_max_RK, scale_R, done_R)
+                )
+                idx_R, coef_R, prior_R, norm_R = (t[keep_R] for t in out)
+
+
+def _correlations(
+    residual_RD: torch.Tensor, W_dec_FD: torch.Tensor, padded: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correlations ``r W_decᵀ`` [rows, padded], -inf in the padding columns, and the
+    maxima of their blocks [rows, padded / BLOCK]."""
+    rows, width = residual_RD.shape[0], W_dec_FD.shape[0]
+    corr_RP = torch.empty(rows, padded, dtype=residual_RD.dtype, device=residual_RD.device)
+    corr_RP[:, width:] = -torch.inf
+    torch.matmul(residual_RD, W_dec_FD.T, out=corr_RP[:, :width])
+    return corr_RP, corr_RP.view(rows, padded // BLOCK, BLOCK).amax(dim=-1)

@@ -1,5 +1,6 @@
-"""The fused Gram update against the torch passes it replaces, on CUDA and in Triton's
-interpreter (CPU); both skip where Triton is missing."""
+"""The fused Gram iteration's kernels against the torch passes they replace, on CUDA and in
+Triton's interpreter (CPU), and compiled for a GPU the machine need not have; all skip where
+Triton is missing."""
 
 from __future__ import annotations
 
@@ -17,53 +18,148 @@ needs_triton = pytest.mark.skipif(not gram_update.available(), reason="needs Tri
 
 @pytest.fixture(params=["interpreter", pytest.param("cuda", marks=pytest.mark.gpu)])
 def device(request, monkeypatch) -> str:
-    """Where the kernel runs; Triton reads TRITON_INTERPRET when the kernel is defined, so
-    the kernel's module is imported afresh for each."""
-    if request.param == "interpreter":
-        if torch.cuda.is_available():
-            pytest.skip("with CUDA the compiled kernel is tested (Triton picks its mode once)")
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    else:
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(gram_update, "_kernel", None)
-    monkeypatch.delitem(sys.modules, "saegeo.core.gram_kernel", raising=False)
+    """Where the kernels run."""
+    if request.param == "interpreter" and torch.cuda.is_available():
+        pytest.skip("with CUDA the compiled kernels are tested (Triton picks its mode once)")
+    fresh_kernels(monkeypatch, interpreted=request.param == "interpreter")
     return "cpu" if request.param == "interpreter" else "cuda"
 
 
-def torch_update(source_SP, keep_R, gram_FP, idx_R, coef_R):
-    """The torch passes: gather, Gram rows, update, block maxima."""
-    rows = source_SP if keep_R is None else source_SP[keep_R]
-    corr_RP = rows - coef_R[:, None] * gram_FP[idx_R]
-    return corr_RP, corr_RP.view(corr_RP.shape[0], -1, BLOCK).amax(dim=-1)
+def fresh_kernels(monkeypatch, *, interpreted: bool) -> None:
+    """Triton reads TRITON_INTERPRET when a kernel is defined, so the kernels' module is
+    imported afresh, and dropped again after the test."""
+    if interpreted:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    else:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(gram_update, "_kernels", None)
+    monkeypatch.setitem(sys.modules, "saegeo.core.gram_kernel", None)
+    monkeypatch.delitem(sys.modules, "saegeo.core.gram_kernel")
+
+
+def torch_update(corr_RP, gram_FP, idx_R, coef_R, done_R):
+    """The torch passes: Gram rows, update, block maxima; finished rows unchanged."""
+    new_RP = torch.where(done_R[:, None], corr_RP, corr_RP - coef_R[:, None] * gram_FP[idx_R])
+    return new_RP, new_RP.view(new_RP.shape[0], -1, BLOCK).amax(dim=-1)
 
 
 @needs_triton
 @pytest.mark.parametrize("width", [100, 300, 2500])
-@pytest.mark.parametrize("gather", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_update_matches_torch_passes(device, width, gather, dtype):
+def test_update_matches_torch_passes(device, width, dtype):
     g = torch.Generator().manual_seed(width)
     padded = -(-width // BLOCK) * BLOCK
-    source_SP = torch.randn(23, padded, generator=g, dtype=dtype)
-    source_SP[:, width:] = -torch.inf
-    source_SP[4, 7] = torch.nan
+    rows = 23
+    corr_RP = torch.randn(rows, padded, generator=g, dtype=dtype)
+    corr_RP[:, width:] = -torch.inf
+    corr_RP[4, 7] = torch.nan
     gram_FP = torch.randn(width, padded, generator=g, dtype=dtype)
     gram_FP[:, width:] = 0
-    keep_R = torch.tensor([0, 2, 3, 4, 9, 22]) if gather else None
-    rows = 23 if keep_R is None else keep_R.numel()
     idx_R = torch.randint(width, (rows,), generator=g)
     coef_R = torch.rand(rows, generator=g, dtype=dtype)
-    expected = torch_update(source_SP, keep_R, gram_FP, idx_R, coef_R)
+    done_R = torch.rand(rows, generator=g) < 0.3
+    block_max_RK = torch.full((rows, padded // BLOCK), 7.0, dtype=dtype)
+    block_max_RK[done_R] = corr_RP[done_R].view(-1, padded // BLOCK, BLOCK).amax(dim=-1)
+    expected = torch_update(corr_RP, gram_FP, idx_R, coef_R, done_R)
 
-    source_SP, gram_FP, idx_R, coef_R = (t.to(device) for t in (source_SP, gram_FP, idx_R, coef_R))
-    keep_R = None if keep_R is None else keep_R.to(device)
-    corr_RP = source_SP if keep_R is None else torch.full_like(source_SP[:rows], 7.0)
-    block_max_RK = torch.full((rows, padded // BLOCK), 7.0, dtype=dtype, device=device)
-    gram_update.update(source_SP, keep_R, corr_RP, gram_FP, idx_R, coef_R, block_max_RK)
+    tensors = [t.to(device) for t in (corr_RP, gram_FP, idx_R, coef_R, done_R, block_max_RK)]
+    gram_update.update(*tensors)
+    corr_RP, block_max_RK = tensors[0], tensors[-1]
     # One rounding of coef · g apart at most (a fused multiply-add on the GPU).
     tol = 4 * torch.finfo(dtype).eps
     torch.testing.assert_close(corr_RP.cpu(), expected[0], atol=tol, rtol=tol, equal_nan=True)
     torch.testing.assert_close(block_max_RK.cpu(), expected[1], atol=tol, rtol=tol, equal_nan=True)
+
+
+def iteration_state(width: int, d_in: int, dtype: torch.dtype, seed: int):
+    """A batch of rows part-way through a pursuit: correlations drifted from the exact ones,
+    their block maxima, drift bounds and codes. Rows 0-5 have drift bounds that leave several
+    atoms in contention (exact path), row 6 NaN correlations, row 7 correlations all -inf,
+    row 8 a tie of its two best correlations (one atom twice), rows 9 and 10 are finished,
+    row 11 no positive correlation (exact path, atom 0); the rest are plain."""
+    g = torch.Generator().manual_seed(seed)
+    rows, padded = 29, -(-width // BLOCK) * BLOCK
+    W_dec_FD = torch.randn(width, d_in, generator=g, dtype=dtype) / d_in**0.5
+    W_dec_FD[:, 0] = W_dec_FD[:, 0].abs() + 0.1
+    W_dec_FD[5, 3] = 0
+    W_dec_FD[width - 1] = W_dec_FD[5]  # the same atom in another block
+    residual_RD = torch.randn(rows, d_in, generator=g, dtype=dtype)
+    residual_RD[6, 3] = torch.inf  # NaN correlations with atoms 5 and width - 1, ±inf elsewhere
+    residual_RD[8] += 3 * W_dec_FD[5]
+    residual_RD[11] = 0
+    residual_RD[11, 0] = -1
+    corr_RP = torch.full((rows, padded), -torch.inf, dtype=dtype)
+    corr_RP[:, :width] = residual_RD @ W_dec_FD.T
+    corr_RP[:, :width] += 1e-4 * torch.randn(rows, width, generator=g, dtype=dtype)
+    corr_RP[7] = -torch.inf
+    corr_RP[8, [5, width - 1]] = corr_RP[8, :width].max() + 1
+    scale_R = torch.rand(rows, generator=g, dtype=dtype) + 1
+    # Drift bounds from 0.3 to 100.
+    scale_R[:6] = torch.logspace(-0.5, 2, 6, dtype=dtype) / pursuit._drift_bound(
+        torch.ones((), dtype=dtype), dtype
+    )
+    acts_BF = torch.zeros(rows + 3, width, dtype=dtype)
+    rows_R = torch.randperm(rows + 3, generator=g)[:rows]
+    acts_BF[rows_R, torch.randint(width, (rows,), generator=g)] = 1.0
+    done_R = torch.zeros(rows, dtype=torch.bool)
+    done_R[[9, 10]] = True
+    block_max_RK = corr_RP.view(rows, -1, BLOCK).amax(dim=-1)
+    return corr_RP, block_max_RK, scale_R, residual_RD, W_dec_FD, acts_BF, rows_R, done_R
+
+
+def torch_select_apply(corr_RP, block_max_RK, scale_R, residual_RD, W_dec_FD, acts_BF, rows_R):
+    """The torch route's selection and update of rows [R], on copies: (idx, coef, prior, norm,
+    residual, codes)."""
+    residual_RD, acts_BF = residual_RD.clone(), acts_BF.clone()
+    idx_R = pursuit._select_gram(corr_RP, block_max_RK, residual_RD, W_dec_FD, scale_R)
+    prior_R = acts_BF[rows_R, idx_R]
+    coef_R, _ = pursuit.apply_atoms(
+        residual_RD, W_dec_FD[idx_R], idx_R, rows_R, acts_BF, pursuit.StopRules(0.0, 1, False)
+    )
+    return idx_R, coef_R, prior_R, residual_RD.norm(dim=-1), residual_RD, acts_BF
+
+
+@needs_triton
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf · 0
+@pytest.mark.parametrize(("width", "d_in"), [(300, 40), (2500, 300)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_select_apply_matches_torch_route(device, width, d_in, dtype, monkeypatch):
+    exact_rows = []
+    exact_argmax = pursuit._exact_argmax
+
+    def counting(corr_UP, *args):
+        exact_rows.append(corr_UP.shape[0])
+        return exact_argmax(corr_UP, *args)
+
+    monkeypatch.setattr(pursuit, "_exact_argmax", counting)
+    state = iteration_state(width, d_in, dtype, seed=width)
+    corr_RP, block_max_RK, scale_R, residual_RD, W_dec_FD, acts_BF, rows_R, done_R = state
+    running = ~done_R
+    expected = torch_select_apply(
+        *(t[running] for t in state[:4]), W_dec_FD, acts_BF, rows_R[running]
+    )
+    rows = corr_RP.shape[0]
+    idx_R = torch.full((rows,), -1, dtype=torch.long)
+    coef_R, prior_R, norm_R = torch.full((3, rows), 7.0, dtype=dtype)
+    drift_R = pursuit._drift_bound(scale_R, dtype)
+    on_device = [
+        t.to(device, copy=True) for t in (*state[:2], drift_R, *state[3:], idx_R, coef_R, prior_R)
+    ]
+    norm_R = norm_R.to(device, copy=True)
+    gram_update.select_apply(*on_device[:8], (*on_device[8:], norm_R))
+    got = [t.cpu() for t in (*on_device[8:], norm_R, on_device[3], on_device[5])]
+
+    assert exact_rows == [10], f"rows 0-8 and 11 take the exact path, not {exact_rows}"
+    assert torch.equal(got[0][running], expected[0])
+    assert torch.equal(got[0][done_R], idx_R[done_R])
+    assert bool((got[1][done_R] == 0).all())
+    tol = dict(atol=1e-5 if dtype == torch.float32 else 1e-12, rtol=1e-5, equal_nan=True)
+    for ours, theirs in zip(got[1:4], expected[1:4], strict=True):
+        torch.testing.assert_close(ours[running], theirs, **tol)
+    torch.testing.assert_close(got[4][running], expected[4], **tol)
+    torch.testing.assert_close(got[4][done_R], residual_RD[done_R], **tol)
+    torch.testing.assert_close(got[5], expected[5], **tol)
+    assert not torch.equal(got[5], acts_BF)
 
 
 def reference(x_BD: torch.Tensor, W_dec_FD: torch.Tensor, **rules) -> torch.Tensor:
@@ -75,15 +171,15 @@ def reference(x_BD: torch.Tensor, W_dec_FD: torch.Tensor, **rules) -> torch.Tens
 @needs_triton
 @pytest.mark.parametrize("unit", [True, False])
 @pytest.mark.parametrize("rules", [STATIC, DYNAMIC], ids=["static", "dynamic"])
-def test_pursuit_through_the_fused_update_matches_saelens(device, unit, rules, monkeypatch):
+def test_pursuit_through_the_fused_iteration_matches_saelens(device, unit, rules, monkeypatch):
     fused_calls = []
-    update = gram_update.update
+    select_apply = gram_update.select_apply
 
     def counting(*args):
         fused_calls.append(1)
-        update(*args)
+        select_apply(*args)
 
-    monkeypatch.setattr(gram_update, "update", counting)
+    monkeypatch.setattr(gram_update, "select_apply", counting)
     W_dec_FD = decoder(300, 96, unit=unit)
     x_BD = sparse_inputs(W_dec_FD, 48)
     ours = matching_pursuit(x_BD, W_dec_FD, method="gram", device=device, **rules)
@@ -107,9 +203,46 @@ def test_cuda_float32_keeps_float64_supports(method):
     assert torch.equal((ours != 0)[agree], (exact != 0)[agree])
 
 
-def test_fused_update_only_where_it_runs(monkeypatch):
+def test_fused_iteration_only_where_it_runs(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert gram_update.fused_update(torch.device("cpu")) is None
+    cuda = torch.device("cuda")
+    assert not gram_update.fused_iteration(torch.device("cpu"), torch.float32)
+    assert gram_update.fused_iteration(cuda, torch.float32) == gram_update.available()
+    assert not gram_update.fused_iteration(cuda, torch.bfloat16)
     monkeypatch.setattr(gram_update, "available", lambda: False)
-    assert gram_update.fused_update(torch.device("cuda")) is None
+    assert not gram_update.fused_iteration(cuda, torch.float32)
     assert pursuit.CUDA_BATCH_BYTES >= pursuit.BATCH_BYTES
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
+def test_kernels_compile_for_hopper(dtype, monkeypatch):
+    """Both kernels compile to sm_90 machine code (no GPU needed): type errors that Triton's
+    interpreter lets pass fail here."""
+    fresh_kernels(monkeypatch, interpreted=False)
+    from triton import compile as triton_compile
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernels = gram_update._compiled()
+    padded, blocks = 16384, 128
+    for kernel, settings in [
+        (kernels.select_apply_kernel, gram_update.select_apply_settings(padded, blocks)),
+        (kernels.gram_update_kernel, gram_update.update_settings(padded, blocks)),
+    ]:
+        options = gram_update.launch_options()
+        signature = {name: argument_type(name, dtype, settings) for name in kernel.arg_names}
+        source = ASTSource(fn=kernel, signature=signature, constexprs=settings)
+        compiled = triton_compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+        assert compiled.asm["cubin"]
+
+
+def argument_type(name: str, dtype: str, constants: dict) -> str:
+    """A kernel argument's Triton type: indices and flags by name, other pointers ``dtype``."""
+    if name in constants:
+        return "constexpr"
+    if name in ("rows_ptr", "idx_ptr"):
+        return "*i64"
+    if name == "done_ptr":
+        return "*i1"
+    return f"*{dtype}" if name.endswith("_ptr") else "i32"
