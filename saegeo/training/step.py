@@ -80,12 +80,20 @@ class StepOutput(NamedTuple):
 
     loss: torch.Tensor
     """The loss to minimise (scalar, with gradient)."""
-    mse: float
-    """MSE of the batch's (whole-width) reconstruction."""
-    l0: float
-    """Mean active latents per token in the batch."""
+    mse: torch.Tensor
+    """MSE of the batch's (whole-width) reconstruction (scalar, no gradient)."""
+    l0: torch.Tensor
+    """Mean active latents per token in the batch (scalar)."""
     fired: torch.Tensor
     """Latents that fired in the batch [F] (bool)."""
+
+    @classmethod
+    def of(
+        cls, loss: torch.Tensor, mse: torch.Tensor, active: torch.Tensor, batch: int, fired
+    ) -> StepOutput:
+        """The output of a step whose ``active`` entries (bool, any shape) are its codes'
+        non-zeros. Nothing here waits for the GPU: values stay on the device until read."""
+        return cls(loss, mse.detach(), active.sum(dtype=torch.float64) / batch, fired)
 
 
 def init_state(
@@ -187,7 +195,7 @@ def forward_step(
         )
         mse = losses.mse_loss(x_BD, codes_BF @ state.W_dec + state.b_dec)
         active_BF = codes_BF.detach() != 0
-        return StepOutput(mse, mse.item(), float(active_BF.sum()) / batch, active_BF.any(0))
+        return StepOutput.of(mse, mse, active_BF, batch, active_BF.any(0))
 
     assert state.W_enc is not None and state.b_enc is not None
     low = matmul_dtype != torch.float32
@@ -200,7 +208,6 @@ def forward_step(
             mse = losses.mse_loss(x_BD, decoded_BD.float() + state.b_dec)
             penalty = losses.sparsity_loss(acts_BF, state.W_dec.norm(dim=1), config.sparsity)
             loss = mse + coefficient * penalty
-            mse_value = mse.item()
         else:
             parts = losses.matryoshka_loss(
                 x_BD,
@@ -211,9 +218,9 @@ def forward_step(
                 sparsity=config.sparsity,
                 coefficient=coefficient,
             )
-            loss, mse_value = parts.loss, parts.mse[-1].item()
+            loss, mse = parts.loss, parts.mse[-1]
         active_BF = acts_BF.detach() > 0
-        return StepOutput(loss, mse_value, float(active_BF.sum()) / batch, active_BF.any(0))
+        return StepOutput.of(loss, mse, active_BF, batch, active_BF.any(0))
 
     with torch.no_grad():
         pre_BF = _pre_activations(x_in_BD, state.W_enc, state.b_enc, matmul_dtype)
@@ -246,8 +253,10 @@ def forward_step(
         loss = loss + aux
     with torch.no_grad():
         active_N = values_N > 0
-        fired_F = torch.zeros(width, dtype=torch.bool, device=x_BD.device)
-        fired_F[sel.cols[active_N]] = True
+        # Inactive entries mark a spare last slot: no boolean indexing, which waits for the GPU.
+        fired_F = torch.zeros(width + 1, dtype=torch.bool, device=x_BD.device)
+        fired_F[torch.where(active_N, sel.cols, width)] = True
+        fired_F = fired_F[:width]
         if arch.sparsity == "batchtopk" and bool(active_N.any()):
             # The inference threshold: a bias-corrected running average of the smallest
             # activation the batch kept.
@@ -255,7 +264,7 @@ def forward_step(
             smallest = values_N.detach()[active_N].min().item()
             state.threshold_sum = (1 - rate) * state.threshold_sum + rate * smallest
             state.threshold_weight = (1 - rate) * state.threshold_weight + rate
-    return StepOutput(loss, mse.item(), float(active_N.sum()) / batch, fired_F)
+    return StepOutput.of(loss, mse, active_N, batch, fired_F)
 
 
 def _pre_activations(

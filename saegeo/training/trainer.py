@@ -289,17 +289,18 @@ def train_sae(
             fired, l0, loss_value = out.fired, out.l0, out.loss.item()
             if world > 1:  # every rank keeps the same bookkeeping
                 fired = distributed.all_reduce_(fired.long()) > 0
-                l0, loss_value, threshold_sum = distributed.all_reduce_sums(
-                    l0 / world, loss_value / world, state.threshold_sum / world
+                mean_l0, loss_value, threshold_sum = distributed.all_reduce_sums(
+                    float(l0) / world, loss_value / world, state.threshold_sum / world
                 )
+                l0 = torch.tensor(mean_l0)
                 state.threshold_sum = threshold_sum
             with torch.no_grad():
                 state.since_fired += x_BD.shape[0] * world
-                state.since_fired[fired] = 0
+                state.since_fired.masked_fill_(fired, 0)
             target = config.target_l0 if arch.sparsity == "penalty" else None
             if target is not None and step >= sparsity_warmup:
                 # Multiplicative control of λ towards the target L0 (Glen Taggart's idea).
-                state.coefficient *= math.exp(0.02 if l0 > target else -0.02)
+                state.coefficient *= math.exp(0.02 if float(l0) > target else -0.02)
             if not math.isfinite(loss_value):
                 raise ArgumentError(
                     "lr",
@@ -313,11 +314,11 @@ def train_sae(
                     "step": step,
                     "tokens": (step + 1) * batch_size,
                     "loss": loss_value,
-                    "fvu": out.mse / total_var if total_var > 0 else float("nan"),
-                    "l0": out.l0,
+                    "fvu": float(out.mse) / total_var if total_var > 0 else float("nan"),
+                    "l0": float(out.l0),
                 }
                 state.history.append(entry)
-                bar.set_postfix(fvu=f"{entry['fvu']:.3f}", l0=f"{out.l0:.1f}")
+                bar.set_postfix(fvu=f"{entry['fvu']:.3f}", l0=f"{entry['l0']:.1f}")
             bar.update(x_BD.shape[0] * world)
             if on_snapshot is not None and step + 1 in snapshots:
                 on_snapshot(step + 1, _export(config, state, scale))
