@@ -11,11 +11,12 @@ update allows. Neither waits for the GPU, so the host queues iterations ahead of
 that have finished (``done``) are skipped instead of gathered out, so the rows keep their
 places and no iteration needs to know how many are still running.
 
-Triton ships with PyTorch's CUDA builds. Where it is missing, or the tensors are not on CUDA,
-:func:`fused_iteration` is False and the pursuit keeps its torch passes; the kernels compute
-each value in the correlations' dtype, in their own order of summation, which the pursuit's
-drift bound covers. The kernels also run in Triton's interpreter (``TRITON_INTERPRET=1``) on
-CPU tensors, which is how they are tested without a GPU.
+Triton ships with PyTorch's CUDA builds. Where it is missing, the tensors are not on CUDA or
+the GPU is older than Triton supports, :func:`fused_iteration` is False and the pursuit keeps
+its torch passes. The kernels compute each value in the correlations' dtype, in their own
+order of summation, which the pursuit's drift bound covers. They also run in Triton's
+interpreter (``TRITON_INTERPRET=1``) on CPU tensors, which is how they are tested without a
+GPU, and the tests compile them for sm_90 wherever Triton is installed.
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ def available() -> bool:
 
 
 def fused_iteration(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the kernels run for ``dtype`` (float32 or float64) on ``device``: CUDA with
-    Triton, or Triton's interpreter."""
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    where = device.type == "cuda" or interpreted
-    return dtype in (torch.float32, torch.float64) and where and available()
+    """Whether the kernels run for ``dtype`` (float32 or float64) on ``device``: a CUDA
+    device Triton compiles for (compute capability 7.0 or later) with Triton installed, or
+    Triton's interpreter."""
+    if dtype not in (torch.float32, torch.float64) or not available():
+        return False
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 0)
 
 
 def select_apply(

@@ -205,10 +205,17 @@ def test_cuda_float32_keeps_float64_supports(method):
 
 def test_fused_iteration_only_where_it_runs(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(gram_update, "available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (8, 0))
     cuda = torch.device("cuda")
+    assert gram_update.fused_iteration(cuda, torch.float32)
+    assert gram_update.fused_iteration(cuda, torch.float64)
     assert not gram_update.fused_iteration(torch.device("cpu"), torch.float32)
-    assert gram_update.fused_iteration(cuda, torch.float32) == gram_update.available()
     assert not gram_update.fused_iteration(cuda, torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (6, 1))
+    assert not gram_update.fused_iteration(cuda, torch.float32)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert gram_update.fused_iteration(torch.device("cpu"), torch.float32)
     monkeypatch.setattr(gram_update, "available", lambda: False)
     assert not gram_update.fused_iteration(cuda, torch.float32)
     assert pursuit.CUDA_BATCH_BYTES >= pursuit.BATCH_BYTES
