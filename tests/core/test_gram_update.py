@@ -172,18 +172,20 @@ def reference(x_BD: torch.Tensor, W_dec_FD: torch.Tensor, **rules) -> torch.Tens
 @pytest.mark.parametrize("unit", [True, False])
 @pytest.mark.parametrize("rules", [STATIC, DYNAMIC], ids=["static", "dynamic"])
 def test_pursuit_through_the_fused_iteration_matches_saelens(device, unit, rules, monkeypatch):
-    fused_calls = []
+    rows_per_call = []
     select_apply = gram_update.select_apply
 
-    def counting(*args):
-        fused_calls.append(1)
-        select_apply(*args)
+    def counting(corr_RP, *args):
+        rows_per_call.append(corr_RP.shape[0])
+        select_apply(corr_RP, *args)
 
     monkeypatch.setattr(gram_update, "select_apply", counting)
     W_dec_FD = decoder(300, 96, unit=unit)
     x_BD = sparse_inputs(W_dec_FD, 48)
-    ours = matching_pursuit(x_BD, W_dec_FD, method="gram", device=device, **rules)
-    assert fused_calls
+    ours = matching_pursuit(x_BD, W_dec_FD, method="gram", device=device, batch_size=20, **rules)
+    # Three batches; with early stops, the running rows are gathered part-way through.
+    assert rows_per_call[0] == 20 and rows_per_call[-1] <= 8
+    assert (min(rows_per_call) < 8) == (rules is DYNAMIC)
     assert_same_codes(ours, reference(x_BD, W_dec_FD, **rules))
 
 
