@@ -34,11 +34,12 @@ def select_apply_kernel(
     if tl.load(done_ptr + row) != 0:
         tl.store(coef_ptr + row, tl.zeros((), dtype))
     else:
+        corr_row = corr_ptr + row * padded
+        block_max_row = block_max_ptr + row * blocks
+        residual_row = residual_ptr + row * d_in
         # The block holding the largest correlation, and that correlation's column.
         ks = tl.arange(0, BLOCKS_POW2)
-        block_max = tl.load(
-            block_max_ptr + row * blocks + ks, mask=ks < blocks, other=float("-inf")
-        )
+        block_max = tl.load(block_max_row + ks, mask=ks < blocks, other=float("-inf"))
         has_nan = tl.max((block_max != block_max).to(tl.int32), axis=0) > 0
         top = tl.max(block_max, axis=0)
         # (A NaN maximum matches no block: clamped in range, the row then goes to the exact path.)
@@ -46,35 +47,23 @@ def select_apply_kernel(
         drift = tl.load(drift_ptr + row)
         floor = top - 2 * drift
         cols = tl.arange(0, BLOCK)
-        corr = tl.load(corr_ptr + row * padded + top_block * BLOCK + cols)
+        corr = tl.load(corr_row + top_block * BLOCK + cols)
         column = tl.min(tl.where(corr == top, cols, BLOCK - 1), axis=0).to(tl.int64)
         blocks_near = tl.sum((block_max >= floor).to(tl.int32), axis=0)
         entries_near = tl.sum((corr >= floor).to(tl.int32), axis=0)
         clear = (blocks_near == 1) & (entries_near == 1) & (top > drift) & (has_nan == 0)
         idx = top_block * BLOCK + column
         if clear == 0:
+            every = (has_nan != 0) | (floor != floor) | (tl.abs(floor) == float("inf"))
             idx = _exact_argmax(
-                corr_ptr,
-                block_max_ptr,
-                residual_ptr,
-                dec_ptr,
-                row,
-                floor,
-                has_nan,
-                width,
-                padded,
-                blocks,
-                d_in,
-                BLOCK,
-                EXACT_CHUNK,
-            )
+                corr_row, block_max_row, residual_row, dec_ptr, floor, every,
+                width, blocks, d_in, BLOCK, EXACT_CHUNK,
+            )  # fmt: skip
         # SAELens's update: coef = relu(<r, d>), codes += coef, r -= coef · d.
+        atom_row = dec_ptr + idx * d_in
         dot = tl.zeros((), dtype)
         for start in range(0, d_in, D_CHUNK):
-            ds = start + tl.arange(0, D_CHUNK)
-            inside = ds < d_in
-            residual = tl.load(residual_ptr + row * d_in + ds, mask=inside, other=0.0)
-            atom = tl.load(dec_ptr + idx * d_in + ds, mask=inside, other=0.0)
+            _, _, residual, atom = _chunk(residual_row, atom_row, start, d_in, D_CHUNK)
             dot += tl.sum(residual * atom, axis=0)
         coef = tl.where((dot > 0) | (dot != dot), dot, 0.0)  # relu, NaN kept as torch keeps it
         code_ptr = acts_ptr + tl.load(rows_ptr + row) * width + idx
@@ -82,12 +71,9 @@ def select_apply_kernel(
         tl.store(code_ptr, prior + coef)
         squares = tl.zeros((), dtype)
         for start in range(0, d_in, D_CHUNK):
-            ds = start + tl.arange(0, D_CHUNK)
-            inside = ds < d_in
-            residual = tl.load(residual_ptr + row * d_in + ds, mask=inside, other=0.0)
-            atom = tl.load(dec_ptr + idx * d_in + ds, mask=inside, other=0.0)
+            ds, inside, residual, atom = _chunk(residual_row, atom_row, start, d_in, D_CHUNK)
             residual = residual - coef * atom
-            tl.store(residual_ptr + row * d_in + ds, residual, mask=inside)
+            tl.store(residual_row + ds, residual, mask=inside)
             squares += tl.sum(residual * residual, axis=0)
         tl.store(idx_ptr + row, idx)
         tl.store(coef_ptr + row, coef)
@@ -96,41 +82,39 @@ def select_apply_kernel(
 
 
 @triton.jit
+def _chunk(residual_row, atom_row, start, d_in, D_CHUNK: tl.constexpr):
+    """Entries ``start .. start + D_CHUNK`` of a residual and an atom (0 past d_in), with
+    their positions and which of them are inside."""
+    ds = start + tl.arange(0, D_CHUNK)
+    inside = ds < d_in
+    residual = tl.load(residual_row + ds, mask=inside, other=0.0)
+    return ds, inside, residual, tl.load(atom_row + ds, mask=inside, other=0.0)
+
+
+@triton.jit
 def _exact_argmax(
-    corr_ptr,
-    block_max_ptr,
-    residual_ptr,
-    dec_ptr,
-    row,
-    floor,
-    has_nan,
-    width,
-    padded,
-    blocks,
-    d_in,
-    BLOCK: tl.constexpr,
-    EXACT_CHUNK: tl.constexpr,
-):
+    corr_row, block_max_row, residual_row, dec_ptr, floor, every,
+    width, blocks, d_in, BLOCK: tl.constexpr, EXACT_CHUNK: tl.constexpr,
+):  # fmt: skip
     """SAELens's argmax for a row its drifting correlations leave open (as
     :func:`saegeo.core.pursuit._exact_argmax`): exact correlations of the atoms whose drifting
-    correlation reaches ``floor``, or of every atom where the floor is not finite."""
-    dtype = corr_ptr.dtype.element_ty
-    every = (has_nan != 0) | (floor != floor) | (tl.abs(floor) == float("inf"))
+    correlation reaches ``floor``, or of ``every`` atom where the floor is not finite."""
+    dtype = corr_row.dtype.element_ty
     best = tl.full((), float("-inf"), dtype)
     best_idx = tl.zeros((), tl.int64) + width
     first_nan = tl.zeros((), tl.int64) + width
     cols = tl.arange(0, BLOCK)
     for block in range(0, blocks):
-        block_max = tl.load(block_max_ptr + row * blocks + block)
+        block_max = tl.load(block_max_row + block)
         if every | (block_max >= floor):
             atoms = block * BLOCK + cols.to(tl.int64)
-            corr = tl.load(corr_ptr + row * padded + atoms)
+            corr = tl.load(corr_row + atoms)
             candidate = tl.where(every, atoms < width, (corr >= floor) & (atoms < width))
             exact = tl.zeros((BLOCK,), dtype)
             for start in range(0, d_in, EXACT_CHUNK):
                 ds = start + tl.arange(0, EXACT_CHUNK)
                 inside = ds < d_in
-                residual = tl.load(residual_ptr + row * d_in + ds, mask=inside, other=0.0)
+                residual = tl.load(residual_row + ds, mask=inside, other=0.0)
                 dec = tl.load(
                     dec_ptr + atoms[:, None] * d_in + ds[None, :],
                     mask=candidate[:, None] & inside[None, :],
