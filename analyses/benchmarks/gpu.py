@@ -20,7 +20,8 @@ the absolute times and, where it applies, the result's agreement with the baseli
 - the exact decoder refit on 400k tokens at width 16384 against solving the normal
   equations from dense codes.
 
-Also printed: the fused Gram iteration's two kernels alone at several warp counts.
+Also printed: the fused Gram iteration's two kernels alone at several warp counts, and how
+often one pursuit and one training step wait for the GPU.
 ``--profile FILE`` writes torch.profiler tables of one pursuit and of training steps.
 
     python analyses/benchmarks/gpu.py [--json out.json] [--profile profile.txt]
@@ -33,6 +34,7 @@ import argparse
 import json
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -388,6 +390,38 @@ def fused_kernels(batch: int, d_in: int, width: int) -> list[str]:
     return lines
 
 
+def host_syncs(sizes: dict[str, Any]) -> list[str]:
+    """How often one static pursuit (``auto``) and one TopK training step wait for the GPU:
+    torch's sync debug mode warns at every call that synchronises with the device."""
+    tokens, d_in, width, iterations = sizes["pursuit"]
+    x_BD, W_FD = pursuit_inputs(tokens, d_in, width)
+    rules = dict(residual_threshold=0.0, stop_on_duplicate_support=False)
+    lines = [
+        "host synchronisations, static pursuit: "
+        + str(count_syncs(lambda: matching_pursuit(x_BD, W_FD, max_iterations=iterations, **rules)))
+    ]
+    train_d_in, train_width, _ = sizes["train"]
+    for dtype in ("float32", "bfloat16"):
+        steps = training_steps(train_d_in, train_width, dtype)
+        lines.append(
+            f"host synchronisations, one TopK training step ({dtype}, with the loss read "
+            f"the trainer makes): {count_syncs(lambda steps=steps: steps(1))}"
+        )
+    return lines
+
+
+def count_syncs(fn: Callable[[], Any]) -> int:
+    """Calls in ``fn`` that synchronise with the GPU."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(warning.message) for warning in caught)
+
+
 def training_steps(d_in: int, width: int, dtype: str) -> Callable[[int], float]:
     """A function running ``n`` TopK training steps (forward, backward, Adam, decoder norms)
     on batches already on the device, as the trainer runs them, and returning seconds per
@@ -499,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     rows += train_rows
     print(f"training done at {time.perf_counter() - start:.0f} s", flush=True)
     rows += bench_refit(sae, sizes["refit"], d_in)
-    sweep = fused_kernels(*sizes["pursuit"][:3]) if DEVICE == "cuda" else []
+    sweep = fused_kernels(*sizes["pursuit"][:3]) + host_syncs(sizes) if DEVICE == "cuda" else []
     info["seconds"] = round(time.perf_counter() - start, 1)
     print(f"\n{'path':<34} {'size':<34} {'saegeo':>9} {'baseline':>24} {'base':>9} {'ratio':>6}")
     for row in rows:
