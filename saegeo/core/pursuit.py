@@ -608,7 +608,8 @@ def _pursue_gram_fused(
     """
     rows = residual_BD.shape[0]
     dtype, device = residual_BD.dtype, residual_BD.device
-    residual_RD = residual_BD.clone()
+    residual_RD = residual_BD.clone(memory_format=torch.contiguous_format)
+    W_dec_FD = W_dec_FD.contiguous()
     rows_R = torch.arange(rows, device=device)
     norms_F = W_dec_FD.norm(dim=1)
     norm_max = norms_F.max()

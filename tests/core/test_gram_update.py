@@ -192,6 +192,19 @@ def test_pursuit_through_the_fused_iteration_matches_saelens(device, unit, rules
     assert_same_codes(ours, reference(x_BD, W_dec_FD, **rules))
 
 
+@needs_triton
+def test_fused_pursuit_takes_any_layout(device):
+    """Transposed (non-contiguous) inputs and dictionary give the same codes."""
+    W_dec_FD = decoder(200, 64, unit=True)
+    x_BD = sparse_inputs(W_dec_FD, 12)
+    expected = matching_pursuit(x_BD, W_dec_FD, method="gram", device=device, **STATIC)
+    W_T = W_dec_FD.T.contiguous().T
+    x_T = x_BD.T.contiguous().T
+    assert not (W_T.is_contiguous() or x_T.is_contiguous())
+    got = matching_pursuit(x_T, W_T, method="gram", device=device, **STATIC)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("method", ["gram", "direct"])
 def test_cuda_float32_keeps_float64_supports(method):
