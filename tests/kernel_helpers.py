@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import sys
 
-from triton import compile as triton_compile
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
 from saegeo.core import gram_update
 
 
 def compile_kernels(dtype: str, capability: int = 90) -> None:
     """Both kernels at the settings of a 16384-wide dictionary, pointers of ``dtype``."""
+    # Triton is imported here: the test collection reads this module where Triton is absent.
+    from triton import compile as triton_compile
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
     kernels = gram_update._compiled()
     padded, blocks = 16384, 128
     for kernel, settings in [

@@ -26,6 +26,7 @@ def select_apply_kernel(
     BLOCKS_POW2: tl.constexpr,
     D_CHUNK: tl.constexpr,
     EXACT_CHUNK: tl.constexpr,
+    FEW: tl.constexpr,
 ):
     """One running row's iteration: choose its atom, then apply it (see
     :func:`saegeo.core.gram_update.select_apply`). A finished row only gets coefficient 0."""
@@ -56,15 +57,12 @@ def select_apply_kernel(
         if clear == 0:
             every = (has_nan != 0) | (floor != floor) | (tl.abs(floor) == float("inf"))
             idx = _exact_argmax(
-                corr_row, block_max_row, residual_row, dec_ptr, floor, every,
-                width, blocks, d_in, BLOCK, EXACT_CHUNK,
+                corr_row, block_max, ks, residual_row, dec_ptr, floor, every,
+                width, blocks, d_in, BLOCK, D_CHUNK, EXACT_CHUNK, FEW,
             )  # fmt: skip
         # SAELens's update: coef = relu(<r, d>), codes += coef, r -= coef · d.
         atom_row = dec_ptr + idx * d_in
-        dot = tl.zeros((), dtype)
-        for start in range(0, d_in, D_CHUNK):
-            _, _, residual, atom = _chunk(residual_row, atom_row, start, d_in, D_CHUNK)
-            dot += tl.sum(residual * atom, axis=0)
+        dot = _dot(residual_row, atom_row, d_in, D_CHUNK)
         coef = tl.where((dot > 0) | (dot != dot), dot, 0.0)  # relu, NaN kept as torch keeps it
         code_ptr = acts_ptr + tl.load(rows_ptr + row) * width + idx
         prior = tl.load(code_ptr)
@@ -92,24 +90,56 @@ def _chunk(residual_row, atom_row, start, d_in, D_CHUNK: tl.constexpr):
 
 
 @triton.jit
+def _dot(residual_row, atom_row, d_in, D_CHUNK: tl.constexpr):
+    """``<r, d>`` of a residual and an atom."""
+    dot = tl.zeros((), residual_row.dtype.element_ty)
+    for start in range(0, d_in, D_CHUNK):
+        _, _, residual, atom = _chunk(residual_row, atom_row, start, d_in, D_CHUNK)
+        dot += tl.sum(residual * atom, axis=0)
+    return dot
+
+
+@triton.jit
 def _exact_argmax(
-    corr_row, block_max_row, residual_row, dec_ptr, floor, every,
-    width, blocks, d_in, BLOCK: tl.constexpr, EXACT_CHUNK: tl.constexpr,
+    corr_row, block_max, ks, residual_row, dec_ptr, floor, every, width, blocks, d_in,
+    BLOCK: tl.constexpr, D_CHUNK: tl.constexpr, EXACT_CHUNK: tl.constexpr, FEW: tl.constexpr,
 ):  # fmt: skip
     """SAELens's argmax for a row its drifting correlations leave open (as
     :func:`saegeo.core.pursuit._exact_argmax`): exact correlations of the atoms whose drifting
-    correlation reaches ``floor``, or of ``every`` atom where the floor is not finite."""
+    correlation reaches ``floor``, or of ``every`` atom where the floor is not finite.
+
+    Only the blocks whose maximum ``block_max`` [blocks, padded to ``ks``] reaches the floor
+    are visited, in order. In a block with at most ``FEW`` candidates, each candidate's
+    correlation is one dot product; with more, the block's candidates go together in tiles of
+    ``EXACT_CHUNK`` entries of d_in.
+    """
     dtype = corr_row.dtype.element_ty
     best = tl.full((), float("-inf"), dtype)
     best_idx = tl.zeros((), tl.int64) + width
     first_nan = tl.zeros((), tl.int64) + width
     cols = tl.arange(0, BLOCK)
-    for block in range(0, blocks):
-        block_max = tl.load(block_max_row + block)
-        if every | (block_max >= floor):
-            atoms = block * BLOCK + cols.to(tl.int64)
-            corr = tl.load(corr_row + atoms)
-            candidate = tl.where(every, atoms < width, (corr >= floor) & (atoms < width))
+    near = tl.where(every, ks < blocks, (block_max >= floor) & (ks < blocks))
+    for _ in range(tl.sum(near.to(tl.int32), axis=0)):
+        block = tl.min(tl.where(near, ks, blocks), axis=0)
+        near = near & (ks != block)
+        atoms = block.to(tl.int64) * BLOCK + cols
+        corr = tl.load(corr_row + atoms)
+        candidate = tl.where(every, atoms < width, (corr >= floor) & (atoms < width))
+        count = tl.sum(candidate.to(tl.int32), axis=0)
+        block_best = tl.full((), float("-inf"), dtype)
+        block_idx = tl.zeros((), tl.int64) + width
+        block_nan = tl.zeros((), tl.int64) + width
+        if count <= FEW:
+            # Candidates in ascending order: a later one must be larger to win.
+            for _ in range(count):
+                atom = tl.min(tl.where(candidate, atoms, width), axis=0)
+                candidate = candidate & (atoms != atom)
+                exact = _dot(residual_row, dec_ptr + atom * d_in, d_in, D_CHUNK)
+                block_nan = tl.where((exact != exact) & (block_nan == width), atom, block_nan)
+                better = exact > block_best
+                block_idx = tl.where(better, atom, block_idx)
+                block_best = tl.where(better, exact, block_best)
+        else:
             exact = tl.zeros((BLOCK,), dtype)
             for start in range(0, d_in, EXACT_CHUNK):
                 ds = start + tl.arange(0, EXACT_CHUNK)
@@ -122,14 +152,14 @@ def _exact_argmax(
                 )
                 exact += tl.sum(dec * residual[None, :], axis=1)
             nan = candidate & (exact != exact)
-            first_nan = tl.minimum(first_nan, tl.min(tl.where(nan, atoms, width), axis=0))
+            block_nan = tl.min(tl.where(nan, atoms, width), axis=0)
             value = tl.where(candidate & (exact == exact), exact, float("-inf"))
             block_best = tl.max(value, axis=0)
-            at_best = candidate & (value == block_best)
-            block_idx = tl.min(tl.where(at_best, atoms, width), axis=0)
-            better = block_best > best
-            best_idx = tl.where(better, block_idx, best_idx)
-            best = tl.where(better, block_best, best)
+            block_idx = tl.min(tl.where(candidate & (value == block_best), atoms, width), axis=0)
+        first_nan = tl.minimum(first_nan, block_nan)
+        better = block_best > best
+        best_idx = tl.where(better, block_idx, best_idx)
+        best = tl.where(better, block_best, best)
     # A NaN correlation is SAELens's maximum where every atom counts; otherwise the first
     # atom at the maximum, or atom 0 when no correlation is positive.
     idx = tl.where(best > 0, best_idx, 0)

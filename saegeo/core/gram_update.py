@@ -32,11 +32,15 @@ import torch
 # float32 per row.
 BLOCKS_PER_PROGRAM = 16
 NUM_WARPS = 4
-# Entries of d_in per step of a coefficient and residual update, and per step of the exact
-# correlations of a block of candidate atoms ([block, EXACT_CHUNK] at a time; 8 keeps
-# select_apply's kernel near 64 registers a thread for sm_90, 32 would take 233).
+# Entries of d_in per step of a dot product (coefficient, residual update, one candidate's
+# exact correlation), and per step of the exact correlations of many candidate atoms of a
+# block together ([block, EXACT_CHUNK] at a time; 4 keeps select_apply's kernel at 56
+# registers a thread for sm_90, where 8 takes 80 and 32 takes 223).
 D_CHUNK = 256
-EXACT_CHUNK = 8
+EXACT_CHUNK = 4
+# Candidates of a block at most whose exact correlations are taken one dot product at a time
+# (d_in / D_CHUNK steps each) rather than together (d_in / EXACT_CHUNK steps).
+FEW = 16
 
 _kernels: ModuleType | None = None  # the compiled kernels' module, once imported
 
@@ -171,6 +175,7 @@ def select_apply_settings(padded: int, blocks: int) -> dict[str, int]:
         BLOCKS_POW2=_power_of_2(blocks),
         D_CHUNK=D_CHUNK,
         EXACT_CHUNK=EXACT_CHUNK,
+        FEW=FEW,
     )
 
 

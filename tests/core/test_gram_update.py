@@ -77,17 +77,17 @@ def test_update_matches_torch_passes(device, width, dtype):
 def iteration_state(width: int, d_in: int, dtype: torch.dtype, seed: int):
     """A batch of rows part-way through a pursuit: correlations drifted from the exact ones,
     their block maxima, drift bounds and codes. Rows 0-5 have drift bounds that leave several
-    atoms in contention (exact path), row 6 NaN correlations, row 7 correlations all -inf,
-    row 8 a tie of its two best correlations (one atom twice), rows 9 and 10 are finished,
+    atoms in contention (exact path), row 6 a NaN correlation, row 7 correlations all -inf,
+    row 8 a three-way tie (one atom three times, twice in a block), rows 9 and 10 are finished,
     row 11 no positive correlation (exact path, atom 0); the rest are plain."""
     g = torch.Generator().manual_seed(seed)
     rows, padded = 29, -(-width // BLOCK) * BLOCK
     W_dec_FD = torch.randn(width, d_in, generator=g, dtype=dtype) / d_in**0.5
     W_dec_FD[:, 0] = W_dec_FD[:, 0].abs() + 0.1
-    W_dec_FD[5, 3] = 0
-    W_dec_FD[width - 1] = W_dec_FD[5]  # the same atom in another block
+    W_dec_FD[[6, width - 1]] = W_dec_FD[5].clone()  # one atom three times, in two blocks
+    W_dec_FD[width - 2, 3] = 0
     residual_RD = torch.randn(rows, d_in, generator=g, dtype=dtype)
-    residual_RD[6, 3] = torch.inf  # NaN correlations with atoms 5 and width - 1, ±inf elsewhere
+    residual_RD[6, 3] = torch.inf  # a NaN correlation with atom width - 2, ±inf elsewhere
     residual_RD[8] += 3 * W_dec_FD[5]
     residual_RD[11] = 0
     residual_RD[11, 0] = -1
@@ -95,10 +95,10 @@ def iteration_state(width: int, d_in: int, dtype: torch.dtype, seed: int):
     corr_RP[:, :width] = residual_RD @ W_dec_FD.T
     corr_RP[:, :width] += 1e-4 * torch.randn(rows, width, generator=g, dtype=dtype)
     corr_RP[7] = -torch.inf
-    corr_RP[8, [5, width - 1]] = corr_RP[8, :width].max() + 1
+    corr_RP[8, [5, 6, width - 1]] = corr_RP[8, :width].max() + 1
     scale_R = torch.rand(rows, generator=g, dtype=dtype) + 1
-    # Drift bounds from 0.3 to 100.
-    scale_R[:6] = torch.logspace(-0.5, 2, 6, dtype=dtype) / pursuit._drift_bound(
+    # Drift bounds from 1 to 100.
+    scale_R[:6] = torch.logspace(0, 2, 6, dtype=dtype) / pursuit._drift_bound(
         torch.ones((), dtype=dtype), dtype
     )
     acts_BF = torch.zeros(rows + 3, width, dtype=dtype)
@@ -124,7 +124,8 @@ def torch_select_apply(corr_RP, block_max_RK, scale_R, residual_RD, W_dec_FD, ac
 
 @needs_triton
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf · 0
-@pytest.mark.parametrize(("width", "d_in"), [(300, 40), (2500, 300)])
+# At width 260 the last block holds 4 atoms (one at a time), at 2500 68 (together).
+@pytest.mark.parametrize(("width", "d_in"), [(260, 40), (2500, 300)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_select_apply_matches_torch_route(device, width, d_in, dtype, monkeypatch):
     exact_rows = []
