@@ -16,7 +16,8 @@ returns the same codes by two faster routes.
     behind, so each iteration streams the correlations once: in cache-sized tiles of rows on a
     CPU, and on CUDA through two fused kernels (:mod:`saegeo.core.gram_update`): one chooses
     and applies each row's atom, the other reads each correlation and Gram entry once and
-    writes the correlation and its block maximum, and no iteration waits for the GPU.
+    writes the correlation and its block maximum; only one iteration in ``CHECK_EVERY``
+    waits for the GPU.
 ``direct``
     SAELens's recomputation, for dictionaries whose Gram matrix does not fit in memory, but
     only over the rows still running and in batches of rows.
