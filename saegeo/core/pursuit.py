@@ -221,6 +221,7 @@ def matching_pursuit(
         return acts_BF.to(out_device).reshape(out_shape)
     rules = StopRules.of(residual_threshold, max_iterations, stop_on_duplicate_support, d_in)
     if method == "gram" and gram_update.fused_iteration(compute_device, W_dec_FD.dtype):
+        W_dec_FD = W_dec_FD.contiguous()  # as the kernels read it
         gram_FP = _padded_gram(W_dec_FD, gram_FF)
 
         def run(rows: slice) -> None:
@@ -600,7 +601,8 @@ def _pursue_gram_fused(
     acts_BF: torch.Tensor,
     rules: StopRules,
 ) -> None:
-    """:func:`_pursue_gram` through the fused kernels of :mod:`saegeo.core.gram_update`.
+    """:func:`_pursue_gram` through the fused kernels of :mod:`saegeo.core.gram_update`
+    (``W_dec_FD`` contiguous).
 
     Each iteration is two kernels and a few elementwise operations, none of which waits for the
     GPU. Finished rows stay in place, marked ``done``, and the kernels skip them; every
@@ -610,7 +612,6 @@ def _pursue_gram_fused(
     rows = residual_BD.shape[0]
     dtype, device = residual_BD.dtype, residual_BD.device
     residual_RD = residual_BD.clone(memory_format=torch.contiguous_format)
-    W_dec_FD = W_dec_FD.contiguous()
     rows_R = torch.arange(rows, device=device)
     norms_F = W_dec_FD.norm(dim=1)
     norm_max = norms_F.max()
