@@ -34,7 +34,6 @@ import argparse
 import json
 import statistics
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +41,7 @@ import torch
 
 import saegeo as sg
 from saegeo.core import gram_update, pursuit
+from saegeo.core.devices import host_syncs
 from saegeo.core.pursuit import BLOCK, matching_pursuit
 from saegeo.geometry import similarity
 from saegeo.geometry.similarity import decoder_cosine
@@ -390,7 +390,7 @@ def fused_kernels(batch: int, d_in: int, width: int) -> list[str]:
     return lines
 
 
-def host_syncs(sizes: dict[str, Any]) -> list[str]:
+def sync_counts(sizes: dict[str, Any]) -> list[str]:
     """How often one static pursuit (``auto``) and one TopK training step wait for the GPU:
     torch's sync debug mode warns at every call that synchronises with the device."""
     tokens, d_in, width, iterations = sizes["pursuit"]
@@ -398,28 +398,16 @@ def host_syncs(sizes: dict[str, Any]) -> list[str]:
     rules = dict(residual_threshold=0.0, stop_on_duplicate_support=False)
     lines = [
         "host synchronisations, static pursuit: "
-        + str(count_syncs(lambda: matching_pursuit(x_BD, W_FD, max_iterations=iterations, **rules)))
+        + str(host_syncs(lambda: matching_pursuit(x_BD, W_FD, max_iterations=iterations, **rules)))
     ]
     train_d_in, train_width, _ = sizes["train"]
     for dtype in ("float32", "bfloat16"):
         steps = training_steps(train_d_in, train_width, dtype)
         lines.append(
             f"host synchronisations, one TopK training step ({dtype}, with the loss read "
-            f"the trainer makes): {count_syncs(lambda steps=steps: steps(1))}"
+            f"the trainer makes): {host_syncs(lambda steps=steps: steps(1))}"
         )
     return lines
-
-
-def count_syncs(fn: Callable[[], Any]) -> int:
-    """Calls in ``fn`` that synchronise with the GPU."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(warning.message) for warning in caught)
 
 
 def training_steps(d_in: int, width: int, dtype: str) -> Callable[[int], float]:
@@ -533,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     rows += train_rows
     print(f"training done at {time.perf_counter() - start:.0f} s", flush=True)
     rows += bench_refit(sae, sizes["refit"], d_in)
-    sweep = fused_kernels(*sizes["pursuit"][:3]) + host_syncs(sizes) if DEVICE == "cuda" else []
+    sweep = fused_kernels(*sizes["pursuit"][:3]) + sync_counts(sizes) if DEVICE == "cuda" else []
     info["seconds"] = round(time.perf_counter() - start, 1)
     print(f"\n{'path':<34} {'size':<34} {'saegeo':>9} {'baseline':>24} {'base':>9} {'ratio':>6}")
     for row in rows:

@@ -1,6 +1,10 @@
-"""Device selection: ``"auto"`` means CUDA when present, else CPU."""
+"""Device selection (``"auto"`` means CUDA when present, else CPU) and device facts."""
 
 from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -22,3 +26,16 @@ def fast_bfloat16(device: torch.device) -> bool:
     if device.type == "cpu":
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
+
+
+def host_syncs(fn: Callable[[], Any]) -> int:
+    """How many calls in ``fn`` wait for the GPU (CUDA only): torch's sync debug mode warns at
+    each one, and the warnings are counted."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(warning.message) for warning in caught)

@@ -14,6 +14,7 @@ import torch
 from pursuit_helpers import DYNAMIC, STATIC, assert_same_codes, decoder, sparse_inputs
 
 from saegeo.core import gram_update, pursuit
+from saegeo.core.devices import host_syncs
 from saegeo.core.pursuit import BLOCK, matching_pursuit
 
 needs_triton = pytest.mark.skipif(not gram_update.available(), reason="needs Triton")
@@ -204,6 +205,25 @@ def test_fused_pursuit_takes_any_layout(device):
     assert not (W_T.is_contiguous() or x_T.is_contiguous())
     got = matching_pursuit(x_T, W_T, method="gram", device=device, **STATIC)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@needs_triton
+def test_fused_pursuit_waits_for_the_gpu_only_at_its_checks():
+    """No wait in the iterations between checks; one per check."""
+    W_dec_FD = decoder(1000, 128, unit=True, dtype=torch.float32).cuda()
+    x_BD = sparse_inputs(W_dec_FD.cpu(), 256).cuda()
+    gram_FP = pursuit._padded_gram(W_dec_FD, None)
+    acts_BF = torch.zeros(256, 1000, device="cuda")
+
+    def pursue(iterations: int) -> None:
+        rules = pursuit.StopRules(0.0, iterations, False)
+        pursuit._pursue_gram_fused(x_BD, W_dec_FD, gram_FP, acts_BF, rules)
+
+    pursue(2)  # compiles the kernels
+    torch.cuda.synchronize()
+    assert host_syncs(lambda: pursue(pursuit.CHECK_EVERY)) == 0
+    assert host_syncs(lambda: pursue(3 * pursuit.CHECK_EVERY)) == 2
 
 
 @pytest.mark.gpu
