@@ -1,5 +1,5 @@
-"""Compiles the fused Gram iteration's Triton kernels for sm_90 without a GPU (run as a script
-by tests/core/test_gram_update.py, in a process of its own)."""
+"""Compiles the fused Gram iteration's Triton kernels for a GPU without one (run as a script by
+tests/core/test_gram_update.py, in a process of its own)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import sys
 from saegeo.core import gram_update
 
 
-def compile_kernels(dtype: str, capability: int = 90) -> None:
-    """Both kernels at the settings of a 16384-wide dictionary, pointers of ``dtype``."""
+def compile_kernels(dtype: str, capability: int) -> None:
+    """Both kernels at the settings of a 16384-wide dictionary, pointers of ``dtype``, for
+    compute capability ``capability`` (90 for sm_90)."""
     # Triton is imported here: the test collection reads this module where Triton is absent.
     from triton import compile as triton_compile
     from triton.backends.compiler import GPUTarget
@@ -40,4 +41,4 @@ def argument_type(name: str, dtype: str, constants: dict) -> str:
 
 
 if __name__ == "__main__":
-    compile_kernels(sys.argv[1])
+    compile_kernels(sys.argv[1], int(sys.argv[2]))

@@ -16,7 +16,7 @@ the GPU is older than Triton supports, :func:`fused_iteration` is False and the 
 its torch passes. The kernels compute each value in the correlations' dtype, in their own
 order of summation, which the pursuit's drift bound covers. They also run in Triton's
 interpreter (``TRITON_INTERPRET=1``) on CPU tensors, which is how they are tested without a
-GPU, and the tests compile them for sm_90 wherever Triton is installed.
+GPU, and the tests compile them for sm_75, sm_80 and sm_90 wherever Triton is installed.
 """
 
 from __future__ import annotations

@@ -261,14 +261,20 @@ def test_fused_iteration_only_where_it_runs(monkeypatch):
 
 
 @needs_triton
-@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
-def test_kernels_compile_for_hopper(dtype):
-    """Both kernels compile to sm_90 machine code (no GPU needed): type errors that Triton's
-    interpreter lets pass fail here. In a process of its own: the interpreter, once used,
-    leaves parts of triton.language patched for the rest of the process."""
+@pytest.mark.parametrize(
+    ("dtype", "capability"), [("fp32", 75), ("fp32", 80), ("fp32", 90), ("fp64", 90)]
+)
+def test_kernels_compile_for_gpus(dtype, capability):
+    """Both kernels compile to machine code for T4, A100 and H100/H200 GPUs (no GPU needed):
+    type errors that Triton's interpreter lets pass fail here. In a process of its own: the
+    interpreter, once used, leaves parts of triton.language patched for the rest of the
+    process."""
     script = Path(__file__).parents[1] / "kernel_helpers.py"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run(
-        [sys.executable, str(script), dtype], env=env, capture_output=True, text=True
+        [sys.executable, str(script), dtype, str(capability)],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
