@@ -7,6 +7,7 @@ level), since the ranks are spawned processes.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import pickle
 import socket
@@ -26,6 +27,7 @@ def free_port() -> int:
 
 
 def _entry(rank: int, fn: Callable, world: int, init: str, out: str, args: tuple) -> None:
+    faulthandler.enable()  # a rank that aborts shows where (pytest enables it only in its own)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
@@ -40,6 +42,7 @@ def _entry(rank: int, fn: Callable, world: int, init: str, out: str, args: tuple
 
 def _env_entry(rank: int, fn: Callable, world: int, port: int, out: str, args: tuple) -> None:
     """As torchrun starts a rank: only the environment variables, no process group."""
+    faulthandler.enable()
     torch.set_num_threads(1)
     os.environ.update(
         RANK=str(rank),

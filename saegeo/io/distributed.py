@@ -256,6 +256,14 @@ def init_from_env(timeout_s: float = 1800.0) -> bool:
 
 
 def destroy() -> None:
-    """End the process group (the command line's, after every rank has agreed on the outcome)."""
+    """End the process group (the command line's, after every rank has agreed on the outcome).
+
+    The ranks first wait for each other, so that none leaves the group while another may still
+    be finishing the last collective with it.
+    """
     if is_distributed():
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
         dist.destroy_process_group()
