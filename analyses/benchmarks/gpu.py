@@ -40,9 +40,10 @@ from typing import Any
 import torch
 
 import saegeo as sg
-from saegeo.core import gram_update, pursuit
+from saegeo.core import gram_route, gram_update
 from saegeo.core.devices import host_syncs
-from saegeo.core.pursuit import BLOCK, matching_pursuit
+from saegeo.core.gram_route import BLOCK
+from saegeo.core.pursuit import matching_pursuit
 from saegeo.geometry import similarity
 from saegeo.geometry.similarity import decoder_cosine
 from saegeo.stitch.refit import refit_exact
@@ -360,7 +361,7 @@ def fused_kernels(batch: int, d_in: int, width: int) -> list[str]:
     corr = torch.full((batch, padded), -torch.inf, device=DEVICE)
     corr[:, :width] = residual @ W_dec.T
     block_max = corr.view(batch, -1, BLOCK).amax(dim=-1)
-    drift = pursuit._drift_bound(residual.norm(dim=1), torch.float32)
+    drift = gram_route.drift_bound(residual.norm(dim=1), torch.float32)
     gram = torch.randn(width, padded, device=DEVICE, generator=g)
     acts = torch.zeros(batch, width, device=DEVICE)
     rows = torch.arange(batch, device=DEVICE)

@@ -105,7 +105,7 @@ def _exact_argmax(
     BLOCK: tl.constexpr, D_CHUNK: tl.constexpr, EXACT_CHUNK: tl.constexpr, FEW: tl.constexpr,
 ):  # fmt: skip
     """SAELens's argmax for a row its drifting correlations leave open (as
-    :func:`saegeo.core.pursuit._exact_argmax`): exact correlations of the atoms whose drifting
+    :func:`saegeo.core.gram_route.exact_argmax`): exact correlations of the atoms whose drifting
     correlation reaches ``floor``, or of ``every`` atom where the floor is not finite.
 
     Only the blocks whose maximum ``block_max`` [blocks, padded to ``ks``] reaches the floor

@@ -74,10 +74,10 @@ def select_apply(
 ) -> None:
     """Each running row's choice of atom and SAELens's update with it, in place.
 
-    The choice is :func:`saegeo.core.pursuit._select_gram`'s: the argmax of the drifting
+    The choice is :func:`saegeo.core.gram_route.select_gram`'s: the argmax of the drifting
     correlations where it is clear by more than the drift bound ``drift_R`` [R], else the
     exact argmax over the atoms still in contention. The update is
-    :func:`saegeo.core.pursuit.apply_atoms`'s: ``coef = relu(<r, d_j>)`` added to
+    :func:`saegeo.core.pursuit_rules.apply_atoms`'s: ``coef = relu(<r, d_j>)`` added to
     ``acts_BF[rows_R[r], j]`` and ``coef · d_j`` subtracted from ``residual_RD[r]``.
 
     Parameters

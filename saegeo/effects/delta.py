@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from saegeo.core.pursuit import StopRules, pursue
+from saegeo.core.pursuit_rules import StopRules, pursue
 from saegeo.core.sae import SAE
 from saegeo.effects.hybrid import TopkMode, hybrid, output_scale, prepare_pair, rebase
 from saegeo.effects.metrics import evaluate
@@ -128,7 +128,7 @@ def _pursuit(
     watch_LD: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """SAELens's matching pursuit of each row over ``W_SD`` (plus a per-row atom ``extra_RD``
-    appended last), with ``sae``'s stop rules (:func:`saegeo.core.pursuit.pursue`).
+    appended last), with ``sae``'s stop rules (:func:`saegeo.core.pursuit_rules.pursue`).
 
     With ``watch_LD`` it also returns, per row and watched atom [rows, L], whether that atom
     would have been chosen at some iteration: its correlation beats every atom's and 0.

@@ -21,7 +21,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from saegeo.core.pursuit import StopRules, matching_pursuit, select_atoms
+from saegeo.core.pursuit import matching_pursuit
+from saegeo.core.pursuit_rules import StopRules, select_atoms
 
 
 class Selection(NamedTuple):

@@ -13,9 +13,10 @@ import pytest
 import torch
 from pursuit_helpers import DYNAMIC, STATIC, assert_same_codes, decoder, sparse_inputs
 
-from saegeo.core import gram_update, pursuit
+from saegeo.core import gram_route, gram_update, pursuit, pursuit_rules
 from saegeo.core.devices import host_syncs
-from saegeo.core.pursuit import BLOCK, matching_pursuit
+from saegeo.core.gram_route import BLOCK
+from saegeo.core.pursuit import matching_pursuit
 
 needs_triton = pytest.mark.skipif(not gram_update.available(), reason="needs Triton")
 
@@ -99,7 +100,7 @@ def iteration_state(width: int, d_in: int, dtype: torch.dtype, seed: int):
     corr_RP[8, [5, 6, width - 1]] = corr_RP[8, :width].max() + 1
     scale_R = torch.rand(rows, generator=g, dtype=dtype) + 1
     # Drift bounds from 1 to 100.
-    scale_R[:6] = torch.logspace(0, 2, 6, dtype=dtype) / pursuit._drift_bound(
+    scale_R[:6] = torch.logspace(0, 2, 6, dtype=dtype) / gram_route.drift_bound(
         torch.ones((), dtype=dtype), dtype
     )
     acts_BF = torch.zeros(rows + 3, width, dtype=dtype)
@@ -115,10 +116,10 @@ def torch_select_apply(corr_RP, block_max_RK, scale_R, residual_RD, W_dec_FD, ac
     """The torch route's selection and update of rows [R], on copies: (idx, coef, prior, norm,
     residual, codes)."""
     residual_RD, acts_BF = residual_RD.clone(), acts_BF.clone()
-    idx_R = pursuit._select_gram(corr_RP, block_max_RK, residual_RD, W_dec_FD, scale_R)
+    idx_R = gram_route.select_gram(corr_RP, block_max_RK, residual_RD, W_dec_FD, scale_R)
     prior_R = acts_BF[rows_R, idx_R]
-    coef_R, _ = pursuit.apply_atoms(
-        residual_RD, W_dec_FD[idx_R], idx_R, rows_R, acts_BF, pursuit.StopRules(0.0, 1, False)
+    coef_R, _ = pursuit_rules.apply_atoms(
+        residual_RD, W_dec_FD[idx_R], idx_R, rows_R, acts_BF, pursuit_rules.StopRules(0.0, 1, False)
     )
     return idx_R, coef_R, prior_R, residual_RD.norm(dim=-1), residual_RD, acts_BF
 
@@ -130,13 +131,13 @@ def torch_select_apply(corr_RP, block_max_RK, scale_R, residual_RD, W_dec_FD, ac
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_select_apply_matches_torch_route(device, width, d_in, dtype, monkeypatch):
     exact_rows = []
-    exact_argmax = pursuit._exact_argmax
+    exact_argmax = gram_route.exact_argmax
 
     def counting(corr_UP, *args):
         exact_rows.append(corr_UP.shape[0])
         return exact_argmax(corr_UP, *args)
 
-    monkeypatch.setattr(pursuit, "_exact_argmax", counting)
+    monkeypatch.setattr(gram_route, "exact_argmax", counting)
     state = iteration_state(width, d_in, dtype, seed=width)
     corr_RP, block_max_RK, scale_R, residual_RD, W_dec_FD, acts_BF, rows_R, done_R = state
     running = ~done_R
@@ -146,7 +147,7 @@ def test_select_apply_matches_torch_route(device, width, d_in, dtype, monkeypatc
     rows = corr_RP.shape[0]
     idx_R = torch.full((rows,), -1, dtype=torch.long)
     coef_R, prior_R, norm_R = torch.full((3, rows), 7.0, dtype=dtype)
-    drift_R = pursuit._drift_bound(scale_R, dtype)
+    drift_R = gram_route.drift_bound(scale_R, dtype)
     on_device = [
         t.to(device, copy=True) for t in (*state[:2], drift_R, *state[3:], idx_R, coef_R, prior_R)
     ]
@@ -213,17 +214,17 @@ def test_fused_pursuit_waits_for_the_gpu_only_at_its_checks():
     """No wait in the iterations between checks; one per check."""
     W_dec_FD = decoder(1000, 128, unit=True, dtype=torch.float32).cuda()
     x_BD = sparse_inputs(W_dec_FD.cpu(), 256).cuda()
-    gram_FP = pursuit._padded_gram(W_dec_FD, None)
+    gram_FP = gram_route.padded_gram(W_dec_FD, None)
     acts_BF = torch.zeros(256, 1000, device="cuda")
 
     def pursue(iterations: int) -> None:
-        rules = pursuit.StopRules(0.0, iterations, False)
-        pursuit._pursue_gram_fused(x_BD, W_dec_FD, gram_FP, acts_BF, rules)
+        rules = pursuit_rules.StopRules(0.0, iterations, False)
+        gram_route.pursue_gram_fused(x_BD, W_dec_FD, gram_FP, acts_BF, rules)
 
     pursue(2)  # compiles the kernels
     torch.cuda.synchronize()
-    assert host_syncs(lambda: pursue(pursuit.CHECK_EVERY)) == 0
-    assert host_syncs(lambda: pursue(3 * pursuit.CHECK_EVERY)) == 2
+    assert host_syncs(lambda: pursue(gram_route.CHECK_EVERY)) == 0
+    assert host_syncs(lambda: pursue(3 * gram_route.CHECK_EVERY)) == 2
 
 
 @pytest.mark.gpu

@@ -6,7 +6,7 @@ import pytest
 import torch
 from pursuit_helpers import DYNAMIC, STATIC, assert_same_codes, decoder, sparse_inputs
 
-import saegeo.core.pursuit as pursuit
+from saegeo.core import gram_route, pursuit
 from saegeo.core.pursuit import choose_method, matching_pursuit
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError, ShapeError
@@ -72,15 +72,15 @@ def test_gram_drift_stays_well_inside_its_bound(monkeypatch):
     W_dec_FD /= W_dec_FD.norm(dim=1, keepdim=True)
     x_BD = 5 * sparse_inputs(W_dec_FD, 96)
     worst = []
-    select = pursuit._select_gram
+    select = gram_route.select_gram
 
     def measured(corr_BP, block_max_BK, residual_BD, W_dec_FD, scale_B):
         exact_BF = residual_BD @ W_dec_FD.T
         drift_B = (corr_BP[:, : W_dec_FD.shape[0]] - exact_BF).abs().amax(dim=1)
-        worst.append(float((drift_B / pursuit._drift_bound(scale_B, corr_BP.dtype)).max()))
+        worst.append(float((drift_B / gram_route.drift_bound(scale_B, corr_BP.dtype)).max()))
         return select(corr_BP, block_max_BK, residual_BD, W_dec_FD, scale_B)
 
-    monkeypatch.setattr(pursuit, "_select_gram", measured)
+    monkeypatch.setattr(gram_route, "select_gram", measured)
     rules = dict(residual_threshold=0.0, max_iterations=48, stop_on_duplicate_support=False)
     ours = matching_pursuit(x_BD, W_dec_FD, method="gram", **rules)
     assert len(worst) == 48 and max(worst) < 0.25
@@ -137,7 +137,7 @@ def test_exact_ties_resolve_to_the_first_atom(method):
 def test_gram_exact_route_for_every_row(monkeypatch, rules, drift_factor):
     # A huge drift bound makes every row unclear at every iteration, with every atom a
     # candidate; an infinite one sends every row through SAELens's expression.
-    monkeypatch.setattr(pursuit, "DRIFT_FACTOR", drift_factor)
+    monkeypatch.setattr(gram_route, "DRIFT_FACTOR", drift_factor)
     W_dec_FD = decoder(200, 48, unit=False, dtype=torch.float32)
     x_BD = sparse_inputs(W_dec_FD, 40)
     ours = matching_pursuit(x_BD, W_dec_FD, method="gram", **rules)
@@ -146,7 +146,7 @@ def test_gram_exact_route_for_every_row(monkeypatch, rules, drift_factor):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_small_batches_and_tiles(monkeypatch, method):
-    monkeypatch.setattr(pursuit, "CPU_TILE_BYTES", 3 * 128 * 8)  # three rows per tile
+    monkeypatch.setattr(gram_route, "CPU_TILE_BYTES", 3 * 128 * 8)  # three rows per tile
     W_dec_FD = decoder(128, 24, unit=True)
     x_BD = sparse_inputs(W_dec_FD, 30)
     ours = matching_pursuit(x_BD, W_dec_FD, method=method, batch_size=7, **DYNAMIC)
