@@ -267,24 +267,11 @@ def bench_training(d_in: int, width: int, tokens: int) -> tuple[list[dict[str, A
     rows = []
     trained = None
 
-    def config(arch: str, dtype: str, n: int) -> TrainConfig:
-        return TrainConfig(
-            arch=arch,  # type: ignore[arg-type]
-            width=width,
-            k=32,
-            tokens=n,
-            batch_size=4096,
-            eval_tokens=16384,
-            matmul_dtype=dtype,  # type: ignore[arg-type]
-            device=DEVICE,
-            progress=False,
-        )
-
-    train_sae(x, config("topk", "float32", 4096 * 4))  # CUDA and allocator warm-up
+    train_sae(x, train_config("topk", width, "float32", 4096 * 4))  # CUDA and allocator warm-up
     for arch in ("topk", "batchtopk"):
         reports = {}
         for dtype in ("float32", "bfloat16"):
-            sae, reports[dtype] = train_sae(x, config(arch, dtype, tokens))
+            sae, reports[dtype] = train_sae(x, train_config(arch, width, dtype, tokens))
             if arch == "topk" and dtype == "float32":
                 trained = sae
         f32, bf16 = reports["float32"], reports["bfloat16"]
@@ -411,6 +398,21 @@ def sync_counts(sizes: dict[str, Any]) -> list[str]:
     return lines
 
 
+def train_config(arch: str, width: int, dtype: str, tokens: int) -> TrainConfig:
+    """The benchmark's training settings: k 32, batches of 4096, 16384 held-out tokens."""
+    return TrainConfig(
+        arch=arch,  # type: ignore[arg-type]
+        width=width,
+        k=32,
+        tokens=tokens,
+        batch_size=4096,
+        eval_tokens=16384,
+        matmul_dtype=dtype,  # type: ignore[arg-type]
+        device=DEVICE,
+        progress=False,
+    )
+
+
 def training_steps(d_in: int, width: int, dtype: str) -> Callable[[int], float]:
     """A function running ``n`` TopK training steps (forward, backward, Adam, decoder norms)
     on batches already on the device, as the trainer runs them, and returning seconds per
@@ -422,15 +424,7 @@ def training_steps(d_in: int, width: int, dtype: str) -> Callable[[int], float]:
         unit_norm_rows_,
     )
 
-    config = TrainConfig(
-        arch="topk",
-        width=width,
-        k=32,
-        batch_size=4096,
-        matmul_dtype=dtype,  # type: ignore[arg-type]
-        device=DEVICE,
-        progress=False,
-    )
+    config = train_config("topk", width, dtype, 4096 * 4)
     x = training_data(d_in, 4096 * 4).to(DEVICE)
     batches = x.split(4096)
     state = init_state(config, width, x[:4096], torch.device(DEVICE))
