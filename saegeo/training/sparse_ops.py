@@ -36,10 +36,6 @@ class Selection(NamedTuple):
     """Pre-activation value of each entry [N] (no gradient)."""
 
 
-def _sorted(rows: torch.Tensor, cols: torch.Tensor, n_cols: int) -> torch.Tensor:
-    return torch.argsort(rows * n_cols + cols)
-
-
 @torch.no_grad()
 def select_topk(pre_BF: torch.Tensor, k: int) -> Selection:
     """The k largest pre-activations of each token (including non-positive ones)."""
@@ -51,32 +47,62 @@ def select_topk(pre_BF: torch.Tensor, k: int) -> Selection:
     return Selection(rows=rows, cols=cols_BK.reshape(-1), pre=values_BK.reshape(-1))
 
 
+SAMPLE = 1 << 16
+"""How many pre-activations :func:`select_batch_topk` samples to place its floor."""
+
+
 @torch.no_grad()
-def select_batch_topk(
-    pre_BF: torch.Tensor, k: float, *, candidates: int | None = None
-) -> Selection:
+def select_batch_topk(pre_BF: torch.Tensor, k: float, *, sample: int = SAMPLE) -> Selection:
     """The ``int(k·B)`` largest positive pre-activations over the whole batch.
 
-    A flat top-k over B·F values is slow on CPUs, so each token first nominates its
-    ``candidates`` largest entries (default 4k); the global choice among them is exact unless
-    some token had all its candidates chosen, in which case the flat top-k runs instead.
+    Among entries equal to the smallest chosen value, the first in (token, latent) order are
+    chosen. A top-k over B·F values, or one per token, is slow on CPUs, so a floor is placed
+    first: the value that ``sample`` entries spread evenly over the batch put, with a margin of
+    four standard deviations, below the budget-th largest. The entries at or above it (a few
+    percent more than the budget) are gathered and the exact cut is found among them. Where
+    the floor proves too high, every positive entry is a candidate, so the choice is exact
+    either way.
     """
     batch, width = pre_BF.shape
     budget = int(k * batch)
-    per_row = min(width, candidates or max(1, int(4 * k)))
-    top = pre_BF.topk(per_row, dim=-1, sorted=False)
-    chosen = top.values.flatten().topk(min(budget, top.values.numel()), sorted=False)
-    rows = chosen.indices // per_row
-    if per_row < width and int(torch.bincount(rows, minlength=batch).max()) >= per_row:
-        flat = pre_BF.flatten().topk(budget, sorted=False)
-        rows, cols, values = flat.indices // width, flat.indices % width, flat.values
-    else:
-        cols = top.indices.flatten()[chosen.indices]
-        values = chosen.values
-    keep = values > 0
-    rows, cols, values = rows[keep], cols[keep], values[keep]
-    order = _sorted(rows, cols, width)
-    return Selection(rows=rows[order], cols=cols[order], pre=values[order])
+    if budget <= 0:
+        none = torch.empty(0, dtype=torch.long, device=pre_BF.device)
+        return Selection(rows=none, cols=none, pre=pre_BF.new_empty(0))
+    flat_N = pre_BF.reshape(-1)
+    floor = _floor(flat_N, budget, width, sample)
+    index_C = (flat_N >= floor if floor > 0 else flat_N > 0).nonzero().squeeze(1)
+    if floor > 0 and index_C.numel() < budget:
+        index_C = (flat_N > 0).nonzero().squeeze(1)
+    values_C = flat_N[index_C]
+    if values_C.numel() > budget:
+        cut = values_C.kthvalue(values_C.numel() - budget + 1).values
+        above_C = values_C > cut
+        tied_C = values_C == cut
+        keep_C = above_C | (tied_C & (tied_C.cumsum(0) <= budget - above_C.sum()))
+        index_C, values_C = index_C[keep_C], values_C[keep_C]
+    return Selection(rows=index_C // width, cols=index_C % width, pre=values_C)
+
+
+def _floor(flat_N: torch.Tensor, budget: int, width: int, sample: int) -> float:
+    """A value that at least ``budget`` entries of ``flat_N`` reach, with high probability,
+    and not many more; 0.0 where a sample cannot place one (all positive entries are then
+    candidates).
+
+    The sample takes every ``stride``-th entry, the stride coprime to ``width`` so that every
+    latent is sampled alike; it is expected to hold ``budget·m/N`` of the budget's entries,
+    and the floor is its value at that rank plus four standard deviations.
+    """
+    n = flat_N.numel()
+    stride = max(1, n // max(1, sample))
+    while math.gcd(stride, width) > 1:
+        stride += 1
+    part_M = flat_N[::stride]
+    m = part_M.numel()
+    expected = budget * m / n
+    rank = math.ceil(expected + 4 * math.sqrt(expected) + 1)
+    if rank > m:
+        return 0.0
+    return float(part_M.kthvalue(m - rank + 1).values)
 
 
 def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]):

@@ -6,7 +6,6 @@ trainer in :mod:`saegeo.training.trainer` scales data in and folds the factor ou
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -143,13 +142,14 @@ def aux_k_loss(
     recomputed in float32 (:func:`saegeo.training.sparse_ops.exact_values`).
     """
     aux_k = x_in_BD.shape[1] // 2 if config.aux_k is None else config.aux_k
-    dead_F = state.since_fired >= config.dead_tokens
-    n_dead = int(dead_F.sum())
+    # The dead latents' columns alone: usually a few, and never more than a copy of pre_BF.
+    dead_index = (state.since_fired >= config.dead_tokens).nonzero().squeeze(1)
+    n_dead = dead_index.numel()
     if aux_k <= 0 or n_dead == 0:
         return None
     assert state.W_enc is not None and state.b_enc is not None
-    k_aux = min(aux_k, n_dead)
-    sel = select_topk(pre_BF.masked_fill(~dead_F, -math.inf), k_aux)
+    sel = select_topk(pre_BF[:, dead_index], min(aux_k, n_dead))
+    sel = sel._replace(cols=dead_index[sel.cols])
     if recompute:
         sel = exact_values(sel, x_in_BD, state.W_enc, state.b_enc)
     values_N = sampled_linear(x_in_BD, state.W_enc, state.b_enc, sel).relu()
@@ -270,14 +270,13 @@ def forward_step(
 def _pre_activations(
     x_BD: torch.Tensor, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
-    """``x W_enc + b_enc`` [B, F] computed, and returned, in ``dtype``.
+    """``x W_enc + b_enc`` [B, F] computed, and returned, in ``dtype``, the bias added by the
+    product itself (a separate addition costs a pass over [B, F]).
 
     A low-precision result is used only to choose latents (the chosen ones are recomputed in
     float32), so it is not converted back: at wide SAEs that conversion costs as much as the
     bfloat16 product itself.
     """
-    if dtype == torch.float32:
-        return x_BD @ W_enc_DF + b_enc_F
     return torch.addmm(b_enc_F.to(dtype), x_BD.to(dtype), W_enc_DF.to(dtype))
 
 

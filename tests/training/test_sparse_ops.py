@@ -9,6 +9,7 @@ from torch.testing import assert_close
 from saegeo.core.pursuit import matching_pursuit
 from saegeo.training import losses
 from saegeo.training.sparse_ops import (
+    _floor,
     pursuit_with_grad,
     sampled_linear,
     select_batch_topk,
@@ -36,15 +37,72 @@ def test_select_topk_matches_dense() -> None:
     assert_close(dense, losses.topk_activations(pre, 5))
 
 
-@pytest.mark.parametrize("candidates", [None, 2])
-def test_select_batch_topk_matches_dense(candidates: int | None) -> None:
-    pre = torch.randn(B, W)
-    pre[3] += 5.0  # one token holds far more than its share, forcing the exact fallback
-    sel = select_batch_topk(pre, 4, candidates=candidates)
-    dense = _dense(sel.rows, sel.cols, sel.pre, (B, W))
+def _batch_topk_reference(pre: torch.Tensor, k: float) -> set[tuple[int, int]]:
+    """The int(k·B) largest positive entries, ties to the first in (token, latent) order."""
+    width = pre.shape[1]
+    flat = pre.flatten().tolist()
+    order = sorted(range(len(flat)), key=lambda i: (-flat[i], i))
+    chosen = [i for i in order[: int(k * pre.shape[0])] if flat[i] > 0]
+    return {(i // width, i % width) for i in chosen}
+
+
+def _chosen(sel) -> set[tuple[int, int]]:
+    return set(zip(sel.rows.tolist(), sel.cols.tolist(), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("shape", "sample"),
+    [((B, W), 1 << 16), ((B, W), 16), ((512, 300), 1 << 16)],
+    ids=["whole", "small-sample", "strided"],
+)
+def test_select_batch_topk_matches_dense(shape: tuple[int, int], sample: int) -> None:
+    pre = torch.randn(shape)
+    pre[3] += 5.0  # one token holds far more than its share
+    sel = select_batch_topk(pre, 4, sample=sample)
+    dense = _dense(sel.rows, sel.cols, sel.pre, shape)
     assert_close(dense, losses.batch_topk_activations(pre, 4))
-    order_key = sel.rows * W + sel.cols
+    order_key = sel.rows * shape[1] + sel.cols
     assert bool((order_key[1:] > order_key[:-1]).all())
+
+
+@DEVICES
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_select_batch_topk_breaks_ties_by_position(device: str, dtype: torch.dtype) -> None:
+    pre = torch.randint(-3, 4, (B, W)).to(device, dtype)  # many entries share each value
+    sel = select_batch_topk(pre, 4, sample=16)
+    assert sel.rows.numel() == 4 * B
+    assert _chosen(sel) == _batch_topk_reference(pre.float().cpu(), 4)
+    assert_close(sel.pre, pre[sel.rows, sel.cols])
+
+
+def test_select_batch_topk_exact_where_the_sample_misleads() -> None:
+    # Every sampled entry is large and nothing else is: the sampled floor lets too few through.
+    pre = torch.randn(B, W)
+    stride = 161  # what a sample of 16 takes from 64 x 40 entries (coprime to 40)
+    pre.view(-1)[::stride] = 10.0
+    sel = select_batch_topk(pre, 4, sample=16)
+    assert _chosen(sel) == _batch_topk_reference(pre, 4)
+    assert sel.rows.numel() == 4 * B
+
+
+def test_select_batch_topk_keeps_every_positive_entry_when_too_few() -> None:
+    pre = -torch.rand(B, W)
+    pre[5, 7], pre[9, 0] = 1.0, 2.0
+    for sample in (16, 1 << 16):
+        sel = select_batch_topk(pre, 4, sample=sample)
+        assert _chosen(sel) == {(5, 7), (9, 0)}
+    assert select_batch_topk(pre, 0.01).rows.numel() == 0  # a budget of no entries
+
+
+def test_floor_lets_through_the_budget_and_not_many_more() -> None:
+    # Every eighth latent is five times larger: a sample that met only some latents (a stride
+    # sharing a factor with the width) would place the floor far from the budget.
+    batch, width, k = 4096, 64, 4
+    scale = torch.where(torch.arange(width) % 8 == 0, 5.0, 1.0)
+    for _ in range(8):
+        flat = (torch.randn(batch, width) * scale).flatten()
+        floor = _floor(flat, k * batch, width, sample=1024)
+        assert k * batch <= int((flat >= floor).sum()) <= 2 * k * batch
 
 
 @DEVICES

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from saegeo.core.devices import host_syncs
+from saegeo.training import losses
 from saegeo.training.config import TrainConfig
-from saegeo.training.step import forward_step, geometric_median, init_state
+from saegeo.training.step import aux_k_loss, forward_step, geometric_median, init_state
 
 
 def test_geometric_median_resists_outliers() -> None:
@@ -15,6 +16,43 @@ def test_geometric_median_resists_outliers() -> None:
     median = geometric_median(points)
     torch.testing.assert_close(median, torch.ones(4), atol=0.1, rtol=0)
     assert float(points.mean(0)[0]) > 9.0
+
+
+@pytest.mark.parametrize(("n_dead", "aux_k"), [(5, 3), (5, 8), (0, 3)])
+def test_aux_k_loss_matches_dense(n_dead: int, aux_k: int) -> None:
+    """Each token's aux_k largest pre-activations among the dead latents reconstruct the
+    residual; value and gradients equal the dense computation's."""
+    batch, d_in, width = 32, 12, 40
+    config = TrainConfig(arch="topk", k=4, aux_k=aux_k, dead_tokens=100)
+    x_BD, residual_BD = torch.randn(batch, d_in), torch.randn(batch, d_in)
+    state = init_state(config, width, x_BD, torch.device("cpu"))
+    dead = torch.randperm(width)[:n_dead]
+    state.since_fired[dead] = 100
+    assert state.W_enc is not None and state.b_enc is not None
+    pre_BF = (x_BD @ state.W_enc + state.b_enc).detach()
+    fast = aux_k_loss(config, state, x_BD, pre_BF, residual_BD)
+    if n_dead == 0:
+        assert fast is None
+        return
+    assert fast is not None
+    fast.backward()
+    params = (state.W_enc, state.b_enc, state.W_dec)
+    fast_grads = [p.grad.clone() for p in params]  # type: ignore[union-attr]
+    for p in params:
+        p.grad = None
+
+    dead_F = torch.zeros(width, dtype=torch.bool)
+    dead_F[dead] = True
+    dense_pre = (x_BD @ state.W_enc + state.b_enc).masked_fill(~dead_F, -torch.inf)
+    top = dense_pre.topk(min(aux_k, n_dead), dim=1)
+    acts = torch.zeros(batch, width).scatter(1, top.indices, top.values).relu()
+    dense = config.aux_coefficient * losses.auxk_loss(
+        residual_BD, acts @ state.W_dec, min(n_dead / aux_k, 1)
+    )
+    torch.testing.assert_close(fast, dense)
+    dense.backward()
+    for got, p in zip(fast_grads, params, strict=True):
+        torch.testing.assert_close(got, p.grad)
 
 
 @pytest.mark.gpu
