@@ -249,7 +249,7 @@ def train_precision(
     archs: tuple[str, ...] = ("topk", "batchtopk", "relu"),
     k: int = 32,
     batch_size: int = 4096,
-    steps: int = 6,
+    steps: int = 12,
     repeats: int = 2,
     quality_tokens: int = 1_500_000,
 ) -> dict[str, Any]:
