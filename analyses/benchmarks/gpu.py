@@ -47,6 +47,8 @@ from saegeo.core.pursuit import matching_pursuit
 from saegeo.geometry import similarity
 from saegeo.geometry.similarity import decoder_cosine
 from saegeo.stitch.refit import refit_exact
+from saegeo.training.losses import batch_topk_activations
+from saegeo.training.sparse_ops import select_batch_topk
 from saegeo.training.trainer import TrainConfig, train_sae
 
 FULL = dict(
@@ -299,6 +301,19 @@ def bench_training(d_in: int, width: int, tokens: int) -> tuple[list[dict[str, A
             "baseline": "float32 products",
             "baseline_s": step_s["float32"],
             "agreement": "batches already on the device; no set-up, bookkeeping or export",
+        }
+    )
+    pre_BF = torch.randn(4096, width, device=DEVICE).to(torch.bfloat16)
+    choice_s, _ = timed(lambda: select_batch_topk(pre_BF, 32))
+    dense_s, _ = timed(lambda: batch_topk_activations(pre_BF, 32))
+    rows.append(
+        {
+            "path": "BatchTopK choice of latents",
+            "size": f"batch 4096, width {width}, k 32, bf16",
+            "saegeo_s": choice_s,
+            "baseline": "dense flat top-k",
+            "baseline_s": dense_s,
+            "agreement": "",
         }
     )
     assert trained is not None
