@@ -56,12 +56,11 @@ def select_batch_topk(pre_BF: torch.Tensor, k: float, *, sample: int = SAMPLE) -
     """The ``int(k·B)`` largest positive pre-activations over the whole batch.
 
     Among entries equal to the smallest chosen value, the first in (token, latent) order are
-    chosen. A top-k over B·F values, or one per token, is slow on CPUs, so a floor is placed
-    first: the value that ``sample`` entries spread evenly over the batch put, with a margin of
-    four standard deviations, below the budget-th largest. The entries at or above it (a few
-    percent more than the budget) are gathered and the exact cut is found among them. Where
-    the floor proves too high, every positive entry is a candidate, so the choice is exact
-    either way.
+    chosen. A top-k over B·F values, or one per token, is slow on CPUs. Instead ``sample``
+    entries spread evenly over the batch place a floor (:func:`_floor`) a little below the
+    budget-th largest value; the entries that reach it, typically a few percent more than the
+    budget, are gathered and the exact cut is made among them. Where the floor proves too
+    high, every positive entry is a candidate, so the choice is exact either way.
     """
     batch, width = pre_BF.shape
     budget = int(k * batch)
@@ -89,8 +88,9 @@ def _floor(flat_N: torch.Tensor, budget: int, width: int, sample: int) -> float:
     candidates).
 
     The sample takes every ``stride``-th entry, the stride coprime to ``width`` so that every
-    latent is sampled alike; it is expected to hold ``budget·m/N`` of the budget's entries,
-    and the floor is its value at that rank plus four standard deviations.
+    latent is sampled alike. Of its ``m`` entries about ``e = budget·m/N`` are in the
+    budget; the floor is the sample's value at rank ``e + 4·√e + 1`` from the top, four
+    standard deviations of that count (and one entry) past it.
     """
     n = flat_N.numel()
     stride = max(1, n // max(1, sample))
