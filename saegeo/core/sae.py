@@ -17,6 +17,7 @@ import torch
 from saegeo.core import normalization
 from saegeo.core.architectures import ARCHS, Architecture, architecture, union_kind
 from saegeo.core.feature_info import select_metadata
+from saegeo.core.finite import all_finite
 from saegeo.core.normalization import NORMALIZATIONS, Normalization
 from saegeo.errors import SaegeoError, ShapeError
 
@@ -197,7 +198,7 @@ class SAE:
                     f"{source}: {name} has dtype {str(tensor.dtype).removeprefix('torch.')}; "
                     "SAE weights must be real floating point"
                 )
-            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            if tensor is not None and not all_finite(tensor):
                 raise SaegeoError(f"{source}: {name} holds NaN or infinite values")
         arch.check(self, source)
 

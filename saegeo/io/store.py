@@ -27,6 +27,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from saegeo.core.finite import finite_row_mask
 from saegeo.errors import FormatError, SaegeoError
 from saegeo.io import distributed
 from saegeo.io.atomic import atomic_file, write_json
@@ -306,7 +307,7 @@ def finite_rows(
     """
     if not batch_BD.is_floating_point():
         return batch_BD, []
-    finite_B = torch.isfinite(batch_BD).all(dim=1)
+    finite_B = finite_row_mask(batch_BD)
     if bool(finite_B.all()):
         return batch_BD, []
     bad = [first_row + int(i) for i in (~finite_B).nonzero().ravel()]

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from saegeo.core import normalization
+from saegeo.core.finite import all_finite
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Metrics, Moments, metrics_from_sums
 from saegeo.errors import SaegeoError, ShapeError
@@ -326,7 +327,7 @@ def solve_decoder(
             method = "lstsq"
             solution = torch.linalg.lstsq(gram.cpu(), rhs.cpu(), driver="gelsd").solution
         theta[unknowns] = solution.to(device)
-    if not bool(torch.isfinite(theta).all()):
+    if not all_finite(theta):
         raise SaegeoError("solve_decoder(): the solution is not finite; raise the ridge")
     return (
         theta[:width].to(W_dec.device, W_dec.dtype),
