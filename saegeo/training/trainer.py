@@ -164,15 +164,26 @@ def _shuffled_batches(
     generator: torch.Generator,
     device: torch.device,
 ) -> Iterator[torch.Tensor]:
-    """Endless batches of rows ``start:`` shuffled within windows of ``buffer_tokens``."""
-    leftover = torch.empty(0, store.d_in, device=device)
+    """Endless batches of rows ``start:`` shuffled within windows of ``buffer_tokens``.
+
+    Each window is copied behind the rows the last one left over, into one buffer allocated
+    once, and each batch gathers its rows by its share of the window's permutation. No
+    shuffled copy of the whole window is made: on a CPU, copies into fresh window-sized
+    tensors cost several times what the copying itself does (the memory is new each time).
+    """
+    window = min(buffer_tokens, max(store.n_tokens - start, 0))
+    pool = torch.empty(window + batch_size, store.d_in, device=device)
+    held = 0  # rows left over from the last window, at the front of the buffer
     while True:
         for chunk in _iter_rows(store, start, store.n_tokens, buffer_tokens, device):
-            pool = torch.cat([leftover, chunk])
-            pool = pool[torch.randperm(pool.shape[0], generator=generator).to(device)]
-            n_full = pool.shape[0] // batch_size * batch_size
-            yield from pool[:n_full].split(batch_size)
-            leftover = pool[n_full:]
+            n = held + chunk.shape[0]
+            pool[held:n] = chunk
+            order = torch.randperm(n, generator=generator).to(device)
+            n_full = n // batch_size * batch_size
+            for first in range(0, n_full, batch_size):
+                yield pool[order[first : first + batch_size]]
+            held = n - n_full
+            pool[:held] = pool[order[n_full:]]
 
 
 # --------------------------------------------------------------------------- the model

@@ -14,9 +14,15 @@ from saegeo.core.family import Family
 from saegeo.effects.metrics import evaluate
 from saegeo.errors import SaegeoError
 from saegeo.io.formats import load_sae, save_sae
-from saegeo.io.store import ActivationStore
+from saegeo.io.store import ActivationStore, ShardWriter
 from saegeo.training.toy import ToyConfig, ToyModel, make_toy_model
-from saegeo.training.trainer import TrainConfig, train_family, train_sae
+from saegeo.training.trainer import (
+    TrainConfig,
+    _iter_rows,
+    _shuffled_batches,
+    train_family,
+    train_sae,
+)
 
 K = 3
 
@@ -277,3 +283,32 @@ def test_snapshots_are_the_sae_as_it_stood(store: ActivationStore) -> None:
     assert torch.equal(seen[10].W_dec, final.W_dec)
     assert torch.equal(seen[10].threshold, final.threshold)
     assert not torch.equal(seen[3].W_dec, final.W_dec)
+
+
+def _shuffled_reference(store, start, batch_size, buffer_tokens, generator, epochs):
+    """The store's windows (as the trainer reads them), each appended to the last one's
+    leftover, permuted whole and cut into batches."""
+    leftover = torch.empty(0, store.d_in)
+    for _ in range(epochs):
+        for chunk in _iter_rows(store, start, store.n_tokens, buffer_tokens, torch.device("cpu")):
+            pool = torch.cat([leftover, chunk])
+            pool = pool[torch.randperm(pool.shape[0], generator=generator)]
+            n_full = pool.shape[0] // batch_size * batch_size
+            yield from pool[:n_full].split(batch_size)
+            leftover = pool[n_full:]
+
+
+@pytest.mark.parametrize("buffer_tokens", [40, 1000])
+def test_shuffled_batches_match_the_reference(tmp_path, buffer_tokens: int) -> None:
+    writer = ShardWriter(tmp_path / "s", 6, shard_tokens=70)
+    writer.add(torch.randn(200, 6), doc_ids=torch.arange(200, dtype=torch.int32) // 10)
+    store = writer.close()
+    fast = _shuffled_batches(
+        store, 15, 16, buffer_tokens, torch.Generator().manual_seed(3), torch.device("cpu")
+    )
+    reference = list(
+        _shuffled_reference(store, 15, 16, buffer_tokens, torch.Generator().manual_seed(3), 3)
+    )
+    assert len(reference) > 30
+    for expected in reference:
+        torch.testing.assert_close(next(fast), expected, rtol=0, atol=0)
