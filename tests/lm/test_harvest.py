@@ -206,6 +206,7 @@ def test_packaged_model_matches_its_hidden_states(tmp_path):
         tokenizer=lm.tokenizer,
         layer=15,
         context=32,
+        skip_first=0,
         max_tokens=62,
         progress=False,
         dtype="float32",
