@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import os
 import random
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
+
+
+def _import_triton_for_its_interpreter() -> None:
+    """Without a GPU, the Triton kernels are tested in Triton's interpreter
+    (tests/core/test_gram_update.py). Triton makes its language functions interpreted or
+    compiled when it is first imported, and SAELens imports it while the test modules are
+    collected, so Triton is imported here first, in the interpreter's mode; the variable is
+    unset again, as saegeo reads it too."""
+    if not importlib.util.find_spec("triton") or torch.cuda.is_available():
+        return
+    before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        importlib.import_module("triton.language")
+    finally:
+        if before is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = before
+
+
+_import_triton_for_its_interpreter()
 
 # SAELens is a test dependency (compatibility is checked against it); where it is missing, as
 # on a GPU machine without it, the modules that build SAEs with it at import are left out.
