@@ -1,4 +1,6 @@
-"""Seed 003's comparison: Frankenstein SAEs stitched up to each width vs the original SAEs.
+"""Frankenstein SAEs stitched up to each width vs the original SAEs.
+
+The comparison is that of "Stitching SAEs of different sizes".
 
 For every width of a family, the Frankenstein of the members up to it (novel features added,
 decoder refit exactly with the encoder frozen) is compared with the original members: MSE

@@ -51,7 +51,7 @@ def render_png(fig: go.Figure, png_path: Path) -> Path:
 
 
 def novelty_png(pair: int) -> Path:
-    """One pair of seed 003's novel-vs-reconstruction figure, from the analysis's CSVs."""
+    """One pair of the novel-vs-reconstruction figure, from the analysis's CSVs."""
     out = REPORTS / "novel_vs_reconstruction"
     summary = pd.read_csv(out / "summary.csv")
     if not 0 <= pair < len(summary):

@@ -1,4 +1,4 @@
-"""Seed 003's novel-vs-reconstruction analysis on a family of SAEs.
+"""The novel-vs-reconstruction analysis of "Stitching SAEs of different sizes" on a family.
 
 For every adjacent pair of widths: the share of the wider SAE's features that are novel (max
 decoder cosine to the narrower SAE <= threshold), each feature's ``delta_mse`` when added alone
@@ -12,7 +12,7 @@ script only reads inputs and writes results.
 Without ``--family`` it uses the demo family (the shipped one, or ``reports/demo/family`` after
 ``saegeo demo --retrain``) on ``reports/demo/acts`` when ``make demo`` has run, and otherwise
 trains a small ReLU family
-(standard SAEs, as in seed 003) on a toy model, which takes a minute or two on a CPU.
+(standard SAEs, as in the paper) on a toy model, which takes a minute or two on a CPU.
 
 Writes ``summary.csv`` (one row per pair), ``features.csv`` (one row per wider-SAE feature),
 ``kind_sign.csv`` (the 2×2 tables), ``curves.csv`` and ``novel_vs_reconstruction.html``

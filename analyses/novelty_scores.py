@@ -4,8 +4,8 @@ For every adjacent pair of each family, every wider feature that fires on the he
 gets its ``delta_mse`` (the narrower SAE's MSE change when the feature is added alone) and two
 scores:
 
-- ``max_cos``: seed 003's largest decoder cosine to the narrower SAE (novel iff <= 0.7, the
-  published default);
+- ``max_cos``: the largest decoder cosine to the narrower SAE (novel iff <= 0.7, the default of
+  "Stitching SAEs of different sizes");
 - ``explained``: the share of the input's component along the feature's decoder contributions
   that the narrower SAE's reconstruction already holds, on the tokens where it fires
   (:func:`saegeo.effects.explained.explained_share`; the closed form of ``delta_mse`` puts its

@@ -335,8 +335,8 @@ def _gated(p: Level, c: Level) -> sp.csr_matrix:
 
 
 METHODS: dict[str, tuple[ScoreFn, float | None]] = {
-    "decoder cosine > 0.7 (seed 003)": (_decoder, DEFAULT_THRESHOLDS["decoder_cosine"]),
-    "directed scaled MCS > 0.6 (seed 002)": (
+    "decoder cosine > 0.7 (stitching paper)": (_decoder, DEFAULT_THRESHOLDS["decoder_cosine"]),
+    "directed scaled MCS > 0.6 (Matryoshka tree view)": (
         lambda p, c: masked_cosine(p.codes, c.codes, directed=True, scale_by_max=True),
         DEFAULT_THRESHOLDS["masked_cosine"],
     ),

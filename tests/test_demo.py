@@ -14,12 +14,13 @@ import pandas as pd
 import pytest
 import torch
 
+import saegeo.effects.novelty
 import saegeo.lm.harvest
 import saegeo.training.trainer
 from saegeo import demo
 from saegeo.core.family import Family
 from saegeo.demo import DemoSettings, run_demo, stage_keys
-from saegeo.effects.novelty import FamilyNovelty, seed_003_table
+from saegeo.effects.novelty import PUBLISHED_PAIR_NAME, FamilyNovelty, published_pair_table
 from saegeo.errors import ArgumentError
 from saegeo.io.formats import load_sae
 from saegeo.io.store import ActivationStore, ShardWriter
@@ -223,7 +224,7 @@ def test_the_demo_harvests_only_the_held_out_tokens_for_the_shipped_family(tmp_p
         demo.demo_data(tmp_path, dataclasses.replace(settings, layer=3), progress=False)
 
 
-def test_the_comparison_with_seed_003_says_where_it_agrees():
+def test_the_comparison_with_the_published_pair_says_where_it_agrees():
     summary = pd.DataFrame(
         {
             "small": ["a", "b"],
@@ -244,14 +245,41 @@ def test_the_comparison_with_seed_003_says_where_it_agrees():
         }
     )
     result = FamilyNovelty(summary, features, pd.DataFrame())
-    text = demo.seed_003_comparison(result)
+    text = demo.compare_with_published(result)
     assert "Of the novel features, 50% are already rebuilt" in text
     assert "50% of those raise the MSE when added, and 100% of the rest lower it" in text
-    assert "Agrees with seed 003 that novel features lower the narrower SAE's MSE" in text
+    paper = "“Stitching SAEs of different sizes”"
+    assert f"Agrees with {paper} that novel features lower the narrower SAE's MSE" in text
     assert "86%" in text and "75%" in text  # 12/14 and 3/4 novel features lower the MSE
-    assert "Disagrees with seed 003 that novel features are a minority" in text
-    assert "Agrees for 1 of 2 pairs with seed 003 that reconstruction features raise it" in text
-    table = seed_003_table(summary)
-    assert list(table["pair"]) == ["seed 003: GPT2-768 → GPT2-1536", "a → b", "b → c"]
+    assert f"Disagrees with {paper} that novel features are a minority" in text
+    assert f"Agrees for 1 of 2 pairs with {paper} that reconstruction features raise it" in text
+    table = published_pair_table(summary)
+    assert list(table["pair"]) == [PUBLISHED_PAIR_NAME, "a → b", "b → c"]
     assert table.loc[0, "novel share"] == "657 / 1,536 = 43%"
     assert table.loc[2, "reconstruction with delta_mse >= 0"] == "0 / 2 = 0%"
+
+
+def test_the_former_names_of_the_comparison_warn_and_still_work():
+    summary = pd.DataFrame(
+        {
+            "small": ["a"],
+            "large": ["b"],
+            "small_width": [4],
+            "large_width": [8],
+            "novel_decreases": [3],
+            "novel_does_not_decrease": [1],
+            "reconstruction_decreases": [1],
+            "reconstruction_does_not_decrease": [3],
+        }
+    )
+    result = FamilyNovelty(summary, pd.DataFrame(), pd.DataFrame())
+    with pytest.warns(FutureWarning, match="use compare_with_published instead"):
+        assert demo.seed_003_comparison(result) == demo.compare_with_published(result)
+    with pytest.warns(FutureWarning, match="use published_pair_table instead"):
+        old = saegeo.effects.novelty.seed_003_table(summary)
+    pd.testing.assert_frame_equal(old, published_pair_table(summary))
+    with pytest.warns(FutureWarning, match="use PUBLISHED_GPT2_PAIR instead"):
+        from saegeo.effects.novelty import SEED_003_FIRST_PAIR
+    assert SEED_003_FIRST_PAIR == saegeo.effects.novelty.PUBLISHED_GPT2_PAIR
+    with pytest.raises(AttributeError, match="no attribute 'SEED_004'"):
+        saegeo.effects.novelty.SEED_004  # noqa: B018

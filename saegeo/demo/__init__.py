@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from saegeo.demo.data import DemoData, demo_data
-from saegeo.demo.report import seed_003_comparison, write_report
+from saegeo.demo.report import compare_with_published, seed_003_comparison, write_report
 from saegeo.demo.settings import (
     DEFAULT_ROOT,
     EVAL_TOKENS,
@@ -28,6 +28,7 @@ __all__ = [
     "DemoData",
     "DemoSettings",
     "Stages",
+    "compare_with_published",
     "demo_data",
     "run_demo",
     "seed_003_comparison",

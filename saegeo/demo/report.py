@@ -20,6 +20,7 @@ from saegeo.demo.settings import (
     shipped_record,
 )
 from saegeo.demo.stages import Stages, stage_keys
+from saegeo.deprecation import renamed
 from saegeo.io.atomic import write_json, write_text
 from saegeo.io.store import ActivationStore
 
@@ -61,7 +62,7 @@ def write_report(data: DemoData, *, progress: bool | None = None) -> Path:
         write_text(report_dir / "family.csv", members.to_csv(index=False))
         stages.done("family_table")
 
-    page.heading("Novel and reconstruction features (seed 003)")
+    page.heading("Novel and reconstruction features")
     _novelty_section(page, family, held_out, report_dir, progress, stages, keys["novelty"])
     page.heading("Feature trees across widths")
     _tree_section(page, data, report_dir, stages, keys["trees"])
@@ -166,7 +167,7 @@ def _novelty_section(
         FamilyNovelty,
         family_novelty,
         kind_sign_frame,
-        seed_003_table,
+        published_pair_table,
     )
     from saegeo.viz.plots import novelty_figure
 
@@ -197,11 +198,12 @@ def _novelty_section(
     page.table(result.summary.drop(columns=cells))
     page.table(kind_sign_frame(result))
     page.text(
-        "Seed 003's figures for every adjacent pair, under the seed's own first GPT-2 pair "
+        "The figures of “Stitching SAEs of different sizes” for every adjacent pair, under "
+        "the paper's own first GPT-2 pair "
         f"(on the first {NOVELTY_TOKENS:,} held-out tokens):"
     )
-    page.table(seed_003_table(result.summary))
-    page.text(seed_003_comparison(result), note=True)
+    page.table(published_pair_table(result.summary))
+    page.text(compare_with_published(result), note=True)
     page.figure(novelty_figure(result, title="Novel vs reconstruction"))
     return result
 
@@ -310,10 +312,13 @@ def _frankenstein_section(
     page.figure(frankenstein_figure(comparison, title="Frankenstein SAEs vs the originals"))
 
 
-def seed_003_comparison(result: Any) -> str:
-    """Where ``result`` (:class:`~saegeo.effects.novelty.FamilyNovelty` with activations) agrees
-    with seed 003's three findings and where it does not, in words with the figures."""
-    from saegeo.effects.novelty import SEED_003_FIRST_PAIR as seed
+def compare_with_published(result: Any) -> str:
+    """Where ``result`` agrees with the three findings of "Stitching SAEs of different sizes".
+
+    ``result`` is a :class:`~saegeo.effects.novelty.FamilyNovelty` computed with activations;
+    the text says, finding by finding, where it agrees and where it does not, with the figures.
+    """
+    from saegeo.effects.novelty import PUBLISHED_GPT2_PAIR as paper
 
     summary = result.summary
     n_novel = summary["novel_decreases"] + summary["novel_does_not_decrease"]
@@ -321,25 +326,25 @@ def seed_003_comparison(result: Any) -> str:
     share = n_novel / summary["large_width"]
     novel_lowers = summary["novel_decreases"] / n_novel.clip(lower=1)
     rec_raises = summary["reconstruction_does_not_decrease"] / n_rec.clip(lower=1)
-    seed_novel = seed["n_novel"]
-    seed_rec = seed["reconstruction_decreases"] + seed["reconstruction_does_not_decrease"]
+    paper_novel = paper["n_novel"]
+    paper_rec = paper["reconstruction_decreases"] + paper["reconstruction_does_not_decrease"]
     findings = [
         (
             "novel features are a minority of the wider SAE",
             share,
-            seed_novel / seed["large_width"],
+            paper_novel / paper["large_width"],
             lambda v: v < 0.5,
         ),
         (
             "novel features lower the narrower SAE's MSE when added",
             novel_lowers,
-            seed["novel_decreases"] / seed_novel,
+            paper["novel_decreases"] / paper_novel,
             lambda v: v > 0.5,
         ),
         (
             "reconstruction features raise it",
             rec_raises,
-            seed["reconstruction_does_not_decrease"] / seed_rec,
+            paper["reconstruction_does_not_decrease"] / paper_rec,
             lambda v: v > 0.5,
         ),
     ]
@@ -359,7 +364,8 @@ def seed_003_comparison(result: Any) -> str:
             else f"Agrees for {sum(held)} of {len(held)} pairs"
         )
         sentences.append(
-            f"{verdict} with seed 003 that {claim}: {span} here, {published:.0%} there."
+            f"{verdict} with “Stitching SAEs of different sizes” that {claim}: "
+            f"{span} here, {published:.0%} there."
         )
     features = result.features
     if len(features) and "explained" in features:
@@ -375,3 +381,6 @@ def seed_003_comparison(result: Any) -> str:
                 f"added, and {lower:.0%} of the rest lower it."
             )
     return " ".join(sentences)
+
+
+seed_003_comparison = renamed(compare_with_published, "seed_003_comparison")

@@ -1,9 +1,9 @@
 """What adding (or swapping in) a larger SAE's features does to a smaller SAE's reconstruction.
 
-``delta_mse[j]`` (DESIGN) is the MSE of the smaller SAE with large feature ``j`` added, minus
-the smaller SAE's MSE, on the same tokens; see :mod:`saegeo.effects.hybrid` for how the union fires.
-Re-encoding one hybrid per feature costs ``large.width`` passes over the activations; the
-paths below give the same numbers from one pass.
+``delta_mse[j]`` (``docs/concepts.md``) is the MSE of the smaller SAE with large feature ``j``
+added, minus the smaller SAE's MSE, on the same tokens; see :mod:`saegeo.effects.hybrid` for how the
+union fires. Re-encoding one hybrid per feature costs ``large.width`` passes over the activations;
+the paths below give the same numbers from one pass.
 
 **Additive pairs** (relu, jumprelu). With ``r = x - x̂`` the smaller SAE's error on a token
 (after its output normalisation, which scales an added term by ``s``, see

@@ -1,9 +1,9 @@
 """How much of a wider feature's contribution a narrower SAE's reconstruction already explains.
 
-Seed 003 calls a wider feature novel when its largest decoder cosine to the narrower SAE is at
-most 0.7, and asks for more principled criteria: a feature can be far from every narrower
-feature and still be spanned by a *combination* of them. The score here looks at what the
-narrower SAE actually reconstructs on the tokens where the feature fires.
+"Stitching SAEs of different sizes" calls a wider feature novel when its largest decoder cosine to
+the narrower SAE is at most 0.7, and asks for more principled criteria: a feature can be far from
+every narrower feature and still be spanned by a *combination* of them. The score here looks at what
+the narrower SAE actually reconstructs on the tokens where the feature fires.
 
 **Definition.** On token ``t`` let ``c_j(t) = s(t) f_j(t) d_j`` be large feature ``j``'s
 decoder contribution (``f_j`` its activation in its own SAE, ``d_j`` its decoder row, ``s`` the

@@ -1,8 +1,8 @@
 """Hybrid SAEs: a smaller SAE with features of a larger one added, and some of its own removed.
 
-An added feature keeps its activation exactly as in its own SAE (DESIGN, "Adding a feature"):
-its encoder column, bias and threshold come along, a difference of ``b_dec`` centring is folded
-into its bias, and it decodes with its own decoder row. How the union fires depends on the
+An added feature keeps its activation exactly as in its own SAE (``docs/concepts.md``, "Adding a
+feature"): its encoder column, bias and threshold come along, a difference of ``b_dec`` centring is
+folded into its bias, and it decodes with its own decoder row. How the union fires depends on the
 architecture of the pair:
 
 - ``relu`` / ``jumprelu`` (additive): :func:`saegeo.concat`; every latent fires as in its own

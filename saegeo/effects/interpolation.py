@@ -1,4 +1,4 @@
-"""Seed 003's interpolation path between two widths of a family.
+"""The interpolation path of "Stitching SAEs of different sizes" between two widths of a family.
 
 Starting from the smaller SAE, add the larger SAE's novel features one at a time, then swap
 its reconstruction groups in one at a time, recording size, L0 and MSE after every step. The
@@ -74,7 +74,7 @@ def interpolation_path(
     device: str | torch.device = "auto",
     progress: bool | None = None,
 ) -> pd.DataFrame:
-    """Seed 003's path between adjacent widths: add novel features, then swap groups in.
+    """The stitching paper's path between adjacent widths: add novel features, then swap groups in.
 
     For each pair ``(family[i], family[i+1])`` with ``i`` in ``pairs`` (default all), the
     path starts at the smaller SAE, adds the larger SAE's novel features one at a time (most

@@ -1,6 +1,6 @@
 """Reconstruction and sparsity metrics of an SAE over activations, in one streaming pass.
 
-Definitions (those of the design document):
+Definitions (those of ``docs/concepts.md``):
 
 - **MSE**: mean over tokens of ``||x - x_hat||²``, summed over d_in;
 - **FVU**: ``Σ||x - x_hat||² / Σ||x - mean(x)||²`` (1 - explained variance);

@@ -1,4 +1,6 @@
-"""Seed 003's novel-vs-reconstruction analysis of a family, as tables a notebook can use.
+"""Novel vs reconstruction features across a family, as tables a notebook can use.
+
+The analysis is that of "Stitching SAEs of different sizes".
 
 For every adjacent pair of widths: the share of the larger SAE's features that are novel, the
 2×2 table of kind × sign of ``delta_mse``, and the cumulative MSE of the smaller SAE as the
@@ -17,6 +19,7 @@ import torch
 from saegeo.core.family import Family
 from saegeo.core.feature_info import neuronpedia_url
 from saegeo.core.sae import SAE
+from saegeo.deprecation import module_aliases, renamed
 from saegeo.effects.delta import cumulative_mse, delta_mse
 from saegeo.effects.explained import explained_share, roc_auc
 from saegeo.effects.hybrid import TopkMode
@@ -26,7 +29,7 @@ from saegeo.io.streaming import ActsLike, checked_store
 
 DECREASES = "delta_mse < 0"
 DOES_NOT_DECREASE = "delta_mse >= 0"
-SEED_003_FIRST_PAIR = {
+PUBLISHED_GPT2_PAIR = {
     "small_width": 768,
     "large_width": 1536,
     "n_novel": 657,
@@ -35,8 +38,11 @@ SEED_003_FIRST_PAIR = {
     "reconstruction_decreases": 281,
     "reconstruction_does_not_decrease": 598,
 }
-"""Seed 003's GPT2-768 → GPT2-1536 pair (layer 8 resid_pre), as published: the novel features
-and the 2×2 table kind × sign(delta_mse)."""
+"""The GPT2-768 → GPT2-1536 pair (layer 8 resid_pre) as published in "Stitching SAEs of
+different sizes": the novel features and the 2×2 table kind × sign(delta_mse)."""
+
+PUBLISHED_PAIR_NAME = "Stitching SAEs of different sizes: GPT2-768 → GPT2-1536"
+"""The label of :data:`PUBLISHED_GPT2_PAIR`'s row in :func:`published_pair_table`."""
 
 
 class FamilyNovelty(NamedTuple):
@@ -96,7 +102,7 @@ def novelty_table(
 
 
 def kind_sign_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Counts of kind × sign of ``delta_mse`` (seed 003's 2×2 table).
+    """Counts of kind × sign of ``delta_mse``, the 2×2 table of the stitching paper.
 
     ``table`` has columns ``kind`` and ``delta_mse`` (see :func:`novelty_table`). Rows
     ``novel``, ``reconstruction``; columns ``"delta_mse < 0"`` and ``"delta_mse >= 0"`` (a
@@ -187,7 +193,9 @@ def family_novelty(
     device: str | torch.device = "auto",
     progress: bool | None = None,
 ) -> FamilyNovelty:
-    """Seed 003's analysis for every adjacent pair of ``family`` (see :class:`FamilyNovelty`).
+    """The novelty analysis of "Stitching SAEs of different sizes" for every adjacent pair.
+
+    See :class:`FamilyNovelty` for what each table of the result holds.
 
     Without ``acts`` only the geometry (kinds, shares) is computed. ``points=0`` skips the
     cumulative curves, whose every point re-evaluates a hybrid SAE on the activations.
@@ -249,14 +257,15 @@ def kind_sign_frame(result: FamilyNovelty) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def seed_003_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Seed 003's per-pair figures for every pair of ``summary``, under the seed's own row.
+def published_pair_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The per-pair figures of "Stitching SAEs of different sizes" for every pair of
+    ``summary``, under the paper's own GPT-2 pair (:data:`PUBLISHED_GPT2_PAIR`).
 
     ``summary`` is :attr:`FamilyNovelty.summary` computed with activations. Columns: the pair,
     the novel share, the novel features that lower the MSE when added alone and the
     reconstruction features that do not (each as "count / of kind" and as a share).
     """
-    rows: list[dict[str, Any]] = [{"pair": "seed 003: GPT2-768 → GPT2-1536", **SEED_003_FIRST_PAIR}]
+    rows: list[dict[str, Any]] = [{"pair": PUBLISHED_PAIR_NAME, **PUBLISHED_GPT2_PAIR}]
     rows += [
         {"pair": f"{row['small']} → {row['large']}", **row} for row in summary.to_dict("records")
     ]
@@ -280,3 +289,9 @@ def seed_003_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def _share(count: int, total: int) -> str:
     return f"{count:,} / {total:,} = {count / total:.0%}" if total else "0 / 0"
+
+
+seed_003_table = renamed(published_pair_table, "seed_003_table")
+__getattr__ = module_aliases(
+    __name__, {"SEED_003_FIRST_PAIR": ("PUBLISHED_GPT2_PAIR", PUBLISHED_GPT2_PAIR)}
+)

@@ -1,4 +1,6 @@
-"""Novel and reconstruction features of a larger SAE, and swap groups between two widths (seed 003).
+"""Novel and reconstruction features of a larger SAE, and swap groups between two widths.
+
+The definitions are those of "Stitching SAEs of different sizes".
 
 A larger-SAE feature is **novel** iff its largest decoder cosine to the smaller SAE is
 ``<= threshold`` (default 0.7), a **reconstruction** feature otherwise. **Swap groups** are the

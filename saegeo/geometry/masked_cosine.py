@@ -58,8 +58,8 @@ def masked_cosine(
     codes_parent, codes_child
         Sparse codes [N, P] and [N, C] of the same N tokens (see :func:`saegeo.encode_codes`).
     directed
-        Directed MCS on the child's tokens (seed 002); False gives the symmetric MCS of
-        Towards Monosemanticity (the larger of both directions) and ignores ``scale_by_max``.
+        Directed MCS on the child's tokens (the Matryoshka SAE tree view); False gives the symmetric
+        MCS of Towards Monosemanticity (the larger of both directions) and ignores ``scale_by_max``.
     scale_by_max
         Multiply the directed MCS by ``max(child) / max(parent)``.
     min_score

@@ -1,4 +1,6 @@
-"""Seed 003's comparison of Frankenstein SAEs with the members they are stitched from.
+"""Frankenstein SAEs compared with the members they are stitched from.
+
+The comparison is that of "Stitching SAEs of different sizes".
 
 :func:`frankenstein_curve` stitches the Frankenstein up to every width in one pass
 (:func:`saegeo.stitch.frankenstein.frankenstein_steps`) and :func:`compare_frankensteins` evaluates
@@ -33,7 +35,7 @@ def frankenstein_curve(
     eval_acts: ActsLike | None = None,
     **overrides: Any,
 ) -> pd.DataFrame:
-    """Seed 003's comparison: Frankenstein SAEs stitched up to each width vs the members.
+    """The stitching paper's comparison: Frankenstein SAEs stitched up to each width vs the members.
 
     For every width of the family a Frankenstein is stitched from the members up to it and
     refit on ``acts`` (:func:`frankenstein_steps` with ``config`` and keyword ``overrides``,

@@ -1,21 +1,23 @@
-"""Frankenstein SAEs (seed 003): stitch the novel features of wider SAEs into a narrow one.
+"""Frankenstein SAEs: stitch the novel features of wider SAEs into a narrow one.
 
-:func:`frankenstein` starts from the narrowest SAE of a family and, for each wider member in
-order, adds every feature whose largest decoder cosine to the features already in the
-Frankenstein is at most ``threshold``. The comparison is with the Frankenstein as it stood
-before that member's step, as in seed 003: features of one member are never compared with
-each other, so two near-duplicates from the same SAE are both added (the SAE trained them
-side by side). With ``swap``, each step also replaces the features of every swap group by
-the group's wider features (a swap group is a connected component of the bipartite graph
-"Frankenstein feature i — member feature j where cos > threshold", see DESIGN.md). The
-decoder is then refit with the encoder frozen (:mod:`saegeo.stitch.refit`).
+The construction is that of "Stitching SAEs of different sizes".
+
+:func:`frankenstein` starts from the narrowest SAE of a family and, for each wider member in order,
+adds every feature whose largest decoder cosine to the features already in the Frankenstein is at
+most ``threshold``. The comparison is with the Frankenstein as it stood before that member's step,
+as in the stitching paper: features of one member are never compared with each other, so two
+near-duplicates from the same SAE are both added (the SAE trained them side by side). With ``swap``,
+each step also replaces the features of every swap group by the group's wider features (a swap group
+is a connected component of the bipartite graph "Frankenstein feature i — member feature j where cos
+> threshold", see ``docs/concepts.md``). The decoder is then refit with the encoder frozen
+(:mod:`saegeo.stitch.refit`).
 
 Added features fire exactly as in their own SAE (:func:`saegeo.concat`): additive members
 (relu, jumprelu, and topk after :meth:`SAE.to_jumprelu` on the activations) give a jumprelu
 Frankenstein; matching-pursuit members give a pursuit over the union dictionary, whose codes
 depend on the whole dictionary (see :mod:`saegeo.stitch.refit` for what a refit keeps there).
 
-:func:`saegeo.effects.interpolation.interpolation_path` draws seed 003's curve between two widths.
+:func:`saegeo.effects.interpolation.interpolation_path` draws the paper's curve between two widths.
 
 :func:`saegeo.stitch.curve.frankenstein_curve` compares the Frankenstein up to each width
 with the members; :mod:`saegeo.stitch.report` holds the report.

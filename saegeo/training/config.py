@@ -66,7 +66,8 @@ class TrainConfig:
     """Active latents per token (topk), mean active latents (batchtopk variants) or the most
     pursuit steps per token (matching_pursuit). Unused by the ReLU architectures."""
     sparsity: PenaltyKind = "log"
-    """ReLU penalty: ``log`` (seed 004, ε = 0.1) or ``l1``, both weighted by decoder norms."""
+    """ReLU penalty: ``log`` (as in "Efficient Matryoshka loss calculation", ε = 0.1) or ``l1``,
+    both weighted by decoder norms."""
     sparsity_coefficient: float | None = None
     """λ of the ReLU penalty, for inputs normalised to mean squared norm d_in; None means
     0.3 for ``log`` and 3.0 for ``l1``."""

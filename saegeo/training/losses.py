@@ -1,17 +1,17 @@
 """SAE training losses as pure functions: tensors in, tensors out.
 
 Reconstruction error is ``||x - x_hat||²`` summed over d_in and averaged over tokens (the
-MSE of the design document). Sparsity penalties weight each latent by its decoder norm, so
+MSE of ``docs/concepts.md``). Sparsity penalties weight each latent by its decoder norm, so
 that shrinking a decoder row cannot buy a smaller penalty:
 
 - ``l1``: ``Σ_i |f_i|·||d_i||``;
-- ``log`` (seed 004): ``Σ_i log(|f_i|·||d_i|| + ε)``, computed as
+- ``log`` ("Efficient Matryoshka loss calculation"): ``Σ_i log(|f_i|·||d_i|| + ε)``, computed as
   ``Σ_i log(1 + |f_i|·||d_i||/ε)``, which differs by the constant ``F·log ε`` and has the same
   gradient, so an inactive latent costs nothing.
 
-The Matryoshka loss (seed 004) averages the loss of every prefix ``0:p_j`` of the latents, with
-one forward pass: the contribution of each group of latents between consecutive prefix ends is
-decoded once and the prefix reconstructions are their cumulative sums.
+The Matryoshka loss ("Efficient Matryoshka loss calculation") averages the loss of every prefix
+``0:p_j`` of the latents, with one forward pass: the contribution of each group of latents between
+consecutive prefix ends is decoded once and the prefix reconstructions are their cumulative sums.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def squared_error(x_BD: torch.Tensor, x_hat_BD: torch.Tensor) -> torch.Tensor:
 
 
 def mse_loss(x_BD: torch.Tensor, x_hat_BD: torch.Tensor) -> torch.Tensor:
-    """Mean over tokens of ``||x - x_hat||²``: the design document's MSE."""
+    """Mean over tokens of ``||x - x_hat||²``: the MSE of ``docs/concepts.md``."""
     return squared_error(x_BD, x_hat_BD).mean()
 
 
@@ -123,7 +123,9 @@ def matryoshka_loss(
     coefficient: float = 0.0,
     eps: float = LOG_EPS,
 ) -> MatryoshkaLoss:
-    """Seed 004's Matryoshka loss, averaged (not summed) over the P prefixes.
+    """The Matryoshka loss, averaged (not summed) over the P prefixes.
+
+    The loss is that of "Efficient Matryoshka loss calculation", which sums the prefixes.
 
     ``bounds`` is ``[0, p_0, ..., p_{P-1} = width]``. Averaging keeps the meaning of the
     sparsity coefficient and the learning rate independent of the number of prefixes.
@@ -159,7 +161,8 @@ def pareto_prefix_bounds(
 
     The ``n_prefixes - 1`` shorter prefix ends j are drawn without replacement from
     ``[min_prefix, width)`` with probability ∝ ``(j - m + 1)^power - (j - m)^power``
-    (m = min_prefix), a truncated Pareto law that favours short prefixes (seed 004's sampling).
+    (m = min_prefix), a truncated Pareto law that favours short prefixes (the sampling of
+    "Efficient Matryoshka loss calculation").
     """
     if not 1 <= n_prefixes <= width - min_prefix + 1 or min_prefix < 1:
         raise SaegeoError(

@@ -1,12 +1,12 @@
 """Toy models with ground-truth feature hierarchies, to test what SAEs recover.
 
-A toy model is a forest of features. A root fires on its own with its probability; a child
-fires only when its parent fires, with its conditional probability, and, when siblings are
-mutually exclusive, at most one child of a parent fires on a token (the Matryoshka toy model
-of seed 002). A firing feature takes a positive magnitude; a token's activation vector is the
-sum of magnitude times direction over its firing features, plus optional Gaussian noise.
-Directions are random unit vectors in ``d`` dimensions (near-orthogonal when ``d`` is large),
-or exactly orthonormal.
+A toy model is a forest of features. A root fires on its own with its probability; a child fires
+only when its parent fires, with its conditional probability, and, when siblings are mutually
+exclusive, at most one child of a parent fires on a token (the Matryoshka toy model of the
+Matryoshka SAE write-up). A firing feature takes a positive magnitude; a token's activation vector
+is the sum of magnitude times direction over its firing features, plus optional Gaussian noise.
+Directions are random unit vectors in ``d`` dimensions (near-orthogonal when ``d`` is large), or
+exactly orthonormal.
 
 Examples
 --------

@@ -1,7 +1,7 @@
 """Feature trees, forests and DAGs as JSON documents (plain dicts; writing is left to the caller).
 
-- ``saegeo.feature_tree.v1``: one tree (:func:`tree_to_json`, :func:`tree_from_json`), the
-  format of DESIGN.md, specified by the JSON Schema ``feature_tree.v1.schema.json`` shipped in
+- ``saegeo.feature_tree.v1``: one tree (:func:`tree_to_json`, :func:`tree_from_json`), the format
+  of ``docs/concepts.md``, specified by the JSON Schema ``feature_tree.v1.schema.json`` shipped in
   the package (:func:`tree_schema`).
 - ``saegeo.feature_forest.v1``: ranked trees of one DAG (:func:`forest_to_json`,
   :func:`forest_from_json`); each entry of ``trees`` is a complete tree document
@@ -125,6 +125,8 @@ def _header(G: nx.DiGraph, what: str) -> dict[str, Any]:
 def tree_to_json(T: nx.DiGraph, *, labels: Mapping[Any, str] | None = None) -> dict[str, Any]:
     """The ``saegeo.feature_tree.v1`` document of a feature tree, as a dict.
 
+    Children are ordered by score, best first (ties: lower feature index first).
+
     Parameters
     ----------
     T
@@ -132,8 +134,6 @@ def tree_to_json(T: nx.DiGraph, *, labels: Mapping[Any, str] | None = None) -> d
     labels
         Optional labels or token examples by node (``"level/feature"`` or ``(level, feature)``);
         they override node attributes ``label`` and are written as ``label``.
-
-    Children are ordered by score, best first (ties: lower feature index first).
 
     Examples
     --------

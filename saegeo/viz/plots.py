@@ -1,4 +1,6 @@
-"""Figures of seed 003's analyses: novel vs reconstruction features, Frankenstein curves."""
+"""Figures of novel vs reconstruction features and Frankenstein curves.
+
+The figures are those of "Stitching SAEs of different sizes"."""
 
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ def _legend_above(plot_px: int) -> dict[str, object]:
 
 
 def novelty_figure(result: FamilyNovelty, *, threshold: float = 0.7, title: str = "") -> go.Figure:
-    """Per pair: delta_mse vs max cosine (seed 003's scatter) and the cumulative MSE curves."""
+    """Per pair: delta_mse vs max cosine (the paper's scatter) and the cumulative MSE curves."""
     n_pairs = len(result.summary)
     # Widths keep the category ticks short enough to stay level; names are in the hover text.
     labels = [f"{r.small_width} → {r.large_width}" for r in result.summary.itertuples()]

@@ -1,4 +1,4 @@
-"""Seed 003's novelty analysis: kinds, delta-MSE signs and cumulative curves per pair."""
+"""The stitching paper's novelty analysis: kinds, delta-MSE signs and cumulative curves per pair."""
 
 from __future__ import annotations
 

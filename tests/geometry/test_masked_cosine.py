@@ -16,7 +16,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def naive_mcs(parent_NP: np.ndarray, child_NC: np.ndarray, *, directed: bool, scale: bool):
-    """Seed 002's definitions, one pair at a time [P, C]."""
+    """The tree view's definitions, one pair at a time [P, C]."""
     n_parents, n_children = parent_NP.shape[1], child_NC.shape[1]
     out = np.zeros((n_parents, n_children))
     for p in range(n_parents):

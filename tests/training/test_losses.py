@@ -30,7 +30,7 @@ def test_sparsity_penalties() -> None:
     acts = torch.tensor([[0.0, 2.0, -3.0]])
     norms = torch.tensor([1.0, 0.5, 2.0])
     assert_close(losses.sparsity_loss(acts, norms, "l1"), torch.tensor(1.0 + 6.0))
-    # seed 004's log penalty, minus its constant F·log(eps)
+    # the log penalty of "Efficient Matryoshka loss calculation", minus its constant F·log(eps)
     seed_form = sum(math.log(a * n + 0.1) for a, n in zip([0, 2, 3], [1, 0.5, 2], strict=True))
     expected = seed_form - 3 * math.log(0.1)
     assert_close(losses.sparsity_loss(acts, norms, "log"), torch.tensor(expected))

@@ -154,7 +154,7 @@ def test_recovers_toy_directions(arch: str, toy: ToyModel, store: ActivationStor
 
     In d=32 a random unit vector's best cosine with 32 random decoder rows is about 0.4, so
     0.9 (26 degrees) is never reached by chance; it is below 1 because the runs are short and
-    because Matryoshka parents keep a small mixture of their children (seed 002).
+    because Matryoshka parents keep a small mixture of their children (the Matryoshka SAE write-up).
     """
     k = 2 if arch == "matryoshka_batchtopk" else 4
     sae, _ = train_sae(

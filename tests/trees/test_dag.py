@@ -48,7 +48,7 @@ def dense_cosine(a: sg.SAE, b: sg.SAE) -> np.ndarray:
 
 
 def naive_directed_mcs(parent_NP: np.ndarray, child_NC: np.ndarray) -> np.ndarray:
-    """Seed 002's directed MCS with max scaling, one pair at a time [P, C]."""
+    """The tree view's directed MCS with max scaling, one pair at a time [P, C]."""
     out = np.zeros((parent_NP.shape[1], child_NC.shape[1]))
     for p in range(parent_NP.shape[1]):
         for c in range(child_NC.shape[1]):
@@ -353,9 +353,9 @@ def test_recovers_hierarchy_from_trained_family(seed):
       trained from its own seed): precision 1.0 everywhere, recall 1.0 except seed 2 (0.69,
       marked as a known miss below).
     - masked cosine: precision and recall >= 0.8. Scores come from co-firing on 40k tokens and
-      max-scaling can favour a weak, broadly firing parent, which best-parent assignment then
-      keeps (seed 002). Observed (seeds 0-5): precision 0.81-1.0, recall 0.87-1.0; seed 0
-      gives 0.88 and 1.0.
+      max-scaling can favour a weak, broadly firing parent, which best-parent assignment then keeps
+      (the Matryoshka SAE tree view). Observed (seeds 0-5): precision 0.81-1.0, recall 0.87-1.0;
+      seed 0 gives 0.88 and 1.0.
     """
     from saegeo.training.toy import ToyConfig, make_toy_model
     from saegeo.training.trainer import TrainConfig, train_family

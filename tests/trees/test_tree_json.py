@@ -30,7 +30,8 @@ from saegeo.trees.tree_json import (
     validate_forest,
 )
 
-# The example of DESIGN.md, plus the level-1 entry of "levels" that its abbreviation leaves out.
+# The example of docs/concepts.md, plus the level-1 entry of "levels" that its abbreviation leaves
+# out.
 DESIGN_EXAMPLE = {
     "schema": "saegeo.feature_tree.v1",
     "metric": "decoder_cosine",
@@ -114,7 +115,7 @@ def test_design_example_round_trips_exactly():
 
 
 def test_key_names_are_pinned(tree):
-    """Keys are fixed once released (DESIGN.md): this test fails if any is renamed."""
+    """Keys are fixed once released (docs/design.md): this test fails if any is renamed."""
     doc = tree_to_json(tree)
     assert list(doc) == ["schema", "metric", "threshold", "levels", "tree"]
     assert doc["schema"] == "saegeo.feature_tree.v1"

@@ -1,4 +1,4 @@
-"""Seed 003's figures: readable layout (titles clear of axes, level ticks, rows apart)."""
+"""Novelty and Frankenstein figures: readable layout (titles clear of axes, level ticks, rows)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""Seed 003 on its own family: GPT-2 small feature-splitting SAEs, beside the published numbers.
+"""GPT-2 small feature-splitting SAEs beside the numbers of "Stitching SAEs of different sizes".
 
 Loads the SAELens release ``gpt2-small-res-jb-feature-splitting`` (eight ReLU SAEs on
 ``blocks.8.hook_resid_pre``, widths 768 to 98304) through the Hugging Face cache, harvests GPT-2's
 activations at the SAEs' own site (``saegeo harvest --for``: the residual stream entering block
 8, with TransformerLens's ``center_writing_weights``, contexts of the SAEs' ``context_size``),
-and runs seed 003's analysis:
+and runs the paper's analysis:
 
 - every SAE's L0 and MSE;
 - for every adjacent pair, the share of the wider SAE's features that are novel (max decoder
@@ -12,12 +12,12 @@ and runs seed 003's analysis:
 - the Frankenstein SAE stitched from the narrowest member up to width 12288 (novel features
   added, decoder refit by least squares), its width, L0 and MSE after every step.
 
-Each table is printed beside the numbers the seed reports (matched by position: the first pair
-is the seed's GPT2-768 → GPT2-1536). The seed's activations came from OpenWebText; the default
+Each table is printed beside the numbers the paper reports (matched by position: the first pair
+is the paper's GPT2-768 → GPT2-1536). The paper's activations came from OpenWebText; the default
 text here is the packaged BBC news, so expect the same shape rather than the same digits.
 
-    .venv/bin/python analyses/seed003_gpt2.py [--tokens 200000] [--max-width 24576]
-        [--text PATH] [--out reports/seed003_gpt2]
+    .venv/bin/python analyses/gpt2_feature_splitting.py [--tokens 200000] [--max-width 24576]
+        [--text PATH] [--out reports/gpt2_feature_splitting]
 
 Needs network access the first time (the SAEs and GPT-2 come from the Hugging Face Hub into its
 cache; later runs work offline). Every count is an argument, so the same script runs on a
@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 import saegeo as sg
-from saegeo.effects.novelty import SEED_003_FIRST_PAIR, kind_sign_frame
+from saegeo.effects.novelty import PUBLISHED_GPT2_PAIR, kind_sign_frame
 from saegeo.io.atomic import write_text
 from saegeo.lm.harvest import harvest
 from saegeo.lm.sites import hf_model_name, site_for
@@ -42,7 +42,7 @@ from saegeo.lm.sites import hf_model_name, site_for
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = "gpt2-small-res-jb-feature-splitting"
 
-# Seed 003 ("Stitching SAEs of different sizes"), as published.
+# "Stitching SAEs of different sizes", as published.
 PUBLISHED_SAES = pd.DataFrame(
     {
         "width": [768, 1536, 3072, 6144, 12288, 24576, 49152, 98304],
@@ -50,8 +50,8 @@ PUBLISHED_SAES = pd.DataFrame(
         "mse": [2.72, 2.22, 1.89, 1.631, 1.456, 1.331, 1.210, 1.144],
     }
 )
-"""The seed's table of GPT-2 SAEs (layer 8 resid_pre): dictionary size, L0, MSE."""
-PUBLISHED_FIRST_PAIR = {k: v for k, v in SEED_003_FIRST_PAIR.items() if not k.endswith("_width")}
+"""The paper's table of GPT-2 SAEs (layer 8 resid_pre): dictionary size, L0, MSE."""
+PUBLISHED_FIRST_PAIR = {k: v for k, v in PUBLISHED_GPT2_PAIR.items() if not k.endswith("_width")}
 """GPT2-768 → GPT2-1536: 657 novel features; the 2×2 table kind × sign(delta_mse)."""
 PUBLISHED_NOVEL_SHARE = 0.35
 """'about 35%' of a larger SAE's features are novel, across the family."""
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=200_000, help="activations harvested")
     parser.add_argument("--acts", help="an existing store for the SAEs' site (skips harvesting)")
     parser.add_argument("--threshold", type=float, default=0.7)
-    parser.add_argument("--out", default=str(ROOT / "reports" / "seed003_gpt2"))
+    parser.add_argument("--out", default=str(ROOT / "reports" / "gpt2_feature_splitting"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=4096)
     args = parser.parse_args(argv)
@@ -98,12 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     write_text(out / "kind_sign.csv", kind_sign_frame(novelty).to_csv(index=False))
     write_text(out / "frankenstein.csv", stitched.to_csv(index=False))
     show = {"index": False, "float_format": lambda v: f"{v:.4g}", "na_rep": "–"}
-    print("\nSAEs (ours | seed 003)")
+    print("\nSAEs (ours | published)")
     print(saes.to_string(**show))
-    print("\nAdjacent pairs: novel share and kind x sign(delta_mse) (ours | seed 003)")
+    print("\nAdjacent pairs: novel share and kind x sign(delta_mse) (ours | published)")
     print(pairs.to_string(**show))
-    print(f"seed 003: about {PUBLISHED_NOVEL_SHARE:.0%} of a larger SAE's features are novel")
-    print(f"\nFrankenstein up to width {args.upto} (ours | seed 003)")
+    print(f"published: about {PUBLISHED_NOVEL_SHARE:.0%} of a larger SAE's features are novel")
+    print(f"\nFrankenstein up to width {args.upto} (ours | published)")
     print(stitched.to_string(**show))
     print(f"\nwrote {out}/saes.csv, pairs.csv, kind_sign.csv, frankenstein.csv")
 
@@ -145,31 +145,33 @@ def saes_table(family: sg.Family, acts: sg.ActivationStore, options: dict) -> pd
         rows.append({"sae": sae.name, "width": sae.width, "l0": metrics.l0, "mse": metrics.mse})
     table = pd.DataFrame(rows)
     n = len(table)
-    table["seed_width"] = published(PUBLISHED_SAES, "width", n)
-    table["seed_l0"] = published(PUBLISHED_SAES, "l0", n)
-    table["seed_mse"] = published(PUBLISHED_SAES, "mse", n)
+    table["published_width"] = published(PUBLISHED_SAES, "width", n)
+    table["published_l0"] = published(PUBLISHED_SAES, "l0", n)
+    table["published_mse"] = published(PUBLISHED_SAES, "mse", n)
     return table
 
 
 def pairs_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Each of our columns followed by the seed's (first pair only: the seed's 768 -> 1536)."""
+    """Each of our columns followed by the paper's (first pair only: the paper's 768 -> 1536)."""
     table = summary[["small_width", "large_width"]].copy()
     pad = [None] * (len(table) - 1)
-    seed = {**PUBLISHED_FIRST_PAIR, "share_novel": PUBLISHED_FIRST_PAIR["n_novel"] / 1536}
+    paper = {**PUBLISHED_FIRST_PAIR, "share_novel": PUBLISHED_FIRST_PAIR["n_novel"] / 1536}
     for key in ["n_novel", "share_novel", *list(PUBLISHED_FIRST_PAIR)[1:]]:
         table[key] = summary[key]
-        table[f"seed_{key}"] = [seed[key], *pad]
+        table[f"published_{key}"] = [paper[key], *pad]
     return table
 
 
 def frankenstein_table(steps: pd.DataFrame) -> pd.DataFrame:
     table = steps[["width", "added", "n_features", "l0_before", "mse_before", "mse_after"]].copy()
-    seed_widths = list(PUBLISHED_SAES["width"])[: len(table)]
-    table["seed_width"] = seed_widths + [None] * (len(table) - len(seed_widths))
-    table["seed_n_features"] = [
-        PUBLISHED_FRANKENSTEIN.get(w, (None, None))[0] for w in table["seed_width"]
+    paper_widths = list(PUBLISHED_SAES["width"])[: len(table)]
+    table["published_width"] = paper_widths + [None] * (len(table) - len(paper_widths))
+    table["published_n_features"] = [
+        PUBLISHED_FRANKENSTEIN.get(w, (None, None))[0] for w in table["published_width"]
     ]
-    table["seed_l0"] = [PUBLISHED_FRANKENSTEIN.get(w, (None, None))[1] for w in table["seed_width"]]
+    table["published_l0"] = [
+        PUBLISHED_FRANKENSTEIN.get(w, (None, None))[1] for w in table["published_width"]
+    ]
     return table
 
 
