@@ -32,6 +32,7 @@ DOTTED = re.compile(r"(?<![\w.])(saegeo(?:\.[A-Za-z_]\w*)+)")
 SCHEMA_ID = re.compile(r"^saegeo\.\w+\.v\d+$")
 # ``sg.name`` in examples and prose: a public name of ``import saegeo as sg``.
 SG_NAME = re.compile(r"(?<![\w.])sg\.([A-Za-z_]\w*)")
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", flags=re.MULTILINE | re.DOTALL)
 
 
 def _documents() -> Iterator[tuple[Path, str]]:
@@ -106,6 +107,13 @@ def test_the_reference_check_catches_what_it_should(tmp_path):
         "saegeo/feature_tree.v1.schema.json",
         "sg.no_such_name",
     ]
+
+
+def test_every_python_example_in_the_docs_is_valid_python():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    for page in pages:
+        for n, block in enumerate(PYTHON_BLOCK.findall(page.read_text())):
+            compile(block, f"{page.relative_to(ROOT)} (example {n + 1})", "exec")
 
 
 def test_the_readme_stays_short():
