@@ -187,7 +187,8 @@ def check_outputs(
     seen: dict[Path, str] = {}
     sources = [_resolved(Path(p)) for p in inputs if p is not None and str(p)]
     for out in outputs:
-        final_path(out)
+        if not os.fspath(out.path).strip():
+            raise out.error("empty path; give the name of a new file or directory")
         real = _resolved(out.path)
         if real in seen:
             raise out.error(f"the same path as {seen[real]}")
@@ -197,6 +198,7 @@ def check_outputs(
                 raise out.error("is one of the command's inputs; choose another path")
             if source.is_relative_to(real):
                 raise out.error(f"holds the input {source}; choose another path")
+        final_path(out)
         check_existing(out, force)
         _check_writable(out, need_bytes)
 
