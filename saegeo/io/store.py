@@ -351,8 +351,9 @@ class ShardWriter:
     Re-opening a directory resumes it: the shards listed in its ``meta.json`` are kept and
     ``n_tokens`` says how many tokens they hold, so a producer can skip that much input. A new
     directory gets its ``meta.json`` (no shards yet) at once, so a producer interrupted before
-    its first shard is complete resumes too. ``shard_info`` is recorded in the ``meta.json`` entry of every shard written next (how a
-    producer made it, where that may change between resumed runs).
+    its first shard is complete resumes too. ``shard_info`` is recorded in the ``meta.json``
+    entry of every shard written next (how a producer made it, where that may change between
+    resumed runs).
 
     With ``collective=True`` under a ``torch.distributed`` process group of ``W`` ranks, every
     rank opens the same directory (on a file system they all see) and the ranks write the
