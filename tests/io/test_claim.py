@@ -15,6 +15,7 @@ from sae_helpers import random_sae
 import saegeo as sg
 import saegeo.io.formats
 import saegeo.io.saelens
+import saegeo.io.store
 from saegeo.errors import SaegeoError
 from saegeo.io.atomic import ResourceError, temp_prefix
 from saegeo.io.claim import claim_output, rename_noreplace
@@ -187,8 +188,6 @@ def test_a_full_disk_is_one_error_naming_the_path(sae, tmp_path, monkeypatch):
 
 
 def test_a_full_store_is_one_error(tmp_path, monkeypatch):
-    import saegeo.io.store
-
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
