@@ -180,14 +180,12 @@ def guard(
     """Check every output location (path, kind, flag) against the inputs before any computing,
     and (``hold``) claim it until the command ends (:func:`saegeo.io.claim.claim_output`):
     :func:`claim` then gives where to write it. Rank 0 alone claims, under torchrun."""
-    from pathlib import Path
-
     from saegeo.io import distributed
     from saegeo.io.claim import claim_output
     from saegeo.io.outputs import Output, check_outputs
 
     force = getattr(args, "force", False)
-    wanted = [Output(Path(path), kind, flag) for path, kind, flag in outputs if path is not None]  # type: ignore[arg-type]
+    wanted = [Output.named(path, kind, flag) for path, kind, flag in outputs if path is not None]  # type: ignore[arg-type]
     check_outputs(wanted, list(inputs), force=force, need_bytes=need_bytes)
     held = getattr(args, "held", None)
     if not hold or held is None or not distributed.is_main():

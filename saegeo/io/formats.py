@@ -97,7 +97,7 @@ def save_sae(sae: SAE, path: str | os.PathLike[str], *, overwrite: bool = False)
     from saegeo.io.outputs import Output
 
     sae.check("save_sae()")
-    with claim_output(Output(Path(path), "sae", "path"), force=overwrite) as claim:
+    with claim_output(Output.named(path, "sae", "path"), force=overwrite) as claim:
         write_saelens(sae, claim.path)
         claim.commit()
     return Path(path)

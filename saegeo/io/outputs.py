@@ -145,6 +145,14 @@ class Output:
     """What saegeo writes there (see the module docstring)."""
     flag: str = "--out"
     """The flag (``--out``) or Python argument (``path``) that named it, for messages."""
+    slash: bool = False
+    """Whether the user spelt the path with a trailing slash (which ``Path`` drops)."""
+
+    @classmethod
+    def named(cls, path: str | os.PathLike[str], kind: OutputKind, flag: str) -> Output:
+        """The output at ``path`` as the user spelt it."""
+        text = os.fspath(path)
+        return cls(Path(text), kind, flag, slash=text.endswith(("/", os.sep)) and len(text) > 1)
 
     @property
     def label(self) -> str:
@@ -221,7 +229,7 @@ def final_path(out: Output) -> Path:
             "is the current directory or one above it; give the name of a new directory, "
             "such as ./out"
         )
-    if text.endswith(("/", os.sep)) and out.kind not in DIRECTORY_KINDS:
+    if out.slash and out.kind not in DIRECTORY_KINDS:
         raise out.error("ends in a slash, which names a directory, but the output is a file")
     size, limit = len(os.fsencode(final.name)), name_max(final.parent)
     if size > limit:
