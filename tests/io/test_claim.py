@@ -263,3 +263,20 @@ def _dead_pid() -> int:
     child = subprocess.Popen(["true"])
     child.wait()
     return child.pid
+
+
+def test_save_html_replaces_only_its_own_pages(tmp_path):
+    import plotly.graph_objects as go
+
+    from saegeo.viz.figures import figure_page, save_html
+
+    page = "<html><head></head><body>a plot</body></html>"
+    (tmp_path / "mine.html").write_text("my page")
+    with pytest.raises(OutputError, match="not a saegeo HTML page"):
+        save_html(page, tmp_path / "mine.html", overwrite=True)
+    assert (tmp_path / "mine.html").read_text() == "my page"
+    ours = save_html(figure_page(go.Figure()), tmp_path / "a.html")
+    with pytest.raises(OutputError, match="pass overwrite=True"):
+        save_html(page, ours)
+    save_html(page, ours, overwrite=True)
+    assert ours.read_text() == page
