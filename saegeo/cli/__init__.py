@@ -3,6 +3,11 @@
 :mod:`saegeo.cli.parser` declares the subcommands and flags (:mod:`saegeo.cli.args` holds the
 flag types and output guards), :mod:`saegeo.cli.commands` runs them.
 
+Each command claims its outputs when it starts and puts them in place at the end
+(:mod:`saegeo.io.claim`). SIGINT, SIGTERM and SIGHUP end a command alike: its temporaries and
+claims are removed, what it replaces stays as it was, one line says so, and the exit code is
+128 + the signal's number (130, 143, 129).
+
 Under ``torchrun`` (its variables RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR set), ``main``
 starts the process group (NCCL on CUDA, else gloo) and ends it on return. Every rank runs the
 command; statistics over tokens are split across ranks (:mod:`saegeo.io.distributed`), rank 0
@@ -17,8 +22,10 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from saegeo.cli.parser import build_parser
 from saegeo.errors import ArgumentError, SaegeoError
@@ -31,7 +38,46 @@ EXIT_USER_ERROR = 2
 DISTRIBUTED_COMMANDS = frozenset({"info", "classify", "tree", "stitch", "train", "harvest"})
 # Library arguments that a flag of another name sets (the others are spelt alike: max_tokens
 # is --tokens, sgd_tokens is --sgd-tokens).
-FLAG_NAMES = {"max_tokens": "--tokens", "texts": "--text"}
+FLAG_NAMES = {"max_tokens": "--tokens", "texts": "--text", "out_dir": "--out"}
+# Commands that keep what they finished and resume from it.
+RESUMING_COMMANDS = frozenset({"harvest", "demo"})
+# Signals that end a command as Ctrl-C does (SIGHUP: the terminal closed).
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal, raised where the program runs so that every ``finally`` block cleans up
+    (a KeyboardInterrupt, so code that handles Ctrl-C handles all of them alike)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        """The signal's number."""
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP (and SIGINT) raise :class:`Interrupted`; the
+    previous handlers come back after it (main thread only: signals are delivered there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    caught: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        if not caught:  # a second signal would cut short the cleaning up of the first
+            caught.append(signum)
+            raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def flag_message(exc: SaegeoError, parser: argparse.ArgumentParser) -> str:
@@ -42,7 +88,7 @@ def flag_message(exc: SaegeoError, parser: argparse.ArgumentParser) -> str:
     flag = FLAG_NAMES.get(exc.name, "--" + exc.name.replace("_", "-"))
     if flag not in {option for action in parser._actions for option in action.option_strings}:
         return str(exc)
-    return f"{flag} {exc.value}: {exc.problem}"
+    return f"{flag} {exc.value}: {getattr(exc, 'cli_problem', exc.problem)}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,7 +125,9 @@ def _main(argv: Sequence[str] | None) -> int:
             raise SaegeoError(
                 f"saegeo {args.command} runs on one process; launch it without torchrun"
             )
-        code = int(args.func(args) or 0)
+        # args.held: what the command claims (its outputs), released however it ends.
+        with stop_signals(), contextlib.ExitStack() as args.held:
+            code = int(args.func(args) or 0)
     except distributed.PeerError as exc:
         # Another rank failed; every rank already holds its message.
         return _fail(args, str(exc))
@@ -91,13 +139,25 @@ def _main(argv: Sequence[str] | None) -> int:
             if isinstance(exc, NonFiniteError)
             else flag_message(exc, args.parser)
         )
-    except KeyboardInterrupt:
-        print(f"saegeo {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        resumes = " (run it again to resume)" if args.command in RESUMING_COMMANDS else ""
+        print(
+            f"saegeo {args.command}: interrupted by {signal.Signals(signum).name}; no output "
+            f"was left half-written{resumes}",
+            file=sys.stderr,
+        )
+        return 128 + signum
     except Exception as exc:
-        # A bug: release the other ranks with one line, then show this rank's traceback.
-        distributed.agree_on_error(f"rank {distributed.rank()}: {type(exc).__name__}: {exc}")
-        raise
+        from saegeo.io.atomic import resource_problem
+
+        problem = resource_problem(exc)  # from a write outside saegeo's writers
+        if problem is None:
+            # A bug: release the other ranks with one line, then show this rank's traceback.
+            distributed.agree_on_error(f"rank {distributed.rank()}: {type(exc).__name__}: {exc}")
+            raise
+        where = getattr(exc, "filename", None) or "a write"
+        message = f"{where}: {problem}; free space or write elsewhere"
     message = distributed.agree_on_error(message)
     return code if message is None else _fail(args, message)
 

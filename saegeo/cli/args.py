@@ -175,18 +175,48 @@ def guard(
     inputs: Sequence[str | None],
     *,
     need_bytes: int = 0,
+    hold: bool = True,
 ) -> None:
-    """Check every output location (kind, flag) against the inputs before any computing."""
-    from pathlib import Path
-
+    """Check every output location (path, kind, flag) against the inputs before any computing,
+    and (``hold``) claim it until the command ends (:func:`saegeo.io.claim.claim_output`):
+    :func:`claim` then gives where to write it. Rank 0 alone claims, under torchrun."""
+    from saegeo.io import distributed
+    from saegeo.io.claim import claim_output
     from saegeo.io.outputs import Output, check_outputs
 
-    check_outputs(
-        [Output(Path(path), kind, flag) for path, kind, flag in outputs if path is not None],  # type: ignore[arg-type]
-        list(inputs),
-        force=getattr(args, "force", False),
-        need_bytes=need_bytes,
-    )
+    force = getattr(args, "force", False)
+    wanted = [Output.named(path, kind, flag) for path, kind, flag in outputs if path is not None]  # type: ignore[arg-type]
+    check_outputs(wanted, list(inputs), force=force, need_bytes=need_bytes)
+    held = getattr(args, "held", None)
+    if not hold or held is None or not distributed.is_main():
+        return
+    claims = vars(args).setdefault("claims", {})
+    for out in wanted:
+        if out.flag not in claims:
+            claims[out.flag] = held.enter_context(claim_output(out, force=force))
+
+
+def claim(args: argparse.Namespace, flag: str = "--out") -> Any:
+    """The claim :func:`guard` holds on the output of ``flag``: write at its ``path``, then
+    :func:`commit` it. None where the command writes nothing there (the flag unset, or a rank
+    other than 0 under torchrun)."""
+    return getattr(args, "claims", {}).get(flag)
+
+
+def commit(*claims: Any) -> None:
+    """Put every claimed output in place, one after the other with nothing computed in between;
+    where one cannot be (something appeared at its path), the others still are, and its error
+    is raised at the end."""
+    failed: Exception | None = None
+    for held in claims:
+        if held is None:
+            continue
+        try:
+            held.commit()
+        except SaegeoError as exc:
+            failed = failed or exc
+    if failed is not None:
+        raise failed
 
 
 def open_acts(args: argparse.Namespace) -> Any:
@@ -217,7 +247,7 @@ def check_train_size(args: argparse.Namespace, widths: list[int], d_in: int) -> 
             f"about {needed / 2**30:.1f} GB, more than this machine's {memory / 2**30:.1f} GB"
         )
     weights = 8 * d_in * sum(widths)  # encoder and decoder, float32
-    guard(args, [(args.out, "family", "--out")], [args.acts], need_bytes=weights)
+    guard(args, [(args.out, "family", "--out")], [args.acts], need_bytes=weights, hold=False)
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -240,14 +270,10 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 def write_tree(args: argparse.Namespace, doc: str, page: str | None) -> None:
     """The JSON and the HTML page appear together, or neither does (rank 0 writes them)."""
-    from saegeo.io import distributed
-    from saegeo.io.atomic import atomic_files
-
-    if not distributed.is_main():
+    out, html = claim(args, "--out"), claim(args, "--html")
+    if out is None:
         return
-
-    paths = [args.out, args.html] if page is not None else [args.out]
-    with atomic_files(*paths) as temps:
-        temps[0].write_text(doc, encoding="utf-8")
-        if page is not None:
-            temps[1].write_text(page, encoding="utf-8")
+    out.path.write_text(doc, encoding="utf-8")
+    if html is not None and page is not None:
+        html.path.write_text(page, encoding="utf-8")
+    commit(out, html)

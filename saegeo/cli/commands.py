@@ -45,7 +45,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_classify(args: argparse.Namespace) -> int:
     from saegeo.effects.novelty import novelty_table
-    from saegeo.io.atomic import write_text
     from saegeo.io.pretrained import load_sae_spec
 
     types.guard(args, [(args.out, "table", "--out")], [args.small, args.large, args.acts])
@@ -60,8 +59,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         limit=args.limit,
         device=args.device,
     )
-    if distributed.is_main():
-        write_text(args.out, table.to_csv())
+    if (out := types.claim(args)) is not None:
+        out.path.write_text(table.to_csv(), encoding="utf-8")
+        types.commit(out)
     _report_skipped(args, acts)
     n_novel = int((table["kind"] == "novel").sum())
     print(
@@ -130,9 +130,9 @@ def _cmd_tree(args: argparse.Namespace) -> int:
 
 
 def _cmd_stitch(args: argparse.Namespace) -> int:
-    from saegeo.io.atomic import atomic_dir, write_json
-    from saegeo.io.formats import save_sae
+    from saegeo.io.atomic import write_json
     from saegeo.io.pretrained import load_family_spec
+    from saegeo.io.saelens import write_saelens
     from saegeo.stitch.frankenstein import StitchConfig, frankenstein
 
     types.guard(
@@ -170,10 +170,10 @@ def _cmd_stitch(args: argparse.Namespace) -> int:
     )
     sae, report = frankenstein(family, acts, config)
     # The SAE and its report appear together under --out, or not at all.
-    if distributed.is_main():
-        with atomic_dir(args.out) as tmp:
-            save_sae(sae, tmp)
-            write_json(tmp / "report.json", report.to_dict())
+    if (out := types.claim(args)) is not None:
+        write_saelens(sae, out.path)
+        write_json(out.path / "report.json", report.to_dict())
+        types.commit(out)
     _report_skipped(args, acts)
     columns = [
         "source",
@@ -256,10 +256,9 @@ def _harvest_site(args: argparse.Namespace) -> dict:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from saegeo.io.atomic import atomic_dir
     from saegeo.training.trainer import TrainConfig, train_family
 
-    types.guard(args, [(args.out, "family", "--out")], [args.acts])
+    types.guard(args, [(args.out, "family", "--out")], [args.acts], hold=False)
     widths = list(args.widths)
     matryoshka = args.matryoshka_widths
     acts = types.open_acts(args)
@@ -279,13 +278,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
     )
-    # Trained into a fresh directory that replaces --out once every member is saved: an
-    # interrupted run leaves the previous output as it was, never a mix of two runs.
-    if distributed.is_main():
-        with atomic_dir(args.out) as tmp:
-            run = train_family(acts, widths, config, out_dir=tmp)
-    else:  # under torchrun: data-parallel, rank 0 saves
-        run = train_family(acts, widths, config)
+    # train_family claims --out and replaces it once every member is saved: an interrupted
+    # run leaves the previous output as it was, never a mix of two runs.
+    run = train_family(acts, widths, config, out_dir=args.out, overwrite=args.force)
     _report_skipped(args, acts)
     for report in run.reports:
         m = report.metrics

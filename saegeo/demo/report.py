@@ -293,7 +293,7 @@ def _frankenstein_section(
         # One stitching pass gives the Frankenstein up to every width; the widest is saved.
         stitched = frankenstein_steps(family, fit.slice(0, STITCH_TOKENS), progress=progress)
         comparison = compare_frankensteins(family, stitched, held_out, progress=progress)
-        save_sae(stitched.saes[-1], stitched_dir)
+        save_sae(stitched.saes[-1], stitched_dir, overwrite=True)
         write_json(report_path, stitched.report.to_dict())
         write_text(comparison_path, comparison.to_csv(index=False))
         stages.done("frankenstein")

@@ -77,11 +77,27 @@ def load_sae(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32
     return sae
 
 
-def save_sae(sae: SAE, path: str | os.PathLike[str]) -> Path:
+def save_sae(sae: SAE, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write ``sae`` as a SAELens directory (``cfg.json`` + ``sae_weights.safetensors``).
 
-    The directory appears complete or not at all; an existing one is replaced.
+    The directory appears complete or not at all. ``path`` must be new or an empty directory;
+    with ``overwrite=True`` it may also hold an SAE that saegeo saved, which is replaced once
+    the new one is complete. Nothing else is ever replaced: a user's file or folder at
+    ``path``, or a folder holding files besides the SAE's, is refused
+    (:class:`saegeo.io.outputs.OutputError`), and so is a folder that appears at ``path``
+    while the SAE is written (see :mod:`saegeo.io.claim`).
     ``sae_lens.SAE.load_from_disk(path)`` reads it back.
+
+    Examples
+    --------
+    >>> sg.save_sae(sae, "saes/topk-768")  # doctest: +SKIP
+    >>> sg.save_sae(sae, "saes/topk-768", overwrite=True)  # replaces it  # doctest: +SKIP
     """
+    from saegeo.io.claim import claim_output
+    from saegeo.io.outputs import Output
+
     sae.check("save_sae()")
-    return write_saelens(sae, Path(path))
+    with claim_output(Output.named(path, "sae", "path"), force=overwrite) as claim:
+        write_saelens(sae, claim.path)
+        claim.commit()
+    return Path(path)

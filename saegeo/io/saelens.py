@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from saegeo.core.normalization import NORMALIZATIONS
 from saegeo.core.sae import SAE
 from saegeo.errors import FormatError, SaegeoError
-from saegeo.io.atomic import atomic_dir
+from saegeo.io.atomic import usual_mode
 from saegeo.io.reading import Config, read_json_object, read_safetensors, require_tensors
 from saegeo.io.saelens_config import upgrade_config
 
@@ -31,6 +31,8 @@ SAELENS_WEIGHTS = "sae_weights.safetensors"
 # The SAELens config layout these files follow (SAELens reads configs without a version as
 # pre-6.0 and renames their keys).
 SAELENS_FORMAT_VERSION = "6.0.0"
+SAVED_BY = "saegeo"
+"""``metadata.saved_by`` of every ``cfg.json`` saegeo writes: how it knows its own SAEs."""
 # Keys SAELens keeps at the top level of older configs that saegeo keeps in metadata.
 METADATA_KEYS = (
     "model_name",
@@ -204,7 +206,8 @@ READERS: dict[str, Reader] = {
 
 
 def write_saelens(sae: SAE, path: Path) -> Path:
-    """Write ``sae`` as a SAELens directory, atomically; ``SAE.load_from_disk`` reads it."""
+    """Write ``sae``'s SAELens files (``SAE.load_from_disk`` reads them) into the directory
+    ``path``, made if missing; :func:`saegeo.save_sae` makes that appear whole or not at all."""
     arch = sae.architecture
     cfg: dict[str, Any] = {
         "d_in": sae.d_in,
@@ -218,19 +221,21 @@ def write_saelens(sae: SAE, path: Path) -> Path:
         "metadata": {
             **json_safe({k: v for k, v in sae.metadata.items() if k != "source"}),
             "sae_lens_version": SAELENS_FORMAT_VERSION,
+            "saved_by": SAVED_BY,
         },
         "architecture": arch.saelens_name,
         **arch.saelens_config(sae),
     }
     weights = arch.saelens_weights(sae)
-    with atomic_dir(path) as tmp:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in weights.items()},
-            str(tmp / SAELENS_WEIGHTS),
-        )
-        (tmp / SAELENS_CFG).write_text(
-            json.dumps(cfg, indent=2, allow_nan=False) + "\n", encoding="utf-8"
-        )
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in weights.items()},
+        str(path / SAELENS_WEIGHTS),
+    )
+    usual_mode(path / SAELENS_WEIGHTS)  # safetensors makes its files 0600
+    (path / SAELENS_CFG).write_text(
+        json.dumps(cfg, indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    )
     return path
 
 

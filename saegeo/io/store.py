@@ -349,9 +349,11 @@ class ShardWriter:
     """Append activations to a store directory, one complete shard at a time.
 
     Re-opening a directory resumes it: the shards listed in its ``meta.json`` are kept and
-    ``n_tokens`` says how many tokens they hold, so a producer can skip that much input.
-    ``shard_info`` is recorded in the ``meta.json`` entry of every shard written next (how a
-    producer made it, where that may change between resumed runs).
+    ``n_tokens`` says how many tokens they hold, so a producer can skip that much input. A new
+    directory gets its ``meta.json`` (no shards yet) at once, so a producer interrupted before
+    its first shard is complete resumes too. ``shard_info`` is recorded in the ``meta.json``
+    entry of every shard written next (how a producer made it, where that may change between
+    resumed runs).
 
     With ``collective=True`` under a ``torch.distributed`` process group of ``W`` ranks, every
     rank opens the same directory (on a file system they all see) and the ranks write the
@@ -399,6 +401,9 @@ class ShardWriter:
             }
         self._collective = collective and distributed.is_distributed()
         self._writes_meta = not self._collective or distributed.is_main()
+        if self._writes_meta and not meta_path.exists():
+            # An empty store from the start: interrupted before its first shard, it resumes.
+            write_json(meta_path, self.meta)
         self._first_row = self.n_tokens
         self._pending: list[dict[str, torch.Tensor]] = []
         self._pending_tokens = 0

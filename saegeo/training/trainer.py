@@ -49,8 +49,9 @@ from saegeo.effects.metrics import Metrics, Moments, evaluate
 from saegeo.errors import ArgumentError, SaegeoError
 from saegeo.io import distributed
 from saegeo.io.atomic import write_json, write_text
-from saegeo.io.formats import save_sae
-from saegeo.io.outputs import FAMILY_FORMAT
+from saegeo.io.claim import claim_output
+from saegeo.io.outputs import FAMILY_FORMAT, Output
+from saegeo.io.saelens import write_saelens
 from saegeo.io.store import ActivationStore
 from saegeo.io.streaming import ActsLike, checked_store, progress_bar
 from saegeo.training.config import (
@@ -434,16 +435,21 @@ def train_family(
     config: TrainConfig | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     *,
+    overwrite: bool = False,
     snapshots: Collection[int] = (),
     on_snapshot: Callable[[int, int, SAE], None] | None = None,
 ) -> FamilyRun:
     """Train one SAE per width with the same configuration and data.
 
-    With ``out_dir``, each member is saved in SAELens layout to ``out_dir/<arch>-<width>/`` as
-    soon as it is trained, and ``family.json`` and ``metrics.csv`` are rewritten after each,
-    so an interrupted run keeps what it finished. Member ``i`` is trained with seed
-    ``config.seed + i``: with one seed every member would start from the same first decoder
-    rows and, after short training, still share them, which reads as spurious
+    With ``out_dir``, each member is saved in SAELens layout to ``out_dir/<arch>-<width>/``
+    with ``family.json`` and ``metrics.csv``; the directory appears once every member is
+    trained, complete, or (interrupted) not at all. ``out_dir`` is claimed before training
+    starts (:func:`saegeo.io.claim.claim_output`): it must be new or empty, or, with
+    ``overwrite=True``, a family saegeo trained (replaced at the end, deleting only the files
+    training wrote there); anything else there is refused, and anything that appears there
+    during training is kept, the family then saved beside it. Member ``i`` is trained with
+    seed ``config.seed + i``: with one seed every member would start from the same first
+    decoder rows and, after short training, still share them, which reads as spurious
     reconstruction features across widths. ``on_snapshot(width, steps, sae)`` is called as
     :func:`train_sae` describes, for every member.
     """
@@ -454,7 +460,26 @@ def train_family(
             f"train_family(): widths must be distinct positive integers, got {list(widths)}"
         )
     store = checked_store(acts)
-    out = Path(out_dir) if out_dir is not None else None
+    if out_dir is None or not distributed.is_main():  # under torch.distributed, rank 0 writes
+        run = _train_members(store, widths, config, None, snapshots, on_snapshot)
+        if out_dir is None:
+            return run
+        return run._replace(paths=[Path(out_dir) / f"{config.arch}-{w}" for w in widths])
+    with claim_output(Output.named(out_dir, "family", "out_dir"), force=overwrite) as claim:
+        run = _train_members(store, widths, config, claim.path, snapshots, on_snapshot)
+        claim.commit()
+    return run._replace(paths=[Path(out_dir) / path.name for path in run.paths or []])
+
+
+def _train_members(
+    store: ActivationStore,
+    widths: list[int],
+    config: TrainConfig,
+    out: Path | None,
+    snapshots: Collection[int],
+    on_snapshot: Callable[[int, int, SAE], None] | None,
+) -> FamilyRun:
+    """Train the members of :func:`train_family`, each saved under ``out`` as it is done."""
     saes: list[SAE] = []
     reports: list[TrainReport] = []
     paths: list[Path] = []
@@ -470,9 +495,8 @@ def train_family(
         reports.append(report)
         if out is not None:
             paths.append(out / f"{config.arch}-{width}")
-            if distributed.is_main():  # under torch.distributed, rank 0 writes
-                save_sae(sae, paths[-1])
-                write_summary(out, store, config, reports, paths)
+            write_saelens(sae, paths[-1])
+            write_summary(out, store, config, reports, paths)
     return FamilyRun(family=Family(saes), reports=reports, paths=paths if out else None)
 
 

@@ -21,7 +21,6 @@ from saegeo.core.family import Family
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
 from saegeo.geometry.similarity import unit_rows
-from saegeo.io.atomic import write_text
 from saegeo.io.outputs import GENERATOR_META
 from saegeo.trees.dag import labels_by_id, node_id, parse_node_id, tree_root
 
@@ -291,12 +290,22 @@ def forest_html(
     )
 
 
-def save_html(fig: go.Figure | str, path: str | os.PathLike[str]) -> Path:
+def save_html(
+    fig: go.Figure | str, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
     """Write a figure (or a page from :func:`forest_html`) as standalone HTML, atomically.
 
-    plotly.js is embedded, so the page needs no network.
+    plotly.js is embedded, so the page needs no network. ``path`` must be new, or (with
+    ``overwrite=True``) a page saegeo wrote; anything else there is refused
+    (:mod:`saegeo.io.claim`).
     """
-    return write_text(path, fig if isinstance(fig, str) else figure_page(fig))
+    from saegeo.io.claim import claim_output
+    from saegeo.io.outputs import Output
+
+    with claim_output(Output.named(path, "html", "path"), force=overwrite) as claim:
+        claim.path.write_text(fig if isinstance(fig, str) else figure_page(fig), encoding="utf-8")
+        claim.commit()
+    return Path(path)
 
 
 def figure_page(fig: go.Figure) -> str:

@@ -292,7 +292,7 @@ def test_failed_save_leaves_no_partial_output(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         sg.save_sae(sae, tmp_path / "second")
     with pytest.raises(RuntimeError):
-        sg.save_sae(sae, tmp_path / "first")
+        sg.save_sae(sae, tmp_path / "first", overwrite=True)
     assert not (tmp_path / "second").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first"]
     sg.load_sae(tmp_path / "first")  # the earlier output is intact

@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from sae_helpers import random_sae
 
+import saegeo as sg
+from saegeo.demo.settings import DemoSettings
 from saegeo.io.outputs import GENERATOR_META, Output, OutputError, check_outputs, output_kind
 
 
@@ -34,7 +37,9 @@ def outputs(tmp_path: Path) -> dict[str, Path]:
     )
     (made["family"] / "family.json").write_text(json.dumps({"format": "saegeo.family.v1"}))
     (made["store"] / "meta.json").write_text(json.dumps({"format": "saegeo.activations.v1"}))
-    (made["demo"] / "settings.json").write_text(json.dumps({"multipliers": [1, 2]}))
+    (made["demo"] / "settings.json").write_text(json.dumps(DemoSettings().as_dict()))
+    (made["demo"] / "acts").mkdir()
+    made["sae"] = sg.save_sae(random_sae(8, "relu", seed=0), tmp_path / "sae")
     made["checkpoint"].write_bytes(b"PK\x03\x04rest of a zip")
     return made
 

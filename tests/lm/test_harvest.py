@@ -137,6 +137,28 @@ def test_resume_after_interruption_gives_the_same_store(tiny_lm, texts, tmp_path
     assert again.meta["shards"] == resumed.meta["shards"]
 
 
+def test_interrupted_first_shard_resumes(tiny_lm, texts, tmp_path, monkeypatch):
+    import saegeo.io.store
+    from saegeo.io.outputs import Output, check_outputs
+
+    whole = run(tiny_lm, texts, tmp_path / "whole", max_tokens=120, shard_tokens=60)
+    with monkeypatch.context() as patch:
+        patch.setattr(saegeo.io.store, "save_file", _raise(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            run(tiny_lm, texts, tmp_path / "acts", max_tokens=120, shard_tokens=60)
+    assert ActivationStore.open(tmp_path / "acts").n_tokens == 0
+    check_outputs([Output(tmp_path / "acts", "store")])  # what `saegeo harvest` checks first
+    resumed = run(tiny_lm, texts, tmp_path / "acts", max_tokens=120, shard_tokens=60)
+    torch.testing.assert_close(resumed.read(), whole.read())
+
+
+def _raise(exc: type[BaseException]):
+    def fail(*args, **kwargs):
+        raise exc
+
+    return fail
+
+
 def test_whole_source_drops_only_the_last_partial_context(tiny_lm, texts, tmp_path):
     n_stream = sum(len(t.split()) + 1 for t in texts)
     store = run(tiny_lm, texts, tmp_path / "acts")
