@@ -32,6 +32,9 @@ DL_RELEASE = "tiny-saebench-topk"
 MATRYOSHKA_REPO = "test-org/tiny-matryoshka"
 MATRYOSHKA_RELEASE = "tiny-res-matryoshka"
 MATRYOSHKA_WIDTHS = (8, 24, 48)
+LENS6_REPO = "test-org/tiny-matryoshka-6x"
+LENS6_RELEASE = "tiny-res-matryoshka-6x"
+LENS6_SITES = ("blocks.1.hook_resid_pre", "blocks.2.hook_resid_post")
 D_IN = 32
 
 
@@ -199,6 +202,58 @@ def build_fake_hub(cache: Path, seed: int = 0) -> FakeHub:
         "model": "tiny-gpt2",
         "conversion_func": None,
         "saes": [{"id": "blocks.2.hook_resid_post", "path": folder}],
+    }
+
+    # SAELens >= 6 as SAELens 6.54 saves a Matryoshka BatchTopK SAE for inference: the site
+    # under metadata, the nested widths only under metadata.training_architecture_details; one
+    # SAE on each of two sites.
+    lens6_saes = []
+    for hook in LENS6_SITES:
+        weights = _relu_weights(width, generator)
+        weights["threshold"] = torch.rand(width, generator=generator) * 0.3
+        hub.weights[f"lens6/{hook}"] = weights
+        cfg = {
+            "device": "cpu",
+            "normalize_activations": "none",
+            "reshape_activations": "none",
+            "metadata": {
+                "sae_lens_version": "6.54.12",
+                "sae_lens_training_version": "6.54.12",
+                "model_name": "tiny-gpt2",
+                "hook_name": hook,
+                "hook_head_index": None,
+                "context_size": 16,
+                "prepend_bos": True,
+                "model_from_pretrained_kwargs": {"center_writing_weights": False},
+                "training_architecture": "matryoshka_batchtopk",
+                "training_architecture_details": {
+                    "k": 4.0,
+                    "rescale_acts_by_decoder_norm": True,
+                    "topk_threshold_lr": 0.01,
+                    "matryoshka_widths": list(MATRYOSHKA_WIDTHS),
+                    "use_matryoshka_aux_loss": False,
+                },
+            },
+            "d_in": D_IN,
+            "dtype": "float32",
+            "d_sae": width,
+            "apply_b_dec_to_input": True,
+            "architecture": "jumprelu",
+        }
+        _write(cache, LENS6_REPO, f"{hook}/cfg.json", json.dumps(cfg).encode(), blobs=True)
+        _write(
+            cache,
+            LENS6_REPO,
+            f"{hook}/sae_weights.safetensors",
+            _safetensors_bytes(weights, tmp),
+            blobs=True,
+        )
+        lens6_saes.append({"id": hook, "path": hook})
+    hub.releases[LENS6_RELEASE] = {
+        "repo_id": LENS6_REPO,
+        "model": "tiny-gpt2",
+        "conversion_func": None,
+        "saes": lens6_saes,
     }
 
     # dictionary_learning layout (SAEBench): ae.pt + config.json, TopK.

@@ -321,7 +321,7 @@ CASES: dict[str, Case] = {
             "--out",
             str(r / "t.json"),
         ],
-        "shard_00000",
+        "n_tokens must be an integer",
     ),
     "zero-byte npy": lambda r: (
         ["classify", *family(r), "--acts", str(_touch(r / "empty.npy")), "--out", str(r / "t.csv")],

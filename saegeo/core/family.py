@@ -85,16 +85,19 @@ class Family(Sequence[SAE]):
         release: str,
         sae_ids: Sequence[str] | None = None,
         *,
+        site: str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Family:
-        """SAEs of a published release (see :func:`saegeo.load_pretrained`).
+        """SAEs of a published release (see :func:`saegeo.load_pretrained`), sorted by width.
 
-        ``sae_ids=None`` takes every SAE of the release on the first one's site, sorted by
-        width; files come through the Hugging Face cache.
+        ``sae_ids=None`` takes the release's SAEs on its only site, or on ``site``
+        (``"layer_12"`` for Gemma Scope); a release of several sites without ``site`` is
+        refused before anything is fetched, with the sites to choose from. Files come
+        through the Hugging Face cache.
         """
         from saegeo.io.pretrained import family_from_pretrained
 
-        return family_from_pretrained(release, sae_ids, dtype=dtype)
+        return family_from_pretrained(release, sae_ids, site=site, dtype=dtype)
 
     @classmethod
     def from_matryoshka(cls, sae: SAE) -> Family:

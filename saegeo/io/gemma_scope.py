@@ -22,6 +22,8 @@ import torch
 
 from saegeo.core.sae import SAE
 from saegeo.errors import FormatError
+from saegeo.io.paths import regular_file
+from saegeo.io.reading import check_weight_dtype
 
 PARAMS_FILE = "params.npz"
 WIDTHS = {
@@ -55,7 +57,7 @@ def site_metadata(repo_id: str, folder: str) -> dict[str, Any]:
     model = next((name for key, name in MODELS.items() if key in repo_id), None)
     if model is not None:
         meta["model_name"] = model
-    match = re.search(r"layer_(\d+)", folder)
+    match = re.search(r"layer_(\d{1,9})", folder)
     layer = int(match.group(1)) if match else (0 if "embedding" in folder else None)
     if layer is not None:
         meta["hook_layer"] = layer
@@ -67,10 +69,19 @@ def site_metadata(repo_id: str, folder: str) -> dict[str, Any]:
             meta["hook_name"] = f"blocks.{layer}.hook_mlp_out"
         elif "att" in repo_id:
             meta["hook_name"] = f"blocks.{layer}.attn.hook_z"
-    width = next((w for key, w in WIDTHS.items() if key in folder), None)
+    width = folder_width(folder)
     if width is not None:
         meta["d_sae"] = width
     return meta
+
+
+def folder_width(folder: str) -> int | None:
+    """The width a Gemma Scope folder name gives (``width_16k`` -> 16384), as SAELens reads it.
+
+    >>> folder_width("layer_12/width_16k/average_l0_82"), folder_width("layer_12")
+    (16384, None)
+    """
+    return next((w for key, w in WIDTHS.items() if key in folder), None)
 
 
 def load_params_npz(path: str | Path, *, repo_id: str = "", folder: str | None = None) -> SAE:
@@ -86,13 +97,15 @@ def load_params_npz(path: str | Path, *, repo_id: str = "", folder: str | None =
         its folder in the repository (gives the layer and width); defaults to the
         last three parts of the file's directory.
     """
-    path = Path(path)
+    path = regular_file(path, what="Gemma Scope params.npz")
     folder = folder if folder is not None else "/".join(path.parent.parts[-3:])
     try:
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             arrays = {key: np.asarray(data[key]) for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise FormatError(f"{path}: unreadable npz archive ({exc}); re-download it") from None
+    for key, array in arrays.items():
+        check_weight_dtype(array, key, path)
     weights = {
         ("W_" + key[2:] if key.startswith("w_") else key): torch.from_numpy(array).float()
         for key, array in arrays.items()
@@ -101,6 +114,8 @@ def load_params_npz(path: str | Path, *, repo_id: str = "", folder: str | None =
     if missing:
         raise FormatError(f"{path}: missing arrays {missing} (found {sorted(weights)})")
     W_enc, W_dec = weights["W_enc"], weights["W_dec"]
+    if W_dec.ndim != 2:
+        raise FormatError(f"{path}: W_dec must be 2-D [width, d_in], got shape {list(W_dec.shape)}")
     if "embedding" in folder:
         d_in = W_dec.shape[-1]
         W_enc, W_dec = W_enc / math.sqrt(d_in), W_dec * math.sqrt(d_in)
@@ -108,6 +123,12 @@ def load_params_npz(path: str | Path, *, repo_id: str = "", folder: str | None =
         weights["scaling_factor"], torch.ones_like(weights["scaling_factor"])
     ):
         raise FormatError(f"{path}: a scaling_factor other than 1 is not supported")
+    declared = folder_width(folder)
+    if declared is not None and declared != W_dec.shape[0]:  # SAELens refuses it too
+        raise FormatError(
+            f"{path}: the folder {folder!r} says width {declared} but the weights have "
+            f"{W_dec.shape[0]} latents; the file is not this folder's SAE, re-download it"
+        )
     metadata = {
         **site_metadata(repo_id, folder),
         "name": folder.replace("/", "-") if folder else path.parent.name,

@@ -26,7 +26,6 @@ release, ``sae-lens:RELEASE`` the family of its SAEs on the first one's site, an
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -35,17 +34,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from saegeo.core.family import Family
 from saegeo.core.sae import SAE
 from saegeo.errors import FormatError, SaegeoError
+from saegeo.io import fields
 from saegeo.io.formats import load_sae
 from saegeo.io.gemma_scope import PARAMS_FILE, load_params_npz
 from saegeo.io.gemma_scope import site_metadata as gemma_site_metadata
-from saegeo.io.hub import fetch, offline
+from saegeo.io.hub import cached, download_hint, fetch, offline
+from saegeo.io.reading import Config, read_json_object, read_safetensors
 from saegeo.io.registry import Release, get_release, releases
-from saegeo.io.saelens_config import upgrade_config
+from saegeo.io.saelens_config import saelens_metadata, upgrade_config
 
 RELEASE_PREFIX = "sae-lens:"
 REPO_PREFIX = "hf:"
@@ -54,6 +54,8 @@ SUPPORTED_LOADERS = (None, "sae_lens", "gemma_2", "dictionary_learning_1")
 """SAELens ``conversion_func`` values whose files saegeo reads."""
 SAE_FIELDS = ("normalize_activations", "apply_b_dec_to_input")
 """Config overrides that change the SAE itself; all others are metadata."""
+_REPO_PART = re.compile(r"\w(?:[\w.-]{0,94}\w)?")
+"""One part of a Hugging Face repository id (ORG or NAME)."""
 
 
 @dataclass(frozen=True)
@@ -142,18 +144,33 @@ def family_from_pretrained(
     release: str,
     sae_ids: Sequence[str] | None = None,
     *,
+    site: str | None = None,
     dtype: torch.dtype = torch.float32,
     use_sae_lens: bool = True,
 ) -> Family:
-    """SAEs of one release as a family; ``sae_ids=None`` takes every SAE on the first one's
-    site (training checkpoints left out), sorted by width. A single Matryoshka SAE gives the
-    family of its nested prefixes, as :meth:`saegeo.Family.load` does."""
+    """SAEs of one release as a family, sorted by width.
+
+    ``sae_ids=None`` takes the release's family on one site (see
+    :meth:`saegeo.io.registry.Release.family_ids`): its only site, or ``site`` (``"layer_12"``
+    for Gemma Scope, ``"blocks.8.hook_resid_pre"`` for a TransformerLens hook); a release of
+    several sites without ``site`` is refused before anything is fetched, naming its sites.
+    Where several SAEs of a site share a width (Gemma Scope's L0 variants), the canonical one
+    is taken. A single Matryoshka SAE gives the family of its nested prefixes, as
+    :meth:`saegeo.Family.load` does.
+
+    Examples
+    --------
+    >>> import saegeo as sg
+    >>> fam = sg.Family.from_pretrained("gemma-scope-2b-pt-res", site="layer_12")  # doctest: +SKIP
+    """
     entry = get_release(release, use_sae_lens=use_sae_lens)
     if entry is None:
         raise SaegeoError(_unknown_release(release, use_sae_lens))
     if isinstance(sae_ids, str):
         sae_ids = [sae_ids]
-    ids = entry.family_ids() if sae_ids is None else list(sae_ids)
+    if sae_ids is not None and site is not None:
+        raise SaegeoError(f"release {release}: pass sae_ids or site, not both")
+    ids = entry.family_ids(site) if sae_ids is None else list(sae_ids)
     if not ids:
         raise SaegeoError(f"release {release}: sae_ids is empty")
     for sae_id in ids:
@@ -172,11 +189,19 @@ def load_sae_spec(spec: str | os.PathLike[str], *, dtype: torch.dtype = torch.fl
         return load_sae(parsed.path, dtype=dtype)
     if parsed.repo_id is not None:
         return load_pretrained(repo_id=parsed.repo_id, folder=parsed.folder, dtype=dtype)
-    if parsed.sae_id is None:
+    if parsed.sae_id is None or _names_site(parsed):
         raise SaegeoError(
-            f"{spec}: names a whole release; give one SAE as {RELEASE_PREFIX}RELEASE/SAE_ID"
+            f"{spec}: names a whole release or site; give one SAE as {RELEASE_PREFIX}RELEASE/SAE_ID"
         )
     return load_pretrained(parsed.release, parsed.sae_id, dtype=dtype)
+
+
+def _names_site(parsed: Spec) -> bool:
+    """Whether ``sae-lens:RELEASE/X`` names a site of the release rather than an SAE id."""
+    if parsed.release is None or parsed.sae_id is None:
+        return False
+    entry = get_release(parsed.release)
+    return entry is not None and parsed.sae_id not in entry.saes and parsed.sae_id in entry.sites()
 
 
 def load_family_spec(
@@ -198,6 +223,9 @@ def load_family_spec(
             saes.extend(Family.load(parsed.path))
         elif parsed.release is not None and parsed.sae_id is None:
             saes.extend(family_from_pretrained(parsed.release, dtype=dtype))
+        elif _names_site(parsed):
+            assert parsed.release is not None
+            saes.extend(family_from_pretrained(parsed.release, site=parsed.sae_id, dtype=dtype))
         else:
             saes.append(load_sae_spec(spec, dtype=dtype))
     if len(saes) == 1 and saes[0].metadata.get("matryoshka_widths"):
@@ -231,6 +259,7 @@ def _locate(repo_id: str, folder: str, known: tuple[Release, str] | None) -> _Lo
         if entry is not None
         else f"{REPO_PREFIX}{repo_id}/{folder}".rstrip("/")
     )
+    _check_repo(repo_id, folder, what)
     loader = entry.conversion_func if entry is not None else _probe_loader(repo_id, folder, what)
     if loader not in SUPPORTED_LOADERS:
         raise SaegeoError(
@@ -245,12 +274,14 @@ def _site_config(loc: _Located) -> dict[str, Any]:
     if loc.loader in (None, "sae_lens"):
         cfg_path = fetch(loc.repo_id, loc.file("cfg.json"), what=loc.what)
         assert cfg_path is not None
-        return upgrade_config(_read_json(cfg_path))
+        cfg = upgrade_config(read_json_object(cfg_path), cfg_path)
+        # SAELens >= 6 keeps the site (hook_name, context_size, ...) under metadata.
+        return {**cfg, **saelens_metadata(Config(cfg, cfg_path))}
     if loc.loader == "gemma_2":
         return gemma_site_metadata(loc.repo_id, loc.folder)
     config_path = fetch(loc.repo_id, loc.file("config.json"), what=loc.what)
     assert config_path is not None
-    return _dictionary_learning_cfg(_read_json(config_path))
+    return _dictionary_learning_cfg(read_json_object(config_path), config_path)
 
 
 def _metadata(
@@ -296,7 +327,10 @@ def site_metadata(spec: str | os.PathLike[str]) -> dict[str, Any]:
                 raise SaegeoError(_unknown_release(parsed.release, True))
             loc = _locate(parsed.release, parsed.sae_id or "", None)
         else:
-            sae_id = parsed.sae_id or entry.family_ids()[0]
+            if parsed.sae_id is None or _names_site(parsed):
+                sae_id = entry.family_ids(parsed.sae_id)[0]
+            else:
+                sae_id = parsed.sae_id
             loc = _locate(entry.repo_id, entry.folder(sae_id), (entry, sae_id))
     return _metadata(loc, _site_config(loc), {})[0]
 
@@ -313,8 +347,13 @@ def _load_folder(
     cfg = _site_config(loc)
     log_density = None
     if loc.loader in (None, "sae_lens"):
+        # A folder whose required files are all cached is complete: its optional sparsity
+        # file is read from the cache or not at all, without asking the Hub every time.
+        complete = cached(repo_id, loc.file("sae_weights.safetensors")) is not None
         weights_path = fetch(repo_id, loc.file("sae_weights.safetensors"), what=what)
-        sparsity_path = fetch(repo_id, loc.file(SPARSITY_FILE), what=what, required=False)
+        sparsity_path = fetch(
+            repo_id, loc.file(SPARSITY_FILE), what=what, required=False, ask_hub=not complete
+        )
         assert weights_path is not None
         sae = load_sae(weights_path.parent)
         if sparsity_path is not None:
@@ -337,6 +376,14 @@ def _load_folder(
     sae = sae.replace(metadata=metadata, **changes)
     entry, sae_id = loc.entry, loc.sae_id
     factor = entry.norm_scaling_factor.get(sae_id or "") if entry is not None else None
+    if entry is not None and factor is not None:
+        factor = fields.number(
+            factor,
+            field=f"norm_scaling_factor of {sae_id}",
+            source=f"release registry ({entry.registry}) entry {entry.name}",
+            minimum=0,
+            exclusive_minimum=True,
+        )
     if sae.normalize_activations == "expected_average_only_in" and factor is not None:
         sae = sae.replace(
             W_enc=sae.W_enc * factor,
@@ -366,26 +413,32 @@ def _probe_loader(repo_id: str, folder: str, what: str) -> str | None:
     raise SaegeoError(
         f"{what}: none of cfg.json (SAELens), {PARAMS_FILE} (Gemma Scope) or config.json "
         f"(dictionary_learning) is in {where}; fetch the folder with "
-        f"`huggingface-cli download {repo_id} --include '{folder}/*'`"
+        f"`{download_hint(repo_id, folder=folder)}`"
     )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{path}: not a readable JSON config ({exc})") from None
-    if not isinstance(doc, dict):
-        raise FormatError(f"{path}: expected a JSON object")
-    return doc
+def _check_repo(repo_id: str, folder: str, what: str) -> None:
+    """Refuse a repository id or folder that cannot name one on the Hub (``../..``)."""
+    parts = repo_id.split("/")
+    good_repo = len(parts) == 2 and all(
+        _REPO_PART.fullmatch(p) and ".." not in p and "--" not in p for p in parts
+    )
+    if not good_repo:
+        raise SaegeoError(
+            f"{what}: {repo_id!r} is not a Hugging Face repository id; expected ORG/NAME "
+            "(letters, digits, '-', '_' and '.'), as in hf:ORG/NAME/FOLDER"
+        )
+    if any(part in (".", "..") for part in folder.split("/")) or folder.startswith("/"):
+        raise SaegeoError(
+            f"{what}: the folder {folder!r} leaves the repository; give a path inside it"
+        )
 
 
 def _read_sparsity(path: Path, width: int) -> torch.Tensor:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            log_density = f.get_tensor("sparsity").float().reshape(-1)
-    except Exception as exc:  # safetensors raises several error types on damaged files
-        raise FormatError(f"{path}: unreadable sparsity file ({exc}); re-download it") from None
+    tensors = read_safetensors(path)
+    if "sparsity" not in tensors:
+        raise FormatError(f"{path}: no tensor named 'sparsity' (found {sorted(tensors)})")
+    log_density = tensors["sparsity"].float().reshape(-1)
     if log_density.shape != (width,):
         raise FormatError(
             f"{path}: holds {log_density.numel()} feature densities for an SAE of width {width}"
@@ -393,19 +446,24 @@ def _read_sparsity(path: Path, width: int) -> torch.Tensor:
     return log_density
 
 
-def _dictionary_learning_cfg(config: dict[str, Any]) -> dict[str, Any]:
+def _dictionary_learning_cfg(config: dict[str, Any], source: Path) -> dict[str, Any]:
     """Site settings SAELens reads from a dictionary_learning ``config.json``."""
-    trainer, buffer = config.get("trainer") or {}, config.get("buffer") or {}
+    outer = Config(config, source)
+    trainer = Config(outer.mapping("trainer"), f"{source} (trainer)")
+    buffer = Config(outer.mapping("buffer"), f"{source} (buffer)")
     cfg: dict[str, Any] = {"prepend_bos": True}
-    if "layer" in trainer:
-        cfg["hook_name"] = f"blocks.{trainer['layer']}.hook_resid_post"
-        cfg["hook_layer"] = int(trainer["layer"])
+    layer = trainer.integer("layer", None, minimum=0)
+    if layer is not None:
+        cfg["hook_name"] = f"blocks.{layer}.hook_resid_post"
+        cfg["hook_layer"] = layer
     if "lm_name" in trainer:
-        cfg["model_name"] = str(trainer["lm_name"]).split("/")[-1]
-    if "ctx_len" in buffer:
-        cfg["context_size"] = buffer["ctx_len"]
-    if isinstance(trainer.get("dict_size"), int):
-        cfg["d_sae"] = trainer["dict_size"]
+        cfg["model_name"] = trainer.string("lm_name").split("/")[-1]
+    context = buffer.integer("ctx_len", None, minimum=1)
+    if context is not None:
+        cfg["context_size"] = context
+    d_sae = trainer.integer("dict_size", None, minimum=1)
+    if d_sae is not None:
+        cfg["d_sae"] = d_sae
     return cfg
 
 

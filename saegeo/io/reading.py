@@ -8,15 +8,17 @@ regular-file checks (a FIFO or a directory given as a file would block or crash 
 from __future__ import annotations
 
 import json
-import math
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
 from saegeo.errors import FormatError
+from saegeo.io import fields
 from saegeo.io.paths import regular_file
 
 _MISSING = object()
@@ -27,8 +29,8 @@ def read_json_object(path: Path, what: str = "config file") -> dict[str, Any]:
     regular_file(path, what=what)
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{path}: not valid JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # ValueError: also integers of >4300 digits
+        raise FormatError(f"{path}: not valid JSON ({str(exc)[:200]})") from None
     except RecursionError:
         raise FormatError(f"{path}: JSON nested too deeply to read") from None
     except OSError as exc:
@@ -50,21 +52,34 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
+WEIGHT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+"""The dtypes of weights saegeo computes with; any other is refused by name."""
+
+
+def check_weight_dtype(array: torch.Tensor | np.ndarray, key: str, source: Path | str) -> None:
+    """Refuse ``array`` (a tensor or numpy array of the file ``source``) unless it is one of
+    :data:`WEIGHT_DTYPES`: float8, integers, complex numbers and strings are named, not cast."""
+    name = str(array.dtype).removeprefix("torch.")
+    if name not in WEIGHT_DTYPES:
+        raise FormatError(
+            f"{source}: {key} has dtype {name}; SAE weights must be "
+            f"{', '.join(WEIGHT_DTYPES)} (convert the file, e.g. with torch's .float())"
+        )
+
+
 def require_tensors(
     weights: dict[str, torch.Tensor], keys: Iterable[str], source: Path
 ) -> dict[str, torch.Tensor]:
-    """``weights`` after checking it holds floating-point tensors ``keys``."""
+    """``weights`` after checking it holds tensors ``keys`` of a weight dtype."""
+    keys = list(keys)
     missing = [k for k in keys if k not in weights]
     if missing:
         raise FormatError(f"{source}: missing tensors {missing} (found {sorted(weights)})")
     for key, tensor in weights.items():
         if not isinstance(tensor, torch.Tensor):
             raise FormatError(f"{source}: {key} is not a tensor")
-        if key in keys and not (tensor.is_floating_point() and not tensor.is_complex()):
-            raise FormatError(
-                f"{source}: {key} has dtype {str(tensor.dtype).removeprefix('torch.')}; SAE "
-                "weights must be real floating point (float16, bfloat16, float32, float64)"
-            )
+        if key in keys:
+            check_weight_dtype(tensor, key, source)
     return weights
 
 
@@ -82,7 +97,7 @@ class Config:
     saegeo.errors.FormatError: cfg.json: k must be an integer, got True; fix the file or re-save...
     """
 
-    def __init__(self, fields: dict[str, Any], source: Path | str) -> None:
+    def __init__(self, fields: dict[str, Any], source: str | os.PathLike[str]) -> None:
         self.fields = fields
         self.source = source
 
@@ -94,10 +109,7 @@ class Config:
         return self.fields.get(key, default)
 
     def _bad(self, key: str, expected: str, value: Any) -> FormatError:
-        return FormatError(
-            f"{self.source}: {key} must be {expected}, got {value!r}; fix the file or re-save "
-            "the SAE"
-        )
+        return fields.bad_field(self.source, key, expected, value)
 
     def _value(self, key: str, default: Any) -> Any:
         value = self.fields.get(key, _MISSING)
@@ -108,32 +120,44 @@ class Config:
         return value
 
     def integer(
-        self, key: str, default: Any = _MISSING, *, minimum: int | None = None
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        minimum: int | None = None,
+        maximum: int = fields.MAX_SIZE,
     ) -> int | None:
-        """An integer field (booleans refused), optionally at least ``minimum``."""
+        """An integer field (booleans refused) in ``[minimum, maximum]`` (see
+        :func:`saegeo.io.fields.integer`); None only when ``default`` is None."""
         value = self._value(key, default)
         if value is None:
             return None
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self._bad(key, "an integer", value)
-        if minimum is not None and value < minimum:
-            raise self._bad(key, f"an integer >= {minimum}", value)
-        return value
+        return fields.integer(
+            value, field=key, source=self.source, minimum=minimum, maximum=maximum
+        )
 
-    def number(self, key: str, default: Any = _MISSING, *, minimum: float | None = None) -> float:
-        """A finite real number, optionally at least ``minimum``."""
+    def number(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        exclusive_minimum: bool = False,
+    ) -> float | None:
+        """A finite real number in the given range (see :func:`saegeo.io.fields.number`);
+        None only when ``default`` is None."""
         value = self._value(key, default)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
-            raise self._bad(key, "a finite number", value)
-        if minimum is not None and value < minimum:
-            raise self._bad(key, f"a number >= {minimum}", value)
-        return float(value)
+        if value is None:
+            return None
+        return fields.number(
+            value,
+            field=key,
+            source=self.source,
+            minimum=minimum,
+            maximum=maximum,
+            exclusive_minimum=exclusive_minimum,
+        )
 
     def boolean(self, key: str, default: Any = _MISSING) -> bool:
         """A JSON boolean (the strings "true"/"false" are refused, not read as truthy)."""
@@ -171,7 +195,7 @@ class Config:
         if value is None:
             return None
         if not isinstance(value, list) or any(
-            isinstance(v, bool) or not isinstance(v, int) for v in value
+            isinstance(v, bool) or not isinstance(v, int) or abs(v) > fields.MAX_SIZE for v in value
         ):
             raise self._bad(key, expected, value)
         if check is not None and not check(value):

@@ -29,6 +29,10 @@ from saegeo.errors import SaegeoError
 BUNDLED_FILE = "pretrained_saes.json"
 CHECKPOINT_MARK = "_step_"
 """SAE ids holding this are training checkpoints, left out of default families."""
+CANONICAL_L0 = 100
+"""Gemma Scope's canonical SAE of a site and width is the one whose average L0 is closest to
+this (the ``-canonical`` releases of SAELens's registry pick exactly these)."""
+_L0_RE = re.compile(r"average_l0_(\d{1,9})$")
 _HOOK_RE = re.compile(r"blocks\.\d+\.(?:[a-z_]+\.)*hook_[a-z]+(?:_[a-z]+)*")
 
 
@@ -86,11 +90,57 @@ class Release:
             out["neuronpedia_id"] = self.neuronpedia[sae_id]
         return out
 
-    def family_ids(self) -> list[str]:
-        """Ids of every SAE on the first SAE's site (training checkpoints left out)."""
+    def sites(self) -> dict[str, list[str]]:
+        """SAE ids by model site (:func:`site_key`), training checkpoints left out, in
+        registry order."""
         ids = [i for i in self.saes if CHECKPOINT_MARK not in i] or list(self.saes)
-        site = site_key(ids[0])
-        return [i for i in ids if site_key(i) == site]
+        out: dict[str, list[str]] = {}
+        for sae_id in ids:
+            out.setdefault(site_key(sae_id), []).append(sae_id)
+        return out
+
+    def family_ids(self, site: str | None = None) -> list[str]:
+        """Ids of the release's family on one site, decided from the ids alone (nothing is
+        fetched).
+
+        ``site=None`` takes the release's only site; a release of several sites (Gemma Scope
+        has 27) must be told which one, and the error lists them. Where the ids give widths
+        and several SAEs share one (Gemma Scope's ``width_16k/average_l0_N``), the canonical
+        one is kept: the average L0 closest to :data:`CANONICAL_L0`.
+        """
+        sites = self.sites()
+        if site is None:
+            if len(sites) > 1:
+                names = list(sites)
+                shown = ", ".join(names[:30]) + (
+                    f", ... ({len(names)} in all)" if len(names) > 30 else ""
+                )
+                raise SaegeoError(
+                    f"release {self.name}: its SAEs lie on {len(names)} sites ({shown}); name one "
+                    f"with site= in Python, or as sae-lens:{self.name}/SITE on the command line"
+                )
+            site = next(iter(sites))
+        if site not in sites:
+            raise SaegeoError(
+                f"release {self.name}: no site {site!r}; its sites are {', '.join(sites)}"
+            )
+        return _canonical_per_width(sites[site])
+
+
+def _canonical_per_width(ids: list[str]) -> list[str]:
+    """``ids`` with one per width where the ids name widths and L0s (Gemma Scope)."""
+    from saegeo.io.gemma_scope import folder_width
+
+    by_width: dict[int, list[tuple[int, str]]] = {}
+    for sae_id in ids:
+        width, l0 = folder_width(sae_id), _L0_RE.search(sae_id)
+        if width is None or l0 is None:
+            return ids
+        by_width.setdefault(width, []).append((int(l0.group(1)), sae_id))
+    return [
+        min(group, key=lambda pair: (abs(pair[0] - CANONICAL_L0), pair[0]))[1]
+        for _, group in sorted(by_width.items())
+    ]
 
 
 def site_key(sae_id: str) -> str:

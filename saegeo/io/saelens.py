@@ -24,7 +24,7 @@ from saegeo.core.sae import SAE
 from saegeo.errors import FormatError, SaegeoError
 from saegeo.io.atomic import usual_mode
 from saegeo.io.reading import Config, read_json_object, read_safetensors, require_tensors
-from saegeo.io.saelens_config import upgrade_config
+from saegeo.io.saelens_config import saelens_metadata, upgrade_config
 
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -33,16 +33,6 @@ SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_FORMAT_VERSION = "6.0.0"
 SAVED_BY = "saegeo"
 """``metadata.saved_by`` of every ``cfg.json`` saegeo writes: how it knows its own SAEs."""
-# Keys SAELens keeps at the top level of older configs that saegeo keeps in metadata.
-METADATA_KEYS = (
-    "model_name",
-    "hook_name",
-    "hook_layer",
-    "hook_point",
-    "dataset_path",
-    "context_size",
-    "matryoshka_widths",
-)
 ENCODER_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
@@ -68,7 +58,8 @@ def fold_decoder_norm(
 def read_saelens(path: Path) -> SAE:
     """The SAE in the SAELens directory ``path`` (see the module docstring)."""
     # Pre-6.0 configs are read in the 6.0 layout, as SAELens reads them.
-    cfg = Config(upgrade_config(read_json_object(path / SAELENS_CFG)), path / SAELENS_CFG)
+    cfg_path = path / SAELENS_CFG
+    cfg = Config(upgrade_config(read_json_object(cfg_path), cfg_path), cfg_path)
     weights = read_safetensors(path / SAELENS_WEIGHTS)
     arch = cfg.string("architecture", "standard")
     activation = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
@@ -90,16 +81,9 @@ def read_saelens(path: Path) -> SAE:
 
 def _common(cfg: Config, path: Path) -> dict[str, Any]:
     """The settings every architecture reads: centring, normalisation, metadata."""
-    metadata = dict(cfg.mapping("metadata"))
-    for key in METADATA_KEYS:
-        if key in cfg and key not in metadata:
-            metadata[key] = cfg.get(key)
-    if "matryoshka_widths" in metadata:
-        metadata["matryoshka_widths"] = Config(metadata, cfg.source).int_list(
-            "matryoshka_widths",
-            check=lambda ws: bool(ws) and ws == sorted(set(ws)) and ws[0] >= 1,
-            expected="a strictly rising list of positive integers",
-        )
+    metadata = saelens_metadata(cfg)
+    if metadata.get("matryoshka_widths") is None:
+        metadata.pop("matryoshka_widths", None)
     metadata.setdefault("name", path.name)
     metadata["source"] = str(path)
     normalize = cfg.string(
@@ -173,7 +157,12 @@ def _read_batchtopk(cfg: Config, weights: Weights, common: dict[str, Any], sourc
     W_enc, b_enc, W_dec = w["W_enc"], w["b_enc"], w["W_dec"]
     if cfg.boolean("rescale_acts_by_decoder_norm", False):
         W_enc, b_enc, W_dec, _ = fold_decoder_norm(W_enc, b_enc, W_dec)
-    threshold_F = torch.full_like(b_enc, float(w["topk_threshold"].reshape(-1)[0]))
+    if w["topk_threshold"].numel() != 1:  # SAELens reads it with .item()
+        raise FormatError(
+            f"{source}: topk_threshold must hold one number (the running BatchTopK threshold), "
+            f"got shape {list(w['topk_threshold'].shape)}"
+        )
+    threshold_F = torch.full_like(b_enc, float(w["topk_threshold"]))
     return SAE(W_enc, b_enc, W_dec, w["b_dec"], arch="jumprelu", threshold=threshold_F, **common)
 
 

@@ -16,7 +16,6 @@ process group can write one store together (``collective=True``).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,9 +28,10 @@ from safetensors.torch import save_file
 
 from saegeo.core.finite import finite_row_mask
 from saegeo.errors import FormatError, SaegeoError
-from saegeo.io import distributed
+from saegeo.io import distributed, fields
 from saegeo.io.atomic import atomic_file, write_json
 from saegeo.io.paths import regular_file
+from saegeo.io.reading import Config, read_json_object
 
 STORE_FORMAT = "saegeo.activations.v1"
 META_FILE = "meta.json"
@@ -126,13 +126,9 @@ class ActivationStore:
         meta_path = path / META_FILE
         if not meta_path.exists():
             raise SaegeoError(f"{path}: not an activation store (no {META_FILE})")
-        regular_file(meta_path, what=META_FILE)
-        try:
-            meta = json.loads(meta_path.read_text())
-            shards = [(path / s["file"], 0, int(s["n_tokens"])) for s in meta["shards"]]
-            d_in = int(meta["d_in"])
-        except (ValueError, RecursionError, KeyError, TypeError) as exc:
-            raise FormatError(f"{meta_path}: corrupt store metadata ({exc!r})") from None
+        meta = read_store_meta(meta_path)
+        shards = [(path / s["file"], 0, s["n_tokens"]) for s in meta["shards"]]
+        d_in = meta["d_in"]
         for shard, _, n in shards:
             if not shard.exists():
                 raise FormatError(f"{shard}: shard listed in {meta_path} is missing")
@@ -316,6 +312,28 @@ def finite_rows(
     return batch_BD[finite_B], bad
 
 
+def read_store_meta(meta_path: Path) -> dict[str, Any]:
+    """A store's ``meta.json`` with ``d_in``, ``n_tokens`` and every shard's ``file`` and
+    ``n_tokens`` checked (a FormatError naming the file and field otherwise)."""
+    meta = read_json_object(meta_path, what=META_FILE)
+    cfg = Config(meta, meta_path)
+    meta["d_in"] = cfg.integer("d_in", minimum=1)
+    meta["n_tokens"] = cfg.integer("n_tokens", None, minimum=0)
+    shards = cfg.get("shards")
+    if not isinstance(shards, list):
+        raise fields.bad_field(meta_path, "shards", "a list of shard entries", shards)
+    for i, shard in enumerate(shards):
+        where = f"{meta_path} (shards[{i}])"
+        if not isinstance(shard, dict):
+            raise FormatError(f"{where}: expected a JSON object with file and n_tokens")
+        entry = Config(shard, where)
+        name = entry.string("file")
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise FormatError(f"{where}: file must be a file name inside the store, got {name!r}")
+        shard["n_tokens"] = entry.integer("n_tokens", minimum=0)
+    return meta
+
+
 def _safetensors_shape(path: Path) -> tuple[int, int]:
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -384,8 +402,8 @@ class ShardWriter:
         self.shard_tokens = shard_tokens
         meta_path = self.path / META_FILE
         if meta_path.exists():
-            self.meta = json.loads(meta_path.read_text())
-            if int(self.meta["d_in"]) != d_in or self.meta["dtype"] != dtype:
+            self.meta = read_store_meta(meta_path)
+            if self.meta["d_in"] != d_in or self.meta["dtype"] != dtype:
                 raise SaegeoError(
                     f"{self.path}: existing store has d_in={self.meta['d_in']}, "
                     f"dtype={self.meta['dtype']}; cannot resume with d_in={d_in}, dtype={dtype}"

@@ -92,7 +92,8 @@ def test_only_the_saes_asked_for_are_read(fake_hub: FakeHub):
         load_pretrained(FS_RELEASE, f"{FS_HOOK}_64")
     message = str(err.value)
     assert FS_RELEASE in message and f"{FS_HOOK}_64" in message
-    assert "sae_weights.safetensors" in message and "huggingface-cli download" in message
+    assert "sae_weights.safetensors" in message
+    assert f"`hf download {FS_REPO} {FS_HOOK}_64/sae_weights.safetensors`" in message
     assert "HF_HUB_OFFLINE" in message and "\n" not in message
 
 
@@ -242,6 +243,7 @@ def test_online_fetches_only_the_missing_files_of_the_sae_asked_for(
         return str(weights)
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, timeout: None)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
     sae = load_pretrained(FS_RELEASE, f"{FS_HOOK}_32")
     assert sae.width == 32

@@ -53,7 +53,7 @@ def test_bad_stores(tmp_path):
     with pytest.raises(SaegeoError, match="meta.json"):
         sg.ActivationStore.open(tmp_path / "d")
     (tmp_path / "d/meta.json").write_text("{oops")
-    with pytest.raises(FormatError, match="corrupt"):
+    with pytest.raises(FormatError, match="not valid JSON"):
         sg.ActivationStore.open(tmp_path / "d")
     save_file({"x": torch.zeros(2, 2)}, str(tmp_path / "wrong.safetensors"))
     with pytest.raises(FormatError, match="'acts'"):

@@ -1,0 +1,49 @@
+"""``saegeo harvest --for`` on an SAE saved by SAELens 6 or later (its site under metadata)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hub_helpers import LENS6_RELEASE, LENS6_SITES, FakeHub, install_fake_hub
+from lm_helpers import random_texts, tiny_gpt2
+
+from saegeo.cli import main
+from saegeo.io.store import ActivationStore
+
+
+@pytest.fixture
+def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
+    return install_fake_hub(tmp_path / "hub", monkeypatch)
+
+
+def test_harvest_for_a_saelens_6_sae(fake_hub, tmp_path, capsys):
+    model, tokenizer = tiny_gpt2(n_layers=4)  # block 2 is not the last (no final norm)
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(random_texts()) + "\n")
+    out = tmp_path / "acts"
+    hook = LENS6_SITES[1]  # blocks.2.hook_resid_post, context 16, no centring
+    args = ["harvest", "--for", f"sae-lens:{LENS6_RELEASE}/{hook}", "--model", str(model_dir)]
+    args += ["--text", str(texts), "--out", str(out), "--tokens", "30", "--dtype", "float32"]
+    args += ["--skip-first", "0", "--model-dtype", "float32", "--compile", "no"]
+    assert main(args) == 0, capsys.readouterr().err
+    store = ActivationStore.open(out)
+    assert store.meta["tl_hook_name"] == hook and store.meta["layer"] == 2
+    assert store.meta["context"] == 16 and not store.meta.get("center_writing_weights")
+    token_ids = torch.as_tensor(store.token_ids(), dtype=torch.long).reshape(-1, 15)
+    input_ids = torch.cat([torch.ones(token_ids.shape[0], 1, dtype=torch.long), token_ids], 1)
+    with torch.no_grad():
+        hs = model(input_ids=input_ids, output_hidden_states=True).hidden_states[3][:, 1:]
+    torch.testing.assert_close(store.read(), hs.reshape(-1, 32)[:30], rtol=1e-5, atol=1e-5)
+
+
+def test_harvest_for_a_site_of_a_release(fake_hub, tmp_path, capsys):
+    # A release of several sites names its sites rather than picking one.
+    args = ["harvest", "--for", f"sae-lens:{LENS6_RELEASE}", "--out", str(tmp_path / "a")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(site in err[0] for site in LENS6_SITES)
