@@ -9,6 +9,7 @@ import pytest
 from saegeo.effects.novelty import FamilyNovelty
 from saegeo.viz.plots import (
     ROW_GAP_PX,
+    clip_limit,
     frankenstein_figure,
     grid_height,
     novelty_figure,
@@ -116,3 +117,35 @@ def test_seed_stability_figure_draws_both_curves():
     assert [trace.name for trace in fig.data] == ["all latents", "live latents"]
     assert list(fig.data[1].y) == [0.2, 0.4] and tuple(fig.layout.yaxis.range) == (0, 1)
     assert fig.layout.legend.y > 1
+
+
+def test_novelty_scatter_clips_outliers_and_names_them():
+    result = synthetic_novelty(1)
+    rng = np.random.default_rng(1)
+    features = pd.DataFrame(
+        {
+            "pair": 0,
+            "feature": np.arange(300),
+            "nearest": np.arange(300) % 7,
+            "kind": np.where(np.arange(300) < 100, "novel", "reconstruction"),
+            "max_cos": rng.random(300),
+            "delta_mse": rng.normal(size=300),
+        }
+    )
+    features.loc[3, "delta_mse"] = 6400.0
+    features.loc[17, "delta_mse"] = -900.0
+    fig = novelty_figure(result._replace(features=features))
+    limit = clip_limit(features["delta_mse"].to_numpy())
+    assert limit is not None and limit < 50
+    scatter = [t for t in fig.data if t.xaxis == "x3"]
+    ys = np.concatenate([np.asarray(t.y, dtype=float) for t in scatter])
+    assert np.abs(ys).max() == pytest.approx(limit)  # the outliers sit on the edge
+    assert sorted(ys.round(6)).count(round(limit, 6)) == 1
+    names = [a.text for a in fig.layout.annotations]
+    assert "1/3: 6,400" in names and "1/17: -900" in names
+    assert any("2 beyond" in text for text in names)
+    assert tuple(fig.layout.yaxis3.range) == pytest.approx((-1.08 * limit, 1.08 * limit))
+    hover = [h for t in scatter for h in t.hovertext]
+    assert any(h.startswith("1/3,") and "6400" in h for h in hover)
+    # Without outliers the axis is left to plotly.
+    assert clip_limit(synthetic_novelty(1).features["delta_mse"].to_numpy()) is None
