@@ -216,11 +216,12 @@ def _tree_section(page: Any, data: DemoData, report_dir: Path, stages: Stages, k
 
     path, table_path = report_dir / "trees.json", report_dir / "trees.csv"
     if not stages.ready("trees", key, [path, table_path]):
-        G = feature_dag(data.family)
+        G = feature_dag(data.family, acts=data.store, progress=False)  # acts: freq, max_act
         table, trees = forest(G, rank_by="split", min_size=TREE_MIN_SIZE)
         trees = trees[:TREE_COUNT]
         labels = _token_labels(data, trees)
-        table = table.head(TREE_COUNT).assign(label=[labels.get(r, "") for r in table["root"]])
+        table = table.head(TREE_COUNT)
+        table = table.assign(label=[labels.get(root, "") for root in table["root"]])
         write_json(path, forest_to_json(G, trees, rank_by="split", labels=labels))
         write_text(table_path, table.to_csv())
         stages.done("trees")

@@ -72,6 +72,7 @@ def stage_keys(settings: DemoSettings, n_eval: int | None = None) -> dict[str, s
                 "rank_by": "split",
                 "ranking": "best-parent children, hubs last",
                 "labels": "top tokens",
+                "node_stats": ["freq", "max_act"],
                 "min_size": TREE_MIN_SIZE,
                 "top": TREE_COUNT,
             },

@@ -294,7 +294,7 @@ table.tree-nodes { border-collapse: collapse; font-size: 0.85em;
 table.tree-nodes th, table.tree-nodes td { border: 1px solid #ddd; padding: 2px 8px;
                                            text-align: right; white-space: nowrap; }
 table.tree-nodes th { background: #f4f4f4; }
-table.tree-nodes td.text { text-align: left; white-space: normal; max-width: 36em; }
+table.tree-nodes .text { text-align: left; white-space: normal; max-width: 36em; }
 """
 """CSS of the tree pages: the node tables under the figures."""
 
@@ -329,8 +329,9 @@ def tree_table_html(
     by_id = labels_by_id(labels)
     metric = html.escape(str(T.graph.get("metric", "score")))
     head = (
-        f"<tr><th>feature</th><th>width</th><th>{metric}</th><th>label</th><th>freq</th>"
-        "<th>max act</th><th>other parents</th><th>Neuronpedia</th></tr>"
+        f'<tr><th class="text">feature</th><th>width</th><th>{metric}</th>'
+        '<th class="text">label</th><th>freq</th><th>max act</th>'
+        '<th class="text">other parents</th><th class="text">Neuronpedia</th></tr>'
     )
     rows: list[str] = []
     stack = [(tree_root(T), 0)]

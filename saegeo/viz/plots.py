@@ -60,41 +60,68 @@ def _legend_above(plot_px: int) -> dict[str, object]:
     }
 
 
-OUTLIER_QUANTILE = 0.98
-"""The delta_mse axis spans this quantile of |delta_mse| (times :data:`OUTLIER_MARGIN`)."""
-OUTLIER_MARGIN = 1.5
-OUTLIERS_NAMED = 4
-"""Clipped points named on a panel at most (the largest |delta_mse| first)."""
-
-
-def clip_limit(values: np.ndarray) -> float | None:
-    """The symmetric axis limit beyond which values are clipped, or None when none would be:
-    :data:`OUTLIER_MARGIN` times the :data:`OUTLIER_QUANTILE` quantile of ``|values|``.
+def symlog_scale(values: np.ndarray) -> float:
+    """The width of the linear part of :func:`symlog` for ``values``: the median of their
+    non-zero magnitudes, so that the bulk of the points spreads over the axis (1 if none).
 
     Examples
     --------
-    >>> clip_limit(np.array([-1.0, 0.5, 2.0] * 40 + [6400.0]))
-    3.0
-    >>> clip_limit(np.array([-1.0, 1.0])) is None
-    True
+    >>> symlog_scale(np.array([0.0, -2.0, 4.0, 6400.0]))
+    4.0
     """
     magnitude = np.abs(np.asarray(values, dtype=float))
-    magnitude = magnitude[np.isfinite(magnitude)]
-    if not magnitude.size:
-        return None
-    limit = OUTLIER_MARGIN * float(np.quantile(magnitude, OUTLIER_QUANTILE))
-    if limit <= 0 or magnitude.max() <= limit:
-        return None
-    return limit
+    magnitude = magnitude[np.isfinite(magnitude) & (magnitude > 0)]
+    return float(np.median(magnitude)) if magnitude.size else 1.0
+
+
+def symlog(values: np.ndarray, scale: float) -> np.ndarray:
+    """``sign(v) · log10(1 + |v| / scale)``: linear near 0, logarithmic beyond ``scale``, and
+    of the same sign as ``v``, so that a few huge values leave the sign of the rest readable.
+
+    Examples
+    --------
+    >>> symlog(np.array([-9.0, 0.0, 99.0]), 1.0).tolist()
+    [-1.0, 0.0, 2.0]
+    """
+    values = np.asarray(values, dtype=float)
+    return np.sign(values) * np.log10(1 + np.abs(values) / scale)
+
+
+def symlog_ticks(values: np.ndarray, scale: float) -> tuple[list[float], list[str]]:
+    """Tick positions (in :func:`symlog` units) and labels (true values) for ``values``: 0 and
+    the powers of ten from about ``scale`` up to the largest magnitude, on each side that has
+    values.
+
+    Examples
+    --------
+    >>> symlog_ticks(np.array([-5.0, 0.5, 2000.0]), 1.0)[1]
+    ['-10', '-1', '0', '1', '10', '100', '1,000', '10,000']
+    """
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    first = int(np.floor(np.log10(scale)))
+    ticks: list[float] = [0.0]
+    for side in (1.0, -1.0):
+        reach = float(np.max(side * values, initial=0.0))
+        if reach <= 0:
+            continue
+        last = int(np.ceil(np.log10(reach)))
+        ticks += [side * 10.0**m for m in range(first, max(last, first) + 1)]
+    ticks.sort()
+
+    def text(value: float) -> str:
+        return f"{value:,.0f}" if abs(value) >= 1 or value == 0 else f"{value:g}"
+
+    return symlog(np.array(ticks), scale).tolist(), [text(v) for v in ticks]
 
 
 def novelty_figure(result: FamilyNovelty, *, threshold: float = 0.7, title: str = "") -> go.Figure:
     """Per pair: delta_mse vs max cosine (seed 003's scatter) and the cumulative MSE curves.
 
-    The scatter's y axis is symmetric around 0 so that the sign reads at a glance; a few
-    features of very large |delta_mse| would squash every other point onto the axis, so
-    points beyond :func:`clip_limit` are drawn on the axis's edge as open triangles, the
-    largest of them named by id (``"LEVEL/INDEX"`` of the wider SAE) and true value.
+    The scatter's y axis is a symmetric log (:func:`symlog`, ticks in true values): a few
+    features of very large |delta_mse| would squash every other point onto a linear axis,
+    and the sign of each feature's delta_mse, the point of the figure, must stay readable.
+    Hover names each feature by id (``"LEVEL/INDEX"`` of the wider SAE) with its true value.
     """
     n_pairs = len(result.summary)
     # Widths keep the category ticks short enough to stay level; names are in the hover text.
@@ -145,51 +172,28 @@ def novelty_figure(result: FamilyNovelty, *, threshold: float = 0.7, title: str 
     for pair in range(n_pairs):
         table = result.features[result.features["pair"] == pair]
         curves = result.curves[result.curves["pair"] == pair]
-        limit = clip_limit(table["delta_mse"].to_numpy())
+        scale = symlog_scale(table["delta_mse"].to_numpy())
         for kind in ("novel", "reconstruction"):
             rows = table[table["kind"] == kind]
-            clipped = (
-                rows["delta_mse"].abs() > limit
-                if limit is not None
-                else pd.Series(False, index=rows.index)
+            fig.add_trace(
+                go.Scattergl(
+                    x=rows["max_cos"],
+                    y=symlog(rows["delta_mse"].to_numpy(), scale),
+                    mode="markers",
+                    marker={"color": NOVELTY_COLOURS[kind], "size": 4, "opacity": 0.6},
+                    name=kind,
+                    legendgroup=kind,
+                    showlegend=False,
+                    hovertext=[
+                        f"{pair + 1}/{f}, nearest {pair}/{n}, delta_mse {d:.4g}"
+                        for f, n, d in zip(
+                            rows["feature"], rows["nearest"], rows["delta_mse"], strict=True
+                        )
+                    ],
+                ),
+                row=pair + 2,
+                col=1,
             )
-            for part, symbol in ((rows[~clipped], "circle"), (rows[clipped], "triangle")):
-                if symbol == "triangle" and part.empty:
-                    continue
-                y = part["delta_mse"]
-                if symbol == "triangle":
-                    y = np.sign(y) * limit
-                fig.add_trace(
-                    go.Scattergl(
-                        x=part["max_cos"],
-                        y=y,
-                        mode="markers",
-                        marker={
-                            "color": NOVELTY_COLOURS[kind],
-                            "size": 4 if symbol == "circle" else 9,
-                            "opacity": 0.6 if symbol == "circle" else 1.0,
-                            "symbol": symbol
-                            if symbol == "circle"
-                            else [
-                                "triangle-up-open" if v > 0 else "triangle-down-open"
-                                for v in part["delta_mse"]
-                            ],
-                        },
-                        name=kind,
-                        legendgroup=kind,
-                        showlegend=False,
-                        hovertext=[
-                            f"{pair + 1}/{f}, nearest {pair}/{n}, delta_mse {d:.4g}"
-                            for f, n, d in zip(
-                                part["feature"], part["nearest"], part["delta_mse"], strict=True
-                            )
-                        ],
-                    ),
-                    row=pair + 2,
-                    col=1,
-                )
-        if limit is not None:
-            _name_outliers_(fig, table, limit, pair)
             curve = curves[curves["kind"] == kind]
             fig.add_trace(
                 go.Scatter(
@@ -205,10 +209,12 @@ def novelty_figure(result: FamilyNovelty, *, threshold: float = 0.7, title: str 
                 row=pair + 2,
                 col=2,
             )
+        tickvals, ticktext = symlog_ticks(table["delta_mse"].to_numpy(), scale)
+        fig.update_yaxes(tickvals=tickvals, ticktext=ticktext, row=pair + 2, col=1)
         fig.add_vline(x=threshold, line_dash="dot", line_color="#7f7f7f", row=pair + 2, col=1)
         fig.add_hline(y=0, line_color="#bbbbbb", row=pair + 2, col=1)
         fig.update_xaxes(title_text="max decoder cosine to the smaller SAE", row=pair + 2, col=1)
-        fig.update_yaxes(title_text="delta_mse (added alone)", row=pair + 2, col=1)
+        fig.update_yaxes(title_text="delta_mse (added alone, symlog)", row=pair + 2, col=1)
         fig.update_xaxes(title_text="features added (lowest delta_mse first)", row=pair + 2, col=2)
         fig.update_yaxes(title_text="MSE", row=pair + 2, col=2)
     fig.update_xaxes(title_text="pair of widths", type="category", row=1, col=1)
@@ -217,41 +223,6 @@ def novelty_figure(result: FamilyNovelty, *, threshold: float = 0.7, title: str 
     fig.update_yaxes(title_text="features", row=1, col=2)
     fig.update_layout(barmode="group")
     return page_layout_(fig, title, height, width=1150)
-
-
-def _name_outliers_(fig: go.Figure, table: pd.DataFrame, limit: float, pair: int) -> None:
-    """Name the largest clipped points of pair ``pair``'s scatter, and count the others."""
-    beyond = table[table["delta_mse"].abs() > limit]
-    named = beyond.reindex(beyond["delta_mse"].abs().sort_values(ascending=False).index)
-    for rank, item in enumerate(named.head(OUTLIERS_NAMED).itertuples()):
-        up = item.delta_mse > 0
-        fig.add_annotation(
-            x=item.max_cos,
-            y=limit if up else -limit,
-            text=f"{pair + 1}/{item.feature}: {item.delta_mse:,.0f}",
-            showarrow=True,
-            arrowhead=0,
-            ax=0,
-            ay=(18 + 14 * (rank % 2)) * (1 if up else -1),
-            font={"size": 10},
-            row=pair + 2,
-            col=1,
-        )
-    fig.update_yaxes(range=[-1.08 * limit, 1.08 * limit], row=pair + 2, col=1)
-    n_more = len(beyond) - OUTLIERS_NAMED
-    note = f"; {n_more} more not named" if n_more > 0 else ""
-    fig.add_annotation(
-        text=f"▲▼ {len(beyond)} beyond ±{limit:,.3g}, drawn on the edge{note}",
-        xref="x domain",
-        yref="y domain",
-        x=0.01,
-        y=0.03,
-        xanchor="left",
-        showarrow=False,
-        font={"size": 10, "color": "#555"},
-        row=pair + 2,
-        col=1,
-    )
 
 
 def frankenstein_figure(

@@ -9,11 +9,11 @@ import pytest
 from saegeo.effects.novelty import FamilyNovelty
 from saegeo.viz.plots import (
     ROW_GAP_PX,
-    clip_limit,
     frankenstein_figure,
     grid_height,
     novelty_figure,
     seed_stability_figure,
+    symlog_scale,
 )
 
 
@@ -119,7 +119,7 @@ def test_seed_stability_figure_draws_both_curves():
     assert fig.layout.legend.y > 1
 
 
-def test_novelty_scatter_clips_outliers_and_names_them():
+def test_novelty_scatter_is_symlog_so_signs_stay_readable():
     result = synthetic_novelty(1)
     rng = np.random.default_rng(1)
     features = pd.DataFrame(
@@ -135,17 +135,22 @@ def test_novelty_scatter_clips_outliers_and_names_them():
     features.loc[3, "delta_mse"] = 6400.0
     features.loc[17, "delta_mse"] = -900.0
     fig = novelty_figure(result._replace(features=features))
-    limit = clip_limit(features["delta_mse"].to_numpy())
-    assert limit is not None and limit < 50
     scatter = [t for t in fig.data if t.xaxis == "x3"]
-    ys = np.concatenate([np.asarray(t.y, dtype=float) for t in scatter])
-    assert np.abs(ys).max() == pytest.approx(limit)  # the outliers sit on the edge
-    assert sorted(ys.round(6)).count(round(limit, 6)) == 1
-    names = [a.text for a in fig.layout.annotations]
-    assert "1/3: 6,400" in names and "1/17: -900" in names
-    assert any("2 beyond" in text for text in names)
-    assert tuple(fig.layout.yaxis3.range) == pytest.approx((-1.08 * limit, 1.08 * limit))
+    shown = np.concatenate([np.asarray(t.y, dtype=float) for t in scatter])
+    true = np.concatenate(
+        [features.loc[features["kind"] == k, "delta_mse"] for k in ("novel", "reconstruction")]
+    )
+    scale = symlog_scale(features["delta_mse"].to_numpy())
+    # Every point keeps its sign, order and (through the ticks) its value.
+    assert (np.sign(shown) == np.sign(true)).all()
+    assert (np.argsort(shown, kind="stable") == np.argsort(true, kind="stable")).all()
+    np.testing.assert_allclose(10 ** np.abs(shown) - 1, np.abs(true) / scale, rtol=1e-9)
+    # The bulk is not squashed onto 0 (on a linear axis this ratio would be 1e-4).
+    assert np.median(np.abs(shown)) > 0.05 * np.abs(shown).max()
+    axis = fig.layout.yaxis3
+    assert "10,000" in axis.ticktext and "-1,000" in axis.ticktext and "0" in axis.ticktext
+    ticks = dict(zip(axis.ticktext, axis.tickvals, strict=True))
+    assert ticks["0"] == 0 and ticks["1,000"] == pytest.approx(np.log10(1 + 1000 / scale))
     hover = [h for t in scatter for h in t.hovertext]
     assert any(h.startswith("1/3,") and "6400" in h for h in hover)
-    # Without outliers the axis is left to plotly.
-    assert clip_limit(synthetic_novelty(1).features["delta_mse"].to_numpy()) is None
+    assert {t.name for t in fig.data if t.xaxis == "x4"} == {"add novel", "add reconstruction"}
