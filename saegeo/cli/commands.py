@@ -76,7 +76,7 @@ def _cmd_tree(args: argparse.Namespace) -> int:
     from saegeo.io.pretrained import RELEASE_PREFIX, load_family_spec
     from saegeo.trees.dag import feature_dag, feature_tree, forest, node_id, parse_node_id
     from saegeo.trees.tree_json import forest_to_json, read_labels, tree_to_json
-    from saegeo.viz.figures import figure_page, forest_html, tree_figure
+    from saegeo.viz.figures import forest_html, tree_page
 
     types.guard(
         args,
@@ -110,6 +110,7 @@ def _cmd_tree(args: argparse.Namespace) -> int:
     )
     if root is None:
         table, trees = forest(G, rank_by=args.rank_by, min_size=args.min_size)
+        labels = _tree_labels(args, family, acts, [n for T in trees for n in T], labels)
         doc = forest_to_json(G, trees, rank_by=args.rank_by, labels=labels)
         page = forest_html(trees, labels=labels, top=args.top) if args.html else None
         types.write_tree(args, json_text(doc), page)
@@ -118,7 +119,8 @@ def _cmd_tree(args: argparse.Namespace) -> int:
         print(f"forest: {len(trees)} trees of >= {args.min_size} features -> {args.out}")
         return 0
     T = feature_tree(G, root)
-    page = figure_page(tree_figure(T, labels=labels)) if args.html else None
+    labels = _tree_labels(args, family, acts, list(T), labels)
+    page = tree_page(T, labels=labels) if args.html else None
     types.write_tree(args, json_text(tree_to_json(T, labels=labels)), page)
     _report_skipped(args, acts)
     print(f"tree {node_id(root)}: {T.number_of_nodes()} features -> {args.out}")
@@ -127,6 +129,24 @@ def _cmd_tree(args: argparse.Namespace) -> int:
 
         print(f"Neuronpedia: {tree_quick_list(T, name=f'saegeo tree {node_id(root)}')}")
     return 0
+
+
+def _tree_labels(
+    args: argparse.Namespace,
+    family: Any,
+    acts: Any,
+    nodes: list[tuple[int, int]],
+    given: dict[str, str] | None,
+) -> dict[str, str]:
+    """Top-token labels of ``nodes`` where ``--acts`` is a harvested store (token ids and a
+    tokenizer), overridden by ``--labels``."""
+    labels: dict[str, str] = {}
+    if acts is not None and acts.meta.get("tokenizer") and acts.token_ids() is not None:
+        from saegeo.lm.labels import feature_labels
+
+        labels = feature_labels(family, acts, nodes, device=args.device, progress=None)
+    labels.update(given or {})
+    return labels
 
 
 def _cmd_stitch(args: argparse.Namespace) -> int:

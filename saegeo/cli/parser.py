@@ -11,7 +11,7 @@ from saegeo.effects.hybrid import TOPK_MODES
 from saegeo.lm.config import MODEL_DTYPES, STORE_DTYPES
 from saegeo.stitch.config import RETRAINS
 from saegeo.training.config import TRAIN_ARCHS, PenaltyKind, Prefixes
-from saegeo.trees.dag import Metric
+from saegeo.trees.dag import Metric, RankBy
 
 SAE_PATHS_HELP = (
     "SAEs of one family: directories, a directory of them, or published SAEs named "
@@ -109,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write an interactive HTML figure (a page of the top trees with --all)",
     )
     p.add_argument(
-        "--labels", type=types.path, help="JSON object of labels by LEVEL/FEATURE, shown on hover"
+        "--labels",
+        type=types.path,
+        help="JSON object of labels by LEVEL/FEATURE; they override the top-token labels that "
+        "a harvested --acts store gives every node",
     )
     p.add_argument(
         "--neuronpedia",
@@ -118,9 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rank-by",
-        choices=["size", "split"],
-        default="size",
-        help="--all: rank trees by size or by how much the root splits",
+        choices=get_args(RankBy),
+        default="split",
+        help="--all: rank trees by how clearly they split (roots whose children they parent "
+        "best first, hubs last; default) or by size",
     )
     p.add_argument(
         "--min-size",

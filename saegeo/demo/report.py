@@ -17,6 +17,7 @@ from saegeo.demo.settings import (
     STITCH_TOKENS,
     TREE_COUNT,
     TREE_MIN_SIZE,
+    TREES_SHOWN,
     shipped_record,
 )
 from saegeo.demo.stages import Stages, stage_keys
@@ -209,62 +210,61 @@ def _novelty_section(
 
 
 def _tree_section(page: Any, data: DemoData, report_dir: Path, stages: Stages, key: str) -> None:
-    from saegeo.trees.dag import feature_dag, forest, node_id, tree_root
+    import pandas as pd
+
+    from saegeo.trees.dag import HUB_FACTOR, feature_dag, forest, node_id, tree_root
     from saegeo.trees.tree_json import forest_from_json, forest_to_json
-    from saegeo.viz.figures import tree_figure
+    from saegeo.viz.figures import tree_figure, tree_score_range, tree_table_html
 
-    path = report_dir / "trees.json"
-    if stages.ready("trees", key, [path]):
-        trees = forest_from_json(json.loads(path.read_text()))
-    else:
-        G = feature_dag(data.family)
-        _, trees = forest(G, rank_by="split", min_size=TREE_MIN_SIZE)
+    path, table_path = report_dir / "trees.json", report_dir / "trees.csv"
+    if not stages.ready("trees", key, [path, table_path]):
+        G = feature_dag(data.family, acts=data.store, progress=False)  # acts: freq, max_act
+        table, trees = forest(G, rank_by="split", min_size=TREE_MIN_SIZE)
         trees = trees[:TREE_COUNT]
-        write_json(path, forest_to_json(G, trees, rank_by="split"))
+        labels = _token_labels(data, trees)
+        table = table.head(TREE_COUNT)
+        table = table.assign(label=[labels.get(root, "") for root in table["root"]])
+        write_json(path, forest_to_json(G, trees, rank_by="split", labels=labels))
+        write_text(table_path, table.to_csv())
         stages.done("trees")
+    trees = forest_from_json(json.loads(path.read_text()))
+    table = pd.read_csv(table_path, keep_default_na=False, na_values=[""])
     page.text(
-        f"Edges join a feature to the next width's features whose decoder cosine with it "
-        f"exceeds 0.7; each feature is kept under its best parent. {len(trees)} trees with at "
-        f"least {TREE_MIN_SIZE} features, most-splitting roots first, are in "
-        "<code>trees.json</code>."
+        "Edges join a feature to the next width's features whose decoder cosine with it "
+        "exceeds 0.7; each feature is kept under its best parent. Trees are ranked by how "
+        "clearly they split: a feature <b>splits</b> when at least two features of the next "
+        "width have it as their best parent (a child that continues another feature better is "
+        f"not part of its split) and it has no more than {HUB_FACTOR}× the width ratio of "
+        "children (more make it a hub). Trees whose root splits come first, the weaker "
+        "child of the split (<code>split_score</code>) strongest first, then trees that split "
+        f"further down. The top {len(trees)} trees with at least {TREE_MIN_SIZE} features are "
+        "in <code>trees.json</code>; boxes and tables show each feature's top tokens on the "
+        "activations."
     )
-    if trees:
-        labels = _token_labels(data, trees[0])
+    if not trees:
+        return
+    columns = ["root", "label", "size", "n_children", "n_split_children", "split_at"]
+    page.table(table[columns + ["split_score"]], max_rows=10)
+    shown = trees[:TREES_SHOWN]
+    scale = tree_score_range(shown)
+    for T in shown:
         page.figure(
-            tree_figure(
-                trees[0], labels=labels, title=f"Feature tree {node_id(tree_root(trees[0]))}"
-            ),
-            height="560px",
+            tree_figure(T, title=f"Feature tree {node_id(tree_root(T))}", score_range=scale),
+            height="420px",
         )
+        page.block(tree_table_html(T))
 
 
-def _token_labels(data: DemoData, tree: Any) -> dict[str, str]:
-    """The top activating tokens of each feature in ``tree``, as node labels."""
-    from saegeo.core.codes import encode_codes
-    from saegeo.lm.harvest import load_tokenizer
-    from saegeo.lm.snippets import store_tokens
+def _token_labels(data: DemoData, trees: list[Any]) -> dict[str, str]:
+    """The top activating tokens of each feature of ``trees``, as node labels (none where the
+    store has no token ids or tokenizer)."""
+    from saegeo.lm.labels import feature_labels
 
-    try:
-        tokenizer = load_tokenizer(data.store)
-        tokens = store_tokens(data.store)
-    except Exception:  # a store without token ids or tokenizer: no labels, same figure
+    if not data.store.meta.get("tokenizer") or data.store.token_ids() is None:
         log.info("no token labels: the store has no tokenizer or token ids")
         return {}
-    sample = data.store.slice(0, 32_768)
-    labels: dict[str, str] = {}
-    for level in sorted({node[0] for node in tree.nodes}):
-        features = sorted(node[1] for node in tree.nodes if node[0] == level)
-        codes = encode_codes(data.family[level].select(features), sample, progress=False)
-        for column, feature in enumerate(features):
-            values = codes[:, column].toarray().ravel()
-            top = values.argsort()[::-1][:5]
-            words = [
-                tokenizer.decode([int(tokens.token_ids[t])]).strip() or "␣"
-                for t in top
-                if values[t] > 0
-            ]
-            labels[f"{level}/{feature}"] = " · ".join(dict.fromkeys(words))
-    return labels
+    nodes = sorted({node for T in trees for node in T})
+    return feature_labels(data.family, data.store, nodes, progress=False)
 
 
 def _frankenstein_section(

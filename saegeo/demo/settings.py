@@ -102,6 +102,8 @@ NOVELTY_POINTS = 7
 TREE_MIN_SIZE = 3
 """Features a tree needs to be listed in ``trees.json``."""
 TREE_COUNT = 50
-"""Trees kept in ``trees.json``, most-splitting roots first."""
+"""Trees kept in ``trees.json``, most clearly splitting first."""
+TREES_SHOWN = 3
+"""Trees drawn in the report, on one colour scale."""
 STITCH_TOKENS = 50_000
 """Tokens after the held-out ones that the Frankenstein decoder is refit on."""

@@ -68,7 +68,16 @@ def stage_keys(settings: DemoSettings, n_eval: int | None = None) -> dict[str, s
             family,
         )
         keys["trees"] = stage_key(
-            {"rank_by": "split", "min_size": TREE_MIN_SIZE, "top": TREE_COUNT}, family
+            {
+                "rank_by": "split",
+                "ranking": "best-parent children, hubs last",
+                "labels": "top tokens",
+                "node_stats": ["freq", "max_act"],
+                "min_size": TREE_MIN_SIZE,
+                "top": TREE_COUNT,
+            },
+            acts,
+            family,
         )
         keys["frankenstein"] = stage_key({"n_eval": n_eval, "fit": STITCH_TOKENS}, acts, family)
     return keys

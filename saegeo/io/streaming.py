@@ -10,6 +10,9 @@ that their ``d_in`` fits the SAE that will read them, with a progress bar.
 - ``True``: always show it;
 - ``False``: never show it.
 
+In Jupyter the bar is tqdm's notebook widget where ``ipywidgets`` is installed, and its plain
+text bar otherwise (``tqdm.auto`` would print "IProgress not found" in every notebook).
+
 Examples
 --------
 >>> import torch
@@ -21,14 +24,16 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 from saegeo.core.devices import resolve_device
 from saegeo.errors import ShapeError
@@ -48,12 +53,22 @@ def token_count(store: ActivationStore, limit: int | None) -> int:
     return store.n_tokens if limit is None else max(0, min(int(limit), store.n_tokens))
 
 
+def bar_class() -> type[tqdm]:
+    """tqdm's notebook bar inside a Jupyter kernel that can draw widgets, else its text bar."""
+    if "ipykernel.zmqshell" in sys.modules and importlib.util.find_spec("ipywidgets"):
+        from tqdm.notebook import tqdm as notebook_tqdm
+
+        return notebook_tqdm
+    return tqdm
+
+
 def progress_bar(total: int | None, desc: str, progress: bool | None, **options: object) -> tqdm:
     """A tqdm bar that follows the module's meaning of ``progress`` (None: on a terminal)."""
     disable = None if progress is None else not progress
     if not distributed.is_main():
         disable = True  # under torch.distributed, rank 0 alone shows progress
-    return tqdm(total=total, desc=desc, leave=False, disable=disable, **options)  # type: ignore[call-overload]
+    bar = bar_class()
+    return bar(total=total, desc=desc, leave=False, disable=disable, **options)  # type: ignore[call-overload]
 
 
 def checked_store(

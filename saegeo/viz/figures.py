@@ -49,6 +49,7 @@ def tree_figure(
     labels: Mapping[Any, str] | None = None,
     kind: TreeKind = "icicle",
     title: str | None = None,
+    score_range: tuple[float, float] | None = None,
 ) -> go.Figure:
     """An interactive figure of one feature tree: root on the left, wider SAEs to the right.
 
@@ -58,13 +59,16 @@ def tree_figure(
         A tree from :func:`saegeo.feature_tree` (or :func:`saegeo.trees.tree_json.tree_from_json`).
     labels
         Optional text per node (``"level/feature"`` or ``(level, feature)``): a description or
-        token examples, shown on the boxes (shortened) and in full on hover; node attributes
-        ``label`` are used otherwise.
+        the top tokens (:func:`saegeo.lm.labels.feature_labels`), shown on the boxes above the
+        node id (shortened) and in full on hover; node attributes ``label`` are used otherwise.
     kind
         ``"icicle"`` (default), ``"sunburst"`` or ``"treemap"``. Boxes are sized by leaves and
-        coloured by the score of the edge from their parent (the root by the largest score).
+        coloured by the score of the edge from their parent (the root by the top of the scale).
     title
         Figure title; by default the root, the widths and the metric.
+    score_range
+        ``(low, high)`` of the colour scale; default :func:`tree_score_range` of this tree.
+        Pass :func:`tree_score_range` of several trees to draw them on one scale.
 
     Hover shows the node id, the SAE (width and name), the score, other parents, the firing
     frequency and maximum activation where the tree has them, the label, and for published
@@ -83,7 +87,7 @@ def tree_figure(
         parent = next(iter(T.predecessors(node)), None)
         ids.append(nid)
         parents.append("" if parent is None else node_id(parent))
-        texts.append(nid if not label else f"{nid}<br>{_plain(_short(str(label)))}")
+        texts.append(nid if not label else f"<b>{_plain(_short(str(label)))}</b><br>{nid}")
         scores.append(data.get("score"))
         others = ", ".join(f"{pid} ({s:.2f})" for pid, s in data.get("other_parents", []))
         custom.append(
@@ -99,9 +103,7 @@ def tree_figure(
                 str(data.get("neuronpedia") or "–"),
             ]
         )
-    known = [s for s in scores if s is not None]
-    top = max(known, default=1.0)
-    low = min([float(T.graph.get("threshold", min(known, default=0.0)))] + known)
+    low, top = tree_score_range([T]) if score_range is None else score_range
     colors = [top if s is None else s for s in scores]
     metric = str(T.graph.get("metric", "score"))
     trace = _TRACES[kind](
@@ -122,7 +124,7 @@ def tree_figure(
             "colors": colors,
             "colorscale": "Blues",
             "cmin": low,
-            "cmax": max(top, low + 1e-6),
+            "cmax": top,
             "showscale": True,
             "colorbar": {"title": {"text": metric}},
         },
@@ -136,6 +138,30 @@ def tree_figure(
         title = f"Feature tree {node_id(root)} — widths {widths} — {rule}"
     fig.update_layout(title={"text": _plain(title)}, margin={"t": 50, "l": 10, "r": 10, "b": 10})
     return fig
+
+
+def tree_score_range(trees: Sequence[nx.DiGraph]) -> tuple[float, float]:
+    """One colour scale for the scores of ``trees``: from the lower of their edge threshold and
+    their lowest score to their highest score.
+
+    Examples
+    --------
+    >>> T = nx.DiGraph(threshold=0.7)
+    >>> T.add_node((0, 0), score=None)
+    >>> T.add_node((1, 3), score=0.9)
+    >>> tree_score_range([T])
+    (0.7, 0.9)
+    """
+    known = [
+        float(data["score"])
+        for T in trees
+        for _, data in T.nodes(data=True)
+        if data.get("score") is not None
+    ]
+    thresholds = [float(T.graph["threshold"]) for T in trees if "threshold" in T.graph]
+    top = max(known, default=1.0)
+    low = min(thresholds + known, default=0.0)
+    return low, max(top, low + 1e-6)
 
 
 def _decoders(
@@ -260,6 +286,110 @@ def split_heatmap(
     )
 
 
+_PAGE_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+table.tree-nodes { border-collapse: collapse; font-size: 0.85em;
+                   font-variant-numeric: tabular-nums; margin: 0.5em 0 1.5em; }
+table.tree-nodes th, table.tree-nodes td { border: 1px solid #ddd; padding: 2px 8px;
+                                           text-align: right; white-space: nowrap; }
+table.tree-nodes th { background: #f4f4f4; }
+table.tree-nodes .text { text-align: left; white-space: normal; max-width: 36em; }
+"""
+"""CSS of the tree pages: the node tables under the figures."""
+
+
+def _link(url: Any) -> str:
+    """A clickable link to a feature's page (http and https only), else a dash."""
+    text = str(url or "")
+    if not text.startswith(("https://", "http://")):
+        return "–"
+    return f'<a href="{html.escape(text)}" target="_blank" rel="noopener">{html.escape(text)}</a>'
+
+
+def tree_table_html(
+    T: nx.DiGraph, *, labels: Mapping[Any, str] | None = None, max_rows: int = 300
+) -> str:
+    """The features of a tree as an HTML table, depth first (children best first), indented by
+    level: id, SAE width, score of the edge from the parent, label, firing frequency and
+    maximum activation where the tree has them, other parents, and the Neuronpedia page as a
+    link that opens it.
+
+    Examples
+    --------
+    >>> T = nx.DiGraph(metric="decoder_cosine", root="0/3")
+    >>> T.add_node((0, 3), width=8, score=None,
+    ...            neuronpedia="https://www.neuronpedia.org/gpt2-small/8-res_fs768-jb/3")
+    >>> T.add_node((1, 5), width=16, score=0.9)
+    >>> T.add_edge((0, 3), (1, 5), score=0.9)
+    >>> page = tree_table_html(T, labels={"1/5": "cat"})
+    >>> '<a href="https://www.neuronpedia.org/gpt2-small/8-res_fs768-jb/3"' in page
+    True
+    """
+    by_id = labels_by_id(labels)
+    metric = html.escape(str(T.graph.get("metric", "score")))
+    head = (
+        f'<tr><th class="text">feature</th><th>width</th><th>{metric}</th>'
+        '<th class="text">label</th><th>freq</th><th>max act</th>'
+        '<th class="text">other parents</th><th class="text">Neuronpedia</th></tr>'
+    )
+    rows: list[str] = []
+    stack = [(tree_root(T), 0)]
+    while stack and len(rows) < max_rows:
+        node, depth = stack.pop()
+        data = T.nodes[node]
+        nid = node_id(node)
+        label = by_id.get(nid, data.get("label"))
+        others = ", ".join(f"{pid} ({s:.2f})" for pid, s in data.get("other_parents", []))
+        cells = [
+            f'<td class="text" style="padding-left: {0.5 + 1.5 * depth}em">{nid}</td>',
+            f"<td>{html.escape(str(data.get('width', '–')))}</td>",
+            f"<td>{_fmt(data.get('score'), '.3f') if data.get('score') is not None else 'root'}"
+            "</td>",
+            f'<td class="text">{html.escape(str(label)) if label else "–"}</td>',
+            f"<td>{_fmt(data.get('freq'))}</td>",
+            f"<td>{_fmt(data.get('max_act'))}</td>",
+            f'<td class="text">{html.escape(others) or "–"}</td>',
+            f'<td class="text">{_link(data.get("neuronpedia"))}</td>',
+        ]
+        rows.append(f'<tr data-feature="{nid}">{"".join(cells)}</tr>')
+        children = sorted(
+            T.successors(node), key=lambda c: (-float(T.edges[node, c].get("score", 0.0)), c)
+        )
+        stack.extend((child, depth + 1) for child in reversed(children))
+    more = T.number_of_nodes() - len(rows)
+    note = f"<p>… and {more:,} more features (all are in the JSON).</p>" if more > 0 else ""
+    body = "".join(rows)
+    return f'<table class="tree-nodes"><thead>{head}</thead><tbody>{body}</tbody></table>{note}'
+
+
+def tree_section_html(
+    T: nx.DiGraph,
+    fig: go.Figure,
+    *,
+    labels: Mapping[Any, str] | None = None,
+    include_plotlyjs: bool = True,
+    height: str = "520px",
+) -> str:
+    """A tree's figure and, below it, its table of features (:func:`tree_table_html`): open
+    for trees of up to 40 features, folded away for larger ones."""
+    figure = fig.to_html(full_html=False, include_plotlyjs=include_plotlyjs, default_height=height)
+    n = T.number_of_nodes()
+    opened = " open" if n <= 40 else ""
+    table = tree_table_html(T, labels=labels)
+    return (
+        f"{figure}<details{opened}><summary>The {n:,} features of this tree</summary>"
+        f"{table}</details>"
+    )
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">{GENERATOR_META}'
+        f"<title>{html.escape(title)}</title><style>{_PAGE_STYLE}</style></head>\n"
+        f"<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+    )
+
+
 def forest_html(
     trees: Sequence[nx.DiGraph],
     *,
@@ -268,26 +398,33 @@ def forest_html(
     kind: TreeKind = "icicle",
     title: str = "Feature forest",
 ) -> str:
-    """A standalone HTML page (plotly.js embedded) with the figures of the first ``top`` trees."""
+    """A standalone HTML page (plotly.js embedded) with the figures of the first ``top`` trees,
+    on one colour scale (:func:`tree_score_range`), each above its table of features."""
+    shown = list(trees[:top])
+    scale = tree_score_range(shown)
     parts = []
-    for rank, T in enumerate(trees[:top]):
+    for rank, T in enumerate(shown):
         fig = tree_figure(
             T,
             labels=labels,
             kind=kind,
             title=f"#{rank + 1}: feature tree {node_id(tree_root(T))} "
             f"({T.number_of_nodes()} features)",
+            score_range=scale,
         )
-        parts.append(
-            fig.to_html(full_html=False, include_plotlyjs=(rank == 0), default_height="520px")
-        )
+        parts.append(tree_section_html(T, fig, labels=labels, include_plotlyjs=rank == 0))
     if not parts:
         parts.append("<p>No trees.</p>")
-    body = "\n".join(f"<section>{part}</section>" for part in parts)
-    return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">{GENERATOR_META}'
-        f"<title>{html.escape(title)}</title></head>\n<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
-    )
+    return _page(title, "\n".join(f"<section>{part}</section>" for part in parts))
+
+
+def tree_page(
+    T: nx.DiGraph, *, labels: Mapping[Any, str] | None = None, kind: TreeKind = "icicle"
+) -> str:
+    """One tree as a standalone HTML page: its figure above its table of features."""
+    fig = tree_figure(T, labels=labels, kind=kind)
+    title = f"Feature tree {node_id(tree_root(T))}"
+    return _page(title, tree_section_html(T, fig, labels=labels, height="640px"))
 
 
 def save_html(

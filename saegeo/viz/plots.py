@@ -4,6 +4,7 @@ The figures are those of "Stitching SAEs of different sizes"."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -61,8 +62,69 @@ def _legend_above(plot_px: int) -> dict[str, object]:
     }
 
 
+def symlog_scale(values: np.ndarray) -> float:
+    """The width of the linear part of :func:`symlog` for ``values``: the median of their
+    non-zero magnitudes, so that the bulk of the points spreads over the axis (1 if none).
+
+    Examples
+    --------
+    >>> symlog_scale(np.array([0.0, -2.0, 4.0, 6400.0]))
+    4.0
+    """
+    magnitude = np.abs(np.asarray(values, dtype=float))
+    magnitude = magnitude[np.isfinite(magnitude) & (magnitude > 0)]
+    return float(np.median(magnitude)) if magnitude.size else 1.0
+
+
+def symlog(values: np.ndarray, scale: float) -> np.ndarray:
+    """``sign(v) · log10(1 + |v| / scale)``: linear near 0, logarithmic beyond ``scale``, and
+    of the same sign as ``v``, so that a few huge values leave the sign of the rest readable.
+
+    Examples
+    --------
+    >>> symlog(np.array([-9.0, 0.0, 99.0]), 1.0).tolist()
+    [-1.0, 0.0, 2.0]
+    """
+    values = np.asarray(values, dtype=float)
+    return np.sign(values) * np.log10(1 + np.abs(values) / scale)
+
+
+def symlog_ticks(values: np.ndarray, scale: float) -> tuple[list[float], list[str]]:
+    """Tick positions (in :func:`symlog` units) and labels (true values) for ``values``: 0 and
+    the powers of ten from about ``scale`` up to the largest magnitude, on each side that has
+    values.
+
+    Examples
+    --------
+    >>> symlog_ticks(np.array([-5.0, 0.5, 2000.0]), 1.0)[1]
+    ['-10', '-1', '0', '1', '10', '100', '1,000', '10,000']
+    """
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    first = int(np.floor(np.log10(scale)))
+    ticks: list[float] = [0.0]
+    for side in (1.0, -1.0):
+        reach = float(np.max(side * values, initial=0.0))
+        if reach <= 0:
+            continue
+        last = int(np.ceil(np.log10(reach)))
+        ticks += [side * 10.0**m for m in range(first, max(last, first) + 1)]
+    ticks.sort()
+
+    def text(value: float) -> str:
+        return f"{value:,.0f}" if abs(value) >= 1 or value == 0 else f"{value:g}"
+
+    return symlog(np.array(ticks), scale).tolist(), [text(v) for v in ticks]
+
+
 def novelty_figure(result: FamilyNovelty, *, threshold: float = 0.7, title: str = "") -> go.Figure:
-    """Per pair: delta_mse vs max cosine (the paper's scatter) and the cumulative MSE curves."""
+    """Per pair: delta_mse vs max cosine (the paper's scatter) and the cumulative MSE curves.
+
+    The scatter's y axis is a symmetric log (:func:`symlog`, ticks in true values): a few
+    features of very large |delta_mse| would squash every other point onto a linear axis,
+    and the sign of each feature's delta_mse, the point of the figure, must stay readable.
+    Hover names each feature by id (``"LEVEL/INDEX"`` of the wider SAE) with its true value.
+    """
     n_pairs = len(result.summary)
     # Widths keep the category ticks short enough to stay level; names are in the hover text.
     labels = [f"{r.small_width} → {r.large_width}" for r in result.summary.itertuples()]
@@ -112,20 +174,23 @@ def novelty_figure(result: FamilyNovelty, *, threshold: float = 0.7, title: str 
     for pair in range(n_pairs):
         table = result.features[result.features["pair"] == pair]
         curves = result.curves[result.curves["pair"] == pair]
+        scale = symlog_scale(table["delta_mse"].to_numpy())
         for kind in ("novel", "reconstruction"):
             rows = table[table["kind"] == kind]
             fig.add_trace(
                 go.Scattergl(
                     x=rows["max_cos"],
-                    y=rows["delta_mse"],
+                    y=symlog(rows["delta_mse"].to_numpy(), scale),
                     mode="markers",
                     marker={"color": NOVELTY_COLOURS[kind], "size": 4, "opacity": 0.6},
                     name=kind,
                     legendgroup=kind,
                     showlegend=False,
                     hovertext=[
-                        f"feature {f}, nearest {n}"
-                        for f, n in zip(rows["feature"], rows["nearest"], strict=True)
+                        f"{pair + 1}/{f}, nearest {pair}/{n}, delta_mse {d:.4g}"
+                        for f, n, d in zip(
+                            rows["feature"], rows["nearest"], rows["delta_mse"], strict=True
+                        )
                     ],
                 ),
                 row=pair + 2,
@@ -146,10 +211,12 @@ def novelty_figure(result: FamilyNovelty, *, threshold: float = 0.7, title: str 
                 row=pair + 2,
                 col=2,
             )
+        tickvals, ticktext = symlog_ticks(table["delta_mse"].to_numpy(), scale)
+        fig.update_yaxes(tickvals=tickvals, ticktext=ticktext, row=pair + 2, col=1)
         fig.add_vline(x=threshold, line_dash="dot", line_color="#7f7f7f", row=pair + 2, col=1)
         fig.add_hline(y=0, line_color="#bbbbbb", row=pair + 2, col=1)
         fig.update_xaxes(title_text="max decoder cosine to the smaller SAE", row=pair + 2, col=1)
-        fig.update_yaxes(title_text="delta_mse (added alone)", row=pair + 2, col=1)
+        fig.update_yaxes(title_text="delta_mse (added alone, symlog)", row=pair + 2, col=1)
         fig.update_xaxes(title_text="features added (lowest delta_mse first)", row=pair + 2, col=2)
         fig.update_yaxes(title_text="MSE", row=pair + 2, col=2)
     fig.update_xaxes(title_text="pair of widths", type="category", row=1, col=1)

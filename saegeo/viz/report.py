@@ -100,6 +100,11 @@ class Report:
         css = ' class="note"' if note else ""
         self.parts.append(f"<p{css}>{text}</p>")
 
+    def block(self, fragment: str) -> None:
+        """HTML written by saegeo (a table of a tree's features, say), in a box that scrolls
+        sideways when wider than the page."""
+        self.parts.append(f'<div class="table-wrap">{fragment}</div>')
+
     def table(self, frame: pd.DataFrame, *, digits: int = 4, max_rows: int = 30) -> None:
         """The first ``max_rows`` rows of ``frame`` (:func:`table_html`: no index column)."""
         self.parts.append(table_html(frame.head(max_rows), digits=digits))

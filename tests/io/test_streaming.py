@@ -94,3 +94,32 @@ def test_to_jumprelu_reads_a_stream_without_holding_it():
     from_stream = sae.to_jumprelu(stream(x, batch_size=64, limit=200, progress=False))
     from_tensor = sae.to_jumprelu(x[:200])
     torch.testing.assert_close(from_stream.threshold, from_tensor.threshold)
+
+
+def test_progress_bars_in_jupyter_need_no_widgets(monkeypatch):
+    """Inside a Jupyter kernel the bar is a widget where ipywidgets is installed; without it,
+    the plain text bar (never tqdm.auto's "IProgress not found" warning)."""
+    import importlib.util
+    import sys
+    import types
+    import warnings
+
+    import tqdm.notebook
+    import tqdm.std
+
+    from saegeo.io import streaming
+
+    assert streaming.bar_class() is tqdm.std.tqdm  # not in a kernel
+    monkeypatch.setitem(sys.modules, "ipykernel.zmqshell", types.ModuleType("ipykernel.zmqshell"))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "ipywidgets" else find_spec(name, *a),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert streaming.bar_class() is tqdm.std.tqdm
+        streaming.progress_bar(3, "test", progress=False).close()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert streaming.bar_class() is tqdm.notebook.tqdm

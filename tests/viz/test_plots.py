@@ -13,6 +13,7 @@ from saegeo.viz.plots import (
     grid_height,
     novelty_figure,
     seed_stability_figure,
+    symlog_scale,
 )
 
 
@@ -116,3 +117,40 @@ def test_seed_stability_figure_draws_both_curves():
     assert [trace.name for trace in fig.data] == ["all latents", "live latents"]
     assert list(fig.data[1].y) == [0.2, 0.4] and tuple(fig.layout.yaxis.range) == (0, 1)
     assert fig.layout.legend.y > 1
+
+
+def test_novelty_scatter_is_symlog_so_signs_stay_readable():
+    result = synthetic_novelty(1)
+    rng = np.random.default_rng(1)
+    features = pd.DataFrame(
+        {
+            "pair": 0,
+            "feature": np.arange(300),
+            "nearest": np.arange(300) % 7,
+            "kind": np.where(np.arange(300) < 100, "novel", "reconstruction"),
+            "max_cos": rng.random(300),
+            "delta_mse": rng.normal(size=300),
+        }
+    )
+    features.loc[3, "delta_mse"] = 6400.0
+    features.loc[17, "delta_mse"] = -900.0
+    fig = novelty_figure(result._replace(features=features))
+    scatter = [t for t in fig.data if t.xaxis == "x3"]
+    shown = np.concatenate([np.asarray(t.y, dtype=float) for t in scatter])
+    true = np.concatenate(
+        [features.loc[features["kind"] == k, "delta_mse"] for k in ("novel", "reconstruction")]
+    )
+    scale = symlog_scale(features["delta_mse"].to_numpy())
+    # Every point keeps its sign, order and (through the ticks) its value.
+    assert (np.sign(shown) == np.sign(true)).all()
+    assert (np.argsort(shown, kind="stable") == np.argsort(true, kind="stable")).all()
+    np.testing.assert_allclose(10 ** np.abs(shown) - 1, np.abs(true) / scale, rtol=1e-9)
+    # The bulk is not squashed onto 0 (on a linear axis this ratio would be 1e-4).
+    assert np.median(np.abs(shown)) > 0.05 * np.abs(shown).max()
+    axis = fig.layout.yaxis3
+    assert "10,000" in axis.ticktext and "-1,000" in axis.ticktext and "0" in axis.ticktext
+    ticks = dict(zip(axis.ticktext, axis.tickvals, strict=True))
+    assert ticks["0"] == 0 and ticks["1,000"] == pytest.approx(np.log10(1 + 1000 / scale))
+    hover = [h for t in scatter for h in t.hovertext]
+    assert any(h.startswith("1/3,") and "6400" in h for h in hover)
+    assert {t.name for t in fig.data if t.xaxis == "x4"} == {"add novel", "add reconstruction"}
