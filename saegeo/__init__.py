@@ -45,6 +45,7 @@ from saegeo.effects.interpolation import interpolation_path
 from saegeo.effects.metrics import Metrics, evaluate
 from saegeo.effects.novelty import family_novelty
 from saegeo.errors import FormatError, SaegeoError, ShapeError
+from saegeo.explore.card import FeatureCard, feature_card
 from saegeo.geometry.classify import classify, swap_groups
 from saegeo.geometry.cofiring import cofiring, containment, nesting
 from saegeo.geometry.masked_cosine import masked_cosine
@@ -83,6 +84,7 @@ __all__ = [
     "ActsLike",
     "CosineMatch",
     "Family",
+    "FeatureCard",
     "FormatError",
     "FrankensteinReport",
     "FrankensteinSteps",
@@ -110,6 +112,7 @@ __all__ = [
     "evaluate",
     "explained_share",
     "family_novelty",
+    "feature_card",
     "feature_dag",
     "feature_tree",
     "forest",
