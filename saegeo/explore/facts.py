@@ -87,46 +87,53 @@ class FamilyFacts:
             self._text[i] = self.tokenizer.decode([i])
         return [self._text[int(i)] for i in ids]
 
+    def snippet_windows(self, level: int, index: int) -> list[dict[str, Any]]:
+        """The feature's top snippets as positions: ``token``, ``activation``, ``positions``
+        (of the tokens shown, an array), ``acts`` (the feature's activation on each) and
+        ``centre`` (the activating token's place among them); strongest first."""
+        if self.stats is None or self.tokens is None:
+            return []
+        stats = self.stats[level]
+        kept = stats.top_rows[index] >= 0
+        rows = stats.top_rows[index][kept]
+        values, windows = stats.top_values[index][kept], stats.windows[index][kept]
+        positions, shown = snippet_windows(
+            rows,
+            stats.window,
+            self.tokens.token_ids.size,
+            doc_ids=self.tokens.doc_ids,
+            tokens_per_context=self.tokens.tokens_per_context,
+        )
+        return [
+            {
+                "token": int(rows[s]),
+                "activation": float(values[s]),
+                "positions": positions[s][shown[s]],
+                "acts": windows[s][shown[s]],
+                "centre": int(shown[s][: stats.window[0]].sum()),
+            }
+            for s in range(rows.size)
+        ]
+
     def snippets(self, level: int, index: int) -> list[dict[str, Any]]:
         """The feature's top snippets, strongest first: ``token`` (position), ``activation``,
         ``doc_id``, ``context``, ``tokens`` (decoded one by one), ``acts`` (the feature's
         activation on each) and ``centre`` (the activating token's place in them)."""
-        if self.stats is None or self.tokens is None:
+        if self.tokens is None:
             return []
-        stats = self.stats[level]
-        rows = stats.top_rows[index]
-        kept = rows >= 0
-        rows, values, windows = (
-            rows[kept],
-            stats.top_values[index][kept],
-            stats.windows[index][kept],
-        )
-        ids = self.tokens.token_ids
-        positions, shown = snippet_windows(
-            rows,
-            stats.window,
-            ids.size,
-            doc_ids=self.tokens.doc_ids,
-            tokens_per_context=self.tokens.tokens_per_context,
-        )
-        out = []
-        per_context = self.tokens.tokens_per_context
-        for s in range(rows.size):
-            mask = shown[s]
-            out.append(
-                {
-                    "token": int(rows[s]),
-                    "activation": float(values[s]),
-                    "doc_id": -1
-                    if self.tokens.doc_ids is None
-                    else int(self.tokens.doc_ids[rows[s]]),
-                    "context": -1 if not per_context else int(rows[s] // per_context),
-                    "tokens": self.token_text(ids[positions[s][mask]].tolist()),
-                    "acts": [float(a) for a in windows[s][mask]],
-                    "centre": int(mask[: stats.window[0]].sum()),
-                }
-            )
-        return out
+        doc_ids, per_context = self.tokens.doc_ids, self.tokens.tokens_per_context
+        return [
+            {
+                "token": s["token"],
+                "activation": s["activation"],
+                "doc_id": -1 if doc_ids is None else int(doc_ids[s["token"]]),
+                "context": -1 if not per_context else s["token"] // per_context,
+                "tokens": self.token_text(self.tokens.token_ids[s["positions"]].tolist()),
+                "acts": [float(a) for a in s["acts"]],
+                "centre": s["centre"],
+            }
+            for s in self.snippet_windows(level, index)
+        ]
 
     def label(self, level: int, index: int) -> str:
         """The feature's label: its distinct top tokens, strongest first (``""`` if unknown)."""
