@@ -279,6 +279,8 @@ def _tokens(
 
         tokens = store_tokens(store)
     if tokenizer is None:
+        if "tokenizer" not in store.meta:
+            return None, None  # token ids without a tokenizer: no text to show
         from saegeo.lm.harvest import load_tokenizer
 
         tokenizer = load_tokenizer(store)

@@ -29,8 +29,8 @@ import numpy as np
 from saegeo.core.feature_info import NEURONPEDIA, neuronpedia_id
 from saegeo.explore.facts import FamilyFacts
 from saegeo.explore.stats import HIST_EDGES
+from saegeo.io.outputs import EXPLORER_SCHEMA as SCHEMA
 
-SCHEMA = "saegeo.explorer.v1"
 DIGITS = 6
 
 

@@ -29,6 +29,8 @@ kind          recognised by
               resumed)
 ``demo``      a directory with the demo's ``settings.json`` (``demo``, resumed)
 ``checkpoint``  a torch checkpoint file, a zip archive (``stitch --checkpoint``, resumed)
+``explore``   a directory with ``explorer.json`` of schema ``saegeo.explorer.v1`` beside
+              ``index.html`` (``explore``)
 ============  ===============================================================================
 """
 
@@ -47,17 +49,21 @@ from saegeo.errors import SaegeoError
 from saegeo.io.store import STORE_FORMAT
 from saegeo.stitch.report import REPORT_SCHEMA
 
-OutputKind = Literal["table", "tree", "html", "stitched", "family", "store", "demo", "checkpoint"]
+OutputKind = Literal[
+    "table", "tree", "html", "stitched", "family", "store", "demo", "checkpoint", "explore"
+]
 
 GENERATOR_META = '<meta name="generator" content="saegeo">'
 """In the head of every HTML page saegeo writes: how :func:`output_kind` knows its pages."""
 
 TABLE_HEADER = "feature,max_cos,nearest,kind"
 TREE_SCHEMAS = ("saegeo.feature_tree.v1", "saegeo.feature_forest.v1")
+EXPLORER_SCHEMA = "saegeo.explorer.v1"
+"""The ``schema`` of the ``explorer.json`` beside an explorer site's ``index.html``."""
 FAMILY_FORMAT = "saegeo.family.v1"
 """The ``format`` of the ``family.json`` that training writes."""
 
-DIRECTORY_KINDS = frozenset({"stitched", "family", "store", "demo"})
+DIRECTORY_KINDS = frozenset({"stitched", "family", "store", "demo", "explore"})
 RESUMED_KINDS = frozenset({"store", "demo", "checkpoint"})
 DESCRIPTIONS = {
     "table": "saegeo classify table",
@@ -68,6 +74,7 @@ DESCRIPTIONS = {
     "store": "saegeo activation store",
     "demo": "saegeo demo directory",
     "checkpoint": "saegeo refit checkpoint",
+    "explore": "saegeo explorer site",
 }
 HEAD_BYTES = 4096
 
@@ -148,6 +155,11 @@ def output_kind(path: str | os.PathLike[str]) -> OutputKind | None:
             and (path / "cfg.json").is_file()
         ):
             return "stitched"
+        if (
+            _json_field(path / "explorer.json", "schema") == EXPLORER_SCHEMA
+            and (path / "index.html").is_file()
+        ):
+            return "explore"
         if _json_field(path / "family.json", "format") == FAMILY_FORMAT:
             return "family"
         if _json_field(path / "meta.json", "format") == STORE_FORMAT:
