@@ -46,6 +46,7 @@ def page_html(index: dict[str, Any], *, title: str = "saegeo explorer") -> str:
 <meta charset="utf-8">
 {GENERATOR_META}
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <title>{title}</title>
 <style>html,body{{margin:0;height:100%}}#app{{height:100vh}}
 {static_text("explorer.css")}</style>
