@@ -144,6 +144,7 @@ def _cmd_explore(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         novelty_threshold=args.novelty_threshold,
         k=args.snippets,
+        with_effects=not args.no_effects,
         limit=args.limit,
         device=args.device,
     )

@@ -212,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="top activating snippets kept per feature (default %(default)s)",
     )
+    p.add_argument(
+        "--no-effects",
+        action="store_true",
+        help="leave out delta_mse and the explained share (each a further pass over the "
+        "activations per pair of widths)",
+    )
     p.add_argument("--limit", type=types.integer(1), help="use only the first N activation tokens")
     types.add_common(p)
     p.set_defaults(func=commands._cmd_explore, parser=p)

@@ -16,7 +16,8 @@ messages when the page asks). Schema ``saegeo.explorer.v1``:
   and ``snippets`` (``[activation, centre, token ids, activations]``), and ``tokens``: the
   text of every token id used.
 
-Floats are rounded to :data:`DIGITS` significant digits; NaN becomes null.
+Floats are rounded to :data:`DIGITS` significant digits (the per-token activations of snippets
+to :data:`SHADE_DIGITS`); NaN becomes null.
 """
 
 from __future__ import annotations
@@ -32,17 +33,19 @@ from saegeo.explore.stats import HIST_EDGES
 from saegeo.io.outputs import EXPLORER_SCHEMA as SCHEMA
 
 DIGITS = 6
+SHADE_DIGITS = 3
+"""Significant digits of the per-token activations of snippets (they only shade the text)."""
 
 
-def rounded(values: Any) -> list[float | None]:
-    """Floats to :data:`DIGITS` significant digits, NaN and infinities as None.
+def rounded(values: Any, digits: int = DIGITS) -> list[float | None]:
+    """Floats to ``digits`` significant digits, NaN and infinities as None.
 
     >>> rounded([1.23456789, float("nan"), 0.0])
     [1.23457, None, 0.0]
     """
     out: list[float | None] = []
     for v in np.asarray(values, dtype=np.float64).tolist():
-        out.append(float(f"{v:.{DIGITS}g}") if math.isfinite(v) else None)
+        out.append(float(f"{v:.{digits}g}") if math.isfinite(v) else None)
     return out
 
 
@@ -156,7 +159,9 @@ def snippet_data(facts: FamilyFacts, level: int) -> dict[str, Any]:
         for s in facts.snippet_windows(level, j):
             ids = ids_N[s["positions"]].tolist()
             used.update(ids)
-            rows.append([rounded([s["activation"]])[0], s["centre"], ids, rounded(s["acts"])])
+            rows.append(
+                [rounded([s["activation"]])[0], s["centre"], ids, rounded(s["acts"], SHADE_DIGITS)]
+            )
         out["snippets"][j] = rows
     ordered = sorted(used)
     out["tokens"] = dict(zip(map(str, ordered), facts.token_text(ordered), strict=True))

@@ -94,3 +94,7 @@ def test_explore_command(toy, tmp_path, capsys):
     assert main([*args[:-6], "--acts", str(acts), "--out", str(foreign)]) == 2
     assert (foreign / "notes.txt").read_text() == "mine"
     assert main([*args, "--force", "--threshold", "2"]) == 2
+    assert main([*args, "--force", "--no-effects"]) == 0
+    member = (out / "data" / "member-2.js").read_text()
+    doc = json.loads(member[member.index(",") + 1 : member.rindex(")")])
+    assert doc["delta_mse"] == [None] * 24 and doc["max_cos"][0] is not None
