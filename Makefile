@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all check format figures clean
+.PHONY: install demo test test-all check format figures clean chromium
 
 install: $(STAMP)
 
@@ -23,10 +23,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/saegeo demo
 
-test: $(STAMP)
+# The explorer's browser tests drive the system's Chromium through Playwright (Playwright's
+# own browser downloads are not needed); installed with apt-get where it is missing.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		{ echo "installing chromium for the browser tests (apt-get)"; \
+		  (apt-get update -qq && apt-get install -y -qq chromium) || \
+		  echo "could not install chromium: the browser tests will be skipped"; }
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q -p no:cacheprovider
 
-test-all: $(STAMP)
+test-all: $(STAMP) chromium
 	$(PY) -m pytest -q -p no:cacheprovider --runslow
 
 check: $(STAMP)

@@ -45,6 +45,9 @@ from saegeo.effects.interpolation import interpolation_path
 from saegeo.effects.metrics import Metrics, evaluate
 from saegeo.effects.novelty import family_novelty
 from saegeo.errors import FormatError, SaegeoError, ShapeError
+from saegeo.explore.card import FeatureCard, feature_card
+from saegeo.explore.facts import FamilyFacts, family_facts
+from saegeo.explore.widget import explore
 from saegeo.geometry.classify import classify, swap_groups
 from saegeo.geometry.cofiring import cofiring, containment, nesting
 from saegeo.geometry.masked_cosine import masked_cosine
@@ -83,6 +86,8 @@ __all__ = [
     "ActsLike",
     "CosineMatch",
     "Family",
+    "FamilyFacts",
+    "FeatureCard",
     "FormatError",
     "FrankensteinReport",
     "FrankensteinSteps",
@@ -108,8 +113,11 @@ __all__ = [
     "delta_mse",
     "encode_codes",
     "evaluate",
+    "explore",
     "explained_share",
+    "family_facts",
     "family_novelty",
+    "feature_card",
     "feature_dag",
     "feature_tree",
     "forest",

@@ -219,6 +219,15 @@ def commit(*claims: Any) -> None:
         raise failed
 
 
+def check_edge_threshold(args: argparse.Namespace) -> None:
+    """Refuse a ``--threshold`` outside [-1, 1] for ``--metric decoder_cosine``."""
+    threshold = args.threshold
+    if args.metric == "decoder_cosine" and threshold is not None and not -1 <= threshold <= 1:
+        raise SaegeoError(
+            f"--threshold {threshold:g}: a decoder cosine threshold must lie in [-1, 1]"
+        )
+
+
 def open_acts(args: argparse.Namespace) -> Any:
     """The activations of ``--acts`` (None without), NaN/Inf rows skipped with
     ``--skip-nonfinite``."""

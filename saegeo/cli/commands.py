@@ -83,11 +83,7 @@ def _cmd_tree(args: argparse.Namespace) -> int:
         [(args.out, "tree", "--out"), (args.html, "html", "--html")],
         [*args.paths, args.acts, args.labels],
     )
-    threshold = args.threshold
-    if args.metric == "decoder_cosine" and threshold is not None and not -1 <= threshold <= 1:
-        raise SaegeoError(
-            f"--threshold {threshold:g}: a decoder cosine threshold must lie in [-1, 1]"
-        )
+    types.check_edge_threshold(args)
     root = None if args.all else parse_node_id(args.root, name="--root")
     labels = read_labels(args.labels) if args.labels else None
     if args.neuronpedia and root is None:
@@ -147,6 +143,39 @@ def _tree_labels(
         labels = feature_labels(family, acts, nodes, device=args.device, progress=None)
     labels.update(given or {})
     return labels
+
+
+def _cmd_explore(args: argparse.Namespace) -> int:
+    import time
+
+    from saegeo.explore.facts import family_facts
+    from saegeo.explore.site import write_site
+    from saegeo.io.pretrained import load_family_spec
+
+    types.guard(args, [(args.out, "explore", "--out")], [*args.paths, args.acts])
+    types.check_edge_threshold(args)
+    family = load_family_spec(args.paths)
+    acts = types.open_acts(args)
+    start = time.perf_counter()
+    facts = family_facts(
+        family,
+        acts,
+        metric=args.metric,
+        threshold=args.threshold,
+        novelty_threshold=args.novelty_threshold,
+        k=args.snippets,
+        with_effects=not args.no_effects,
+        limit=args.limit,
+        device=args.device,
+    )
+    if distributed.is_main():
+        write_site(facts, args.out)
+    _report_skipped(args, acts)
+    print(
+        f"explorer of {len(family)} SAEs (widths {family.widths}) in "
+        f"{time.perf_counter() - start:.0f} s -> {args.out}/index.html"
+    )
+    return 0
 
 
 def _cmd_stitch(args: argparse.Namespace) -> int:

@@ -179,6 +179,53 @@ def build_parser() -> argparse.ArgumentParser:
     types.add_common(p)
     p.set_defaults(func=commands._cmd_stitch, parser=p)
 
+    p = sub.add_parser(
+        "explore", help="an offline site to explore a family feature by feature (index.html)"
+    )
+    p.add_argument("paths", nargs="+", type=types.path, help=SAE_PATHS_HELP)
+    p.add_argument(
+        "--acts",
+        required=True,
+        type=types.path,
+        help="activations (a store from saegeo harvest gives the snippets' text)",
+    )
+    p.add_argument(
+        "--out", required=True, type=types.path, help="site directory (index.html and data/)"
+    )
+    p.add_argument(
+        "--metric",
+        choices=get_args(Metric),
+        default="decoder_cosine",
+        help="parent/child score of the trees (default %(default)s)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=types.real(),
+        default=None,
+        help="edge iff score > T (default: the metric's, as for saegeo tree)",
+    )
+    p.add_argument(
+        "--novelty-threshold",
+        type=types.real(-1, 1),
+        default=0.7,
+        help="novel iff max decoder cosine <= T (default %(default)s)",
+    )
+    p.add_argument(
+        "--snippets",
+        type=types.integer(1),
+        default=10,
+        help="top activating snippets kept per feature (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-effects",
+        action="store_true",
+        help="leave out delta_mse and the explained share (each a further pass over the "
+        "activations per pair of widths)",
+    )
+    p.add_argument("--limit", type=types.integer(1), help="use only the first N activation tokens")
+    types.add_common(p)
+    p.set_defaults(func=commands._cmd_explore, parser=p)
+
     p = sub.add_parser("harvest", help="store a language model's residual stream on text")
     p.add_argument(
         "--model",

@@ -11,6 +11,21 @@ from saegeo.io import distributed
 from saegeo.io.streaming import ActsLike, sae_stream
 
 
+def csr_codes(acts_BF: torch.Tensor) -> sp.csr_matrix:
+    """The non-zeros of a batch of latent activations [B, F] as a float32 CSR matrix (on the CPU).
+
+    >>> csr_codes(torch.tensor([[0.0, 2.0], [1.0, 0.0]])).toarray().tolist()
+    [[0.0, 2.0], [1.0, 0.0]]
+    """
+    rows, cols = acts_BF.nonzero(as_tuple=True)
+    values = acts_BF[rows, cols]
+    return sp.csr_matrix(
+        (values.float().cpu().numpy(), (rows.cpu().numpy(), cols.cpu().numpy())),
+        shape=tuple(acts_BF.shape),
+        dtype=np.float32,
+    )
+
+
 def encode_codes(
     sae: SAE,
     acts: ActsLike,
@@ -33,16 +48,7 @@ def encode_codes(
     batches = batches.replace(sharded=True)
     blocks = []
     for batch_BD in batches:
-        acts_BF = sae.encode(batch_BD)
-        rows, cols = acts_BF.nonzero(as_tuple=True)
-        values = acts_BF[rows, cols]
-        blocks.append(
-            sp.csr_matrix(
-                (values.float().cpu().numpy(), (rows.cpu().numpy(), cols.cpu().numpy())),
-                shape=(acts_BF.shape[0], sae.width),
-                dtype=np.float32,
-            )
-        )
+        blocks.append(csr_codes(sae.encode(batch_BD)))
     codes = (
         sp.vstack(blocks, format="csr", dtype=np.float32)
         if blocks

@@ -41,6 +41,8 @@ kind          recognised by
 ``demo``      a directory whose ``settings.json`` holds the demo's settings and nothing else,
               beside nothing but the demo's own entries (``demo``, resumed)
 ``checkpoint``  a torch checkpoint file, a zip archive (``stitch --checkpoint``, resumed)
+``explore``   a directory with ``explorer.json`` of schema ``saegeo.explorer.v1`` beside
+              ``index.html`` (``explore``)
 ============  ===============================================================================
 """
 
@@ -61,7 +63,7 @@ from saegeo.io.store import STORE_FORMAT
 from saegeo.stitch.report import REPORT_SCHEMA
 
 OutputKind = Literal[
-    "table", "tree", "html", "sae", "stitched", "family", "store", "demo", "checkpoint"
+    "table", "tree", "html", "sae", "stitched", "family", "store", "demo", "checkpoint", "explore"
 ]
 
 GENERATOR_META = '<meta name="generator" content="saegeo">'
@@ -69,6 +71,8 @@ GENERATOR_META = '<meta name="generator" content="saegeo">'
 
 TABLE_HEADER = "feature,max_cos,nearest,kind"
 TREE_SCHEMAS = ("saegeo.feature_tree.v1", "saegeo.feature_forest.v1")
+EXPLORER_SCHEMA = "saegeo.explorer.v1"
+"""The ``schema`` of the ``explorer.json`` beside an explorer site's ``index.html``."""
 FAMILY_FORMAT = "saegeo.family.v1"
 """The ``format`` of the ``family.json`` that training writes."""
 REPORT_FILE = "report.json"
@@ -94,6 +98,7 @@ DEMO_SETTINGS = frozenset(
 """The keys of the demo's ``settings.json`` (``DemoSettings``'s fields; a test holds them equal)."""
 
 DIRECTORY_KINDS = frozenset({"sae", "stitched", "family", "store", "demo"})
+DIRECTORY_KINDS = frozenset({"stitched", "family", "store", "demo", "explore"})
 RESUMED_KINDS = frozenset({"store", "demo", "checkpoint"})
 DESCRIPTIONS = {
     "table": "saegeo classify table",
@@ -105,6 +110,7 @@ DESCRIPTIONS = {
     "store": "saegeo activation store",
     "demo": "saegeo demo directory",
     "checkpoint": "saegeo refit checkpoint",
+    "explore": "saegeo explorer site",
 }
 HEAD_BYTES = 4096
 NAME_MAX = 255
@@ -262,6 +268,11 @@ def output_kind(path: str | os.PathLike[str]) -> OutputKind | None:
             and (path / SAELENS_CFG).is_file()
         ):
             return "stitched"
+        if (
+            _json_field(path / "explorer.json", "schema") == EXPLORER_SCHEMA
+            and (path / "index.html").is_file()
+        ):
+            return "explore"
         if _json_field(path / "family.json", "format") == FAMILY_FORMAT:
             return "family"
         if _json_field(path / "meta.json", "format") == STORE_FORMAT:

@@ -201,20 +201,15 @@ def top_snippets(
         rows, values = rows[keep], values[keep]
     rows, values = rows[:k], values[:k]
 
-    # Every snippet's window at once: positions [k, before + 1 + after], masked where they
-    # leave the token's document or context.
-    offsets = np.arange(-before, after + 1)
-    positions = rows[:, None] + offsets[None, :]
-    inside = (positions >= 0) & (positions < token_ids.size)
-    clipped = np.clip(positions, 0, max(token_ids.size - 1, 0))
-    if doc_ids is not None:
-        inside &= doc_ids[clipped] == doc_ids[rows][:, None]
-    if tokens_per_context is not None:
-        inside &= clipped // tokens_per_context == (rows // tokens_per_context)[:, None]
-    # A window is contiguous: drop what lies beyond the first excluded position either side.
+    clipped, shown_KW = snippet_windows(
+        rows,
+        (before, after),
+        token_ids.size,
+        doc_ids=doc_ids,
+        tokens_per_context=tokens_per_context,
+    )
     centre = before
-    left_ok = np.flip(np.cumprod(np.flip(inside[:, :centre], axis=1), axis=1), axis=1)
-    right_ok = np.cumprod(inside[:, centre + 1 :], axis=1)
+    left_ok, right_ok = shown_KW[:, :centre], shown_KW[:, centre + 1 :]
     ids = token_ids[clipped]
 
     left, middle, right, text = [], [], [], []
@@ -238,6 +233,57 @@ def top_snippets(
     )
     frame.index.name = "rank"
     return frame
+
+
+def snippet_windows(
+    rows: np.ndarray,
+    window: tuple[int, int],
+    n_tokens: int,
+    *,
+    doc_ids: np.ndarray | None = None,
+    tokens_per_context: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The window of tokens shown around each of ``rows``: positions and which are shown.
+
+    Parameters
+    ----------
+    rows
+        Positions of the activating tokens [K].
+    window
+        ``(before, after)``: tokens shown on either side.
+    n_tokens
+        Tokens in all (positions run over ``[0, n_tokens)``).
+    doc_ids, tokens_per_context
+        As for :func:`top_snippets`: a window stops at the edges of its token's document and
+        model context.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        Positions [K, before + 1 + after] (clipped into range) and a boolean mask of the same
+        shape: True where the position is shown. A window is contiguous, so everything beyond
+        the first position that leaves the document or context is hidden too.
+
+    Examples
+    --------
+    >>> positions, shown = snippet_windows(np.array([1]), (2, 1), 10, tokens_per_context=5)
+    >>> positions.tolist(), shown.astype(int).tolist()
+    ([[0, 0, 1, 2]], [[0, 1, 1, 1]])
+    """
+    before, after = window
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    positions = rows[:, None] + np.arange(-before, after + 1)[None, :]
+    inside = (positions >= 0) & (positions < n_tokens)
+    clipped = np.clip(positions, 0, max(n_tokens - 1, 0))
+    if doc_ids is not None:
+        inside &= doc_ids[clipped] == doc_ids[rows][:, None]
+    if tokens_per_context is not None:
+        inside &= clipped // tokens_per_context == (rows // tokens_per_context)[:, None]
+    left = np.flip(np.cumprod(np.flip(inside[:, :before], axis=1), axis=1), axis=1)
+    right = np.cumprod(inside[:, before + 1 :], axis=1)
+    centre = np.ones((rows.size, 1), dtype=bool)
+    shown = np.concatenate([left.astype(bool), centre, right.astype(bool)], axis=1)
+    return clipped, shown
 
 
 def _marked(left: str, token: str, right: str, marks: tuple[str, str]) -> str:

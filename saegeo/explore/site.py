@@ -1,0 +1,98 @@
+"""The explorer as a static site: ``index.html`` and one pair of data scripts per member.
+
+The page inlines the explorer's front end (``static/explorer.js`` and ``.css``, the same code
+the Jupyter widget runs) and loads a member's documents (:mod:`saegeo.explore.site_data`)
+only when the member is opened, as ``<script>`` tags that hand them to
+``window.saegeoData`` — so the page works from ``file://`` (where browsers refuse ``fetch``
+and module scripts from files) as well as from any web server. ``explorer.json`` holds the
+index and marks the directory as a saegeo explorer site.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from saegeo.explore.facts import FamilyFacts
+from saegeo.explore.site_data import SCHEMA, index_data, member_data, snippet_data
+from saegeo.io.atomic import atomic_dir, finite_or_null
+from saegeo.io.outputs import GENERATOR_META
+from saegeo.io.streaming import progress_bar
+
+INDEX_FILE = "explorer.json"
+"""The index, beside ``index.html``: how saegeo recognises the site as its own."""
+
+
+def static_text(name: str) -> str:
+    """A file of the front end (``explorer.js``, ``explorer.css``)."""
+    return resources.files("saegeo.explore").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def script_json(doc: Any) -> str:
+    """``doc`` as JSON that can sit inside a ``<script>`` element (no ``</``, no NaN)."""
+    return json.dumps(finite_or_null(doc), allow_nan=False, separators=(",", ":")).replace(
+        "</", "<\\/"
+    )
+
+
+def page_html(index: dict[str, Any], *, title: str = "saegeo explorer") -> str:
+    """The site's ``index.html``: the front end inlined, the index embedded."""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+{GENERATOR_META}
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>{title}</title>
+<style>html,body{{margin:0;height:100%}}#app{{height:100vh}}
+{static_text("explorer.css")}</style>
+</head>
+<body>
+<div id="app"></div>
+<script id="sg-index" type="application/json">{script_json(index)}</script>
+<script type="module">
+{static_text("explorer.js")}
+const index = JSON.parse(document.getElementById("sg-index").textContent);
+window.saegeoExplorer = mount(document.getElementById("app"), index, scriptLoader("data"));
+</script>
+</body>
+</html>
+"""
+
+
+def data_script(name: str, doc: Any) -> str:
+    """A data document as the script the page loads: ``window.saegeoData(name, doc)``."""
+    return f"window.saegeoData({json.dumps(name)},{script_json(doc)});\n"
+
+
+def write_site(
+    facts: FamilyFacts, out: str | os.PathLike[str], *, progress: bool | None = None
+) -> Path:
+    """Write the explorer site of ``facts`` to the directory ``out`` (atomically: a previous
+    site there is replaced only once the new one is complete). Returns ``out``.
+
+    The caller checks that ``out`` may be written (:func:`saegeo.io.outputs.check_outputs`).
+    """
+    index = index_data(facts)
+    levels = range(len(facts.family))
+    with atomic_dir(out) as tmp:
+        data = tmp / "data"
+        data.mkdir()
+        with progress_bar(2 * len(levels), "explorer data", progress) as bar:
+            for level in levels:
+                for name, doc in (
+                    (f"member-{level}", member_data(facts, level)),
+                    (f"snippets-{level}", snippet_data(facts, level)),
+                ):
+                    (data / f"{name}.js").write_text(data_script(name, doc), encoding="utf-8")
+                    bar.update()
+        (tmp / INDEX_FILE).write_text(json.dumps(finite_or_null(index), indent=1) + "\n")
+        (tmp / "index.html").write_text(page_html(index), encoding="utf-8")
+    return Path(out)
+
+
+__all__ = ["INDEX_FILE", "SCHEMA", "page_html", "write_site"]
