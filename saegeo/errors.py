@@ -86,6 +86,14 @@ class InsufficientMemoryError(SaegeoError):
                 options.append(name + ("" if value is None else f"={value!r}"))
         how = " or ".join([", ".join(options[:-1]), options[-1]] if len(options) > 1 else options)
         return (
-            f"{self.what} needs about {self.needed / 1e9:.1f} GB but "
-            f"{self.available / 1e9:.1f} GB is available; lower it with {how}"
+            f"{self.what} needs about {_size(self.needed)} but {_size(self.available)} "
+            f"is available; lower it with {how}"
         )
+
+
+def _size(n_bytes: int) -> str:
+    """``3.2 GB``, ``12.5 MB``: one decimal in the largest unit under which it is >= 1."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} bytes"

@@ -4,16 +4,16 @@ The dense refit (:func:`saegeo.stitch.refit.accumulate_stats`) forms the Gram ma
 ``G = Σ_t w_t z_t z_tᵀ`` [F+1, F+1] of the codes ``z = [a, 1]`` and factors it: 8·F² bytes
 twice over, 25 GB at 56k features. Most of it is empty: a token's codes touch a few hundred
 features. This module never forms ``G``. It keeps the codes themselves, sparse
-(:class:`CodeStats`: the rows ``√w_t a_t``, 12 bytes per non-zero), and solves the same normal
-equations by conjugate gradients, applying ``G`` to the ``D`` columns of the decoder at once
-through two sparse products, ``Sᵀ(S V)``. Memory is ``O(nnz + F·D + N·D)``.
+(:class:`CodeStats`: 12 bytes per non-zero of a float32 SAE), and solves the same normal
+equations by conjugate gradients, applying ``G = Aᵀ diag(w) A`` to the ``D`` columns of the
+decoder at once through two sparse products, ``Aᵀ(w ⊙ A V)``. Memory is ``O(nnz + F·D + N·D)``.
 
 The bias is eliminated exactly rather than iterated on: with ``s = Σ w a`` and ``Σw``, the
 optimal bias for a decoder ``W`` is ``(c_b − Wᵀs)/Σw``, and ``W`` solves the centred system
 ``(G_FF − s sᵀ/Σw + λI) W = C_F − s c_bᵀ/Σw + λW₀``. Centring removes the one direction that
 makes the uncentred system ill-conditioned (the sum of a token's non-negative codes is nearly
 the same on every token, so it is nearly collinear with the bias's column of ones), and it is
-applied as ``Sᵀ(S V − √w (sᵀV)/Σw)``: the correction needs ``s``, which every rank holds, so
+applied as ``Aᵀ(w ⊙ (A V − sᵀV/Σw))``: the correction needs ``s``, which every rank holds, so
 it costs no communication. Preconditioning is by the diagonal of the centred matrix (Jacobi):
 co-firing groups in real families are small and change from step to step of a stitch, and
 the diagonal is what balances features that fire on 5 tokens against those that fire on half.
@@ -28,13 +28,13 @@ iterate returned is the newer one, whose excess is smaller still. With ``tol = 1
 squared error is that of the exact minimiser to about 1e-9 relative, far below what float32
 codes can tell apart. ``max_iterations`` caps the work; a solve that reaches it warns.
 
-**Precision.** The codes are kept in float32 (their precision in the SAE) and the two sparse
-products run in float32; every vector of the iteration and every sum is float64, and the
+**Precision.** The codes are kept in the SAE's precision and the two sparse products of an
+iteration run in float32; every vector of the iteration and every sum is float64, and the
 squared errors reported (:meth:`CodeStats.sse`) are computed with float64 products.
 
 **Ranks.** Each rank keeps the codes of its own share of the tokens; the sums (cross terms,
 ``s``, the diagonal) are reduced once, and each iteration reduces the one product
-``Sᵀ S V`` [F, D] (one all-reduce). Every rank then takes the same step, so the decoders agree
+``Aᵀ(w ⊙ A V)`` [F, D] (one all-reduce). Every rank then takes the same step, so the decoders agree
 on every rank.
 """
 
@@ -75,7 +75,7 @@ class CodeStats(NamedTuple):
 
     The same problem as :class:`saegeo.stitch.refit.DecoderStats` (targets shifted by the
     output bias ``shift``), with the Gram matrix replaced by the codes of this rank's tokens
-    scaled by the square roots of their weights, ``S = diag(√w) A`` [n, F].
+    and their weights ``w`` (``G = Aᵀ diag(w) A``).
     """
 
     rows: torch.Tensor
@@ -83,9 +83,9 @@ class CodeStats(NamedTuple):
     cols: torch.Tensor
     """Feature of each kept code [nnz], int32."""
     values: torch.Tensor
-    """``√w_t a_tf`` [nnz], float32."""
-    sqrt_w: torch.Tensor
-    """``√w_t`` of this rank's tokens [n], float64."""
+    """``a_tf`` [nnz], in the SAE's dtype (at least float32)."""
+    weight: torch.Tensor
+    """``w_t`` of this rank's tokens [n], float64 (1 unless the SAE normalises its input)."""
     cross: torch.Tensor
     """Σ_t w_t z_t y_tᵀ [F+1, D], float64, over every rank; the last row belongs to the bias."""
     code_sum: torch.Tensor
@@ -140,15 +140,15 @@ class CodeStats(NamedTuple):
         return torch.cat([W_dec.to(device, torch.float64), bias[None]])
 
     def codes(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``S = diag(√w) A`` [n, F] of this rank's tokens, sparse CSR in ``dtype``."""
-        return _csr(self.rows, self.cols, self.values.to(dtype), (len(self.sqrt_w), self.width))
+        """The codes ``A`` [n, F] of this rank's tokens, sparse CSR in ``dtype``."""
+        return _csr(self.rows, self.cols, self.values.to(dtype), (len(self.weight), self.width))
 
     def sse(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> float:
         """Σ_t ||x_t − x̂_t||² of decoder ``W_dec`` [F, D] with output bias ``b_dec`` [D]."""
         theta = self.theta(W_dec, b_dec)
-        fitted_ND = self.codes(torch.float64) @ theta[:-1]
-        fitted_ND += self.sqrt_w[:, None] * theta[-1]
-        (fitted_sq,) = distributed.all_reduce_sums(float((fitted_ND**2).sum()))
+        fitted_ND = self.codes(torch.float64) @ theta[:-1] + theta[-1]
+        fitted_sq = float((self.weight * (fitted_ND**2).sum(1)).sum())
+        (fitted_sq,) = distributed.all_reduce_sums(fitted_sq)
         value = self.target_sq - 2 * float((theta * self.cross).sum()) + fitted_sq
         return max(value, 0.0)
 
@@ -222,7 +222,7 @@ def accumulate_codes(
     rows: list[torch.Tensor] = []
     cols: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
-    sqrt_w: list[torch.Tensor] = []
+    weight: list[torch.Tensor] = []
     seen, checked = 0, False
     for x_BD in batches:
         acts_BF = sae.encode(x_BD)
@@ -231,8 +231,8 @@ def accumulate_codes(
         code_sq.index_add_(0, cols_K, w_B[rows_K] * codes_K**2)
         rows.append((rows_K + seen).to(torch.int32))
         cols.append(cols_K.to(torch.int32))
-        values.append((codes_K * w_B[rows_K].sqrt()).to(torch.float32))
-        sqrt_w.append(w_B.sqrt())
+        values.append(acts_BF[rows_K, cols_K].to(torch.promote_types(sae.dtype, torch.float32)))
+        weight.append(w_B)
         seen += x_BD.shape[0]
         if not checked:
             _require_codes(sae, len(cols_K) * (stop - start) // seen, stop - start, batches.device)
@@ -248,7 +248,7 @@ def accumulate_codes(
         rows=torch.cat(rows) if rows else empty,
         cols=torch.cat(cols) if cols else empty,
         values=torch.cat(values) if values else empty.float(),
-        sqrt_w=torch.cat(sqrt_w) if sqrt_w else empty.double(),
+        weight=torch.cat(weight) if weight else empty.double(),
         cross=sums.cross,
         code_sum=sums.code_sum,
         code_sq=code_sq,
@@ -262,7 +262,8 @@ def accumulate_codes(
 
 
 class _Normal:
-    """The normal-equations operator ``V ↦ (G_FF − [s sᵀ/Σw] + λI) V`` over the codes."""
+    """The normal-equations operator ``V ↦ (G_FF − [s sᵀ/Σw] + λI) V`` over the codes:
+    ``Aᵀ(w ⊙ (A V − [sᵀV/Σw])) + λV``, the sparse products in float32."""
 
     def __init__(self, stats: CodeStats, lam: float, center: bool) -> None:
         order = torch.argsort(stats.cols, stable=True)
@@ -270,10 +271,11 @@ class _Normal:
         self.St = _csr(
             stats.cols[order],
             stats.rows[order],
-            stats.values[order],
-            (stats.width, len(stats.sqrt_w)),
+            stats.values[order].to(torch.float32),
+            (stats.width, len(stats.weight)),
         )
-        self.sqrt_w = stats.sqrt_w.to(torch.float32)
+        unit = bool((stats.weight == 1).all())
+        self.weight = None if unit else stats.weight.to(torch.float32)[:, None]
         self.s = stats.code_sum
         self.weight_sum = stats.weight_sum
         self.lam, self.center = lam, center
@@ -281,7 +283,9 @@ class _Normal:
     def __call__(self, V_FD: torch.Tensor) -> torch.Tensor:
         U_ND = self.S @ V_FD.to(torch.float32)
         if self.center:
-            U_ND -= self.sqrt_w[:, None] * (self.s @ V_FD / self.weight_sum).to(torch.float32)
+            U_ND -= (self.s @ V_FD / self.weight_sum).to(torch.float32)
+        if self.weight is not None:
+            U_ND *= self.weight
         out_FD = distributed.all_reduce_((self.St @ U_ND).to(torch.float64))
         if self.lam:
             out_FD += self.lam * V_FD
