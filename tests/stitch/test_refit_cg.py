@@ -169,3 +169,22 @@ def test_allocations_that_would_not_fit_are_refused_before_they_are_made(monkeyp
     monkeypatch.undo()
     codes = accumulate_codes(sae, x_BD, **CPU)
     assert refit_cg.solve_bytes(sae.width, sae.d_in, codes.nnz, len(x_BD)) > 12 * codes.nnz
+
+
+def test_cg_refit_over_two_ranks_equals_the_single_process_one(tmp_path):
+    import numpy as np
+    from distributed_helpers import cg_refit, run_ranks
+
+    single = cg_refit()
+    ranks = run_ranks(cg_refit, 2, tmp_path)
+    for result in ranks:
+        assert result["mse"] == pytest.approx(single["mse"], rel=1e-6)
+        assert result["mse_before"] == pytest.approx(single["mse_before"], rel=1e-9)
+        np.testing.assert_allclose(result["W_dec"], single["W_dec"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(result["b_dec"], single["b_dec"], rtol=1e-4, atol=1e-5)
+        # One reduction of the product per iteration, and one each for the first and the
+        # final residual.
+        assert result["reductions"] == result["iterations"] + 2
+    # Both ranks take the same steps.
+    np.testing.assert_array_equal(ranks[0]["W_dec"], ranks[1]["W_dec"])
+    assert ranks[0]["iterations"] == ranks[1]["iterations"] > 0
