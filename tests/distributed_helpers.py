@@ -221,3 +221,37 @@ def train_toy(arch: str, batch_size: int) -> dict[str, Any]:
 def statistics_and_training() -> tuple[dict[str, Any], dict[str, Any]]:
     """:func:`statistics`, then :func:`train_toy` at batch 250 per rank (one spawn for both)."""
     return statistics(), train_toy("batchtopk", 250)
+
+
+def cg_refit() -> dict[str, Any]:
+    """The conjugate-gradient refit of a seeded toy SAE (each rank keeps its tokens' codes)."""
+    from sae_helpers import random_sae
+
+    from saegeo.stitch.refit import refit_exact
+
+    g = torch.Generator().manual_seed(1)
+    x_BD = torch.randn(N_TOKENS, 16, generator=g, dtype=torch.float64) + 0.5
+    sae = random_sae(40, "jumprelu", seed=3)
+    calls = {"reduce": 0}
+    from saegeo.stitch import refit_cg
+
+    reduce = refit_cg.distributed.all_reduce_
+
+    def counted(tensor: torch.Tensor) -> torch.Tensor:
+        # The operator's products [live features, d_in]; the sums [F+1, d_in] are reduced once.
+        calls["reduce"] += tensor.ndim == 2 and tensor.shape[0] != sae.width + 1
+        return reduce(tensor)
+
+    refit_cg.distributed.all_reduce_ = counted  # type: ignore[assignment]
+    try:
+        fit = refit_exact(sae, x_BD, solver="cg", batch_size=BATCH, device="cpu", progress=False)
+    finally:
+        refit_cg.distributed.all_reduce_ = reduce  # type: ignore[assignment]
+    return {
+        "W_dec": fit.sae.W_dec.numpy(),
+        "b_dec": fit.sae.b_dec.numpy(),
+        "mse": fit.after.mse,
+        "mse_before": fit.before.mse,
+        "iterations": fit.iterations,
+        "reductions": calls["reduce"],
+    }

@@ -62,12 +62,13 @@ def test_choices_are_the_library_literals():
     from saegeo.effects.hybrid import TOPK_MODES
     from saegeo.lm.config import MODEL_DTYPES, STORE_DTYPES
     from saegeo.stitch.config import RETRAINS
+    from saegeo.stitch.refit import SOLVERS
     from saegeo.training.config import TRAIN_ARCHS, PenaltyKind, Prefixes
     from saegeo.trees.dag import Metric
 
     assert _choices("classify") == {"topk": TOPK_MODES}
     assert _choices("tree")["metric"] == get_args(Metric)
-    assert _choices("stitch") == {"retrain": RETRAINS}
+    assert _choices("stitch") == {"retrain": RETRAINS, "solver": SOLVERS}
     harvest = _choices("harvest")
     assert (harvest["dtype"], harvest["model_dtype"]) == (STORE_DTYPES, MODEL_DTYPES)
     train = _choices("train")
@@ -88,3 +89,54 @@ def test_argument_errors_show_the_flag_that_sets_them():
     shard = ArgumentError("shard_tokens", 0, "must be at least 1", owner="HarvestConfig")
     assert flag_message(shard, sub) == str(shard)
     assert flag_message(sg.SaegeoError("plain"), sub) == "plain"
+
+
+def _stitch_inputs(root):
+    import numpy as np
+    from sae_helpers import random_sae
+
+    for width, seed in ((24, 2), (48, 3)):
+        sg.save_sae(
+            random_sae(width, "jumprelu", seed=seed).to(dtype=torch.float32), root / f"w{width}"
+        )
+    x_ND = np.random.default_rng(0).normal(size=(600, 16)).astype(np.float32) + 0.5
+    np.save(root / "acts.npy", x_ND)
+    return [str(root / "w24"), str(root / "w48"), "--acts", str(root / "acts.npy")]
+
+
+def test_stitch_reports_the_refit_solver_and_either_solver_gives_the_same_fit(tmp_path, capsys):
+    inputs = _stitch_inputs(tmp_path)
+    reports = {}
+    for solver in ("cholesky", "cg"):
+        out = tmp_path / solver
+        assert main(["stitch", *inputs, "--solver", solver, "--out", str(out)]) == 0
+        reports[solver] = json.loads((out / "report.json").read_text())
+        assert f"exact refit by {solver}" in capsys.readouterr().out
+    dense, cg = reports["cholesky"], reports["cg"]
+    assert (dense["refit_method"], cg["refit_method"]) == ("cholesky", "cg")
+    assert dense["refit_iterations"] == 0 and cg["refit_iterations"] > 0
+    assert dense["refit_tol"] is None and cg["refit_tol"] == 1e-8
+    assert dense["refit_residual"] < 1e-9 and cg["refit_residual"] < 1e-3
+    for step_dense, step_cg in zip(dense["steps"], cg["steps"], strict=True):
+        assert step_cg["refit_iterations"] > 0 and step_dense["refit_iterations"] == 0
+        assert abs(step_cg["mse_after"] / step_dense["mse_after"] - 1) < 1e-6
+        assert step_cg["mse_after"] < step_cg["mse_before"]
+
+
+def test_stitch_refuses_a_refit_that_would_not_fit_before_allocating_it(tmp_path, monkeypatch):
+    import contextlib
+    import io
+
+    from saegeo.core import memory
+
+    inputs = _stitch_inputs(tmp_path)
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": 50_000)
+    for solver, flags in (("cholesky", "--solver cg or --upto"), ("cg", "--limit or --upto")):
+        out = tmp_path / solver
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(["stitch", *inputs, "--solver", solver, "--out", str(out)])
+        line = err.getvalue().strip()
+        assert code == 2 and line.count("\n") == 0, line
+        assert "needs about" in line and "is available" in line and flags in line, line
+        assert not out.exists()

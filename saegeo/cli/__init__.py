@@ -28,7 +28,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from saegeo.cli.parser import build_parser
-from saegeo.errors import ArgumentError, SaegeoError
+from saegeo.errors import ArgumentError, InsufficientMemoryError, SaegeoError
 from saegeo.io import distributed
 
 __all__ = ["EXIT_USER_ERROR", "build_parser", "flag_message", "main"]
@@ -83,6 +83,8 @@ def stop_signals() -> Iterator[None]:
 def flag_message(exc: SaegeoError, parser: argparse.ArgumentParser) -> str:
     """The error's message, with the flag that sets the argument it names (``--tokens 0: ...``
     for ``HarvestConfig.max_tokens=0: ...``) where the command's ``parser`` has one."""
+    if isinstance(exc, InsufficientMemoryError):
+        return exc.message(flags=True)
     if not isinstance(exc, ArgumentError):
         return str(exc)
     flag = FLAG_NAMES.get(exc.name, "--" + exc.name.replace("_", "-"))

@@ -212,6 +212,9 @@ def _cmd_stitch(args: argparse.Namespace) -> int:
         upto=args.upto,
         swap=args.swap,
         retrain=args.retrain,
+        solver=args.solver,
+        refit_tol=args.refit_tol,
+        refit_max_iterations=args.refit_max_iterations,
         sgd_tokens=args.sgd_tokens,
         checkpoint=args.checkpoint,
         limit=args.limit,
@@ -234,6 +237,12 @@ def _cmd_stitch(args: argparse.Namespace) -> int:
         "mse_after",
     ]
     print(report.to_frame()[columns].to_string(index=False))
+    if report.refit_method in ("cholesky", "lstsq", "cg"):
+        print(
+            f"exact refit by {report.refit_method}: {report.refit_iterations} iterations, "
+            f"largest relative residual {report.refit_residual:.1e}, "
+            f"{report.refit_seconds:.1f} s"
+        )
     print(f"frankenstein: {sae.width} features ({args.retrain} refit) -> {args.out}")
     return 0
 

@@ -10,6 +10,8 @@ from saegeo.cli import commands
 from saegeo.effects.hybrid import TOPK_MODES
 from saegeo.lm.config import MODEL_DTYPES, STORE_DTYPES
 from saegeo.stitch.config import RETRAINS
+from saegeo.stitch.refit import SOLVERS
+from saegeo.stitch.refit_cg import MAX_ITERATIONS, TOL
 from saegeo.training.config import TRAIN_ARCHS, PenaltyKind, Prefixes
 from saegeo.trees.dag import Metric, RankBy
 
@@ -168,6 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
         choices=RETRAINS,
         default="exact",
         help="decoder refit with the encoder frozen (default %(default)s)",
+    )
+    p.add_argument(
+        "--solver",
+        choices=SOLVERS,
+        default="auto",
+        help="--retrain exact: cholesky (dense Gram, 8·F² bytes), cg (conjugate gradients on "
+        "the sparse codes, memory grows with the non-zero codes) or auto (dense for small "
+        "widths where it fits; default %(default)s)",
+    )
+    p.add_argument(
+        "--refit-tol",
+        type=types.real(0, 1, above=True),
+        default=TOL,
+        help="--solver cg: stop at this estimated excess of the squared error, relative "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--refit-max-iterations",
+        type=types.integer(1),
+        default=MAX_ITERATIONS,
+        help="--solver cg: at most this many iterations per step (default %(default)s)",
     )
     p.add_argument(
         "--sgd-tokens",

@@ -10,6 +10,8 @@ from typing import Any, Literal, get_args
 import torch
 
 from saegeo.config import fail, override
+from saegeo.stitch.refit import SOLVERS, Solver
+from saegeo.stitch.refit_cg import MAX_ITERATIONS, TOL
 
 Retrain = Literal["exact", "sgd", "none"]
 RETRAINS: tuple[str, ...] = get_args(Retrain)
@@ -39,6 +41,15 @@ class StitchConfig:
     :func:`saegeo.refit_exact`), ``sgd`` (Adam, :func:`saegeo.refit_sgd`) or ``none``."""
     ridge: float = 1e-6
     """``exact``: ridge towards the current decoder, relative to the mean Gram diagonal."""
+    solver: Solver = "auto"
+    """``exact``: ``cholesky`` (a dense Gram matrix, 8·F² bytes), ``cg`` (conjugate gradients
+    on the kept codes, memory that grows with the non-zero codes) or ``auto`` (dense for
+    small widths where it fits, else ``cg``; :func:`saegeo.stitch.refit.choose_solver`)."""
+    refit_tol: float = TOL
+    """``exact`` by ``cg``: stop when the estimated excess squared error is at most this
+    fraction of the squared error (:mod:`saegeo.stitch.refit_cg`)."""
+    refit_max_iterations: int = MAX_ITERATIONS
+    """``exact`` by ``cg``: at most this many iterations per step."""
     sgd_tokens: int | None = None
     """``sgd``: training tokens; None means 10 passes over the activations."""
     sgd_lr: float = 1e-3
@@ -65,6 +76,12 @@ class StitchConfig:
             fail(self, "upto", "must be a width or member index >= 0")
         if not (math.isfinite(self.ridge) and self.ridge >= 0):
             fail(self, "ridge", "must be >= 0")
+        if self.solver not in SOLVERS:
+            fail(self, "solver", f"choose one of {', '.join(SOLVERS)}")
+        if not (math.isfinite(self.refit_tol) and 0 < self.refit_tol < 1):
+            fail(self, "refit_tol", "must lie in (0, 1)")
+        if self.refit_max_iterations < 1:
+            fail(self, "refit_max_iterations", "must be >= 1")
         if self.sgd_tokens is not None and self.sgd_tokens < 1:
             fail(self, "sgd_tokens", "must be >= 1")
         if not (math.isfinite(self.sgd_lr) and self.sgd_lr > 0):

@@ -45,10 +45,12 @@ from saegeo.geometry.similarity import decoder_cosine
 from saegeo.io.streaming import ActsLike, BatchStream, checked_store, stream
 from saegeo.stitch.config import RETRAINS, Retrain, StitchConfig
 from saegeo.stitch.refit import (
-    accumulate_stats,
+    DecoderSolve,
+    accumulate,
+    choose_solver,
     output_bias,
     refit_exact,
-    solve_decoder,
+    solve_exact,
     with_decoder,
 )
 from saegeo.stitch.refit_sgd import refit_sgd
@@ -297,30 +299,46 @@ def _stitch(
     unrefit = [union.select([position[f] for f in step.features]) for step in steps]
     refit: list[SAE | None] = [None] * len(steps)
     rows: list[tuple[Metrics, Metrics]] = []
+    solves: list[DecoderSolve | None] = [None] * len(steps)
     refit_seconds, method = 0.0, "none"
+    exact_options = {"tol": config.refit_tol, "max_iterations": config.refit_max_iterations}
     if union.additive:
         # Codes of additive features do not depend on each other: one pass serves every step.
         start = time.perf_counter()
-        stats = accumulate_stats(union, store, **options)
+        solver = choose_solver(config.solver, union.width, union.d_in, batches.device)
+        stats = accumulate(solver, union, store, **options)
         refit_seconds = time.perf_counter() - start if retrain == "exact" else 0.0
         b_out = output_bias(union)
+        # Each step's solve starts from the one before (its features mostly carry over).
+        solved_UD = union.W_dec.to(torch.float64).clone()
         for k, step in enumerate(steps):
             idx = [position[f] for f in step.features]
             sub, W_dec = stats.select(idx), union.W_dec[idx]
             before, after = sub.metrics(W_dec, b_out), nan
             if retrain == "exact":
                 start = time.perf_counter()
-                W_new, b_new, method = solve_decoder(sub, W_dec, b_out, ridge=ridge)
+                solves[k] = solved = solve_exact(
+                    sub, W_dec, b_out, ridge=ridge, start=solved_UD[idx], **exact_options
+                )
                 refit_seconds += time.perf_counter() - start
-                after = sub.metrics(W_new, b_new)
-                refit[k] = with_decoder(unrefit[k], W_new, b_new)
+                method = solved.method
+                solved_UD[idx] = solved.W_dec.to(solved_UD)
+                after = sub.metrics(solved.W_dec, solved.b_dec)
+                refit[k] = with_decoder(unrefit[k], solved.W_dec, solved.b_dec)
+            del sub
             rows.append((before, after))
+        del stats
     else:
         for k, sae in enumerate(unrefit):
             if retrain == "exact":
-                exact = refit_exact(sae, store, ridge=ridge, **options)
+                exact = refit_exact(
+                    sae, store, ridge=ridge, solver=config.solver, **exact_options, **options
+                )
                 refit_seconds += exact.seconds
                 method = exact.method
+                solves[k] = DecoderSolve(
+                    exact.sae.W_dec, exact.sae.b_dec, method, exact.iterations, exact.residual
+                )
                 rows.append((exact.before, evaluate(exact.sae, store, **options)))
                 refit[k] = exact.sae
             else:
@@ -365,13 +383,18 @@ def _stitch(
         retrain=retrain,
         n_tokens=rows[0][0].n_tokens,
         steps=tuple(
-            _step_report(family[step.member], step, before, after)
-            for step, (before, after) in zip(steps, rows, strict=True)
+            _step_report(family[step.member], step, before, after, solved)
+            for step, (before, after), solved in zip(steps, rows, solves, strict=True)
         ),
         sources=sources,
         provenance=steps[-1].features,
         refit_seconds=refit_seconds,
         refit_method=method,
+        refit_iterations=sum(solved.iterations for solved in solves if solved is not None),
+        refit_residual=max(
+            (solved.residual for solved in solves if solved is not None), default=math.nan
+        ),
+        refit_tol=config.refit_tol if method == "cg" else math.nan,
     )
     unrefit_named = tuple(
         named(sae, k + 1, "-unrefit")
@@ -381,7 +404,9 @@ def _stitch(
     return FrankensteinSteps(saes, unrefit_named, report)
 
 
-def _step_report(member: SAE, step: StitchStep, before: Metrics, after: Metrics) -> StepReport:
+def _step_report(
+    member: SAE, step: StitchStep, before: Metrics, after: Metrics, solved: DecoderSolve | None
+) -> StepReport:
     return StepReport(
         source=member.name,
         width=member.width,
@@ -396,4 +421,6 @@ def _step_report(member: SAE, step: StitchStep, before: Metrics, after: Metrics)
         mse_after=after.mse,
         fvu_after=after.fvu,
         l0_after=after.l0,
+        refit_iterations=0 if solved is None else solved.iterations,
+        refit_residual=math.nan if solved is None else solved.residual,
     )

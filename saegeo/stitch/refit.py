@@ -32,20 +32,53 @@ error exactly (see :func:`decode_target`).
 
 from __future__ import annotations
 
+import math
 import time
-import warnings
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
 
-from saegeo.core import normalization
+from saegeo.core import memory
+from saegeo.core.devices import resolve_device
 from saegeo.core.finite import all_finite
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Metrics, Moments, metrics_from_sums
 from saegeo.errors import SaegeoError, ShapeError
 from saegeo.io import distributed
 from saegeo.io.streaming import ActsLike, sae_stream
+from saegeo.stitch import refit_cg
+from saegeo.stitch.refit_sums import (
+    DecoderSolve,
+    TokenSums,
+    decode_target,
+    fits_bias,
+    output_bias,
+    sparse_codes_FB,
+)
+
+__all__ = [
+    "SOLVERS",
+    "DecoderSolve",
+    "DecoderStats",
+    "Refit",
+    "Solver",
+    "accumulate",
+    "accumulate_stats",
+    "choose_solver",
+    "decode_target",
+    "dense_bytes",
+    "fits_bias",
+    "fixed_code_metrics",
+    "output_bias",
+    "refit_exact",
+    "solve_decoder",
+    "solve_exact",
+    "with_decoder",
+]
+
+Solver = Literal["auto", "cholesky", "cg"]
+SOLVERS: tuple[str, ...] = get_args(Solver)
 
 # Entries of the padded co-activation outer products built at once (float64 values and int64
 # indices: 16 bytes each).
@@ -149,30 +182,14 @@ class Refit(NamedTuple):
     seconds: float
     """Wall time of the fit itself (the exact pass and solve, or the SGD steps)."""
     method: str
-    """``cholesky`` or ``lstsq`` for the exact solve, ``adam`` for SGD."""
+    """``cholesky``, ``lstsq`` or ``cg`` for the exact solve, ``adam`` for SGD."""
+    iterations: int = 0
+    """Conjugate-gradient iterations of the exact solve (0 for a dense solve and for SGD)."""
+    residual: float = math.nan
+    """Relative residual of the exact solve's normal equations (NaN for SGD)."""
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-
-def output_bias(sae: SAE) -> torch.Tensor:
-    """The bias ``decode`` adds [D] (``sae.architecture.output_bias``)."""
-    return sae.architecture.output_bias(sae)
-
-
-def fits_bias(sae: SAE) -> bool:
-    """Whether a refit solves for ``b_dec`` (not for matching pursuit, whose input it centres)."""
-    return sae.architecture.fits_bias
-
-
-def decode_target(sae: SAE, x_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Target [B, D] and weight [B] of a linear decode: ``Σ w_t||y_t − ẑ_t||² = Σ||x_t − x̂_t||²``.
-
-    ``ẑ = a W_dec + b`` is what the decoder computes before undoing the input normalisation
-    (:func:`saegeo.core.normalization.decode_target`).
-    """
-    x_BD = x_BD.to(device=sae.device, dtype=sae.dtype)
-    return normalization.decode_target(sae.normalize_activations, x_BD)
 
 
 def _add_gram_(gram: torch.Tensor, acts_BF: torch.Tensor, w_B: torch.Tensor) -> None:
@@ -216,66 +233,45 @@ def accumulate_stats(
     """One streaming pass: the statistics of the decoder least-squares problem of ``sae``.
 
     ``acts`` is an ActivationStore, a tensor [N, D] or a path; ``progress`` as in
-    :mod:`saegeo.io.streaming`. Memory is O(F²) for the Gram
-    matrix (float64), on ``device``. Beyond encoding, each batch costs one sparse × dense
+    :mod:`saegeo.io.streaming`. Memory is O(F²) for the Gram matrix (float64), on ``device``
+    (:func:`dense_bytes`); where that does not fit, :func:`saegeo.stitch.refit_cg.accumulate_codes`
+    keeps the codes instead. Beyond encoding, each batch costs one sparse × dense
     product, O(L0·(F + D)) per token, or, when the SAE is wide enough for that to cost more
     (see ``SPMM_RATIO``), O(L0² + L0·D) per token through the co-active pairs alone.
     """
     sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "accumulate_stats")
     batches = batches.replace(sharded=True)  # sums reduced over ranks below
-    torch_device = batches.device
-    width, d_in = sae.width, sae.d_in
-    f64: dict[str, Any] = {"dtype": torch.float64, "device": torch_device}
-    gram = torch.zeros(width + 1, width + 1, **f64)
-    cross = torch.zeros(width + 1, d_in, **f64)
-    moments = Moments(d_in, torch_device)
-    active = torch.zeros(width, dtype=torch.long, device=torch_device)
-    target_sq = 0.0
-    n_tokens = 0
-    shift_D = output_bias(sae).to(torch.float64)
+    width = sae.width
+    memory.require(
+        dense_bytes(width, width, sae.d_in),
+        f"the exact refit's dense Gram matrix of {width:,} features",
+        {"solver": "cg", "upto": None},
+        batches.device,
+    )
+    gram = torch.zeros(width + 1, width + 1, dtype=torch.float64, device=batches.device)
+    sums = TokenSums(sae, batches.device)
     for x_BD in batches:
         acts_BF = sae.encode(x_BD)
-        y_BD, w_B = decode_target(sae, x_BD)
-        y_BD = y_BD.to(torch.float64) - shift_D
-        rows, cols = acts_BF.nonzero(as_tuple=True)
-        w64_B = w_B.to(torch.float64)
-        with warnings.catch_warnings():
-            # Some torch builds warn that the (deliberately skipped) checks are off.
-            warnings.filterwarnings("ignore", message="Sparse invariant checks")
-            codes_FB = torch.sparse_coo_tensor(
-                torch.stack([cols, rows]),
-                acts_BF[rows, cols].to(torch.float64) * w64_B[rows],
-                (width, x_BD.shape[0]),
-                check_invariants=False,
-            )
-        ones_B1 = torch.ones(x_BD.shape[0], 1, **f64)
+        _, w_B, rows, cols = sums.add(sae, x_BD, acts_BF)
+        codes_FB = sparse_codes_FB(
+            rows, cols, acts_BF[rows, cols].to(torch.float64) * w_B[rows], width, len(x_BD)
+        )
         pairs = int((torch.bincount(rows, minlength=x_BD.shape[0]) ** 2).sum())
         if width * rows.numel() <= SPMM_RATIO * pairs:
-            # Σ_t w_t a_t [a_t, y_t, 1]ᵀ as one sparse × dense product: O(nnz·(F + D)).
-            rhs_BR = torch.cat([acts_BF.to(torch.float64), y_BD, ones_B1], 1)
-            block_FR = torch.sparse.mm(codes_FB, rhs_BR)
-            gram[:width, :width] += block_FR[:, :width]
-            block_FR = block_FR[:, width:]
+            # Σ_t w_t a_t a_tᵀ as one sparse × dense product: O(nnz·F).
+            gram[:width, :width] += torch.sparse.mm(codes_FB, acts_BF.to(torch.float64))
         else:
             # Wide and sparse: only the co-active pairs, O(Σ_t L0_t²).
             _add_gram_(gram, acts_BF, w_B)
-            block_FR = torch.sparse.mm(codes_FB, torch.cat([y_BD, ones_B1], 1))
-        cross[:width] += block_FR[:, :d_in]
-        gram[:width, width] += block_FR[:, d_in]
-        cross[width] += (w64_B[:, None] * y_BD).sum(dim=0)
-        gram[width, width] += float(w_B.sum())
-        active += torch.bincount(cols, minlength=width)
-        target_sq += float((w_B.to(torch.float64) * (y_BD**2).sum(1)).sum())
-        moments.add(x_BD)
-        n_tokens += x_BD.shape[0]
-    for total in (gram, cross, active):
-        distributed.all_reduce_(total)
-    target_sq, tokens = distributed.all_reduce_sums(target_sq, n_tokens)
-    n_tokens, moments = int(tokens), distributed.merge_moments(moments)
-    if n_tokens == 0:
+    sums.reduce_()
+    distributed.all_reduce_(gram)
+    if sums.n_tokens == 0:
         raise SaegeoError(f"activations {batches.store.source}: no tokens to fit on")
-    gram[width, :width] = gram[:width, width]
-    return DecoderStats(gram, cross, target_sq, moments, active, n_tokens, shift_D)
+    gram[:width, width] = gram[width, :width] = sums.code_sum
+    gram[width, width] = sums.weight_sum
+    return DecoderStats(
+        gram, sums.cross, sums.target_sq, sums.moments, sums.active, sums.n_tokens, sums.shift_D
+    )
 
 
 def solve_decoder(
@@ -294,8 +290,22 @@ def solve_decoder(
     zero, and ``ridge=0`` is plain least squares. Features that never fire keep their rows.
     With ``fit_bias=False`` the bias stays ``b_dec``. Cholesky is tried first; if the matrix is
     not positive definite, ``torch.linalg.lstsq`` (gelsd, minimum norm) solves it on the CPU.
-    Returns ``(W_dec, b_dec, method)`` in the dtype and device of ``W_dec``.
+    Returns ``(W_dec, b_dec, method)`` in the dtype and device of ``W_dec``;
+    :func:`solve_exact` also gives the residual, and solves by conjugate gradients where the
+    statistics keep the codes instead of the Gram matrix.
     """
+    solved = _solve_dense(stats, W_dec, b_dec, ridge=ridge, fit_bias=fit_bias)
+    return solved.W_dec, solved.b_dec, solved.method
+
+
+def _solve_dense(
+    stats: DecoderStats,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    *,
+    ridge: float,
+    fit_bias: bool,
+) -> DecoderSolve:
     width = stats.width
     if tuple(W_dec.shape) != (width, stats.cross.shape[1]):
         raise ShapeError(
@@ -307,7 +317,7 @@ def solve_decoder(
     live_F = stats.active.to(device) > 0
     live = torch.nonzero(live_F).reshape(-1)
     unknowns = torch.cat([live, live.new_tensor([width])]) if fit_bias else live
-    gram = stats.gram[unknowns][:, unknowns].clone()
+    gram = stats.gram[unknowns][:, unknowns]
     rhs = stats.cross[unknowns].clone()
     if not fit_bias:
         rhs -= stats.gram[live, width, None] * theta0[width][None]
@@ -318,7 +328,7 @@ def solve_decoder(
         gram.diagonal()[:n_live] += lam
         rhs[:n_live] += lam * theta0[live]
     theta = theta0.clone()
-    method = "cholesky"
+    method, residual = "cholesky", 0.0
     if unknowns.numel():
         factor, info = torch.linalg.cholesky_ex(gram)
         if int(info) == 0:
@@ -326,14 +336,93 @@ def solve_decoder(
         else:
             method = "lstsq"
             solution = torch.linalg.lstsq(gram.cpu(), rhs.cpu(), driver="gelsd").solution
-        theta[unknowns] = solution.to(device)
+        del factor
+        solution = solution.to(device)
+        scale = float(rhs.norm())
+        residual = float((rhs - gram @ solution).norm()) / scale if scale > 0 else 0.0
+        theta[unknowns] = solution
     if not all_finite(theta):
         raise SaegeoError("solve_decoder(): the solution is not finite; raise the ridge")
-    return (
+    return DecoderSolve(
         theta[:width].to(W_dec.device, W_dec.dtype),
         (theta[width] + stats.shift.to(device)).to(b_dec.device, b_dec.dtype),
         method,
+        0,
+        residual,
     )
+
+
+# --------------------------------------------------------------------------- choosing
+
+
+# Above this width the conjugate-gradient solve is the faster on a CPU (measured on the
+# published-scale stand-in; docs/scale.md), and the dense one needs gigabytes.
+DENSE_MAX_WIDTH = 8192
+
+
+def dense_bytes(union_width: int, width: int, d_in: int) -> int:
+    """Bytes of a dense refit: the Gram matrix of ``union_width`` features and the copies
+    a solve of ``width`` of them makes (selection, factor, product), float64."""
+    return 8 * ((union_width + 1) ** 2 + 3 * (width + 1) ** 2 + 4 * (union_width + 1) * d_in)
+
+
+def choose_solver(solver: Solver, width: int, d_in: int, device: torch.device | str = "cpu") -> str:
+    """``cholesky`` or ``cg`` for an exact refit of ``width`` features (``solver="auto"``:
+    dense up to ``DENSE_MAX_WIDTH`` features on a CPU, as far as the free memory allows on
+    CUDA, where a dense factorisation is fast; conjugate gradients beyond)."""
+    if solver not in SOLVERS:
+        raise SaegeoError(f"solver={solver!r}: choose one of {', '.join(SOLVERS)}")
+    if solver != "auto":
+        return solver
+    device = torch.device(device)
+    free = memory.available_bytes(device)
+    fits = free is None or dense_bytes(width, width, d_in) <= free // 2
+    if device.type == "cuda":
+        return "cholesky" if fits else "cg"
+    return "cholesky" if fits and width <= DENSE_MAX_WIDTH else "cg"
+
+
+def accumulate(
+    solver: str,
+    sae: SAE,
+    acts: ActsLike,
+    **options: Any,
+) -> DecoderStats | refit_cg.CodeStats:
+    """The statistics that ``solver`` (``cholesky`` or ``cg``) solves from: a dense Gram
+    matrix (:func:`accumulate_stats`) or the codes
+    (:func:`~saegeo.stitch.refit_cg.accumulate_codes`)."""
+    if solver == "cg":
+        return refit_cg.accumulate_codes(sae, acts, **options)
+    return accumulate_stats(sae, acts, **options)
+
+
+def solve_exact(
+    stats: DecoderStats | refit_cg.CodeStats,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    *,
+    ridge: float = 1e-6,
+    fit_bias: bool = True,
+    tol: float = refit_cg.TOL,
+    max_iterations: int = refit_cg.MAX_ITERATIONS,
+    start: torch.Tensor | None = None,
+) -> DecoderSolve:
+    """The MSE-optimal decoder for ``stats``: Cholesky on a dense Gram matrix
+    (:func:`solve_decoder`), conjugate gradients on kept codes
+    (:func:`~saegeo.stitch.refit_cg.solve_decoder_cg`, with ``tol``, ``max_iterations`` and
+    ``start``); the same problem, the same answer to the stopping rule's tolerance."""
+    if isinstance(stats, refit_cg.CodeStats):
+        return refit_cg.solve_decoder_cg(
+            stats,
+            W_dec,
+            b_dec,
+            ridge=ridge,
+            fit_bias=fit_bias,
+            tol=tol,
+            max_iterations=max_iterations,
+            start=start,
+        )
+    return _solve_dense(stats, W_dec, b_dec, ridge=ridge, fit_bias=fit_bias)
 
 
 def with_decoder(sae: SAE, W_dec: torch.Tensor, b_dec: torch.Tensor) -> SAE:
@@ -356,6 +445,9 @@ def refit_exact(
     acts: ActsLike,
     *,
     ridge: float = 1e-6,
+    solver: Solver = "auto",
+    tol: float = refit_cg.TOL,
+    max_iterations: int = refit_cg.MAX_ITERATIONS,
     batch_size: int = 4096,
     limit: int | None = None,
     device: str | torch.device = "auto",
@@ -363,7 +455,10 @@ def refit_exact(
 ) -> Refit:
     """The MSE-optimal decoder for the codes of ``sae`` on ``acts``, from one pass.
 
-    See :func:`accumulate_stats`, :func:`solve_decoder` and :func:`with_decoder`.
+    ``solver`` is ``cholesky`` (a dense Gram matrix, :func:`accumulate_stats`), ``cg``
+    (conjugate gradients on the kept codes, :mod:`saegeo.stitch.refit_cg`, with ``tol`` and
+    ``max_iterations``) or ``auto`` (:func:`choose_solver`). See :func:`solve_exact` and
+    :func:`with_decoder`.
 
     Examples
     --------
@@ -374,22 +469,30 @@ def refit_exact(
     True
     """
     start = time.perf_counter()
-    stats = accumulate_stats(
-        sae, acts, batch_size=batch_size, limit=limit, device=device, progress=progress
-    )
+    options = {"batch_size": batch_size, "limit": limit, "device": device, "progress": progress}
+    method = choose_solver(solver, sae.width, sae.d_in, resolve_device(device))
+    stats = accumulate(method, sae, acts, **options)
     b_out = output_bias(sae)
-    W_dec, b_dec, method = solve_decoder(
-        stats, sae.W_dec, b_out, ridge=ridge, fit_bias=fits_bias(sae)
+    solved = solve_exact(
+        stats,
+        sae.W_dec,
+        b_out,
+        ridge=ridge,
+        fit_bias=fits_bias(sae),
+        tol=tol,
+        max_iterations=max_iterations,
     )
-    refit = with_decoder(sae, W_dec, b_dec)
+    refit = with_decoder(sae, solved.W_dec, solved.b_dec)
     seconds = time.perf_counter() - start
     return Refit(
         refit,
         stats.metrics(sae.W_dec, b_out),
-        stats.metrics(W_dec, b_dec),
+        stats.metrics(solved.W_dec, solved.b_dec),
         stats.n_tokens,
         seconds,
-        method,
+        solved.method,
+        solved.iterations,
+        solved.residual,
     )
 
 

@@ -50,6 +50,10 @@ class StepReport:
     """FVU after the refit (NaN where it was not refit)."""
     l0_after: float
     """Mean L0 after the refit (NaN where it was not refit)."""
+    refit_iterations: int = 0
+    """Conjugate-gradient iterations of this step's exact refit (0 for a dense solve)."""
+    refit_residual: float = math.nan
+    """Relative residual of this step's exact refit (NaN where it was not solved exactly)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,13 @@ class FrankensteinReport:
     refit_seconds: float
     """Wall time of the refit (the exact pass and solves, or the SGD steps)."""
     refit_method: str
-    """``cholesky``, ``lstsq``, ``adam`` or ``none``."""
+    """``cholesky``, ``lstsq``, ``cg`` (conjugate gradients), ``adam`` or ``none``."""
+    refit_iterations: int = 0
+    """Conjugate-gradient iterations of every step's exact refit together."""
+    refit_residual: float = math.nan
+    """The largest relative residual ``||rhs − AΘ|| / ||rhs||`` of the steps' exact solves."""
+    refit_tol: float = math.nan
+    """The conjugate-gradient stopping rule's tolerance (NaN for a dense solve)."""
 
     def to_frame(self) -> pd.DataFrame:
         """The steps as a DataFrame, one row per member."""
@@ -94,6 +104,9 @@ class FrankensteinReport:
             "n_tokens": self.n_tokens,
             "refit_seconds": self.refit_seconds,
             "refit_method": self.refit_method,
+            "refit_iterations": self.refit_iterations,
+            "refit_residual": _json_number(self.refit_residual),
+            "refit_tol": _json_number(self.refit_tol),
             "sources": list(self.sources),
             "steps": [{k: _json_number(v) for k, v in asdict(step).items()} for step in self.steps],
             "provenance": [list(f) for f in self.provenance],
@@ -106,7 +119,7 @@ class FrankensteinReport:
             raise SaegeoError(f"not a Frankenstein report (schema {doc.get('schema')!r})")
         steps = []
         for step in doc["steps"]:
-            fields: dict[str, Any] = {k: math.nan if v is None else v for k, v in step.items()}
+            fields: dict[str, Any] = {k: _or_nan(v) for k, v in step.items()}
             steps.append(StepReport(**fields))
         return cls(
             threshold=doc["threshold"],
@@ -118,7 +131,14 @@ class FrankensteinReport:
             provenance=tuple((int(m), int(j)) for m, j in doc["provenance"]),
             refit_seconds=doc["refit_seconds"],
             refit_method=doc["refit_method"],
+            refit_iterations=doc.get("refit_iterations", 0),
+            refit_residual=_or_nan(doc.get("refit_residual")),
+            refit_tol=_or_nan(doc.get("refit_tol")),
         )
+
+
+def _or_nan(value: Any) -> Any:
+    return math.nan if value is None else value
 
 
 def _json_number(value: Any) -> Any:
