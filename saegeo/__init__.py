@@ -48,6 +48,12 @@ from saegeo.errors import FormatError, SaegeoError, ShapeError
 from saegeo.geometry.classify import classify, swap_groups
 from saegeo.geometry.cofiring import cofiring, containment, nesting
 from saegeo.geometry.masked_cosine import masked_cosine
+from saegeo.geometry.matching import (
+    FeatureMatch,
+    SeedStability,
+    match_features,
+    seed_stability_matched,
+)
 from saegeo.geometry.similarity import (
     CosineMatch,
     decoder_cosine,
@@ -83,6 +89,7 @@ __all__ = [
     "ActsLike",
     "CosineMatch",
     "Family",
+    "FeatureMatch",
     "FormatError",
     "FrankensteinReport",
     "FrankensteinSteps",
@@ -90,6 +97,7 @@ __all__ = [
     "Metrics",
     "Refit",
     "SaegeoError",
+    "SeedStability",
     "ShapeError",
     "ShardWriter",
     "StitchConfig",
@@ -105,6 +113,7 @@ __all__ = [
     "decoder_cosine",
     "decoder_cosine_pairs",
     "seed_stability",
+    "seed_stability_matched",
     "delta_mse",
     "encode_codes",
     "evaluate",
@@ -122,6 +131,7 @@ __all__ = [
     "load_sae",
     "make_toy_model",
     "masked_cosine",
+    "match_features",
     "nesting",
     "plan_frankenstein",
     "refit_exact",

@@ -19,6 +19,7 @@ before these checks existed are recognised too:
 kind          recognised by
 ============  ===============================================================================
 ``table``     a CSV file whose header starts ``feature,max_cos,nearest,kind`` (``classify``)
+``matches``   a CSV file whose header starts ``pair,a,b,decoder_cos,encoder_cos`` (``match``)
 ``tree``      a JSON file that opens with ``"schema": "saegeo.feature_tree.v1"`` or
               ``"saegeo.feature_forest.v1"`` (``tree``)
 ``html``      an HTML file with ``<meta name="generator" content="saegeo">`` (``tree --html``)
@@ -47,12 +48,15 @@ from saegeo.errors import SaegeoError
 from saegeo.io.store import STORE_FORMAT
 from saegeo.stitch.report import REPORT_SCHEMA
 
-OutputKind = Literal["table", "tree", "html", "stitched", "family", "store", "demo", "checkpoint"]
+OutputKind = Literal[
+    "table", "matches", "tree", "html", "stitched", "family", "store", "demo", "checkpoint"
+]
 
 GENERATOR_META = '<meta name="generator" content="saegeo">'
 """In the head of every HTML page saegeo writes: how :func:`output_kind` knows its pages."""
 
 TABLE_HEADER = "feature,max_cos,nearest,kind"
+MATCHES_HEADER = "pair,a,b,decoder_cos,encoder_cos"
 TREE_SCHEMAS = ("saegeo.feature_tree.v1", "saegeo.feature_forest.v1")
 FAMILY_FORMAT = "saegeo.family.v1"
 """The ``format`` of the ``family.json`` that training writes."""
@@ -61,6 +65,7 @@ DIRECTORY_KINDS = frozenset({"stitched", "family", "store", "demo"})
 RESUMED_KINDS = frozenset({"store", "demo", "checkpoint"})
 DESCRIPTIONS = {
     "table": "saegeo classify table",
+    "matches": "saegeo match table",
     "tree": "saegeo tree JSON",
     "html": "saegeo HTML page",
     "stitched": "saegeo stitch output",
@@ -163,8 +168,11 @@ def output_kind(path: str | os.PathLike[str]) -> OutputKind | None:
     if head.startswith(b"PK\x03\x04"):
         return "checkpoint"
     text = head.decode("utf-8", errors="replace")
-    if text.split("\n", 1)[0].rstrip("\r").startswith(TABLE_HEADER):
+    header = text.split("\n", 1)[0].rstrip("\r")
+    if header.startswith(TABLE_HEADER):
         return "table"
+    if header.startswith(MATCHES_HEADER):
+        return "matches"
     compact = "".join(text.split())
     if any(f'"schema":"{name}"' in compact for name in TREE_SCHEMAS):
         return "tree"
