@@ -6,8 +6,8 @@ decoder cosine to the other seed's SAE is > 0.7 (both directions averaged), also
 latents only (those that fire on the held-out tokens); beside it the one-to-one figure of
 :func:`saegeo.seed_stability_matched` (the share of Hungarian-matched pairs above 0.7, which
 near-duplicate latents cannot inflate) and the mean matched cosine; with the held-out FVU, L0
-and dead share. A converged dictionary finds most of its features again from another starting point; a
-young one does not.
+and dead share. A converged dictionary finds most of its features again from another starting
+point; a young one does not.
 
     .venv/bin/python analyses/seed_stability.py --acts STORE --width 576 \\
         [--arch batchtopk --k 32 --tokens 10000000 --batch-size 4096 --lr 0.002] \\
