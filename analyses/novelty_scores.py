@@ -1,11 +1,14 @@
-"""How well two novelty scores predict whether adding a wider feature lowers the MSE.
+"""How well three novelty scores predict whether adding a wider feature lowers the MSE.
 
 For every adjacent pair of each family, every wider feature that fires on the held-out tokens
-gets its ``delta_mse`` (the narrower SAE's MSE change when the feature is added alone) and two
+gets its ``delta_mse`` (the narrower SAE's MSE change when the feature is added alone) and three
 scores:
 
 - ``max_cos``: the largest decoder cosine to the narrower SAE (novel iff <= 0.7, the default of
   "Stitching SAEs of different sizes");
+- ``residual``: the share of the feature's unit decoder row left outside the span of its 8
+  nearest narrower rows (:func:`saegeo.geometry.residual.decoder_residual`; high = novel),
+  which, like ``max_cos``, needs no activations;
 - ``explained``: the share of the input's component along the feature's decoder contributions
   that the narrower SAE's reconstruction already holds, on the tokens where it fires
   (:func:`saegeo.effects.explained.explained_share`; the closed form of ``delta_mse`` puts its
@@ -68,6 +71,7 @@ def pair_rows(name: str, family: sg.Family, acts: torch.Tensor, topk: str) -> li
         fires = scores["explained"].notna().to_numpy()  # fires, and present > 0
         lowers = (delta < 0).to_numpy()[fires]
         max_cos = table["max_cos"].to_numpy()[fires]
+        residual = table["residual"].to_numpy()[fires]
         explained = scores["explained"].to_numpy()[fires]
         present = scores["present"].to_numpy()[fires]
         projection = explained * present
@@ -77,6 +81,7 @@ def pair_rows(name: str, family: sg.Family, acts: torch.Tensor, topk: str) -> li
                     "family": name,
                     "pair": f"{small.width}->{large.width}",
                     "max_cos": max_cos,
+                    "residual": residual,
                     "explained": explained,
                     "present": present,
                     "delta_mse": delta.to_numpy()[fires],
@@ -90,6 +95,7 @@ def pair_rows(name: str, family: sg.Family, acts: torch.Tensor, topk: str) -> li
                 "scored": int(fires.sum()),
                 "lowers_mse": float(lowers.mean()),
                 "auc_max_cos": roc_auc(-max_cos, lowers),
+                "auc_residual": roc_auc(residual, lowers),
                 "auc_projection": roc_auc(-projection, lowers),
                 "auc_explained": roc_auc(-explained, lowers),
                 "bacc_max_cos": balanced_accuracy(max_cos <= 0.7, lowers),

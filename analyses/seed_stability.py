@@ -3,9 +3,11 @@
 Trains one SAE width from two seeds on the same activations and, at evenly spaced optimiser
 steps, measures :func:`saegeo.seed_stability`: the share of one seed's features whose largest
 decoder cosine to the other seed's SAE is > 0.7 (both directions averaged), also among live
-latents only (those that fire on the held-out tokens), with the held-out FVU, L0 and dead
-share. A converged dictionary finds most of its features again from another starting point; a
-young one does not.
+latents only (those that fire on the held-out tokens); beside it the one-to-one figure of
+:func:`saegeo.seed_stability_matched` (the share of Hungarian-matched pairs above 0.7, which
+near-duplicate latents cannot inflate) and the mean matched cosine; with the held-out FVU, L0
+and dead share. A converged dictionary finds most of its features again from another starting
+point; a young one does not.
 
     .venv/bin/python analyses/seed_stability.py --acts STORE --width 576 \\
         [--arch batchtopk --k 32 --tokens 10000000 --batch-size 4096 --lr 0.002] \\
@@ -92,10 +94,14 @@ def main() -> None:
         for step in marks
     ]
     seconds = time.perf_counter() - started
-    print(f"{'steps':>7} {'tokens':>10} {'stable':>7} {'live':>6} {'fvu':>6} {'l0':>6} {'dead':>6}")
+    print(
+        f"{'steps':>7} {'tokens':>10} {'stable':>7} {'live':>6} {'matched':>7} {'pw-mcc':>6} "
+        f"{'fvu':>6} {'l0':>6} {'dead':>6}"
+    )
     for r in rows:
         print(
             f"{r['steps']:7d} {r['tokens']:10d} {r['stability']:7.3f} {r['stability_live']:6.3f} "
+            f"{r['stability_matched']:7.3f} {r['mean_matched_cos']:6.3f} "
             f"{r['fvu']:6.3f} {r['l0']:6.1f} {r['dead']:6.3f}"
         )
     print(f"{len(seeds)} seeds of width {args.width} in {seconds:.0f} s")
@@ -109,9 +115,11 @@ def main() -> None:
 
 def stability_row(a: sg.SAE, b: sg.SAE, held_out: torch.Tensor) -> dict[str, float]:
     """Seed stability of ``a`` and ``b`` (both directions averaged), also among the latents
-    live on ``held_out``, with their mean held-out FVU, L0 and dead share."""
+    live on ``held_out`` and by one-to-one matching, with their mean held-out FVU, L0 and dead
+    share."""
     live_a, live_b = _live(a, held_out), _live(b, held_out)
     metrics = [evaluate(sae, held_out, progress=False) for sae in (a, b)]
+    matched = sg.seed_stability_matched(a, b)
     return {
         "stability": (sg.seed_stability(a, b) + sg.seed_stability(b, a)) / 2,
         "stability_live": (
@@ -119,6 +127,8 @@ def stability_row(a: sg.SAE, b: sg.SAE, held_out: torch.Tensor) -> dict[str, flo
             + sg.seed_stability(b.W_dec[live_b], a.W_dec[live_a])
         )
         / 2,
+        "stability_matched": matched.matched,
+        "mean_matched_cos": matched.mean_matched_cos,
         "fvu": sum(m.fvu for m in metrics) / 2,
         "l0": sum(m.l0 for m in metrics) / 2,
         "dead": sum(m.dead_fraction for m in metrics) / 2,

@@ -51,6 +51,12 @@ from saegeo.explore.widget import explore
 from saegeo.geometry.classify import classify, swap_groups
 from saegeo.geometry.cofiring import cofiring, containment, nesting
 from saegeo.geometry.masked_cosine import masked_cosine
+from saegeo.geometry.matching import (
+    FeatureMatch,
+    SeedStability,
+    match_features,
+    seed_stability_matched,
+)
 from saegeo.geometry.similarity import (
     CosineMatch,
     decoder_cosine,
@@ -88,6 +94,7 @@ __all__ = [
     "Family",
     "FamilyFacts",
     "FeatureCard",
+    "FeatureMatch",
     "FormatError",
     "FrankensteinReport",
     "FrankensteinSteps",
@@ -95,6 +102,7 @@ __all__ = [
     "Metrics",
     "Refit",
     "SaegeoError",
+    "SeedStability",
     "ShapeError",
     "ShardWriter",
     "StitchConfig",
@@ -110,6 +118,7 @@ __all__ = [
     "decoder_cosine",
     "decoder_cosine_pairs",
     "seed_stability",
+    "seed_stability_matched",
     "delta_mse",
     "encode_codes",
     "evaluate",
@@ -130,6 +139,7 @@ __all__ = [
     "load_sae",
     "make_toy_model",
     "masked_cosine",
+    "match_features",
     "nesting",
     "plan_frankenstein",
     "refit_exact",

@@ -140,3 +140,40 @@ def test_stitch_refuses_a_refit_that_would_not_fit_before_allocating_it(tmp_path
         assert code == 2 and line.count("\n") == 0, line
         assert "needs about" in line and "is available" in line and flags in line, line
         assert not out.exists()
+
+
+def test_match_writes_the_matched_pairs_and_guards_its_output(tmp_path, capsys):
+    import pandas as pd
+
+    g = torch.Generator().manual_seed(0)
+
+    def relu_sae(width: int, d_in: int = 8) -> sg.SAE:
+        return sg.SAE(
+            W_enc=torch.randn(d_in, width, generator=g),
+            b_enc=torch.zeros(width),
+            W_dec=torch.randn(width, d_in, generator=g),
+            b_dec=torch.zeros(d_in),
+        )
+
+    a, b = relu_sae(10), relu_sae(14)
+    sg.save_sae(a, tmp_path / "a")
+    sg.save_sae(b, tmp_path / "b")
+    out = tmp_path / "matches.csv"
+    assert main(["match", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    assert "matched pairs" in capsys.readouterr().out
+    written = pd.read_csv(out, index_col="pair")
+    expected = sg.match_features(sg.load_sae(tmp_path / "a"), sg.load_sae(tmp_path / "b")).pairs
+    pd.testing.assert_frame_equal(written, expected, check_exact=False, atol=1e-9)
+    args = ["match", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--encoder"]
+    assert main(args) == 2  # a previous output needs --force
+    assert "--force" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
+    notes = tmp_path / "notes.csv"
+    notes.write_text("name,value\n")
+    assert main(["match", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(notes)]) == 2
+    assert notes.read_text() == "name,value\n"
+    sg.save_sae(relu_sae(10, d_in=6), tmp_path / "other")
+    result = run_cli(
+        "match", str(tmp_path / "a"), str(tmp_path / "other"), "--out", str(tmp_path / "x.csv")
+    )
+    assert result.returncode == 2 and "d_in" in result.stderr and "Traceback" not in result.stderr

@@ -71,6 +71,24 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_match(args: argparse.Namespace) -> int:
+    from saegeo.geometry.matching import match_features
+    from saegeo.io.atomic import write_text
+    from saegeo.io.pretrained import load_sae_spec
+
+    types.guard(args, [(args.out, "matches", "--out")], [args.a, args.b])
+    a, b = load_sae_spec(args.a), load_sae_spec(args.b)
+    match = match_features(a, b, threshold=args.threshold, encoder=args.encoder)
+    write_text(args.out, match.pairs.to_csv())
+    n_shared = int(match.pairs["shared"].sum())
+    print(
+        f"{n_shared} of {len(match.pairs)} matched pairs of {a.name} and {b.name} are shared "
+        f"({match.shared_fraction:.3f} at > {args.threshold}); mean matched cosine "
+        f"{match.mean_cos:.3f} ({match.method}) -> {args.out}"
+    )
+    return 0
+
+
 def _cmd_tree(args: argparse.Namespace) -> int:
     from saegeo.io.atomic import json_text
     from saegeo.io.pretrained import RELEASE_PREFIX, load_family_spec

@@ -72,6 +72,30 @@ def build_parser() -> argparse.ArgumentParser:
     types.add_common(p)
     p.set_defaults(func=commands._cmd_classify, parser=p)
 
+    p = sub.add_parser("match", help="one-to-one matching of two SAEs' features (Hungarian)")
+    p.add_argument("a", type=types.path, help="an SAE (directory, or sae-lens:RELEASE/SAE_ID)")
+    p.add_argument("b", type=types.path, help="another SAE of the same d_in, any width")
+    p.add_argument(
+        "--threshold",
+        type=types.real(-1, 1),
+        default=0.7,
+        help="a matched pair is shared iff its decoder cosine > T (default %(default)s)",
+    )
+    p.add_argument(
+        "--encoder",
+        action="store_true",
+        help="match on the mean of decoder and encoder cosines; shared needs both > T",
+    )
+    p.add_argument(
+        "--out", required=True, type=types.path, help="CSV output, one row per matched pair"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a previous saegeo output of the same kind at the output path",
+    )
+    p.set_defaults(func=commands._cmd_match, parser=p)
+
     p = sub.add_parser("tree", help="feature tree (or forest) across the widths of a family")
     p.add_argument("paths", nargs="*", type=types.path, help=SAE_PATHS_HELP)
     p.add_argument(

@@ -55,10 +55,11 @@ class FamilyNovelty(NamedTuple):
     ``reconstruction_decreases``, ``reconstruction_does_not_decrease``), the mean
     ``delta_mse`` of each kind (``mean_delta_novel``, ``mean_delta_reconstruction``) and how
     well each novelty score predicts ``delta_mse < 0`` (:func:`score_aucs`: ``auc_max_cos``,
-    ``auc_explained``)."""
+    ``auc_residual``, ``auc_explained``)."""
     features: pd.DataFrame
     """Every larger-SAE feature of every pair: ``pair`` (index of the pair), ``feature``,
-    ``max_cos``, ``nearest``, ``kind`` and, with activations, ``delta_mse`` and ``explained``."""
+    ``max_cos``, ``nearest``, ``kind``, ``residual`` and, with activations, ``delta_mse`` and
+    ``explained``."""
     curves: pd.DataFrame
     """Cumulative curves (with activations and ``points`` > 0): ``pair``, ``kind``,
     ``n_added``, ``mse``, ``l0``."""
@@ -76,8 +77,8 @@ def novelty_table(
     device: str | torch.device = "auto",
     progress: bool | None = None,
 ) -> pd.DataFrame:
-    """:func:`saegeo.classify` of the pair, with ``delta_mse`` and ``explained`` columns when
-    ``acts`` is given.
+    """:func:`saegeo.classify` of the pair (``residual`` included), with ``delta_mse`` and
+    ``explained`` columns when ``acts`` is given.
 
     ``explained`` (:func:`saegeo.effects.explained.explained_share`) is the share of each
     feature's decoder contribution that the smaller SAE's reconstruction already holds on the
@@ -124,16 +125,18 @@ def kind_sign_table(table: pd.DataFrame) -> pd.DataFrame:
 def score_aucs(table: pd.DataFrame) -> dict[str, float]:
     """ROC AUC of each novelty score for the sign of ``delta_mse`` (positive: ``< 0``).
 
-    ``table`` is :func:`novelty_table`'s result with activations. Low ``max_cos`` and low
-    ``explained`` predict that adding a feature lowers the MSE; features with no ``explained``
-    (never firing) are left out of both, so the two AUCs count the same features. NaN when
-    every scored feature falls on one side.
+    ``table`` is :func:`novelty_table`'s result with activations. Low ``max_cos``, high
+    ``residual`` and low ``explained`` predict that adding a feature lowers the MSE; features
+    with no ``explained`` (never firing) are left out of all, so the AUCs count the same
+    features. NaN when every scored feature falls on one side.
     """
     scored = table[table["explained"].notna()]
     lowers = (scored["delta_mse"] < 0).to_numpy()
+    scores = {"max_cos": -1.0, "residual": 1.0, "explained": -1.0}
     return {
-        f"auc_{score}": roc_auc(-scored[score].to_numpy(), lowers)
-        for score in ("max_cos", "explained")
+        f"auc_{score}": roc_auc(sign * scored[score].to_numpy(), lowers)
+        for score, sign in scores.items()
+        if score in scored
     }
 
 

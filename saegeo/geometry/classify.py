@@ -23,6 +23,7 @@ from saegeo.core.sae import SAE
 from saegeo.effects.delta import swap_deltas
 from saegeo.effects.hybrid import TopkMode
 from saegeo.errors import SaegeoError
+from saegeo.geometry.residual import RESIDUAL_K, decoder_residual
 from saegeo.geometry.similarity import decoder_cosine, decoder_cosine_pairs
 from saegeo.io.streaming import ActsLike
 
@@ -47,11 +48,13 @@ def classify(
     large: SAE | torch.Tensor,
     *,
     threshold: float = 0.7,
+    residual_k: int | None = RESIDUAL_K,
     device: str | torch.device = "auto",
     dtype: torch.dtype = torch.float32,
     progress: bool | None = None,
 ) -> pd.DataFrame:
-    """Each ``large`` feature's nearest ``small`` feature and whether it is novel.
+    """Each ``large`` feature's nearest ``small`` feature, whether it is novel, and how much of
+    its direction its nearest ``small`` features leave unexplained.
 
     Parameters
     ----------
@@ -59,6 +62,9 @@ def classify(
         SAEs (or decoder matrices [width, d_in]) of the same d_in.
     threshold
         Novel iff ``max_cos <= threshold``.
+    residual_k
+        Nearest small rows in the least-squares fit of ``residual``
+        (:func:`saegeo.geometry.residual.decoder_residual`); None leaves the column out.
     device, dtype, progress
         As for :func:`saegeo.decoder_cosine`.
 
@@ -66,7 +72,10 @@ def classify(
     -------
     pandas.DataFrame
         Indexed by large feature (``feature``): ``max_cos`` (float), ``nearest`` (the small
-        feature reaching it, int) and ``kind`` (``"novel"`` or ``"reconstruction"``).
+        feature reaching it, int; of exact ties the smallest index), ``kind`` (``"novel"`` or
+        ``"reconstruction"``) and ``residual`` (float in [0, 1]: the share of the feature's
+        unit decoder row outside the span of its ``residual_k`` nearest small rows; a novelty
+        score that needs no activations).
 
     Examples
     --------
@@ -76,16 +85,26 @@ def classify(
     ['reconstruction', 'novel']
     """
     threshold = _check_threshold(threshold, "classify()")
-    match = decoder_cosine(small, large, k=1, device=device, dtype=dtype, progress=progress)
+    if residual_k is not None and (isinstance(residual_k, bool) or residual_k < 1):
+        raise SaegeoError(f"classify(): residual_k must be >= 1 or None, got {residual_k!r}")
+    n_small = small.width if isinstance(small, SAE) else len(torch.as_tensor(small))
+    k = 1 if residual_k is None else max(1, min(residual_k, n_small))
+    match = decoder_cosine(small, large, k=k, device=device, dtype=dtype, progress=progress)
     max_cos = match.values[:, 0].numpy().astype(np.float64)
-    return pd.DataFrame(
+    # Of exactly tied nearest features the smallest index, as with k=1.
+    tied = match.values == match.values[:, :1]
+    nearest = torch.where(tied, match.indices, torch.iinfo(torch.int64).max).min(dim=1).values
+    table = pd.DataFrame(
         {
             "max_cos": max_cos,
-            "nearest": match.indices[:, 0].numpy().astype(np.int64),
+            "nearest": nearest.numpy().astype(np.int64),
             "kind": np.where(max_cos <= threshold, NOVEL, RECONSTRUCTION),
         },
         index=pd.RangeIndex(len(max_cos), name="feature"),
     )
+    if residual_k is not None:
+        table["residual"] = decoder_residual(small, large, k=k, match=match)
+    return table
 
 
 def swap_groups(

@@ -27,6 +27,7 @@ before these checks existed are recognised too:
 kind          recognised by
 ============  ===============================================================================
 ``table``     a CSV file whose header starts ``feature,max_cos,nearest,kind`` (``classify``)
+``matches``   a CSV file whose header starts ``pair,a,b,decoder_cos,encoder_cos`` (``match``)
 ``tree``      a JSON file that opens with ``"schema": "saegeo.feature_tree.v1"`` or
               ``"saegeo.feature_forest.v1"`` (``tree``)
 ``html``      an HTML file with ``<meta name="generator" content="saegeo">`` (``tree --html``)
@@ -63,13 +64,15 @@ from saegeo.io.store import STORE_FORMAT
 from saegeo.stitch.report import REPORT_SCHEMA
 
 OutputKind = Literal[
-    "table", "tree", "html", "sae", "stitched", "family", "store", "demo", "checkpoint", "explore"
+    "table", "matches", "tree", "html", "sae", "stitched", "family", "store", "demo",
+    "checkpoint", "explore",
 ]
 
 GENERATOR_META = '<meta name="generator" content="saegeo">'
 """In the head of every HTML page saegeo writes: how :func:`output_kind` knows its pages."""
 
 TABLE_HEADER = "feature,max_cos,nearest,kind"
+MATCHES_HEADER = "pair,a,b,decoder_cos,encoder_cos"
 TREE_SCHEMAS = ("saegeo.feature_tree.v1", "saegeo.feature_forest.v1")
 EXPLORER_SCHEMA = "saegeo.explorer.v1"
 """The ``schema`` of the ``explorer.json`` beside an explorer site's ``index.html``."""
@@ -97,11 +100,11 @@ DEMO_SETTINGS = frozenset(
 )
 """The keys of the demo's ``settings.json`` (``DemoSettings``'s fields; a test holds them equal)."""
 
-DIRECTORY_KINDS = frozenset({"sae", "stitched", "family", "store", "demo"})
-DIRECTORY_KINDS = frozenset({"stitched", "family", "store", "demo", "explore"})
+DIRECTORY_KINDS = frozenset({"sae", "stitched", "family", "store", "demo", "explore"})
 RESUMED_KINDS = frozenset({"store", "demo", "checkpoint"})
 DESCRIPTIONS = {
     "table": "saegeo classify table",
+    "matches": "saegeo match table",
     "tree": "saegeo tree JSON",
     "html": "saegeo HTML page",
     "sae": "saegeo SAE directory",
@@ -288,8 +291,11 @@ def output_kind(path: str | os.PathLike[str]) -> OutputKind | None:
     if head.startswith(b"PK\x03\x04"):
         return "checkpoint"
     text = head.decode("utf-8", errors="replace")
-    if text.split("\n", 1)[0].rstrip("\r").startswith(TABLE_HEADER):
+    header = text.split("\n", 1)[0].rstrip("\r")
+    if header.startswith(TABLE_HEADER):
         return "table"
+    if header.startswith(MATCHES_HEADER):
+        return "matches"
     compact = "".join(text.split())
     if any(f'"schema":"{name}"' in compact for name in TREE_SCHEMAS):
         return "tree"

@@ -11,7 +11,14 @@ from saegeo.effects.novelty import family_novelty, kind_sign_table, novelty_tabl
 def test_novelty_tables_and_family_analysis():
     small, large, acts = relu_pair()
     table = novelty_table(small, large, acts, device="cpu")
-    assert list(table.columns) == ["max_cos", "nearest", "kind", "delta_mse", "explained"]
+    assert list(table.columns) == [
+        "max_cos",
+        "nearest",
+        "kind",
+        "residual",
+        "delta_mse",
+        "explained",
+    ]
     cells = kind_sign_table(table)
     assert cells.values.sum() == large.width and list(cells.index) == ["novel", "reconstruction"]
     assert int(cells.loc["novel", "delta_mse < 0"]) == int(
@@ -24,8 +31,8 @@ def test_novelty_tables_and_family_analysis():
     assert set(result.curves["kind"]) == {"novel", "reconstruction"}
     last = result.features[result.features["pair"] == 1].dropna(subset=["explained"])
     lowers = (last["delta_mse"] < 0).to_numpy()
-    for score in ("max_cos", "explained"):
-        expected = roc_auc(-last[score].to_numpy(), lowers)
+    for score, sign in (("max_cos", -1), ("residual", 1), ("explained", -1)):
+        expected = roc_auc(sign * last[score].to_numpy(), lowers)
         assert result.summary[f"auc_{score}"][1] == expected and 0 <= expected <= 1
     first = result.curves[(result.curves["pair"] == 0) & (result.curves["n_added"] == 0)]
     assert first["mse"].nunique() == 1  # both curves start at the small SAE

@@ -34,7 +34,7 @@ def test_novel_iff_max_cos_at_most_threshold():
     large = torch.tensor([at_cosine(0.7), at_cosine(0.7000001), at_cosine(0.6999999)]).double()
     # Cosines land within float32 rounding of 0.7: decide the boundary on what was computed.
     table = classify(small, large, threshold=0.7, device="cpu")
-    assert list(table.columns) == ["max_cos", "nearest", "kind"]
+    assert list(table.columns) == ["max_cos", "nearest", "kind", "residual"]
     assert table.index.name == "feature" and table["nearest"].tolist() == [0, 0, 0]
     expected = np.where(table["max_cos"] <= 0.7, "novel", "reconstruction")
     assert table["kind"].tolist() == expected.tolist()
@@ -138,7 +138,15 @@ def test_cli_classify_writes_csv(tmp_path, capsys):
         == 0
     )
     table = pd.read_csv(out, index_col="feature")
-    assert list(table.columns) == ["max_cos", "nearest", "kind", "delta_mse", "explained"]
+    assert list(table.columns) == [
+        "max_cos",
+        "nearest",
+        "kind",
+        "residual",
+        "delta_mse",
+        "explained",
+    ]
+    np.testing.assert_allclose(table["residual"], classify(small, large)["residual"], atol=1e-9)
     np.testing.assert_allclose(table["delta_mse"], sg.delta_mse(small, large, acts), rtol=1e-6)
     explained = sg.explained_share(small, large, acts)["explained"]
     np.testing.assert_allclose(table["explained"], explained, rtol=1e-6)

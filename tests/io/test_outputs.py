@@ -18,6 +18,7 @@ def outputs(tmp_path: Path) -> dict[str, Path]:
     """One output of each kind, written as saegeo writes them, and a few foreign files."""
     made = {
         "table": tmp_path / "t.csv",
+        "matches": tmp_path / "m.csv",
         "tree": tmp_path / "t.json",
         "html": tmp_path / "t.html",
         "stitched": tmp_path / "stitched",
@@ -27,6 +28,7 @@ def outputs(tmp_path: Path) -> dict[str, Path]:
         "checkpoint": tmp_path / "refit.pt",
     }
     made["table"].write_text("feature,max_cos,nearest,kind\n0,0.5,1,novel\n")
+    made["matches"].write_text("pair,a,b,decoder_cos,encoder_cos,shared\n0,3,5,0.9,,True\n")
     made["tree"].write_text(json.dumps({"schema": "saegeo.feature_forest.v1", "trees": []}))
     made["html"].write_text(f"<!DOCTYPE html><html><head>{GENERATOR_META}</head></html>")
     for name in ("stitched", "family", "store", "demo"):
