@@ -36,7 +36,7 @@ from seed_stability import stability_row
 
 import saegeo as sg
 from saegeo.demo import EVAL_TOKENS, SHIPPED_FAMILY, DemoSettings
-from saegeo.io.formats import load_sae, save_sae
+from saegeo.formats.sae_files import load_sae, save_sae
 from saegeo.lm.harvest import harvest
 from saegeo.training.trainer import TrainReport, write_summary
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from common import ROOT, load_inputs
 
-from saegeo.effects.interpolation import interpolation_path
-from saegeo.io.atomic import write_text
+from saegeo.runtime.atomic import write_text
 from saegeo.stitch.curve import frankenstein_curve
+from saegeo.stitch.interpolation import interpolation_path
 from saegeo.viz.figures import save_html
 from saegeo.viz.plots import frankenstein_figure
 

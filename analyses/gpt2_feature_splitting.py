@@ -35,9 +35,9 @@ import torch
 
 import saegeo as sg
 from saegeo.effects.novelty import PUBLISHED_GPT2_PAIR, kind_sign_frame
-from saegeo.io.atomic import write_text
 from saegeo.lm.harvest import harvest
 from saegeo.lm.sites import hf_model_name, site_for
+from saegeo.runtime.atomic import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = "gpt2-small-res-jb-feature-splitting"

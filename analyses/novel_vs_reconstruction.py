@@ -29,7 +29,7 @@ from common import ROOT, load_inputs
 
 import saegeo as sg
 from saegeo.effects.novelty import kind_sign_frame
-from saegeo.io.atomic import write_text
+from saegeo.runtime.atomic import write_text
 from saegeo.viz.figures import save_html
 from saegeo.viz.plots import novelty_figure
 

@@ -35,20 +35,24 @@ Examples
 >>> fam = sg.Family.load("path/to/family")  # doctest: +SKIP
 """
 
-from saegeo.core.codes import encode_codes
-from saegeo.core.family import Family
+from saegeo.acts.codes import encode_codes
+from saegeo.acts.store import ActivationStore, ShardWriter
+from saegeo.acts.streaming import ActsLike
 from saegeo.core.sae import SAE, concat
 from saegeo.effects.delta import delta_mse
 from saegeo.effects.explained import explained_share
 from saegeo.effects.hybrid import hybrid
-from saegeo.effects.interpolation import interpolation_path
 from saegeo.effects.metrics import Metrics, evaluate
 from saegeo.effects.novelty import family_novelty
+from saegeo.effects.swaps import swap_groups
 from saegeo.errors import FormatError, SaegeoError, ShapeError
 from saegeo.explore.card import FeatureCard, feature_card
 from saegeo.explore.facts import FamilyFacts, family_facts
 from saegeo.explore.widget import explore
-from saegeo.geometry.classify import classify, swap_groups
+from saegeo.formats.family import Family
+from saegeo.formats.pretrained import load_pretrained
+from saegeo.formats.sae_files import load_sae, save_sae
+from saegeo.geometry.classify import classify
 from saegeo.geometry.cofiring import cofiring, containment, nesting
 from saegeo.geometry.masked_cosine import masked_cosine
 from saegeo.geometry.matching import (
@@ -63,10 +67,6 @@ from saegeo.geometry.similarity import (
     decoder_cosine_pairs,
     seed_stability,
 )
-from saegeo.io.formats import load_sae, save_sae
-from saegeo.io.pretrained import load_pretrained
-from saegeo.io.store import ActivationStore, ShardWriter
-from saegeo.io.streaming import ActsLike
 from saegeo.lm.config import HarvestConfig
 from saegeo.stitch.config import StitchConfig
 from saegeo.stitch.curve import compare_frankensteins, frankenstein_curve
@@ -76,6 +76,7 @@ from saegeo.stitch.frankenstein import (
     frankenstein_steps,
     plan_frankenstein,
 )
+from saegeo.stitch.interpolation import interpolation_path
 from saegeo.stitch.refit import Refit, refit_exact
 from saegeo.stitch.refit_sgd import refit_sgd
 from saegeo.stitch.report import FrankensteinReport

@@ -40,7 +40,7 @@ collect_ignore = (
     []
     if importlib.util.find_spec("sae_lens")
     else [
-        "saelens_helpers.py",
+        "helpers/saelens.py",
         "core/test_normalization.py",
         "io/test_formats.py",
         "io/test_saelens.py",

@@ -19,8 +19,8 @@ from test_cli_errors import _setup, _snapshot, family, stitch, train
 
 import saegeo as sg
 from saegeo.cli import main
-from saegeo.io.claim import claim_output
-from saegeo.io.outputs import Output
+from saegeo.runtime.claim import claim_output
+from saegeo.runtime.outputs import Output
 
 
 def _one_line(capsys, needle: str) -> str:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hub_helpers import LENS6_RELEASE, LENS6_SITES, FakeHub, install_fake_hub
-from lm_helpers import random_texts, tiny_gpt2
+from helpers.hub import LENS6_RELEASE, LENS6_SITES, FakeHub, install_fake_hub
+from helpers.lm import random_texts, tiny_gpt2
 
+from saegeo.acts.store import ActivationStore
 from saegeo.cli import main
-from saegeo.io.store import ActivationStore
 
 
 @pytest.fixture

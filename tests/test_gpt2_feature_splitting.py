@@ -6,10 +6,10 @@ import runpy
 from pathlib import Path
 
 import pandas as pd
-from hub_helpers import FS_RELEASE, FS_WIDTHS, install_fake_hub
-from lm_helpers import random_texts, tiny_gpt2
+from helpers.hub import FS_RELEASE, FS_WIDTHS, install_fake_hub
+from helpers.lm import random_texts, tiny_gpt2
 
-from saegeo.io.store import ActivationStore
+from saegeo.acts.store import ActivationStore
 
 SCRIPT = Path(__file__).resolve().parents[1] / "analyses" / "gpt2_feature_splitting.py"
 

@@ -41,11 +41,11 @@ import torch
 
 import saegeo as sg
 from saegeo.core import gram_route, gram_update
-from saegeo.core.devices import host_syncs
 from saegeo.core.gram_route import BLOCK
 from saegeo.core.pursuit import matching_pursuit
 from saegeo.geometry import similarity
 from saegeo.geometry.similarity import decoder_cosine
+from saegeo.runtime.devices import host_syncs
 from saegeo.stitch.refit import refit_exact
 from saegeo.training.losses import batch_topk_activations
 from saegeo.training.sparse_ops import select_batch_topk

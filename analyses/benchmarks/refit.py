@@ -29,8 +29,8 @@ import pandas as pd
 import torch
 
 import saegeo as sg
-from saegeo.core.devices import resolve_device
 from saegeo.effects.metrics import evaluate
+from saegeo.runtime.devices import resolve_device
 from saegeo.stitch.refit import refit_exact
 from saegeo.stitch.refit_sgd import refit_sgd
 from saegeo.training.toy import ToyConfig, make_toy_model

@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 
-from saegeo.io.store import ActivationStore
+from saegeo.acts.store import ActivationStore
 from saegeo.lm.harvest import harvest
 from saegeo.lm.models import DEFAULT_MODEL, decoder_blocks, load_model
 

@@ -4,13 +4,13 @@
 flag types and output guards), :mod:`saegeo.cli.commands` runs them.
 
 Each command claims its outputs when it starts and puts them in place at the end
-(:mod:`saegeo.io.claim`). SIGINT, SIGTERM and SIGHUP end a command alike: its temporaries and
+(:mod:`saegeo.runtime.claim`). SIGINT, SIGTERM and SIGHUP end a command alike: its temporaries and
 claims are removed, what it replaces stays as it was, one line says so, and the exit code is
 128 + the signal's number (130, 143, 129).
 
 Under ``torchrun`` (its variables RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR set), ``main``
 starts the process group (NCCL on CUDA, else gloo) and ends it on return. Every rank runs the
-command; statistics over tokens are split across ranks (:mod:`saegeo.io.distributed`), rank 0
+command; statistics over tokens are split across ranks (:mod:`saegeo.runtime.distributed`), rank 0
 alone prints, shows progress and writes outputs (``harvest``: each rank writes its shards of the
 one store, rank 0 its ``meta.json``). At the end every rank agrees on the outcome:
 an error on any rank ends all of them with exit code 2 and rank 0 prints that rank's one line.
@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 
 from saegeo.cli.parser import build_parser
 from saegeo.errors import ArgumentError, InsufficientMemoryError, SaegeoError
-from saegeo.io import distributed
+from saegeo.runtime import distributed
 
 __all__ = ["EXIT_USER_ERROR", "build_parser", "flag_message", "main"]
 
@@ -134,7 +134,7 @@ def _main(argv: Sequence[str] | None) -> int:
         # Another rank failed; every rank already holds its message.
         return _fail(args, str(exc))
     except SaegeoError as exc:
-        from saegeo.io.store import NonFiniteError
+        from saegeo.acts.store import NonFiniteError
 
         message = (
             exc.message("pass --skip-nonfinite to drop such rows")
@@ -151,7 +151,7 @@ def _main(argv: Sequence[str] | None) -> int:
         )
         return 128 + signum
     except Exception as exc:
-        from saegeo.io.atomic import resource_problem
+        from saegeo.runtime.atomic import resource_problem
 
         problem = resource_problem(exc)  # from a write outside saegeo's writers
         if problem is None:

@@ -178,11 +178,11 @@ def guard(
     hold: bool = True,
 ) -> None:
     """Check every output location (path, kind, flag) against the inputs before any computing,
-    and (``hold``) claim it until the command ends (:func:`saegeo.io.claim.claim_output`):
+    and (``hold``) claim it until the command ends (:func:`saegeo.runtime.claim.claim_output`):
     :func:`claim` then gives where to write it. Rank 0 alone claims, under torchrun."""
-    from saegeo.io import distributed
-    from saegeo.io.claim import claim_output
-    from saegeo.io.outputs import Output, check_outputs
+    from saegeo.runtime import distributed
+    from saegeo.runtime.claim import claim_output
+    from saegeo.runtime.outputs import Output, check_outputs
 
     force = getattr(args, "force", False)
     wanted = [Output.named(path, kind, flag) for path, kind, flag in outputs if path is not None]  # type: ignore[arg-type]
@@ -231,7 +231,7 @@ def check_edge_threshold(args: argparse.Namespace) -> None:
 def open_acts(args: argparse.Namespace) -> Any:
     """The activations of ``--acts`` (None without), NaN/Inf rows skipped with
     ``--skip-nonfinite``."""
-    from saegeo.io.store import ActivationStore
+    from saegeo.acts.store import ActivationStore
 
     if not args.acts:
         return None

@@ -7,7 +7,7 @@ from typing import Any
 
 from saegeo.cli import args as types
 from saegeo.errors import SaegeoError
-from saegeo.io import distributed
+from saegeo.runtime import distributed
 
 DEFAULT_CONTEXT = 128
 """Tokens per model input when neither --context nor --for's SAE gives one."""
@@ -24,7 +24,7 @@ def _report_skipped(args: argparse.Namespace, acts: Any) -> None:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from saegeo.core.describe import describe_sae
-    from saegeo.io.pretrained import load_family_spec
+    from saegeo.formats.pretrained import load_family_spec
 
     family = load_family_spec(args.paths)
     for sae in family:
@@ -45,7 +45,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_classify(args: argparse.Namespace) -> int:
     from saegeo.effects.novelty import novelty_table
-    from saegeo.io.pretrained import load_sae_spec
+    from saegeo.formats.pretrained import load_sae_spec
 
     types.guard(args, [(args.out, "table", "--out")], [args.small, args.large, args.acts])
     small, large = load_sae_spec(args.small), load_sae_spec(args.large)
@@ -72,9 +72,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _cmd_match(args: argparse.Namespace) -> int:
+    from saegeo.formats.pretrained import load_sae_spec
     from saegeo.geometry.matching import match_features
-    from saegeo.io.atomic import write_text
-    from saegeo.io.pretrained import load_sae_spec
+    from saegeo.runtime.atomic import write_text
 
     types.guard(args, [(args.out, "matches", "--out")], [args.a, args.b])
     a, b = load_sae_spec(args.a), load_sae_spec(args.b)
@@ -90,8 +90,8 @@ def _cmd_match(args: argparse.Namespace) -> int:
 
 
 def _cmd_tree(args: argparse.Namespace) -> int:
-    from saegeo.io.atomic import json_text
-    from saegeo.io.pretrained import RELEASE_PREFIX, load_family_spec
+    from saegeo.formats.pretrained import RELEASE_PREFIX, load_family_spec
+    from saegeo.runtime.atomic import json_text
     from saegeo.trees.dag import feature_dag, feature_tree, forest, node_id, parse_node_id
     from saegeo.trees.tree_json import forest_to_json, read_labels, tree_to_json
     from saegeo.viz.figures import forest_html, tree_page
@@ -168,7 +168,7 @@ def _cmd_explore(args: argparse.Namespace) -> int:
 
     from saegeo.explore.facts import family_facts
     from saegeo.explore.site import write_site
-    from saegeo.io.pretrained import load_family_spec
+    from saegeo.formats.pretrained import load_family_spec
 
     types.guard(args, [(args.out, "explore", "--out")], [*args.paths, args.acts])
     types.check_edge_threshold(args)
@@ -197,9 +197,9 @@ def _cmd_explore(args: argparse.Namespace) -> int:
 
 
 def _cmd_stitch(args: argparse.Namespace) -> int:
-    from saegeo.io.atomic import write_json
-    from saegeo.io.pretrained import load_family_spec
-    from saegeo.io.saelens import write_saelens
+    from saegeo.formats.pretrained import load_family_spec
+    from saegeo.formats.saelens import write_saelens
+    from saegeo.runtime.atomic import write_json
     from saegeo.stitch.frankenstein import StitchConfig, frankenstein
 
     types.guard(
@@ -315,7 +315,7 @@ def _harvest_site(args: argparse.Namespace) -> dict:
     }
     if not args.for_sae:
         return site
-    from saegeo.io.pretrained import site_metadata
+    from saegeo.formats.pretrained import site_metadata
     from saegeo.lm.sites import hf_model_name, site_for
 
     if args.layer is not None or args.hook is not None:

@@ -4,7 +4,7 @@ An :class:`Architecture` says how an SAE of that kind encodes, what its settings
 how its latents combine with another SAE's (``union``), how it is written in SAELens layout and
 how a refit decoder is folded back into it. :class:`saegeo.SAE` and everything else ask
 ``sae.architecture`` instead of branching on ``sae.arch``; a new architecture is one subclass
-here plus its reader in :mod:`saegeo.io.formats`.
+here plus its reader in :mod:`saegeo.formats.sae_files`.
 
 | arch | encode (x already normalised and centred) | union | SAELens name |
 |---|---|---|---|

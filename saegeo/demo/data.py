@@ -6,11 +6,11 @@ import logging
 from pathlib import Path
 from typing import NamedTuple
 
-from saegeo.core.family import Family
+from saegeo.acts.store import ActivationStore
 from saegeo.demo.settings import DEFAULT_ROOT, SHIPPED_FAMILY, DemoSettings, check_shipped_site
 from saegeo.demo.stages import Stages, remove, stage_keys, store_complete
-from saegeo.io.atomic import write_json
-from saegeo.io.store import ActivationStore
+from saegeo.formats.family import Family
+from saegeo.runtime.atomic import write_json
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from saegeo.core.family import Family
+from saegeo.acts.store import ActivationStore
 from saegeo.demo.data import DemoData
 from saegeo.demo.settings import (
     EVAL_TOKENS,
@@ -22,8 +22,8 @@ from saegeo.demo.settings import (
 )
 from saegeo.demo.stages import Stages, stage_keys
 from saegeo.deprecation import renamed
-from saegeo.io.atomic import write_json, write_text
-from saegeo.io.store import ActivationStore
+from saegeo.formats.family import Family
+from saegeo.runtime.atomic import write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ def _frankenstein_section(
 ) -> None:
     import pandas as pd
 
-    from saegeo.io.formats import save_sae
+    from saegeo.formats.sae_files import save_sae
     from saegeo.stitch.curve import compare_frankensteins
     from saegeo.stitch.frankenstein import frankenstein_steps
     from saegeo.viz.plots import frankenstein_figure

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from saegeo.acts.store import META_FILE
 from saegeo.demo.settings import (
     HARVEST_SETTINGS,
     NOVELTY_POINTS,
@@ -18,8 +19,7 @@ from saegeo.demo.settings import (
     TREE_MIN_SIZE,
     DemoSettings,
 )
-from saegeo.io.atomic import write_json
-from saegeo.io.store import META_FILE
+from saegeo.runtime.atomic import write_json
 
 STAGES_FILE = "stages.json"
 """Under the demo root: the key each stage's outputs were made with, and whether complete."""

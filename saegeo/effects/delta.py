@@ -43,13 +43,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from saegeo.acts.streaming import ActsLike, BatchStream, progress_bar, stream
 from saegeo.core.pursuit_rules import StopRules, pursue
 from saegeo.core.sae import SAE
 from saegeo.effects.hybrid import TopkMode, hybrid, output_scale, prepare_pair, rebase
 from saegeo.effects.metrics import evaluate
 from saegeo.errors import SaegeoError
-from saegeo.io import distributed
-from saegeo.io.streaming import ActsLike, BatchStream, progress_bar, stream
+from saegeo.runtime import distributed
 
 # Entries of a [tokens, features] working block (bounds memory per product).
 BLOCK_ELEMENTS = 1 << 24
@@ -231,7 +231,7 @@ def delta_mse(
         Where to compute; ``"auto"`` is CUDA when present.
     progress
         Show a progress bar: None on a terminal, True always, False never
-        (:mod:`saegeo.io.streaming`).
+        (:mod:`saegeo.acts.streaming`).
 
     Returns
     -------

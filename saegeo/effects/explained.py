@@ -50,11 +50,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from saegeo.acts.streaming import ActsLike, BatchStream
 from saegeo.core.sae import SAE
 from saegeo.effects.delta import BLOCK_ELEMENTS, pair_stream
 from saegeo.effects.hybrid import TopkMode, output_scale
 from saegeo.errors import SaegeoError
-from saegeo.io.streaming import ActsLike, BatchStream
 
 EXPLAINED_THRESHOLD = 0.5
 """``explained`` below which adding a feature is predicted to lower the MSE (see the module

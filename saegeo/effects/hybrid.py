@@ -24,11 +24,11 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
+from saegeo.acts.streaming import BatchStream, checked_store
 from saegeo.core import normalization
 from saegeo.core.architectures import Union, union_kind
 from saegeo.core.sae import SAE, check_same_site, concat
 from saegeo.errors import SaegeoError
-from saegeo.io.streaming import BatchStream, checked_store
 
 TopkMode = Literal["reencode", "jumprelu"]
 TOPK_MODES: tuple[str, ...] = get_args(TopkMode)

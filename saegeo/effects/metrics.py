@@ -19,10 +19,10 @@ from typing import NamedTuple
 
 import torch
 
+from saegeo.acts.streaming import ActsLike, sae_stream
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
-from saegeo.io import distributed
-from saegeo.io.streaming import ActsLike, sae_stream
+from saegeo.runtime import distributed
 
 
 class Metrics(NamedTuple):
@@ -154,7 +154,7 @@ def evaluate(
     """MSE, FVU, L0 and dead fraction of ``sae`` on ``acts`` (a store, tensor [N, d_in] or path).
 
     At most ``limit`` tokens are read, ``batch_size`` at a time; ``progress`` as in
-    :mod:`saegeo.io.streaming`.
+    :mod:`saegeo.acts.streaming`.
 
     Examples
     --------

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from saegeo.core.family import Family
+from saegeo.acts.streaming import ActsLike, checked_store
 from saegeo.core.feature_info import neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.deprecation import module_aliases, renamed
@@ -24,8 +24,8 @@ from saegeo.effects.delta import cumulative_mse, delta_mse
 from saegeo.effects.explained import explained_share, roc_auc
 from saegeo.effects.hybrid import TopkMode
 from saegeo.errors import SaegeoError
+from saegeo.formats.family import Family
 from saegeo.geometry.classify import KINDS, NOVEL, classify
-from saegeo.io.streaming import ActsLike, checked_store
 
 DECREASES = "delta_mse < 0"
 DOES_NOT_DECREASE = "delta_mse >= 0"

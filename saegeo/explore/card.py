@@ -22,12 +22,12 @@ import networkx as nx
 import numpy as np
 import torch
 
-from saegeo.core.family import Family
+from saegeo.acts.streaming import ActsLike
 from saegeo.core.sae import SAE
 from saegeo.explore.facts import FamilyFacts, family_facts
 from saegeo.explore.stats import HIST_EDGES
-from saegeo.io.atomic import finite_or_null
-from saegeo.io.streaming import ActsLike
+from saegeo.formats.family import Family
+from saegeo.runtime.atomic import finite_or_null
 from saegeo.trees.dag import Metric, feature_tree, node_id
 
 CARD_SCHEMA = "saegeo.feature_card.v1"

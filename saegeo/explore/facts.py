@@ -20,14 +20,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from saegeo.core.family import Family
+from saegeo.acts.streaming import ActsLike, checked_store
 from saegeo.core.feature_info import neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.effects.novelty import novelty_table
 from saegeo.errors import SaegeoError
 from saegeo.explore.stats import MemberStats, family_stats
+from saegeo.formats.family import Family
 from saegeo.geometry.classify import swap_groups
-from saegeo.io.streaming import ActsLike, checked_store
 from saegeo.lm.snippets import StoreTokens, snippet_windows
 from saegeo.trees.dag import DEFAULT_THRESHOLDS, Metric, feature_dag, node_id, parse_node_id
 

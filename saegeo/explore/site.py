@@ -16,11 +16,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from saegeo.acts.streaming import progress_bar
 from saegeo.explore.facts import FamilyFacts
 from saegeo.explore.site_data import SCHEMA, index_data, member_data, snippet_data
-from saegeo.io.atomic import atomic_dir, finite_or_null
-from saegeo.io.outputs import GENERATOR_META
-from saegeo.io.streaming import progress_bar
+from saegeo.runtime.atomic import atomic_dir, finite_or_null
+from saegeo.runtime.outputs import GENERATOR_META
 
 INDEX_FILE = "explorer.json"
 """The index, beside ``index.html``: how saegeo recognises the site as its own."""
@@ -75,7 +75,7 @@ def write_site(
     """Write the explorer site of ``facts`` to the directory ``out`` (atomically: a previous
     site there is replaced only once the new one is complete). Returns ``out``.
 
-    The caller checks that ``out`` may be written (:func:`saegeo.io.outputs.check_outputs`).
+    The caller checks that ``out`` may be written (:func:`saegeo.runtime.outputs.check_outputs`).
     """
     index = index_data(facts)
     levels = range(len(facts.family))

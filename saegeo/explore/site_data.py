@@ -30,7 +30,7 @@ import numpy as np
 from saegeo.core.feature_info import NEURONPEDIA, neuronpedia_id
 from saegeo.explore.facts import FamilyFacts
 from saegeo.explore.stats import HIST_EDGES
-from saegeo.io.outputs import EXPLORER_SCHEMA as SCHEMA
+from saegeo.runtime.outputs import EXPLORER_SCHEMA as SCHEMA
 
 DIGITS = 6
 SHADE_DIGITS = 3

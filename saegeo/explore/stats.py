@@ -24,11 +24,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from saegeo.core.codes import csr_codes
-from saegeo.core.family import Family
+from saegeo.acts.codes import csr_codes
+from saegeo.acts.streaming import ActsLike, stream
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
-from saegeo.io.streaming import ActsLike, stream
+from saegeo.formats.family import Family
 
 HIST_EDGES = 10.0 ** np.arange(-3.0, 5.0 + 1e-9, 0.1)
 """Edges of the activation histograms: ten bins per decade from 1e-3 to 1e5; activations

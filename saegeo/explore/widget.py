@@ -14,14 +14,14 @@ from typing import Any
 
 import torch
 
-from saegeo.core.family import Family
+from saegeo.acts.streaming import ActsLike
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
 from saegeo.explore.facts import FamilyFacts, family_facts
 from saegeo.explore.site import static_text
 from saegeo.explore.site_data import index_data, member_data, snippet_data
-from saegeo.io.atomic import finite_or_null
-from saegeo.io.streaming import ActsLike
+from saegeo.formats.family import Family
+from saegeo.runtime.atomic import finite_or_null
 from saegeo.trees.dag import Metric
 
 

@@ -20,12 +20,9 @@ import torch
 from scipy.sparse.csgraph import connected_components
 
 from saegeo.core.sae import SAE
-from saegeo.effects.delta import swap_deltas
-from saegeo.effects.hybrid import TopkMode
 from saegeo.errors import SaegeoError
 from saegeo.geometry.residual import RESIDUAL_K, decoder_residual
 from saegeo.geometry.similarity import decoder_cosine, decoder_cosine_pairs
-from saegeo.io.streaming import ActsLike
 
 NOVEL = "novel"
 RECONSTRUCTION = "reconstruction"
@@ -112,15 +109,14 @@ def swap_groups(
     large: SAE,
     *,
     threshold: float = 0.7,
-    acts: ActsLike | None = None,
-    topk: TopkMode = "reencode",
-    batch_size: int = 4096,
-    limit: int | None = None,
     device: str | torch.device = "auto",
     dtype: torch.dtype = torch.float32,
     progress: bool | None = None,
 ) -> pd.DataFrame:
     """Swap groups of ``small`` and ``large``, most similar first.
+
+    The groups alone, from the decoders; :func:`saegeo.swap_groups` adds each group's effect
+    on the reconstruction when given activations.
 
     Parameters
     ----------
@@ -128,10 +124,6 @@ def swap_groups(
         SAEs of the same d_in.
     threshold
         An edge joins small i and large j when their decoder cosine is ``> threshold``.
-    acts
-        Activations; when given, each group's ``delta_mse`` and ``delta_l0`` from swapping it
-        in alone (small members removed, large members added) are added, computed as in
-        :func:`saegeo.effects.delta.swap_deltas` (``topk``, ``batch_size``, ``limit`` apply there).
     device, dtype, progress
         As for :func:`saegeo.decoder_cosine`.
 
@@ -140,8 +132,7 @@ def swap_groups(
     pandas.DataFrame
         One row per group with at least one edge (index ``group``, by ``max_cos`` descending,
         then smallest large member): ``small`` and ``large`` (sorted lists of member
-        indices), ``n_small``, ``n_large``, ``max_cos`` (the largest cosine in the group) and,
-        with ``acts``, ``delta_mse`` and ``delta_l0``.
+        indices), ``n_small``, ``n_large`` and ``max_cos`` (the largest cosine in the group).
 
     Examples
     --------
@@ -159,10 +150,7 @@ def swap_groups(
     n_small, n_large = pairs.shape
     columns = ["small", "large", "n_small", "n_large", "max_cos"]
     if pairs.nnz == 0:
-        frame = pd.DataFrame({c: [] for c in columns}, index=pd.RangeIndex(0, name="group"))
-        if acts is not None:
-            frame["delta_mse"], frame["delta_l0"] = [], []
-        return frame
+        return pd.DataFrame({c: [] for c in columns}, index=pd.RangeIndex(0, name="group"))
     n = n_small + n_large
     graph = sp.coo_matrix((np.ones(pairs.nnz), (pairs.row, n_small + pairs.col)), shape=(n, n))
     _, label = connected_components(graph, directed=False)
@@ -191,18 +179,4 @@ def swap_groups(
     rows.sort(key=lambda row: (-row[4], row[1][0]))
     frame = pd.DataFrame(rows, columns=columns)
     frame.index.name = "group"
-    if acts is not None:
-        deltas = swap_deltas(
-            small,
-            large,
-            acts,
-            frame["small"].tolist(),
-            frame["large"].tolist(),
-            topk=topk,
-            batch_size=batch_size,
-            limit=limit,
-            device=device,
-            progress=progress,
-        )
-        frame = frame.join(deltas)
     return frame

@@ -43,6 +43,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from saegeo.acts.streaming import ActsLike, BatchStream, progress_bar, stream
 from saegeo.errors import ShapeError
 from saegeo.geometry.sparse_codes import (
     MAX_PAIRS,
@@ -53,7 +54,6 @@ from saegeo.geometry.sparse_codes import (
     top_k_per_child,
     with_data,
 )
-from saegeo.io.streaming import ActsLike, BatchStream, progress_bar, stream
 
 
 def cofiring(

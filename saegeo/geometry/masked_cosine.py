@@ -14,7 +14,7 @@ within ``max_pairs`` entries; ``min_score`` and ``top_k`` are applied per group,
 follows what is kept, not the number of co-firing pairs.
 
 Under ``torch.distributed`` every rank passes the same codes (as
-:func:`saegeo.core.codes.encode_codes` returns them: each rank encodes its share of the tokens
+:func:`saegeo.acts.codes.encode_codes` returns them: each rank encodes its share of the tokens
 and the rows are gathered, N·L0 values per rank). Each rank scores a contiguous share of the
 child groups and the kept entries are gathered: beyond the codes, a rank holds its groups'
 products (``max_pairs`` entries at a time) and the whole result, never a dense [P, C] matrix.
@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from saegeo.acts.streaming import progress_bar
 from saegeo.geometry.sparse_codes import (
     MAX_PAIRS,
     aligned,
@@ -36,8 +37,7 @@ from saegeo.geometry.sparse_codes import (
     top_k_per_child,
     with_data,
 )
-from saegeo.io import distributed
-from saegeo.io.streaming import progress_bar
+from saegeo.runtime import distributed
 
 
 def masked_cosine(
@@ -70,7 +70,7 @@ def masked_cosine(
         Co-firing pairs held at once per sparse product; bounds memory.
     progress
         Show a progress bar: None on a terminal, True always, False never
-        (:mod:`saegeo.io.streaming`).
+        (:mod:`saegeo.acts.streaming`).
 
     Returns
     -------

@@ -17,11 +17,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from saegeo.core.devices import resolve_device
+from saegeo.acts.streaming import progress_bar
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError, ShapeError
-from saegeo.io import distributed
-from saegeo.io.streaming import progress_bar
+from saegeo.runtime import distributed
+from saegeo.runtime.devices import resolve_device
 
 # Largest similarity tile held at once, in elements (256 MiB of float32); on CUDA four times
 # that, where each tile's fixed costs (launches, the row merge) weigh more against its product.
@@ -171,7 +171,7 @@ def decoder_cosine(
         alone would exceed it.
     progress
         Show a progress bar: None on a terminal, True always, False never
-        (:mod:`saegeo.io.streaming`).
+        (:mod:`saegeo.acts.streaming`).
 
     Returns
     -------

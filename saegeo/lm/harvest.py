@@ -21,7 +21,7 @@ context of a source is dropped. Contexts depend only on the tokenizer, the sourc
 **Store.** Shards hold ``acts`` [n, d_model], ``token_ids`` [n] (int32) and ``doc_ids`` [n]
 (int32, positions in the text source); ``meta.json`` records the model, hook, contexts, text
 source and a copy of the tokenizer (``tokenizer/``), so :func:`load_tokenizer` can decode
-token ids and :func:`saegeo.io.corpus.open_source` can reopen the documents. Each shard's entry
+token ids and :func:`saegeo.lm.corpus.open_source` can reopen the documents. Each shard's entry
 says whether it was made with compiled blocks (``compiled``): in bfloat16 the two forwards
 round differently and their activations differ by about 1% of a token's norm (at layer 15 of
 SmolLM2, median; the compiled one, rounding less often, is the closer to float32), and a
@@ -33,7 +33,7 @@ the ranks write one store together, into a directory they all see: the new token
 shards of ``shard_tokens`` (rounded down to whole contexts), and shard ``j`` is run and written
 by rank ``j % W``; every rank tokenises the same stream and runs only the contexts that hold
 tokens of its shards. Rank 0 lists each round of ``W`` shards in ``meta.json`` once all are
-written (:class:`~saegeo.io.store.ShardWriter` with ``collective=True``), writes the tokenizer
+written (:class:`~saegeo.acts.store.ShardWriter` with ``collective=True``), writes the tokenizer
 and shows progress. So the store is the one a single process writes, shard for shard, in the
 same order, with the same file names: only the rounding of batched forwards can differ. An
 interrupted run resumes after its last listed round, on any number of ranks. The work is dealt
@@ -60,14 +60,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from saegeo.acts.store import META_FILE, ActivationStore, ShardWriter
+from saegeo.acts.streaming import progress_bar
 from saegeo.config import override
 from saegeo.errors import ArgumentError, SaegeoError
-from saegeo.io import distributed
-from saegeo.io.atomic import atomic_dir
-from saegeo.io.corpus import TextSource, open_source
-from saegeo.io.store import META_FILE, ActivationStore, ShardWriter
-from saegeo.io.streaming import progress_bar
 from saegeo.lm.config import HarvestConfig
+from saegeo.lm.corpus import TextSource, open_source
 from saegeo.lm.forward import stopped_forward
 from saegeo.lm.models import (
     DEFAULT_MODEL,
@@ -77,6 +75,8 @@ from saegeo.lm.models import (
     prepare_model,
 )
 from saegeo.lm.sites import centred, resolve_hook, uses_layer_norm
+from saegeo.runtime import distributed
+from saegeo.runtime.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +174,8 @@ def harvest(
         causal LM (then pass ``tokenizer``; it is used on its own device and dtype unless ``device``
         or ``model_dtype`` say otherwise).
     texts
-        a :class:`~saegeo.io.corpus.TextSource`, ``"bbc_news"``/``None`` (the packaged
-        BBC news), a path (see :func:`saegeo.io.corpus.text_files`) or a list of strings.
+        a :class:`~saegeo.lm.corpus.TextSource`, ``"bbc_news"``/``None`` (the packaged
+        BBC news), a path (see :func:`saegeo.lm.corpus.text_files`) or a list of strings.
     out
         the store directory to write (or resume).
     config

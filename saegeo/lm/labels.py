@@ -28,10 +28,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from saegeo.core.codes import encode_codes
-from saegeo.core.family import Family
+from saegeo.acts.codes import encode_codes
+from saegeo.acts.store import ActivationStore
 from saegeo.errors import SaegeoError
-from saegeo.io.store import ActivationStore
+from saegeo.formats.family import Family
 
 SEPARATOR = " · "
 """Between the tokens of a label."""

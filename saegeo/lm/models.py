@@ -19,10 +19,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from saegeo.core.devices import fast_bfloat16, resolve_device
+from saegeo.acts.store import DTYPES
 from saegeo.errors import ArgumentError, SaegeoError
-from saegeo.io.store import DTYPES
 from saegeo.lm.config import MODEL_DTYPES
+from saegeo.runtime.devices import fast_bfloat16, resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from saegeo.core.codes import encode_codes
+from saegeo.acts.codes import encode_codes
+from saegeo.acts.store import ActivationStore
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError, ShapeError
-from saegeo.io.store import ActivationStore
 
 MARKS = ("«", "»")
 """Strings put around the activating token in the ``text`` column."""
@@ -64,7 +64,7 @@ def store_tokens(store: ActivationStore) -> StoreTokens:
     """Token ids, document ids and context length of a harvested store (see :mod:`harvest`).
 
     Context boundaries count from the store's first token, as in a whole harvest (not in a
-    :meth:`~saegeo.io.store.ActivationStore.slice` that starts mid-context).
+    :meth:`~saegeo.acts.store.ActivationStore.slice` that starts mid-context).
     """
     token_ids = store.token_ids()
     if token_ids is None:

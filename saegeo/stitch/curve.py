@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from saegeo.acts.streaming import ActsLike, checked_store
 from saegeo.config import override
-from saegeo.core.devices import resolve_device
-from saegeo.core.family import Family
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import evaluate
-from saegeo.io.streaming import ActsLike, checked_store
+from saegeo.formats.family import Family
+from saegeo.runtime.devices import resolve_device
 from saegeo.stitch.config import StitchConfig
 from saegeo.stitch.frankenstein import FrankensteinSteps, frankenstein_steps
 

@@ -17,7 +17,7 @@ Added features fire exactly as in their own SAE (:func:`saegeo.concat`): additiv
 Frankenstein; matching-pursuit members give a pursuit over the union dictionary, whose codes
 depend on the whole dictionary (see :mod:`saegeo.stitch.refit` for what a refit keeps there).
 
-:func:`saegeo.effects.interpolation.interpolation_path` draws the paper's curve between two widths.
+:func:`saegeo.stitch.interpolation.interpolation_path` draws the paper's curve between two widths.
 
 :func:`saegeo.stitch.curve.frankenstein_curve` compares the Frankenstein up to each width
 with the members; :mod:`saegeo.stitch.report` holds the report.
@@ -32,17 +32,17 @@ from typing import Any, NamedTuple
 
 import torch
 
+from saegeo.acts.streaming import ActsLike, BatchStream, checked_store, stream
 from saegeo.config import fail, override
 from saegeo.core.architectures import union_kind
-from saegeo.core.devices import resolve_device
-from saegeo.core.family import Family
 from saegeo.core.sae import SAE, concat
 from saegeo.effects.hybrid import as_additive
 from saegeo.effects.metrics import Metrics, evaluate
 from saegeo.errors import SaegeoError
+from saegeo.formats.family import Family
 from saegeo.geometry.classify import swap_groups
 from saegeo.geometry.similarity import decoder_cosine
-from saegeo.io.streaming import ActsLike, BatchStream, checked_store, stream
+from saegeo.runtime.devices import resolve_device
 from saegeo.stitch.config import RETRAINS, Retrain, StitchConfig
 from saegeo.stitch.refit import (
     DecoderSolve,

@@ -39,14 +39,14 @@ from typing import Any, Literal, NamedTuple, get_args
 import numpy as np
 import torch
 
+from saegeo.acts.streaming import ActsLike, sae_stream
 from saegeo.core import memory
-from saegeo.core.devices import resolve_device
 from saegeo.core.finite import all_finite
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Metrics, Moments, metrics_from_sums
 from saegeo.errors import SaegeoError, ShapeError
-from saegeo.io import distributed
-from saegeo.io.streaming import ActsLike, sae_stream
+from saegeo.runtime import distributed
+from saegeo.runtime.devices import resolve_device
 from saegeo.stitch import refit_cg
 from saegeo.stitch.refit_sums import (
     DecoderSolve,
@@ -233,7 +233,7 @@ def accumulate_stats(
     """One streaming pass: the statistics of the decoder least-squares problem of ``sae``.
 
     ``acts`` is an ActivationStore, a tensor [N, D] or a path; ``progress`` as in
-    :mod:`saegeo.io.streaming`. Memory is O(F²) for the Gram matrix (float64), on ``device``
+    :mod:`saegeo.acts.streaming`. Memory is O(F²) for the Gram matrix (float64), on ``device``
     (:func:`dense_bytes`); where that does not fit, :func:`saegeo.stitch.refit_cg.accumulate_codes`
     keeps the codes instead. Beyond encoding, each batch costs one sparse × dense
     product, O(L0·(F + D)) per token, or, when the SAE is wide enough for that to cost more

@@ -48,13 +48,13 @@ from typing import NamedTuple
 
 import torch
 
+from saegeo.acts.streaming import ActsLike, sae_stream
 from saegeo.core import memory
 from saegeo.core.finite import all_finite
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Metrics, Moments, metrics_from_sums
 from saegeo.errors import InsufficientMemoryError, SaegeoError, ShapeError
-from saegeo.io import distributed
-from saegeo.io.streaming import ActsLike, sae_stream
+from saegeo.runtime import distributed
 from saegeo.stitch.refit_sums import DecoderSolve, TokenSums
 
 logger = logging.getLogger(__name__)

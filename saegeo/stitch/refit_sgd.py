@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
+from saegeo.acts.streaming import ActsLike, progress_bar, sae_stream
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
-from saegeo.io.atomic import atomic_file
-from saegeo.io.streaming import ActsLike, progress_bar, sae_stream
+from saegeo.runtime.atomic import atomic_file
 from saegeo.stitch.refit import (
     Refit,
     decode_target,
@@ -59,7 +59,7 @@ def refit_sgd(
     same arguments resumes from it (a finished run returns at once). ``max_seconds`` stops
     early (the state is checkpointed); ``callback(step, loss)`` runs after every step. The
     result's metrics come from one more pass over the fitting tokens. ``progress`` as in
-    :mod:`saegeo.io.streaming`.
+    :mod:`saegeo.acts.streaming`.
     """
     sae, batches = sae_stream(sae, acts, batch_size, limit, device, False, "refit_sgd")
     torch_device = batches.device

@@ -19,7 +19,7 @@ import torch
 from saegeo.core import normalization
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Moments
-from saegeo.io import distributed
+from saegeo.runtime import distributed
 
 
 class DecoderSolve(NamedTuple):

@@ -13,8 +13,7 @@ from typing import Any
 import pandas as pd
 
 from saegeo.errors import SaegeoError
-
-REPORT_SCHEMA = "saegeo.frankenstein_report.v1"
+from saegeo.runtime.outputs import REPORT_SCHEMA
 
 Feature = tuple[int, int]
 """A feature of a family: (member index, feature index in that member)."""

@@ -30,8 +30,8 @@ import networkx as nx
 import numpy as np
 import torch
 
+from saegeo.acts.store import ActivationStore
 from saegeo.errors import SaegeoError
-from saegeo.io.store import ActivationStore
 
 Directions = Literal["random", "orthogonal"]
 

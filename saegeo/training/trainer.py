@@ -42,18 +42,18 @@ from typing import Any, NamedTuple
 
 import torch
 
-from saegeo.core.devices import fast_bfloat16, resolve_device
-from saegeo.core.family import Family
+from saegeo.acts.store import ActivationStore
+from saegeo.acts.streaming import ActsLike, checked_store, progress_bar
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Metrics, Moments, evaluate
 from saegeo.errors import ArgumentError, SaegeoError
-from saegeo.io import distributed
-from saegeo.io.atomic import write_json, write_text
-from saegeo.io.claim import claim_output
-from saegeo.io.outputs import FAMILY_FORMAT, Output
-from saegeo.io.saelens import write_saelens
-from saegeo.io.store import ActivationStore
-from saegeo.io.streaming import ActsLike, checked_store, progress_bar
+from saegeo.formats.family import Family
+from saegeo.formats.saelens import write_saelens
+from saegeo.runtime import distributed
+from saegeo.runtime.atomic import write_json, write_text
+from saegeo.runtime.claim import claim_output
+from saegeo.runtime.devices import fast_bfloat16, resolve_device
+from saegeo.runtime.outputs import FAMILY_FORMAT, Output
 from saegeo.training.config import (
     TRAIN_ARCHS,
     TrainConfig,
@@ -444,7 +444,7 @@ def train_family(
     With ``out_dir``, each member is saved in SAELens layout to ``out_dir/<arch>-<width>/``
     with ``family.json`` and ``metrics.csv``; the directory appears once every member is
     trained, complete, or (interrupted) not at all. ``out_dir`` is claimed before training
-    starts (:func:`saegeo.io.claim.claim_output`): it must be new or empty, or, with
+    starts (:func:`saegeo.runtime.claim.claim_output`): it must be new or empty, or, with
     ``overwrite=True``, a family saegeo trained (replaced at the end, deleting only the files
     training wrote there); anything else there is refused, and anything that appears there
     during training is kept, the family then saved beside it. Member ``i`` is trained with

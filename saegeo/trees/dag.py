@@ -47,11 +47,12 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from saegeo.core.codes import encode_codes
-from saegeo.core.family import Family
+from saegeo.acts.codes import encode_codes
+from saegeo.acts.streaming import ActsLike, checked_store
 from saegeo.core.feature_info import log_feature_density, neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
+from saegeo.formats.family import Family
 from saegeo.geometry.cofiring import (
     InputMeans,
     cofiring,
@@ -62,7 +63,6 @@ from saegeo.geometry.cofiring import (
 )
 from saegeo.geometry.masked_cosine import masked_cosine
 from saegeo.geometry.similarity import decoder_cosine_pairs
-from saegeo.io.streaming import ActsLike, checked_store
 
 Metric = Literal["decoder_cosine", "masked_cosine", "cofiring", "nesting", "containment"]
 RankBy = Literal["size", "split"]
@@ -170,7 +170,7 @@ def feature_dag(
         (:func:`saegeo.geometry.similarity.decoder_cosine_pairs`, blocked, so memory stays bounded).
     progress
         Show progress bars: None on a terminal, True always, False never
-        (:mod:`saegeo.io.streaming`).
+        (:mod:`saegeo.acts.streaming`).
 
     Returns
     -------

@@ -14,7 +14,7 @@ emit the keys below and, where the tree has them, the optional ``freq``, ``max_a
 ``label``, ``neuronpedia`` (the feature's Neuronpedia page) and ``log_feature_density``
 (log10 of its published firing rate).
 
-Write a document atomically with :func:`saegeo.io.atomic.write_json`.
+Write a document atomically with :func:`saegeo.runtime.atomic.write_json`.
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ import jsonschema
 import networkx as nx
 
 from saegeo.errors import FormatError, SaegeoError
-from saegeo.io.paths import regular_file
+from saegeo.runtime.outputs import FOREST_SCHEMA, TREE_SCHEMA
+from saegeo.runtime.paths import regular_file
 from saegeo.trees.dag import labels_by_id, node_id, parse_node_id, tree_root
 
-TREE_SCHEMA = "saegeo.feature_tree.v1"
-FOREST_SCHEMA = "saegeo.feature_forest.v1"
 TREE_SCHEMA_FILE = "feature_tree.v1.schema.json"
 FOREST_SCHEMA_FILE = "feature_forest.v1.schema.json"
 

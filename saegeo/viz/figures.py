@@ -17,11 +17,11 @@ import networkx as nx
 import plotly.graph_objects as go
 import torch
 
-from saegeo.core.family import Family
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
+from saegeo.formats.family import Family
 from saegeo.geometry.similarity import unit_rows
-from saegeo.io.outputs import GENERATOR_META
+from saegeo.runtime.outputs import GENERATOR_META
 from saegeo.trees.dag import labels_by_id, node_id, parse_node_id, tree_root
 
 TreeKind = Literal["icicle", "sunburst", "treemap"]
@@ -434,10 +434,10 @@ def save_html(
 
     plotly.js is embedded, so the page needs no network. ``path`` must be new, or (with
     ``overwrite=True``) a page saegeo wrote; anything else there is refused
-    (:mod:`saegeo.io.claim`).
+    (:mod:`saegeo.runtime.claim`).
     """
-    from saegeo.io.claim import claim_output
-    from saegeo.io.outputs import Output
+    from saegeo.runtime.claim import claim_output
+    from saegeo.runtime.outputs import Output
 
     with claim_output(Output.named(path, "html", "path"), force=overwrite) as claim:
         claim.path.write_text(fig if isinstance(fig, str) else figure_page(fig), encoding="utf-8")

@@ -233,7 +233,7 @@ def frankenstein_figure(
     """MSE against features and against L0: originals, Frankenstein SAEs, interpolation paths.
 
     ``comparison`` is :func:`saegeo.stitch.curve.frankenstein_curve`'s frame and ``path``
-    :func:`saegeo.effects.interpolation.interpolation_path`'s.
+    :func:`saegeo.stitch.interpolation.interpolation_path`'s.
     """
     fig = make_subplots(
         rows=1, cols=2, subplot_titles=("MSE vs features", "MSE vs L0"), horizontal_spacing=0.1

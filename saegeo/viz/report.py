@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from saegeo.io.atomic import write_text
-from saegeo.io.outputs import GENERATOR_META
+from saegeo.runtime.atomic import write_text
+from saegeo.runtime.outputs import GENERATOR_META
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1.5em;

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from pursuit_helpers import DYNAMIC, STATIC, assert_same_codes, decoder, sparse_inputs
+from helpers.pursuit import DYNAMIC, STATIC, assert_same_codes, decoder, sparse_inputs
 
 from saegeo.core import gram_route, gram_update, pursuit, pursuit_rules
-from saegeo.core.devices import host_syncs
 from saegeo.core.gram_route import BLOCK
 from saegeo.core.pursuit import matching_pursuit
+from saegeo.runtime.devices import host_syncs
 
 needs_triton = pytest.mark.skipif(not gram_update.available(), reason="needs Triton")
 
@@ -270,7 +270,7 @@ def test_kernels_compile_for_gpus(dtype, capability):
     type errors that Triton's interpreter lets pass fail here. In a process of its own: the
     interpreter, once used, leaves parts of triton.language patched for the rest of the
     process."""
-    script = Path(__file__).parents[1] / "kernel_helpers.py"
+    script = Path(__file__).parents[1] / "helpers/kernel.py"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run(
         [sys.executable, str(script), dtype, str(capability)],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from saelens_helpers import make_lens_sae
+from helpers.saelens import make_lens_sae
 
 from saegeo.core import normalization
 from saegeo.errors import SaegeoError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pursuit_helpers import DYNAMIC, STATIC, assert_same_codes, decoder, sparse_inputs
+from helpers.pursuit import DYNAMIC, STATIC, assert_same_codes, decoder, sparse_inputs
 
 from saegeo.core import gram_route, pursuit
 from saegeo.core.pursuit import choose_method, matching_pursuit

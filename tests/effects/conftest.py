@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sae_helpers import D_IN
+from helpers.sae import D_IN
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sae_helpers import mse, random_sae
+from helpers.sae import mse, random_sae
 
 import saegeo as sg
 from saegeo.effects.delta import cumulative_mse, delta_mse, swap_deltas

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sae_helpers import random_sae
+from helpers.sae import random_sae
 
 import saegeo as sg
 from saegeo.core.normalization import output_scale

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sae_helpers import random_sae
+from helpers.sae import random_sae
 
 import saegeo as sg
 from saegeo.effects.hybrid import hybrid, output_scale

@@ -134,7 +134,7 @@ def _large_mean_family(mean: float = 1e4) -> tuple[list[SAE], torch.Tensor]:
 
 
 def test_every_fvu_agrees_with_float64_numpy_on_a_large_mean() -> None:
-    from saegeo.effects.interpolation import interpolation_path
+    from saegeo.stitch.interpolation import interpolation_path
     from saegeo.stitch.refit import accumulate_stats, output_bias
 
     family, x = _large_mean_family()

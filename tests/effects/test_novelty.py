@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sae_helpers import relu_pair
+from helpers.sae import relu_pair
 
 from saegeo.effects.explained import roc_auc
 from saegeo.effects.novelty import family_novelty, kind_sign_table, novelty_table

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from explore_helpers import Words, toy_explore
+from helpers.explore import Words, toy_explore
 
 import saegeo as sg
 from saegeo.explore.facts import family_facts

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from explore_helpers import Words, toy_explore
+from helpers.explore import Words, toy_explore
 
 import saegeo as sg
 from saegeo.explore.facts import family_facts

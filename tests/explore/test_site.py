@@ -6,14 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from explore_helpers import Words, toy_explore
+from helpers.explore import Words, toy_explore
 
 import saegeo as sg
 from saegeo.cli import main
 from saegeo.explore.facts import family_facts
 from saegeo.explore.site import page_html, write_site
 from saegeo.explore.site_data import index_data, member_data, snippet_data
-from saegeo.io.outputs import output_kind
+from saegeo.runtime.outputs import output_kind
 
 
 @pytest.fixture(scope="module")

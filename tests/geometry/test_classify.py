@@ -10,11 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sae_helpers import relu_pair
+from helpers.sae import relu_pair
 
 import saegeo as sg
 from saegeo.cli import main
-from saegeo.effects.delta import swap_deltas
 from saegeo.errors import SaegeoError
 from saegeo.geometry.classify import classify, swap_groups
 
@@ -78,17 +77,6 @@ def test_swap_groups_on_a_hand_built_pair():
     strict = swap_groups(small, large, threshold=0.9, device="cpu")
     assert strict[["small", "large"]].values.tolist() == [[[0], [0]], [[2], [2]]]
     assert swap_groups(small, large, threshold=0.999).empty
-
-
-def test_swap_groups_with_acts_add_deltas():
-    g = torch.Generator().manual_seed(0)
-    small, large = hand_built_pair()
-    acts = torch.randn(200, 5, generator=g)
-    groups = swap_groups(small, large, threshold=0.7, acts=acts, device="cpu")
-    expected = swap_deltas(small, large, acts, groups["small"], groups["large"], device="cpu")
-    pd.testing.assert_frame_equal(groups[["delta_mse", "delta_l0"]], expected)
-    empty = swap_groups(small, large, threshold=0.999, acts=acts)
-    assert list(empty.columns)[-2:] == ["delta_mse", "delta_l0"] and empty.empty
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from cofiring_helpers import naive_cofiring, naive_means, naive_presence, naive_present
+from helpers.cofiring import naive_cofiring, naive_means, naive_presence, naive_present
 from test_masked_cosine import naive_filter
 
 from saegeo.errors import SaegeoError, ShapeError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lm_helpers import random_texts, tiny_llama
+from helpers.lm import random_texts, tiny_llama
 
 from saegeo.lm import harvest as harvest_module
 from saegeo.lm.forward import COMPILED_ATTENTION, hooked_forward, stopped_forward

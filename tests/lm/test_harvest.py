@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from lm_helpers import random_texts, tiny_llama
+from helpers.lm import random_texts, tiny_llama
 
+from saegeo.acts.store import ActivationStore
 from saegeo.errors import SaegeoError
-from saegeo.io import corpus
-from saegeo.io.store import ActivationStore
+from saegeo.lm import corpus
 from saegeo.lm.harvest import harvest, iter_contexts, load_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -138,12 +138,12 @@ def test_resume_after_interruption_gives_the_same_store(tiny_lm, texts, tmp_path
 
 
 def test_interrupted_first_shard_resumes(tiny_lm, texts, tmp_path, monkeypatch):
-    import saegeo.io.store
-    from saegeo.io.outputs import Output, check_outputs
+    import saegeo.acts.store
+    from saegeo.runtime.outputs import Output, check_outputs
 
     whole = run(tiny_lm, texts, tmp_path / "whole", max_tokens=120, shard_tokens=60)
     with monkeypatch.context() as patch:
-        patch.setattr(saegeo.io.store, "save_file", _raise(KeyboardInterrupt))
+        patch.setattr(saegeo.acts.store, "save_file", _raise(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             run(tiny_lm, texts, tmp_path / "acts", max_tokens=120, shard_tokens=60)
     assert ActivationStore.open(tmp_path / "acts").n_tokens == 0
@@ -294,8 +294,8 @@ def _loud_model(tiny_lm, path):
 @pytest.fixture(scope="module")
 def two_ranks(tiny_lm, texts, tmp_path_factory):
     """A root directory with single-process stores, and what 2 ranks harvested beside them."""
-    from distributed_helpers import run_ranks
-    from lm_helpers import harvest_on_ranks
+    from helpers.distributed import run_ranks
+    from helpers.lm import harvest_on_ranks
 
     root = tmp_path_factory.mktemp("two")
     # Begun on one process and interrupted; a run on ranks had also left a shard unlisted.
@@ -379,8 +379,8 @@ def test_the_command_line_harvests_on_two_ranks(two_ranks):
 
 
 def test_three_ranks_harvest_the_store_one_process_harvests(tiny_lm, texts, tmp_path):
-    from distributed_helpers import run_ranks
-    from lm_helpers import harvest_on_ranks
+    from helpers.distributed import run_ranks
+    from helpers.lm import harvest_on_ranks
 
     runs = [
         ("three", RANKED),

@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 import torch
-from lm_helpers import random_texts, tiny_llama
+from helpers.lm import random_texts, tiny_llama
 
 import saegeo as sg
+from saegeo.acts.store import DTYPES
 from saegeo.cli import main
 from saegeo.errors import ArgumentError
-from saegeo.io.store import DTYPES
 from saegeo.lm.config import MODEL_DTYPES, STORE_DTYPES, HarvestConfig
 
 transformers = pytest.importorskip("transformers")

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from lm_helpers import word_tokenizer
+from helpers.lm import word_tokenizer
 
 import saegeo as sg
+from saegeo.acts.store import ShardWriter
 from saegeo.cli import main
 from saegeo.errors import SaegeoError
-from saegeo.io.store import ShardWriter
 from saegeo.lm.labels import feature_labels, token_label, top_token_labels
 
 

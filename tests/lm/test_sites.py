@@ -6,10 +6,10 @@ import importlib.util
 
 import pytest
 import torch
-from lm_helpers import random_texts, tiny_gpt2, tiny_llama
+from helpers.lm import random_texts, tiny_gpt2, tiny_llama
 
+from saegeo.acts.store import ActivationStore
 from saegeo.errors import SaegeoError
-from saegeo.io.store import ActivationStore
 from saegeo.lm.harvest import harvest
 from saegeo.lm.sites import (
     check_model_settings,

@@ -7,9 +7,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from saegeo.acts.store import ActivationStore, ShardWriter
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError, ShapeError
-from saegeo.io.store import ActivationStore, ShardWriter
 from saegeo.lm.snippets import feature_snippets, store_tokens, top_snippets
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from stitch_helpers import CPU, subset_sae, toy_acts, toy_family
+from helpers.stitch import CPU, subset_sae, toy_acts, toy_family
 
 from saegeo.effects.metrics import evaluate
 from saegeo.stitch.curve import frankenstein_curve

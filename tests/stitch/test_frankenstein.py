@@ -10,15 +10,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from stitch_helpers import CPU, D, subset_sae, toy_acts, toy_family
+from helpers.stitch import CPU, D, subset_sae, toy_acts, toy_family
 
 from saegeo.cli import main
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import evaluate
 from saegeo.errors import SaegeoError
+from saegeo.formats.sae_files import load_sae, save_sae
 from saegeo.geometry.classify import swap_groups
 from saegeo.geometry.similarity import decoder_cosine
-from saegeo.io.formats import load_sae, save_sae
 from saegeo.stitch.frankenstein import frankenstein, frankenstein_steps, plan_frankenstein
 
 # --------------------------------------------------------------------------- the plan

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from refit_helpers import D, F, N, acts, random_sae
+from helpers.refit import D, F, N, acts, random_sae
 
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import evaluate

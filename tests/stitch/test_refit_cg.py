@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sae_helpers import random_sae
+from helpers.sae import random_sae
 
 from saegeo.errors import InsufficientMemoryError, SaegeoError
 from saegeo.stitch import refit as refit_module
@@ -173,7 +173,7 @@ def test_allocations_that_would_not_fit_are_refused_before_they_are_made(monkeyp
 
 def test_cg_refit_over_two_ranks_equals_the_single_process_one(tmp_path):
     import numpy as np
-    from distributed_helpers import cg_refit, run_ranks
+    from helpers.distributed import cg_refit, run_ranks
 
     single = cg_refit()
     ranks = run_ranks(cg_refit, 2, tmp_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from refit_helpers import N, acts, random_sae
+from helpers.refit import N, acts, random_sae
 
 from saegeo.effects.metrics import evaluate
 from saegeo.errors import SaegeoError

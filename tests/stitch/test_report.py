@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from stitch_helpers import CPU, toy_acts, toy_family
+from helpers.stitch import CPU, toy_acts, toy_family
 
 from saegeo.stitch.frankenstein import frankenstein
 from saegeo.stitch.report import FrankensteinReport

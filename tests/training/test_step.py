@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saegeo.core.devices import host_syncs
+from saegeo.runtime.devices import host_syncs
 from saegeo.training import losses
 from saegeo.training.config import TrainConfig
 from saegeo.training.step import aux_k_loss, forward_step, geometric_median, init_state

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from saegeo.acts.store import ActivationStore, ShardWriter
 from saegeo.cli import main
-from saegeo.core.family import Family
 from saegeo.effects.metrics import evaluate
 from saegeo.errors import SaegeoError
-from saegeo.io.formats import load_sae, save_sae
-from saegeo.io.store import ActivationStore, ShardWriter
+from saegeo.formats.family import Family
+from saegeo.formats.sae_files import load_sae, save_sae
 from saegeo.training.toy import ToyConfig, ToyModel, make_toy_model
 from saegeo.training.trainer import (
     TrainConfig,

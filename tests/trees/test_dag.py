@@ -9,7 +9,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
-from tree_helpers import synthetic_family, tree_edges
+from helpers.tree import synthetic_family, tree_edges
 
 import saegeo as sg
 import saegeo.trees.dag as dag_module

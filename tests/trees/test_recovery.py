@@ -9,7 +9,7 @@ import tempfile
 import numpy as np
 import pytest
 import torch
-from cofiring_helpers import naive_cofiring, naive_presence, naive_present
+from helpers.cofiring import naive_cofiring, naive_presence, naive_present
 from test_dag import edge_scores, nested_family
 
 import saegeo as sg

@@ -11,7 +11,7 @@ import jsonschema
 import networkx as nx
 import numpy as np
 import pytest
-from tree_helpers import in_page, synthetic_family
+from helpers.tree import in_page, synthetic_family
 
 import saegeo as sg
 from saegeo.cli import main

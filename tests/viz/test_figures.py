@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import pytest
 import torch
-from tree_helpers import in_page, synthetic_family
+from helpers.tree import in_page, synthetic_family
 
 from saegeo.errors import SaegeoError
 from saegeo.trees.dag import feature_dag, forest, node_id

@@ -1,0 +1,57 @@
+"""Sparse codes: an SAE's latent activations over an activation store, as a CSR matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from saegeo.acts.streaming import ActsLike, sae_stream
+from saegeo.core.sae import SAE
+from saegeo.runtime import distributed
+
+
+def csr_codes(acts_BF: torch.Tensor) -> sp.csr_matrix:
+    """The non-zeros of a batch of latent activations [B, F] as a float32 CSR matrix (on the CPU).
+
+    >>> csr_codes(torch.tensor([[0.0, 2.0], [1.0, 0.0]])).toarray().tolist()
+    [[0.0, 2.0], [1.0, 0.0]]
+    """
+    rows, cols = acts_BF.nonzero(as_tuple=True)
+    values = acts_BF[rows, cols]
+    return sp.csr_matrix(
+        (values.float().cpu().numpy(), (rows.cpu().numpy(), cols.cpu().numpy())),
+        shape=tuple(acts_BF.shape),
+        dtype=np.float32,
+    )
+
+
+def encode_codes(
+    sae: SAE,
+    acts: ActsLike,
+    *,
+    batch_size: int = 4096,
+    limit: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool | None = None,
+) -> sp.csr_matrix:
+    """Latent activations of ``sae`` on ``acts`` as ``scipy.sparse.csr_matrix`` [N, width], float32.
+
+    Batches are encoded on ``device`` and only the non-zeros are kept, so memory grows with
+    N·L0 rather than N·width. ``progress`` as in :mod:`saegeo.acts.streaming`.
+
+    Under ``torch.distributed`` each rank encodes its share of the tokens and the rows are
+    gathered, so every rank returns the whole matrix (the single-process result): each holds
+    N·L0 values and column indices, as one process would.
+    """
+    sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "encode_codes")
+    batches = batches.replace(sharded=True)
+    blocks = []
+    for batch_BD in batches:
+        blocks.append(csr_codes(sae.encode(batch_BD)))
+    codes = (
+        sp.vstack(blocks, format="csr", dtype=np.float32)
+        if blocks
+        else sp.csr_matrix((0, sae.width), dtype=np.float32)
+    )
+    return distributed.gather_rows(codes)

@@ -1,0 +1,221 @@
+"""Streaming over activations: the one loop every function that reads activations runs.
+
+:func:`stream` turns anything saegeo accepts as activations (:data:`ActsLike`) into batches
+[<= batch_size, d_in] on a device, in a dtype, at most ``limit`` tokens in all, after checking
+that their ``d_in`` fits the SAE that will read them, with a progress bar.
+
+**progress** has one meaning in every saegeo function that takes it:
+
+- ``None`` (the default): show a bar only when stderr is a terminal;
+- ``True``: always show it;
+- ``False``: never show it.
+
+In Jupyter the bar is tqdm's notebook widget where ``ipywidgets`` is installed, and its plain
+text bar otherwise (``tqdm.auto`` would print "IProgress not found" in every notebook).
+
+Examples
+--------
+>>> import torch
+>>> batches = stream(torch.ones(10, 4), batch_size=4, limit=9, d_in=4, progress=False)
+>>> batches.n_tokens, [x.shape[0] for x in batches]
+(9, [4, 4, 1])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import numpy as np
+import torch
+from tqdm.std import tqdm
+
+from saegeo.acts.store import ActivationStore, as_store
+from saegeo.errors import ShapeError
+from saegeo.runtime import distributed
+from saegeo.runtime.devices import resolve_device
+
+if TYPE_CHECKING:
+    from saegeo.core.sae import SAE
+
+ActsLike: TypeAlias = ActivationStore | torch.Tensor | np.ndarray | str | os.PathLike[str]
+"""Activations [N, d_in]: a store, a tensor or array, or a path that
+:meth:`ActivationStore.open` reads (``.npy``, ``.safetensors`` or a store directory)."""
+
+
+def token_count(store: ActivationStore, limit: int | None) -> int:
+    """How many tokens a pass over ``store`` reads when capped at ``limit`` (None: all)."""
+    return store.n_tokens if limit is None else max(0, min(int(limit), store.n_tokens))
+
+
+def bar_class() -> type[tqdm]:
+    """tqdm's notebook bar inside a Jupyter kernel that can draw widgets, else its text bar."""
+    if "ipykernel.zmqshell" in sys.modules and importlib.util.find_spec("ipywidgets"):
+        from tqdm.notebook import tqdm as notebook_tqdm
+
+        return notebook_tqdm
+    return tqdm
+
+
+def progress_bar(total: int | None, desc: str, progress: bool | None, **options: object) -> tqdm:
+    """A tqdm bar that follows the module's meaning of ``progress`` (None: on a terminal)."""
+    disable = None if progress is None else not progress
+    if not distributed.is_main():
+        disable = True  # under torch.distributed, rank 0 alone shows progress
+    bar = bar_class()
+    return bar(total=total, desc=desc, leave=False, disable=disable, **options)  # type: ignore[call-overload]
+
+
+def checked_store(
+    acts: ActsLike, d_in: SAE | int | None = None, *, what: str = ""
+) -> ActivationStore:
+    """``acts`` as an :class:`ActivationStore`, checked to have ``d_in`` columns.
+
+    ``d_in`` is an SAE (its ``d_in``, named in the error) or a number; ``what`` names the
+    calling function in the error (e.g. ``"evaluate()"``).
+    """
+    store = as_store(acts)
+    if d_in is None:
+        return store
+    expected = d_in if isinstance(d_in, int) else d_in.d_in
+    if store.d_in != expected:
+        reader = (
+            f"d_in={expected} is expected"
+            if isinstance(d_in, int)
+            else (f"{d_in.name} expects d_in={expected}")
+        )
+        prefix = f"{what}: " if what else ""
+        raise ShapeError(f"{prefix}activations {store.source} have d_in={store.d_in}, but {reader}")
+    return store
+
+
+@dataclass(frozen=True)
+class BatchStream:
+    """Consecutive batches [<= batch_size, d_in] of a store, with a progress bar (tokens).
+
+    Iterating again starts again from the first token. Build it with :func:`stream`; derive
+    one that differs in a setting with :meth:`replace`.
+    """
+
+    store: ActivationStore
+    """The activations."""
+    batch_size: int
+    """Tokens per batch."""
+    limit: int | None
+    """At most this many tokens in all (None: every token)."""
+    device: torch.device
+    """Where batches arrive."""
+    dtype: torch.dtype
+    """Their dtype."""
+    progress: bool | None
+    """The progress bar: None on a terminal, True always, False never."""
+    desc: str
+    """The bar's label."""
+    sharded: bool = False
+    """Under ``torch.distributed``, yield only this rank's contiguous share of the tokens
+    (:func:`saegeo.runtime.distributed.shard`); set by functions that reduce their sums over
+    ranks. Without a process group it changes nothing."""
+
+    def replace(self, **changes: Any) -> BatchStream:
+        """The same stream with some settings changed (e.g. ``dtype=sae.dtype``)."""
+        return dataclasses.replace(self, **changes)
+
+    def reading(self, **changes: Any) -> dict[str, Any]:
+        """``batch_size``, ``limit``, ``device`` and ``progress`` as keywords (``changes``
+        replace some), so that a function that takes them reads the same tokens."""
+        options = {
+            "batch_size": self.batch_size,
+            "limit": self.limit,
+            "device": self.device,
+            "progress": self.progress,
+        }
+        return {**options, **changes}
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens one pass yields: ``min(limit, store.n_tokens)``."""
+        return token_count(self.store, self.limit)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        store, limit = self.store, self.limit
+        if self.sharded and distributed.is_distributed():
+            start, stop = distributed.shard(self.n_tokens)
+            store, limit = store.slice(start, stop), None
+        total = token_count(store, limit)
+        with progress_bar(total, self.desc, self.progress, unit="tok") as bar:
+            for x_BD in store.iter_batches(
+                self.batch_size, limit=limit, dtype=self.dtype, device=self.device
+            ):
+                yield x_BD
+                bar.update(x_BD.shape[0])
+
+
+def stream(
+    acts: ActsLike,
+    *,
+    batch_size: int = 4096,
+    limit: int | None = None,
+    device: str | torch.device = "auto",
+    dtype: torch.dtype = torch.float32,
+    d_in: SAE | int | None = None,
+    progress: bool | None = None,
+    desc: str = "",
+    what: str = "",
+) -> BatchStream:
+    """Batches of ``acts`` [<= batch_size, d_in] on ``device`` in ``dtype``, ``limit`` in all.
+
+    Parameters
+    ----------
+    acts
+        The activations (see :data:`ActsLike`).
+    batch_size, limit
+        Tokens per batch, and at most this many tokens in all (None: every token).
+    device, dtype
+        Where and in what dtype batches arrive; ``device="auto"`` is CUDA when present.
+    d_in
+        The SAE that reads the batches, or the width they must have; a mismatch raises one
+        :class:`~saegeo.errors.ShapeError` naming the activations, the SAE and ``what``.
+    progress
+        The module's meaning: None shows a bar on a terminal, True always, False never.
+    desc
+        The bar's label.
+    """
+    return BatchStream(
+        checked_store(acts, d_in, what=what),
+        batch_size=batch_size,
+        limit=limit,
+        device=resolve_device(device),
+        dtype=dtype,
+        progress=progress,
+        desc=desc,
+    )
+
+
+def sae_stream(
+    sae: SAE,
+    acts: ActsLike,
+    batch_size: int,
+    limit: int | None,
+    device: str | torch.device,
+    progress: bool | None,
+    what: str,
+) -> tuple[SAE, BatchStream]:
+    """``sae`` on the stream's device, and batches of ``acts`` for it: in its dtype, checked
+    against its d_in, the bar labelled ``"{what} {sae.name}"`` (``what``: the function)."""
+    batches = stream(
+        acts,
+        batch_size=batch_size,
+        limit=limit,
+        device=device,
+        dtype=sae.dtype,
+        d_in=sae,
+        progress=progress,
+        desc=f"{what} {sae.name}",
+        what=f"{what}()",
+    )
+    return sae.to(batches.device), batches

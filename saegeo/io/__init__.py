@@ -1,1 +1,0 @@
-"""Files: SAE formats, activation stores and how they stream, text sources, atomic writes."""

@@ -1,0 +1,125 @@
+"""The one activation stream: batches, limit, dtype, the d_in check, the meaning of progress."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from saegeo.acts.store import ActivationStore
+from saegeo.acts.streaming import checked_store, progress_bar, stream, token_count
+from saegeo.core.sae import SAE
+from saegeo.errors import ShapeError
+
+
+def test_batches_respect_batch_size_limit_and_dtype():
+    x = torch.randn(23, 5)
+    batches = stream(x, batch_size=10, limit=17, device="cpu", dtype=torch.float64, progress=False)
+    assert batches.n_tokens == 17
+    got = list(batches)
+    assert [b.shape[0] for b in got] == [10, 7]
+    assert all(b.dtype == torch.float64 and b.device.type == "cpu" for b in got)
+    torch.testing.assert_close(torch.cat(got), x[:17].double())
+    # A stream can be read again, from the first token.
+    assert sum(b.shape[0] for b in batches) == 17
+
+
+@pytest.mark.parametrize("kind", ["tensor", "array", "npy", "store"])
+def test_every_acts_like_streams_the_same_rows(tmp_path, kind):
+    x = torch.randn(12, 3)
+    acts: object = x
+    if kind == "array":
+        acts = x.numpy()
+    elif kind == "npy":
+        np.save(tmp_path / "a.npy", x.numpy())
+        acts = tmp_path / "a.npy"
+    elif kind == "store":
+        acts = ActivationStore.from_tensor(x)
+    got = torch.cat(list(stream(acts, batch_size=5, device="cpu", d_in=3, progress=False)))
+    torch.testing.assert_close(got, x)
+
+
+def test_token_count():
+    store = ActivationStore.from_tensor(torch.zeros(8, 2))
+    assert [token_count(store, limit) for limit in (None, 3, 8, 100, 0)] == [8, 3, 8, 8, 0]
+
+
+def test_d_in_mismatch_names_the_source_the_sae_and_the_caller(tmp_path):
+    np.save(tmp_path / "acts.npy", np.zeros((4, 6), dtype=np.float32))
+    sae = SAE.from_decoder(torch.eye(5)).replace(metadata={"name": "tiny"})
+    with pytest.raises(ShapeError) as info:
+        stream(tmp_path / "acts.npy", d_in=sae, what="evaluate()")
+    message = str(info.value)
+    assert message.startswith("evaluate(): activations ")
+    assert "acts.npy have d_in=6" in message and "tiny expects d_in=5" in message
+    with pytest.raises(ShapeError, match="d_in=7 is expected"):
+        checked_store(torch.zeros(2, 6), 7)
+    assert checked_store(torch.zeros(2, 6), 6).d_in == 6
+
+
+class _Terminal:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_has_one_meaning(monkeypatch):
+    # Under pytest stderr is not a terminal: None hides the bar, True shows it, False never.
+    def shown(progress: bool | None) -> bool:
+        with progress_bar(3, "x", progress) as bar:
+            return not bar.disable
+
+    assert [shown(None), shown(True), shown(False)] == [False, True, False]
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    assert [shown(None), shown(True), shown(False)] == [True, True, False]
+
+
+def test_to_jumprelu_reads_a_stream_without_holding_it():
+    sae = SAE(
+        W_enc=torch.randn(4, 8),
+        b_enc=torch.zeros(8),
+        W_dec=torch.randn(8, 4),
+        b_dec=torch.zeros(4),
+        arch="topk",
+        k=2,
+    )
+    x = torch.randn(300, 4)
+    from_stream = sae.to_jumprelu(stream(x, batch_size=64, limit=200, progress=False))
+    from_tensor = sae.to_jumprelu(x[:200])
+    torch.testing.assert_close(from_stream.threshold, from_tensor.threshold)
+
+
+def test_progress_bars_in_jupyter_need_no_widgets(monkeypatch):
+    """Inside a Jupyter kernel the bar is a widget where ipywidgets is installed; without it,
+    the plain text bar (never tqdm.auto's "IProgress not found" warning)."""
+    import importlib.util
+    import sys
+    import types
+    import warnings
+
+    import tqdm.notebook
+    import tqdm.std
+
+    from saegeo.acts import streaming
+
+    assert streaming.bar_class() is tqdm.std.tqdm  # not in a kernel
+    monkeypatch.setitem(sys.modules, "ipykernel.zmqshell", types.ModuleType("ipykernel.zmqshell"))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "ipywidgets" else find_spec(name, *a),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert streaming.bar_class() is tqdm.std.tqdm
+        streaming.progress_bar(3, "test", progress=False).close()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert streaming.bar_class() is tqdm.notebook.tqdm

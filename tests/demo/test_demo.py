@@ -1,0 +1,285 @@
+"""The demo's stage cache: each stage is rebuilt exactly when a setting it depends on changes.
+
+The harvest is replaced by toy activations and training by a short run, so the whole
+pipeline (family, novelty, trees, Frankenstein, report) runs in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import saegeo.effects.novelty
+import saegeo.lm.harvest
+import saegeo.training.trainer
+from saegeo import demo
+from saegeo.acts.store import ActivationStore, ShardWriter
+from saegeo.demo import DemoSettings, run_demo, stage_keys
+from saegeo.effects.novelty import PUBLISHED_PAIR_NAME, FamilyNovelty, published_pair_table
+from saegeo.errors import ArgumentError
+from saegeo.formats.family import Family
+from saegeo.formats.sae_files import load_sae
+from saegeo.training.toy import ToyConfig, make_toy_model
+
+D_IN = 8
+SETTINGS = DemoSettings(
+    tokens=3000, retrain=True, multipliers=(1, 2), train_tokens=1024, k=2, context=16, arch="topk"
+)
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count harvests and trainings, standing in for both with tiny toy versions."""
+    counts = {"harvest": 0, "train": 0}
+    real_train = saegeo.training.trainer.train_family
+
+    def fake_harvest(model, texts, out, *, max_tokens, **_):
+        counts["harvest"] += 1
+        acts = (
+            make_toy_model(ToyConfig(d=D_IN, n_roots=4, branching=3, root_prob=0.3))
+            .sample(max_tokens)
+            .acts
+        )
+        writer = ShardWriter(out, D_IN, shard_tokens=1000, meta={"model": "toy", "layer": 0})
+        writer.add(acts)
+        return writer.close()
+
+    def small_train(store, widths, config, out_dir=None):
+        counts["train"] += 1
+        config = dataclasses.replace(config, batch_size=256, eval_tokens=256, progress=False)
+        return real_train(store, widths, config, out_dir=out_dir)
+
+    monkeypatch.setattr(saegeo.lm.harvest, "harvest", fake_harvest)
+    monkeypatch.setattr(saegeo.training.trainer, "train_family", small_train)
+    return counts
+
+
+def _mtimes(root: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(root)): p.stat().st_mtime_ns
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in ("index.html", "stages.json", "settings.json")
+    }
+
+
+def _report_widths(root: Path) -> dict[str, list[int]]:
+    """The family widths each report file describes."""
+    report = root / "report"
+    summary = pd.read_csv(report / "novelty_summary.csv")
+    features = pd.read_csv(report / "novelty_features.csv")
+    curves = pd.read_csv(report / "novelty_curves.csv")
+    trees = json.loads((report / "trees.json").read_text())
+    comparison = pd.read_csv(report / "frankenstein_comparison.csv")
+    stitched = json.loads((report / "frankenstein_report.json").read_text())
+    return {
+        "family.csv": sorted(pd.read_csv(report / "family.csv")["width"]),
+        "novelty_summary.csv": sorted({*summary["small_width"], *summary["large_width"]}),
+        # Features per adjacent pair: the larger member's width.
+        "novelty_features.csv": sorted(features.groupby("pair").size()),
+        "novelty_curves.csv": sorted(
+            summary["large_width"].iloc[pair] for pair in set(curves["pair"])
+        ),
+        "trees.json": sorted({level["width"] for level in trees["levels"]}),
+        "frankenstein_comparison.csv": sorted(
+            set(comparison.loc[comparison["kind"] == "original", "n_features"])
+        ),
+        "frankenstein_report.json": sorted(
+            {int(name.rsplit("-", 1)[1]) for name in stitched["sources"]}
+        ),
+    }
+
+
+def _describing(widths: list[int]) -> dict[str, list[int]]:
+    """What :func:`_report_widths` reads from a report on the family of ``widths``."""
+    return {
+        "family.csv": widths,
+        "novelty_summary.csv": widths,
+        "novelty_features.csv": widths[1:],
+        "novelty_curves.csv": widths[1:],
+        "trees.json": widths,
+        "frankenstein_comparison.csv": widths,
+        "frankenstein_report.json": widths,
+    }
+
+
+def test_changed_settings_rebuild_what_depends_on_them(tmp_path, calls):
+    run_demo(tmp_path, settings=SETTINGS, progress=False)
+    assert calls == {"harvest": 1, "train": 1}
+    first = _mtimes(tmp_path)
+    assert _report_widths(tmp_path) == _describing([8, 16])
+
+    # Same settings: nothing is recomputed, not one file rewritten.
+    run_demo(tmp_path, settings=SETTINGS, progress=False)
+    assert calls == {"harvest": 1, "train": 1}
+    assert _mtimes(tmp_path) == first
+
+    # A training setting: the family and every report section change, the activations do not.
+    wider = dataclasses.replace(SETTINGS, multipliers=(1, 2, 4))
+    run_demo(tmp_path, settings=wider, progress=False)
+    assert calls == {"harvest": 1, "train": 2}
+    second = _mtimes(tmp_path)
+    acts = [name for name in first if name.startswith("acts")]
+    assert acts and all(second[name] == first[name] for name in acts)
+    assert Family.load(tmp_path / "family").widths == [8, 16, 32]
+    assert _report_widths(tmp_path) == _describing([8, 16, 32])
+    assert load_sae(tmp_path / "report" / "frankenstein").d_in == D_IN
+    assert not list((tmp_path / "family").glob("*-64"))
+
+    # A harvest setting: everything downstream is rebuilt.
+    more = dataclasses.replace(wider, tokens=3500)
+    run_demo(tmp_path, settings=more, progress=False)
+    assert calls == {"harvest": 2, "train": 3}
+    assert ActivationStore.open(tmp_path / "acts").n_tokens == 3500
+
+
+def test_stage_keys_follow_their_settings():
+    base = stage_keys(SETTINGS, 1000)
+    seed = stage_keys(dataclasses.replace(SETTINGS, seed=1), 1000)
+    assert seed["acts"] == base["acts"]
+    assert all(seed[name] != base[name] for name in base if name != "acts")
+    layer = stage_keys(dataclasses.replace(SETTINGS, layer=3), 1000)
+    assert all(layer[name] != base[name] for name in base)
+    held_out = stage_keys(SETTINGS, 2000)
+    changed = {name for name in base if held_out[name] != base[name]}
+    assert changed == {"novelty", "frankenstein"}
+
+
+def test_interrupted_training_starts_over(tmp_path, calls, monkeypatch):
+    def broken(*args, **kwargs):
+        (tmp_path / "family").mkdir()
+        (tmp_path / "family" / "family.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(saegeo.training.trainer, "train_family", broken)
+        with pytest.raises(KeyboardInterrupt):
+            demo.demo_data(tmp_path, SETTINGS, progress=False)
+    data = demo.demo_data(tmp_path, SETTINGS, progress=False)
+    assert calls == {"harvest": 1, "train": 1}
+    assert data.family.widths == [8, 16]
+
+
+# --------------------------------------------------------------------------- the shipped family
+
+SHIPPED_WIDTHS = [576, 1152, 2304]
+
+
+def test_shipped_family_is_what_the_readme_states():
+    family = Family.load(demo.SHIPPED_FAMILY)
+    assert family.widths == SHIPPED_WIDTHS and family.d_in == 576
+    assert {sae.arch for sae in family} == {"jumprelu"}
+    record = demo.shipped_record()
+    assert record["config"]["arch"] == "batchtopk"
+    assert all(sae.metadata["hook_name"] == "blocks.5.hook_resid_post" for sae in family)
+    cfgs = [json.loads(p.read_text()) for p in demo.SHIPPED_FAMILY.glob("*/cfg.json")]
+    assert len(cfgs) == 3 and {cfg["dtype"] for cfg in cfgs} == {"float16"}
+    size = sum(p.stat().st_size for p in demo.SHIPPED_FAMILY.rglob("*") if p.is_file())
+    assert size < 25 * 2**20
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert "BatchTopK family (k=32) of widths 576, 1152 and 2304" in readme
+    assert f"after block {record['harvest']['layer']} of SmolLM2" in readme
+
+
+def test_shipped_family_reloads_in_saelens_with_the_same_outputs():
+    sae_lens = pytest.importorskip("sae_lens")
+    family = Family.load(demo.SHIPPED_FAMILY)
+    x = torch.randn(64, 576, generator=torch.Generator().manual_seed(0)) * 3
+    for sae in family:
+        path = demo.SHIPPED_FAMILY / sae.name
+        lens = sae_lens.SAE.load_from_disk(str(path), dtype="float32")
+        with torch.no_grad():
+            codes = lens.encode(x)
+            torch.testing.assert_close(codes, sae.encode(x), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(lens.decode(codes), sae.decode(codes), atol=1e-4, rtol=1e-4)
+
+
+def test_default_settings_are_the_shipped_site():
+    harvest = demo.shipped_record()["harvest"]
+    settings = DemoSettings()
+    assert not settings.retrain
+    assert {name: getattr(settings, name) for name in harvest} == harvest
+
+
+def test_the_demo_harvests_only_the_held_out_tokens_for_the_shipped_family(tmp_path, monkeypatch):
+    harvested = []
+
+    def fake_harvest(model, texts, out, *, max_tokens, layer, **_):
+        harvested.append((max_tokens, layer))
+        acts = torch.randn(max_tokens, 576, generator=torch.Generator().manual_seed(0))
+        writer = ShardWriter(out, 576, shard_tokens=1000, meta={"model": model, "layer": layer})
+        writer.add(acts)
+        return writer.close()
+
+    monkeypatch.setattr(saegeo.lm.harvest, "harvest", fake_harvest)
+    settings = dataclasses.replace(DemoSettings(), tokens=2000)
+    data = demo.demo_data(tmp_path, settings, progress=False)
+    assert harvested == [(2000, 5)] and not (tmp_path / "family").exists()
+    assert data.family_dir == demo.SHIPPED_FAMILY and data.family.widths == SHIPPED_WIDTHS
+    with pytest.raises(ArgumentError, match="layer=5; keep it, or set retrain=True"):
+        demo.demo_data(tmp_path, dataclasses.replace(settings, layer=3), progress=False)
+
+
+def test_the_comparison_with_the_published_pair_says_where_it_agrees():
+    summary = pd.DataFrame(
+        {
+            "small": ["a", "b"],
+            "large": ["b", "c"],
+            "small_width": [4, 8],
+            "large_width": [8, 16],
+            "novel_decreases": [3, 12],
+            "novel_does_not_decrease": [1, 2],
+            "reconstruction_decreases": [1, 2],
+            "reconstruction_does_not_decrease": [3, 0],
+        }
+    )
+    features = pd.DataFrame(
+        {
+            "kind": ["novel"] * 4 + ["reconstruction"],
+            "explained": [0.9, 0.8, 0.2, 0.1, 0.9],
+            "delta_mse": [1.0, -1.0, -1.0, -1.0, 1.0],
+        }
+    )
+    result = FamilyNovelty(summary, features, pd.DataFrame())
+    text = demo.compare_with_published(result)
+    assert "Of the novel features, 50% are already rebuilt" in text
+    assert "50% of those raise the MSE when added, and 100% of the rest lower it" in text
+    paper = "“Stitching SAEs of different sizes”"
+    assert f"Agrees with {paper} that novel features lower the narrower SAE's MSE" in text
+    assert "86%" in text and "75%" in text  # 12/14 and 3/4 novel features lower the MSE
+    assert f"Disagrees with {paper} that novel features are a minority" in text
+    assert f"Agrees for 1 of 2 pairs with {paper} that reconstruction features raise it" in text
+    table = published_pair_table(summary)
+    assert list(table["pair"]) == [PUBLISHED_PAIR_NAME, "a → b", "b → c"]
+    assert table.loc[0, "novel share"] == "657 / 1,536 = 43%"
+    assert table.loc[2, "reconstruction with delta_mse >= 0"] == "0 / 2 = 0%"
+
+
+def test_the_former_names_of_the_comparison_warn_and_still_work():
+    summary = pd.DataFrame(
+        {
+            "small": ["a"],
+            "large": ["b"],
+            "small_width": [4],
+            "large_width": [8],
+            "novel_decreases": [3],
+            "novel_does_not_decrease": [1],
+            "reconstruction_decreases": [1],
+            "reconstruction_does_not_decrease": [3],
+        }
+    )
+    result = FamilyNovelty(summary, pd.DataFrame(), pd.DataFrame())
+    with pytest.warns(FutureWarning, match="use compare_with_published instead"):
+        assert demo.seed_003_comparison(result) == demo.compare_with_published(result)
+    with pytest.warns(FutureWarning, match="use published_pair_table instead"):
+        old = saegeo.effects.novelty.seed_003_table(summary)
+    pd.testing.assert_frame_equal(old, published_pair_table(summary))
+    with pytest.warns(FutureWarning, match="use PUBLISHED_GPT2_PAIR instead"):
+        from saegeo.effects.novelty import SEED_003_FIRST_PAIR
+    assert SEED_003_FIRST_PAIR == saegeo.effects.novelty.PUBLISHED_GPT2_PAIR
+    with pytest.raises(AttributeError, match="no attribute 'SEED_004'"):
+        saegeo.effects.novelty.SEED_004  # noqa: B018

@@ -1,0 +1,1 @@
+"""Shared test fixtures and naive references, one module per concern."""
