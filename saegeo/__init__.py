@@ -35,120 +35,131 @@ Examples
 >>> fam = sg.Family.load("path/to/family")  # doctest: +SKIP
 """
 
-from saegeo.acts.codes import encode_codes
-from saegeo.acts.store import ActivationStore, ShardWriter
-from saegeo.acts.streaming import ActsLike
-from saegeo.core.sae import SAE, concat
-from saegeo.effects.delta import delta_mse
-from saegeo.effects.explained import explained_share
-from saegeo.effects.hybrid import hybrid
-from saegeo.effects.metrics import Metrics, evaluate
-from saegeo.effects.novelty import family_novelty
-from saegeo.effects.swaps import swap_groups
-from saegeo.errors import FormatError, SaegeoError, ShapeError
-from saegeo.explore.card import FeatureCard, feature_card
-from saegeo.explore.facts import FamilyFacts, family_facts
-from saegeo.explore.widget import explore
-from saegeo.formats.family import Family
-from saegeo.formats.pretrained import load_pretrained
-from saegeo.formats.sae_files import load_sae, save_sae
-from saegeo.geometry.classify import classify
-from saegeo.geometry.cofiring import cofiring, containment, nesting
-from saegeo.geometry.masked_cosine import masked_cosine
-from saegeo.geometry.matching import (
-    FeatureMatch,
-    SeedStability,
-    match_features,
-    seed_stability_matched,
-)
-from saegeo.geometry.similarity import (
-    CosineMatch,
-    decoder_cosine,
-    decoder_cosine_pairs,
-    seed_stability,
-)
-from saegeo.lm.config import HarvestConfig
-from saegeo.stitch.config import StitchConfig
-from saegeo.stitch.curve import compare_frankensteins, frankenstein_curve
-from saegeo.stitch.frankenstein import (
-    FrankensteinSteps,
-    frankenstein,
-    frankenstein_steps,
-    plan_frankenstein,
-)
-from saegeo.stitch.interpolation import interpolation_path
-from saegeo.stitch.refit import Refit, refit_exact
-from saegeo.stitch.refit_sgd import refit_sgd
-from saegeo.stitch.report import FrankensteinReport
-from saegeo.training.toy import ToyConfig, ToyModel, make_toy_model
-from saegeo.training.trainer import TrainConfig, TrainReport, train_family, train_sae
-from saegeo.trees.dag import feature_dag, feature_tree, forest
-from saegeo.trees.tree_json import tree_from_json, tree_to_json
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the same names as _API, for type checkers and editors
+    from saegeo.acts.codes import encode_codes
+    from saegeo.acts.store import ActivationStore, ShardWriter
+    from saegeo.acts.streaming import ActsLike
+    from saegeo.core.sae import SAE, concat
+    from saegeo.effects.delta import delta_mse
+    from saegeo.effects.explained import explained_share
+    from saegeo.effects.hybrid import hybrid
+    from saegeo.effects.metrics import Metrics, evaluate
+    from saegeo.effects.novelty import family_novelty
+    from saegeo.effects.swaps import swap_groups
+    from saegeo.errors import FormatError, SaegeoError, ShapeError
+    from saegeo.explore.card import FeatureCard, feature_card
+    from saegeo.explore.facts import FamilyFacts, family_facts
+    from saegeo.explore.widget import explore
+    from saegeo.formats.family import Family
+    from saegeo.formats.pretrained import load_pretrained
+    from saegeo.formats.sae_files import load_sae, save_sae
+    from saegeo.geometry.classify import classify
+    from saegeo.geometry.cofiring import cofiring, containment, nesting
+    from saegeo.geometry.masked_cosine import masked_cosine
+    from saegeo.geometry.matching import (
+        FeatureMatch,
+        SeedStability,
+        match_features,
+        seed_stability_matched,
+    )
+    from saegeo.geometry.similarity import (
+        CosineMatch,
+        decoder_cosine,
+        decoder_cosine_pairs,
+        seed_stability,
+    )
+    from saegeo.lm.config import HarvestConfig
+    from saegeo.stitch.config import StitchConfig
+    from saegeo.stitch.curve import compare_frankensteins, frankenstein_curve
+    from saegeo.stitch.frankenstein import (
+        FrankensteinSteps,
+        frankenstein,
+        frankenstein_steps,
+        plan_frankenstein,
+    )
+    from saegeo.stitch.interpolation import interpolation_path
+    from saegeo.stitch.refit import Refit, refit_exact
+    from saegeo.stitch.refit_sgd import refit_sgd
+    from saegeo.stitch.report import FrankensteinReport
+    from saegeo.training.toy import ToyConfig, ToyModel, make_toy_model
+    from saegeo.training.trainer import TrainConfig, TrainReport, train_family, train_sae
+    from saegeo.trees.dag import feature_dag, feature_tree, forest
+    from saegeo.trees.tree_json import tree_from_json, tree_to_json
+
+_API: dict[str, tuple[str, ...]] = {
+    "saegeo.acts.codes": ("encode_codes",),
+    "saegeo.acts.store": ("ActivationStore", "ShardWriter"),
+    "saegeo.acts.streaming": ("ActsLike",),
+    "saegeo.core.sae": ("SAE", "concat"),
+    "saegeo.effects.delta": ("delta_mse",),
+    "saegeo.effects.explained": ("explained_share",),
+    "saegeo.effects.hybrid": ("hybrid",),
+    "saegeo.effects.metrics": ("Metrics", "evaluate"),
+    "saegeo.effects.novelty": ("family_novelty",),
+    "saegeo.effects.swaps": ("swap_groups",),
+    "saegeo.errors": ("FormatError", "SaegeoError", "ShapeError"),
+    "saegeo.explore.card": ("FeatureCard", "feature_card"),
+    "saegeo.explore.facts": ("FamilyFacts", "family_facts"),
+    "saegeo.explore.widget": ("explore",),
+    "saegeo.formats.family": ("Family",),
+    "saegeo.formats.pretrained": ("load_pretrained",),
+    "saegeo.formats.sae_files": ("load_sae", "save_sae"),
+    "saegeo.geometry.classify": ("classify",),
+    "saegeo.geometry.cofiring": ("cofiring", "containment", "nesting"),
+    "saegeo.geometry.masked_cosine": ("masked_cosine",),
+    "saegeo.geometry.matching": (
+        "FeatureMatch",
+        "SeedStability",
+        "match_features",
+        "seed_stability_matched",
+    ),
+    "saegeo.geometry.similarity": (
+        "CosineMatch",
+        "decoder_cosine",
+        "decoder_cosine_pairs",
+        "seed_stability",
+    ),
+    "saegeo.lm.config": ("HarvestConfig",),
+    "saegeo.stitch.config": ("StitchConfig",),
+    "saegeo.stitch.curve": ("compare_frankensteins", "frankenstein_curve"),
+    "saegeo.stitch.frankenstein": (
+        "FrankensteinSteps",
+        "frankenstein",
+        "frankenstein_steps",
+        "plan_frankenstein",
+    ),
+    "saegeo.stitch.interpolation": ("interpolation_path",),
+    "saegeo.stitch.refit": ("Refit", "refit_exact"),
+    "saegeo.stitch.refit_sgd": ("refit_sgd",),
+    "saegeo.stitch.report": ("FrankensteinReport",),
+    "saegeo.training.toy": ("ToyConfig", "ToyModel", "make_toy_model"),
+    "saegeo.training.trainer": ("TrainConfig", "TrainReport", "train_family", "train_sae"),
+    "saegeo.trees.dag": ("feature_dag", "feature_tree", "forest"),
+    "saegeo.trees.tree_json": ("tree_from_json", "tree_to_json"),
+}
+"""The public names, by the module that defines them (imported on first use)."""
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "SAE",
-    "ActivationStore",
-    "ActsLike",
-    "CosineMatch",
-    "Family",
-    "FamilyFacts",
-    "FeatureCard",
-    "FeatureMatch",
-    "FormatError",
-    "FrankensteinReport",
-    "FrankensteinSteps",
-    "HarvestConfig",
-    "Metrics",
-    "Refit",
-    "SaegeoError",
-    "SeedStability",
-    "ShapeError",
-    "ShardWriter",
-    "StitchConfig",
-    "ToyConfig",
-    "ToyModel",
-    "TrainConfig",
-    "TrainReport",
-    "classify",
-    "cofiring",
-    "compare_frankensteins",
-    "concat",
-    "containment",
-    "decoder_cosine",
-    "decoder_cosine_pairs",
-    "seed_stability",
-    "seed_stability_matched",
-    "delta_mse",
-    "encode_codes",
-    "evaluate",
-    "explore",
-    "explained_share",
-    "family_facts",
-    "family_novelty",
-    "feature_card",
-    "feature_dag",
-    "feature_tree",
-    "forest",
-    "frankenstein",
-    "frankenstein_curve",
-    "frankenstein_steps",
-    "hybrid",
-    "interpolation_path",
-    "load_pretrained",
-    "load_sae",
-    "make_toy_model",
-    "masked_cosine",
-    "match_features",
-    "nesting",
-    "plan_frankenstein",
-    "refit_exact",
-    "refit_sgd",
-    "save_sae",
-    "swap_groups",
-    "train_family",
-    "train_sae",
-    "tree_from_json",
-    "tree_to_json",
-]
+__all__ = sorted(name for names in _API.values() for name in names)
+
+
+_MODULE_OF = {name: module for module, names in _API.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use, so ``import saegeo`` (and the command line's
+    ``--help``) does not wait for torch."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'saegeo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))

@@ -29,3 +29,34 @@ def test_legend_covers_every_suffix():
     assert {"B", "D", "F", "K", "S", "L", "P", "C"} <= legend
     missing = {letter: where for letter, where in used.items() if letter not in legend}
     assert not missing, f"suffix letters without a legend entry: {missing}"
+
+
+def test_public_names_resolve_lazily_and_match_the_typing_imports():
+    """``saegeo/__init__.py`` declares its API twice: the table that ``__getattr__`` reads and
+    the imports that type checkers read. They must name the same things."""
+    import ast
+
+    tree = ast.parse(Path(saegeo.__file__).read_text())
+    typing_block = next(n for n in tree.body if isinstance(n, ast.If))
+    imported = {
+        (node.module, alias.name)
+        for node in typing_block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    table = {(module, name) for module, names in saegeo._API.items() for name in names}
+    assert imported == table
+    for name in saegeo.__all__:
+        assert getattr(saegeo, name) is not None
+
+
+def test_help_loads_no_torch():
+    """``import saegeo`` and ``saegeo --help`` answer without importing torch (seconds)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, saegeo, saegeo.cli; from saegeo.cli import main; "
+        "assert main(['--help']) == 0; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
