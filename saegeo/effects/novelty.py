@@ -24,7 +24,7 @@ from saegeo.effects.delta import cumulative_mse, delta_mse
 from saegeo.effects.explained import explained_share, roc_auc
 from saegeo.effects.hybrid import TopkMode
 from saegeo.errors import SaegeoError
-from saegeo.formats.family import Family
+from saegeo.formats.family import Family, as_family
 from saegeo.geometry.classify import KINDS, NOVEL, classify
 
 DECREASES = "delta_mse < 0"
@@ -203,7 +203,7 @@ def family_novelty(
     Without ``acts`` only the geometry (kinds, shares) is computed. ``points=0`` skips the
     cumulative curves, whose every point re-evaluates a hybrid SAE on the activations.
     """
-    fam = family if isinstance(family, Family) else Family(list(family))
+    fam = as_family(family)
     if len(fam) < 2:
         raise SaegeoError(f"family_novelty(): needs at least two SAEs, got {len(fam)}")
     store = checked_store(acts) if acts is not None else None

@@ -148,3 +148,18 @@ class Family(Sequence[SAE]):
 
 def _source(sae: SAE) -> str:
     return str(sae.metadata.get("source") or sae.name)
+
+
+def as_family(family: Family | Sequence[SAE]) -> Family:
+    """A :class:`Family` as it is, or one made of SAEs given in any sequence.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from saegeo.core.sae import SAE
+    >>> saes = [SAE.from_decoder(torch.eye(4)[:2]), SAE.from_decoder(torch.eye(4))]
+    >>> fam = as_family(saes)
+    >>> as_family(fam) is fam, [sae.width for sae in fam]
+    (True, [2, 4])
+    """
+    return family if isinstance(family, Family) else Family(list(family))

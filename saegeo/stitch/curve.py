@@ -21,7 +21,7 @@ from saegeo.acts.streaming import ActsLike, checked_store
 from saegeo.config import override
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import evaluate
-from saegeo.formats.family import Family
+from saegeo.formats.family import Family, as_family
 from saegeo.runtime.devices import resolve_device
 from saegeo.stitch.config import StitchConfig
 from saegeo.stitch.frankenstein import FrankensteinSteps, frankenstein_steps
@@ -73,7 +73,7 @@ def compare_frankensteins(
     ``l0``, ``mse``, ``fvu``, ``nearest`` (the member whose width is nearest to
     ``n_features``, in log scale) and ``mse_vs_nearest`` (MSE over that member's MSE).
     """
-    family = family if isinstance(family, Family) else Family(list(family))
+    family = as_family(family)
     eval_store = checked_store(eval_acts)
     options: dict[str, Any] = {
         "batch_size": batch_size,

@@ -39,7 +39,7 @@ from saegeo.core.sae import SAE, concat
 from saegeo.effects.hybrid import as_additive
 from saegeo.effects.metrics import Metrics, evaluate
 from saegeo.errors import SaegeoError
-from saegeo.formats.family import Family
+from saegeo.formats.family import Family, as_family
 from saegeo.geometry.classify import swap_groups
 from saegeo.geometry.similarity import decoder_cosine
 from saegeo.runtime.devices import resolve_device
@@ -140,7 +140,7 @@ def plan_frankenstein(
     >>> [step.added for step in plan_frankenstein([small, large], device="cpu")]
     [(0, 1), (2, 3)]
     """
-    family = family if isinstance(family, Family) else Family(list(family))
+    family = as_family(family)
     if not -1.0 <= threshold <= 1.0:
         raise SaegeoError(f"threshold must lie in [-1, 1], got {threshold}")
     torch_device = resolve_device(device)
@@ -276,7 +276,7 @@ def _stitch(
 ) -> FrankensteinSteps:
     """The stitching behind :func:`frankenstein` (``every_step=False``: SGD trains only the
     last step, whose SAE ends ``saes``) and :func:`frankenstein_steps`."""
-    family = family if isinstance(family, Family) else Family(list(family))
+    family = as_family(family)
     batches = stream(
         acts,
         batch_size=config.batch_size,

@@ -21,7 +21,7 @@ from saegeo.acts.streaming import ActsLike, stream
 from saegeo.core.sae import SAE, concat
 from saegeo.effects.metrics import evaluate
 from saegeo.errors import SaegeoError
-from saegeo.formats.family import Family
+from saegeo.formats.family import Family, as_family
 from saegeo.geometry.classify import swap_groups
 from saegeo.geometry.similarity import decoder_cosine
 from saegeo.stitch.frankenstein import prepare_members
@@ -91,7 +91,7 @@ def interpolation_path(
     cosine, or the group's largest), ``n_added``, ``n_removed``, ``n_features``, ``l0``,
     ``mse``, ``fvu``.
     """
-    family = family if isinstance(family, Family) else Family(list(family))
+    family = as_family(family)
     if len(family) < 2:
         raise SaegeoError("interpolation_path() needs a family of at least two SAEs")
     pairs = list(range(len(family) - 1)) if pairs is None else [int(i) for i in pairs]

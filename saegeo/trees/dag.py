@@ -52,7 +52,7 @@ from saegeo.acts.streaming import ActsLike, checked_store
 from saegeo.core.feature_info import log_feature_density, neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
-from saegeo.formats.family import Family
+from saegeo.formats.family import Family, as_family
 from saegeo.geometry.cofiring import (
     InputMeans,
     cofiring,
@@ -193,7 +193,7 @@ def feature_dag(
     >>> G.graph["metric"], G.graph["threshold"], [lv["width"] for lv in G.graph["levels"]]
     ('decoder_cosine', 0.7, [2, 3])
     """
-    fam = family if isinstance(family, Family) else Family(list(family))
+    fam = as_family(family)
     if metric not in get_args(Metric):
         raise SaegeoError(
             f"feature_dag(): metric must be one of {get_args(Metric)}, got {metric!r}"

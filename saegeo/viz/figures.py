@@ -19,7 +19,7 @@ import torch
 
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
-from saegeo.formats.family import Family
+from saegeo.formats.family import Family, as_family
 from saegeo.geometry.similarity import unit_rows
 from saegeo.runtime.outputs import GENERATOR_META
 from saegeo.trees.dag import labels_by_id, node_id, parse_node_id, tree_root
@@ -167,7 +167,7 @@ def tree_score_range(trees: Sequence[nx.DiGraph]) -> tuple[float, float]:
 def _decoders(
     family: Family | Sequence[SAE], level: int, name: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    fam = family if isinstance(family, Family) else Family(list(family))
+    fam = as_family(family)
     if not 0 <= level < len(fam) - 1:
         raise SaegeoError(
             f"{name}: level must lie in [0, {len(fam) - 2}] (a level with a wider "
