@@ -1,9 +1,13 @@
-"""What the configuration dataclasses (TrainConfig, StitchConfig, HarvestConfig) share."""
+"""What the configuration dataclasses (TrainConfig, StitchConfig, HarvestConfig) and the
+functions that check their own arguments share: how a bad value is reported, and the checks
+of the values many of them take (a cosine threshold, a count)."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, NoReturn, TypeVar
+
+import numpy as np
 
 from saegeo.errors import ArgumentError
 
@@ -29,3 +33,46 @@ def override(config: C, overrides: dict[str, Any]) -> C:
 def fail(config: object, name: str, problem: str) -> NoReturn:
     """Raise the ArgumentError of field ``name`` of ``config``."""
     raise ArgumentError(name, getattr(config, name), problem, owner=type(config).__name__)
+
+
+def cosine_threshold(value: object, name: str = "threshold", *, owner: str | None = None) -> float:
+    """``value`` as a cosine threshold: a finite number in [-1, 1], else an ArgumentError.
+
+    Examples
+    --------
+    >>> cosine_threshold(0.7)
+    0.7
+    >>> cosine_threshold(1.5)
+    Traceback (most recent call last):
+    ...
+    saegeo.errors.ArgumentError: threshold=1.5: must be a cosine in [-1, 1]
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.floating))
+        or not -1.0 <= float(value) <= 1.0  # NaN fails this too
+    ):
+        raise ArgumentError(name, value, "must be a cosine in [-1, 1]", owner=owner)
+    return float(value)
+
+
+def count(
+    value: object, name: str, *, minimum: int = 1, optional: bool = False, owner: str | None = None
+) -> int | None:
+    """``value`` as a whole number >= ``minimum`` (None allowed when ``optional``), else an
+    ArgumentError.
+
+    Examples
+    --------
+    >>> count(4096, "batch_size")
+    4096
+    >>> count(0, "limit", optional=True)
+    Traceback (most recent call last):
+    ...
+    saegeo.errors.ArgumentError: limit=0: must be a whole number >= 1
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ArgumentError(name, value, f"must be a whole number >= {minimum}", owner=owner)
+    return int(value)

@@ -27,18 +27,15 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 
-from saegeo.cli.parser import build_parser
+from saegeo.cli.options import flag_of
+from saegeo.cli.parser import COMMANDS, build_parser
 from saegeo.errors import ArgumentError, InsufficientMemoryError, SaegeoError
-from saegeo.runtime import distributed
 
 __all__ = ["EXIT_USER_ERROR", "build_parser", "flag_message", "main"]
 
 EXIT_USER_ERROR = 2
 # Commands whose work is split across torchrun's ranks; the others run on one process.
 DISTRIBUTED_COMMANDS = frozenset({"info", "classify", "tree", "stitch", "train", "harvest"})
-# Library arguments that a flag of another name sets (the others are spelt alike: max_tokens
-# is --tokens, sgd_tokens is --sgd-tokens).
-FLAG_NAMES = {"max_tokens": "--tokens", "texts": "--text", "out_dir": "--out"}
 # Commands that keep what they finished and resume from it.
 RESUMING_COMMANDS = frozenset({"harvest", "demo"})
 # Signals that end a command as Ctrl-C does (SIGHUP: the terminal closed).
@@ -87,13 +84,19 @@ def flag_message(exc: SaegeoError, parser: argparse.ArgumentParser) -> str:
         return exc.message(flags=True)
     if not isinstance(exc, ArgumentError):
         return str(exc)
-    flag = FLAG_NAMES.get(exc.name, "--" + exc.name.replace("_", "-"))
+    flag = flag_of(exc.name)
     if flag not in {option for action in parser._actions for option in action.option_strings}:
         return str(exc)
     return f"{flag} {exc.value}: {getattr(exc, 'cli_problem', exc.problem)}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not set(argv) & set(COMMANDS):
+        # --help or a mistake: argparse answers without loading the library (or torch).
+        return _main(argv, command="")
+    from saegeo.runtime import distributed
+
     started = distributed.init_from_env()
     try:
         with contextlib.ExitStack() as stack:
@@ -105,8 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             distributed.destroy()
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
+def _main(argv: Sequence[str], command: str | None = None) -> int:
+    parser = build_parser(command)
     try:
         args, unknown = parser.parse_known_args(argv)
     except SystemExit as exc:  # --help, or a bad flag already reported in one line
@@ -117,6 +120,8 @@ def _main(argv: Sequence[str] | None) -> int:
             file=sys.stderr,
         )
         return EXIT_USER_ERROR
+    from saegeo.runtime import distributed
+
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -166,6 +171,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _fail(args: argparse.Namespace, message: str) -> int:
     """Print the one-line error (rank 0 only, under torchrun) and give the exit code."""
+    from saegeo.runtime import distributed
+
     if distributed.is_main():
         print(f"saegeo {args.command}: error: {message}", file=sys.stderr)
     return EXIT_USER_ERROR

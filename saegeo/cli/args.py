@@ -220,12 +220,12 @@ def commit(*claims: Any) -> None:
 
 
 def check_edge_threshold(args: argparse.Namespace) -> None:
-    """Refuse a ``--threshold`` outside [-1, 1] for ``--metric decoder_cosine``."""
-    threshold = args.threshold
-    if args.metric == "decoder_cosine" and threshold is not None and not -1 <= threshold <= 1:
-        raise SaegeoError(
-            f"--threshold {threshold:g}: a decoder cosine threshold must lie in [-1, 1]"
-        )
+    """Refuse a ``--threshold`` outside [-1, 1] for ``--metric decoder_cosine`` before any
+    work (the check :func:`saegeo.feature_dag` makes)."""
+    from saegeo.config import cosine_threshold
+
+    if args.metric == "decoder_cosine" and args.threshold is not None:
+        cosine_threshold(args.threshold)
 
 
 def open_acts(args: argparse.Namespace) -> Any:

@@ -6,14 +6,13 @@ import argparse
 from typing import Any
 
 from saegeo.cli import args as types
+from saegeo.cli.options import option_values
 from saegeo.errors import SaegeoError
-from saegeo.runtime import distributed
-
-DEFAULT_CONTEXT = 128
-"""Tokens per model input when neither --context nor --for's SAE gives one."""
 
 
 def _report_skipped(args: argparse.Namespace, acts: Any) -> None:
+    from saegeo.runtime import distributed
+
     skipped = getattr(acts, "skipped_rows", 0)
     if distributed.is_distributed() and acts is not None:
         # Each rank read its own share of the rows: count the union of what they dropped.
@@ -169,6 +168,7 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     from saegeo.explore.facts import family_facts
     from saegeo.explore.site import write_site
     from saegeo.formats.pretrained import load_family_spec
+    from saegeo.runtime import distributed
 
     types.guard(args, [(args.out, "explore", "--out")], [*args.paths, args.acts])
     types.check_edge_threshold(args)
@@ -181,7 +181,7 @@ def _cmd_explore(args: argparse.Namespace) -> int:
         metric=args.metric,
         threshold=args.threshold,
         novelty_threshold=args.novelty_threshold,
-        k=args.snippets,
+        k=args.k,
         with_effects=not args.no_effects,
         limit=args.limit,
         device=args.device,
@@ -199,9 +199,11 @@ def _cmd_explore(args: argparse.Namespace) -> int:
 def _cmd_stitch(args: argparse.Namespace) -> int:
     from saegeo.formats.pretrained import load_family_spec
     from saegeo.formats.saelens import write_saelens
+    from saegeo.runtime import distributed
     from saegeo.runtime.atomic import write_json
     from saegeo.stitch.frankenstein import StitchConfig, frankenstein
 
+    config = StitchConfig(**option_values(args, StitchConfig))
     types.guard(
         args,
         [(args.out, "stitched", "--out"), (args.checkpoint, "checkpoint", "--checkpoint")],
@@ -225,19 +227,6 @@ def _cmd_stitch(args: argparse.Namespace) -> int:
         need_bytes=8 * family.d_in * sum(family.widths),
     )
     acts = types.open_acts(args)
-    config = StitchConfig(
-        threshold=args.threshold,
-        upto=args.upto,
-        swap=args.swap,
-        retrain=args.retrain,
-        solver=args.solver,
-        refit_tol=args.refit_tol,
-        refit_max_iterations=args.refit_max_iterations,
-        sgd_tokens=args.sgd_tokens,
-        checkpoint=args.checkpoint,
-        limit=args.limit,
-        device=args.device,
-    )
     sae, report = frankenstein(family, acts, config)
     # The SAE and its report appear together under --out, or not at all.
     if (out := types.claim(args)) is not None:
@@ -281,18 +270,13 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     site = _harvest_site(args)
     config = HarvestConfig(
-        layer=args.layer,
-        hook=site["hook"],
-        center_writing_weights=site["center"],
-        context=site["context"],
-        skip_first=args.skip_first,
-        batch_size=args.batch_size,
-        max_tokens=args.tokens,
-        dtype=args.dtype,
-        device=args.device,
-        gguf_file=args.gguf_file,
-        model_dtype=args.model_dtype,
-        compile={"auto": None, "yes": True, "no": False}[args.compile],
+        **option_values(args, HarvestConfig)
+        | {
+            "hook": site["hook"],
+            "center_writing_weights": site["center"],
+            "context": site["context"],
+            "compile": {"auto": None, "yes": True, "no": False}[args.compile_mode],
+        }
     )
     store = harvest(site["model"], args.text, args.out, config)
     meta = store.meta
@@ -305,13 +289,14 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
 
 def _harvest_site(args: argparse.Namespace) -> dict:
     """Model, hook, context and centring for ``harvest``: from --for's SAE, else the flags."""
+    from saegeo.lm.config import HarvestConfig
     from saegeo.lm.models import DEFAULT_MODEL
 
     site = {
         "model": args.model or DEFAULT_MODEL,
         "hook": args.hook,
         "center": False,
-        "context": args.context or DEFAULT_CONTEXT,
+        "context": args.context or HarvestConfig.context,
     }
     if not args.for_sae:
         return site
@@ -334,26 +319,11 @@ def _harvest_site(args: argparse.Namespace) -> dict:
 def _cmd_train(args: argparse.Namespace) -> int:
     from saegeo.training.trainer import TrainConfig, train_family
 
+    config = TrainConfig(**option_values(args, TrainConfig))
     types.guard(args, [(args.out, "family", "--out")], [args.acts], hold=False)
     widths = list(args.widths)
-    matryoshka = args.matryoshka_widths
     acts = types.open_acts(args)
     types.check_train_size(args, widths, acts.d_in)
-    config = TrainConfig(
-        arch=args.arch,
-        k=args.k,
-        tokens=args.tokens,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        sparsity=args.sparsity,
-        sparsity_coefficient=args.sparsity_coefficient,
-        target_l0=args.target_l0,
-        matryoshka_widths=matryoshka,
-        prefixes=args.prefixes,
-        eval_tokens=args.eval_tokens,
-        device=args.device,
-        seed=args.seed,
-    )
     # train_family claims --out and replaces it once every member is saved: an interrupted
     # run leaves the previous output as it was, never a mix of two runs.
     run = train_family(acts, widths, config, out_dir=args.out, overwrite=args.force)

@@ -1,19 +1,33 @@
-"""The ``saegeo`` argument parser: every subcommand and flag, each flag range-checked."""
+"""The ``saegeo`` argument parser: every subcommand and its flags.
+
+The flags that set a library option are made from the option's own declaration
+(:mod:`saegeo.cli.options`): a field of :class:`~saegeo.lm.config.HarvestConfig`,
+:class:`~saegeo.training.config.TrainConfig` or :class:`~saegeo.stitch.config.StitchConfig`, or
+a keyword of the function the command calls. Where the command line's default differs from
+the library's, ``set_defaults`` says so next to the flag.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import get_args
+from collections.abc import Callable
+from typing import NamedTuple
 
 from saegeo.cli import args as types
 from saegeo.cli import commands
-from saegeo.effects.hybrid import TOPK_MODES
-from saegeo.lm.config import MODEL_DTYPES, STORE_DTYPES
-from saegeo.stitch.config import RETRAINS
-from saegeo.stitch.refit import SOLVERS
-from saegeo.stitch.refit_cg import MAX_ITERATIONS, TOL
-from saegeo.training.config import TRAIN_ARCHS, PenaltyKind, Prefixes
-from saegeo.trees.dag import Metric, RankBy
+from saegeo.cli.options import add_options
+
+
+class Command(NamedTuple):
+    """A subcommand."""
+
+    summary: str
+    """Its line in ``saegeo --help``."""
+    add_flags: Callable[[argparse.ArgumentParser], None]
+    """Adds its arguments and flags to its parser."""
+    run: Callable[[argparse.Namespace], int]
+    """Runs it on the parsed flags; returns the exit code."""
+
 
 SAE_PATHS_HELP = (
     "SAEs of one family: directories, a directory of them, or published SAEs named "
@@ -22,7 +36,9 @@ SAE_PATHS_HELP = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand; with ``command``, only that one gets its flags (the
+    others are listed by name), so that ``saegeo --help`` loads none of the library."""
     parser = types.Parser(
         prog="saegeo",
         description="Geometry of features across SAE families: splitting, novel features, "
@@ -37,11 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("info", help="describe SAEs: architecture, sizes, L0 settings, norms")
-    p.add_argument("paths", nargs="+", type=types.path, help=SAE_PATHS_HELP)
-    p.set_defaults(func=commands._cmd_info, parser=p)
+    for name, spec in COMMANDS.items():
+        p = sub.add_parser(name, help=spec.summary)
+        if command is None or command == name:
+            spec.add_flags(p)
+        p.set_defaults(func=spec.run, parser=p)
+    return parser
 
-    p = sub.add_parser("classify", help="novel vs reconstruction features of a larger SAE")
+
+def _info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", type=types.path, help=SAE_PATHS_HELP)
+
+
+def _classify(p: argparse.ArgumentParser) -> None:
+    from saegeo.effects.novelty import novelty_table
+
     p.add_argument(
         "small", type=types.path, help="the smaller SAE (directory, or sae-lens:RELEASE/SAE_ID)"
     )
@@ -49,54 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
         "large", type=types.path, help="the larger SAE (directory, or sae-lens:RELEASE/SAE_ID)"
     )
     p.add_argument(
-        "--threshold",
-        type=types.real(-1, 1),
-        default=0.7,
-        help="novel iff max decoder cosine <= T (default %(default)s)",
-    )
-    p.add_argument(
         "--acts",
         type=types.path,
         help="activations; adds each feature's delta_mse and explained share",
     )
-    p.add_argument(
-        "--topk",
-        choices=TOPK_MODES,
-        default="reencode",
-        help="--acts with TopK SAEs: TopK union, or convert to JumpReLU (default %(default)s)",
-    )
-    p.add_argument("--limit", type=types.integer(1), help="use only the first N activation tokens")
+    add_options(p, novelty_table, ["threshold", "topk", "limit"])
     p.add_argument(
         "--out", required=True, type=types.path, help="CSV output, one row per larger-SAE feature"
     )
     types.add_common(p)
-    p.set_defaults(func=commands._cmd_classify, parser=p)
 
-    p = sub.add_parser("match", help="one-to-one matching of two SAEs' features (Hungarian)")
-    p.add_argument("a", type=types.path, help="an SAE (directory, or sae-lens:RELEASE/SAE_ID)")
-    p.add_argument("b", type=types.path, help="another SAE of the same d_in, any width")
-    p.add_argument(
-        "--threshold",
-        type=types.real(-1, 1),
-        default=0.7,
-        help="a matched pair is shared iff its decoder cosine > T (default %(default)s)",
-    )
-    p.add_argument(
-        "--encoder",
-        action="store_true",
-        help="match on the mean of decoder and encoder cosines; shared needs both > T",
-    )
-    p.add_argument(
-        "--out", required=True, type=types.path, help="CSV output, one row per matched pair"
-    )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace a previous saegeo output of the same kind at the output path",
-    )
-    p.set_defaults(func=commands._cmd_match, parser=p)
 
-    p = sub.add_parser("tree", help="feature tree (or forest) across the widths of a family")
+def _tree(p: argparse.ArgumentParser) -> None:
+    from saegeo.trees.dag import feature_dag, forest
+
     p.add_argument("paths", nargs="*", type=types.path, help=SAE_PATHS_HELP)
     p.add_argument(
         "--release", help="instead of PATH...: the family of a published release (sae-lens:RELEASE)"
@@ -104,25 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--root", help="root feature LEVEL/FEATURE (level 0 is the narrowest SAE)")
     which.add_argument("--all", action="store_true", help="every tree (forest), ranked")
-    p.add_argument(
-        "--metric",
-        choices=get_args(Metric),
-        default="decoder_cosine",
-        help="edge score (default %(default)s)",
-    )
+    add_options(p, feature_dag, ["metric"])
     p.add_argument(
         "--acts",
         type=types.path,
         help="activations (.npy, .safetensors or store directory); needed "
         "by masked_cosine, cofiring, nesting and containment, adds freq and max_act otherwise",
     )
-    p.add_argument(
-        "--threshold",
-        type=types.real(),
-        default=None,
-        help="edge iff score > T (default 0.7 decoder_cosine, 0.6 masked_cosine, "
-        "0.6 cofiring, 0.45 nesting, 0.5 containment)",
-    )
+    add_options(p, feature_dag, ["threshold"])
     p.add_argument(
         "--out",
         required=True,
@@ -145,19 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="--root: print a Neuronpedia quick-list URL of the tree's features (published SAEs)",
     )
-    p.add_argument(
-        "--rank-by",
-        choices=get_args(RankBy),
-        default="split",
-        help="--all: rank trees by how clearly they split (roots whose children they parent "
-        "best first, hubs last; default) or by size",
-    )
-    p.add_argument(
-        "--min-size",
-        type=types.integer(1),
-        default=2,
-        help="--all: leave out trees of fewer features (default %(default)s)",
-    )
+    add_options(p, forest, ["rank_by", "min_size"])
+    p.set_defaults(min_size=2)  # a forest on the command line leaves out lone features
     p.add_argument(
         "--top",
         type=types.integer(1),
@@ -165,9 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="--all: trees shown in --html and printed (default %(default)s)",
     )
     types.add_common(p)
-    p.set_defaults(func=commands._cmd_tree, parser=p)
 
-    p = sub.add_parser("stitch", help="Frankenstein SAE: stitch novel features across widths")
+
+def _stitch(p: argparse.ArgumentParser) -> None:
+    from saegeo.stitch.config import StitchConfig
+
     p.add_argument("paths", nargs="+", type=types.path, help=SAE_PATHS_HELP)
     p.add_argument(
         "--acts",
@@ -181,99 +153,28 @@ def build_parser() -> argparse.ArgumentParser:
         type=types.path,
         help="output directory (SAELens layout + report.json)",
     )
-    p.add_argument(
-        "--threshold",
-        type=types.real(-1, 1),
-        default=0.7,
-        help="add a feature iff its max decoder cosine is <= T (default %(default)s)",
+    add_options(
+        p,
+        StitchConfig,
+        [
+            "threshold",
+            "upto",
+            "swap",
+            "retrain",
+            "solver",
+            "refit_tol",
+            "refit_max_iterations",
+            "sgd_tokens",
+            "checkpoint",
+            "limit",
+        ],
     )
-    p.add_argument("--upto", type=types.integer(1), help="use members of width <= W (default all)")
-    p.add_argument("--swap", action="store_true", help="also swap children in for swap groups")
-    p.add_argument(
-        "--retrain",
-        choices=RETRAINS,
-        default="exact",
-        help="decoder refit with the encoder frozen (default %(default)s)",
-    )
-    p.add_argument(
-        "--solver",
-        choices=SOLVERS,
-        default="auto",
-        help="--retrain exact: cholesky (dense Gram, 8·F² bytes), cg (conjugate gradients on "
-        "the sparse codes, memory grows with the non-zero codes) or auto (dense for small "
-        "widths where it fits; default %(default)s)",
-    )
-    p.add_argument(
-        "--refit-tol",
-        type=types.real(0, 1, above=True),
-        default=TOL,
-        help="--solver cg: stop at this estimated excess of the squared error, relative "
-        "(default %(default)s)",
-    )
-    p.add_argument(
-        "--refit-max-iterations",
-        type=types.integer(1),
-        default=MAX_ITERATIONS,
-        help="--solver cg: at most this many iterations per step (default %(default)s)",
-    )
-    p.add_argument(
-        "--sgd-tokens",
-        type=types.integer(1),
-        help="--retrain sgd: training tokens (default 10 passes over the activations)",
-    )
-    p.add_argument("--checkpoint", type=types.path, help="--retrain sgd: resumable checkpoint file")
-    p.add_argument("--limit", type=types.integer(1), help="use only the first N activation tokens")
     types.add_common(p)
-    p.set_defaults(func=commands._cmd_stitch, parser=p)
 
-    p = sub.add_parser(
-        "explore", help="an offline site to explore a family feature by feature (index.html)"
-    )
-    p.add_argument("paths", nargs="+", type=types.path, help=SAE_PATHS_HELP)
-    p.add_argument(
-        "--acts",
-        required=True,
-        type=types.path,
-        help="activations (a store from saegeo harvest gives the snippets' text)",
-    )
-    p.add_argument(
-        "--out", required=True, type=types.path, help="site directory (index.html and data/)"
-    )
-    p.add_argument(
-        "--metric",
-        choices=get_args(Metric),
-        default="decoder_cosine",
-        help="parent/child score of the trees (default %(default)s)",
-    )
-    p.add_argument(
-        "--threshold",
-        type=types.real(),
-        default=None,
-        help="edge iff score > T (default: the metric's, as for saegeo tree)",
-    )
-    p.add_argument(
-        "--novelty-threshold",
-        type=types.real(-1, 1),
-        default=0.7,
-        help="novel iff max decoder cosine <= T (default %(default)s)",
-    )
-    p.add_argument(
-        "--snippets",
-        type=types.integer(1),
-        default=10,
-        help="top activating snippets kept per feature (default %(default)s)",
-    )
-    p.add_argument(
-        "--no-effects",
-        action="store_true",
-        help="leave out delta_mse and the explained share (each a further pass over the "
-        "activations per pair of widths)",
-    )
-    p.add_argument("--limit", type=types.integer(1), help="use only the first N activation tokens")
-    types.add_common(p)
-    p.set_defaults(func=commands._cmd_explore, parser=p)
 
-    p = sub.add_parser("harvest", help="store a language model's residual stream on text")
+def _harvest(p: argparse.ArgumentParser) -> None:
+    from saegeo.lm.config import HarvestConfig
+
     p.add_argument(
         "--model",
         help="packaged model, Hugging Face name, local directory or .gguf file "
@@ -288,65 +189,34 @@ def build_parser() -> argparse.ArgumentParser:
         "settings (center_writing_weights); --model and --context still override",
     )
     p.add_argument(
-        "--hook",
-        help="TransformerLens hook instead of --layer: blocks.L.hook_resid_pre (L >= 1, the "
-        "output of block L-1) or blocks.L.hook_resid_post",
-    )
-    p.add_argument("--gguf-file", help="GGUF file inside --model, for GGUF checkpoints")
-    p.add_argument(
-        "--layer",
-        type=types.integer(0),
-        help="store the residual after this block, 0-based "
-        "(= hidden_states[LAYER+1]; default the middle block)",
-    )
-    p.add_argument(
         "--text",
         default="bbc_news",
         help="bbc_news (packaged), a directory of "
         ".txt files, a .txt file (a document a line) or .jsonl (default %(default)s)",
     )
-    p.add_argument(
-        "--tokens", type=types.integer(1), help="stored tokens in all (default the whole text)"
+    add_options(
+        p,
+        HarvestConfig,
+        [
+            "layer",
+            "hook",
+            "gguf_file",
+            "max_tokens",
+            "context",
+            "skip_first",
+            "batch_size",
+            "dtype",
+            "model_dtype",
+            "device",
+        ],
     )
-    p.add_argument(
-        "--context",
-        type=types.integer(2),
-        help="tokens per model input, BOS included (default 128, or --for's SAE's context size)",
-    )
-    p.add_argument(
-        "--skip-first",
-        type=types.integer(0),
-        default=1,
-        help="text tokens at the start of each context run but not stored: the first position "
-        "often holds a massive attention-sink activation (default %(default)s)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=types.integer(1),
-        default=16,
-        help="contexts per forward pass (default %(default)s)",
-    )
-    p.add_argument(
-        "--dtype",
-        choices=STORE_DTYPES,
-        default="float16",
-        help="stored dtype (default %(default)s)",
-    )
-    p.add_argument(
-        "--model-dtype",
-        choices=MODEL_DTYPES,
-        default="auto",
-        help="dtype the model computes in; auto is bfloat16 where "
-        "the device is fast at it, else float32",
-    )
+    p.set_defaults(context=None)  # None: --for's SAE's context size, else the field's default
     p.add_argument(
         "--out", required=True, type=types.path, help="store directory; re-running resumes it"
     )
     p.add_argument(
-        "--device", default="auto", type=types.device, help="torch device (default %(default)s)"
-    )
-    p.add_argument(
         "--compile",
+        dest="compile_mode",
         choices=["auto", "yes", "no"],
         default="auto",
         help="torch.compile the blocks that run; auto: on a CPU, for 100k tokens or more",
@@ -354,20 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=types.integer(1), help="CPU threads for torch (default: torch's choice)"
     )
-    p.set_defaults(func=commands._cmd_harvest, parser=p)
 
-    p = sub.add_parser("train", help="train a family of SAEs, one per width, on activations")
+
+def _train(p: argparse.ArgumentParser) -> None:
+    from saegeo.training.config import TrainConfig
+
     p.add_argument(
         "--acts",
         required=True,
         type=types.path,
         help="activations (.npy, .safetensors or store dir)",
-    )
-    p.add_argument(
-        "--arch",
-        default="topk",
-        choices=TRAIN_ARCHS,
-        help="training architecture (default %(default)s)",
     )
     p.add_argument(
         "--widths",
@@ -381,63 +247,28 @@ def build_parser() -> argparse.ArgumentParser:
         type=types.path,
         help="output directory: <arch>-<width>/ per member",
     )
-    p.add_argument(
-        "--k",
-        type=types.integer(1),
-        default=32,
-        help="L0 of TopK variants, pursuit steps of matching pursuit (default 32)",
+    add_options(
+        p,
+        TrainConfig,
+        [
+            "arch",
+            "k",
+            "tokens",
+            "batch_size",
+            "lr",
+            "sparsity",
+            "sparsity_coefficient",
+            "target_l0",
+            "matryoshka_widths",
+            "prefixes",
+            "eval_tokens",
+            "seed",
+        ],
     )
-    p.add_argument(
-        "--tokens",
-        type=types.integer(1),
-        default=500_000,
-        help="training tokens per member (default %(default)s)",
-    )
-    p.add_argument("--batch-size", type=types.integer(1), default=4096, help="default %(default)s")
-    p.add_argument(
-        "--lr",
-        type=types.real(0, above=True),
-        default=2e-3,
-        help="Adam peak rate (default %(default)s)",
-    )
-    p.add_argument(
-        "--sparsity",
-        choices=get_args(PenaltyKind),
-        default="log",
-        help="ReLU penalty (default %(default)s)",
-    )
-    p.add_argument(
-        "--sparsity-coefficient",
-        type=types.real(0),
-        help="ReLU penalty weight (default 0.3 log, 3.0 l1)",
-    )
-    p.add_argument(
-        "--target-l0",
-        type=types.real(0, above=True),
-        help="ReLU: adapt the penalty towards this L0",
-    )
-    p.add_argument(
-        "--matryoshka-widths",
-        type=types.integer_list,
-        help="Matryoshka nested widths (default: halvings)",
-    )
-    p.add_argument(
-        "--prefixes",
-        choices=get_args(Prefixes),
-        default="fixed",
-        help="Matryoshka prefixes per batch (default %(default)s)",
-    )
-    p.add_argument(
-        "--eval-tokens",
-        type=types.integer(0),
-        default=16_384,
-        help="first tokens held out for the metrics (default %(default)s)",
-    )
-    p.add_argument("--seed", type=types.integer(0), default=0, help="default %(default)s")
     types.add_common(p)
-    p.set_defaults(func=commands._cmd_train, parser=p)
 
-    p = sub.add_parser("demo", help="the whole pipeline on the packaged model and text")
+
+def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         default="reports/demo",
@@ -453,6 +284,82 @@ def build_parser() -> argparse.ArgumentParser:
     family.add_argument(
         "--quick", action="store_true", help="train a small family on fewer tokens, for a fast look"
     )
-    p.set_defaults(func=commands._cmd_demo, parser=p)
 
-    return parser
+
+def _match(p: argparse.ArgumentParser) -> None:
+    from saegeo.geometry.matching import match_features
+
+    p.add_argument("a", type=types.path, help="an SAE (directory, or sae-lens:RELEASE/SAE_ID)")
+    p.add_argument("b", type=types.path, help="another SAE of the same d_in, any width")
+    add_options(p, match_features, ["threshold", "encoder"])
+    p.add_argument(
+        "--out", required=True, type=types.path, help="CSV output, one row per matched pair"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a previous saegeo output of the same kind at the output path",
+    )
+
+
+def _explore(p: argparse.ArgumentParser) -> None:
+    from saegeo.cli.options import options_of
+    from saegeo.explore.facts import family_facts
+
+    p.add_argument("paths", nargs="+", type=types.path, help=SAE_PATHS_HELP)
+    p.add_argument(
+        "--acts",
+        required=True,
+        type=types.path,
+        help="activations (a store from saegeo harvest gives the snippets' text)",
+    )
+    p.add_argument(
+        "--out", required=True, type=types.path, help="site directory (index.html and data/)"
+    )
+    add_options(p, family_facts, ["metric", "threshold", "novelty_threshold", "limit"])
+    p.add_argument(
+        "--snippets",
+        dest="k",
+        type=types.integer(1),
+        default=options_of(family_facts)["k"].default,
+        help="top activating snippets kept per feature (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-effects",
+        action="store_true",
+        help="leave out delta_mse and the explained share (each a further pass over the "
+        "activations per pair of widths)",
+    )
+    types.add_common(p)
+
+
+COMMANDS: dict[str, Command] = {
+    "info": Command(
+        "describe SAEs: architecture, sizes, L0 settings, norms", _info, commands._cmd_info
+    ),
+    "classify": Command(
+        "novel vs reconstruction features of a larger SAE", _classify, commands._cmd_classify
+    ),
+    "match": Command(
+        "one-to-one matching of two SAEs' features (Hungarian)", _match, commands._cmd_match
+    ),
+    "tree": Command(
+        "feature tree (or forest) across the widths of a family", _tree, commands._cmd_tree
+    ),
+    "stitch": Command(
+        "Frankenstein SAE: stitch novel features across widths", _stitch, commands._cmd_stitch
+    ),
+    "explore": Command(
+        "an offline site to explore a family feature by feature (index.html)",
+        _explore,
+        commands._cmd_explore,
+    ),
+    "harvest": Command(
+        "store a language model's residual stream on text", _harvest, commands._cmd_harvest
+    ),
+    "train": Command(
+        "train a family of SAEs, one per width, on activations", _train, commands._cmd_train
+    ),
+    "demo": Command("the whole pipeline on the packaged model and text", _demo, commands._cmd_demo),
+}
+"""Every subcommand: its one-line summary, what adds its flags, what runs it."""

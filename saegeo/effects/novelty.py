@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from saegeo.acts.streaming import ActsLike, checked_store
+from saegeo.config import count
 from saegeo.core.feature_info import neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.deprecation import module_aliases, renamed
@@ -88,6 +89,8 @@ def novelty_table(
     For SAEs published with Neuronpedia ids, ``neuronpedia`` holds each larger-SAE feature's
     page and ``nearest_neuronpedia`` that of its nearest smaller-SAE feature.
     """
+    count(batch_size, "batch_size")
+    count(limit, "limit", optional=True)
     table = classify(small, large, threshold=threshold, device=device, progress=progress)
     if neuronpedia_url(large, 0) is not None:
         table["neuronpedia"] = [neuronpedia_url(large, j) for j in table.index]

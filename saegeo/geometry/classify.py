@@ -11,33 +11,20 @@ features by its large ones.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
 from scipy.sparse.csgraph import connected_components
 
+from saegeo.config import cosine_threshold, count
 from saegeo.core.sae import SAE
-from saegeo.errors import SaegeoError
 from saegeo.geometry.residual import RESIDUAL_K, decoder_residual
 from saegeo.geometry.similarity import decoder_cosine, decoder_cosine_pairs
 
 NOVEL = "novel"
 RECONSTRUCTION = "reconstruction"
 KINDS = (NOVEL, RECONSTRUCTION)
-
-
-def _check_threshold(threshold: float, what: str) -> float:
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, (int, float, np.floating))
-        or not math.isfinite(threshold)
-        or not -1.0 <= threshold <= 1.0
-    ):
-        raise SaegeoError(f"{what}: threshold must be a cosine in [-1, 1], got {threshold!r}")
-    return float(threshold)
 
 
 def classify(
@@ -81,9 +68,8 @@ def classify(
     >>> df["kind"].tolist()
     ['reconstruction', 'novel']
     """
-    threshold = _check_threshold(threshold, "classify()")
-    if residual_k is not None and (isinstance(residual_k, bool) or residual_k < 1):
-        raise SaegeoError(f"classify(): residual_k must be >= 1 or None, got {residual_k!r}")
+    threshold = cosine_threshold(threshold)
+    count(residual_k, "residual_k", optional=True)
     n_small = small.width if isinstance(small, SAE) else len(torch.as_tensor(small))
     k = 1 if residual_k is None else max(1, min(residual_k, n_small))
     match = decoder_cosine(small, large, k=k, device=device, dtype=dtype, progress=progress)
@@ -115,35 +101,36 @@ def swap_groups(
 ) -> pd.DataFrame:
     """Swap groups of ``small`` and ``large``, most similar first.
 
-    The groups alone, from the decoders; :func:`saegeo.swap_groups` adds each group's effect
-    on the reconstruction when given activations.
+        The groups alone, from the decoders; :func:`saegeo.swap_groups` adds each group's effect
+        on the reconstruction when given activations.
 
-    Parameters
-    ----------
-    small, large
-        SAEs of the same d_in.
-    threshold
-        An edge joins small i and large j when their decoder cosine is ``> threshold``.
-    device, dtype, progress
-        As for :func:`saegeo.decoder_cosine`.
+        Parameters
+        ----------
+        small, large
+            SAEs of the same d_in.
+        threshold
+            An edge joins small i and large j when their decoder cosine is ``> threshold``.
+        device, dtype, progress
+            As for :func:`saegeo.decoder_cosine`.
 
-    Returns
-    -------
-    pandas.DataFrame
-        One row per group with at least one edge (index ``group``, by ``max_cos`` descending,
-        then smallest large member): ``small`` and ``large`` (sorted lists of member
-        indices), ``n_small``, ``n_large`` and ``max_cos`` (the largest cosine in the group).
+        Returns
+        -------
+        pandas.DataFrame
+            One row per group with at least one edge (index ``group``, by ``max_cos`` descending,
+            then smallest large member): ``small`` and ``large`` (sorted lists of member
+            indices), ``n_small``, ``n_large`` and ``max_cos`` (the largest cosine in the group).
 
-    Examples
-    --------
-    >>> import torch
-    >>> from saegeo.core.sae import SAE
-    >>> small = SAE.from_decoder(torch.eye(3)[:2])
-    >>> large = SAE.from_decoder(torch.tensor([[1.0, 0.1, 0], [1.0, -0.1, 0], [0, 0, 1.0]]))
-    >>> swap_groups(small, large)[["small", "large"]].values.tolist()
-    [[[0], [0, 1]]]
+        Examples
+        --------
+        >>> import torch
+        >>> from saegeo.config import cosine_threshold
+    from saegeo.core.sae import SAE
+        >>> small = SAE.from_decoder(torch.eye(3)[:2])
+        >>> large = SAE.from_decoder(torch.tensor([[1.0, 0.1, 0], [1.0, -0.1, 0], [0, 0, 1.0]]))
+        >>> swap_groups(small, large)[["small", "large"]].values.tolist()
+        [[[0], [0, 1]]]
     """
-    threshold = _check_threshold(threshold, "swap_groups()")
+    threshold = cosine_threshold(threshold)
     pairs = decoder_cosine_pairs(
         small, large, threshold=threshold, device=device, dtype=dtype, progress=progress
     ).tocoo()

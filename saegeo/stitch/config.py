@@ -9,7 +9,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from saegeo.config import fail, override
+from saegeo.config import cosine_threshold, fail, override
 from saegeo.stitch.refit import SOLVERS, Solver
 from saegeo.stitch.refit_cg import MAX_ITERATIONS, TOL
 
@@ -68,10 +68,7 @@ class StitchConfig:
     def __post_init__(self) -> None:
         if self.retrain not in RETRAINS:
             fail(self, "retrain", f"choose one of {', '.join(RETRAINS)}")
-        if isinstance(self.threshold, bool) or not (
-            isinstance(self.threshold, (int, float)) and -1.0 <= self.threshold <= 1.0
-        ):
-            fail(self, "threshold", "must be a number in [-1, 1]")
+        cosine_threshold(self.threshold, owner=type(self).__name__)
         if self.upto is not None and self.upto < 0:
             fail(self, "upto", "must be a width or member index >= 0")
         if not (math.isfinite(self.ridge) and self.ridge >= 0):

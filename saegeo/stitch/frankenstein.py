@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import torch
 
 from saegeo.acts.streaming import ActsLike, BatchStream, checked_store, stream
-from saegeo.config import fail, override
+from saegeo.config import cosine_threshold, fail, override
 from saegeo.core.architectures import union_kind
 from saegeo.core.sae import SAE, concat
 from saegeo.effects.hybrid import as_additive
@@ -141,8 +141,7 @@ def plan_frankenstein(
     [(0, 1), (2, 3)]
     """
     family = as_family(family)
-    if not -1.0 <= threshold <= 1.0:
-        raise SaegeoError(f"threshold must lie in [-1, 1], got {threshold}")
+    threshold = cosine_threshold(threshold)
     torch_device = resolve_device(device)
     n_members = _members_upto(family, upto)
     base = family[0]

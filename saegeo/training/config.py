@@ -148,6 +148,8 @@ class TrainConfig:
             fail(self, "width", "must be >= 1")
         if self.lr <= 0:
             fail(self, "lr", "must be > 0")
+        if self.target_l0 is not None and not self.target_l0 > 0:
+            fail(self, "target_l0", "must be > 0")
         if (self.sparsity_coefficient or 0) < 0:
             fail(self, "sparsity_coefficient", "must be >= 0")
         if not 0 <= self.lr_warmup + self.lr_decay <= 1:

@@ -49,9 +49,10 @@ import torch
 
 from saegeo.acts.codes import encode_codes
 from saegeo.acts.streaming import ActsLike, checked_store
+from saegeo.config import cosine_threshold, count
 from saegeo.core.feature_info import log_feature_density, neuronpedia_url
 from saegeo.core.sae import SAE
-from saegeo.errors import SaegeoError
+from saegeo.errors import ArgumentError, SaegeoError
 from saegeo.formats.family import Family, as_family
 from saegeo.geometry.cofiring import (
     InputMeans,
@@ -200,12 +201,14 @@ def feature_dag(
         )
     if threshold is None:
         threshold = DEFAULT_THRESHOLDS[metric]
-    if (
+    if metric == "decoder_cosine":
+        threshold = cosine_threshold(threshold)
+    elif (
         isinstance(threshold, bool)
         or not isinstance(threshold, (int, float, np.floating))
         or not math.isfinite(threshold)
     ):
-        raise SaegeoError(f"feature_dag(): threshold must be a finite number, got {threshold!r}")
+        raise ArgumentError("threshold", threshold, "must be a finite number")
     threshold = float(threshold)
     if metric != "decoder_cosine" and acts is None:
         raise SaegeoError(f"feature_dag(): metric={metric!r} needs activations; pass acts=")
@@ -601,12 +604,8 @@ def forest(
     """
     if rank_by not in get_args(RankBy):
         raise SaegeoError(f"forest(): rank_by must be one of {get_args(RankBy)}, got {rank_by!r}")
-    if isinstance(min_size, bool) or not _is_int(min_size) or min_size < 1:
-        raise SaegeoError(f"forest(): min_size must be an integer >= 1, got {min_size!r}")
-    if max_children is not None and (
-        isinstance(max_children, bool) or not _is_int(max_children) or max_children < 1
-    ):
-        raise SaegeoError(f"forest(): max_children must be an integer >= 1, got {max_children!r}")
+    count(min_size, "min_size")
+    count(max_children, "max_children", optional=True)
     root_nodes = (
         forest_roots(G) if roots is None else [parse_node_id(r, name="root") for r in roots]
     )

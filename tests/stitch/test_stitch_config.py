@@ -90,5 +90,5 @@ def test_cli_reports_a_bad_field_with_its_flag(tmp_path, capsys):
     )
     assert code == 2
     assert capsys.readouterr().err == (
-        "saegeo stitch: error: argument --threshold: must lie in [-1, 1], got 3\n"
+        "saegeo stitch: error: --threshold 3.0: must be a cosine in [-1, 1]\n"
     )
