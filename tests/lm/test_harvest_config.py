@@ -80,9 +80,8 @@ def test_harvest_takes_a_config_or_its_fields_as_keywords(tmp_path):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        # Ranges of one flag are argparse's; checks across fields are HarvestConfig's, named
-        # by their flags.
-        (["--tokens", "0"], "argument --tokens: must be >= 1, got 0"),
+        # Every range is HarvestConfig's, named by its flag.
+        (["--tokens", "0"], "--tokens 0: must be at least 1"),
         (
             ["--context", "2"],
             "--context 2: must be at least 3 (BOS, 1 skipped tokens and one stored token)",
@@ -91,7 +90,7 @@ def test_harvest_takes_a_config_or_its_fields_as_keywords(tmp_path):
             ["--context", "4", "--skip-first", "3"],
             "--context 4: must be at least 5 (BOS, 3 skipped tokens and one stored token)",
         ),
-        (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+        (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
     ],
 )
 def test_cli_shows_library_errors_with_flags(tmp_path, capsys, flags, message):
