@@ -26,7 +26,7 @@ from saegeo.core.sae import SAE
 from saegeo.effects.novelty import novelty_table
 from saegeo.errors import SaegeoError
 from saegeo.explore.stats import MemberStats, family_stats
-from saegeo.formats.family import Family
+from saegeo.formats.family import Family, as_family
 from saegeo.geometry.classify import swap_groups
 from saegeo.lm.snippets import StoreTokens, snippet_windows
 from saegeo.trees.dag import DEFAULT_THRESHOLDS, Metric, feature_dag, node_id, parse_node_id
@@ -200,7 +200,7 @@ def family_facts(
     batch_size, limit, device, progress
         As for :func:`saegeo.encode_codes` (``limit`` caps the tokens every measure reads).
     """
-    fam = family if isinstance(family, Family) else Family(list(family))
+    fam = as_family(family)
     store = None if acts is None else checked_store(acts, fam[0], what="family_facts()")
     if threshold is None:
         threshold = DEFAULT_THRESHOLDS[metric]

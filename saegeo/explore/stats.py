@@ -28,7 +28,7 @@ from saegeo.acts.codes import csr_codes
 from saegeo.acts.streaming import ActsLike, stream
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
-from saegeo.formats.family import Family
+from saegeo.formats.family import Family, as_family
 
 HIST_EDGES = 10.0 ** np.arange(-3.0, 5.0 + 1e-9, 0.1)
 """Edges of the activation histograms: ten bins per decade from 1e-3 to 1e5; activations
@@ -221,7 +221,7 @@ def family_stats(
     >>> stats.count.tolist(), stats.top_rows.tolist(), stats.windows[0, 0].tolist()
     ([3, 1], [[1, 3], [1, -1]], [1.0, 3.0, 0.0])
     """
-    fam = family if isinstance(family, Family) else Family(list(family))
+    fam = as_family(family)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise SaegeoError(f"family_stats(): k must be an integer >= 1, got {k!r}")
     before, after = (int(w) for w in window)
