@@ -101,34 +101,33 @@ def swap_groups(
 ) -> pd.DataFrame:
     """Swap groups of ``small`` and ``large``, most similar first.
 
-        The groups alone, from the decoders; :func:`saegeo.swap_groups` adds each group's effect
-        on the reconstruction when given activations.
+    The groups alone, from the decoders; :func:`saegeo.swap_groups` adds each group's effect
+    on the reconstruction when given activations.
 
-        Parameters
-        ----------
-        small, large
-            SAEs of the same d_in.
-        threshold
-            An edge joins small i and large j when their decoder cosine is ``> threshold``.
-        device, dtype, progress
-            As for :func:`saegeo.decoder_cosine`.
+    Parameters
+    ----------
+    small, large
+        SAEs of the same d_in.
+    threshold
+        An edge joins small i and large j when their decoder cosine is ``> threshold``.
+    device, dtype, progress
+        As for :func:`saegeo.decoder_cosine`.
 
-        Returns
-        -------
-        pandas.DataFrame
-            One row per group with at least one edge (index ``group``, by ``max_cos`` descending,
-            then smallest large member): ``small`` and ``large`` (sorted lists of member
-            indices), ``n_small``, ``n_large`` and ``max_cos`` (the largest cosine in the group).
+    Returns
+    -------
+    pandas.DataFrame
+        One row per group with at least one edge (index ``group``, by ``max_cos`` descending,
+        then smallest large member): ``small`` and ``large`` (sorted lists of member
+        indices), ``n_small``, ``n_large`` and ``max_cos`` (the largest cosine in the group).
 
-        Examples
-        --------
-        >>> import torch
-        >>> from saegeo.config import cosine_threshold
-    from saegeo.core.sae import SAE
-        >>> small = SAE.from_decoder(torch.eye(3)[:2])
-        >>> large = SAE.from_decoder(torch.tensor([[1.0, 0.1, 0], [1.0, -0.1, 0], [0, 0, 1.0]]))
-        >>> swap_groups(small, large)[["small", "large"]].values.tolist()
-        [[[0], [0, 1]]]
+    Examples
+    --------
+    >>> import torch
+    >>> from saegeo.core.sae import SAE
+    >>> small = SAE.from_decoder(torch.eye(3)[:2])
+    >>> large = SAE.from_decoder(torch.tensor([[1.0, 0.1, 0], [1.0, -0.1, 0], [0, 0, 1.0]]))
+    >>> swap_groups(small, large)[["small", "large"]].values.tolist()
+    [[[0], [0, 1]]]
     """
     threshold = cosine_threshold(threshold)
     pairs = decoder_cosine_pairs(
