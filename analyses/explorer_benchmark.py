@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 import saegeo as sg
-from saegeo.explore.facts import family_facts
-from saegeo.explore.site import write_site
+from saegeo.explorer.facts import family_facts
+from saegeo.explorer.site import write_site
 
 
 def repeated_store(source: Path, times: int, into: Path) -> Path:

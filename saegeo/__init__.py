@@ -23,6 +23,8 @@ R     rows in work, a subset of a batch (pursuit, refit chunks); in the exact re
 T     sequence positions of a model input (lm); steps of a replayed pursuit (training); the
       rows of one tile (core.pursuit)
 N     the entries of a flat list: nonzeros of a sparse matrix, samples drawn, all tokens
+H     the bins of a histogram (an activation histogram per feature, explorer)
+W     the token positions of a snippet's window around its peak (lm.snippets)
 U     a subset singled out for separate work: undecided rows (core.pursuit), unique
       (token, group) keys (delta-MSE)
 1     an axis of size one kept for broadcasting (``mu_B1``), or one more than the letter
@@ -50,9 +52,9 @@ if TYPE_CHECKING:  # the same names as _API, for type checkers and editors
     from saegeo.effects.novelty import family_novelty
     from saegeo.effects.swaps import swap_groups
     from saegeo.errors import FormatError, SaegeoError, ShapeError
-    from saegeo.explore.card import FeatureCard, feature_card
-    from saegeo.explore.facts import FamilyFacts, family_facts
-    from saegeo.explore.widget import explore
+    from saegeo.explorer.card import FeatureCard, feature_card
+    from saegeo.explorer.facts import FamilyFacts, family_facts
+    from saegeo.explorer.widget import explore
     from saegeo.formats.family import Family
     from saegeo.formats.pretrained import load_pretrained
     from saegeo.formats.sae_files import load_sae, save_sae
@@ -101,9 +103,9 @@ _API: dict[str, tuple[str, ...]] = {
     "saegeo.effects.novelty": ("family_novelty",),
     "saegeo.effects.swaps": ("swap_groups",),
     "saegeo.errors": ("FormatError", "SaegeoError", "ShapeError"),
-    "saegeo.explore.card": ("FeatureCard", "feature_card"),
-    "saegeo.explore.facts": ("FamilyFacts", "family_facts"),
-    "saegeo.explore.widget": ("explore",),
+    "saegeo.explorer.card": ("FeatureCard", "feature_card"),
+    "saegeo.explorer.facts": ("FamilyFacts", "family_facts"),
+    "saegeo.explorer.widget": ("explore",),
     "saegeo.formats.family": ("Family",),
     "saegeo.formats.pretrained": ("load_pretrained",),
     "saegeo.formats.sae_files": ("load_sae", "save_sae"),

@@ -31,7 +31,7 @@ LAYERS = (
     "training",  # training SAEs, toy models
     "lm",  # language models, harvesting, text
     "viz",  # figures and HTML pages
-    "explore",  # the feature card, the explorer widget and site
+    "explorer",  # the feature card, the explorer widget and site
     "demo",  # the packaged pipeline
     "cli",  # the command line
 )

@@ -165,8 +165,8 @@ def _tree_labels(
 def _cmd_explore(args: argparse.Namespace) -> int:
     import time
 
-    from saegeo.explore.facts import family_facts
-    from saegeo.explore.site import write_site
+    from saegeo.explorer.facts import family_facts
+    from saegeo.explorer.site import write_site
     from saegeo.formats.pretrained import load_family_spec
     from saegeo.runtime import distributed
 

@@ -304,7 +304,7 @@ def _match(p: argparse.ArgumentParser) -> None:
 
 def _explore(p: argparse.ArgumentParser) -> None:
     from saegeo.cli.options import options_of
-    from saegeo.explore.facts import family_facts
+    from saegeo.explorer.facts import family_facts
 
     p.add_argument("paths", nargs="+", type=types.path, help=SAE_PATHS_HELP)
     p.add_argument(

@@ -224,7 +224,7 @@ def test_errors_name_python_fields_and_the_cli_names_flags(tmp_path, capsys) -> 
     np.save(acts, x.numpy())
     base = ["train", "--acts", str(acts), "--widths", "16", "--out", str(tmp_path / "f")]
     assert main([*base, "--k", "0"]) == 2
-    assert capsys.readouterr().err == "saegeo train: error: argument --k: must be >= 1, got 0\n"
+    assert capsys.readouterr().err == "saegeo train: error: --k 0: must be >= 1\n"
     flags = ["--arch", "relu", "--lr", "1e8", "--tokens", "4000", "--batch-size", "200"]
     assert main([*base, *flags, "--eval-tokens", "0"]) == 2
     err = capsys.readouterr().err

@@ -9,7 +9,7 @@ import pytest
 from helpers.explore import Words, toy_explore
 
 import saegeo as sg
-from saegeo.explore.facts import family_facts
+from saegeo.explorer.facts import family_facts
 from saegeo.lm.snippets import top_snippets
 
 

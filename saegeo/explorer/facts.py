@@ -4,7 +4,7 @@
 :func:`saegeo.delta_mse`, :func:`saegeo.explained_share` (through
 :func:`saegeo.effects.novelty.novelty_table`), :func:`saegeo.feature_dag` and
 :func:`saegeo.swap_groups` — and one streaming pass of activation statistics
-(:func:`saegeo.explore.stats.family_stats`), and keeps them per member as tables indexed by
+(:func:`saegeo.explorer.stats.family_stats`), and keeps them per member as tables indexed by
 feature. Feature cards (:func:`saegeo.feature_card`), the Jupyter explorer and the offline
 site all read from it, so a number means the same thing wherever it is shown.
 """
@@ -25,7 +25,7 @@ from saegeo.core.feature_info import neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.effects.novelty import novelty_table
 from saegeo.errors import SaegeoError
-from saegeo.explore.stats import MemberStats, family_stats
+from saegeo.explorer.stats import MemberStats, family_stats
 from saegeo.formats.family import Family, as_family
 from saegeo.geometry.classify import swap_groups
 from saegeo.lm.snippets import StoreTokens, snippet_windows

@@ -5,6 +5,7 @@ full disks, long names and odd paths are one line."""
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import signal
@@ -44,6 +45,7 @@ def _after_first_call(monkeypatch, module, name: str, action) -> None:
     still runs: before it puts its output in place)."""
     real = getattr(module, name)
 
+    @functools.wraps(real)  # the parser reads the function's signature for its flags
     def wrapper(*args, **kwargs):
         result = real(*args, **kwargs)
         action()

@@ -18,8 +18,8 @@ import pytest
 from helpers.explore import Words, toy_explore
 
 import saegeo as sg
-from saegeo.explore.facts import family_facts
-from saegeo.explore.site import script_json, static_text, write_site
+from saegeo.explorer.facts import family_facts
+from saegeo.explorer.site import script_json, static_text, write_site
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (make test installs it)")

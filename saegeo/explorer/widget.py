@@ -1,6 +1,6 @@
 """The family explorer in Jupyter: an anywidget running the offline site's front end.
 
-The widget holds the site's index (:func:`saegeo.explore.site_data.index_data`) as a trait;
+The widget holds the site's index (:func:`saegeo.explorer.site_data.index_data`) as a trait;
 the page asks for a member's documents when it opens the member and the kernel answers with
 the same documents the site writes, so JupyterLab, Notebook 7 and VS Code show exactly what
 ``saegeo explore`` shows, without a server.
@@ -17,9 +17,9 @@ import torch
 from saegeo.acts.streaming import ActsLike
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
-from saegeo.explore.facts import FamilyFacts, family_facts
-from saegeo.explore.site import static_text
-from saegeo.explore.site_data import index_data, member_data, snippet_data
+from saegeo.explorer.facts import FamilyFacts, family_facts
+from saegeo.explorer.site import static_text
+from saegeo.explorer.site_data import index_data, member_data, snippet_data
 from saegeo.formats.family import Family
 from saegeo.runtime.atomic import finite_or_null
 from saegeo.trees.dag import Metric
@@ -89,7 +89,7 @@ def explore(
     list and the card of the selected feature, whose parents and children are links.
 
     Parameters are those of :func:`saegeo.feature_card`; ``family`` may be a
-    :class:`~saegeo.explore.facts.FamilyFacts` already computed.
+    :class:`~saegeo.explorer.facts.FamilyFacts` already computed.
 
     Examples
     --------

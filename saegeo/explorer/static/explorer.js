@@ -1,6 +1,6 @@
 // saegeo's family explorer: one ES module, no build step, shared by the offline site
 // (saegeo explore) and the Jupyter widget (sg.explore). Data documents are described in
-// saegeo/explore/site_data.py; a loader turns a name ("member-1", "snippets-1") into a promise
+// saegeo/explorer/site_data.py; a loader turns a name ("member-1", "snippets-1") into a promise
 // of its document. Stable hooks for tests: [data-testid=search], [data-feature="L/I"],
 // [data-testid=feature-card], [data-testid=parents], [data-testid=children],
 // [data-testid=snippet].

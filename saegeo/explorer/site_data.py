@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from saegeo.core.feature_info import NEURONPEDIA, neuronpedia_id
-from saegeo.explore.facts import FamilyFacts
-from saegeo.explore.stats import HIST_EDGES
+from saegeo.explorer.facts import FamilyFacts
+from saegeo.explorer.stats import HIST_EDGES
 from saegeo.runtime.outputs import EXPLORER_SCHEMA as SCHEMA
 
 DIGITS = 6

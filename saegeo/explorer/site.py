@@ -1,7 +1,7 @@
 """The explorer as a static site: ``index.html`` and one pair of data scripts per member.
 
 The page inlines the explorer's front end (``static/explorer.js`` and ``.css``, the same code
-the Jupyter widget runs) and loads a member's documents (:mod:`saegeo.explore.site_data`)
+the Jupyter widget runs) and loads a member's documents (:mod:`saegeo.explorer.site_data`)
 only when the member is opened, as ``<script>`` tags that hand them to
 ``window.saegeoData`` — so the page works from ``file://`` (where browsers refuse ``fetch``
 and module scripts from files) as well as from any web server. ``explorer.json`` holds the
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from saegeo.acts.streaming import progress_bar
-from saegeo.explore.facts import FamilyFacts
-from saegeo.explore.site_data import SCHEMA, index_data, member_data, snippet_data
+from saegeo.explorer.facts import FamilyFacts
+from saegeo.explorer.site_data import SCHEMA, index_data, member_data, snippet_data
 from saegeo.runtime.atomic import atomic_dir, finite_or_null
 from saegeo.runtime.outputs import GENERATOR_META
 
@@ -28,7 +28,7 @@ INDEX_FILE = "explorer.json"
 
 def static_text(name: str) -> str:
     """A file of the front end (``explorer.js``, ``explorer.css``)."""
-    return resources.files("saegeo.explore").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("saegeo.explorer").joinpath("static", name).read_text(encoding="utf-8")
 
 
 def script_json(doc: Any) -> str:

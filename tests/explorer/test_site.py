@@ -10,9 +10,9 @@ from helpers.explore import Words, toy_explore
 
 import saegeo as sg
 from saegeo.cli import main
-from saegeo.explore.facts import family_facts
-from saegeo.explore.site import page_html, write_site
-from saegeo.explore.site_data import index_data, member_data, snippet_data
+from saegeo.explorer.facts import family_facts
+from saegeo.explorer.site import page_html, write_site
+from saegeo.explorer.site_data import index_data, member_data, snippet_data
 from saegeo.runtime.outputs import output_kind
 
 

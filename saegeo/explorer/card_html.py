@@ -87,7 +87,7 @@ def _histogram(hist: dict[str, list[float]], width: int = 240, height: int = 40)
 
 
 def card_html(card: dict[str, Any]) -> str:
-    """HTML of a card given as :meth:`saegeo.explore.card.FeatureCard.to_dict`."""
+    """HTML of a card given as :meth:`saegeo.explorer.card.FeatureCard.to_dict`."""
     rows = [
         ("width", card["width"]),
         ("kind", card["kind"]),

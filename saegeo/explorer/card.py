@@ -7,7 +7,7 @@ and mean activation, a histogram), its top snippets with the activation on every
 ancestors down to the narrowest member and its descendants up to the widest by the chosen
 parent/child score, its swap group, its Neuronpedia page and a label (its top tokens).
 
-Every number is read from :class:`saegeo.explore.facts.FamilyFacts`, which computes it with
+Every number is read from :class:`saegeo.explorer.facts.FamilyFacts`, which computes it with
 saegeo's own measures (:func:`saegeo.classify`, :func:`saegeo.delta_mse`,
 :func:`saegeo.explained_share`, :func:`saegeo.feature_dag`, :func:`saegeo.swap_groups`).
 """
@@ -24,8 +24,8 @@ import torch
 
 from saegeo.acts.streaming import ActsLike
 from saegeo.core.sae import SAE
-from saegeo.explore.facts import FamilyFacts, family_facts
-from saegeo.explore.stats import HIST_EDGES
+from saegeo.explorer.facts import FamilyFacts, family_facts
+from saegeo.explorer.stats import HIST_EDGES
 from saegeo.formats.family import Family
 from saegeo.runtime.atomic import finite_or_null
 from saegeo.trees.dag import Metric, feature_tree, node_id
@@ -66,7 +66,7 @@ class FeatureCard:
     mean_act: float | None
     """Mean activation where it fires."""
     histogram: dict[str, list[float]]
-    """``edges`` (log-spaced, :data:`saegeo.explore.stats.HIST_EDGES`, trimmed to the bins it
+    """``edges`` (log-spaced, :data:`saegeo.explorer.stats.HIST_EDGES`, trimmed to the bins it
     fills) and ``counts`` of its non-zero activations."""
     snippets: list[dict[str, Any]]
     """Top snippets, strongest first (:meth:`FamilyFacts.snippets`)."""
@@ -97,7 +97,7 @@ class FeatureCard:
         return finite_or_null({"schema": CARD_SCHEMA, **asdict(self)})
 
     def _repr_html_(self) -> str:
-        from saegeo.explore.card_html import card_html
+        from saegeo.explorer.card_html import card_html
 
         return card_html(self.to_dict())
 
@@ -120,8 +120,8 @@ def feature_card(
     Parameters
     ----------
     family
-        The family, or its :class:`~saegeo.explore.facts.FamilyFacts` (computed once with
-        :func:`saegeo.explore.facts.family_facts`, then every card is immediate).
+        The family, or its :class:`~saegeo.explorer.facts.FamilyFacts` (computed once with
+        :func:`saegeo.explorer.facts.family_facts`, then every card is immediate).
     feature
         ``"LEVEL/INDEX"`` or ``(level, index)``; level 0 is the narrowest member.
     acts
