@@ -281,5 +281,5 @@ def test_the_former_names_of_the_comparison_warn_and_still_work():
     with pytest.warns(FutureWarning, match="use PUBLISHED_GPT2_PAIR instead"):
         from saegeo.effects.novelty import SEED_003_FIRST_PAIR
     assert SEED_003_FIRST_PAIR == saegeo.effects.novelty.PUBLISHED_GPT2_PAIR
-    with pytest.raises(AttributeError, match="no attribute 'SEED_004'"):
-        saegeo.effects.novelty.SEED_004  # noqa: B018
+    with pytest.raises(AttributeError, match="no attribute 'NO_SUCH_NAME'"):
+        saegeo.effects.novelty.NO_SUCH_NAME  # noqa: B018
