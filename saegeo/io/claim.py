@@ -88,7 +88,7 @@ class OutputClaim:
             if self.previous is None:
                 placed = _try_rename(self.temp, self.final)
             else:
-                placed = self._replace_previous()
+                placed = self._replace_previous(self.temp)
             if not placed:
                 kept = _kept_name(self.final, self.out.kind)
                 rename_noreplace(self.temp, kept)
@@ -100,7 +100,7 @@ class OutputClaim:
         self.committed = True
         return self.final
 
-    def _replace_previous(self) -> bool:
+    def _replace_previous(self, temp: Path) -> bool:
         """Move the previous output aside, the new one in, then delete what saegeo wrote of
         the previous one; False (nothing moved) if the previous output is not what the claim
         found."""
@@ -111,9 +111,11 @@ class OutputClaim:
         )
         if not _try_rename(self.final, aside):
             return False
-        if not _try_rename(self.temp, self.final):
-            # Something took the path in the instant between the two renames.
-            _try_rename(aside, self.final)
+        if not _try_rename(temp, self.final):
+            # Something took the path in the instant between the two renames: the previous
+            # output goes back if it can, else stays in sight beside it.
+            if not _try_rename(aside, self.final):
+                _try_rename(aside, self.final.with_name(f"{self.final.name}.saegeo-previous"))
             return False
         _remove_previous(aside, self.out, self.final)
         return True
