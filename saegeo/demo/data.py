@@ -10,6 +10,7 @@ from saegeo.core.family import Family
 from saegeo.demo.settings import DEFAULT_ROOT, SHIPPED_FAMILY, DemoSettings, check_shipped_site
 from saegeo.demo.stages import Stages, remove, stage_keys, store_complete
 from saegeo.io.atomic import write_json
+from saegeo.io.outputs import Output, check_existing
 from saegeo.io.store import ActivationStore
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def demo_data(
     settings = settings or DemoSettings()
     if not settings.retrain:
         check_shipped_site(settings)
+    check_existing(Output.named(root, "demo", "root"), force=False)  # new, or the demo's own
     root = Path(root)
     store_dir, family_dir = root / "acts", root / "family"
     keys = stage_keys(settings)

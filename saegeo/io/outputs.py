@@ -92,6 +92,8 @@ DEMO_SETTINGS = frozenset(
     }
 )
 """The keys of the demo's ``settings.json`` (``DemoSettings``'s fields; a test holds them equal)."""
+DEMO_REQUIRED = frozenset({"model", "layer", "tokens", "multipliers"})
+"""Keys every demo's ``settings.json`` has held."""
 
 DIRECTORY_KINDS = frozenset({"sae", "stitched", "family", "store", "demo"})
 RESUMED_KINDS = frozenset({"store", "demo", "checkpoint"})
@@ -390,7 +392,8 @@ def _is_demo(path: Path) -> bool:
         doc = json.loads(settings.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    if not isinstance(doc, dict) or set(doc) != DEMO_SETTINGS:
+    # Settings added in a later version may be missing; anything not a demo setting may not.
+    if not isinstance(doc, dict) or not DEMO_REQUIRED <= set(doc) <= DEMO_SETTINGS:
         return False
     return all(
         entry.name in DEMO_ENTRIES or _leftover(entry.name, DEMO_ENTRIES)

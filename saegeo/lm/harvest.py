@@ -65,6 +65,7 @@ from saegeo.errors import ArgumentError, SaegeoError
 from saegeo.io import distributed
 from saegeo.io.atomic import atomic_dir
 from saegeo.io.corpus import TextSource, open_source
+from saegeo.io.outputs import Output, check_existing
 from saegeo.io.store import META_FILE, ActivationStore, ShardWriter
 from saegeo.io.streaming import progress_bar
 from saegeo.lm.config import HarvestConfig
@@ -203,9 +204,8 @@ def harvest(
     config = override(config or HarvestConfig(), overrides)
     layer, context, skip_first = config.layer, config.context, config.skip_first
     batch_size, max_tokens, dtype = config.batch_size, config.max_tokens, config.dtype
+    check_existing(Output.named(out, "store", "out"), force=False)  # a new or resumed store
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ArgumentError("out", str(out), "exists and is not a directory")
     source = open_source(texts)
     text_spec = dict(source.spec)
     if config.text_source is not None and text_spec.get("kind") == "texts":
