@@ -49,7 +49,6 @@ from saegeo.effects.metrics import Metrics, Moments, evaluate
 from saegeo.errors import ArgumentError, SaegeoError
 from saegeo.io import distributed
 from saegeo.io.atomic import write_json, write_text
-from saegeo.io.claim import claim_output
 from saegeo.io.outputs import FAMILY_FORMAT, Output
 from saegeo.io.saelens import write_saelens
 from saegeo.io.store import ActivationStore
@@ -465,6 +464,8 @@ def train_family(
         if out_dir is None:
             return run
         return run._replace(paths=[Path(out_dir) / f"{config.arch}-{w}" for w in widths])
+    from saegeo.io.claim import claim_output
+
     with claim_output(Output.named(out_dir, "family", "out_dir"), force=overwrite) as claim:
         run = _train_members(store, widths, config, claim.path, snapshots, on_snapshot)
         claim.commit()
