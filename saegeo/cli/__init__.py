@@ -65,12 +65,14 @@ def stop_signals() -> Iterator[None]:
         yield
         return
 
+    from saegeo.io import claim
+
     caught: list[int] = []
 
     def interrupt(signum: int, frame: object) -> None:
         if not caught:  # a second signal would cut short the cleaning up of the first
             caught.append(signum)
-            raise Interrupted(signum)
+            claim.interrupt(Interrupted(signum))  # once an output being renamed is in place
 
     previous = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
     try:

@@ -41,10 +41,11 @@ from saegeo.io.outputs import (
     Output,
     check_existing,
     final_path,
+    output_kind,
     saegeo_entries,
 )
 
-__all__ = ["OutputClaim", "claim_output", "rename_noreplace"]
+__all__ = ["OutputClaim", "claim_output", "interrupt", "rename_noreplace"]
 
 LOCK_SUFFIX = "saegeo-lock"
 KEPT_TAG = "saegeo-new"
@@ -84,7 +85,7 @@ class OutputClaim:
             self.committed = True
             return self.final
         usual_mode(self.temp, like=self.final)
-        with disk_errors(self.final, where=self.out.label):
+        with _signals_deferred(), disk_errors(self.final, where=self.out.label):
             if self.previous is None:
                 placed = _try_rename(self.temp, self.final)
             else:
@@ -104,7 +105,7 @@ class OutputClaim:
         """Move the previous output aside, the new one in, then delete what saegeo wrote of
         the previous one; False (nothing moved) if the previous output is not what the claim
         found."""
-        if _identity(self.final) != self.previous or output_has_foreign(self.out, self.final):
+        if _identity(self.final) != self.previous or _changed(self.out, self.final):
             return False
         aside = self.final.with_name(
             tempfile.mktemp(prefix=temp_prefix(self.final), suffix=".old", dir="")
@@ -195,9 +196,41 @@ def rename_noreplace(source: Path, target: Path) -> None:
     os.rename(source, target)
 
 
-def output_has_foreign(out: Output, path: Path) -> bool:
-    """Whether the output at ``path`` holds anything saegeo did not write there."""
-    return bool(saegeo_entries(path, out.kind)[1]) if path.is_dir() else False
+def _changed(out: Output, path: Path) -> bool:
+    """Whether the previous output at ``path`` is no longer one saegeo may replace: rewritten
+    as something else, or holding something saegeo did not write there."""
+    if path.is_dir():
+        return bool(saegeo_entries(path, out.kind)[1]) or (
+            any(path.iterdir()) and output_kind(path) != out.kind
+        )
+    return path.stat().st_size > 0 and output_kind(path) != out.kind
+
+
+_deferring = 0
+_deferred: list[BaseException] = []
+
+
+def interrupt(exc: BaseException) -> None:
+    """Raise ``exc`` (from a signal handler) now, or, while an output is being put in place,
+    as soon as it is: a signal between the renames would leave the previous output set aside
+    and the new one deleted with its temporary."""
+    if _deferring:
+        _deferred.append(exc)
+        return
+    raise exc
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """The block runs whole: :func:`interrupt` waits for its end."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if not _deferring and _deferred:
+            raise _deferred.pop()
 
 
 def _renameat2(source: Path, target: Path) -> bool:
@@ -293,22 +326,25 @@ def _take_lock(out: Output, final: Path) -> Path:
     process holds it. A lock whose process has ended is taken over, and the temporaries beside
     ``final`` that the ended process left are removed."""
     lock = final.with_name(temp_prefix(final) + LOCK_SUFFIX)
-    stamp = f"{os.getpid()} {socket.gethostname()}\n"
     for _ in range(2):
+        # Written whole under another name, then linked: a lock never exists without its stamp.
+        fd, stamp = tempfile.mkstemp(prefix=temp_prefix(final), suffix=".tmp", dir=final.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(stamp, lock)
         except FileExistsError:
             holder = _holder(lock)
             if holder is not None:
                 raise out.error(
-                    f"another saegeo process ({holder}) is writing it; wait for it to finish "
-                    "or choose another path"
+                    f"another saegeo process ({holder}) is writing it; wait for it to finish, "
+                    f"or remove {lock} if no saegeo command runs"
                 ) from None
             _remove_leftovers(final)
             lock.unlink(missing_ok=True)
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(stamp)
+        finally:
+            Path(stamp).unlink(missing_ok=True)
         return lock
     raise out.error("another saegeo process took it just now; choose another path")
 

@@ -13,6 +13,7 @@ import torch
 from sae_helpers import random_sae
 
 import saegeo as sg
+import saegeo.io.claim
 import saegeo.io.formats
 import saegeo.io.saelens
 import saegeo.io.store
@@ -280,3 +281,22 @@ def test_save_html_replaces_only_its_own_pages(tmp_path):
         save_html(page, ours)
     save_html(page, ours, overwrite=True)
     assert ours.read_text() == page
+
+
+def test_a_signal_during_the_final_renames_waits_for_them(sae, tmp_path, monkeypatch):
+    import signal
+
+    from saegeo.cli import Interrupted, stop_signals
+
+    path = sg.save_sae(sae, tmp_path / "out")
+    real = saegeo.io.claim._try_rename
+
+    def rename_after_a_signal(source, target):
+        os.kill(os.getpid(), signal.SIGTERM)  # between moving the old output aside and the new in
+        return real(source, target)
+
+    monkeypatch.setattr(saegeo.io.claim, "_try_rename", rename_after_a_signal)
+    with stop_signals(), pytest.raises(Interrupted):
+        sg.save_sae(random_sae(12, "relu", seed=3), path, overwrite=True)
+    assert sg.load_sae(path).width == 12
+    assert _names(tmp_path) == ["out"]
