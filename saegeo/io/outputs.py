@@ -74,6 +74,12 @@ FAMILY_FORMAT = "saegeo.family.v1"
 REPORT_FILE = "report.json"
 FAMILY_FILES = ("family.json", "metrics.csv")
 SAE_DIR_FILES = (SAELENS_CFG, SAELENS_WEIGHTS)
+DIRECTORY_FILES: dict[str, tuple[str, ...]] = {
+    "sae": SAE_DIR_FILES,
+    "stitched": (*SAE_DIR_FILES, REPORT_FILE),
+    "family": FAMILY_FILES,  # and the member directories its family.json lists
+}
+"""The files each directory kind that ``--force`` replaces holds: all that it may delete."""
 DEMO_ENTRIES = frozenset({"settings.json", "stages.json", "acts", "family", "report"})
 """What the demo writes at the top of its directory."""
 DEMO_SETTINGS = frozenset(
@@ -299,11 +305,7 @@ def saegeo_entries(path: Path, kind: OutputKind) -> tuple[list[Path], list[Path]
     """
     if kind not in DIRECTORY_KINDS:
         return [path], []
-    names = {
-        "sae": SAE_DIR_FILES,
-        "stitched": (*SAE_DIR_FILES, REPORT_FILE),
-        "family": FAMILY_FILES,
-    }.get(kind, ())
+    names = DIRECTORY_FILES.get(kind, ())
     members: set[str] = set()
     if kind == "family":
         listed = _json_field(path / "family.json", "members")
