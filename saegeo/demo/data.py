@@ -84,8 +84,7 @@ def demo_data(
     if stages.ready("family", keys["family"], [family_dir]):
         family = Family.load(family_dir)
     else:
-        # train_family writes family.json after every member: an interrupted run is not
-        # complete, so the stage starts over from an empty directory.
+        # A family made with other settings (train_family writes one whole or not at all).
         remove(family_dir)
         config = TrainConfig(
             arch=settings.arch,
