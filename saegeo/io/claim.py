@@ -56,15 +56,17 @@ _AT_FDCWD = -100
 class OutputClaim:
     """An output location held by this process (see the module docstring)."""
 
-    def __init__(self, out: Output, final: Path, temp: Path | None) -> None:
+    def __init__(
+        self, out: Output, final: Path, temp: Path | None, previous: tuple[int, int] | None
+    ) -> None:
         self.out = out
         """The output, as the caller named it."""
         self.final = final
         """Its absolute path."""
         self.temp = temp
         """Where to write it (None for the kinds written in place)."""
-        self.previous = _identity(final)
-        """The (device, inode) of what was at the path when the claim was made, if anything."""
+        self.previous = previous
+        """The (device, inode) of what the claim checked at the path, if anything."""
         self.committed = False
 
     @property
@@ -153,22 +155,23 @@ def claim_output(out: Output, *, force: bool = False) -> Iterator[OutputClaim]:
     't.csv'
     """
     final = final_path(out)
+    previous = _identity(final)  # before the check: what is replaced is what was checked
     check_existing(out, force)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    lock = _take_lock(out, final)
+    with disk_errors(final, where=out.label):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        lock = _take_lock(out, final)
     temp: Path | None = None
     try:
-        if out.kind not in RESUMED_KINDS:
-            prefix, parent = temp_prefix(final), str(final.parent)
-            with disk_errors(final, where=out.label):
+        with disk_errors(final, where=out.label):
+            if out.kind not in RESUMED_KINDS:
+                prefix, parent = temp_prefix(final), str(final.parent)
                 if out.kind in DIRECTORY_KINDS:
                     temp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
                 else:
                     fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=parent)
                     os.close(fd)
                     temp = Path(name)
-        with disk_errors(final, where=out.label):
-            yield OutputClaim(out, final, temp)
+            yield OutputClaim(out, final, temp, previous)
     finally:
         if temp is not None and (temp.exists() or temp.is_symlink()):
             if temp.is_dir() and not temp.is_symlink():
@@ -183,14 +186,20 @@ def rename_noreplace(source: Path, target: Path) -> None:
     ``target`` exists, even as an empty directory, which a plain rename would replace.
 
     Linux's ``renameat2(RENAME_NOREPLACE)`` where the file system has it; elsewhere a hard link
-    for a file, and for a directory a check just before the rename.
+    for a file, and otherwise a check just before the rename.
     """
     if _renameat2(source, target):
         return
     if not source.is_dir():
-        os.link(source, target)  # fails where target exists
-        source.unlink()
-        return
+        try:
+            os.link(source, target)  # fails where target exists
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: check, then rename
+            pass
+        else:
+            source.unlink()
+            return
     if target.exists() or target.is_symlink():
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
     os.rename(source, target)

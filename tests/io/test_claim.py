@@ -216,7 +216,10 @@ def test_a_really_full_disk(sae, tmp_path):
         subprocess.run(["umount", str(disk)], check=True)
 
 
-def test_rename_noreplace_refuses_even_an_empty_directory(tmp_path):
+@pytest.mark.parametrize("renameat2", [True, False])
+def test_rename_noreplace_refuses_even_an_empty_directory(tmp_path, monkeypatch, renameat2):
+    if not renameat2:  # as on a system or file system without it
+        monkeypatch.setattr(saegeo.io.claim, "_renameat2", lambda source, target: False)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     with pytest.raises(FileExistsError):
