@@ -225,6 +225,20 @@ def test_two_runs_on_one_new_out_the_second_is_refused(tmp_path, capsys):
     assert not (tmp_path / "f").exists() and _leftovers(tmp_path) == []
 
 
+def test_ignored_signals_stay_ignored():
+    from saegeo.cli import stop_signals
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    on_term = signal.getsignal(signal.SIGTERM)
+    try:
+        with stop_signals():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not on_term
+        assert signal.getsignal(signal.SIGTERM) is on_term
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 # --------------------------------------------------------------------------- resources
 
 
