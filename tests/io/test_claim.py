@@ -78,13 +78,15 @@ def test_overwrite_replaces_only_a_previous_sae_and_keeps_its_mode(sae, tmp_path
     assert (path / "notes.txt").read_text() == "mine" and sg.load_sae(path).width == 12
 
 
-def test_an_sae_saved_by_saelens_is_not_replaced(sae, tmp_path):
+def test_older_saegeo_saes_are_replaced_and_saelens_ones_are_not(sae, tmp_path):
     import json
 
     path = sg.save_sae(sae, tmp_path / "lens")
     cfg = json.loads((path / "cfg.json").read_text())
-    del cfg["metadata"]["saved_by"]
-    cfg["metadata"]["sae_lens_training_version"] = "6.5.0"
+    del cfg["metadata"]["saved_by"]  # as saegeo wrote SAEs before it marked them
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    sg.save_sae(sae, path, overwrite=True)
+    cfg["metadata"]["sae_lens_training_version"] = "6.5.0"  # as SAELens writes them
     (path / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(OutputError, match="not a saegeo SAE directory"):
         sg.save_sae(sae, path, overwrite=True)
