@@ -87,7 +87,7 @@ def main() -> None:
     print(table.head().to_string())
     fig = tree_figure(trees[0], labels=labels)
     fig.update_layout(width=1200, height=800)
-    save_html(fig, args.html)
+    save_html(fig, args.html, overwrite=True)
     screenshot(args.html, args.out, width=1200, height=800, budget_ms=5000)
     print(f"wrote {args.html} and {args.out}")
 

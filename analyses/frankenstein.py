@@ -68,7 +68,11 @@ def main() -> None:
     write_text(out / "comparison.csv", comparison.to_csv(index=False))
     write_text(out / "path.csv", path.to_csv(index=False))
     title = f"Frankenstein SAEs vs originals (threshold {args.threshold}): {what}"
-    save_html(frankenstein_figure(comparison, path, title=title), out / "frankenstein.html")
+    save_html(
+        frankenstein_figure(comparison, path, title=title),
+        out / "frankenstein.html",
+        overwrite=True,
+    )
     columns = ["kind", "name", "n_features", "l0", "mse", "fvu", "nearest", "mse_vs_nearest"]
     print(comparison[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"wrote {out}/comparison.csv, path.csv, frankenstein.html")

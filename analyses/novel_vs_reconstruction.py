@@ -68,6 +68,7 @@ def main() -> None:
     save_html(
         novelty_figure(result, threshold=args.threshold, title=title),
         out / "novel_vs_reconstruction.html",
+        overwrite=True,
     )
     print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(kind_sign_frame(result).to_string(index=False))

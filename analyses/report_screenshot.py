@@ -65,7 +65,9 @@ def toy_data(root: Path) -> DemoData:
         config = sg.TrainConfig(
             arch="topk", k=K, tokens=200_000, batch_size=1024, eval_tokens=16_384, progress=False
         )
-        family = sg.train_family(store, list(WIDTHS), config, out_dir=family_dir).family
+        family = sg.train_family(
+            store, list(WIDTHS), config, out_dir=family_dir, overwrite=True
+        ).family
         stages.done("family")
     return DemoData(store, family, root, settings, family_dir)
 

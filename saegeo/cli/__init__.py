@@ -56,20 +56,29 @@ class Interrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def stop_signals() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGHUP (and SIGINT) raise :class:`Interrupted`; the
-    previous handlers come back after it (main thread only: signals are delivered there)."""
+    """Within the block, SIGTERM and SIGHUP (and SIGINT) raise :class:`Interrupted`, unless
+    they are ignored; the previous handlers come back after it (main thread only: signals are
+    delivered there)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+
+    from saegeo.runtime import claim
 
     caught: list[int] = []
 
     def interrupt(signum: int, frame: object) -> None:
         if not caught:  # a second signal would cut short the cleaning up of the first
             caught.append(signum)
-            raise Interrupted(signum)
+            claim.interrupt(Interrupted(signum))  # once an output being renamed is in place
 
-    previous = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
+    # A signal ignored when saegeo started stays ignored (nohup's SIGHUP, SIGINT of a job
+    # started in the background by a script).
+    previous = {
+        signum: signal.signal(signum, interrupt)
+        for signum in STOP_SIGNALS
+        if signal.getsignal(signum) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:

@@ -187,13 +187,12 @@ def guard(
     force = getattr(args, "force", False)
     wanted = [Output.named(path, kind, flag) for path, kind, flag in outputs if path is not None]  # type: ignore[arg-type]
     check_outputs(wanted, list(inputs), force=force, need_bytes=need_bytes)
-    held = getattr(args, "held", None)
-    if not hold or held is None or not distributed.is_main():
+    if not hold or not distributed.is_main():
         return
     claims = vars(args).setdefault("claims", {})
     for out in wanted:
-        if out.flag not in claims:
-            claims[out.flag] = held.enter_context(claim_output(out, force=force))
+        if out.flag not in claims:  # args.held: the ExitStack saegeo.cli.main runs it in
+            claims[out.flag] = args.held.enter_context(claim_output(out, force=force))
 
 
 def claim(args: argparse.Namespace, flag: str = "--out") -> Any:

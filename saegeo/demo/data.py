@@ -11,6 +11,7 @@ from saegeo.demo.settings import DEFAULT_ROOT, SHIPPED_FAMILY, DemoSettings, che
 from saegeo.demo.stages import Stages, remove, stage_keys, store_complete
 from saegeo.formats.family import Family
 from saegeo.runtime.atomic import write_json
+from saegeo.runtime.outputs import Output, check_existing
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def demo_data(
     settings = settings or DemoSettings()
     if not settings.retrain:
         check_shipped_site(settings)
+    check_existing(Output.named(root, "demo", "root"), force=False)  # new, or the demo's own
     root = Path(root)
     store_dir, family_dir = root / "acts", root / "family"
     keys = stage_keys(settings)
@@ -82,8 +84,7 @@ def demo_data(
     if stages.ready("family", keys["family"], [family_dir]):
         family = Family.load(family_dir)
     else:
-        # train_family writes family.json after every member: an interrupted run is not
-        # complete, so the stage starts over from an empty directory.
+        # A family made with other settings (train_family writes one whole or not at all).
         remove(family_dir)
         config = TrainConfig(
             arch=settings.arch,

@@ -77,6 +77,7 @@ from saegeo.lm.models import (
 from saegeo.lm.sites import centred, resolve_hook, uses_layer_norm
 from saegeo.runtime import distributed
 from saegeo.runtime.atomic import atomic_dir
+from saegeo.runtime.outputs import Output, check_existing
 
 logger = logging.getLogger(__name__)
 
@@ -203,9 +204,8 @@ def harvest(
     config = override(config or HarvestConfig(), overrides)
     layer, context, skip_first = config.layer, config.context, config.skip_first
     batch_size, max_tokens, dtype = config.batch_size, config.max_tokens, config.dtype
+    check_existing(Output.named(out, "store", "out"), force=False)  # a new or resumed store
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ArgumentError("out", str(out), "exists and is not a directory")
     source = open_source(texts)
     text_spec = dict(source.spec)
     if config.text_source is not None and text_spec.get("kind") == "texts":

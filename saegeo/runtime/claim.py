@@ -41,10 +41,11 @@ from saegeo.runtime.outputs import (
     Output,
     check_existing,
     final_path,
+    output_kind,
     saegeo_entries,
 )
 
-__all__ = ["OutputClaim", "claim_output", "rename_noreplace"]
+__all__ = ["OutputClaim", "claim_output", "interrupt", "rename_noreplace"]
 
 LOCK_SUFFIX = "saegeo-lock"
 KEPT_TAG = "saegeo-new"
@@ -55,15 +56,17 @@ _AT_FDCWD = -100
 class OutputClaim:
     """An output location held by this process (see the module docstring)."""
 
-    def __init__(self, out: Output, final: Path, temp: Path | None) -> None:
+    def __init__(
+        self, out: Output, final: Path, temp: Path | None, previous: tuple[int, int] | None
+    ) -> None:
         self.out = out
         """The output, as the caller named it."""
         self.final = final
         """Its absolute path."""
         self.temp = temp
         """Where to write it (None for the kinds written in place)."""
-        self.previous = _identity(final)
-        """The (device, inode) of what was at the path when the claim was made, if anything."""
+        self.previous = previous
+        """The (device, inode) of what the claim checked at the path, if anything."""
         self.committed = False
 
     @property
@@ -84,11 +87,11 @@ class OutputClaim:
             self.committed = True
             return self.final
         usual_mode(self.temp, like=self.final)
-        with disk_errors(self.final, where=self.out.label):
+        with _signals_deferred(), disk_errors(self.final, where=self.out.label):
             if self.previous is None:
                 placed = _try_rename(self.temp, self.final)
             else:
-                placed = self._replace_previous()
+                placed = self._replace_previous(self.temp)
             if not placed:
                 kept = _kept_name(self.final, self.out.kind)
                 rename_noreplace(self.temp, kept)
@@ -100,20 +103,22 @@ class OutputClaim:
         self.committed = True
         return self.final
 
-    def _replace_previous(self) -> bool:
+    def _replace_previous(self, temp: Path) -> bool:
         """Move the previous output aside, the new one in, then delete what saegeo wrote of
         the previous one; False (nothing moved) if the previous output is not what the claim
         found."""
-        if _identity(self.final) != self.previous or output_has_foreign(self.out, self.final):
+        if _identity(self.final) != self.previous or _changed(self.out, self.final):
             return False
         aside = self.final.with_name(
             tempfile.mktemp(prefix=temp_prefix(self.final), suffix=".old", dir="")
         )
         if not _try_rename(self.final, aside):
             return False
-        if not _try_rename(self.temp, self.final):
-            # Something took the path in the instant between the two renames.
-            _try_rename(aside, self.final)
+        if not _try_rename(temp, self.final):
+            # Something took the path in the instant between the two renames: the previous
+            # output goes back if it can, else stays in sight beside it.
+            if not _try_rename(aside, self.final):
+                _try_rename(aside, self.final.with_name(f"{self.final.name}.saegeo-previous"))
             return False
         _remove_previous(aside, self.out, self.final)
         return True
@@ -150,22 +155,23 @@ def claim_output(out: Output, *, force: bool = False) -> Iterator[OutputClaim]:
     't.csv'
     """
     final = final_path(out)
+    previous = _identity(final)  # before the check: what is replaced is what was checked
     check_existing(out, force)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    lock = _take_lock(out, final)
+    with disk_errors(final, where=out.label):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        lock = _take_lock(out, final)
     temp: Path | None = None
     try:
-        if out.kind not in RESUMED_KINDS:
-            prefix, parent = temp_prefix(final), str(final.parent)
-            with disk_errors(final, where=out.label):
+        with disk_errors(final, where=out.label):
+            if out.kind not in RESUMED_KINDS:
+                prefix, parent = temp_prefix(final), str(final.parent)
                 if out.kind in DIRECTORY_KINDS:
                     temp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
                 else:
                     fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=parent)
                     os.close(fd)
                     temp = Path(name)
-        with disk_errors(final, where=out.label):
-            yield OutputClaim(out, final, temp)
+            yield OutputClaim(out, final, temp, previous)
     finally:
         if temp is not None and (temp.exists() or temp.is_symlink()):
             if temp.is_dir() and not temp.is_symlink():
@@ -180,22 +186,60 @@ def rename_noreplace(source: Path, target: Path) -> None:
     ``target`` exists, even as an empty directory, which a plain rename would replace.
 
     Linux's ``renameat2(RENAME_NOREPLACE)`` where the file system has it; elsewhere a hard link
-    for a file, and for a directory a check just before the rename.
+    for a file, and otherwise a check just before the rename.
     """
     if _renameat2(source, target):
         return
     if not source.is_dir():
-        os.link(source, target)  # fails where target exists
-        source.unlink()
-        return
+        try:
+            os.link(source, target)  # fails where target exists
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: check, then rename
+            pass
+        else:
+            source.unlink()
+            return
     if target.exists() or target.is_symlink():
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
     os.rename(source, target)
 
 
-def output_has_foreign(out: Output, path: Path) -> bool:
-    """Whether the output at ``path`` holds anything saegeo did not write there."""
-    return bool(saegeo_entries(path, out.kind)[1]) if path.is_dir() else False
+def _changed(out: Output, path: Path) -> bool:
+    """Whether the previous output at ``path`` is no longer one saegeo may replace: rewritten
+    as something else, or holding something saegeo did not write there."""
+    if path.is_dir():
+        return bool(saegeo_entries(path, out.kind)[1]) or (
+            any(path.iterdir()) and output_kind(path) != out.kind
+        )
+    return path.stat().st_size > 0 and output_kind(path) != out.kind
+
+
+_deferring = 0
+_deferred: list[BaseException] = []
+
+
+def interrupt(exc: BaseException) -> None:
+    """Raise ``exc`` (from a signal handler) now, or, while an output is being put in place,
+    as soon as it is: a signal between the renames would leave the previous output set aside
+    and the new one deleted with its temporary."""
+    if _deferring:
+        _deferred.append(exc)
+        return
+    raise exc
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """The block runs whole: :func:`interrupt` waits for its end."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if not _deferring and _deferred:
+            raise _deferred.pop()
 
 
 def _renameat2(source: Path, target: Path) -> bool:
@@ -291,22 +335,25 @@ def _take_lock(out: Output, final: Path) -> Path:
     process holds it. A lock whose process has ended is taken over, and the temporaries beside
     ``final`` that the ended process left are removed."""
     lock = final.with_name(temp_prefix(final) + LOCK_SUFFIX)
-    stamp = f"{os.getpid()} {socket.gethostname()}\n"
     for _ in range(2):
+        # Written whole under another name, then linked: a lock never exists without its stamp.
+        fd, stamp = tempfile.mkstemp(prefix=temp_prefix(final), suffix=".tmp", dir=final.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(stamp, lock)
         except FileExistsError:
             holder = _holder(lock)
             if holder is not None:
                 raise out.error(
-                    f"another saegeo process ({holder}) is writing it; wait for it to finish "
-                    "or choose another path"
+                    f"another saegeo process ({holder}) is writing it; wait for it to finish, "
+                    f"or remove {lock} if no saegeo command runs"
                 ) from None
             _remove_leftovers(final)
             lock.unlink(missing_ok=True)
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(stamp)
+        finally:
+            Path(stamp).unlink(missing_ok=True)
         return lock
     raise out.error("another saegeo process took it just now; choose another path")
 

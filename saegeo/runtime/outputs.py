@@ -102,6 +102,12 @@ FAMILY_FORMAT = "saegeo.family.v1"
 REPORT_FILE = "report.json"
 FAMILY_FILES = ("family.json", "metrics.csv")
 SAE_DIR_FILES = (SAELENS_CFG, SAELENS_WEIGHTS)
+DIRECTORY_FILES: dict[str, tuple[str, ...]] = {
+    "sae": SAE_DIR_FILES,
+    "stitched": (*SAE_DIR_FILES, REPORT_FILE),
+    "family": FAMILY_FILES,  # and the member directories its family.json lists
+}
+"""The files each directory kind that ``--force`` replaces holds: all that it may delete."""
 DEMO_ENTRIES = frozenset({"settings.json", "stages.json", "acts", "family", "report"})
 """What the demo writes at the top of its directory."""
 DEMO_SETTINGS = frozenset(
@@ -120,6 +126,8 @@ DEMO_SETTINGS = frozenset(
     }
 )
 """The keys of the demo's ``settings.json`` (``DemoSettings``'s fields; a test holds them equal)."""
+DEMO_REQUIRED = frozenset({"model", "layer", "tokens", "multipliers"})
+"""Keys every demo's ``settings.json`` has held."""
 
 DIRECTORY_KINDS = frozenset({"sae", "stitched", "family", "store", "demo", "explore"})
 RESUMED_KINDS = frozenset({"store", "demo", "checkpoint"})
@@ -335,11 +343,7 @@ def saegeo_entries(path: Path, kind: OutputKind) -> tuple[list[Path], list[Path]
     """
     if kind not in DIRECTORY_KINDS:
         return [path], []
-    names = {
-        "sae": SAE_DIR_FILES,
-        "stitched": (*SAE_DIR_FILES, REPORT_FILE),
-        "family": FAMILY_FILES,
-    }.get(kind, ())
+    names = DIRECTORY_FILES.get(kind, ())
     members: set[str] = set()
     if kind == "family":
         listed = _json_field(path / "family.json", "members")
@@ -428,7 +432,8 @@ def _is_demo(path: Path) -> bool:
         doc = json.loads(settings.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    if not isinstance(doc, dict) or set(doc) != DEMO_SETTINGS:
+    # Settings added in a later version may be missing; anything not a demo setting may not.
+    if not isinstance(doc, dict) or not DEMO_REQUIRED <= set(doc) <= DEMO_SETTINGS:
         return False
     return all(
         entry.name in DEMO_ENTRIES or _leftover(entry.name, DEMO_ENTRIES)

@@ -465,6 +465,7 @@ def train_family(
         if out_dir is None:
             return run
         return run._replace(paths=[Path(out_dir) / f"{config.arch}-{w}" for w in widths])
+
     with claim_output(Output.named(out_dir, "family", "out_dir"), force=overwrite) as claim:
         run = _train_members(store, widths, config, claim.path, snapshots, on_snapshot)
         claim.commit()

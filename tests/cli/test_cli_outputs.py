@@ -175,17 +175,13 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_a_signal_leaves_the_previous_output_and_no_temporaries(tmp_path, signum):
-    _setup(tmp_path)
-    out = tmp_path / "f"
-    argv = train(tmp_path, "--tokens", "600", "--out", str(out))
-    assert main([*argv, "--seed", "3"]) == 0
-    before = _snapshot(tmp_path)
-    ready = tmp_path.parent / f"{tmp_path.name}.ready"
+def _slow_train(root: Path, argv: list[str]) -> subprocess.Popen:
+    """``saegeo ARGV`` in another process, whose training stops for two minutes after its first
+    member; returned once it got there."""
+    ready = root.parent / f"{root.name}.ready"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     child = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(ready), *argv, "--force"],
+        [sys.executable, "-c", DRIVER, str(ready), *argv],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -194,6 +190,17 @@ def test_a_signal_leaves_the_previous_output_and_no_temporaries(tmp_path, signum
     while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert ready.exists(), child.communicate()[1]
+    return child
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_leaves_the_previous_output_and_no_temporaries(tmp_path, signum):
+    _setup(tmp_path)
+    out = tmp_path / "f"
+    argv = train(tmp_path, "--tokens", "600", "--out", str(out))
+    assert main([*argv, "--seed", "3"]) == 0
+    before = _snapshot(tmp_path)
+    child = _slow_train(tmp_path, [*argv, "--force"])
     assert _leftovers(tmp_path)  # the run holds --out: a lock and a temporary
     child.send_signal(signum)
     _, err = child.communicate(timeout=60)
@@ -204,6 +211,34 @@ def test_a_signal_leaves_the_previous_output_and_no_temporaries(tmp_path, signum
         "half-written"
     ]
     assert _snapshot(tmp_path) == before and _leftovers(tmp_path) == []
+
+
+def test_two_runs_on_one_new_out_the_second_is_refused(tmp_path, capsys):
+    _setup(tmp_path)
+    argv = train(tmp_path, "--tokens", "600", "--out", str(tmp_path / "f"))
+    first = _slow_train(tmp_path, argv)
+    try:
+        assert main(argv) == 2
+        _one_line(capsys, f"another saegeo process (process {first.pid}) is writing it")
+    finally:
+        first.terminate()
+        first.communicate(timeout=60)
+    assert first.returncode == 128 + signal.SIGTERM
+    assert not (tmp_path / "f").exists() and _leftovers(tmp_path) == []
+
+
+def test_ignored_signals_stay_ignored():
+    from saegeo.cli import stop_signals
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    on_term = signal.getsignal(signal.SIGTERM)
+    try:
+        with stop_signals():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not on_term
+        assert signal.getsignal(signal.SIGTERM) is on_term
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 # --------------------------------------------------------------------------- resources

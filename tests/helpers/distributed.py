@@ -161,12 +161,12 @@ def cli_runs(argvs: list[list[str]], ports: list[int]) -> list[dict[str, Any]]:
     import io
 
     from saegeo.cli import main
-    from saegeo.runtime import atomic
+    from saegeo.runtime import atomic, claim
 
     writes: list[str] = []
 
-    def counted(name: str) -> Callable:
-        original = getattr(atomic, name)
+    def counted(module: Any, name: str) -> Callable:
+        original = getattr(module, name)
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             writes.append(name)
@@ -175,7 +175,8 @@ def cli_runs(argvs: list[list[str]], ports: list[int]) -> list[dict[str, Any]]:
         return wrapper
 
     for name in ("write_text", "write_json", "atomic_files", "atomic_dir"):
-        setattr(atomic, name, counted(name))
+        setattr(atomic, name, counted(atomic, name))
+    claim.claim_output = counted(claim, "claim_output")  # every output a command holds
     runs = []
     for argv, port in zip(argvs, ports, strict=True):
         os.environ["MASTER_PORT"] = str(port)

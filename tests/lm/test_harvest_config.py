@@ -69,7 +69,9 @@ def test_harvest_takes_a_config_or_its_fields_as_keywords(tmp_path):
     with pytest.raises(ArgumentError, match=r"^max_token=40: not an argument; HarvestConfig"):
         harvest(model, texts, tmp_path / "c", tokenizer=tokenizer, max_token=40)
     (tmp_path / "file").write_text("")
-    with pytest.raises(ArgumentError, match=r"^out='.*file': exists and is not a directory"):
+    with pytest.raises(
+        ArgumentError, match=r"^out='.*file': is a file, but the output is a directory"
+    ):
         harvest(model, texts, tmp_path / "file", config, tokenizer=tokenizer)
     # Resuming with other settings names the out argument, not a flag.
     with pytest.raises(ArgumentError, match=r"^out='.*a': existing store has context=16") as info:

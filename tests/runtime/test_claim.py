@@ -16,6 +16,7 @@ import saegeo as sg
 import saegeo.acts.store
 import saegeo.formats.sae_files
 import saegeo.formats.saelens
+import saegeo.runtime.claim
 from saegeo.errors import SaegeoError
 from saegeo.runtime.atomic import ResourceError, temp_prefix
 from saegeo.runtime.claim import claim_output, rename_noreplace
@@ -77,13 +78,15 @@ def test_overwrite_replaces_only_a_previous_sae_and_keeps_its_mode(sae, tmp_path
     assert (path / "notes.txt").read_text() == "mine" and sg.load_sae(path).width == 12
 
 
-def test_an_sae_saved_by_saelens_is_not_replaced(sae, tmp_path):
+def test_older_saegeo_saes_are_replaced_and_saelens_ones_are_not(sae, tmp_path):
     import json
 
     path = sg.save_sae(sae, tmp_path / "lens")
     cfg = json.loads((path / "cfg.json").read_text())
-    del cfg["metadata"]["saved_by"]
-    cfg["metadata"]["sae_lens_training_version"] = "6.5.0"
+    del cfg["metadata"]["saved_by"]  # as saegeo wrote SAEs before it marked them
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    sg.save_sae(sae, path, overwrite=True)
+    cfg["metadata"]["sae_lens_training_version"] = "6.5.0"  # as SAELens writes them
     (path / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(OutputError, match="not a saegeo SAE directory"):
         sg.save_sae(sae, path, overwrite=True)
@@ -215,7 +218,10 @@ def test_a_really_full_disk(sae, tmp_path):
         subprocess.run(["umount", str(disk)], check=True)
 
 
-def test_rename_noreplace_refuses_even_an_empty_directory(tmp_path):
+@pytest.mark.parametrize("renameat2", [True, False])
+def test_rename_noreplace_refuses_even_an_empty_directory(tmp_path, monkeypatch, renameat2):
+    if not renameat2:  # as on a system or file system without it
+        monkeypatch.setattr(saegeo.runtime.claim, "_renameat2", lambda source, target: False)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     with pytest.raises(FileExistsError):
@@ -280,3 +286,22 @@ def test_save_html_replaces_only_its_own_pages(tmp_path):
         save_html(page, ours)
     save_html(page, ours, overwrite=True)
     assert ours.read_text() == page
+
+
+def test_a_signal_during_the_final_renames_waits_for_them(sae, tmp_path, monkeypatch):
+    import signal
+
+    from saegeo.cli import Interrupted, stop_signals
+
+    path = sg.save_sae(sae, tmp_path / "out")
+    real = saegeo.runtime.claim._try_rename
+
+    def rename_after_a_signal(source, target):
+        os.kill(os.getpid(), signal.SIGTERM)  # between moving the old output aside and the new in
+        return real(source, target)
+
+    monkeypatch.setattr(saegeo.runtime.claim, "_try_rename", rename_after_a_signal)
+    with stop_signals(), pytest.raises(Interrupted):
+        sg.save_sae(random_sae(12, "relu", seed=3), path, overwrite=True)
+    assert sg.load_sae(path).width == 12
+    assert _names(tmp_path) == ["out"]

@@ -108,3 +108,18 @@ def test_free_space_and_parents(tmp_path):
         check_outputs([Output(tmp_path / "file" / "t.csv", "table")])
     with pytest.raises(OutputError, match="free"):
         check_outputs([Output(tmp_path / "out", "family")], need_bytes=2**62)
+
+
+def test_the_demo_is_recognised_strictly(outputs, tmp_path):
+    from saegeo.runtime.outputs import DEMO_SETTINGS
+
+    assert set(DemoSettings().as_dict()) == DEMO_SETTINGS
+    mine = tmp_path / "experiment"
+    mine.mkdir()
+    (mine / "settings.json").write_text(json.dumps({"multipliers": [1, 2], "lr": 3e-4}))
+    assert output_kind(mine) is None
+    (mine / "settings.json").write_text(json.dumps(DemoSettings().as_dict()))
+    (mine / "results.csv").write_text("mine")
+    assert output_kind(mine) is None  # the demo's settings, but beside a file of the user's
+    (mine / "results.csv").unlink()
+    assert output_kind(mine) == "demo"
