@@ -113,6 +113,7 @@ def test_any_saelens_save_reads_as_saelens_loads_it(case, seed, decoder_scale):
         _assert_same_function(ours, back, x_BD)
 
 
+@pytest.mark.filterwarnings("ignore:.*only set one matryoshka level:UserWarning")
 @PROPERTY
 @given(
     matryoshka=st.booleans(),
