@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from hub_helpers import FS_HOOK, FS_RELEASE, FS_WIDTHS, FakeHub, install_fake_hub
-from lm_helpers import random_texts, tiny_gpt2
+from lm_helpers import saved_gpt2_and_texts
 
 from saegeo.cli import main
 from saegeo.io.store import ActivationStore
@@ -76,12 +76,7 @@ def test_tree_needs_paths_or_release(fake_hub, tmp_path, capsys):
 
 
 def test_harvest_for_a_published_sae(fake_hub, tmp_path, capsys):
-    model, tokenizer = tiny_gpt2(n_layers=3)
-    model_dir = tmp_path / "model"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    texts = tmp_path / "texts.txt"
-    texts.write_text("\n".join(random_texts()) + "\n")
+    model, model_dir, texts = saved_gpt2_and_texts(tmp_path, n_layers=3)
     out = tmp_path / "acts"
     sae = f"sae-lens:{FS_RELEASE}/{FS_HOOK}_16"
     args = ["harvest", "--for", sae, "--model", str(model_dir), "--text", str(texts)]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from hub_helpers import LENS6_RELEASE, LENS6_SITES, FakeHub, install_fake_hub
-from lm_helpers import random_texts, tiny_gpt2
+from lm_helpers import saved_gpt2_and_texts
 
 from saegeo.cli import main
 from saegeo.io.store import ActivationStore
@@ -19,12 +19,7 @@ def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
 
 
 def test_harvest_for_a_saelens_6_sae(fake_hub, tmp_path, capsys):
-    model, tokenizer = tiny_gpt2(n_layers=4)  # block 2 is not the last (no final norm)
-    model_dir = tmp_path / "model"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    texts = tmp_path / "texts.txt"
-    texts.write_text("\n".join(random_texts()) + "\n")
+    model, model_dir, texts = saved_gpt2_and_texts(tmp_path, n_layers=4)  # block 2 is not the last
     out = tmp_path / "acts"
     hook = LENS6_SITES[1]  # blocks.2.hook_resid_post, context 16, no centring
     args = ["harvest", "--for", f"sae-lens:{LENS6_RELEASE}/{hook}", "--model", str(model_dir)]
