@@ -357,10 +357,9 @@ def test_property_any_store_meta_value_opens_or_is_one_clear_error(
     meta_path = root / "store" / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta[field] = value
-    shards = meta["shards"]
-    if shard_field is not None and isinstance(shards, list) and shards:
-        if isinstance(shards[0], dict):  # noqa: SIM102 (the first entry, when there is one)
-            shards[0][shard_field] = shard_value
+    first = meta["shards"][0] if isinstance(meta["shards"], list) and meta["shards"] else None
+    if shard_field is not None and isinstance(first, dict):
+        first[shard_field] = shard_value
     meta_path.write_text(json.dumps(meta))
     try:
         store = sg.ActivationStore.open(root / "store")
