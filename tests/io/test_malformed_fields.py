@@ -367,3 +367,28 @@ def test_property_any_store_meta_value_opens_or_is_one_clear_error(
         assert "\n" not in str(exc), str(exc)
     else:
         assert store.read().shape == (10, D)
+
+
+@settings(PROPERTY, max_examples=40)
+@given(
+    shapes=st.fixed_dictionaries(
+        {
+            key: st.lists(st.integers(0, 5), max_size=3)
+            for key in ("w_enc", "w_dec", "b_enc", "b_dec", "threshold")
+        }
+    ),
+    dtype=st.sampled_from(["float32", "float16", "float64", "int8", "bool", "complex64"]),
+    folder=st.sampled_from(["layer_1/width_16k/average_l0_5", "embedding/width_4k/x", "plain"]),
+)
+def test_property_any_params_npz_loads_or_is_one_clear_error(
+    tmp_path_factory, shapes, dtype, folder
+):
+    path = tmp_path_factory.mktemp("gemma") / folder / "params.npz"
+    path.parent.mkdir(parents=True)
+    np.savez(path, **{key: np.ones(shape, dtype=dtype) for key, shape in shapes.items()})
+    try:
+        sae = sg.load_sae(path.parent)
+    except SaegeoError as exc:
+        assert "\n" not in str(exc), str(exc)
+    else:
+        assert sae.W_dec.shape == (sae.width, sae.d_in)
