@@ -31,8 +31,9 @@ class Command(NamedTuple):
 
 SAE_PATHS_HELP = (
     "SAEs of one family: directories, a directory of them, or published SAEs named "
-    "sae-lens:RELEASE/SAE_ID (one SAE), sae-lens:RELEASE (the release's family on one site) "
-    "or hf:ORG/NAME/FOLDER (a Hugging Face repository folder)"
+    "sae-lens:RELEASE/SAE_ID (one SAE), sae-lens:RELEASE/SITE (the release's family on a "
+    "site, e.g. layer_12 of Gemma Scope), sae-lens:RELEASE (a release of one site) or "
+    "hf:ORG/NAME/FOLDER (a Hugging Face repository folder)"
 )
 
 
@@ -46,7 +47,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         epilog="SAE NAMES: wherever a command takes an SAE directory it also takes a published "
         "SAE: sae-lens:RELEASE/SAE_ID (a release of SAELens's registry, e.g. "
         "sae-lens:gpt2-small-res-jb-feature-splitting/blocks.8.hook_resid_pre_768), "
-        "sae-lens:RELEASE (every SAE of the release on its first SAE's site) or "
+        "sae-lens:RELEASE/SITE (the family on one site; Gemma Scope's canonical SAE per "
+        "width), sae-lens:RELEASE (a release of one site) or "
         "hf:ORG/NAME/FOLDER (a folder of a Hugging Face repository). Files come through the "
         "Hugging Face cache; with HF_HUB_OFFLINE=1 only the cache is read.",
     )

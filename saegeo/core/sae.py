@@ -96,12 +96,22 @@ class SAE:
     def from_decoder(
         cls, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None, **settings: Any
     ) -> SAE:
-        """A decoder-only dictionary [width, d_in], encoded by matching pursuit (tied)."""
-        W_dec_FD = torch.as_tensor(W_dec, dtype=torch.float32)
+        """A decoder-only dictionary [width, d_in], encoded by matching pursuit (tied).
+
+        A floating-point ``W_dec`` keeps its dtype (``b_dec`` takes it too); any other
+        becomes float32.
+        """
+        W_dec_FD = torch.as_tensor(W_dec)
+        if not W_dec_FD.is_floating_point():
+            W_dec_FD = W_dec_FD.float()
         if W_dec_FD.ndim != 2:
             raise ShapeError(f"W_dec must be 2-D [width, d_in], got shape {tuple(W_dec_FD.shape)}")
         width, d_in = W_dec_FD.shape
-        b_dec_D = torch.zeros(d_in) if b_dec is None else torch.as_tensor(b_dec).float()
+        b_dec_D = (
+            torch.zeros(d_in, dtype=W_dec_FD.dtype)
+            if b_dec is None
+            else torch.as_tensor(b_dec).to(W_dec_FD.dtype)
+        )
         return cls(
             W_enc=W_dec_FD.T,
             b_enc=torch.zeros(width, dtype=W_dec_FD.dtype),

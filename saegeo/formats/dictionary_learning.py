@@ -17,6 +17,7 @@ import torch
 
 from saegeo.core.sae import SAE
 from saegeo.errors import FormatError
+from saegeo.formats import fields
 from saegeo.formats.reading import Config, read_json_object, require_tensors
 from saegeo.formats.saelens import fold_decoder_norm
 from saegeo.runtime.paths import regular_file
@@ -80,7 +81,7 @@ def read_dictionary_learning(path: Path) -> SAE:
         if "k" in state:
             if state["k"].numel() != 1 or state["k"].is_floating_point():
                 raise FormatError(f"{source}: 'k' must be one integer, got {state['k'].tolist()}")
-            k = int(state["k"])
+            k = fields.integer(int(state["k"]), field="k", source=source, minimum=1)
         if k is None:
             raise FormatError(f"{source}: a TopK dictionary needs 'k' (state dict or config)")
         return SAE(W_enc, b_enc, W_dec, b_dec, arch="topk", k=k, metadata=metadata)

@@ -95,7 +95,8 @@ def fetch(
         names the SAE in error messages, e.g. ``"release R, SAE S"``.
     required
         when False, a file the repository does not have (or that is not cached
-        while offline) gives None instead of an error.
+        while offline) gives None instead of an error; a Hub that cannot be reached is
+        an error either way.
     ask_hub
         when False (only with ``required=False``), a file not in the cache gives None
         without asking the Hub.

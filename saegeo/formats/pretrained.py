@@ -20,7 +20,8 @@ The release's ``config_overrides`` and Neuronpedia id are applied as SAELens app
 ``norm_scaling_factor`` folded into its weights, as ``SAE.from_pretrained`` does.
 
 **Names on the command line** (:func:`parse_spec`): ``sae-lens:RELEASE/SAE_ID`` is one SAE of a
-release, ``sae-lens:RELEASE`` the family of its SAEs on the first one's site, and
+release, ``sae-lens:RELEASE/SITE`` the family of its SAEs on a site (``layer_12``),
+``sae-lens:RELEASE`` the family of a release of one site, and
 ``hf:ORG/NAME/FOLDER`` the SAE in a folder of any repository; anything else is a local path.
 """
 

@@ -125,9 +125,17 @@ def saelens_metadata(cfg: Config) -> dict[str, Any]:
         if key in cfg and key not in metadata:
             metadata[key] = cfg.get(key)
     meta = Config(metadata, f"{cfg.source} (metadata)")
+    # The site fields harvest and the model settings read; null means not recorded.
     for key, minimum in (("context_size", 1), ("hook_layer", 0)):
         if metadata.get(key) is not None:
             metadata[key] = meta.integer(key, minimum=minimum)
+    for key in ("model_name", "hook_name", "hook_point", "dataset_path"):
+        if metadata.get(key) is not None:
+            meta.string(key)
+    if metadata.get("prepend_bos") is not None:
+        meta.boolean("prepend_bos")
+    if metadata.get("model_from_pretrained_kwargs") is not None:
+        meta.mapping("model_from_pretrained_kwargs")
     details = meta.mapping(TRAINING_DETAILS)
     if metadata.get("matryoshka_widths") is None and details.get("matryoshka_widths"):
         metadata["matryoshka_widths"] = details["matryoshka_widths"]

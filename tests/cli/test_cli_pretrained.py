@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 from helpers.hub import FS_HOOK, FS_RELEASE, FS_WIDTHS, FakeHub, install_fake_hub
-from helpers.lm import random_texts, tiny_gpt2
+from hub_helpers import FS_HOOK, FS_RELEASE, FS_WIDTHS, FakeHub, install_fake_hub
+from lm_helpers import saved_gpt2_and_texts
 
 from saegeo.acts.store import ActivationStore
 from saegeo.cli import main
@@ -76,12 +77,7 @@ def test_tree_needs_paths_or_release(fake_hub, tmp_path, capsys):
 
 
 def test_harvest_for_a_published_sae(fake_hub, tmp_path, capsys):
-    model, tokenizer = tiny_gpt2(n_layers=3)
-    model_dir = tmp_path / "model"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    texts = tmp_path / "texts.txt"
-    texts.write_text("\n".join(random_texts()) + "\n")
+    model, model_dir, texts = saved_gpt2_and_texts(tmp_path, n_layers=3)
     out = tmp_path / "acts"
     sae = f"sae-lens:{FS_RELEASE}/{FS_HOOK}_16"
     args = ["harvest", "--for", sae, "--model", str(model_dir), "--text", str(texts)]

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.property import PROPERTY
 from helpers.sae import mse, random_sae
+from hypothesis import given
+from hypothesis import strategies as st
+from sae_helpers import mse, random_sae
 
 import saegeo as sg
 from saegeo.effects.delta import cumulative_mse, delta_mse, swap_deltas
@@ -129,3 +133,27 @@ def test_cumulative_mse_evaluates_hybrids(acts, arch):
     assert curve["mse"][0] == pytest.approx(mse(small, acts), rel=1e-5)
     assert curve["mse"][1] == pytest.approx(mse(hybrid(small, large, add=[5, 1]), acts), rel=1e-5)
     assert curve["l0"][2] == pytest.approx(l0(hybrid(small, large, add=order), acts), abs=1e-9)
+
+
+@PROPERTY
+@given(
+    arch=st.sampled_from(ARCHS),
+    widths=st.tuples(st.integers(4, 10), st.integers(1, 14)),
+    apply_b_dec=st.tuples(st.booleans(), st.booleans()),
+    n_tokens=st.integers(1, 40),
+    batch_size=st.integers(1, 50),
+    scale=st.sampled_from([0.1, 1.5, 20.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_delta_mse_equals_reencoding(
+    arch, widths, apply_b_dec, n_tokens, batch_size, scale, seed
+):
+    small = random_sae(widths[0], arch, seed=seed, apply_b_dec=apply_b_dec[0])
+    # A pursuit pair shares its centring (a union dictionary has one b_dec).
+    other = apply_b_dec[0] if arch == "matching_pursuit" else apply_b_dec[1]
+    large = random_sae(widths[1], arch, seed=seed + 1, apply_b_dec=other)
+    g = torch.Generator().manual_seed(seed)
+    x_BD = scale * torch.randn(n_tokens, small.d_in, generator=g, dtype=torch.float64) + 0.5
+    result = delta_mse(small, large, x_BD, batch_size=batch_size, device="cpu", progress=False)
+    expected = naive_delta(small, large, x_BD)
+    np.testing.assert_allclose(result.to_numpy(), expected, rtol=1e-6, atol=1e-9 * scale**2)

@@ -13,14 +13,19 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers.property import PROPERTY
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import saegeo as sg
 from saegeo.errors import FormatError, SaegeoError
 from saegeo.formats import fields
 from saegeo.formats.gemma_scope import load_params_npz
-from saegeo.formats.saelens_config import upgrade_config
+from saegeo.formats.pretrained import site_metadata
+from saegeo.formats.saelens_config import SITE_KEYS, upgrade_config
 from saegeo.lm.corpus import open_source
+from saegeo.lm.sites import site_for
 
 D, F = 8, 16
 
@@ -153,6 +158,9 @@ def test_integer_of_5000_digits_in_json(tmp_path):
         ({"context_size": 1e999}, "context_size must be an integer"),
         ({"hook_layer": -1}, "hook_layer must be an integer >= 0"),
         ({"training_architecture_details": [1]}, "training_architecture_details must be"),
+        ({"model_from_pretrained_kwargs": [1]}, "model_from_pretrained_kwargs must be a JSON"),
+        ({"prepend_bos": "yes"}, "prepend_bos must be true or false"),
+        ({"hook_name": 12}, "hook_name must be a string"),
         (
             {"training_architecture_details": {"matryoshka_widths": [8, float("nan")]}},
             "matryoshka_widths must be a strictly rising list",
@@ -283,3 +291,104 @@ def test_text_source_linked_to_a_device(tmp_path):
     path.symlink_to("/dev/zero")
     raised = _finishes(lambda: open_source(path))
     assert isinstance(raised, SaegeoError) and "not a regular file" in str(raised), raised
+
+
+# ----------------------------------------------------------------------- any value at all
+
+JSON_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=8),
+        st.sampled_from(["6.5.0", "5.0.0", "topk", "jumprelu", "batchtopk", "layer_norm"]),
+    ),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+CONFIG_KEYS = [
+    "d_in", "d_sae", "k", "architecture", "activation_fn", "activation_fn_str",
+    "activation_fn_kwargs", "normalize_activations", "apply_b_dec_to_input", "metadata",
+    "sae_lens_version", "expansion_factor", "residual_threshold", "max_iterations",
+    "stop_on_duplicate_support", "rescale_acts_by_decoder_norm", "matryoshka_widths",
+    "hook_point", "hook_name", "context_size",
+]  # fmt: skip
+
+
+@settings(PROPERTY, max_examples=60)
+@given(
+    changes=st.dictionaries(st.sampled_from(CONFIG_KEYS), JSON_VALUES, min_size=1, max_size=3),
+    metadata=st.dictionaries(st.sampled_from(SITE_KEYS), JSON_VALUES, max_size=3),
+    arch=st.sampled_from(["standard", "jumprelu", "topk", "batchtopk", "matching_pursuit"]),
+)
+def test_property_any_config_value_loads_or_is_one_clear_error(
+    tmp_path_factory, changes, metadata, arch
+):
+    weights = {**_weights(), "threshold": torch.rand(F), "topk_threshold": torch.tensor(0.3)}
+    cfg = {"d_in": D, "d_sae": F, "architecture": arch, "k": 3, "metadata": metadata, **changes}
+    path = tmp_path_factory.mktemp("sae")
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    save_file(weights, str(path / "sae_weights.safetensors"))
+    try:
+        sae = sg.load_sae(path)
+        assert sae.d_in == D and sae.width == F
+        site_for(site_metadata(str(path)), source="--for")  # what harvest --for reads
+    except SaegeoError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 600, str(exc)
+
+
+@settings(PROPERTY, max_examples=40)
+@given(
+    field=st.sampled_from(["d_in", "n_tokens", "dtype", "shards", "format"]),
+    value=JSON_VALUES,
+    shard_field=st.sampled_from(["file", "n_tokens", None]),
+    shard_value=JSON_VALUES,
+)
+def test_property_any_store_meta_value_opens_or_is_one_clear_error(
+    tmp_path_factory, field, value, shard_field, shard_value
+):
+    root = tmp_path_factory.mktemp("store")
+    writer = sg.ShardWriter(root / "store", D)
+    writer.add(torch.randn(10, D))
+    writer.close()
+    meta_path = root / "store" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta[field] = value
+    first = meta["shards"][0] if isinstance(meta["shards"], list) and meta["shards"] else None
+    if shard_field is not None and isinstance(first, dict):
+        first[shard_field] = shard_value
+    meta_path.write_text(json.dumps(meta))
+    try:
+        store = sg.ActivationStore.open(root / "store")
+    except SaegeoError as exc:
+        assert "\n" not in str(exc), str(exc)
+    else:
+        assert store.read().shape == (10, D)
+
+
+@settings(PROPERTY, max_examples=40)
+@given(
+    shapes=st.fixed_dictionaries(
+        {
+            key: st.lists(st.integers(0, 5), max_size=3)
+            for key in ("w_enc", "w_dec", "b_enc", "b_dec", "threshold")
+        }
+    ),
+    dtype=st.sampled_from(["float32", "float16", "float64", "int8", "bool", "complex64"]),
+    folder=st.sampled_from(["layer_1/width_16k/average_l0_5", "embedding/width_4k/x", "plain"]),
+)
+def test_property_any_params_npz_loads_or_is_one_clear_error(
+    tmp_path_factory, shapes, dtype, folder
+):
+    path = tmp_path_factory.mktemp("gemma") / folder / "params.npz"
+    path.parent.mkdir(parents=True)
+    np.savez(path, **{key: np.ones(shape, dtype=dtype) for key, shape in shapes.items()})
+    try:
+        sae = sg.load_sae(path.parent)
+    except SaegeoError as exc:
+        assert "\n" not in str(exc), str(exc)
+    else:
+        assert sae.W_dec.shape == (sae.width, sae.d_in)

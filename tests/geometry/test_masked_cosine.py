@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from helpers.property import PROPERTY
+from hypothesis import given
+from hypothesis import strategies as st
 
 from saegeo.errors import SaegeoError, ShapeError
 from saegeo.geometry.masked_cosine import masked_cosine
@@ -107,3 +110,38 @@ def test_user_errors():
 def test_empty_children():
     result = masked_cosine(sp.csr_matrix(np.ones((3, 2))), sp.csr_matrix((3, 0)))
     assert result.shape == (2, 0) and result.nnz == 0
+
+
+@st.composite
+def sparse_codes(draw: st.DrawFn, n_tokens: int) -> sp.csr_matrix:
+    """Sparse codes [n_tokens, F] with small integer values (ties and equal maxima included),
+    negative ones sometimes, and stored zeros."""
+    width = draw(st.integers(1, 6))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    values = rng.integers(-1 if draw(st.booleans()) else 0, 4, size=(n_tokens, width))
+    values = values * (rng.random((n_tokens, width)) < draw(st.floats(0.05, 0.9)))
+    codes = sp.csr_matrix(values.astype(np.float64))
+    if codes.nnz and draw(st.booleans()):
+        codes.data[0] = 0.0  # a stored zero is inactive
+    return codes
+
+
+@PROPERTY
+@given(
+    data=st.data(),
+    n_tokens=st.integers(1, 40),
+    directed=st.booleans(),
+    scale=st.booleans(),
+    max_pairs=st.sampled_from([1, 7, 1 << 25]),
+)
+def test_property_masked_cosine_equals_its_dense_definition(
+    data, n_tokens, directed, scale, max_pairs
+):
+    parent = data.draw(sparse_codes(n_tokens))
+    child = data.draw(sparse_codes(n_tokens))
+    expected = naive_mcs(parent.toarray(), child.toarray(), directed=directed, scale=scale)
+    result = masked_cosine(
+        parent, child, directed=directed, scale_by_max=scale, min_score=-2.0, max_pairs=max_pairs
+    )
+    np.testing.assert_allclose(result.toarray(), expected, rtol=1e-5, atol=1e-6)

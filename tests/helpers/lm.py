@@ -70,6 +70,18 @@ def random_texts(n: int = 20, seed: int = 0) -> list[str]:
     return [" ".join(rng.choices(WORDS, k=rng.randint(5, 40))) for _ in range(n)]
 
 
+def saved_gpt2_and_texts(root: Path, n_layers: int = 3) -> tuple[torch.nn.Module, Path, Path]:
+    """A tiny GPT-2 saved under ``root/model`` and ``root/texts.txt`` of random documents:
+    ``(model, model_dir, texts)``, what ``saegeo harvest --model DIR --text FILE`` takes."""
+    model, tokenizer = tiny_gpt2(n_layers=n_layers)
+    model_dir = root / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    texts = root / "texts.txt"
+    texts.write_text("\n".join(random_texts()) + "\n")
+    return model, model_dir, texts
+
+
 def harvest_on_ranks(
     root: str, runs: list[tuple[str, dict[str, Any]]], argvs: list[list[list[str]]]
 ) -> tuple[list[str | None], list[dict[str, Any]]]:

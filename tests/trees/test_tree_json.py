@@ -11,7 +11,11 @@ import jsonschema
 import networkx as nx
 import numpy as np
 import pytest
+from helpers.property import PROPERTY
 from helpers.tree import in_page, synthetic_family
+from hypothesis import given
+from hypothesis import strategies as st
+from tree_helpers import in_page, synthetic_family
 
 import saegeo as sg
 from saegeo.cli import main
@@ -365,3 +369,64 @@ def test_cli_tree_user_errors_are_one_line_exit_2(saved_family, tmp_path, capsys
     assert code == 2, err
     assert message in err and err.strip().count("\n") == 0
     assert not (tmp_path / "t.json").exists()
+
+
+# --------------------------------------------------------------------------- property
+
+SCORES = st.floats(-1.0, 1.0, allow_nan=False)
+
+
+@st.composite
+def tree_documents(draw: st.DrawFn) -> dict:
+    """Any valid ``saegeo.feature_tree.v1`` document, children in the order it writes them."""
+    widths = draw(st.lists(st.integers(1, 40), min_size=1, max_size=4))
+    free = [draw(st.permutations(range(width))) for width in widths]
+    budget = [draw(st.integers(1, 14))]
+
+    def node(level: int, score: float | None) -> dict:
+        feature = free[level].pop()
+        budget[0] -= 1
+        out: dict = {"id": f"{level}/{feature}", "level": level, "feature": feature}
+        out["score"] = score
+        out["other_parents"] = (
+            [
+                [f"{level - 1}/{draw(st.integers(0, widths[level - 1] - 1))}", draw(SCORES)]
+                for _ in range(draw(st.integers(0, 2)))
+            ]
+            if level
+            else []
+        )
+        for key, low in (("freq", 0.0), ("max_act", -1e30), ("log_feature_density", -1e30)):
+            if draw(st.booleans()):
+                out[key] = draw(st.floats(low, 1e30))
+        if draw(st.booleans()):
+            out["label"] = draw(st.text(max_size=12))
+        if draw(st.booleans()):
+            out["neuronpedia"] = f"https://www.neuronpedia.org/gpt2-small/8-res-jb/{feature}"
+        n_children = 0
+        if level + 1 < len(widths):
+            most = min(3, len(free[level + 1]), budget[0])
+            n_children = draw(st.integers(0, max(0, most)))
+        children = [node(level + 1, draw(SCORES)) for _ in range(n_children)]
+        out["children"] = sorted(children, key=lambda c: (-c["score"], c["level"], c["feature"]))
+        return out
+
+    return {
+        "schema": "saegeo.feature_tree.v1",
+        "metric": draw(st.sampled_from(["decoder_cosine", "masked_cosine"])),
+        "threshold": draw(st.floats(0.0, 1.0)),
+        "levels": [
+            {"level": i, "width": w, "source": draw(st.text(min_size=1, max_size=8))}
+            for i, w in enumerate(widths)
+        ],
+        "tree": node(0, None),
+    }
+
+
+@PROPERTY
+@given(doc=tree_documents())
+def test_property_any_tree_document_round_trips(doc):
+    text = json.dumps(doc, allow_nan=False)
+    back = tree_from_json(json.loads(text), source="generated")
+    assert tree_to_json(back) == doc
+    assert json.loads(json.dumps(tree_to_json(back), allow_nan=False)) == doc

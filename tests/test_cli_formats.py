@@ -1,13 +1,17 @@
-"""``saegeo harvest --for`` on an SAE saved by SAELens 6 or later (its site under metadata)."""
+"""The command line on inputs the formats refuse (one line, exit 2, nothing blocks) and
+``saegeo harvest --for`` on an SAE saved by SAELens 6 or later (its site under metadata)."""
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 from helpers.hub import LENS6_RELEASE, LENS6_SITES, FakeHub, install_fake_hub
-from helpers.lm import random_texts, tiny_gpt2
+from hub_helpers import LENS6_RELEASE, LENS6_SITES, FakeHub, install_fake_hub
+from lm_helpers import saved_gpt2_and_texts
 
 from saegeo.acts.store import ActivationStore
 from saegeo.cli import main
@@ -19,12 +23,7 @@ def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
 
 
 def test_harvest_for_a_saelens_6_sae(fake_hub, tmp_path, capsys):
-    model, tokenizer = tiny_gpt2(n_layers=4)  # block 2 is not the last (no final norm)
-    model_dir = tmp_path / "model"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    texts = tmp_path / "texts.txt"
-    texts.write_text("\n".join(random_texts()) + "\n")
+    model, model_dir, texts = saved_gpt2_and_texts(tmp_path, n_layers=4)  # block 2 is not the last
     out = tmp_path / "acts"
     hook = LENS6_SITES[1]  # blocks.2.hook_resid_post, context 16, no centring
     args = ["harvest", "--for", f"sae-lens:{LENS6_RELEASE}/{hook}", "--model", str(model_dir)]
@@ -47,3 +46,24 @@ def test_harvest_for_a_site_of_a_release(fake_hub, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and all(site in err[0] for site in LENS6_SITES)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero"])
+def test_harvest_text_that_is_no_regular_file(tmp_path, capsys, kind):
+    _, model_dir, _ = saved_gpt2_and_texts(tmp_path)
+    texts = tmp_path / "special.txt"
+    if kind == "fifo":
+        os.mkfifo(texts)
+    else:
+        texts.symlink_to("/dev/zero")
+    args = ["harvest", "--model", str(model_dir), "--text", str(texts), "--layer", "1"]
+    args += ["--out", str(tmp_path / "acts"), "--tokens", "30", "--compile", "no"]
+    capsys.readouterr()  # the model's saving progress
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(main(args)), daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "harvest blocked on the text file"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert codes == [2] and len(err) == 1 and "not a regular file" in err[0], err
+    assert not (tmp_path / "acts").exists()
