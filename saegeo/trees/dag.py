@@ -37,7 +37,7 @@ and figures (:func:`node_id`, :func:`parse_node_id`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, get_args
 
 import networkx as nx
@@ -401,6 +401,32 @@ def tree_root(T: nx.DiGraph) -> Node:
     if len(roots) != 1:
         raise SaegeoError(f"a feature tree has exactly one root, this graph has {len(roots)}")
     return roots[0]
+
+
+def ordered_children(T: nx.DiGraph, node: Node) -> list[Node]:
+    """The children of ``node`` in ``T``, best score first (ties: the lower feature index):
+    the order of tree JSON, figures and tables."""
+    return sorted(T.successors(node), key=lambda c: (-float(T.edges[node, c].get("score", 0.0)), c))
+
+
+def walk_tree(T: nx.DiGraph) -> Iterator[tuple[Node, int]]:
+    """``(node, depth)`` of every node of a tree, depth first from its root, children in
+    :func:`ordered_children` order.
+
+    Examples
+    --------
+    >>> T = nx.DiGraph(root="0/0")
+    >>> T.add_edge((0, 0), (1, 4), score=0.8)
+    >>> T.add_edge((0, 0), (1, 2), score=0.9)
+    >>> T.add_edge((1, 4), (2, 0), score=0.9)
+    >>> [(node_id(n), d) for n, d in walk_tree(T)]
+    [('0/0', 0), ('1/2', 1), ('1/4', 1), ('2/0', 2)]
+    """
+    stack = [(tree_root(T), 0)]
+    while stack:
+        node, depth = stack.pop()
+        yield node, depth
+        stack.extend((child, depth + 1) for child in reversed(ordered_children(T, node)))
 
 
 def tree_stats(T: nx.DiGraph) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import networkx as nx
 
 from saegeo.errors import FormatError, SaegeoError
 from saegeo.io.paths import regular_file
-from saegeo.trees.dag import labels_by_id, node_id, parse_node_id, tree_root
+from saegeo.trees.dag import labels_by_id, node_id, ordered_children, parse_node_id, tree_root
 
 TREE_SCHEMA = "saegeo.feature_tree.v1"
 FOREST_SCHEMA = "saegeo.feature_forest.v1"
@@ -174,10 +174,7 @@ def tree_to_json(T: nx.DiGraph, *, labels: Mapping[Any, str] | None = None) -> d
         density = data.get("log_feature_density")
         if density is not None and math.isfinite(float(density)):
             out["log_feature_density"] = float(density)
-        children = sorted(
-            T.successors(node), key=lambda c: (-float(T.edges[node, c].get("score", 0.0)), c)
-        )
-        out["children"] = [node_doc(child) for child in children]
+        out["children"] = [node_doc(child) for child in ordered_children(T, node)]
         return out
 
     doc["tree"] = node_doc(tree_root(T))

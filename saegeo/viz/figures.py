@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import networkx as nx
+import numpy as np
 import plotly.graph_objects as go
 import torch
 
@@ -23,7 +24,7 @@ from saegeo.errors import SaegeoError
 from saegeo.geometry.similarity import unit_rows
 from saegeo.io.atomic import write_text
 from saegeo.io.outputs import GENERATOR_META
-from saegeo.trees.dag import labels_by_id, node_id, parse_node_id, tree_root
+from saegeo.trees.dag import labels_by_id, node_id, parse_node_id, tree_root, walk_tree
 
 TreeKind = Literal["icicle", "sunburst", "treemap"]
 _TRACES = {"icicle": go.Icicle, "sunburst": go.Sunburst, "treemap": go.Treemap}
@@ -79,7 +80,7 @@ def tree_figure(
         raise SaegeoError(f"tree_figure(): kind must be one of {get_args(TreeKind)}, got {kind!r}")
     root = tree_root(T)
     by_id = labels_by_id(labels)
-    nodes = [root] + [n for n in nx.topological_sort(T) if n != root]
+    nodes = [node for node, _ in walk_tree(T)]  # siblings best first, as in the table
     ids, parents, texts, scores, custom = [], [], [], [], []
     for node in nodes:
         data = T.nodes[node]
@@ -130,6 +131,7 @@ def tree_figure(
             "colorbar": {"title": {"text": metric}},
         },
         maxdepth=-1,
+        sort=False,
     )
     fig = go.Figure(trace)
     if title is None:
@@ -141,9 +143,15 @@ def tree_figure(
     return fig
 
 
+SCALE_QUANTILE = 0.95
+"""The colour scale of trees ends at this quantile of their scores."""
+
+
 def tree_score_range(trees: Sequence[nx.DiGraph]) -> tuple[float, float]:
     """One colour scale for the scores of ``trees``: from the lower of their edge threshold and
-    their lowest score to their highest score.
+    their lowest score to the :data:`SCALE_QUANTILE` quantile of their scores. Higher scores
+    take the scale's top colour: a few max-scaled masked cosines of 3 or more would otherwise
+    wash every other box out.
 
     Examples
     --------
@@ -160,7 +168,7 @@ def tree_score_range(trees: Sequence[nx.DiGraph]) -> tuple[float, float]:
         if data.get("score") is not None
     ]
     thresholds = [float(T.graph["threshold"]) for T in trees if "threshold" in T.graph]
-    top = max(known, default=1.0)
+    top = float(np.quantile(known, SCALE_QUANTILE)) if known else 1.0
     low = min(thresholds + known, default=0.0)
     return low, max(top, low + 1e-6)
 
@@ -367,19 +375,15 @@ def tree_table_html(
         f"<th{css(text)}>{name}</th>" for name, text, _ in columns
     )
     rows: list[str] = []
-    stack = [(tree_root(T), 0)]
-    while stack and len(rows) < max_rows:
-        node, depth = stack.pop()
+    for node, depth in walk_tree(T):
+        if len(rows) == max_rows:
+            break
         data = T.nodes[node]
         nid = node_id(node)
         label = by_id.get(nid, data.get("label"))
         cells = f'<td class="text" style="padding-left: {0.5 + 1.5 * depth}em">{nid}</td>'
         cells += "".join(f"<td{css(text)}>{cell(data, label)}</td>" for _, text, cell in columns)
         rows.append(f'<tr data-feature="{nid}">{cells}</tr>')
-        children = sorted(
-            T.successors(node), key=lambda c: (-float(T.edges[node, c].get("score", 0.0)), c)
-        )
-        stack.extend((child, depth + 1) for child in reversed(children))
     more = T.number_of_nodes() - len(rows)
     note = f"<p>… and {more:,} more features (all are in the JSON).</p>" if more > 0 else ""
     body = "".join(rows)
