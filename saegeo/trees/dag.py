@@ -671,7 +671,7 @@ def forest(
     table = pd.DataFrame(
         rows, columns=columns + [c for c in ("freq", "max_act") if rows and c in rows[0]]
     )
-    table["split_score"] = table["split_score"].astype(float)
+    table = table.astype({"hub": bool, "split_score": float})  # also when the forest is empty
     table["split_at"] = table["split_at"].astype(object).where(table["split_at"].notna(), None)
     if rank_by == "size":
         keys, ascending = ["size", "depth", "n_leaves"], [False, False, False]

@@ -265,6 +265,9 @@ def test_forest_ranking_and_min_size():
         "split_score",
         "hub",
     ]
+    for rank_by in ("split", "size"):
+        empty, none = forest(G, rank_by=rank_by, min_size=99)
+        assert empty.empty and none == [] and list(empty.columns) == list(by_split.columns)
     with pytest.raises(SaegeoError, match="rank_by"):
         forest(G, rank_by="width")
     with pytest.raises(SaegeoError, match="min_size"):
