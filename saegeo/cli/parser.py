@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--acts",
         type=types.path,
         help="activations (.npy, .safetensors or store directory); needed "
-        "by masked_cosine, cofiring, nesting and containment, adds freq and max_act otherwise",
+        "by masked_cosine, cofiring, nesting and containment, adds freq and max_act otherwise; "
+        "a store written by saegeo harvest also labels every node with its top tokens",
     )
     p.add_argument(
         "--threshold",

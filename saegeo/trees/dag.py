@@ -519,9 +519,8 @@ def split_summary(
         ),
         reverse=True,
     )
-    if max_children is None:
-        max_children = HUB_FACTOR * _width_ratio(G, node[0])
-    hub = G.out_degree(node) > max_children
+    limit = HUB_FACTOR * _width_ratio(G, node[0]) if max_children is None else max_children
+    hub = G.out_degree(node) > limit
     return {
         "n_split_children": len(scores),
         "split_score": scores[1] if len(scores) >= 2 else None,
