@@ -36,6 +36,7 @@ and figures (:func:`node_id`, :func:`parse_node_id`).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, get_args
@@ -510,12 +511,21 @@ def split_summary(
     >>> split_summary(G, "0/0")["splits"]
     False
     """
-    node = parse_node_id(node)
+    return _split_summary(G, parse_node_id(node), max_children, lambda c: best_parent(G, c))
+
+
+def _split_summary(
+    G: nx.DiGraph,
+    node: Node,
+    max_children: int | None,
+    best_of: Callable[[Node], tuple[Node, float] | None],
+) -> dict[str, Any]:
+    """:func:`split_summary` with the best parents given by ``best_of`` (a forest caches them)."""
     scores = sorted(
         (
             float(G.edges[node, child]["score"])
             for child in G.successors(node)
-            if (best := best_parent(G, child)) is not None and best[0] == node
+            if (best := best_of(child)) is not None and best[0] == node
         ),
         reverse=True,
     )
@@ -633,12 +643,9 @@ def forest(
     root_nodes = (
         forest_roots(G) if roots is None else [parse_node_id(r, name="root") for r in roots]
     )
-    summaries: dict[Node, dict[str, Any]] = {}
-
-    def summary_of(node: Node) -> dict[str, Any]:
-        if node not in summaries:
-            summaries[node] = split_summary(G, node, max_children=max_children)
-        return summaries[node]
+    # Each node's best parent and split are found once, however many trees hold it.
+    best_of = functools.cache(lambda child: best_parent(G, child))
+    summary_of = functools.cache(lambda node: _split_summary(G, node, max_children, best_of))
 
     rows, trees = [], []
     for root in root_nodes:
