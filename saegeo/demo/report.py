@@ -246,10 +246,10 @@ def _tree_section(page: Any, data: DemoData, report_dir: Path, stages: Stages, k
     shown = trees[:TREES_SHOWN]
     scale = tree_score_range(shown)
     for T in shown:
-        page.figure(
-            tree_figure(T, title=f"Feature tree {node_id(tree_root(T))}", score_range=scale),
-            height="420px",
-        )
+        root = tree_root(T)
+        label = T.nodes[root].get("label")
+        title = f"Feature tree {node_id(root)}" + (f": {label}" if label else "")
+        page.figure(tree_figure(T, title=title, score_range=scale), height="420px")
         page.block(tree_table_html(T))
 
 
