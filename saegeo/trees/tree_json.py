@@ -240,7 +240,10 @@ def forest_to_json(
     doc: dict[str, Any] = {"schema": FOREST_SCHEMA, **_header(G, "forest_to_json()")}
     if rank_by is not None:
         doc["rank_by"] = str(rank_by)
-    doc["trees"] = [tree_to_json(T, labels=labels) for T in trees]
+    by_id = labels_by_id(labels)  # parsed once, then each tree gets its own nodes' labels
+    doc["trees"] = [
+        tree_to_json(T, labels={i: by_id[i] for i in map(node_id, T) if i in by_id}) for T in trees
+    ]
     return doc
 
 
