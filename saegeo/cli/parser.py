@@ -11,7 +11,8 @@ from saegeo.effects.hybrid import TOPK_MODES
 from saegeo.lm.config import MODEL_DTYPES, STORE_DTYPES
 from saegeo.stitch.config import RETRAINS
 from saegeo.training.config import TRAIN_ARCHS, PenaltyKind, Prefixes
-from saegeo.trees.dag import Metric, RankBy
+from saegeo.trees.dag import Metric
+from saegeo.trees.forest import RankBy
 
 SAE_PATHS_HELP = (
     "SAEs of one family: directories, a directory of them, or published SAEs named "

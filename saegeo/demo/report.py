@@ -210,7 +210,8 @@ def _novelty_section(
 def _tree_section(page: Any, data: DemoData, report_dir: Path, stages: Stages, key: str) -> None:
     import pandas as pd
 
-    from saegeo.trees.dag import HUB_FACTOR, feature_dag, forest, node_id, tree_root
+    from saegeo.trees.dag import feature_dag, node_id, tree_root
+    from saegeo.trees.forest import HUB_FACTOR, forest
     from saegeo.trees.tree_json import forest_from_json, forest_to_json
     from saegeo.viz.figures import tree_figure, tree_score_range, tree_table_html
 
