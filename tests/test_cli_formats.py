@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.hub import LENS6_RELEASE, LENS6_SITES, FakeHub, install_fake_hub
-from hub_helpers import LENS6_RELEASE, LENS6_SITES, FakeHub, install_fake_hub
-from lm_helpers import saved_gpt2_and_texts
+from helpers.lm import saved_gpt2_and_texts
 
 from saegeo.acts.store import ActivationStore
 from saegeo.cli import main

@@ -157,7 +157,10 @@ def _tree_labels(
     if acts is not None and acts.meta.get("tokenizer") and acts.token_ids() is not None:
         from saegeo.lm.labels import feature_labels
 
-        labels = feature_labels(family, acts, nodes, device=args.device, progress=None)
+        if acts.skipped_rows:
+            print("no top-token labels: rows with NaN or Inf values were skipped")
+        else:
+            labels = feature_labels(family, acts, nodes, device=args.device, progress=None)
     labels.update(given or {})
     return labels
 

@@ -89,7 +89,8 @@ def _classify(p: argparse.ArgumentParser) -> None:
 
 
 def _tree(p: argparse.ArgumentParser) -> None:
-    from saegeo.trees.dag import feature_dag, forest
+    from saegeo.trees.dag import feature_dag
+    from saegeo.trees.forest import forest
 
     p.add_argument("paths", nargs="*", type=types.path, help=SAE_PATHS_HELP)
     p.add_argument(
@@ -103,7 +104,8 @@ def _tree(p: argparse.ArgumentParser) -> None:
         "--acts",
         type=types.path,
         help="activations (.npy, .safetensors or store directory); needed "
-        "by masked_cosine, cofiring, nesting and containment, adds freq and max_act otherwise",
+        "by masked_cosine, cofiring, nesting and containment, adds freq and max_act otherwise; "
+        "a store written by saegeo harvest also labels every node with its top tokens",
     )
     add_options(p, feature_dag, ["threshold"])
     p.add_argument(

@@ -212,7 +212,8 @@ def _novelty_section(
 def _tree_section(page: Any, data: DemoData, report_dir: Path, stages: Stages, key: str) -> None:
     import pandas as pd
 
-    from saegeo.trees.dag import HUB_FACTOR, feature_dag, forest, node_id, tree_root
+    from saegeo.trees.dag import feature_dag, node_id, tree_root
+    from saegeo.trees.forest import HUB_FACTOR, forest
     from saegeo.trees.tree_json import forest_from_json, forest_to_json
     from saegeo.viz.figures import tree_figure, tree_score_range, tree_table_html
 
@@ -248,10 +249,10 @@ def _tree_section(page: Any, data: DemoData, report_dir: Path, stages: Stages, k
     shown = trees[:TREES_SHOWN]
     scale = tree_score_range(shown)
     for T in shown:
-        page.figure(
-            tree_figure(T, title=f"Feature tree {node_id(tree_root(T))}", score_range=scale),
-            height="420px",
-        )
+        root = tree_root(T)
+        label = T.nodes[root].get("label")
+        title = f"Feature tree {node_id(root)}" + (f": {label}" if label else "")
+        page.figure(tree_figure(T, title=title, score_range=scale), height="420px")
         page.block(tree_table_html(T))
 
 

@@ -173,6 +173,12 @@ def feature_labels(
     labels: dict[str, str] = {}
     for level, features in sorted(by_level.items()):
         codes = encode_codes(family[level], store, limit=limit, device=device, progress=progress)
+        if store.skipped_rows:
+            raise SaegeoError(
+                f"{store.source}: {store.skipped_rows} rows with NaN or Inf values were "
+                "skipped, so the codes no longer line up with the token ids; labels need a "
+                "store without such rows"
+            )
         found = top_token_labels(
             codes, token_ids, tokenizer, features=sorted(set(features)), k=k, n=n
         )

@@ -8,8 +8,7 @@ continues feature ``i`` of the narrower one:
 - ``metric="decoder_cosine"``: ``cos(W_dec_l[i], W_dec_{l+1}[j]) > threshold`` (default 0.7).
   Every parent above the threshold gets an edge, not only the nearest.
 - ``metric="masked_cosine"``: the directed masked cosine similarity of parent ``i`` and child
-  ``j`` (on the tokens where ``j`` fires, scaled by ``max(a_j) / max(a_i)``, as in
-  the Matryoshka SAE tree view) is
+  ``j`` (on the tokens where ``j`` fires, scaled by ``max(a_j) / max(a_i)``, seed 002) is
   ``> threshold`` (default 0.6). Needs activations.
 - ``metric="cofiring"``: the probability that parent ``i`` fires on a token where child ``j``
   fires, ``P(i fires | j fires)``, is ``> threshold`` (default 0.6;
@@ -29,7 +28,7 @@ continues feature ``i`` of the narrower one:
 
 A feature tree is the sub-DAG reachable from one root in which a node with several parents
 keeps only its best-scoring one; the others are listed under ``other_parents``. A forest is
-the set of trees of a DAG (see :func:`forest` for which nodes are roots).
+the set of trees of a DAG (:func:`saegeo.trees.forest.forest`, which also ranks them).
 
 Node ids are tuples ``(level, feature)`` in graphs and strings ``"level/feature"`` in JSON
 and figures (:func:`node_id`, :func:`parse_node_id`).
@@ -38,18 +37,17 @@ and figures (:func:`node_id`, :func:`parse_node_id`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, get_args
 
 import networkx as nx
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 import torch
 
 from saegeo.acts.codes import encode_codes
 from saegeo.acts.streaming import ActsLike, checked_store
-from saegeo.config import cosine_threshold, count
+from saegeo.config import cosine_threshold
 from saegeo.core.feature_info import log_feature_density, neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.errors import ArgumentError, SaegeoError
@@ -66,7 +64,6 @@ from saegeo.geometry.masked_cosine import masked_cosine
 from saegeo.geometry.similarity import decoder_cosine_pairs
 
 Metric = Literal["decoder_cosine", "masked_cosine", "cofiring", "nesting", "containment"]
-RankBy = Literal["size", "split"]
 
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "decoder_cosine": 0.7,
@@ -75,8 +72,7 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "nesting": 0.45,
     "containment": 0.5,
 }
-"""Edge thresholds used when ``threshold=None``: "Stitching SAEs of different sizes" for decoder
-cosine, the Matryoshka SAE tree view for MCS;
+"""Edge thresholds used when ``threshold=None``: seed 003 for decoder cosine, seed 002 for MCS;
 for co-firing, the threshold chosen on held-out synthetic families by
 ``analyses/tree_recovery.py``."""
 
@@ -408,6 +404,32 @@ def tree_root(T: nx.DiGraph) -> Node:
     return roots[0]
 
 
+def ordered_children(T: nx.DiGraph, node: Node) -> list[Node]:
+    """The children of ``node`` in ``T``, best score first (ties: the lower feature index):
+    the order of tree JSON, figures and tables."""
+    return sorted(T.successors(node), key=lambda c: (-float(T.edges[node, c].get("score", 0.0)), c))
+
+
+def walk_tree(T: nx.DiGraph) -> Iterator[tuple[Node, int]]:
+    """``(node, depth)`` of every node of a tree, depth first from its root, children in
+    :func:`ordered_children` order.
+
+    Examples
+    --------
+    >>> T = nx.DiGraph(root="0/0")
+    >>> T.add_edge((0, 0), (1, 4), score=0.8)
+    >>> T.add_edge((0, 0), (1, 2), score=0.9)
+    >>> T.add_edge((1, 4), (2, 0), score=0.9)
+    >>> [(node_id(n), d) for n, d in walk_tree(T)]
+    [('0/0', 0), ('1/2', 1), ('1/4', 1), ('2/0', 2)]
+    """
+    stack = [(tree_root(T), 0)]
+    while stack:
+        node, depth = stack.pop()
+        yield node, depth
+        stack.extend((child, depth + 1) for child in reversed(ordered_children(T, node)))
+
+
 def tree_stats(T: nx.DiGraph) -> dict[str, Any]:
     """Shape of a feature tree: size, depth, children of the root, leaves, branching.
 
@@ -437,235 +459,14 @@ def tree_stats(T: nx.DiGraph) -> dict[str, Any]:
 # --------------------------------------------------------------------------- forests
 
 
-def forest_roots(G: nx.DiGraph) -> list[Node]:
-    """The roots of the forest of ``G``: every level-0 node, and every deeper node that has
-    no parent but has children (a feature new at its width that splits further)."""
-    roots = [n for n in G if n[0] == 0]
-    roots += [n for n in G if n[0] > 0 and G.in_degree(n) == 0 and G.out_degree(n) > 0]
-    return sorted(roots, key=_node_order)
+def __getattr__(name: str) -> Any:
+    # Forests and their ranking live in saegeo.trees.forest; they were first defined here,
+    # and ``from saegeo.trees.dag import forest`` keeps working.
+    if name in ("forest", "forest_roots"):
+        from saegeo.trees import forest as forest_module
 
-
-HUB_FACTOR = 4
-"""A root with more children than this many times the width ratio of its level and the next
-is a hub (:func:`split_summary`)."""
-
-
-def best_parent(G: nx.DiGraph, node: Node) -> tuple[Node, float] | None:
-    """The parent of ``node`` in ``G`` with the largest score (ties: the lowest feature index),
-    as :func:`feature_tree` keeps it, and that score; None for a node without parents."""
-    candidates = [
-        (parent, float(G.edges[parent, node]["score"])) for parent in G.predecessors(node)
-    ]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda item: (-item[1], _node_order(item[0])))
-
-
-def split_summary(
-    G: nx.DiGraph, node: Node | str, *, max_children: int | None = None
-) -> dict[str, Any]:
-    """How clearly ``node`` splits at the next width: the statistics that rank roots.
-
-    - ``n_split_children``: children whose best parent in ``G`` is ``node``
-      (:func:`best_parent`). A child that continues another feature better is not part of
-      this feature's split.
-    - ``split_score``: the score of the second-best of those children, the weaker side of the
-      split (None with fewer than two).
-    - ``hub``: the node has more children (above the threshold, whoever their best parent)
-      than ``max_children``; default :data:`HUB_FACTOR` times the ratio of the next width to
-      the node's. A feature that parents that many is a dense or catch-all latent (one firing
-      on a large share of tokens, or a direction most features lean on), not a split.
-    - ``splits``: at least two split children and not a hub.
-
-    Examples
-    --------
-    >>> G = nx.DiGraph(levels=[{"level": 0, "width": 2}, {"level": 1, "width": 4}])
-    >>> G.add_edge((0, 0), (1, 0), score=0.9)
-    >>> G.add_edge((0, 0), (1, 1), score=0.8)
-    >>> G.add_edge((0, 1), (1, 1), score=0.95)  # 1/1 continues 0/1 better
-    >>> G.add_edge((0, 1), (1, 2), score=0.75)
-    >>> split_summary(G, "0/1")
-    {'n_split_children': 2, 'split_score': 0.75, 'hub': False, 'splits': True}
-    >>> split_summary(G, "0/0")["splits"]
-    False
-    """
-    node = parse_node_id(node)
-    scores = sorted(
-        (
-            float(G.edges[node, child]["score"])
-            for child in G.successors(node)
-            if (best := best_parent(G, child)) is not None and best[0] == node
-        ),
-        reverse=True,
-    )
-    if max_children is None:
-        max_children = HUB_FACTOR * _width_ratio(G, node[0])
-    hub = G.out_degree(node) > max_children
-    return {
-        "n_split_children": len(scores),
-        "split_score": scores[1] if len(scores) >= 2 else None,
-        "hub": bool(hub),
-        "splits": len(scores) >= 2 and not hub,
-    }
-
-
-def _width_ratio(G: nx.DiGraph, level: int) -> float:
-    """Width of ``level + 1`` over width of ``level`` (2 where the graph does not say)."""
-    widths = {entry["level"]: entry["width"] for entry in G.graph.get("levels", [])}
-    if level in widths and level + 1 in widths and widths[level] > 0:
-        return max(widths[level + 1] / widths[level], 1.0)
-    return 2.0
-
-
-def _tree_split(
-    T: nx.DiGraph, root: Node, summary_of: Callable[[Node], dict[str, Any]]
-) -> dict[str, Any]:
-    """The split that ranks the tree of ``root``: the root's own when it splits, else the
-    clearest split below it; and whether any node of the tree is a hub. ``summary_of`` gives
-    a node's :func:`split_summary`."""
-    own = summary_of(root)
-    found = own if own["splits"] else None
-    split_at = root if own["splits"] else None
-    hub = own["hub"]
-    for node in T:
-        if node == root or T.out_degree(node) < 2:
-            continue
-        summary = summary_of(node)
-        hub = hub or summary["hub"]
-        if own["splits"] or not summary["splits"]:
-            continue
-        if found is None or summary["split_score"] > found["split_score"]:
-            found, split_at = summary, node
-    return {
-        "n_split_children": own["n_split_children"],
-        "split_at": None if split_at is None else node_id(split_at),
-        "split_score": None if found is None else found["split_score"],
-        "hub": bool(hub),
-    }
-
-
-def forest(
-    G: nx.DiGraph,
-    *,
-    rank_by: RankBy = "split",
-    min_size: int = 1,
-    roots: Iterable[Node | str] | None = None,
-    max_children: int | None = None,
-) -> tuple[pd.DataFrame, list[nx.DiGraph]]:
-    """All feature trees of ``G``, ranked, with a table of their shapes.
-
-    Roots (:func:`forest_roots`) are every level-0 feature and every deeper feature with no
-    parent but with children: a feature that is new at its width and splits in wider SAEs
-    roots its own tree. Deeper features with neither parents nor children are not trees.
-    A node reachable from several roots appears in each of their trees.
-
-    Parameters
-    ----------
-    G
-        A feature DAG.
-    rank_by
-        ``"split"`` (default): the trees that split most clearly first. A feature *splits*
-        when at least two children at the next width have it as their best parent and it is
-        not a hub (:func:`split_summary`). First come the trees whose root splits, then those
-        where a descendant splits (the root continues unsplit for a width or more), then
-        those without a split, and last the trees that hold a hub; within each group, the
-        clearer split first (``split_score``, the score of the split's second-best child),
-        then more split children, then size. ``"size"``: most nodes first (then deeper, then
-        more leaves).
-    min_size
-        Leave out trees with fewer nodes (``min_size=2`` drops lone features).
-    roots
-        Build the trees of these roots instead of :func:`forest_roots`.
-    max_children
-        A root with more children is a hub; default :data:`HUB_FACTOR` times the ratio of
-        the next width to the root's (:func:`split_summary`).
-
-    Returns
-    -------
-    (pandas.DataFrame, list of networkx.DiGraph)
-        One row per tree, best first, index ``rank`` (0 is best), columns ``root`` (id),
-        ``level``, ``feature``, ``size``, ``depth`` (edges from root to the deepest node),
-        ``n_children`` (of the root), ``n_leaves``, ``max_branching`` (most children of any
-        node), ``n_multi_parent`` (nodes with ``other_parents``), ``n_split_children`` (of
-        the root, :func:`split_summary`), ``split_at`` (the id of the split that ranks the
-        tree: the root's or the clearest below it; None without one), ``split_score`` (that
-        split's score, NaN without one), ``hub`` (some node of the tree is a hub) and, where
-        the DAG has them, the root's ``freq`` and ``max_act``. The trees, from
-        :func:`feature_tree`, in the same order.
-
-    Examples
-    --------
-    >>> G = nx.DiGraph()
-    >>> G.add_nodes_from([(0, 0), (0, 1)])
-    >>> G.add_edges_from([((0, 1), (1, 0)), ((0, 1), (1, 1))], score=0.9)
-    >>> table, trees = forest(G)
-    >>> table[["root", "size", "n_children", "split_at"]].values.tolist()
-    [['0/1', 3, 2, '0/1'], ['0/0', 1, 0, None]]
-    """
-    if rank_by not in get_args(RankBy):
-        raise SaegeoError(f"forest(): rank_by must be one of {get_args(RankBy)}, got {rank_by!r}")
-    count(min_size, "min_size")
-    count(max_children, "max_children", optional=True)
-    root_nodes = (
-        forest_roots(G) if roots is None else [parse_node_id(r, name="root") for r in roots]
-    )
-    summaries: dict[Node, dict[str, Any]] = {}
-
-    def summary_of(node: Node) -> dict[str, Any]:
-        if node not in summaries:
-            summaries[node] = split_summary(G, node, max_children=max_children)
-        return summaries[node]
-
-    rows, trees = [], []
-    for root in root_nodes:
-        T = feature_tree(G, root)
-        if T.number_of_nodes() < min_size:
-            continue
-        row = tree_stats(T)
-        row.update(_tree_split(T, root, summary_of))
-        for key in ("freq", "max_act"):
-            if key in G.nodes[root]:
-                row[key] = G.nodes[root][key]
-        rows.append(row)
-        trees.append(T)
-    columns = [
-        "root",
-        "level",
-        "feature",
-        "size",
-        "depth",
-        "n_children",
-        "n_leaves",
-        "max_branching",
-        "n_multi_parent",
-        "n_split_children",
-        "split_at",
-        "split_score",
-        "hub",
-    ]
-    table = pd.DataFrame(
-        rows, columns=columns + [c for c in ("freq", "max_act") if rows and c in rows[0]]
-    )
-    table["split_score"] = table["split_score"].astype(float)
-    table["split_at"] = table["split_at"].astype(object).where(table["split_at"].notna(), None)
-    if rank_by == "size":
-        keys, ascending = ["size", "depth", "n_leaves"], [False, False, False]
-    else:
-        # 0: the root splits, 1: a descendant splits, 2: no split, 3: the tree holds a hub.
-        below = table["split_at"].notna() & (table["split_at"] != table["root"])
-        table["_group"] = np.select(
-            [table["hub"], table["split_at"] == table["root"], below], [3, 0, 1], default=2
-        )
-        table["_strength"] = table["split_score"].fillna(-np.inf)
-        keys = ["_group", "_strength", "n_split_children", "size"]
-        ascending = [True, False, False, False]
-    order = table.sort_values(
-        keys + ["level", "feature"], ascending=ascending + [True, True], kind="stable"
-    ).index
-    table = table.drop(columns=["_group", "_strength"], errors="ignore")
-    table = table.loc[order].reset_index(drop=True)
-    table.index.name = "rank"
-    return table, [trees[i] for i in order]
+        return getattr(forest_module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def labels_by_id(labels: Mapping[Any, str] | None) -> dict[str, str]:

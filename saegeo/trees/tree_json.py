@@ -35,7 +35,7 @@ import networkx as nx
 from saegeo.errors import FormatError, SaegeoError
 from saegeo.runtime.outputs import FOREST_SCHEMA, TREE_SCHEMA
 from saegeo.runtime.paths import regular_file
-from saegeo.trees.dag import labels_by_id, node_id, parse_node_id, tree_root
+from saegeo.trees.dag import labels_by_id, node_id, ordered_children, parse_node_id, tree_root
 
 TREE_SCHEMA_FILE = "feature_tree.v1.schema.json"
 FOREST_SCHEMA_FILE = "feature_forest.v1.schema.json"
@@ -173,10 +173,7 @@ def tree_to_json(T: nx.DiGraph, *, labels: Mapping[Any, str] | None = None) -> d
         density = data.get("log_feature_density")
         if density is not None and math.isfinite(float(density)):
             out["log_feature_density"] = float(density)
-        children = sorted(
-            T.successors(node), key=lambda c: (-float(T.edges[node, c].get("score", 0.0)), c)
-        )
-        out["children"] = [node_doc(child) for child in children]
+        out["children"] = [node_doc(child) for child in ordered_children(T, node)]
         return out
 
     doc["tree"] = node_doc(tree_root(T))
@@ -242,7 +239,10 @@ def forest_to_json(
     doc: dict[str, Any] = {"schema": FOREST_SCHEMA, **_header(G, "forest_to_json()")}
     if rank_by is not None:
         doc["rank_by"] = str(rank_by)
-    doc["trees"] = [tree_to_json(T, labels=labels) for T in trees]
+    by_id = labels_by_id(labels)  # parsed once, then each tree gets its own nodes' labels
+    doc["trees"] = [
+        tree_to_json(T, labels={i: by_id[i] for i in map(node_id, T) if i in by_id}) for T in trees
+    ]
     return doc
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import networkx as nx
+import numpy as np
 import plotly.graph_objects as go
 import torch
 
@@ -22,7 +23,7 @@ from saegeo.errors import SaegeoError
 from saegeo.formats.family import Family, as_family
 from saegeo.geometry.similarity import unit_rows
 from saegeo.runtime.outputs import GENERATOR_META
-from saegeo.trees.dag import labels_by_id, node_id, parse_node_id, tree_root
+from saegeo.trees.dag import labels_by_id, node_id, parse_node_id, tree_root, walk_tree
 
 TreeKind = Literal["icicle", "sunburst", "treemap"]
 _TRACES = {"icicle": go.Icicle, "sunburst": go.Sunburst, "treemap": go.Treemap}
@@ -78,7 +79,7 @@ def tree_figure(
         raise SaegeoError(f"tree_figure(): kind must be one of {get_args(TreeKind)}, got {kind!r}")
     root = tree_root(T)
     by_id = labels_by_id(labels)
-    nodes = [root] + [n for n in nx.topological_sort(T) if n != root]
+    nodes = [node for node, _ in walk_tree(T)]  # siblings best first, as in the table
     ids, parents, texts, scores, custom = [], [], [], [], []
     for node in nodes:
         data = T.nodes[node]
@@ -129,6 +130,7 @@ def tree_figure(
             "colorbar": {"title": {"text": metric}},
         },
         maxdepth=-1,
+        sort=False,
     )
     fig = go.Figure(trace)
     if title is None:
@@ -140,9 +142,15 @@ def tree_figure(
     return fig
 
 
+SCALE_QUANTILE = 0.95
+"""The colour scale of trees ends at this quantile of their scores."""
+
+
 def tree_score_range(trees: Sequence[nx.DiGraph]) -> tuple[float, float]:
     """One colour scale for the scores of ``trees``: from the lower of their edge threshold and
-    their lowest score to their highest score.
+    their lowest score to the :data:`SCALE_QUANTILE` quantile of their scores. Higher scores
+    take the scale's top colour: a few max-scaled masked cosines of 3 or more would otherwise
+    wash every other box out.
 
     Examples
     --------
@@ -159,7 +167,7 @@ def tree_score_range(trees: Sequence[nx.DiGraph]) -> tuple[float, float]:
         if data.get("score") is not None
     ]
     thresholds = [float(T.graph["threshold"]) for T in trees if "threshold" in T.graph]
-    top = max(known, default=1.0)
+    top = float(np.quantile(known, SCALE_QUANTILE)) if known else 1.0
     low = min(thresholds + known, default=0.0)
     return low, max(top, low + 1e-6)
 
@@ -310,8 +318,8 @@ def tree_table_html(
     T: nx.DiGraph, *, labels: Mapping[Any, str] | None = None, max_rows: int = 300
 ) -> str:
     """The features of a tree as an HTML table, depth first (children best first), indented by
-    level: id, SAE width, score of the edge from the parent, label, firing frequency and
-    maximum activation where the tree has them, other parents, and the Neuronpedia page as a
+    level: id, SAE width, score of the edge from the parent, label, and where the tree has
+    them, firing frequency, maximum activation, other parents, and the Neuronpedia page as a
     link that opens it.
 
     Examples
@@ -327,39 +335,60 @@ def tree_table_html(
     """
     by_id = labels_by_id(labels)
     metric = html.escape(str(T.graph.get("metric", "score")))
-    head = (
-        f'<tr><th class="text">feature</th><th>width</th><th>{metric}</th>'
-        '<th class="text">label</th><th>freq</th><th>max act</th>'
-        '<th class="text">other parents</th><th class="text">Neuronpedia</th></tr>'
+    present = {key for _, data in T.nodes(data=True) for key, v in data.items() if v}
+    # (header, is text, cell of a node's data and label); columns nothing in the tree fills
+    # are left out.
+    columns: list[tuple[str, bool, Callable[[dict[str, Any], Any], str]]] = [
+        ("width", False, lambda d, _: html.escape(str(d.get("width", "–")))),
+        (
+            metric,
+            False,
+            lambda d, _: "root" if d.get("score") is None else _fmt(d["score"], ".3f"),
+        ),
+        ("label", True, lambda _, label: html.escape(str(label)) if label else "–"),
+    ]
+    if "freq" in present:
+        columns.append(("freq", False, lambda d, _: _fmt(d.get("freq"))))
+    if "max_act" in present:
+        columns.append(("max act", False, lambda d, _: _fmt(d.get("max_act"))))
+    if "other_parents" in present:
+        columns.append(
+            (
+                "other parents",
+                True,
+                lambda d, _: (
+                    html.escape(
+                        ", ".join(f"{pid} ({s:.2f})" for pid, s in d.get("other_parents", []))
+                    )
+                    or "–"
+                ),
+            )
+        )
+    if "neuronpedia" in present:
+        columns.append(("Neuronpedia", True, lambda d, _: _link(d.get("neuronpedia"))))
+
+    def css(text: bool) -> str:
+        return ' class="text"' if text else ""
+
+    head = '<tr><th class="text">feature</th>' + "".join(
+        f"<th{css(text)}>{name}</th>" for name, text, _ in columns
     )
     rows: list[str] = []
-    stack = [(tree_root(T), 0)]
-    while stack and len(rows) < max_rows:
-        node, depth = stack.pop()
+    for node, depth in walk_tree(T):
+        if len(rows) == max_rows:
+            break
         data = T.nodes[node]
         nid = node_id(node)
         label = by_id.get(nid, data.get("label"))
-        others = ", ".join(f"{pid} ({s:.2f})" for pid, s in data.get("other_parents", []))
-        cells = [
-            f'<td class="text" style="padding-left: {0.5 + 1.5 * depth}em">{nid}</td>',
-            f"<td>{html.escape(str(data.get('width', '–')))}</td>",
-            f"<td>{_fmt(data.get('score'), '.3f') if data.get('score') is not None else 'root'}"
-            "</td>",
-            f'<td class="text">{html.escape(str(label)) if label else "–"}</td>',
-            f"<td>{_fmt(data.get('freq'))}</td>",
-            f"<td>{_fmt(data.get('max_act'))}</td>",
-            f'<td class="text">{html.escape(others) or "–"}</td>',
-            f'<td class="text">{_link(data.get("neuronpedia"))}</td>',
-        ]
-        rows.append(f'<tr data-feature="{nid}">{"".join(cells)}</tr>')
-        children = sorted(
-            T.successors(node), key=lambda c: (-float(T.edges[node, c].get("score", 0.0)), c)
-        )
-        stack.extend((child, depth + 1) for child in reversed(children))
+        cells = f'<td class="text" style="padding-left: {0.5 + 1.5 * depth}em">{nid}</td>'
+        cells += "".join(f"<td{css(text)}>{cell(data, label)}</td>" for _, text, cell in columns)
+        rows.append(f'<tr data-feature="{nid}">{cells}</tr>')
     more = T.number_of_nodes() - len(rows)
     note = f"<p>… and {more:,} more features (all are in the JSON).</p>" if more > 0 else ""
     body = "".join(rows)
-    return f'<table class="tree-nodes"><thead>{head}</thead><tbody>{body}</tbody></table>{note}'
+    return (
+        f'<table class="tree-nodes"><thead>{head}</tr></thead><tbody>{body}</tbody></table>{note}'
+    )
 
 
 def tree_section_html(

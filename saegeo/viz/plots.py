@@ -62,18 +62,23 @@ def _legend_above(plot_px: int) -> dict[str, object]:
     }
 
 
+SYMLOG_QUANTILE = 0.1
+"""Quantile of the non-zero magnitudes that sets the linear part of the symlog axis."""
+
+
 def symlog_scale(values: np.ndarray) -> float:
-    """The width of the linear part of :func:`symlog` for ``values``: the median of their
-    non-zero magnitudes, so that the bulk of the points spreads over the axis (1 if none).
+    """The width of the linear part of :func:`symlog` for ``values``: the
+    :data:`SYMLOG_QUANTILE` quantile of their non-zero magnitudes (1 if none), so that small
+    values of either sign stand apart from 0 and the rest spread over the decades.
 
     Examples
     --------
     >>> symlog_scale(np.array([0.0, -2.0, 4.0, 6400.0]))
-    4.0
+    2.4
     """
     magnitude = np.abs(np.asarray(values, dtype=float))
     magnitude = magnitude[np.isfinite(magnitude) & (magnitude > 0)]
-    return float(np.median(magnitude)) if magnitude.size else 1.0
+    return float(np.quantile(magnitude, SYMLOG_QUANTILE)) if magnitude.size else 1.0
 
 
 def symlog(values: np.ndarray, scale: float) -> np.ndarray:
@@ -91,17 +96,17 @@ def symlog(values: np.ndarray, scale: float) -> np.ndarray:
 
 def symlog_ticks(values: np.ndarray, scale: float) -> tuple[list[float], list[str]]:
     """Tick positions (in :func:`symlog` units) and labels (true values) for ``values``: 0 and
-    the powers of ten from about ``scale`` up to the largest magnitude, on each side that has
-    values.
+    the powers of ten from ``scale`` (rounded up, so that no tick crowds 0) up to the largest
+    magnitude, on each side that has values.
 
     Examples
     --------
-    >>> symlog_ticks(np.array([-5.0, 0.5, 2000.0]), 1.0)[1]
+    >>> symlog_ticks(np.array([-5.0, 0.5, 2000.0]), 0.5)[1]
     ['-10', '-1', '0', '1', '10', '100', '1,000', '10,000']
     """
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
-    first = int(np.floor(np.log10(scale)))
+    first = int(np.ceil(np.log10(scale)))
     ticks: list[float] = [0.0]
     for side in (1.0, -1.0):
         reach = float(np.max(side * values, initial=0.0))

@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from helpers.hub import FS_HOOK, FS_RELEASE, FS_WIDTHS, FakeHub, install_fake_hub
-from hub_helpers import FS_HOOK, FS_RELEASE, FS_WIDTHS, FakeHub, install_fake_hub
-from lm_helpers import saved_gpt2_and_texts
+from helpers.lm import saved_gpt2_and_texts
 
 from saegeo.acts.store import ActivationStore
 from saegeo.cli import main

@@ -9,7 +9,6 @@ from helpers.property import PROPERTY
 from helpers.sae import mse, random_sae
 from hypothesis import given
 from hypothesis import strategies as st
-from sae_helpers import mse, random_sae
 
 import saegeo as sg
 from saegeo.effects.delta import cumulative_mse, delta_mse, swap_deltas

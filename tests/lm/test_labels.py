@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,6 +102,16 @@ def test_feature_labels_equal_labels_of_the_whole_codes(harvested):
     assert all(label and "<" not in label for label in labels.values())
     with pytest.raises(SaegeoError, match="no token ids"):
         feature_labels(family, sg.ActivationStore.from_tensor(torch.zeros(3, 6)), [(0, 0)])
+    # Skipped NaN rows would shift every code against its token: refused, not mislabelled.
+    nan_dir = Path(store.source).parent / "nan"
+    writer = ShardWriter(nan_dir, 6, shard_tokens=100)
+    acts = torch.randn(50, 6)
+    acts[7] = float("nan")
+    writer.add(acts, token_ids=torch.arange(50, dtype=torch.int32))
+    writer.close(tokenizer={"path": "tokenizer"})
+    with_nan = sg.ActivationStore.open(nan_dir, nonfinite="skip")
+    with pytest.raises(SaegeoError, match="line up"):
+        feature_labels(family, with_nan, [(0, 0)], tokenizer=tokenizer, device="cpu")
 
 
 def test_cli_tree_labels_nodes_from_a_harvested_store(harvested, tmp_path):

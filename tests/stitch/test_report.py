@@ -9,7 +9,6 @@ from helpers.property import PROPERTY
 from helpers.stitch import CPU, toy_acts, toy_family
 from hypothesis import given
 from hypothesis import strategies as st
-from stitch_helpers import CPU, toy_acts, toy_family
 
 from saegeo.stitch.frankenstein import frankenstein
 from saegeo.stitch.report import FrankensteinReport, StepReport

@@ -15,12 +15,11 @@ from helpers.property import PROPERTY
 from helpers.tree import in_page, synthetic_family
 from hypothesis import given
 from hypothesis import strategies as st
-from tree_helpers import in_page, synthetic_family
 
 import saegeo as sg
 from saegeo.cli import main
 from saegeo.errors import FormatError, SaegeoError
-from saegeo.trees.dag import feature_dag, feature_tree, forest
+from saegeo.trees.dag import feature_dag, feature_tree, forest, node_id
 from saegeo.trees.tree_json import (
     dag_from_json,
     dag_to_json,
@@ -210,6 +209,14 @@ def test_forest_document_validates_and_round_trips(dag):
     assert all(t["schema"] == "saegeo.feature_tree.v1" for t in doc["trees"])
     back = forest_from_json(json.loads(json.dumps(doc)))
     assert [tree_to_json(T) for T in back] == doc["trees"]
+    # Labels (by id or by node) land on every tree's nodes; the document itself is unchanged.
+    nodes = {n for T in trees for n in T}
+    labels = {node: f"label {node_id(node)}" for node in nodes}
+    labelled = forest_to_json(dag, trees, rank_by="split", labels=labels)
+    validate_forest(labelled)
+    found = [n for t in labelled["trees"] for n in all_nodes(t["tree"])]
+    assert len(found) == sum(T.number_of_nodes() for T in trees)
+    assert all(n["label"] == f"label {n['id']}" for n in found)
     empty = forest_to_json(dag, [])
     validate_forest(empty)
     assert empty["trees"] == [] and forest_from_json(empty) == []

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
 from helpers.tree import in_page, synthetic_family
 
+import saegeo.trees.dag as dag_module
 from saegeo.errors import SaegeoError
 from saegeo.trees.dag import feature_dag, forest, node_id
 from saegeo.trees.tree_json import tree_from_json, tree_to_json
-from saegeo.viz.figures import cosine_heatmap, forest_html, save_html, split_heatmap, tree_figure
+from saegeo.viz.figures import (
+    cosine_heatmap,
+    forest_html,
+    save_html,
+    split_heatmap,
+    tree_figure,
+    tree_page,
+    tree_score_range,
+    tree_table_html,
+)
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +118,45 @@ def test_split_heatmap_shows_children_against_neighbourhood(toy, dag):
     assert column == sorted(column, reverse=True) and min(column) > 0.7
     # Without the DAG, children are the wider features above the decoder-cosine threshold.
     assert sorted(split_heatmap(toy.family, node_id(parent)).data[0].y) == children
+
+
+def test_forest_page_draws_every_tree_on_one_colour_scale(trees):
+    assert len(trees) >= 2
+    html = forest_html(trees, top=3)
+    shown = trees[:3]
+    low, high = tree_score_range(shown)
+    scores = [float(d["score"]) for T in shown for _, d in T.nodes(data=True) if d.get("score")]
+    assert low <= min(scores) and high == pytest.approx(np.quantile(scores, 0.95))
+    assert any(tree_score_range([T]) != (low, high) for T in shown)  # scales would differ
+    # Each figure's marker carries the shared range, not its own tree's.
+    assert html.count(f'"cmin":{low}') == len(shown) == html.count(f'"cmax":{high}')
+    single = tree_figure(trees[1]).data[0].marker
+    shared = tree_figure(trees[1], score_range=(low, high)).data[0].marker
+    assert (shared.cmin, shared.cmax) == (low, high)
+    assert single.cmin >= low and single.cmax <= high
+
+
+def test_tree_boxes_show_labels_and_the_table_links_neuronpedia(trees):
+    T = trees[0].copy()
+    root = dag_module.tree_root(T)
+    url = "https://www.neuronpedia.org/gpt2-small/8-res_fs768-jb/12"
+    T.nodes[root]["neuronpedia"] = url
+    labels = {node_id(root): "dogs · cats"}
+    trace = tree_figure(T, labels=labels).data[0]
+    text = dict(zip(trace.ids, trace.text, strict=True))
+    assert text[node_id(root)] == f"<b>dogs · cats</b><br>{node_id(root)}"
+    table = tree_table_html(T, labels=labels)
+    assert f'<a href="{url}" target="_blank" rel="noopener">' in table
+    # Boxes and rows list siblings in the same order (best score first), as the JSON does.
+    order = [node_id(n) for n, _ in dag_module.walk_tree(T)]
+    assert list(trace.ids) == order and trace.sort is False
+    assert [table.index(f'data-feature="{i}"') for i in order] == sorted(
+        table.index(f'data-feature="{i}"') for i in order
+    )
+    assert table.count("<tr data-feature=") == T.number_of_nodes()
+    assert f'<tr data-feature="{node_id(root)}">' in table and "dogs · cats" in table
+    page = tree_page(T, labels=labels)
+    assert f'<a href="{url}"' in page and in_page(node_id(root), page)
+    # A URL that is not http(s) never becomes a link.
+    T.nodes[root]["neuronpedia"] = "javascript:alert(1)"
+    assert "javascript:" not in tree_table_html(T)
