@@ -20,6 +20,27 @@ SAE_PATHS_HELP = (
 )
 
 
+def _add_metric(p: argparse.ArgumentParser) -> None:
+    """--metric: the parent/child score of feature trees."""
+    p.add_argument(
+        "--metric",
+        choices=get_args(Metric),
+        default="decoder_cosine",
+        help="parent/child score of the trees' edges (default %(default)s)",
+    )
+
+
+def _add_threshold(p: argparse.ArgumentParser) -> None:
+    """--threshold: the edge threshold of --metric."""
+    p.add_argument(
+        "--threshold",
+        type=types.real(),
+        default=None,
+        help="edge iff score > T (default 0.7 decoder_cosine, 0.6 masked_cosine, "
+        "0.6 cofiring, 0.45 nesting, 0.5 containment)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = types.Parser(
         prog="saegeo",
@@ -78,25 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--root", help="root feature LEVEL/FEATURE (level 0 is the narrowest SAE)")
     which.add_argument("--all", action="store_true", help="every tree (forest), ranked")
-    p.add_argument(
-        "--metric",
-        choices=get_args(Metric),
-        default="decoder_cosine",
-        help="edge score (default %(default)s)",
-    )
+    _add_metric(p)
     p.add_argument(
         "--acts",
         type=types.path,
         help="activations (.npy, .safetensors or store directory); needed "
         "by masked_cosine, cofiring, nesting and containment, adds freq and max_act otherwise",
     )
-    p.add_argument(
-        "--threshold",
-        type=types.real(),
-        default=None,
-        help="edge iff score > T (default 0.7 decoder_cosine, 0.6 masked_cosine, "
-        "0.6 cofiring, 0.45 nesting, 0.5 containment)",
-    )
+    _add_threshold(p)
     p.add_argument(
         "--out",
         required=True,
@@ -188,18 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, type=types.path, help="site directory (index.html and data/)"
     )
-    p.add_argument(
-        "--metric",
-        choices=get_args(Metric),
-        default="decoder_cosine",
-        help="parent/child score of the trees (default %(default)s)",
-    )
-    p.add_argument(
-        "--threshold",
-        type=types.real(),
-        default=None,
-        help="edge iff score > T (default: the metric's, as for saegeo tree)",
-    )
+    _add_metric(p)
+    _add_threshold(p)
     p.add_argument(
         "--novelty-threshold",
         type=types.real(-1, 1),
