@@ -116,9 +116,13 @@ def page_times(site: Path, screenshot: Path | None, feature: str | None) -> dict
         page.select_option("[data-testid=level]", str(widest))
         page.wait_for_selector(f'.sg-row[data-feature^="{widest}/"]')
         out["widest_member_s"] = time.perf_counter() - start
+        row = page.locator(f'.sg-row[data-feature^="{widest}/"]').nth(1)
+        feature_id = row.get_attribute("data-feature")
         start = time.perf_counter()
-        page.locator(".sg-row").first.click()
-        page.wait_for_selector("[data-testid=feature-card] [data-testid=snippet]")
+        row.click()
+        page.wait_for_selector(
+            f'[data-testid=feature-card][data-feature="{feature_id}"] [data-testid=snippet]'
+        )
         out["card_s"] = time.perf_counter() - start
         if screenshot is not None:
             if feature:

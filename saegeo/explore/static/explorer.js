@@ -68,7 +68,7 @@ export class Explorer {
     this.load = load;
     this.cache = new Map();
     this.level = 0;
-    this.sort = "freq";
+    this.sort = "n_children";
     this.query = "";
     this.selected = null;
     this.rows = [];
@@ -120,9 +120,14 @@ export class Explorer {
       h("div", { class: "sg-explorer" },
         h("header", {}, h("strong", {}, "saegeo explorer"), this.levelSelect, this.search, this.sortSelect, this.count,
           h("small", { class: "sg-info" }, info)),
-        h("main", {}, this.list, this.card)),
+        h("main", {}, h("div", { class: "sg-listbox" }, this.head(), this.list), this.card)),
     );
     this.showLevel(0);
+  }
+
+  head() {
+    return h("div", { class: "sg-row sg-head" }, ...["feature", "label", "kind", "freq", "delta_mse", "children"]
+      .map((t, i) => h("span", { class: i > 2 ? "sg-num" : "" }, t)));
   }
 
   async showLevel(level) {
@@ -130,6 +135,7 @@ export class Explorer {
     this.levelSelect.value = String(level);
     this.current = await this.member(level);
     this.refresh();
+    if (!this.selected && this.rows.length) await this.open(level, this.rows[0]);
   }
 
   matcher() {
@@ -250,12 +256,12 @@ export class Explorer {
         num("n_children", "children", m.n_children[j]),
         h("dt", {}, "swap group"), h("dd", { "data-key": "swap" }, swap ? `${swap[0].length} → ${swap[1].length} (max cos ${fmt(swap[2], 3)})` : "–")),
       this.histogram(sn, j),
-      h("div", { class: "sg-edges" }, h("b", {}, `parents (${ix.metric} > ${ix.threshold})`),
+      h("div", { class: "sg-edges" }, h("span", { class: "sg-title" }, `parents (${ix.metric} > ${ix.threshold})`),
         h("div", { "data-testid": "parents" }, m.parents[j].length ? m.parents[j].map(([p, sc]) => this.link(level - 1, p, sc, parentsM.label[p])) : h("i", {}, "none"))),
-      h("div", { class: "sg-edges" }, h("b", {}, "children"),
+      h("div", { class: "sg-edges" }, h("span", { class: "sg-title" }, "children"),
         h("div", { "data-testid": "children" }, m.children[j].length ? m.children[j].map(([c, sc]) => this.link(level + 1, c, sc, childrenM.label[c])) : h("i", {}, "none"))),
-      h("div", { class: "sg-tree" }, h("b", {}, "tree"), await this.tree(level, j)),
-      h("div", { class: "sg-snips" }, h("b", {}, "top activations"), this.snippets(sn, j)),
+      h("div", { class: "sg-tree" }, h("span", { class: "sg-title" }, "tree"), await this.tree(level, j)),
+      h("div", { class: "sg-snips" }, h("span", { class: "sg-title" }, "top activations"), this.snippets(sn, j)),
     );
   }
 
@@ -273,7 +279,7 @@ export class Explorer {
     });
     svg.append(s("text", { x: 0, y: H + 12, "font-size": 10 }, fmt(sn.hist_edges[lo], 3)));
     svg.append(s("text", { x: W, y: H + 12, "font-size": 10, "text-anchor": "end" }, fmt(sn.hist_edges[lo + counts.length], 3)));
-    return h("div", { class: "sg-hist" }, h("b", {}, "activations (log bins)"), svg);
+    return h("div", { class: "sg-hist" }, h("span", { class: "sg-title" }, "activations (log bins)"), svg);
   }
 
   snippets(sn, j) {
@@ -343,7 +349,7 @@ export class Explorer {
       const [x, y] = pos.get(id);
       const text = `${id} ${n.label}`;
       const g = s("g", { "data-feature": id, class: `sg-node${id === `${level}/${j}` ? " sg-me" : ""}`, style: "cursor:pointer" });
-      g.append(s("text", { x, y: y + 4, "font-size": 11 }, text.length > 26 ? `${text.slice(0, 25)}…` : text));
+      g.append(s("text", { x, y: y + 4, "font-size": 11 }, text.length > 23 ? `${text.slice(0, 22)}…` : text));
       g.addEventListener("click", () => this.open(n.lv, n.f));
       svg.append(g);
     }
