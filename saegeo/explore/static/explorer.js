@@ -295,8 +295,8 @@ export class Explorer {
         }, (sn.tokens[t] ?? "").replace(/\n/g, "⏎")))));
   }
 
-  // The feature with its parents above and its descendants below (best children first, at
-  // most MAX_TREE_CHILDREN per node), edges coloured on one scale from the threshold to 1.
+  // The feature with its ancestors to the left and its descendants to the right (best first,
+  // at most MAX_TREE_CHILDREN per node), edges coloured on one scale from the threshold to 1.
   async tree(level, j) {
     const ix = this.index;
     const nodes = new Map();
@@ -304,9 +304,19 @@ export class Explorer {
     const add = (lv, f, label) => { const id = `${lv}/${f}`; if (!nodes.has(id)) nodes.set(id, { lv, f, label }); return id; };
     const me = await this.member(level);
     add(level, j, me.m.label[j]);
-    if (level > 0) {
-      const up = (await this.member(level - 1)).m;
-      for (const [p, sc] of me.m.parents[j]) edges.push([add(level - 1, p, up.label[p]), `${level}/${j}`, sc]);
+    // Ancestors down to the narrowest member (the best MAX_TREE_CHILDREN parents of each).
+    let below = [j];
+    for (let lv = level; lv > 0 && below.length; lv--) {
+      const here = (await this.member(lv)).m;
+      const up = (await this.member(lv - 1)).m;
+      const above = [];
+      for (const f of below) {
+        for (const [p, sc] of here.parents[f].slice(0, MAX_TREE_CHILDREN)) {
+          if (!nodes.has(`${lv - 1}/${p}`)) above.push(p);
+          edges.push([add(lv - 1, p, up.label[p]), `${lv}/${f}`, sc]);
+        }
+      }
+      below = above.slice(0, 40);
     }
     let frontier = [j];
     let more = 0;
