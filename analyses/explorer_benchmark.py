@@ -6,13 +6,13 @@
         --acts reports/demo/acts --standin 24576 --repeat 13 --no-effects --out /tmp/big
 
 ``--standin W`` adds a stand-in member of width W to the family: random unit decoder
-directions, a tied encoder and JumpReLU thresholds calibrated on the first 16,384 tokens so
+directions, a tied encoder and JumpReLU thresholds calibrated on the first 4,096 tokens so
 that each feature fires on L0/W of them (L0 that of the widest real member), the shape and the
 sparsity of a trained member without its training. ``--repeat R`` reads the store R times
 over (its shards listed R times in a store directory of links), for a token count beyond the
-harvest. Runs on one thread. Prints one JSON object (``build_cpu_s``: the process's CPU time, which
-a busy machine does not inflate as it does the wall-clock ``build_s``); the page load times come from Chromium
-(Playwright, ``/usr/bin/chromium``).
+harvest. Runs on one thread. Prints one JSON object (``build_cpu_s``: the process's CPU
+time, which a busy machine does not inflate as it does the wall-clock ``build_s``); the page
+load times come from Chromium (Playwright, ``/usr/bin/chromium``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import resource
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +33,9 @@ import torch
 import saegeo as sg
 from saegeo.explorer.facts import family_facts
 from saegeo.explorer.site import write_site
+
+CALIBRATION_TOKENS = 4096
+"""Tokens the stand-in member's thresholds are calibrated on."""
 
 
 def repeated_store(source: Path, times: int, into: Path) -> Path:
@@ -54,10 +58,10 @@ def standin_member(like: sg.SAE, width: int, store: sg.ActivationStore, seed: in
     generator = torch.Generator().manual_seed(seed)
     W_dec_FD = torch.randn(width, like.d_in, generator=generator)
     W_dec_FD /= W_dec_FD.norm(dim=1, keepdim=True)
-    sample_BD = store.read(limit=16384)
+    sample_BD = store.read(limit=CALIBRATION_TOKENS)
     l0 = float((sg.encode_codes(like, sample_BD, progress=False) != 0).sum(axis=1).mean())
-    pre_BF = (sample_BD - like.b_dec) @ W_dec_FD.T
-    threshold_F = torch.quantile(pre_BF[:4096], 1 - l0 / width, dim=0).clamp_min(1e-3)
+    pre_BF = (sample_BD - like.b_dec.float()) @ W_dec_FD.T
+    threshold_F = torch.quantile(pre_BF, 1 - l0 / width, dim=0).clamp_min(1e-3)
     return sg.SAE(
         W_enc=W_dec_FD.T.contiguous(),
         b_enc=torch.zeros(width),
@@ -67,6 +71,29 @@ def standin_member(like: sg.SAE, width: int, store: sg.ActivationStore, seed: in
         threshold=threshold_F,
         metadata={**like.metadata, "name": f"standin-{width}"},
     )
+
+
+class PeakRSS:
+    """The largest resident memory of this process while the block runs, sampled every 0.2 s
+    (``ru_maxrss`` keeps the peak of everything before too, such as the stand-in's setup)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while True:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    self.peak = max(self.peak, int(line.split()[1]) * 1024)
+            if self._stop.wait(0.2):
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def page_times(site: Path, screenshot: Path | None, feature: str | None) -> dict[str, float]:
@@ -89,9 +116,13 @@ def page_times(site: Path, screenshot: Path | None, feature: str | None) -> dict
         page.select_option("[data-testid=level]", str(widest))
         page.wait_for_selector(f'.sg-row[data-feature^="{widest}/"]')
         out["widest_member_s"] = time.perf_counter() - start
+        row = page.locator(f'.sg-row[data-feature^="{widest}/"]').nth(1)
+        feature_id = row.get_attribute("data-feature")
         start = time.perf_counter()
-        page.locator(".sg-row").first.click()
-        page.wait_for_selector("[data-testid=feature-card] [data-testid=snippet]")
+        row.click()
+        page.wait_for_selector(
+            f'[data-testid=feature-card][data-feature="{feature_id}"] [data-testid=snippet]'
+        )
         out["card_s"] = time.perf_counter() - start
         if screenshot is not None:
             if feature:
@@ -129,18 +160,21 @@ def main() -> None:
             family = sg.Family(
                 [*family, standin_member(widest.to(dtype=torch.float32), args.standin, store)]
             )
+        cpu_before = resource.getrusage(resource.RUSAGE_SELF).ru_utime
         start = time.perf_counter()
-        facts = family_facts(family, store, with_effects=not args.no_effects, device="cpu")
-        site = write_site(facts, args.out)
+        with PeakRSS() as memory:
+            facts = family_facts(family, store, with_effects=not args.no_effects, device="cpu")
+            site = write_site(facts, args.out)
         build_s = time.perf_counter() - start
+        build_cpu_s = resource.getrusage(resource.RUSAGE_SELF).ru_utime - cpu_before
     size = subprocess.run(["du", "-sb", str(site)], capture_output=True, text=True, check=True)
     result = {
         "widths": family.widths,
         "tokens": store.n_tokens,
         "effects": not args.no_effects,
         "build_s": round(build_s, 1),
-        "build_cpu_s": round(resource.getrusage(resource.RUSAGE_SELF).ru_utime, 1),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "build_cpu_s": round(build_cpu_s, 1),
+        "build_peak_rss_gb": round(memory.peak / 2**30, 2),
         "site_mb": round(int(size.stdout.split()[0]) / 2**20, 1),
         "largest_file_mb": round(
             max(p.stat().st_size for p in (site / "data").iterdir()) / 2**20, 1

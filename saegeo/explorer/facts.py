@@ -289,3 +289,11 @@ def _tokens(
         doc_ids = None if tokens.doc_ids is None else tokens.doc_ids[:n]
         tokens = StoreTokens(tokens.token_ids[:n], doc_ids, tokens.tokens_per_context)
     return tokens, tokenizer
+
+
+def as_facts(
+    family: Family | Sequence[SAE] | FamilyFacts, acts: ActsLike | None, **options: Any
+) -> FamilyFacts:
+    """``family`` itself when it is already a :class:`FamilyFacts`, else
+    :func:`family_facts` of it on ``acts`` with ``options``."""
+    return family if isinstance(family, FamilyFacts) else family_facts(family, acts, **options)

@@ -17,7 +17,7 @@ import torch
 from saegeo.acts.streaming import ActsLike
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
-from saegeo.explorer.facts import FamilyFacts, family_facts
+from saegeo.explorer.facts import FamilyFacts, as_facts
 from saegeo.explorer.site import static_text
 from saegeo.explorer.site_data import index_data, member_data, snippet_data
 from saegeo.formats.family import Family
@@ -97,19 +97,15 @@ def explore(
     >>> sg.explore(fam, store, metric="decoder_cosine")  # doctest: +SKIP
     """
     widget = widget_class()
-    facts = (
-        family
-        if isinstance(family, FamilyFacts)
-        else family_facts(
-            family,
-            acts,
-            metric=metric,
-            threshold=threshold,
-            novelty_threshold=novelty_threshold,
-            k=k,
-            limit=limit,
-            device=device,
-            progress=progress,
-        )
+    facts = as_facts(
+        family,
+        acts,
+        metric=metric,
+        threshold=threshold,
+        novelty_threshold=novelty_threshold,
+        k=k,
+        limit=limit,
+        device=device,
+        progress=progress,
     )
     return widget(facts)

@@ -15,23 +15,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers.explore import Words, toy_explore
 
 import saegeo as sg
-from saegeo.explorer.facts import family_facts
 from saegeo.explorer.site import script_json, static_text, write_site
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (make test installs it)")
 sync_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def facts():
-    toy = toy_explore()
-    return family_facts(
-        toy.family, toy.acts, tokenizer=Words(), token_ids=toy.token_ids, k=5, progress=False
-    )
 
 
 @pytest.fixture(scope="module")

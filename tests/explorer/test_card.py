@@ -6,23 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from helpers.explore import Words, toy_explore
+from helpers.explore import Words
 
 import saegeo as sg
-from saegeo.explorer.facts import family_facts
 from saegeo.lm.snippets import top_snippets
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return toy_explore()
-
-
-@pytest.fixture(scope="module")
-def facts(toy):
-    return family_facts(
-        toy.family, toy.acts, tokenizer=Words(), token_ids=toy.token_ids, k=5, progress=False
-    )
 
 
 def test_card_numbers_equal_the_measures(toy, facts):

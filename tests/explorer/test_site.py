@@ -6,26 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from helpers.explore import Words, toy_explore
 
 import saegeo as sg
 from saegeo.cli import main
-from saegeo.explorer.facts import family_facts
 from saegeo.explorer.site import page_html, write_site
 from saegeo.explorer.site_data import index_data, member_data, snippet_data
 from saegeo.runtime.outputs import output_kind
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return toy_explore()
-
-
-@pytest.fixture(scope="module")
-def facts(toy):
-    return family_facts(
-        toy.family, toy.acts, tokenizer=Words(), token_ids=toy.token_ids, k=5, progress=False
-    )
 
 
 def test_member_documents_hold_the_cards_numbers(facts):

@@ -68,7 +68,7 @@ export class Explorer {
     this.load = load;
     this.cache = new Map();
     this.level = 0;
-    this.sort = "freq";
+    this.sort = "n_children";
     this.query = "";
     this.selected = null;
     this.rows = [];
@@ -120,9 +120,14 @@ export class Explorer {
       h("div", { class: "sg-explorer" },
         h("header", {}, h("strong", {}, "saegeo explorer"), this.levelSelect, this.search, this.sortSelect, this.count,
           h("small", { class: "sg-info" }, info)),
-        h("main", {}, this.list, this.card)),
+        h("main", {}, h("div", { class: "sg-listbox" }, this.head(), this.list), this.card)),
     );
     this.showLevel(0);
+  }
+
+  head() {
+    return h("div", { class: "sg-row sg-head" }, ...["feature", "label", "kind", "freq", "delta_mse", "children"]
+      .map((t, i) => h("span", { class: i > 2 ? "sg-num" : "" }, t)));
   }
 
   async showLevel(level) {
@@ -130,6 +135,7 @@ export class Explorer {
     this.levelSelect.value = String(level);
     this.current = await this.member(level);
     this.refresh();
+    if (!this.selected && this.rows.length) await this.open(level, this.rows[0]);
   }
 
   matcher() {
@@ -250,12 +256,12 @@ export class Explorer {
         num("n_children", "children", m.n_children[j]),
         h("dt", {}, "swap group"), h("dd", { "data-key": "swap" }, swap ? `${swap[0].length} → ${swap[1].length} (max cos ${fmt(swap[2], 3)})` : "–")),
       this.histogram(sn, j),
-      h("div", { class: "sg-edges" }, h("b", {}, `parents (${ix.metric} > ${ix.threshold})`),
+      h("div", { class: "sg-edges" }, h("span", { class: "sg-title" }, `parents (${ix.metric} > ${ix.threshold})`),
         h("div", { "data-testid": "parents" }, m.parents[j].length ? m.parents[j].map(([p, sc]) => this.link(level - 1, p, sc, parentsM.label[p])) : h("i", {}, "none"))),
-      h("div", { class: "sg-edges" }, h("b", {}, "children"),
+      h("div", { class: "sg-edges" }, h("span", { class: "sg-title" }, "children"),
         h("div", { "data-testid": "children" }, m.children[j].length ? m.children[j].map(([c, sc]) => this.link(level + 1, c, sc, childrenM.label[c])) : h("i", {}, "none"))),
-      h("div", { class: "sg-tree" }, h("b", {}, "tree"), await this.tree(level, j)),
-      h("div", { class: "sg-snips" }, h("b", {}, "top activations"), this.snippets(sn, j)),
+      h("div", { class: "sg-tree" }, h("span", { class: "sg-title" }, "tree"), await this.tree(level, j)),
+      h("div", { class: "sg-snips" }, h("span", { class: "sg-title" }, "top activations"), this.snippets(sn, j)),
     );
   }
 
@@ -273,7 +279,7 @@ export class Explorer {
     });
     svg.append(s("text", { x: 0, y: H + 12, "font-size": 10 }, fmt(sn.hist_edges[lo], 3)));
     svg.append(s("text", { x: W, y: H + 12, "font-size": 10, "text-anchor": "end" }, fmt(sn.hist_edges[lo + counts.length], 3)));
-    return h("div", { class: "sg-hist" }, h("b", {}, "activations (log bins)"), svg);
+    return h("div", { class: "sg-hist" }, h("span", { class: "sg-title" }, "activations (log bins)"), svg);
   }
 
   snippets(sn, j) {
@@ -289,8 +295,8 @@ export class Explorer {
         }, (sn.tokens[t] ?? "").replace(/\n/g, "⏎")))));
   }
 
-  // The feature with its parents above and its descendants below (best children first, at
-  // most MAX_TREE_CHILDREN per node), edges coloured on one scale from the threshold to 1.
+  // The feature with its ancestors to the left and its descendants to the right (best first,
+  // at most MAX_TREE_CHILDREN per node), edges coloured on one scale from the threshold to 1.
   async tree(level, j) {
     const ix = this.index;
     const nodes = new Map();
@@ -298,9 +304,19 @@ export class Explorer {
     const add = (lv, f, label) => { const id = `${lv}/${f}`; if (!nodes.has(id)) nodes.set(id, { lv, f, label }); return id; };
     const me = await this.member(level);
     add(level, j, me.m.label[j]);
-    if (level > 0) {
-      const up = (await this.member(level - 1)).m;
-      for (const [p, sc] of me.m.parents[j]) edges.push([add(level - 1, p, up.label[p]), `${level}/${j}`, sc]);
+    // Ancestors down to the narrowest member (the best MAX_TREE_CHILDREN parents of each).
+    let below = [j];
+    for (let lv = level; lv > 0 && below.length; lv--) {
+      const here = (await this.member(lv)).m;
+      const up = (await this.member(lv - 1)).m;
+      const above = [];
+      for (const f of below) {
+        for (const [p, sc] of here.parents[f].slice(0, MAX_TREE_CHILDREN)) {
+          if (!nodes.has(`${lv - 1}/${p}`)) above.push(p);
+          edges.push([add(lv - 1, p, up.label[p]), `${lv}/${f}`, sc]);
+        }
+      }
+      below = above.slice(0, 40);
     }
     let frontier = [j];
     let more = 0;
@@ -343,7 +359,7 @@ export class Explorer {
       const [x, y] = pos.get(id);
       const text = `${id} ${n.label}`;
       const g = s("g", { "data-feature": id, class: `sg-node${id === `${level}/${j}` ? " sg-me" : ""}`, style: "cursor:pointer" });
-      g.append(s("text", { x, y: y + 4, "font-size": 11 }, text.length > 26 ? `${text.slice(0, 25)}…` : text));
+      g.append(s("text", { x, y: y + 4, "font-size": 11 }, text.length > 23 ? `${text.slice(0, 22)}…` : text));
       g.addEventListener("click", () => this.open(n.lv, n.f));
       svg.append(g);
     }
