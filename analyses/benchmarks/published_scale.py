@@ -298,9 +298,9 @@ def _run_measured(argv: list[str], threads: int) -> tuple[int, float, int, str, 
 def run_stitch(args: argparse.Namespace, upto: int, solver: str) -> dict[str, Any]:
     """``saegeo stitch`` up to ``upto`` with ``solver`` under the address-space limit."""
     out = args.out_dir / f"stitch-{upto}-{solver}"
-    argv = [sys.executable, "-m", "saegeo", "stitch", str(args.out_dir / "family"),
+    argv = [sys.executable, "-m", "saegeo", "--verbose", "stitch", str(args.out_dir / "family"),
             "--acts", str(args.out_dir / "acts.npy"), "--upto", str(upto),
-            "--solver", solver, "--device", "cpu", "--verbose", "--out", str(out)]  # fmt: skip
+            "--solver", solver, "--device", "cpu", "--out", str(out)]  # fmt: skip
     if out.exists():
         argv.append("--force")
     if args.memory_limit:
