@@ -407,7 +407,7 @@ def _solve_dense(
 
 # Above this width the conjugate-gradient solve is the faster on a CPU (measured on the
 # published-scale stand-in; docs/scale.md), and the dense one needs gigabytes.
-DENSE_MAX_WIDTH = 8192
+DENSE_MAX_WIDTH = 16384
 
 
 def dense_bytes(union_width: int, width: int, d_in: int) -> int:
