@@ -217,7 +217,7 @@ def worker(
     opts = {"device": "cpu", "progress": False}
     d_in, n_tokens = acts.d_in, min(acts.n_tokens, limit or acts.n_tokens)
     if step == "trees":
-        widths = sorted(by_width)
+        widths = [w for w in sorted(by_width) if not large or w <= large]
         _require(
             8 * d_in * sum(widths) + 3 * 4 * batch * widths[-1] + 24 * n_tokens * 48 * len(widths),
             f"the containment trees of {len(widths)} members",
@@ -273,8 +273,9 @@ def run_step_worker(args: argparse.Namespace, step: str, small: int, large: int)
     if args.step_tokens is not None:
         argv += ["--step-tokens", str(args.step_tokens)]
     code, seconds, peak, stdout, stderr = _run_measured(argv, args.threads)
-    row: dict[str, Any] = {"step": step, "widths": f"{small:,} / {large:,}" if small else "all",
-                           "exit": code, "wall_s": seconds, "peak_rss_gb": peak / 1e9}  # fmt: skip
+    label = f"{small:,} / {large:,}" if small else f"up to {large:,}" if large else "all"
+    row: dict[str, Any] = {"step": step, "widths": label, "exit": code, "wall_s": seconds,
+                           "peak_rss_gb": peak / 1e9}  # fmt: skip
     if code == 0:
         row.update(json.loads(stdout.strip().splitlines()[-1]))
     else:
@@ -449,7 +450,7 @@ def main() -> int:
                 rows.append(run_step_worker(args, step, small, large))
                 print(markdown(rows[-1:]).splitlines()[-1], flush=True)
         elif step == "trees":
-            rows.append(run_step_worker(args, step, 0, 0))
+            rows.append(run_step_worker(args, step, 0, args.pairs_upto or 0))
         elif step == "stitch":
             for upto in args.stitch_upto:
                 rows.append(run_stitch(args, upto, "auto"))
