@@ -204,7 +204,9 @@ def _require(need: int, what: str, lowers: str) -> None:
         )
 
 
-def worker(step: str, out: Path, small: int, large: int, batch: int) -> dict[str, Any]:
+def worker(
+    step: str, out: Path, small: int, large: int, batch: int, limit: int | None
+) -> dict[str, Any]:
     """Run one step in this process; its time and what it found."""
     import saegeo as sg
 
@@ -213,19 +215,19 @@ def worker(step: str, out: Path, small: int, large: int, batch: int) -> dict[str
     by_width = {int(p.name.rsplit("-", 1)[1]): p for p in members}
     acts = sg.ActivationStore.open(out / "acts.npy")
     opts = {"device": "cpu", "progress": False}
-    d_in = acts.d_in
+    d_in, n_tokens = acts.d_in, min(acts.n_tokens, limit or acts.n_tokens)
     if step == "trees":
-        widths = sorted(by_width)
+        widths = [w for w in sorted(by_width) if not large or w <= large]
         _require(
-            8 * d_in * sum(widths)
-            + 3 * 4 * batch * widths[-1]
-            + 24 * acts.n_tokens * 48 * len(widths),
+            8 * d_in * sum(widths) + 3 * 4 * batch * widths[-1] + 24 * n_tokens * 48 * len(widths),
             f"the containment trees of {len(widths)} members",
-            "--max-width or --tokens",
+            "--max-width or --step-tokens",
         )
         start = time.perf_counter()
         fam = sg.Family.load([by_width[w] for w in widths])
-        G = sg.feature_dag(fam, metric="containment", acts=acts, batch_size=batch, **opts)
+        G = sg.feature_dag(
+            fam, metric="containment", acts=acts, batch_size=batch, limit=limit, **opts
+        )
         table, trees = sg.forest(G)
         return {"seconds": time.perf_counter() - start, "edges": G.number_of_edges(),
                 "trees": len(trees)}  # fmt: skip
@@ -241,11 +243,11 @@ def worker(step: str, out: Path, small: int, large: int, batch: int) -> dict[str
         found = {"mean_max_cos": float(match.values.mean())}
     elif step == "classify":
         table = sg.classify(a, b, **opts)
-        delta = sg.delta_mse(a, b, acts, batch_size=batch, **opts)
+        delta = sg.delta_mse(a, b, acts, batch_size=batch, limit=limit, **opts)
         found = {"novel_share": float((table["kind"] == "novel").mean()),
                  "mean_delta_mse": float(delta.mean())}  # fmt: skip
     elif step == "explained":
-        share = sg.explained_share(a, b, acts, batch_size=batch, **opts)
+        share = sg.explained_share(a, b, acts, batch_size=batch, limit=limit, **opts)
         found = {"rows": len(share)}
     else:
         raise ValueError(step)
@@ -253,12 +255,27 @@ def worker(step: str, out: Path, small: int, large: int, batch: int) -> dict[str
 
 
 def run_step_worker(args: argparse.Namespace, step: str, small: int, large: int) -> dict[str, Any]:
-    argv = [sys.executable, __file__, "--worker", step, "--out", str(args.out_dir),
-            "--pair", str(small), str(large), "--batch-size", str(args.batch_size),
-            "--threads", str(args.threads)]  # fmt: skip
+    argv = [
+        sys.executable,
+        __file__,
+        "--worker",
+        step,
+        "--out",
+        str(args.out_dir),
+        "--pair",
+        str(small),
+        str(large),
+        "--batch-size",
+        str(args.batch_size),
+        "--threads",
+        str(args.threads),
+    ]
+    if args.step_tokens is not None:
+        argv += ["--step-tokens", str(args.step_tokens)]
     code, seconds, peak, stdout, stderr = _run_measured(argv, args.threads)
-    row: dict[str, Any] = {"step": step, "widths": f"{small:,} / {large:,}" if small else "all",
-                           "exit": code, "wall_s": seconds, "peak_rss_gb": peak / 1e9}  # fmt: skip
+    label = f"{small:,} / {large:,}" if small else f"up to {large:,}" if large else "all"
+    row: dict[str, Any] = {"step": step, "widths": label, "exit": code, "wall_s": seconds,
+                           "peak_rss_gb": peak / 1e9}  # fmt: skip
     if code == 0:
         row.update(json.loads(stdout.strip().splitlines()[-1]))
     else:
@@ -295,12 +312,19 @@ def _run_measured(argv: list[str], threads: int) -> tuple[int, float, int, str, 
             stdout_b.decode(), stderr_b.decode())  # fmt: skip
 
 
-def run_stitch(args: argparse.Namespace, upto: int, solver: str) -> dict[str, Any]:
-    """``saegeo stitch`` up to ``upto`` with ``solver`` under the address-space limit."""
-    out = args.out_dir / f"stitch-{upto}-{solver}"
-    argv = [sys.executable, "-m", "saegeo", "stitch", str(args.out_dir / "family"),
+def run_stitch(
+    args: argparse.Namespace, upto: int, solver: str, limit: int | None = None
+) -> dict[str, Any]:
+    """``saegeo stitch`` up to ``upto`` with ``solver`` under the address-space limit, on the
+    first ``limit`` tokens (None: all)."""
+    out = args.out_dir / (f"stitch-{upto}-{solver}" + ("" if limit is None else f"-{limit}"))
+    argv = [sys.executable, "-m", "saegeo", "--verbose", "stitch", str(args.out_dir / "family"),
             "--acts", str(args.out_dir / "acts.npy"), "--upto", str(upto),
-            "--solver", solver, "--device", "cpu", "--verbose", "--out", str(out)]  # fmt: skip
+            "--solver", solver, "--device", "cpu", "--out", str(out)]  # fmt: skip
+    if limit is not None:
+        argv += ["--limit", str(limit)]
+    if args.refit_max_iterations is not None:
+        argv += ["--refit-max-iterations", str(args.refit_max_iterations)]
     if out.exists():
         argv.append("--force")
     if args.memory_limit:
@@ -331,8 +355,8 @@ def compare_solvers(args: argparse.Namespace, upto: int) -> list[dict[str, Any]]
     """The dense and the conjugate-gradient refit up to ``upto``: times, MSEs, decoders."""
     import saegeo as sg
 
-    dense = run_stitch(args, upto, "cholesky")
-    cg = run_stitch(args, upto, "cg")
+    dense = run_stitch(args, upto, "cholesky", args.compare_tokens)
+    cg = run_stitch(args, upto, "cg", args.compare_tokens)
     if dense["exit"] == 0 and cg["exit"] == 0:
         W_dense = sg.load_sae(dense["out"]).W_dec.double()
         W_cg = sg.load_sae(cg["out"]).W_dec.double()
@@ -385,6 +409,16 @@ def main() -> int:
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
     parser.add_argument("--stitch-upto", type=int, nargs="+", default=[24_576, 49_152])
     parser.add_argument("--compare-upto", type=int, default=12_288)
+    parser.add_argument(
+        "--compare-tokens", type=int, help="tokens of the solver comparison (default all)"
+    )
+    parser.add_argument(
+        "--step-tokens", type=int, help="tokens of classify, explained and trees (default all)"
+    )
+    parser.add_argument("--pairs-upto", type=int, help="widest member of the pair steps")
+    parser.add_argument(
+        "--refit-max-iterations", type=int, help="cap on the stitch's conjugate-gradient iterations"
+    )
     parser.add_argument("--memory-limit", type=int, help="address-space limit of saegeo stitch")
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=1)
@@ -396,7 +430,8 @@ def main() -> int:
     args.out_dir = args.out or ROOT / "reports" / "published_scale" / args.family
     try:
         if args.worker:
-            print(json.dumps(worker(args.worker, args.out_dir, *args.pair, args.batch_size)))
+            found = worker(args.worker, args.out_dir, *args.pair, args.batch_size, args.step_tokens)
+            print(json.dumps(found))
             return 0
         widths = widths_of(args.family, args.max_width)
         start = time.perf_counter()
@@ -410,11 +445,12 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for step in args.steps:
         if step in ("cosine", "classify", "explained"):
-            for small, large in zip(widths, widths[1:], strict=False):
+            paired = [w for w in widths if args.pairs_upto is None or w <= args.pairs_upto]
+            for small, large in zip(paired, paired[1:], strict=False):
                 rows.append(run_step_worker(args, step, small, large))
                 print(markdown(rows[-1:]).splitlines()[-1], flush=True)
         elif step == "trees":
-            rows.append(run_step_worker(args, step, 0, 0))
+            rows.append(run_step_worker(args, step, 0, args.pairs_upto or 0))
         elif step == "stitch":
             for upto in args.stitch_upto:
                 rows.append(run_stitch(args, upto, "auto"))

@@ -48,11 +48,13 @@ from saegeo.stitch.refit import (
     DecoderSolve,
     accumulate,
     choose_solver,
+    dense_stats,
     output_bias,
     refit_exact,
     solve_exact,
     with_decoder,
 )
+from saegeo.stitch.refit_cg import CodeStats
 from saegeo.stitch.refit_sgd import refit_sgd
 from saegeo.stitch.report import Feature, FrankensteinReport, StepReport
 
@@ -316,6 +318,12 @@ def _stitch(
             before, after = sub.metrics(W_dec, b_out), nan
             if retrain == "exact":
                 start = time.perf_counter()
+                if (
+                    isinstance(sub, CodeStats)
+                    and choose_solver(config.solver, len(idx), union.d_in, batches.device)
+                    == "cholesky"
+                ):
+                    sub = dense_stats(sub, batch_size=config.batch_size)  # the faster here
                 solves[k] = solved = solve_exact(
                     sub, W_dec, b_out, ridge=ridge, start=solved_UD[idx], **exact_options
                 )
@@ -420,6 +428,7 @@ def _step_report(
         mse_after=after.mse,
         fvu_after=after.fvu,
         l0_after=after.l0,
+        refit_method="none" if solved is None else solved.method,
         refit_iterations=0 if solved is None else solved.iterations,
         refit_residual=math.nan if solved is None else solved.residual,
     )

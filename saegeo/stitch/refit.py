@@ -68,6 +68,7 @@ __all__ = [
     "choose_solver",
     "decode_target",
     "dense_bytes",
+    "dense_stats",
     "fits_bias",
     "fixed_code_metrics",
     "output_bias",
@@ -253,16 +254,7 @@ def accumulate_stats(
     for x_BD in batches:
         acts_BF = sae.encode(x_BD)
         _, w_B, rows, cols = sums.add(sae, x_BD, acts_BF)
-        codes_FB = sparse_codes_FB(
-            rows, cols, acts_BF[rows, cols].to(torch.float64) * w_B[rows], width, len(x_BD)
-        )
-        pairs = int((torch.bincount(rows, minlength=x_BD.shape[0]) ** 2).sum())
-        if width * rows.numel() <= SPMM_RATIO * pairs:
-            # Σ_t w_t a_t a_tᵀ as one sparse × dense product: O(nnz·F).
-            gram[:width, :width] += torch.sparse.mm(codes_FB, acts_BF.to(torch.float64))
-        else:
-            # Wide and sparse: only the co-active pairs, O(Σ_t L0_t²).
-            _add_gram_(gram, acts_BF, w_B)
+        _add_batch_gram_(gram, acts_BF, w_B, rows, cols)
     sums.reduce_()
     distributed.all_reduce_(gram)
     if sums.n_tokens == 0:
@@ -271,6 +263,64 @@ def accumulate_stats(
     gram[width, width] = sums.weight_sum
     return DecoderStats(
         gram, sums.cross, sums.target_sq, sums.moments, sums.active, sums.n_tokens, sums.shift_D
+    )
+
+
+def _add_batch_gram_(
+    gram: torch.Tensor,
+    acts_BF: torch.Tensor,
+    w_B: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+) -> None:
+    """gram[:F, :F] += Σ_t w_t a_t a_tᵀ over a batch whose non-zeros are (``rows``, ``cols``)."""
+    width = acts_BF.shape[1]
+    pairs = int((torch.bincount(rows, minlength=acts_BF.shape[0]) ** 2).sum())
+    if width * rows.numel() <= SPMM_RATIO * pairs:
+        # One sparse × dense product: O(nnz·F).
+        weighted = acts_BF[rows, cols].to(torch.float64) * w_B[rows].to(torch.float64)
+        codes_FB = sparse_codes_FB(rows, cols, weighted, width, len(acts_BF))
+        gram[:width, :width] += torch.sparse.mm(codes_FB, acts_BF.to(torch.float64))
+    else:
+        # Wide and sparse: only the co-active pairs, O(Σ_t L0_t²).
+        _add_gram_(gram, acts_BF, w_B)
+
+
+def dense_stats(codes: refit_cg.CodeStats, *, batch_size: int = 4096) -> DecoderStats:
+    """The dense statistics (Gram matrix) of the problem whose codes ``codes`` keeps.
+
+    For the steps of a stitch narrow enough that a dense solve is the faster (see
+    :func:`choose_solver`); the Gram matrix is built ``batch_size`` tokens at a time.
+    """
+    width, d_in = codes.width, codes.cross.shape[1]
+    device = codes.cross.device
+    memory.require(
+        dense_bytes(width, width, d_in),
+        f"the exact refit's dense Gram matrix of {width:,} features",
+        {"solver": "cg", "upto": None},
+        device,
+    )
+    gram = torch.zeros(width + 1, width + 1, dtype=torch.float64, device=device)
+    rows, cols, values = codes.rows.long(), codes.cols.long(), codes.values
+    bounds = torch.searchsorted(rows, torch.arange(0, len(codes.weight) + batch_size, batch_size))
+    for start, (lo, hi) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)):
+        first = start * batch_size
+        n_rows = min(batch_size, len(codes.weight) - first)
+        acts_BF = torch.zeros(n_rows, width, dtype=values.dtype, device=device)
+        acts_BF[rows[lo:hi] - first, cols[lo:hi]] = values[lo:hi]
+        w_B = codes.weight[first : first + n_rows]
+        _add_batch_gram_(gram, acts_BF, w_B, rows[lo:hi] - first, cols[lo:hi])
+    distributed.all_reduce_(gram)
+    gram[:width, width] = gram[width, :width] = codes.code_sum
+    gram[width, width] = codes.weight_sum
+    return DecoderStats(
+        gram,
+        codes.cross,
+        codes.target_sq,
+        codes.moments,
+        codes.active,
+        codes.n_tokens,
+        codes.shift,
     )
 
 
@@ -357,7 +407,7 @@ def _solve_dense(
 
 # Above this width the conjugate-gradient solve is the faster on a CPU (measured on the
 # published-scale stand-in; docs/scale.md), and the dense one needs gigabytes.
-DENSE_MAX_WIDTH = 8192
+DENSE_MAX_WIDTH = 16384
 
 
 def dense_bytes(union_width: int, width: int, d_in: int) -> int:
@@ -377,6 +427,8 @@ def choose_solver(solver: Solver, width: int, d_in: int, device: torch.device | 
     device = torch.device(device)
     free = memory.available_bytes(device)
     fits = free is None or dense_bytes(width, width, d_in) <= free // 2
+    # Every rank takes the same choice (the dense one only where it fits on all of them).
+    fits = distributed.all_reduce_sums(0.0 if fits else 1.0)[0] == 0
     if device.type == "cuda":
         return "cholesky" if fits else "cg"
     return "cholesky" if fits and width <= DENSE_MAX_WIDTH else "cg"

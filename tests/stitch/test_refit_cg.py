@@ -188,3 +188,33 @@ def test_cg_refit_over_two_ranks_equals_the_single_process_one(tmp_path):
     # Both ranks take the same steps.
     np.testing.assert_array_equal(ranks[0]["W_dec"], ranks[1]["W_dec"])
     assert ranks[0]["iterations"] == ranks[1]["iterations"] > 0
+
+
+def test_the_dense_statistics_of_kept_codes_equal_the_accumulated_ones():
+    from saegeo.stitch.refit import dense_stats
+
+    sae = random_sae(40, "jumprelu", seed=3, norm="layer_norm")
+    x_BD = torch.randn(300, sae.d_in, generator=torch.Generator().manual_seed(1)) + 0.5
+    want = accumulate_stats(sae, x_BD, batch_size=64, **CPU)
+    got = dense_stats(accumulate_codes(sae, x_BD, batch_size=64, **CPU), batch_size=70)
+    torch.testing.assert_close(got.gram, want.gram, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got.cross, want.cross)
+    assert got.target_sq == want.target_sq and got.n_tokens == want.n_tokens
+
+
+def test_an_auto_stitch_solves_narrow_steps_densely_and_wide_ones_by_cg(monkeypatch):
+    from helpers.stitch import toy_acts, toy_family
+
+    from saegeo.stitch.frankenstein import frankenstein
+
+    family, x_BD = toy_family(), toy_acts()
+    _, dense = frankenstein(family, x_BD, solver="cholesky", **CPU)
+    monkeypatch.setattr(refit_module, "DENSE_MAX_WIDTH", 8)
+    # The union (over 8 features) keeps its codes; steps of at most 8 features solve densely.
+    _, mixed = frankenstein(family, x_BD, solver="auto", **CPU)
+    assert [s.refit_method for s in mixed.steps] == ["cholesky", "cg", "cg"]
+    assert [s.refit_method for s in dense.steps] == ["cholesky"] * 3
+    assert mixed.refit_method == "cg" and mixed.refit_iterations > 0
+    for a, b in zip(mixed.steps, dense.steps, strict=True):
+        assert a.mse_after == pytest.approx(b.mse_after, rel=1e-6)
+        assert a.mse_before == pytest.approx(b.mse_before, rel=1e-9)
