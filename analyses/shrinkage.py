@@ -8,8 +8,10 @@ script removes the shrinkage and measures again. For each adjacent pair of each 
 narrower SAE is taken as it is (``original``), with its decoder scaled by the least-squares
 gain of its reconstruction (``gain``: one scalar, fitted on the training tokens), and with its
 decoder refitted exactly for its frozen codes (``refit``: :func:`saegeo.refit_exact` on the
-training tokens); the wider features are classified once, on the original decoders, and their
-``delta_mse`` and ``present`` recomputed against each variant on the held-out tokens.
+training tokens), and with both SAEs' decoders refitted (``refit_both``: the wider feature's
+own contribution is shrunk too when its SAE is penalised, which ``present`` measures); the
+wider features are classified once, on the original decoders, and their ``delta_mse`` and
+``present`` recomputed against each variant on the held-out tokens.
 
 Families: a ReLU + L1 family trained here with saegeo's trainer (``--steps`` steps of
 ``--batch-size`` tokens on the store's training tokens, the L1 coefficient adapted towards
@@ -79,16 +81,19 @@ def pair_rows(
     kinds = sg.classify(small, large, device="cpu")["kind"].to_numpy()
     novel = kinds == "novel"
     gained, gain = gain_scaled(small, train)
+    refit = sg.refit_exact(small, train, device="cpu", progress=False).sae
+    large_refit = sg.refit_exact(large, train, device="cpu", progress=False).sae
     variants = {
-        "original": (small, 1.0),
-        "gain": (gained, gain),
-        "refit": (sg.refit_exact(small, train, device="cpu", progress=False).sae, np.nan),
+        "original": (small, large, 1.0),
+        "gain": (gained, large, gain),
+        "refit": (refit, large, np.nan),
+        "refit_both": (refit, large_refit, np.nan),
     }
     rows = []
-    for variant, (narrow, gain_value) in variants.items():
+    for variant, (narrow, wide, gain_value) in variants.items():
         options = dict(device="cpu", progress=False)
-        delta = sg.delta_mse(narrow, large, held_out, **options).to_numpy()
-        present = explained_share(narrow, large, held_out, **options)["present"].to_numpy()
+        delta = sg.delta_mse(narrow, wide, held_out, **options).to_numpy()
+        present = explained_share(narrow, wide, held_out, **options)["present"].to_numpy()
         fires = ~np.isnan(present)
         lowers = delta < 0
         rows.append(
