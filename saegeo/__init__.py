@@ -88,7 +88,8 @@ if TYPE_CHECKING:  # the same names as _API, for type checkers and editors
     from saegeo.stitch.report import FrankensteinReport
     from saegeo.training.toy import ToyConfig, ToyModel, make_toy_model
     from saegeo.training.trainer import TrainConfig, TrainReport, train_family, train_sae
-    from saegeo.trees.dag import feature_dag, feature_tree, forest
+    from saegeo.trees.dag import feature_dag, feature_tree
+    from saegeo.trees.forest import forest
     from saegeo.trees.tree_json import tree_from_json, tree_to_json
 
 _API: dict[str, tuple[str, ...]] = {
@@ -139,7 +140,8 @@ _API: dict[str, tuple[str, ...]] = {
     "saegeo.stitch.report": ("FrankensteinReport",),
     "saegeo.training.toy": ("ToyConfig", "ToyModel", "make_toy_model"),
     "saegeo.training.trainer": ("TrainConfig", "TrainReport", "train_family", "train_sae"),
-    "saegeo.trees.dag": ("feature_dag", "feature_tree", "forest"),
+    "saegeo.trees.dag": ("feature_dag", "feature_tree"),
+    "saegeo.trees.forest": ("forest",),
     "saegeo.trees.tree_json": ("tree_from_json", "tree_to_json"),
 }
 """The public names, by the module that defines them (imported on first use)."""

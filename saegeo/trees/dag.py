@@ -8,7 +8,8 @@ continues feature ``i`` of the narrower one:
 - ``metric="decoder_cosine"``: ``cos(W_dec_l[i], W_dec_{l+1}[j]) > threshold`` (default 0.7).
   Every parent above the threshold gets an edge, not only the nearest.
 - ``metric="masked_cosine"``: the directed masked cosine similarity of parent ``i`` and child
-  ``j`` (on the tokens where ``j`` fires, scaled by ``max(a_j) / max(a_i)``, seed 002) is
+  ``j`` (on the tokens where ``j`` fires, scaled by ``max(a_j) / max(a_i)``, as in
+  the Matryoshka SAE tree view) is
   ``> threshold`` (default 0.6). Needs activations.
 - ``metric="cofiring"``: the probability that parent ``i`` fires on a token where child ``j``
   fires, ``P(i fires | j fires)``, is ``> threshold`` (default 0.6;
@@ -72,7 +73,8 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "nesting": 0.45,
     "containment": 0.5,
 }
-"""Edge thresholds used when ``threshold=None``: seed 003 for decoder cosine, seed 002 for MCS;
+"""Edge thresholds used when ``threshold=None``: "Stitching SAEs of different sizes" for decoder
+cosine, the Matryoshka SAE tree view for MCS;
 for co-firing, the threshold chosen on held-out synthetic families by
 ``analyses/tree_recovery.py``."""
 
