@@ -123,17 +123,24 @@ def exact_argmax(
 
     Only atoms whose drifting correlation reaches ``floor_U`` (maximum minus twice the drift
     bound) can carry SAELens's maximum: every other one is, exactly, below the exact value of
-    the drifting maximum's atom. Their exact correlations decide, computed as SAELens computes
-    the coefficient: ties go to the first atom and a maximum <= 0 to atom 0, as relu then max
-    does. Rows with a non-finite floor (NaN or infinite correlations) take SAELens's own
-    expression over all atoms.
+    the drifting maximum's atom. Their exact correlations decide: ties go to the first atom and
+    a maximum <= 0 to atom 0, as relu then max does. Rows with a non-finite floor (NaN or
+    infinite correlations) take SAELens's own expression over all atoms.
+
+    The candidates' correlations are computed in float64. Candidates this close differ by
+    about the rounding of a float32 dot product, which orders them by the order of summation:
+    SAELens's matrix product and an elementwise sum round differently. The float64 value
+    orders them as they are; SAELens's float32 run orders them so wherever it agrees with its
+    float64 run, the rows on which its codes are settled at all. (Summed in float32, one row
+    in 2,048 of random dictionaries, and most rows of dictionaries with near-duplicate atoms,
+    took another atom than both SAELens runs.)
     """
     rows = corr_UP.shape[0]
     width = W_dec_FD.shape[0]
     finite_U = floor_U.isfinite()
     candidate_UF = (corr_UP[:, :width] >= floor_U[:, None]) & finite_U[:, None]
     row_K, atom_K = candidate_UF.nonzero(as_tuple=True)
-    exact_K = (residual_UD[row_K] * W_dec_FD[atom_K]).sum(dim=-1)
+    exact_K = (residual_UD[row_K].double() * W_dec_FD[atom_K].double()).sum(dim=-1)
     best_U = torch.full((rows,), -torch.inf, dtype=exact_K.dtype, device=exact_K.device)
     best_U = best_U.scatter_reduce(0, row_K, exact_K, "amax")
     at_best_K = exact_K == best_U[row_K]

@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 
 from saegeo.core import gram_route, gram_update
+from saegeo.core.grad_mode import in_callers_mode
 from saegeo.core.pursuit_rules import StopRules, pursue
 from saegeo.errors import SaegeoError, ShapeError
 
@@ -183,6 +184,7 @@ def _run_batches(
     bounds = [batch * i // shares for i in range(shares + 1)]
     per_share = max(1, batch_size // shares)  # the same memory as one batch in all
 
+    @in_callers_mode  # worker threads start outside the caller's inference mode
     def run_share(lo: int, hi: int) -> None:
         for start in range(lo, hi, per_share):
             run(slice(start, min(start + per_share, hi)))

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from saegeo.core.grad_mode import with_gradients
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
 from saegeo.io.atomic import atomic_file
@@ -34,6 +35,7 @@ from saegeo.stitch.refit import (
 CHECKPOINT_FORMAT = "saegeo.refit_sgd.v1"
 
 
+@with_gradients
 def refit_sgd(
     sae: SAE,
     acts: ActsLike,

@@ -44,6 +44,7 @@ import torch
 
 from saegeo.core.devices import fast_bfloat16, resolve_device
 from saegeo.core.family import Family
+from saegeo.core.grad_mode import with_gradients
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Metrics, Moments, evaluate
 from saegeo.errors import ArgumentError, SaegeoError
@@ -192,6 +193,7 @@ def _shuffled_batches(
 # --------------------------------------------------------------------------- training
 
 
+@with_gradients
 def train_sae(
     acts: ActsLike,
     config: TrainConfig | None = None,
