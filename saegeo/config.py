@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any, NoReturn, TypeVar
 
 from saegeo.errors import ArgumentError
@@ -29,3 +30,28 @@ def override(config: C, overrides: dict[str, Any]) -> C:
 def fail(config: object, name: str, problem: str) -> NoReturn:
     """Raise the ArgumentError of field ``name`` of ``config``."""
     raise ArgumentError(name, getattr(config, name), problem, owner=type(config).__name__)
+
+
+def check_count(
+    name: str, value: object, *, minimum: int = 1, optional: bool = False, owner: str | None = None
+) -> None:
+    """Raise the ArgumentError of ``name`` unless ``value`` is an integer >= ``minimum`` (or
+    None, where ``optional``): the rule of every size argument (``batch_size``, ``limit``,
+    ``k``, ``points``...).
+
+    Examples
+    --------
+    >>> check_count("batch_size", 0)
+    Traceback (most recent call last):
+    ...
+    saegeo.errors.ArgumentError: batch_size=0: must be an integer >= 1
+    """
+    if value is None and optional:
+        return
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        number = None
+    if number is None or number < minimum:
+        allowed = f"an integer >= {minimum}" + (" or None" if optional else "")
+        raise ArgumentError(name, value, f"must be {allowed}", owner=owner)

@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=types.path, help=SAE_PATHS_HELP)
     p.set_defaults(func=commands._cmd_info, parser=p)
 
-    p = sub.add_parser("classify", help="novel vs reconstruction features of a larger SAE")
+    p = sub.add_parser(
+        "classify",
+        help="novel vs reconstruction features of a larger SAE (SMALL must be the narrower)",
+    )
     p.add_argument(
         "small", type=types.path, help="the smaller SAE (directory, or sae-lens:RELEASE/SAE_ID)"
     )

@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 
 from saegeo.core import gram_route, gram_update
+from saegeo.core.devices import resolve_device
 from saegeo.core.grad_mode import in_callers_mode
 from saegeo.core.pursuit_rules import StopRules, pursue
 from saegeo.errors import SaegeoError, ShapeError
@@ -272,11 +273,7 @@ def _check_inputs(
 
 
 def _resolve_device(device: str | torch.device | None, default: torch.device) -> torch.device:
-    if device is None:
-        return default
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return default if device is None else resolve_device(device)
 
 
 def _pursue_direct(

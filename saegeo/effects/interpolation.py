@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from saegeo.config import check_count
 from saegeo.core.family import Family
 from saegeo.core.sae import SAE, concat
 from saegeo.effects.metrics import evaluate
@@ -91,6 +92,7 @@ def interpolation_path(
     cosine, or the group's largest), ``n_added``, ``n_removed``, ``n_features``, ``l0``,
     ``mse``, ``fvu``.
     """
+    check_count("points", points, optional=True)
     family = family if isinstance(family, Family) else Family(list(family))
     if len(family) < 2:
         raise SaegeoError("interpolation_path() needs a family of at least two SAEs")

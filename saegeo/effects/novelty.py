@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from saegeo.config import check_count
 from saegeo.core.family import Family
 from saegeo.core.feature_info import neuronpedia_url
 from saegeo.core.sae import SAE
@@ -192,6 +193,7 @@ def family_novelty(
     Without ``acts`` only the geometry (kinds, shares) is computed. ``points=0`` skips the
     cumulative curves, whose every point re-evaluates a hybrid SAE on the activations.
     """
+    check_count("points", points, minimum=0)
     fam = family if isinstance(family, Family) else Family(list(family))
     if len(fam) < 2:
         raise SaegeoError(f"family_novelty(): needs at least two SAEs, got {len(fam)}")

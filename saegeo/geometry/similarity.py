@@ -17,9 +17,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from saegeo.config import check_count
 from saegeo.core.devices import resolve_device
-from saegeo.core.sae import SAE
-from saegeo.errors import SaegeoError, ShapeError
+from saegeo.core.finite import all_finite
+from saegeo.core.sae import SAE, as_input
+from saegeo.errors import ArgumentError, SaegeoError, ShapeError
 from saegeo.io import distributed
 from saegeo.io.streaming import progress_bar
 
@@ -46,16 +48,35 @@ class CosineMatch(NamedTuple):
 
 
 def unit_rows(W_FD: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit norm (zero rows stay zero)."""
-    return W_FD / W_FD.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    """Rows scaled to unit norm (zero rows stay zero), whatever their scale.
+
+    Each row is first divided by its largest entry, so that the squares behind its norm
+    neither overflow (a row of 1e30s, whose float32 norm is inf) nor underflow (1e-30s).
+
+    Examples
+    --------
+    >>> unit_rows(torch.tensor([[3e30, 4e30], [0.0, 0.0], [3e-30, 4e-30]]))
+    tensor([[0.6000, 0.8000],
+            [0.0000, 0.0000],
+            [0.6000, 0.8000]])
+    """
+    scaled_FD = W_FD / W_FD.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(W_FD.dtype).tiny)
+    return scaled_FD / scaled_FD.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def _decoder(x: SAE | torch.Tensor, name: str) -> torch.Tensor:
-    W_FD = x.W_dec if isinstance(x, SAE) else torch.as_tensor(x)
+    W_FD = x.W_dec if isinstance(x, SAE) else as_input(x, name)
     if W_FD.ndim != 2:
         raise ShapeError(
             f"decoder_cosine(): {name} must be an SAE or a 2-D decoder "
             f"[width, d_in], got shape {tuple(W_FD.shape)}"
+        )
+    if not W_FD.is_floating_point():
+        W_FD = W_FD.float()
+    if not all_finite(W_FD):
+        raise SaegeoError(
+            f"decoder_cosine(): the {name} decoder holds NaN or infinite values; "
+            "its cosines would be NaN"
         )
     return W_FD
 
@@ -68,8 +89,7 @@ def _block_elements(block_elements: int | None, device: torch.device) -> int:
 
 def _tile_shape(n_small: int, block_elements: int) -> tuple[int, int]:
     """(large rows, small columns) of one tile holding at most ``block_elements`` entries."""
-    if block_elements < 1:
-        raise SaegeoError(f"block_elements must be >= 1, got {block_elements}")
+    check_count("block_elements", block_elements)
     cols = min(n_small, max(1, block_elements // MIN_TILE_ROWS))
     rows = max(1, block_elements // max(cols, 1))
     return rows, cols
@@ -192,8 +212,9 @@ def decoder_cosine(
     start, stop = distributed.shard(W_large_LD.shape[0])
     W_large_LD = W_large_LD[start:stop].to(torch_device)
     n_small, n_large = small_SD.shape[0], W_large_LD.shape[0]
-    if not 1 <= k <= n_small:
-        raise SaegeoError(f"decoder_cosine(): k must lie in [1, {n_small}], got {k}")
+    check_count("k", k)
+    if k > n_small:
+        raise ArgumentError("k", k, f"exceeds the {n_small} features of the smaller SAE")
     values_LK = torch.full((n_large, k), -torch.inf, dtype=dtype, device=torch_device)
     indices_LK = torch.zeros((n_large, k), dtype=torch.long, device=torch_device)
     for tile in _tiles(

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from saegeo.config import check_count
 from saegeo.core.devices import resolve_device
 from saegeo.errors import ShapeError
 from saegeo.io import distributed
@@ -170,6 +171,8 @@ def stream(
     desc
         The bar's label.
     """
+    check_count("batch_size", batch_size)
+    check_count("limit", limit, optional=True)
     return BatchStream(
         checked_store(acts, d_in, what=what),
         batch_size=batch_size,
