@@ -42,7 +42,8 @@ def flag_message(exc: SaegeoError, parser: argparse.ArgumentParser) -> str:
     flag = FLAG_NAMES.get(exc.name, "--" + exc.name.replace("_", "-"))
     if flag not in {option for action in parser._actions for option in action.option_strings}:
         return str(exc)
-    return f"{flag} {exc.value}: {exc.problem}"
+    shown = "" if exc.value is None else f" {exc.value}"  # a flag left out reads as itself
+    return f"{flag}{shown}: {exc.problem}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

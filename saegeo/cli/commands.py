@@ -121,6 +121,7 @@ def _cmd_tree(args: argparse.Namespace) -> int:
         metric=args.metric,
         threshold=args.threshold,
         acts=acts,
+        limit=args.limit,
         device=args.device,
     )
     if root is None:

@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="--all: trees shown in --html and printed (default %(default)s)",
     )
+    p.add_argument(
+        "--limit",
+        type=types.integer(1),
+        help="--metric masked_cosine: use only the first N activation tokens",
+    )
     types.add_common(p)
     p.set_defaults(func=commands._cmd_tree, parser=p)
 

@@ -6,9 +6,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from saegeo.core.memory import require, sparse_codes_bytes
 from saegeo.core.sae import SAE
 from saegeo.io import distributed
-from saegeo.io.streaming import ActsLike, sae_stream
+from saegeo.io.streaming import ActsLike, BatchStream, sae_stream
 
 
 def encode_codes(
@@ -35,6 +36,8 @@ def encode_codes(
     for batch_BD in batches:
         acts_BF = sae.encode(batch_BD)
         rows, cols = acts_BF.nonzero(as_tuple=True)
+        if not blocks:
+            _require_memory(sae, batches, rows.numel() / max(acts_BF.shape[0], 1), limit)
         values = acts_BF[rows, cols]
         blocks.append(
             sp.csr_matrix(
@@ -49,3 +52,16 @@ def encode_codes(
         else sp.csr_matrix((0, sae.width), dtype=np.float32)
     )
     return distributed.gather_rows(codes)
+
+
+def _require_memory(sae: SAE, batches: BatchStream, l0: float, limit: int | None) -> None:
+    """Refuse, naming ``limit``, codes whose non-zeros (at the first batch's L0) would not fit
+    in the host's free memory."""
+    require(
+        sparse_codes_bytes(batches.n_tokens, l0),
+        torch.device("cpu"),
+        what=f"the codes of {sae.name} on {batches.n_tokens} tokens (L0 {l0:.1f})",
+        argument="limit",
+        value=limit,
+        advice="encode fewer tokens",
+    )

@@ -21,7 +21,6 @@ iteration are :mod:`saegeo.core.pursuit_rules`'s.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
@@ -32,6 +31,7 @@ import torch
 from saegeo.core import gram_route, gram_update
 from saegeo.core.devices import resolve_device
 from saegeo.core.grad_mode import in_callers_mode
+from saegeo.core.memory import available_memory
 from saegeo.core.pursuit_rules import StopRules, pursue
 from saegeo.errors import SaegeoError, ShapeError
 
@@ -233,16 +233,6 @@ def default_batch_size(width: int, dtype: torch.dtype, device: torch.device | No
         free = available_memory(device) or 0
         budget = max(BATCH_BYTES, min(CUDA_BATCH_BYTES, free // 8))
     return max(1, budget // (gram_route.padded(width) * itemsize))
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Free bytes on ``device`` (physical memory for a CPU); None where it cannot be read."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _check_inputs(

@@ -20,6 +20,7 @@ import torch
 from saegeo.config import check_count
 from saegeo.core.devices import resolve_device
 from saegeo.core.finite import all_finite
+from saegeo.core.memory import decoder_cosine_bytes, require
 from saegeo.core.sae import SAE, as_input
 from saegeo.errors import ArgumentError, SaegeoError, ShapeError
 from saegeo.io import distributed
@@ -135,11 +136,39 @@ def _tiles(
             bar.update(stop - start)
 
 
+def _require_memory(
+    n_small: int,
+    W_large_LD: torch.Tensor,
+    k: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    block_elements: int | None,
+) -> None:
+    """Refuse, naming ``device``, where the products' largest allocations exceed its memory."""
+    n_large, d_in = W_large_LD.shape
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    tile = _tile_shape(n_small, _block_elements(block_elements, device))
+    need = decoder_cosine_bytes(
+        n_small, n_large, d_in, min(k, n_small), (min(tile[0], n_large), tile[1]), itemsize
+    )
+    require(
+        need,
+        device,
+        what=f"decoder cosines of {n_large} x {n_small} features (d_in {d_in})",
+        argument="device",
+        value=str(device),
+        advice="compute on a device with more free memory",
+    )
+
+
 def _prepare(
     small: SAE | torch.Tensor,
     large: SAE | torch.Tensor,
     device: str | torch.device,
     dtype: torch.dtype,
+    *,
+    k: int = 1,
+    block_elements: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.device]:
     """Unit small rows in float32 and in ``dtype``, the large decoder, and the device."""
     W_small_SD, W_large_LD = _decoder(small, "small"), _decoder(large, "large")
@@ -155,6 +184,7 @@ def _prepare(
     if dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         raise SaegeoError(f"decoder_cosine(): dtype must be a floating dtype, got {dtype}")
     torch_device = resolve_device(device)
+    _require_memory(W_small_SD.shape[0], W_large_LD, k, torch_device, dtype, block_elements)
     small32_SD = unit_rows(W_small_SD.to(torch_device, torch.float32))
     small_SD = small32_SD.to(dtype) if dtype != torch.float32 else small32_SD
     return small32_SD, small_SD, W_large_LD, torch_device
@@ -206,13 +236,15 @@ def decoder_cosine(
     >>> round(float(match.values[0, 0]), 4), int(match.indices[0, 0])
     (0.7071, 0)
     """
-    small32_SD, small_SD, W_large_LD, torch_device = _prepare(small, large, device, dtype)
+    check_count("k", k)
+    small32_SD, small_SD, W_large_LD, torch_device = _prepare(
+        small, large, device, dtype, k=k, block_elements=block_elements
+    )
     block_elements = _block_elements(block_elements, torch_device)
     # Under torch.distributed each rank takes a contiguous share of the large rows.
     start, stop = distributed.shard(W_large_LD.shape[0])
     W_large_LD = W_large_LD[start:stop].to(torch_device)
     n_small, n_large = small_SD.shape[0], W_large_LD.shape[0]
-    check_count("k", k)
     if k > n_small:
         raise ArgumentError("k", k, f"exceeds the {n_small} features of the smaller SAE")
     values_LK = torch.full((n_large, k), -torch.inf, dtype=dtype, device=torch_device)
@@ -311,7 +343,9 @@ def decoder_cosine_pairs(
     scipy.sparse.csr_matrix
         [small.width, large.width] float32 cosines of the kept pairs.
     """
-    small32_SD, small_SD, W_large_LD, torch_device = _prepare(small, large, device, dtype)
+    small32_SD, small_SD, W_large_LD, torch_device = _prepare(
+        small, large, device, dtype, block_elements=block_elements
+    )
     block_elements = _block_elements(block_elements, torch_device)
     shape = (small_SD.shape[0], W_large_LD.shape[0])
     # Under torch.distributed each rank takes a contiguous share of the large rows.
