@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from saegeo.errors import SaegeoError, ShapeError
+from saegeo.config import check_count
+from saegeo.errors import ShapeError
 
 MAX_PAIRS = 1 << 24
 """Co-firing (parent, child) pairs held at once per product (~12 bytes each)."""
@@ -46,10 +47,8 @@ def checked_pair(
             f"{caller}(): parent codes cover {A.shape[0]} tokens, child codes "
             f"{B.shape[0]}; encode the same activations with both SAEs"
         )
-    if top_k is not None and top_k < 1:
-        raise SaegeoError(f"{caller}(): top_k must be >= 1, got {top_k}")
-    if max_pairs < 1:
-        raise SaegeoError(f"{caller}(): max_pairs must be >= 1, got {max_pairs}")
+    check_count("top_k", top_k, optional=True)
+    check_count("max_pairs", max_pairs)
     return A, B
 
 
