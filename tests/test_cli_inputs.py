@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_cli_errors import WIDTHS, _sae, _setup, _snapshot, family, train
+from test_cli_errors import WIDTHS, _sae, _setup, check_case, family, train
 
 import saegeo as sg
 from saegeo.cli import main
@@ -56,17 +56,7 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_is_one_line_and_writes_nothing(name, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _setup(tmp_path)
-    argv, needle = CASES[name](tmp_path)
-    capsys.readouterr()
-    before = _snapshot(tmp_path)
-    code = main(argv)
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert code == 2, (name, captured.err)
-    assert len(lines) == 1 and lines[0].startswith(f"saegeo {argv[0]}: error:"), lines
-    assert needle in lines[0], lines[0]
-    assert _snapshot(tmp_path) == before
+    check_case(CASES[name], tmp_path, capsys)
 
 
 def test_a_decoder_scaled_by_1e30_keeps_its_cosines(tmp_path, capsys):

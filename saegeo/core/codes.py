@@ -32,7 +32,7 @@ def encode_codes(
     """
     sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "encode_codes")
     batches = batches.replace(sharded=True)
-    blocks = []
+    blocks: list[sp.csr_matrix] = []
     for batch_BD in batches:
         acts_BF = sae.encode(batch_BD)
         rows, cols = acts_BF.nonzero(as_tuple=True)

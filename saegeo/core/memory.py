@@ -103,3 +103,10 @@ def forward_bytes(
     attention scores of every head (as eager attention holds them)."""
     tokens = batch * context
     return itemsize * (tokens * (6 * d_model + 2 * d_ff) + batch * n_heads * context * context)
+
+
+def cofiring_pairs_bytes(pairs: int) -> int:
+    """Peak bytes of one group of co-firing pairs in :func:`saegeo.masked_cosine` and the
+    co-firing scores: per pair, three sparse products' float64 values and int32 indices, the
+    int64 child and parent of each entry, its float64 score and the keep mask."""
+    return pairs * (3 * (8 + 4) + 2 * 8 + 8 + 1)

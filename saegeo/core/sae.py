@@ -239,7 +239,7 @@ class SAE:
     def encode(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Latent activations [batch, width] for inputs ``x`` [batch, d_in] (a tensor or a
         numpy array), as SAELens computes."""
-        return self.architecture.encode(self, x)
+        return self.architecture.encode(self, as_input(x, "x"))
 
     @torch.no_grad()
     def decode(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from saegeo.config import check_count
+from saegeo.core.memory import cofiring_pairs_bytes, require
 from saegeo.errors import ShapeError
 
 MAX_PAIRS = 1 << 24
@@ -105,10 +107,14 @@ def aligned(pattern: sp.csr_matrix, other: sp.csr_matrix) -> np.ndarray:
     return np.where(found, other.data[pos] if other.nnz else 0.0, 0.0)
 
 
-def child_groups(A: sp.csr_matrix, B: sp.csc_matrix, max_pairs: int) -> list[tuple[int, int]]:
+def child_groups(
+    A: sp.csr_matrix, B: sp.csc_matrix, max_pairs: int, *, caller: str = "co-firing scores"
+) -> list[tuple[int, int]]:
     """Consecutive child ranges whose co-firing pairs with all parents stay <= max_pairs.
 
-    A child's pairs are bounded by the parent latents active on its tokens, summed.
+    A child's pairs are bounded by the parent latents active on its tokens, summed. Where the
+    largest group's products would not fit in free memory, raises the ArgumentError of
+    ``max_pairs``, naming ``caller``.
     """
     parents_per_token = np.diff(A.indptr).astype(np.float64)
     bound = np.asarray(with_data(B, np.ones_like(B.data)).T @ parents_per_token).ravel()
@@ -121,6 +127,16 @@ def child_groups(A: sp.csr_matrix, B: sp.csc_matrix, max_pairs: int) -> list[tup
         stop = min(max(stop, start + 1), n_children)
         groups.append((start, stop))
         start = stop
+    largest = max((cum[stop - 1] - (cum[start - 1] if start else 0.0) for start, stop in groups),
+                  default=0.0)  # fmt: skip
+    require(
+        cofiring_pairs_bytes(int(largest)),
+        torch.device("cpu"),
+        what=f"{caller} over {int(largest)} co-firing pairs at once",
+        argument="max_pairs",
+        value=max_pairs,
+        advice="lower it",
+    )
     return groups
 
 

@@ -101,3 +101,17 @@ def test_the_cli_names_the_flag(tiny_memory, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "t.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("saegeo tree: error: --limit: the codes of")
+
+
+def test_masked_cosine_refuses_naming_max_pairs(monkeypatch):
+    import scipy.sparse as sp
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 10_000)
+    codes = sp.csr_matrix(np.ones((100, 20), dtype=np.float32))  # 2,000 pairs a child
+    assert sg.masked_cosine(codes[:, :1], codes[:, :1]).shape == (1, 1)  # 100 pairs fit
+    with pytest.raises(ArgumentError, match=r"^max_pairs=16777216: masked_cosine\(\) over"):
+        sg.masked_cosine(codes, codes)
+
+
+def test_cofiring_estimate_counts_bytes_per_pair():
+    assert memory.cofiring_pairs_bytes(1000) == 1000 * 61
