@@ -32,7 +32,7 @@ def scores(saes: list[sg.SAE], x_BD: torch.Tensor) -> dict[str, np.ndarray]:
     }
 
 
-@pytest.mark.parametrize("arch", ["relu", "jumprelu", "topk"])
+@pytest.mark.parametrize("arch", ["relu", "jumprelu", "topk", "matching_pursuit"])
 def test_scores_of_huge_activations_are_their_float64_values(arch):
     x_BD = SCALE * torch.randn(200, 16, generator=torch.Generator().manual_seed(0))
     expected = scores(pair(arch, torch.float64), x_BD.double())
