@@ -187,14 +187,11 @@ def open_acts(args: argparse.Namespace) -> Any:
 
 def check_train_size(args: argparse.Namespace, widths: list[int], d_in: int) -> None:
     """Refuse widths whose weights cannot fit this machine's memory or disk."""
-    import os
+    from saegeo.core.memory import physical_memory
 
     # Training holds the weights, their gradients and two Adam moments of the widest member.
     needed = 4 * 8 * d_in * max(widths)
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        memory = None
+    memory = physical_memory()
     if memory is not None and needed > memory:
         raise SaegeoError(
             f"--widths {max(widths)}: training a width-{max(widths)} SAE on d_in={d_in} needs "

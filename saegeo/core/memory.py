@@ -46,6 +46,14 @@ def available_memory(device: torch.device) -> int | None:
         return None
 
 
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes; None where it cannot be read."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def format_bytes(n: float) -> str:
     """``n`` bytes in binary units, e.g. ``'1.5 GiB'``."""
     for unit in ("B", "KiB", "MiB", "GiB"):
