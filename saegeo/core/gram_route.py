@@ -134,7 +134,7 @@ def exact_argmax(
     summation (SAELens's matrix product and an elementwise sum round differently); float64
     orders them as they are, and so does SAELens's float32 run wherever it agrees with its
     float64 run, on the rows whose codes are settled at all. Summed in float32, they missed
-    SAELens's supports on 100 of 219 settled rows of a dictionary with near-duplicate atoms
+    SAELens's supports on 98 of 221 settled rows of a dictionary with near-duplicate atoms
     (``analyses/benchmarks/pursuit_ties.py``).
     """
     rows = corr_UP.shape[0]
