@@ -93,3 +93,9 @@ def test_a_family_may_be_given_as_paths(tmp_path):
     assert [level["width"] for level in G.graph["levels"]] == [8, 16]
     with pytest.raises(sg.SaegeoError, match="SAEs or SAE paths, not int"):
         sg.feature_dag([1, 2])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_moving_an_sae_to_a_missing_device_is_one_clear_error():
+    with pytest.raises(ArgumentError, match="device='cuda': CUDA is not available"):
+        random_sae(8, "relu", seed=0).to("cuda")

@@ -17,6 +17,7 @@ import torch
 
 from saegeo.core import normalization
 from saegeo.core.architectures import ARCHS, Architecture, architecture, union_kind
+from saegeo.core.devices import resolve_device
 from saegeo.core.feature_info import select_metadata
 from saegeo.core.finite import all_finite
 from saegeo.core.normalization import NORMALIZATIONS, Normalization
@@ -121,7 +122,10 @@ class SAE:
         return dataclasses.replace(self, **changes)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SAE:
-        """The same SAE with its tensors on ``device`` and/or in ``dtype``."""
+        """The same SAE with its tensors on ``device`` and/or in ``dtype``; a device this
+        machine lacks raises an ArgumentError naming it."""
+        if device is not None:
+            device = resolve_device(device)
 
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device=device, dtype=dtype)
