@@ -5,6 +5,7 @@ of the values many of them take (a cosine threshold, a count)."""
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any, NoReturn, TypeVar
 
 import numpy as np
@@ -56,23 +57,26 @@ def cosine_threshold(value: object, name: str = "threshold", *, owner: str | Non
     return float(value)
 
 
-def count(
-    value: object, name: str, *, minimum: int = 1, optional: bool = False, owner: str | None = None
-) -> int | None:
-    """``value`` as a whole number >= ``minimum`` (None allowed when ``optional``), else an
-    ArgumentError.
+def check_count(
+    name: str, value: object, *, minimum: int = 1, optional: bool = False, owner: str | None = None
+) -> None:
+    """Raise the ArgumentError of ``name`` unless ``value`` is an integer >= ``minimum`` (or
+    None, where ``optional``): the rule of every size argument (``batch_size``, ``limit``,
+    ``k``, ``points``...).
 
     Examples
     --------
-    >>> count(4096, "batch_size")
-    4096
-    >>> count(0, "limit", optional=True)
+    >>> check_count("batch_size", 0)
     Traceback (most recent call last):
     ...
-    saegeo.errors.ArgumentError: limit=0: must be a whole number >= 1
+    saegeo.errors.ArgumentError: batch_size=0: must be an integer >= 1
     """
     if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ArgumentError(name, value, f"must be a whole number >= {minimum}", owner=owner)
-    return int(value)
+        return
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        number = None
+    if number is None or number < minimum:
+        allowed = f"an integer >= {minimum}" + (" or None" if optional else "")
+        raise ArgumentError(name, value, f"must be {allowed}", owner=owner)

@@ -140,7 +140,7 @@ def stand_in_bytes(d_in: int, widths: list[int], tokens: int) -> int:
 def build_stand_in(out: Path, family: str, widths: list[int], tokens: int, l0: int, seed: int):
     """Write the stand-in family (SAELens layout) and its tokens (``acts.npy``) under ``out``."""
     import saegeo as sg
-    from saegeo.core import memory
+    from saegeo.runtime import memory
 
     d_in = FAMILIES[family][0]
     settings = {"family": family, "widths": widths, "tokens": tokens, "l0": l0, "seed": seed}
@@ -148,7 +148,7 @@ def build_stand_in(out: Path, family: str, widths: list[int], tokens: int, l0: i
     if done.exists() and json.loads(done.read_text()) == settings:
         return
     need = stand_in_bytes(d_in, widths, tokens)
-    free = memory.available_bytes("cpu")
+    free = memory.available_memory("cpu")
     if free is not None and need > free:
         raise DoesNotFitError(
             f"building the {family} stand-in up to width {widths[-1]:,} needs about "
@@ -194,9 +194,9 @@ def _pair_bytes(d_in: int, small: int, large: int, batch: int, acts: bool) -> in
 
 
 def _require(need: int, what: str, lowers: str) -> None:
-    from saegeo.core import memory
+    from saegeo.runtime import memory
 
-    free = memory.available_bytes("cpu")
+    free = memory.available_memory("cpu")
     if free is not None and need > free:
         raise DoesNotFitError(
             f"{what} needs about {need / 1e9:.1f} GB but {free / 1e9:.1f} GB is available; "

@@ -6,9 +6,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from saegeo.acts.streaming import ActsLike, sae_stream
+from saegeo.acts.streaming import ActsLike, BatchStream, sae_stream
 from saegeo.core.sae import SAE
 from saegeo.runtime import distributed
+from saegeo.runtime.memory import require_argument, sparse_codes_bytes
 
 
 def csr_codes(acts_BF: torch.Tensor) -> sp.csr_matrix:
@@ -46,12 +47,29 @@ def encode_codes(
     """
     sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "encode_codes")
     batches = batches.replace(sharded=True)
-    blocks = []
+    blocks: list[sp.csr_matrix] = []
     for batch_BD in batches:
-        blocks.append(csr_codes(sae.encode(batch_BD)))
+        acts_BF = sae.encode(batch_BD)
+        if not blocks:
+            nonzeros = int(torch.count_nonzero(acts_BF))
+            _require_memory(sae, batches, nonzeros / max(acts_BF.shape[0], 1), limit)
+        blocks.append(csr_codes(acts_BF))
     codes = (
         sp.vstack(blocks, format="csr", dtype=np.float32)
         if blocks
         else sp.csr_matrix((0, sae.width), dtype=np.float32)
     )
     return distributed.gather_rows(codes)
+
+
+def _require_memory(sae: SAE, batches: BatchStream, l0: float, limit: int | None) -> None:
+    """Refuse, naming ``limit``, codes whose non-zeros (at the first batch's L0) would not fit
+    in the host's free memory."""
+    require_argument(
+        sparse_codes_bytes(batches.n_tokens, l0),
+        torch.device("cpu"),
+        what=f"the codes of {sae.name} on {batches.n_tokens} tokens (L0 {l0:.1f})",
+        argument="limit",
+        value=limit,
+        advice="encode fewer tokens",
+    )

@@ -36,6 +36,7 @@ import torch
 from tqdm.std import tqdm
 
 from saegeo.acts.store import ActivationStore, as_store
+from saegeo.config import check_count
 from saegeo.errors import ShapeError
 from saegeo.runtime import distributed
 from saegeo.runtime.devices import resolve_device
@@ -185,6 +186,8 @@ def stream(
     desc
         The bar's label.
     """
+    check_count("batch_size", batch_size)
+    check_count("limit", limit, optional=True)
     return BatchStream(
         checked_store(acts, d_in, what=what),
         batch_size=batch_size,

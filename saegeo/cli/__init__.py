@@ -96,12 +96,15 @@ def flag_message(exc: SaegeoError, parser: argparse.ArgumentParser) -> str:
     flag = flag_of(exc.name)
     if flag not in {option for action in parser._actions for option in action.option_strings}:
         return str(exc)
-    return f"{flag} {exc.value}: {getattr(exc, 'cli_problem', exc.problem)}"
+    shown = "" if exc.value is None else f" {exc.value}"  # a flag left out reads as itself
+    return f"{flag}{shown}: {getattr(exc, 'cli_problem', exc.problem)}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not set(argv) & set(COMMANDS):
+    # Only the command given gets its flags, so that nothing else of the library is loaded.
+    command = next((arg for arg in argv if arg in COMMANDS), "")
+    if not command:
         # --help or a mistake: argparse answers without loading the library (or torch).
         return _main(argv, command="")
     from saegeo.runtime import distributed
@@ -111,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             if not distributed.is_main():
                 stack.enter_context(contextlib.redirect_stdout(open(os.devnull, "w")))  # noqa: SIM115
-            return _main(argv)
+            return _main(argv, command=command)
     finally:
         if started:
             distributed.destroy()

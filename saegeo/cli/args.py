@@ -125,7 +125,8 @@ def path(text: str) -> str:
 
 
 def device(text: str) -> str:
-    """``auto``, ``cpu``, or a CUDA or MPS device that this machine has.
+    """``auto``, ``cpu``, or a CUDA or MPS device that this machine has
+    (:func:`saegeo.runtime.devices.resolve_device`'s rule).
 
     Examples
     --------
@@ -136,34 +137,17 @@ def device(text: str) -> str:
     ...
     argparse.ArgumentTypeError: unknown device 'bogus'; use auto, cpu, cuda, cuda:N or mps
     """
-    import torch
+    from saegeo.errors import ArgumentError
+    from saegeo.runtime.devices import resolve_device
 
-    if text == "auto":
-        return text
     try:
-        parsed = torch.device(text)
-    except (RuntimeError, ValueError):
+        resolve_device(text)
+    except ArgumentError as exc:
+        problem = exc.problem.replace("unknown device;", f"unknown device {text!r};")
         raise argparse.ArgumentTypeError(
-            f"unknown device {text!r}; use auto, cpu, cuda, cuda:N or mps"
+            problem if problem.startswith("unknown") else f"{text}: {problem}"
         ) from None
-    if parsed.type == "cpu":
-        return text
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(
-                f"{text}: CUDA is not available on this machine; use --device cpu"
-            )
-        count = torch.cuda.device_count()
-        if parsed.index is not None and parsed.index >= count:
-            raise argparse.ArgumentTypeError(
-                f"{text}: this machine has {count} CUDA device(s), numbered from 0"
-            )
-        return text
-    if parsed.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise argparse.ArgumentTypeError(f"{text}: MPS is not available on this machine")
-        return text
-    raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu, cuda, cuda:N or mps")
+    return text
 
 
 # --------------------------------------------------------------------------- command set-up
@@ -241,14 +225,11 @@ def open_acts(args: argparse.Namespace) -> Any:
 
 def check_train_size(args: argparse.Namespace, widths: list[int], d_in: int) -> None:
     """Refuse widths whose weights cannot fit this machine's memory or disk."""
-    import os
+    from saegeo.runtime.memory import physical_memory
 
     # Training holds the weights, their gradients and two Adam moments of the widest member.
     needed = 4 * 8 * d_in * max(widths)
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        memory = None
+    memory = physical_memory()
     if memory is not None and needed > memory:
         raise SaegeoError(
             f"--widths {max(widths)}: training a width-{max(widths)} SAE on d_in={d_in} needs "

@@ -48,6 +48,12 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
     types.guard(args, [(args.out, "table", "--out")], [args.small, args.large, args.acts])
     small, large = load_sae_spec(args.small), load_sae_spec(args.large)
+    if small.width > large.width:
+        raise SaegeoError(
+            f"SMALL {args.small} has width {small.width}, wider than LARGE {args.large} "
+            f"({large.width}); classify sorts the larger SAE's features, so give the narrower "
+            "one first"
+        )
     acts = types.open_acts(args)
     table = novelty_table(
         small,
@@ -89,9 +95,11 @@ def _cmd_match(args: argparse.Namespace) -> int:
 
 
 def _cmd_tree(args: argparse.Namespace) -> int:
+    from saegeo.core.feature_info import neuronpedia_id
     from saegeo.formats.pretrained import RELEASE_PREFIX, load_family_spec
     from saegeo.runtime.atomic import json_text
     from saegeo.trees.dag import feature_dag, feature_tree, forest, node_id, parse_node_id
+    from saegeo.trees.neuronpedia import tree_quick_list
     from saegeo.trees.tree_json import forest_to_json, read_labels, tree_to_json
     from saegeo.viz.figures import forest_html, tree_page
 
@@ -101,6 +109,8 @@ def _cmd_tree(args: argparse.Namespace) -> int:
         [*args.paths, args.acts, args.labels],
     )
     types.check_edge_threshold(args)
+    if args.metric != "decoder_cosine" and not args.acts:
+        raise SaegeoError(f"--metric {args.metric} needs activations; pass --acts")
     root = None if args.all else parse_node_id(args.root, name="--root")
     labels = read_labels(args.labels) if args.labels else None
     if args.neuronpedia and root is None:
@@ -108,6 +118,11 @@ def _cmd_tree(args: argparse.Namespace) -> int:
     if bool(args.paths) == bool(args.release):
         raise SaegeoError("give the family as PATH... or as --release RELEASE (one of the two)")
     family = load_family_spec(args.paths or [RELEASE_PREFIX + args.release])
+    if args.neuronpedia and not any(neuronpedia_id(sae) for sae in family):
+        raise SaegeoError(
+            "--neuronpedia: no SAE of this family has Neuronpedia pages (only SAEs loaded from "
+            "a release with Neuronpedia ids have them); leave the flag out"
+        )
     if root is not None and not (root[0] < len(family) and root[1] < family.widths[root[0]]):
         raise SaegeoError(
             f"--root {node_id(root)}: no such feature; levels have widths "
@@ -119,6 +134,7 @@ def _cmd_tree(args: argparse.Namespace) -> int:
         metric=args.metric,
         threshold=args.threshold,
         acts=acts,
+        limit=args.limit,
         device=args.device,
     )
     if root is None:
@@ -132,15 +148,17 @@ def _cmd_tree(args: argparse.Namespace) -> int:
         print(f"forest: {len(trees)} trees of >= {args.min_size} features -> {args.out}")
         return 0
     T = feature_tree(G, root)
+    # The quick list is made before anything is written: a tree without pages fails whole.
+    quick_list = (
+        tree_quick_list(T, name=f"saegeo tree {node_id(root)}") if args.neuronpedia else None
+    )
     labels = _tree_labels(args, family, acts, list(T), labels)
     page = tree_page(T, labels=labels) if args.html else None
     types.write_tree(args, json_text(tree_to_json(T, labels=labels)), page)
     _report_skipped(args, acts)
     print(f"tree {node_id(root)}: {T.number_of_nodes()} features -> {args.out}")
-    if args.neuronpedia:
-        from saegeo.trees.neuronpedia import tree_quick_list
-
-        print(f"Neuronpedia: {tree_quick_list(T, name=f'saegeo tree {node_id(root)}')}")
+    if quick_list is not None:
+        print(f"Neuronpedia: {quick_list}")
     return 0
 
 

@@ -107,7 +107,7 @@ def _tree(p: argparse.ArgumentParser) -> None:
         "by masked_cosine, cofiring, nesting and containment, adds freq and max_act otherwise; "
         "a store written by saegeo harvest also labels every node with its top tokens",
     )
-    add_options(p, feature_dag, ["threshold"])
+    add_options(p, feature_dag, ["threshold", "limit"])
     p.add_argument(
         "--out",
         required=True,
@@ -137,6 +137,11 @@ def _tree(p: argparse.ArgumentParser) -> None:
         type=types.integer(1),
         default=10,
         help="--all: trees shown in --html and printed (default %(default)s)",
+    )
+    p.add_argument(
+        "--limit",
+        type=types.integer(1),
+        help="--metric masked_cosine: use only the first N activation tokens",
     )
     types.add_common(p)
 
@@ -342,7 +347,9 @@ COMMANDS: dict[str, Command] = {
         "describe SAEs: architecture, sizes, L0 settings, norms", _info, commands._cmd_info
     ),
     "classify": Command(
-        "novel vs reconstruction features of a larger SAE", _classify, commands._cmd_classify
+        "novel vs reconstruction features of a larger SAE (SMALL must be the narrower)",
+        _classify,
+        commands._cmd_classify,
     ),
     "match": Command(
         "one-to-one matching of two SAEs' features (Hungarian)", _match, commands._cmd_match

@@ -100,21 +100,31 @@ def _dot(residual_row, atom_row, d_in, D_CHUNK: tl.constexpr):
 
 
 @triton.jit
+def _dot64(residual_row, atom_row, d_in, D_CHUNK: tl.constexpr):
+    """``<r, d>`` of a residual and an atom, summed in float64."""
+    dot = tl.zeros((), tl.float64)
+    for start in range(0, d_in, D_CHUNK):
+        _, _, residual, atom = _chunk(residual_row, atom_row, start, d_in, D_CHUNK)
+        dot += tl.sum(residual.to(tl.float64) * atom.to(tl.float64), axis=0)
+    return dot
+
+
+@triton.jit
 def _exact_argmax(
     corr_row, block_max, ks, residual_row, dec_ptr, floor, every, width, blocks, d_in,
     BLOCK: tl.constexpr, D_CHUNK: tl.constexpr, EXACT_CHUNK: tl.constexpr, FEW: tl.constexpr,
 ):  # fmt: skip
     """SAELens's argmax for a row its drifting correlations leave open (as
     :func:`saegeo.core.gram_route.exact_argmax`): exact correlations of the atoms whose drifting
-    correlation reaches ``floor``, or of ``every`` atom where the floor is not finite.
+    correlation reaches ``floor``, or of ``every`` atom where the floor is not finite. They are
+    summed in float64, as there.
 
     Only the blocks whose maximum ``block_max`` [blocks, padded to ``ks``] reaches the floor
     are visited, in order. In a block with at most ``FEW`` candidates, each candidate's
     correlation is one dot product; with more, the block's candidates go together in tiles of
     ``EXACT_CHUNK`` entries of d_in.
     """
-    dtype = corr_row.dtype.element_ty
-    best = tl.full((), float("-inf"), dtype)
+    best = tl.full((), float("-inf"), tl.float64)
     best_idx = tl.zeros((), tl.int64) + width
     first_nan = tl.zeros((), tl.int64) + width
     cols = tl.arange(0, BLOCK)
@@ -126,7 +136,7 @@ def _exact_argmax(
         corr = tl.load(corr_row + atoms)
         candidate = tl.where(every, atoms < width, (corr >= floor) & (atoms < width))
         count = tl.sum(candidate.to(tl.int32), axis=0)
-        block_best = tl.full((), float("-inf"), dtype)
+        block_best = tl.full((), float("-inf"), tl.float64)
         block_idx = tl.zeros((), tl.int64) + width
         block_nan = tl.zeros((), tl.int64) + width
         if count <= FEW:
@@ -134,13 +144,13 @@ def _exact_argmax(
             for _ in range(count):
                 atom = tl.min(tl.where(candidate, atoms, width), axis=0)
                 candidate = candidate & (atoms != atom)
-                exact = _dot(residual_row, dec_ptr + atom * d_in, d_in, D_CHUNK)
+                exact = _dot64(residual_row, dec_ptr + atom * d_in, d_in, D_CHUNK)
                 block_nan = tl.where((exact != exact) & (block_nan == width), atom, block_nan)
                 better = exact > block_best
                 block_idx = tl.where(better, atom, block_idx)
                 block_best = tl.where(better, exact, block_best)
         else:
-            exact = tl.zeros((BLOCK,), dtype)
+            exact = tl.zeros((BLOCK,), tl.float64)
             for start in range(0, d_in, EXACT_CHUNK):
                 ds = start + tl.arange(0, EXACT_CHUNK)
                 inside = ds < d_in
@@ -150,7 +160,7 @@ def _exact_argmax(
                     mask=candidate[:, None] & inside[None, :],
                     other=0.0,
                 )
-                exact += tl.sum(dec * residual[None, :], axis=1)
+                exact += tl.sum(dec.to(tl.float64) * residual.to(tl.float64)[None, :], axis=1)
             nan = candidate & (exact != exact)
             block_nan = tl.min(tl.where(nan, atoms, width), axis=0)
             value = tl.where(candidate & (exact == exact), exact, float("-inf"))

@@ -118,22 +118,31 @@ def exact_argmax(
     floor_U: torch.Tensor,
     residual_UD: torch.Tensor,
     W_dec_FD: torch.Tensor,
+    *,
+    exact_dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """SAELens's argmax [rows] for rows whose drifting correlations [rows, padded] leave it open.
 
     Only atoms whose drifting correlation reaches ``floor_U`` (maximum minus twice the drift
     bound) can carry SAELens's maximum: every other one is, exactly, below the exact value of
-    the drifting maximum's atom. Their exact correlations decide, computed as SAELens computes
-    the coefficient: ties go to the first atom and a maximum <= 0 to atom 0, as relu then max
-    does. Rows with a non-finite floor (NaN or infinite correlations) take SAELens's own
-    expression over all atoms.
+    the drifting maximum's atom. Their exact correlations decide: ties go to the first atom and
+    a maximum <= 0 to atom 0, as relu then max does. Rows with a non-finite floor (NaN or
+    infinite correlations) take SAELens's own expression over all atoms.
+
+    The candidates' correlations are summed in ``exact_dtype``, float64. Candidates this close
+    differ by about the rounding of a float32 dot product, which orders them by its order of
+    summation (SAELens's matrix product and an elementwise sum round differently); float64
+    orders them as they are, and so does SAELens's float32 run wherever it agrees with its
+    float64 run, on the rows whose codes are settled at all. Summed in float32, they missed
+    SAELens's supports on 98 of 221 settled rows of a dictionary with near-duplicate atoms
+    (``analyses/benchmarks/pursuit_ties.py``).
     """
     rows = corr_UP.shape[0]
     width = W_dec_FD.shape[0]
     finite_U = floor_U.isfinite()
     candidate_UF = (corr_UP[:, :width] >= floor_U[:, None]) & finite_U[:, None]
     row_K, atom_K = candidate_UF.nonzero(as_tuple=True)
-    exact_K = (residual_UD[row_K] * W_dec_FD[atom_K]).sum(dim=-1)
+    exact_K = (residual_UD[row_K].to(exact_dtype) * W_dec_FD[atom_K].to(exact_dtype)).sum(dim=-1)
     best_U = torch.full((rows,), -torch.inf, dtype=exact_K.dtype, device=exact_K.device)
     best_U = best_U.scatter_reduce(0, row_K, exact_K, "amax")
     at_best_K = exact_K == best_U[row_K]

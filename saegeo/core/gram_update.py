@@ -14,7 +14,8 @@ places and no iteration needs to know how many are still running.
 Triton ships with PyTorch's CUDA builds. Where it is missing, the tensors are not on CUDA or
 the GPU is older than Triton supports, :func:`fused_iteration` is False and the pursuit keeps
 its torch passes. The kernels compute each value in the correlations' dtype, in their own
-order of summation, which the pursuit's drift bound covers. They also run in Triton's
+order of summation, which the pursuit's drift bound covers, except the exact correlations that
+settle near-ties, which are summed in float64 as on the CPU. They also run in Triton's
 interpreter (``TRITON_INTERPRET=1``) on CPU tensors, which is how they are tested without a
 GPU, and the tests compile them for sm_75, sm_80 and sm_90 wherever Triton is installed.
 """

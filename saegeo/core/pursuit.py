@@ -21,7 +21,6 @@ iteration are :mod:`saegeo.core.pursuit_rules`'s.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
@@ -30,8 +29,11 @@ from typing import Literal
 import torch
 
 from saegeo.core import gram_route, gram_update
+from saegeo.core.grad_mode import in_callers_mode
 from saegeo.core.pursuit_rules import StopRules, pursue
 from saegeo.errors import SaegeoError, ShapeError
+from saegeo.runtime.devices import resolve_device
+from saegeo.runtime.memory import available_memory
 
 Method = Literal["auto", "gram", "direct"]
 METHODS: tuple[str, ...] = ("auto", "gram", "direct")
@@ -183,6 +185,7 @@ def _run_batches(
     bounds = [batch * i // shares for i in range(shares + 1)]
     per_share = max(1, batch_size // shares)  # the same memory as one batch in all
 
+    @in_callers_mode  # worker threads start outside the caller's inference mode
     def run_share(lo: int, hi: int) -> None:
         for start in range(lo, hi, per_share):
             run(slice(start, min(start + per_share, hi)))
@@ -232,16 +235,6 @@ def default_batch_size(width: int, dtype: torch.dtype, device: torch.device | No
     return max(1, budget // (gram_route.padded(width) * itemsize))
 
 
-def available_memory(device: torch.device) -> int | None:
-    """Free bytes on ``device`` (physical memory for a CPU); None where it cannot be read."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _check_inputs(
     residual_BD: torch.Tensor,
     W_dec_FD: torch.Tensor,
@@ -270,11 +263,7 @@ def _check_inputs(
 
 
 def _resolve_device(device: str | torch.device | None, default: torch.device) -> torch.device:
-    if device is None:
-        return default
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return default if device is None else resolve_device(device)
 
 
 def _pursue_direct(

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+import numpy as np
 import torch
 
 from saegeo.core import normalization
@@ -20,6 +21,7 @@ from saegeo.core.feature_info import select_metadata
 from saegeo.core.finite import all_finite
 from saegeo.core.normalization import NORMALIZATIONS, Normalization
 from saegeo.errors import SaegeoError, ShapeError
+from saegeo.runtime.devices import resolve_device
 
 Arch = Literal["relu", "jumprelu", "topk", "matching_pursuit"]
 assert get_args(Arch) == ARCHS
@@ -86,6 +88,10 @@ class SAE:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, torch.Tensor):
+                object.__setattr__(self, name, as_input(value, name))
         if architecture(self.arch).tied:
             object.__setattr__(self, "W_enc", self.W_dec.T)
         self.check(str(self.metadata.get("source") or "SAE"))
@@ -126,7 +132,10 @@ class SAE:
         return dataclasses.replace(self, **changes)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SAE:
-        """The same SAE with its tensors on ``device`` and/or in ``dtype``."""
+        """The same SAE with its tensors on ``device`` and/or in ``dtype``; a device this
+        machine lacks raises an ArgumentError naming it."""
+        if device is not None:
+            device = resolve_device(device)
 
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device=device, dtype=dtype)
@@ -214,12 +223,25 @@ class SAE:
 
     # ----------------------------------------------------------------- the function
 
-    def sae_in(self, x: torch.Tensor) -> torch.Tensor:
+    def sae_in(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """The encoder's input: ``x`` normalised and, with ``apply_b_dec_to_input``, centred."""
         x_BD = normalization.normalize(
-            self.normalize_activations, x.to(device=self.device, dtype=self.dtype)
+            self.normalize_activations, self._input(x, "x", self.d_in, "d_in")
         )
         return x_BD - self.b_dec if self.apply_b_dec_to_input else x_BD
+
+    def _input(
+        self, x: torch.Tensor | np.ndarray, name: str, width: int, what: str
+    ) -> torch.Tensor:
+        """``x`` (a tensor, array or nested list) on this SAE's device and in its dtype,
+        checked to end in ``width`` entries (this SAE's ``what``)."""
+        x = as_input(x, name)
+        if x.ndim == 0 or x.shape[-1] != width:
+            raise ShapeError(
+                f"{self.name}: {name} has width {x.shape[-1] if x.ndim else 0} (shape "
+                f"{tuple(x.shape)}), but this SAE's {what} is {width}; pass [..., {width}]"
+            )
+        return x.to(device=self.device, dtype=self.dtype)
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder pre-activations [batch, width] (not defined for matching pursuit)."""
@@ -228,27 +250,30 @@ class SAE:
         return self.sae_in(x) @ self.W_enc + self.b_enc
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Latent activations [batch, width] for inputs ``x`` [batch, d_in], as SAELens computes."""
-        return self.architecture.encode(self, x)
+    def encode(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Latent activations [batch, width] for inputs ``x`` [batch, d_in] (a tensor or a
+        numpy array), as SAELens computes."""
+        return self.architecture.encode(self, as_input(x, "x"))
 
     @torch.no_grad()
-    def decode(self, acts: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self, acts: torch.Tensor | np.ndarray, x: torch.Tensor | np.ndarray | None = None
+    ) -> torch.Tensor:
         """Reconstruction [batch, d_in] from activations [batch, width].
 
         ``x`` is needed only for ``constant_norm_rescale`` and ``layer_norm``, whose output
         rescaling uses statistics of the input.
         """
-        acts_BF = acts.to(device=self.device, dtype=self.dtype)
+        acts_BF = self._input(acts, "acts", self.width, "width")
         x_hat_BD = acts_BF @ self.W_dec + self.architecture.output_bias(self)
         if x is not None:
-            x = x.to(device=self.device, dtype=self.dtype)
+            x = self._input(x, "x", self.d_in, "d_in")
         try:
             return normalization.denormalize(self.normalize_activations, x_hat_BD, x)
         except SaegeoError as exc:
             raise SaegeoError(f"{self.name}: {exc}") from None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """decode(encode(x))."""
         return self.decode(self.encode(x), x)
 
@@ -278,18 +303,35 @@ class SAE:
         """What ``sae_in`` subtracts from the (normalised) input: ``b_dec`` or zeros."""
         return self.b_dec if self.apply_b_dec_to_input else torch.zeros_like(self.b_dec)
 
-    def to_jumprelu(self, acts: Iterable[torch.Tensor] | torch.Tensor) -> SAE:
+    def to_jumprelu(self, acts: Iterable[torch.Tensor] | torch.Tensor | np.ndarray) -> SAE:
         """A JumpReLU SAE with one threshold so that mean L0 on ``acts`` equals ``k``.
 
         This is how BatchTopK SAEs run at inference. ``acts`` is a tensor [N, d_in] or an
         iterable of such batches (an ActivationStore). Only TopK SAEs convert.
         """
+        if isinstance(acts, np.ndarray):
+            acts = torch.as_tensor(acts)
         return self.architecture.to_jumprelu(self, acts)
 
-    def to_additive(self, acts: Iterable[torch.Tensor] | torch.Tensor) -> SAE:
+    def to_additive(self, acts: Iterable[torch.Tensor] | torch.Tensor | np.ndarray) -> SAE:
         """This SAE with latents that fire independently: TopK SAEs through
         :meth:`to_jumprelu` on ``acts``, every other architecture unchanged."""
+        if isinstance(acts, np.ndarray):
+            acts = torch.as_tensor(acts)
         return self.architecture.to_additive(self, acts)
+
+
+def as_input(x: object, name: str) -> torch.Tensor:
+    """``x`` as a tensor: tensors as they are, numpy arrays and nested lists converted
+    (sharing memory where torch can); anything else raises a SaegeoError naming ``name``."""
+    if isinstance(x, torch.Tensor):
+        return x
+    try:
+        return torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise SaegeoError(
+            f"{name}: expected a tensor or numpy array, got {type(x).__name__} ({exc})"
+        ) from None
 
 
 def check_same_site(saes: Sequence[SAE], what: str) -> None:

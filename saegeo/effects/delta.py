@@ -114,7 +114,8 @@ def _delta_closed_form(
             acts_BL = acts_BL * scale_B[:, None]
             sum_sq_L[cols] += (acts_BL.double() ** 2).sum(0)
             dots_BL = residual_BD @ W_dec_LD[cols].T
-            sum_cross_L[cols] += (acts_BL * dots_BL).double().sum(0)
+            # In float64: a float32 product of factors near 1e19 or more overflows.
+            sum_cross_L[cols] += (acts_BL.double() * dots_BL).sum(0)
     total_L = sum_shift_L + sq_norm_L * sum_sq_L - 2.0 * sum_cross_L
     return total_L.cpu().numpy(), n_tokens
 

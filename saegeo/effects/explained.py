@@ -41,7 +41,8 @@ re-selects latents), and the score keeps its meaning as a property of the pair.
 
 One streaming pass computes all three: the narrower SAE's codes, the wider SAE's activations and
 two products with the wider decoder per batch, in row blocks of at most ``BLOCK_ELEMENTS``
-[tokens × features] entries, with float64 sums (memory bounded whatever the widths).
+[tokens × features] entries, with float64 products and sums (memory bounded whatever the
+widths; finite float32 activations give finite scores, however large).
 """
 
 from __future__ import annotations
@@ -84,8 +85,10 @@ def _contribution_sums(
             residual_RD = x_RD - small.decode(codes_RS, x_RD)
             acts_RL = scale_R1 * large.encode(x_RD)
             sum_sq_L += (acts_RL.double() ** 2).sum(0)
-            sum_explained_L += (acts_RL * (recon_RD @ W_dec_LD.T)).double().sum(0)
-            sum_residual_L += (acts_RL * (residual_RD @ W_dec_LD.T)).double().sum(0)
+            # Products in float64: of float32 factors near 1e19 or more, float32 ones overflow.
+            acts64_RL = acts_RL.double()
+            sum_explained_L += (acts64_RL * (recon_RD @ W_dec_LD.T)).sum(0)
+            sum_residual_L += (acts64_RL * (residual_RD @ W_dec_LD.T)).sum(0)
     sum_sq_L = sum_sq_L * sq_norm_L
     return (
         sum_sq_L.cpu().numpy(),

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from saegeo.acts.streaming import ActsLike, checked_store
-from saegeo.config import count
+from saegeo.config import check_count
 from saegeo.core.feature_info import neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.deprecation import module_aliases, renamed
@@ -89,8 +89,8 @@ def novelty_table(
     For SAEs published with Neuronpedia ids, ``neuronpedia`` holds each larger-SAE feature's
     page and ``nearest_neuronpedia`` that of its nearest smaller-SAE feature.
     """
-    count(batch_size, "batch_size")
-    count(limit, "limit", optional=True)
+    check_count("batch_size", batch_size)
+    check_count("limit", limit, optional=True)
     table = classify(small, large, threshold=threshold, device=device, progress=progress)
     if neuronpedia_url(large, 0) is not None:
         table["neuronpedia"] = [neuronpedia_url(large, j) for j in table.index]
@@ -206,6 +206,7 @@ def family_novelty(
     Without ``acts`` only the geometry (kinds, shares) is computed. ``points=0`` skips the
     cumulative curves, whose every point re-evaluates a hybrid SAE on the activations.
     """
+    check_count("points", points, minimum=0)
     fam = as_family(family)
     if len(fam) < 2:
         raise SaegeoError(f"family_novelty(): needs at least two SAEs, got {len(fam)}")

@@ -18,6 +18,9 @@ PathLike = str | os.PathLike[str]
 class Family(Sequence[SAE]):
     """SAEs on the same site sorted by width; ``fam[0]`` is the narrowest.
 
+    Members are SAEs or paths of saved SAEs (read with :func:`saegeo.load_sae`); every function
+    that takes a family takes such a list too.
+
     Examples
     --------
     >>> import torch
@@ -27,10 +30,14 @@ class Family(Sequence[SAE]):
     [2, 4]
     """
 
-    def __init__(self, saes: Sequence[SAE]) -> None:
-        if not saes:
-            raise SaegeoError("a family needs at least one SAE")
-        ordered = sorted(saes, key=lambda sae: sae.width)
+    def __init__(self, saes: Sequence[SAE | PathLike]) -> None:
+        if isinstance(saes, (str, os.PathLike)) or not saes:
+            raise SaegeoError(
+                "a family needs a list of SAEs or SAE paths (Family.load reads a directory)"
+                if saes
+                else "a family needs at least one SAE"
+            )
+        ordered = sorted(map(_member, saes), key=lambda sae: sae.width)
         first = ordered[0]
         for sae in ordered[1:]:
             if sae.d_in != first.d_in:
@@ -144,6 +151,15 @@ class Family(Sequence[SAE]):
     def pairs(self) -> list[tuple[SAE, SAE]]:
         """Adjacent (smaller, larger) pairs."""
         return list(zip(self._saes[:-1], self._saes[1:], strict=True))
+
+
+def _member(sae: SAE | PathLike) -> SAE:
+    """A family member: an SAE, or the SAE saved at a path."""
+    if isinstance(sae, SAE):
+        return sae
+    if isinstance(sae, (str, os.PathLike)):
+        return load_sae(sae)
+    raise SaegeoError(f"a family holds SAEs or SAE paths, not {type(sae).__name__} ({sae!r:.60})")
 
 
 def _source(sae: SAE) -> str:

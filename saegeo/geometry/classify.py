@@ -17,7 +17,7 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.csgraph import connected_components
 
-from saegeo.config import cosine_threshold, count
+from saegeo.config import check_count, cosine_threshold
 from saegeo.core.sae import SAE
 from saegeo.geometry.residual import RESIDUAL_K, decoder_residual
 from saegeo.geometry.similarity import decoder_cosine, decoder_cosine_pairs
@@ -69,7 +69,7 @@ def classify(
     ['reconstruction', 'novel']
     """
     threshold = cosine_threshold(threshold)
-    count(residual_k, "residual_k", optional=True)
+    check_count("residual_k", residual_k, optional=True)
     n_small = small.width if isinstance(small, SAE) else len(torch.as_tensor(small))
     k = 1 if residual_k is None else max(1, min(residual_k, n_small))
     match = decoder_cosine(small, large, k=k, device=device, dtype=dtype, progress=progress)

@@ -98,7 +98,7 @@ def masked_cosine(
     ratio_parent_P = safe_divide(np.ones(n_parents), column_max(A_csc))
     child_max_C = column_max(B_csc)
 
-    groups = child_groups(A, B_csc, max_pairs)
+    groups = child_groups(A, B_csc, max_pairs, caller="masked_cosine()")
     # Under torch.distributed each rank scores a contiguous share of the child groups; the kept
     # entries are gathered below.
     groups = [groups[i] for i in distributed.split_items(len(groups))]

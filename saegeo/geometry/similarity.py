@@ -18,10 +18,13 @@ import scipy.sparse as sp
 import torch
 
 from saegeo.acts.streaming import progress_bar
-from saegeo.core.sae import SAE
-from saegeo.errors import SaegeoError, ShapeError
+from saegeo.config import check_count
+from saegeo.core.finite import all_finite
+from saegeo.core.sae import SAE, as_input
+from saegeo.errors import ArgumentError, SaegeoError, ShapeError
 from saegeo.runtime import distributed
 from saegeo.runtime.devices import resolve_device
+from saegeo.runtime.memory import decoder_cosine_bytes, require_argument
 
 # Largest similarity tile held at once, in elements (256 MiB of float32); on CUDA four times
 # that, where each tile's fixed costs (launches, the row merge) weigh more against its product.
@@ -46,16 +49,35 @@ class CosineMatch(NamedTuple):
 
 
 def unit_rows(W_FD: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit norm (zero rows stay zero)."""
-    return W_FD / W_FD.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    """Rows scaled to unit norm (zero rows stay zero), whatever their scale.
+
+    Each row is first divided by its largest entry, so that the squares behind its norm
+    neither overflow (a row of 1e30s, whose float32 norm is inf) nor underflow (1e-30s).
+
+    Examples
+    --------
+    >>> unit_rows(torch.tensor([[3e30, 4e30], [0.0, 0.0], [3e-30, 4e-30]]))
+    tensor([[0.6000, 0.8000],
+            [0.0000, 0.0000],
+            [0.6000, 0.8000]])
+    """
+    scaled_FD = W_FD / W_FD.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(W_FD.dtype).tiny)
+    return scaled_FD / scaled_FD.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def _decoder(x: SAE | torch.Tensor, name: str) -> torch.Tensor:
-    W_FD = x.W_dec if isinstance(x, SAE) else torch.as_tensor(x)
+    W_FD = x.W_dec if isinstance(x, SAE) else as_input(x, name)
     if W_FD.ndim != 2:
         raise ShapeError(
             f"decoder_cosine(): {name} must be an SAE or a 2-D decoder "
             f"[width, d_in], got shape {tuple(W_FD.shape)}"
+        )
+    if not W_FD.is_floating_point():
+        W_FD = W_FD.float()
+    if not all_finite(W_FD):
+        raise SaegeoError(
+            f"decoder_cosine(): the {name} decoder holds NaN or infinite values; "
+            "its cosines would be NaN"
         )
     return W_FD
 
@@ -68,8 +90,7 @@ def _block_elements(block_elements: int | None, device: torch.device) -> int:
 
 def _tile_shape(n_small: int, block_elements: int) -> tuple[int, int]:
     """(large rows, small columns) of one tile holding at most ``block_elements`` entries."""
-    if block_elements < 1:
-        raise SaegeoError(f"block_elements must be >= 1, got {block_elements}")
+    check_count("block_elements", block_elements)
     cols = min(n_small, max(1, block_elements // MIN_TILE_ROWS))
     rows = max(1, block_elements // max(cols, 1))
     return rows, cols
@@ -115,11 +136,39 @@ def _tiles(
             bar.update(stop - start)
 
 
+def _require_memory(
+    n_small: int,
+    W_large_LD: torch.Tensor,
+    k: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    block_elements: int | None,
+) -> None:
+    """Refuse, naming ``device``, where the products' largest allocations exceed its memory."""
+    n_large, d_in = W_large_LD.shape
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    tile = _tile_shape(n_small, _block_elements(block_elements, device))
+    need = decoder_cosine_bytes(
+        n_small, n_large, d_in, min(k, n_small), (min(tile[0], n_large), tile[1]), itemsize
+    )
+    require_argument(
+        need,
+        device,
+        what=f"decoder cosines of {n_large} x {n_small} features (d_in {d_in})",
+        argument="device",
+        value=str(device),
+        advice="compute on a device with more free memory",
+    )
+
+
 def _prepare(
     small: SAE | torch.Tensor,
     large: SAE | torch.Tensor,
     device: str | torch.device,
     dtype: torch.dtype,
+    *,
+    k: int = 1,
+    block_elements: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.device]:
     """Unit small rows in float32 and in ``dtype``, the large decoder, and the device."""
     W_small_SD, W_large_LD = _decoder(small, "small"), _decoder(large, "large")
@@ -135,6 +184,7 @@ def _prepare(
     if dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         raise SaegeoError(f"decoder_cosine(): dtype must be a floating dtype, got {dtype}")
     torch_device = resolve_device(device)
+    _require_memory(W_small_SD.shape[0], W_large_LD, k, torch_device, dtype, block_elements)
     small32_SD = unit_rows(W_small_SD.to(torch_device, torch.float32))
     small_SD = small32_SD.to(dtype) if dtype != torch.float32 else small32_SD
     return small32_SD, small_SD, W_large_LD, torch_device
@@ -186,14 +236,17 @@ def decoder_cosine(
     >>> round(float(match.values[0, 0]), 4), int(match.indices[0, 0])
     (0.7071, 0)
     """
-    small32_SD, small_SD, W_large_LD, torch_device = _prepare(small, large, device, dtype)
+    check_count("k", k)
+    small32_SD, small_SD, W_large_LD, torch_device = _prepare(
+        small, large, device, dtype, k=k, block_elements=block_elements
+    )
     block_elements = _block_elements(block_elements, torch_device)
     # Under torch.distributed each rank takes a contiguous share of the large rows.
     start, stop = distributed.shard(W_large_LD.shape[0])
     W_large_LD = W_large_LD[start:stop].to(torch_device)
     n_small, n_large = small_SD.shape[0], W_large_LD.shape[0]
-    if not 1 <= k <= n_small:
-        raise SaegeoError(f"decoder_cosine(): k must lie in [1, {n_small}], got {k}")
+    if k > n_small:
+        raise ArgumentError("k", k, f"exceeds the {n_small} features of the smaller SAE")
     values_LK = torch.full((n_large, k), -torch.inf, dtype=dtype, device=torch_device)
     indices_LK = torch.zeros((n_large, k), dtype=torch.long, device=torch_device)
     for tile in _tiles(
@@ -290,7 +343,9 @@ def decoder_cosine_pairs(
     scipy.sparse.csr_matrix
         [small.width, large.width] float32 cosines of the kept pairs.
     """
-    small32_SD, small_SD, W_large_LD, torch_device = _prepare(small, large, device, dtype)
+    small32_SD, small_SD, W_large_LD, torch_device = _prepare(
+        small, large, device, dtype, block_elements=block_elements
+    )
     block_elements = _block_elements(block_elements, torch_device)
     shape = (small_SD.shape[0], W_large_LD.shape[0])
     # Under torch.distributed each rank takes a contiguous share of the large rows.

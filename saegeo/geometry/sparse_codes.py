@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
-from saegeo.errors import SaegeoError, ShapeError
+from saegeo.config import check_count
+from saegeo.errors import ShapeError
+from saegeo.runtime.memory import cofiring_pairs_bytes, require_argument
 
 MAX_PAIRS = 1 << 24
 """Co-firing (parent, child) pairs held at once per product (~12 bytes each)."""
@@ -46,10 +49,8 @@ def checked_pair(
             f"{caller}(): parent codes cover {A.shape[0]} tokens, child codes "
             f"{B.shape[0]}; encode the same activations with both SAEs"
         )
-    if top_k is not None and top_k < 1:
-        raise SaegeoError(f"{caller}(): top_k must be >= 1, got {top_k}")
-    if max_pairs < 1:
-        raise SaegeoError(f"{caller}(): max_pairs must be >= 1, got {max_pairs}")
+    check_count("top_k", top_k, optional=True)
+    check_count("max_pairs", max_pairs)
     return A, B
 
 
@@ -106,10 +107,14 @@ def aligned(pattern: sp.csr_matrix, other: sp.csr_matrix) -> np.ndarray:
     return np.where(found, other.data[pos] if other.nnz else 0.0, 0.0)
 
 
-def child_groups(A: sp.csr_matrix, B: sp.csc_matrix, max_pairs: int) -> list[tuple[int, int]]:
+def child_groups(
+    A: sp.csr_matrix, B: sp.csc_matrix, max_pairs: int, *, caller: str = "co-firing scores"
+) -> list[tuple[int, int]]:
     """Consecutive child ranges whose co-firing pairs with all parents stay <= max_pairs.
 
-    A child's pairs are bounded by the parent latents active on its tokens, summed.
+    A child's pairs are bounded by the parent latents active on its tokens, summed. Where the
+    largest group's products would not fit in free memory, raises the ArgumentError of
+    ``max_pairs``, naming ``caller``.
     """
     parents_per_token = np.diff(A.indptr).astype(np.float64)
     bound = np.asarray(with_data(B, np.ones_like(B.data)).T @ parents_per_token).ravel()
@@ -122,6 +127,16 @@ def child_groups(A: sp.csr_matrix, B: sp.csc_matrix, max_pairs: int) -> list[tup
         stop = min(max(stop, start + 1), n_children)
         groups.append((start, stop))
         start = stop
+    largest = max((cum[stop - 1] - (cum[start - 1] if start else 0.0) for start, stop in groups),
+                  default=0.0)  # fmt: skip
+    require_argument(
+        cofiring_pairs_bytes(int(largest)),
+        torch.device("cpu"),
+        what=f"{caller} over {int(largest)} co-firing pairs at once",
+        argument="max_pairs",
+        value=max_pairs,
+        advice="lower it",
+    )
     return groups
 
 

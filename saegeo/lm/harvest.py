@@ -77,6 +77,7 @@ from saegeo.lm.models import (
 from saegeo.lm.sites import centred, resolve_hook, uses_layer_norm
 from saegeo.runtime import distributed
 from saegeo.runtime.atomic import atomic_dir
+from saegeo.runtime.memory import forward_bytes, require_argument
 from saegeo.runtime.outputs import Output, check_existing
 
 logger = logging.getLogger(__name__)
@@ -243,6 +244,7 @@ def harvest(
     if bos is None:
         raise SaegeoError(f"model {lm.name}: its tokenizer has neither a BOS nor an EOS token")
     d_model = int(lm.model.config.get_text_config().hidden_size)
+    _require_forward_memory(lm, batch_size, context, d_model)
     n_text = context - 1
     n_stored = n_text - skip_first
     meta = _harvest_meta(
@@ -353,6 +355,29 @@ def harvest(
             max_tokens,
         )
     return store
+
+
+def _require_forward_memory(lm: LanguageModel, batch_size: int, context: int, d_model: int) -> None:
+    """Refuse, naming ``batch_size``, a batch whose forward pass would not fit beside the
+    loaded model on its device."""
+    text_config = lm.model.config.get_text_config()
+    param = next(lm.model.parameters())
+    need = forward_bytes(
+        batch_size,
+        context,
+        d_model,
+        int(getattr(text_config, "intermediate_size", None) or 4 * d_model),
+        int(getattr(text_config, "num_attention_heads", None) or 1),
+        param.element_size(),
+    )
+    require_argument(
+        need,
+        param.device,
+        what=f"a forward pass of {batch_size} contexts of {context} tokens through {lm.name}",
+        argument="batch_size",
+        value=batch_size,
+        advice="lower it",
+    )
 
 
 def _harvest_meta(

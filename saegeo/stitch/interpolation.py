@@ -18,6 +18,7 @@ import torch
 
 from saegeo.acts.store import ActivationStore
 from saegeo.acts.streaming import ActsLike, stream
+from saegeo.config import check_count
 from saegeo.core.sae import SAE, concat
 from saegeo.effects.metrics import evaluate
 from saegeo.errors import SaegeoError
@@ -91,6 +92,7 @@ def interpolation_path(
     cosine, or the group's largest), ``n_added``, ``n_removed``, ``n_features``, ``l0``,
     ``mse``, ``fvu``.
     """
+    check_count("points", points, optional=True)
     family = as_family(family)
     if len(family) < 2:
         raise SaegeoError("interpolation_path() needs a family of at least two SAEs")

@@ -40,12 +40,11 @@ import numpy as np
 import torch
 
 from saegeo.acts.streaming import ActsLike, sae_stream
-from saegeo.core import memory
 from saegeo.core.finite import all_finite
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Metrics, Moments, metrics_from_sums
 from saegeo.errors import SaegeoError, ShapeError
-from saegeo.runtime import distributed
+from saegeo.runtime import distributed, memory
 from saegeo.runtime.devices import resolve_device
 from saegeo.stitch import refit_cg
 from saegeo.stitch.refit_sums import (
@@ -425,7 +424,7 @@ def choose_solver(solver: Solver, width: int, d_in: int, device: torch.device | 
     if solver != "auto":
         return solver
     device = torch.device(device)
-    free = memory.available_bytes(device)
+    free = memory.available_memory(device)
     fits = free is None or dense_bytes(width, width, d_in) <= free // 2
     # Every rank takes the same choice (the dense one only where it fits on all of them).
     fits = distributed.all_reduce_sums(0.0 if fits else 1.0)[0] == 0

@@ -49,12 +49,11 @@ from typing import NamedTuple
 import torch
 
 from saegeo.acts.streaming import ActsLike, sae_stream
-from saegeo.core import memory
 from saegeo.core.finite import all_finite
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Metrics, Moments, metrics_from_sums
 from saegeo.errors import InsufficientMemoryError, SaegeoError, ShapeError
-from saegeo.runtime import distributed
+from saegeo.runtime import distributed, memory
 from saegeo.stitch.refit_sums import DecoderSolve, TokenSums
 
 logger = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from saegeo.acts.streaming import ActsLike, progress_bar, sae_stream
+from saegeo.core.grad_mode import with_gradients
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
 from saegeo.runtime.atomic import atomic_file
@@ -34,6 +35,7 @@ from saegeo.stitch.refit import (
 CHECKPOINT_FORMAT = "saegeo.refit_sgd.v1"
 
 
+@with_gradients
 def refit_sgd(
     sae: SAE,
     acts: ActsLike,

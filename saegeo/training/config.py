@@ -54,6 +54,11 @@ assert tuple(TRAINING_ARCHITECTURES) == TRAIN_ARCHS
 DEFAULT_COEFFICIENTS = {"log": 0.3, "l1": 3.0}
 
 
+MAX_SEED = 2**62
+"""Seeds lie below this: torch's generators take 64-bit seeds, and family members and ranks
+add their index to the seed."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train one SAE; ``train_family`` varies only the width."""
@@ -146,6 +151,8 @@ class TrainConfig:
                 fail(self, name, "must be >= 1")
         if self.width is not None and self.width < 1:
             fail(self, "width", "must be >= 1")
+        if not 0 <= self.seed < MAX_SEED:
+            fail(self, "seed", "must lie in [0, 2**62)")
         if self.lr <= 0:
             fail(self, "lr", "must be > 0")
         if self.target_l0 is not None and not self.target_l0 > 0:

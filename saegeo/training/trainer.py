@@ -44,6 +44,7 @@ import torch
 
 from saegeo.acts.store import ActivationStore
 from saegeo.acts.streaming import ActsLike, checked_store, progress_bar
+from saegeo.core.grad_mode import with_gradients
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Metrics, Moments, evaluate
 from saegeo.errors import ArgumentError, SaegeoError
@@ -80,6 +81,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 # Tokens used to estimate the input scale and the decoder bias initialisation.
+DIVERGED_FVU = 100.0
+"""A logged step whose fraction of variance unexplained exceeds this ends training as diverged:
+a fresh SAE starts near 1, and an error 100 times the variance of its inputs is a runaway."""
 INIT_TOKENS = 32_768
 
 
@@ -157,6 +161,22 @@ def _iter_rows(
             yield batch[lo:]
 
 
+def _cat_rows(store: ActivationStore, start: int, stop: int, purpose: str) -> torch.Tensor:
+    """Rows ``start:stop`` of the store in one CPU tensor; a SaegeoError where none is left
+    (every row skipped for holding NaN or Inf)."""
+    parts = list(_iter_rows(store, start, stop, 8192, torch.device("cpu")))
+    if not parts:
+        raise _no_rows(store, purpose)
+    return torch.cat(parts)
+
+
+def _no_rows(store: ActivationStore, purpose: str) -> SaegeoError:
+    return SaegeoError(
+        f"activations {store.source}: no rows left {purpose}; all "
+        f"{store.skipped_rows} rows read held NaN or Inf values and were skipped"
+    )
+
+
 def _shuffled_batches(
     store: ActivationStore,
     start: int,
@@ -176,7 +196,9 @@ def _shuffled_batches(
     pool = torch.empty(window + batch_size, store.d_in, device=device)
     held = 0  # rows left over from the last window, at the front of the buffer
     while True:
+        rows_read = 0
         for chunk in _iter_rows(store, start, store.n_tokens, buffer_tokens, device):
+            rows_read += chunk.shape[0]
             n = held + chunk.shape[0]
             pool[held:n] = chunk
             order = torch.randperm(n, generator=generator).to(device)
@@ -185,6 +207,8 @@ def _shuffled_batches(
                 yield pool[order[first : first + batch_size]]
             held = n - n_full
             pool[:held] = pool[order[n_full:]]
+        if rows_read == 0:
+            raise _no_rows(store, "to train on")
 
 
 # --------------------------------------------------------------------------- the model
@@ -193,6 +217,7 @@ def _shuffled_batches(
 # --------------------------------------------------------------------------- training
 
 
+@with_gradients
 def train_sae(
     acts: ActsLike,
     config: TrainConfig | None = None,
@@ -235,16 +260,8 @@ def train_sae(
     world = distributed.world_size()
     batch_size = min(config.batch_size, max(1, n_train // world))
 
-    init_BD = torch.cat(
-        list(
-            _iter_rows(
-                store,
-                n_eval,
-                min(store.n_tokens, n_eval + INIT_TOKENS),
-                INIT_TOKENS,
-                torch.device("cpu"),
-            )
-        )
+    init_BD = _cat_rows(
+        store, n_eval, min(store.n_tokens, n_eval + INIT_TOKENS), "to initialise from"
     )
     scale = (
         math.sqrt(store.d_in / float(init_BD.pow(2).sum(1).mean().clamp_min(1e-12)))
@@ -329,6 +346,14 @@ def train_sae(
                     "fvu": float(out.mse) / total_var if total_var > 0 else float("nan"),
                     "l0": float(out.l0),
                 }
+                if entry["fvu"] > DIVERGED_FVU:
+                    raise ArgumentError(
+                        "lr",
+                        config.lr,
+                        f"training {config.arch}-{width} diverged at step {step} (its squared "
+                        f"error is {entry['fvu']:.3g} times the variance of the batch); lower it",
+                        owner="TrainConfig",
+                    )
                 state.history.append(entry)
                 bar.set_postfix(fvu=f"{entry['fvu']:.3f}", l0=f"{entry['l0']:.1f}")
             bar.update(x_BD.shape[0] * world)
@@ -339,7 +364,7 @@ def train_sae(
     sae = _export(config, state, scale)
     metrics = None
     if n_eval:
-        held_out = torch.cat(list(_iter_rows(store, 0, n_eval, 8192, torch.device("cpu"))))
+        held_out = _cat_rows(store, 0, n_eval, "to evaluate on")
         metrics = evaluate(
             sae, held_out, batch_size=min(4096, config.batch_size), device=device, progress=False
         )

@@ -38,6 +38,7 @@ and figures (:func:`node_id`, :func:`parse_node_id`).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, get_args
 
@@ -114,7 +115,7 @@ def parse_node_id(value: Any, *, name: str = "node") -> Node:
     """
     if isinstance(value, str):
         parts = value.strip().split("/")
-        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        if len(parts) == 2 and all(re.fullmatch(r"[0-9]+", p.strip()) for p in parts):
             return int(parts[0]), int(parts[1])
     elif isinstance(value, Sequence) and len(value) == 2:
         level, feature = value
@@ -209,7 +210,10 @@ def feature_dag(
         raise ArgumentError("threshold", threshold, "must be a finite number")
     threshold = float(threshold)
     if metric != "decoder_cosine" and acts is None:
-        raise SaegeoError(f"feature_dag(): metric={metric!r} needs activations; pass acts=")
+        raise SaegeoError(
+            f"feature_dag(): metric={metric!r} needs activations; pass acts (a store, "
+            "a tensor or array [N, d_in], or a path)"
+        )
 
     levels: list[dict[str, Any]] = [
         {"level": level, "width": sae.width, "source": sae.name} for level, sae in enumerate(fam)

@@ -30,7 +30,7 @@ def tree_quick_list(T: nx.DiGraph, *, name: str = "saegeo tree") -> str:
         features.append((np_id, int(feature)))
     if not features:
         raise SaegeoError(
-            "--neuronpedia: no feature of this tree has a Neuronpedia page (only SAEs loaded "
-            "from a release with Neuronpedia ids have them)"
+            "no feature of this tree has a Neuronpedia page (only SAEs loaded from a release "
+            "with Neuronpedia ids have them)"
         )
     return quick_list_url(features, name=name)

@@ -127,10 +127,10 @@ def test_stitch_refuses_a_refit_that_would_not_fit_before_allocating_it(tmp_path
     import contextlib
     import io
 
-    from saegeo.core import memory
+    from saegeo.runtime import memory
 
     inputs = _stitch_inputs(tmp_path)
-    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": 50_000)
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 50_000)
     for solver, flags in (("cholesky", "--solver cg or --upto"), ("cg", "--limit or --upto")):
         out = tmp_path / solver
         err = io.StringIO()

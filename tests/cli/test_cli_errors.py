@@ -532,23 +532,29 @@ def _touch(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input_is_one_line_and_changes_nothing(name, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    _setup(tmp_path)
-    argv, needle = CASES[name](tmp_path)
+def check_case(case: Case, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run ``case`` from a fresh set-up under ``root``: exit 2, one line holding its string,
+    no traceback, nothing on disk changed."""
+    _setup(root)
+    argv, needle = case(root)
     capsys.readouterr()
-    before = _snapshot(tmp_path)
+    before = _snapshot(root)
     code = main(argv)
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
-    assert code == 2, (name, captured.err)
+    assert code == 2, (argv, captured.err)
     assert len(lines) == 1, lines
     prefix = f"saegeo {argv[0]}: error:" if argv else "saegeo: error:"
     assert lines[0].startswith(prefix), lines[0]
     assert needle in lines[0], lines[0]
     assert "Traceback" not in captured.err
-    assert _snapshot(tmp_path) == before
+    assert _snapshot(root) == before
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_is_one_line_and_changes_nothing(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    check_case(CASES[name], tmp_path, capsys)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine has no CUDA")

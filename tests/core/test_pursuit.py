@@ -63,6 +63,28 @@ def test_float32_long_static_run_keeps_supports():
     assert_same_codes(ours, reference(x_BD, W_dec_FD, **rules))
 
 
+def test_float32_near_ties_settle_as_saelens_where_its_runs_agree():
+    # Pairs of atoms whose correlations differ by about float32 rounding (norms 0.8-1.2,
+    # b_dec-centred inputs built from the pairs): SAELens's float32 and float64 runs agree on
+    # some rows only, and there the Gram route's supports must equal theirs.
+    g = torch.Generator().manual_seed(0)
+    W_dec_FD = torch.randn(512, 64, generator=g)
+    W_dec_FD *= (0.8 + 0.4 * torch.rand(512, 1, generator=g)) / W_dec_FD.norm(dim=1, keepdim=True)
+    W_dec_FD[1:256:2] = W_dec_FD[0:256:2] * (1 + 2e-7 * torch.randn(128, 1, generator=g))
+    codes_BF = torch.zeros(512, 512).scatter_(
+        1, 2 * torch.randint(0, 128, (512, 4), generator=g), 0.5 + torch.rand(512, 4, generator=g)
+    )
+    x_BD = codes_BF @ W_dec_FD + 0.05 * torch.randn(512, 64, generator=g)
+    rules = dict(residual_threshold=0.0, max_iterations=16, stop_on_duplicate_support=False)
+    ref32_BF = reference(x_BD, W_dec_FD, **rules)
+    ref64_BF = reference(x_BD.double(), W_dec_FD.double(), **rules)
+    settled_B = ((ref32_BF != 0) == (ref64_BF != 0)).all(dim=1)
+    assert 50 < int(settled_B.sum()) < 500  # near-ties that float32 rounding flips, and not
+    ours_BF = matching_pursuit(x_BD, W_dec_FD, method="gram", **rules)
+    same_B = ((ours_BF != 0) == (ref32_BF != 0)).all(dim=1)
+    assert bool(same_B[settled_B].all())
+
+
 def test_gram_drift_stays_well_inside_its_bound(monkeypatch):
     # Clustered atoms (cosines near 0.95) and inputs built from them: the updates c -= coef·G[j]
     # nearly cancel, the worst case for drift. Every selection compares the kept correlations

@@ -148,7 +148,7 @@ def test_errors(data):
         cofiring(parent, child[:10])
     with pytest.raises(ShapeError, match="cofiring\\(\\): codes_parent must be a 2-D"):
         cofiring(np.zeros(3), child)
-    with pytest.raises(SaegeoError, match="top_k must be >= 1"):
+    with pytest.raises(SaegeoError, match="top_k=0: must be an integer >= 1"):
         cofiring(parent, child, top_k=0)
     with pytest.raises(ShapeError, match="input_means\\(\\): codes cover 400 tokens"):
         input_means(parent, torch.tensor(x[:100]))

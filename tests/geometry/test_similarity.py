@@ -92,8 +92,21 @@ def test_pairs_are_exactly_the_entries_above_threshold(decoders, dtype, block_el
 def test_user_errors_name_the_argument():
     with pytest.raises(ShapeError, match="d_in"):
         decoder_cosine(torch.randn(3, 4), torch.randn(3, 5))
-    with pytest.raises(SaegeoError, match="k must"):
+    with pytest.raises(SaegeoError, match="k=4: exceeds the 3 features"):
         decoder_cosine(torch.randn(3, 4), torch.randn(3, 4), k=4)
+    with pytest.raises(SaegeoError, match="k=0: must be an integer >= 1"):
+        decoder_cosine(torch.randn(3, 4), torch.randn(3, 4), k=0)
+    with pytest.raises(SaegeoError, match="small decoder holds NaN"):
+        decoder_cosine(torch.full((3, 4), float("nan")), torch.randn(3, 4))
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-30])
+def test_cosines_do_not_depend_on_the_decoders_scale(decoders, scale):
+    W_small_SD, W_large_LD = decoders
+    expected = decoder_cosine(W_small_SD, W_large_LD, k=2, device="cpu")
+    scaled = decoder_cosine(W_small_SD * scale, W_large_LD, k=2, device="cpu")
+    torch.testing.assert_close(scaled.values, expected.values)
+    assert torch.equal(scaled.indices, expected.indices)
     with pytest.raises(ShapeError, match="large"):
         decoder_cosine(torch.randn(3, 4), torch.randn(4))
 

@@ -150,7 +150,7 @@ def test_auto_solver_is_dense_for_small_widths_and_cg_where_the_gram_would_not_f
     assert choose_solver("auto", 100, 16, "cpu") == "cholesky"
     assert choose_solver("auto", refit_module.DENSE_MAX_WIDTH + 1, 16, "cpu") == "cg"
     assert choose_solver("cholesky", 10**6, 16, "cpu") == "cholesky"
-    monkeypatch.setattr(refit_module.memory, "available_bytes", lambda device: 10**6)
+    monkeypatch.setattr(refit_module.memory, "available_memory", lambda device: 10**6)
     assert choose_solver("auto", 1000, 16, "cpu") == "cg"
     with pytest.raises(SaegeoError, match="solver='dense'"):
         choose_solver("dense", 10, 16, "cpu")  # type: ignore[arg-type]
@@ -158,7 +158,7 @@ def test_auto_solver_is_dense_for_small_widths_and_cg_where_the_gram_would_not_f
 
 def test_allocations_that_would_not_fit_are_refused_before_they_are_made(monkeypatch):
     sae, x_BD = _family_and_acts()
-    monkeypatch.setattr(refit_module.memory, "available_bytes", lambda device: 10**5)
+    monkeypatch.setattr(refit_module.memory, "available_memory", lambda device: 10**5)
     with pytest.raises(InsufficientMemoryError, match=r"dense Gram .* solver='cg' or upto"):
         accumulate_stats(sae, x_BD, **CPU)
     with pytest.raises(InsufficientMemoryError, match=r"needs about .* lower it with limit") as e:
