@@ -138,11 +138,6 @@ def _tree(p: argparse.ArgumentParser) -> None:
         default=10,
         help="--all: trees shown in --html and printed (default %(default)s)",
     )
-    p.add_argument(
-        "--limit",
-        type=types.integer(1),
-        help="--metric masked_cosine: use only the first N activation tokens",
-    )
     types.add_common(p)
 
 

@@ -17,6 +17,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
+from saegeo.config import check_count
 from saegeo.errors import SaegeoError
 from saegeo.trees.dag import (
     Node,
@@ -27,11 +28,6 @@ from saegeo.trees.dag import (
 )
 
 RankBy = Literal["size", "split"]
-
-
-def _is_count(value: Any) -> bool:
-    """Whether ``value`` is an integer >= 1 (and not a bool)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and bool(value >= 1)
 
 
 def forest_roots(G: nx.DiGraph) -> list[Node]:
@@ -209,10 +205,8 @@ def forest(
     """
     if rank_by not in get_args(RankBy):
         raise SaegeoError(f"forest(): rank_by must be one of {get_args(RankBy)}, got {rank_by!r}")
-    if not _is_count(min_size):
-        raise SaegeoError(f"forest(): min_size must be an integer >= 1, got {min_size!r}")
-    if max_children is not None and not _is_count(max_children):
-        raise SaegeoError(f"forest(): max_children must be an integer >= 1, got {max_children!r}")
+    check_count("min_size", min_size)
+    check_count("max_children", max_children, optional=True)
     root_nodes = (
         forest_roots(G) if roots is None else [parse_node_id(r, name="root") for r in roots]
     )
