@@ -187,9 +187,8 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     import time
 
     from saegeo.explorer.facts import family_facts
-    from saegeo.explorer.site import write_site
+    from saegeo.explorer.site import write_site_files
     from saegeo.formats.pretrained import load_family_spec
-    from saegeo.runtime import distributed
 
     types.guard(args, [(args.out, "explore", "--out")], [*args.paths, args.acts])
     types.check_edge_threshold(args)
@@ -207,8 +206,9 @@ def _cmd_explore(args: argparse.Namespace) -> int:
         limit=args.limit,
         device=args.device,
     )
-    if distributed.is_main():
-        write_site(facts, args.out)
+    if (out := types.claim(args)) is not None:
+        write_site_files(facts, out.path)
+        types.commit(out)
     _report_skipped(args, acts)
     print(
         f"explorer of {len(family)} SAEs (widths {family.widths}) in "

@@ -19,7 +19,8 @@ from typing import Any
 from saegeo.acts.streaming import progress_bar
 from saegeo.explorer.facts import FamilyFacts
 from saegeo.explorer.site_data import SCHEMA, index_data, member_data, snippet_data
-from saegeo.runtime.atomic import atomic_dir, finite_or_null
+from saegeo.runtime.atomic import finite_or_null
+from saegeo.runtime.outputs import EXPLORER_DATA_DIR as DATA_DIR
 from saegeo.runtime.outputs import GENERATOR_META
 
 INDEX_FILE = "explorer.json"
@@ -70,29 +71,47 @@ def data_script(name: str, doc: Any) -> str:
 
 
 def write_site(
-    facts: FamilyFacts, out: str | os.PathLike[str], *, progress: bool | None = None
+    facts: FamilyFacts,
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    progress: bool | None = None,
 ) -> Path:
-    """Write the explorer site of ``facts`` to the directory ``out`` (atomically: a previous
-    site there is replaced only once the new one is complete). Returns ``out``.
+    """Write the explorer site of ``facts`` to the directory ``out``; returns ``out``.
 
-    The caller checks that ``out`` may be written (:func:`saegeo.runtime.outputs.check_outputs`).
+    The site appears complete or not at all. ``out`` must be new or an empty directory; with
+    ``overwrite=True`` it may also hold a previous explorer site, which is replaced once the new
+    one is complete. Nothing else is replaced (:mod:`saegeo.runtime.claim`).
     """
-    index = index_data(facts)
-    levels = range(len(facts.family))
-    with atomic_dir(out) as tmp:
-        data = tmp / "data"
-        data.mkdir()
-        with progress_bar(2 * len(levels), "explorer data", progress) as bar:
-            for level in levels:
-                for name, doc in (
-                    (f"member-{level}", member_data(facts, level)),
-                    (f"snippets-{level}", snippet_data(facts, level)),
-                ):
-                    (data / f"{name}.js").write_text(data_script(name, doc), encoding="utf-8")
-                    bar.update()
-        (tmp / INDEX_FILE).write_text(json.dumps(finite_or_null(index), indent=1) + "\n")
-        (tmp / "index.html").write_text(page_html(index), encoding="utf-8")
+    from saegeo.runtime.claim import claim_output
+    from saegeo.runtime.outputs import Output
+
+    with claim_output(Output.named(out, "explore", "out"), force=overwrite) as claim:
+        write_site_files(facts, claim.path, progress=progress)
+        claim.commit()
     return Path(out)
 
 
-__all__ = ["INDEX_FILE", "SCHEMA", "page_html", "write_site"]
+def write_site_files(
+    facts: FamilyFacts, directory: str | os.PathLike[str], *, progress: bool | None = None
+) -> None:
+    """Write the site's files into ``directory`` (made if missing): ``index.html``, its
+    ``explorer.json`` and one data script per member under ``data/``."""
+    directory = Path(directory)
+    index = index_data(facts)
+    levels = range(len(facts.family))
+    data = directory / DATA_DIR
+    data.mkdir(parents=True, exist_ok=True)
+    with progress_bar(2 * len(levels), "explorer data", progress) as bar:
+        for level in levels:
+            for name, doc in (
+                (f"member-{level}", member_data(facts, level)),
+                (f"snippets-{level}", snippet_data(facts, level)),
+            ):
+                (data / f"{name}.js").write_text(data_script(name, doc), encoding="utf-8")
+                bar.update()
+    (directory / INDEX_FILE).write_text(json.dumps(finite_or_null(index), indent=1) + "\n")
+    (directory / "index.html").write_text(page_html(index), encoding="utf-8")
+
+
+__all__ = ["INDEX_FILE", "SCHEMA", "page_html", "write_site", "write_site_files"]

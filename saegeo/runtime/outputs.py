@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 from collections.abc import Sequence
@@ -96,6 +97,10 @@ TABLE_HEADER = "feature,max_cos,nearest,kind"
 MATCHES_HEADER = "pair,a,b,decoder_cos,encoder_cos"
 TREE_SCHEMAS = (TREE_SCHEMA, FOREST_SCHEMA)
 EXPLORER_SCHEMA = "saegeo.explorer.v1"
+EXPLORER_DATA_DIR = "data"
+"""The folder of an explorer site's per-member data scripts (``member-0.js``, ...)."""
+EXPLORER_DATA_FILE = re.compile(r"[a-z]+-\d+\.js")
+"""The names of the scripts in :data:`EXPLORER_DATA_DIR`."""
 """The ``schema`` of the ``explorer.json`` beside an explorer site's ``index.html``."""
 FAMILY_FORMAT = "saegeo.family.v1"
 """The ``format`` of the ``family.json`` that training writes."""
@@ -106,6 +111,7 @@ DIRECTORY_FILES: dict[str, tuple[str, ...]] = {
     "sae": SAE_DIR_FILES,
     "stitched": (*SAE_DIR_FILES, REPORT_FILE),
     "family": FAMILY_FILES,  # and the member directories its family.json lists
+    "explore": ("explorer.json", "index.html"),  # and its data scripts (EXPLORER_DATA_DIR)
 }
 """The files each directory kind that ``--force`` replaces holds: all that it may delete."""
 DEMO_ENTRIES = frozenset({"settings.json", "stages.json", "acts", "family", "report"})
@@ -359,6 +365,12 @@ def saegeo_entries(path: Path, kind: OutputKind) -> tuple[list[Path], list[Path]
             ours += inside_ours
             foreign += inside_foreign
             ours.append(entry)
+        elif kind == "explore" and entry.name == EXPLORER_DATA_DIR and entry.is_dir():
+            scripts = list(entry.iterdir())
+            inside = [f for f in scripts if EXPLORER_DATA_FILE.fullmatch(f.name) and f.is_file()]
+            ours += inside
+            foreign += [f for f in scripts if f not in inside]
+            (ours if len(inside) == len(scripts) else foreign).append(entry)
         elif _leftover(entry.name, names) or (entry.name in names and entry.is_file()):
             ours.append(entry)
         else:
