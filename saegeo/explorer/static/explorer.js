@@ -80,6 +80,12 @@ export class Explorer {
     return this.cache.get(name);
   }
 
+  // A member's table and edges (labels, parents, children): all a tree or a link needs.
+  async table(level) {
+    return this.data(`member-${level}`);
+  }
+
+  // A member's table with its histograms and snippets: what its list and cards need.
   async member(level) {
     const [m, sn] = await Promise.all([this.data(`member-${level}`), this.data(`snippets-${level}`)]);
     return { m, sn };
@@ -233,8 +239,8 @@ export class Explorer {
   async renderCard(level, j, m, sn) {
     const ix = this.index;
     const lv = ix.levels[level];
-    const parentsM = level > 0 ? (await this.member(level - 1)).m : null;
-    const childrenM = level + 1 < ix.levels.length ? (await this.member(level + 1)).m : null;
+    const parentsM = level > 0 ? await this.table(level - 1) : null;
+    const childrenM = level + 1 < ix.levels.length ? await this.table(level + 1) : null;
     const num = (key, label, v, digits = 4) => [
       h("dt", {}, label),
       h("dd", { "data-key": key, "data-value": v ?? "" }, fmt(v, digits)),
@@ -302,13 +308,12 @@ export class Explorer {
     const nodes = new Map();
     const edges = [];
     const add = (lv, f, label) => { const id = `${lv}/${f}`; if (!nodes.has(id)) nodes.set(id, { lv, f, label }); return id; };
-    const me = await this.member(level);
-    add(level, j, me.m.label[j]);
+    add(level, j, (await this.table(level)).label[j]);
     // Ancestors down to the narrowest member (the best MAX_TREE_CHILDREN parents of each).
     let below = [j];
     for (let lv = level; lv > 0 && below.length; lv--) {
-      const here = (await this.member(lv)).m;
-      const up = (await this.member(lv - 1)).m;
+      const here = await this.table(lv);
+      const up = await this.table(lv - 1);
       const above = [];
       for (const f of below) {
         for (const [p, sc] of here.parents[f].slice(0, MAX_TREE_CHILDREN)) {
@@ -321,8 +326,8 @@ export class Explorer {
     let frontier = [j];
     let more = 0;
     for (let lv = level; lv + 1 < ix.levels.length && frontier.length; lv++) {
-      const here = (await this.member(lv)).m;
-      const next = (await this.member(lv + 1)).m;
+      const here = await this.table(lv);
+      const next = await this.table(lv + 1);
       const nextFrontier = [];
       for (const f of frontier) {
         const kids = here.children[f];
