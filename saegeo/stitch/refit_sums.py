@@ -12,7 +12,7 @@ decoder ``Θ = [W_dec; b − shift]`` needs, besides the codes' Gram matrix, the
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -80,7 +80,7 @@ class TokenSums:
     """
 
     def __init__(self, sae: SAE, device: torch.device) -> None:
-        f64 = {"dtype": torch.float64, "device": device}
+        f64: dict[str, Any] = {"dtype": torch.float64, "device": device}
         self.width, self.d_in = sae.width, sae.d_in
         self.shift_D = output_bias(sae).to(**f64)
         """The output bias [D], subtracted from every target."""
