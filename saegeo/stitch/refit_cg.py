@@ -55,7 +55,7 @@ from saegeo.effects.metrics import Metrics, Moments, metrics_from_sums
 from saegeo.errors import InsufficientMemoryError, SaegeoError, ShapeError
 from saegeo.io import distributed
 from saegeo.io.streaming import ActsLike, sae_stream
-from saegeo.stitch.refit_sums import DecoderSolve, TokenSums
+from saegeo.stitch.refit_sums import DecoderSolve, TokenSums, decoder_theta
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +139,7 @@ class CodeStats(NamedTuple):
 
     def theta(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
         """``[W_dec; b_dec − shift]`` [F+1, D], float64: a decoder in the statistics' terms."""
-        device = self.cross.device
-        bias = b_dec.to(device, torch.float64) - self.shift.to(device)
-        return torch.cat([W_dec.to(device, torch.float64), bias[None]])
+        return decoder_theta(W_dec, b_dec, self.shift, self.cross.device)
 
     def codes(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The codes ``A`` [n, F] of this rank's tokens, sparse CSR in ``dtype``."""
