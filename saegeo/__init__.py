@@ -44,7 +44,7 @@ from saegeo.effects.hybrid import hybrid
 from saegeo.effects.interpolation import interpolation_path
 from saegeo.effects.metrics import Metrics, evaluate
 from saegeo.effects.novelty import family_novelty
-from saegeo.errors import FormatError, SaegeoError, ShapeError
+from saegeo.errors import FormatError, InsufficientMemoryError, SaegeoError, ShapeError
 from saegeo.geometry.classify import classify, swap_groups
 from saegeo.geometry.cofiring import cofiring, containment, nesting
 from saegeo.geometry.masked_cosine import masked_cosine
@@ -84,6 +84,7 @@ __all__ = [
     "CosineMatch",
     "Family",
     "FormatError",
+    "InsufficientMemoryError",
     "FrankensteinReport",
     "FrankensteinSteps",
     "HarvestConfig",
