@@ -51,7 +51,13 @@ if TYPE_CHECKING:  # the same names as _API, for type checkers and editors
     from saegeo.effects.metrics import Metrics, evaluate
     from saegeo.effects.novelty import family_novelty
     from saegeo.effects.swaps import swap_groups
-    from saegeo.errors import ArgumentError, FormatError, SaegeoError, ShapeError
+    from saegeo.errors import (
+        ArgumentError,
+        FormatError,
+        InsufficientMemoryError,
+        SaegeoError,
+        ShapeError,
+    )
     from saegeo.explorer.card import FeatureCard, feature_card
     from saegeo.explorer.facts import FamilyFacts, family_facts
     from saegeo.explorer.widget import explore
@@ -103,7 +109,13 @@ _API: dict[str, tuple[str, ...]] = {
     "saegeo.effects.metrics": ("Metrics", "evaluate"),
     "saegeo.effects.novelty": ("family_novelty",),
     "saegeo.effects.swaps": ("swap_groups",),
-    "saegeo.errors": ("ArgumentError", "FormatError", "SaegeoError", "ShapeError"),
+    "saegeo.errors": (
+        "ArgumentError",
+        "FormatError",
+        "InsufficientMemoryError",
+        "SaegeoError",
+        "ShapeError",
+    ),
     "saegeo.explorer.card": ("FeatureCard", "feature_card"),
     "saegeo.explorer.facts": ("FamilyFacts", "family_facts"),
     "saegeo.explorer.widget": ("explore",),

@@ -133,8 +133,10 @@ def _threshold(x_ND: torch.Tensor, dirs_FD: torch.Tensor, l0: int) -> float:
 
 
 def stand_in_bytes(d_in: int, widths: list[int], tokens: int) -> int:
-    """Memory that building the stand-in takes: the two widest levels and the tokens."""
-    return 4 * d_in * (widths[-1] + (widths[-2] if len(widths) > 1 else 0) + tokens)
+    """Memory that building the stand-in takes: the widest member's encoder and decoder (or
+    the two widest levels of directions) and the tokens, float32."""
+    second = widths[-2] if len(widths) > 1 else 0
+    return 4 * d_in * (max(2 * widths[-1], widths[-1] + second) + tokens)
 
 
 def build_stand_in(out: Path, family: str, widths: list[int], tokens: int, l0: int, seed: int):

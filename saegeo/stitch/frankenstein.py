@@ -302,7 +302,10 @@ def _stitch(
     rows: list[tuple[Metrics, Metrics]] = []
     solves: list[DecoderSolve | None] = [None] * len(steps)
     refit_seconds, method = 0.0, "none"
-    exact_options = {"tol": config.refit_tol, "max_iterations": config.refit_max_iterations}
+    exact_options: dict[str, Any] = {
+        "tol": config.refit_tol,
+        "max_iterations": config.refit_max_iterations,
+    }
     if union.additive:
         # Codes of additive features do not depend on each other: one pass serves every step.
         start = time.perf_counter()

@@ -51,6 +51,7 @@ from saegeo.stitch.refit_sums import (
     DecoderSolve,
     TokenSums,
     decode_target,
+    decoder_theta,
     fits_bias,
     output_bias,
     sparse_codes_FB,
@@ -138,9 +139,7 @@ class DecoderStats(NamedTuple):
 
     def theta(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
         """``[W_dec; b_dec − shift]`` [F+1, D], float64: a decoder in the statistics' terms."""
-        device = self.gram.device
-        bias = b_dec.to(device, torch.float64) - self.shift.to(device)
-        return torch.cat([W_dec.to(device, torch.float64), bias[None]])
+        return decoder_theta(W_dec, b_dec, self.shift, self.gram.device)
 
     def metrics(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> Metrics:
         """The metrics of decoder ``W_dec`` [F, D] with output bias ``b_dec`` [D] on these codes."""

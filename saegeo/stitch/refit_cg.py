@@ -30,7 +30,10 @@ codes can tell apart. ``max_iterations`` caps the work; a solve that reaches it 
 
 **Precision.** The codes are kept in the SAE's precision and the two sparse products of an
 iteration run in float32; every vector of the iteration and every sum is float64, and the
-squared errors reported (:meth:`CodeStats.sse`) are computed with float64 products.
+squared errors reported (:meth:`CodeStats.sse`) are computed with float64 products. Where the
+codes' magnitudes span so many orders that float32 products cannot reach the solution (a
+relative residual above ``FALLBACK_RESIDUAL`` at the end), the iteration goes on from where it
+stands with float64 products.
 
 **Ranks.** Each rank keeps the codes of its own share of the tokens; the sums (cross terms,
 ``s``, the diagonal) are reduced once, and each iteration reduces the one product
@@ -54,7 +57,7 @@ from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Metrics, Moments, metrics_from_sums
 from saegeo.errors import InsufficientMemoryError, SaegeoError, ShapeError
 from saegeo.runtime import distributed, memory
-from saegeo.stitch.refit_sums import DecoderSolve, TokenSums
+from saegeo.stitch.refit_sums import DecoderSolve, TokenSums, decoder_theta
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +67,10 @@ DELAY = 4
 """Iterations over which the excess squared error of an iterate is estimated."""
 MAX_ITERATIONS = 1000
 """Default cap on the iterations of one solve."""
+PRODUCT_DTYPE = torch.float32
+"""Precision of the two sparse products of an iteration."""
+FALLBACK_RESIDUAL = 1e-3
+"""A float32 solve that ends with a larger relative residual goes on in float64."""
 # Bytes per non-zero code: the kept codes (int32 row and column, float32 value), the two
 # sparse matrices of a solve (int32 index, float32 value each) and a float64 copy of the values.
 BYTES_PER_CODE = 12 + 8 + 8 + 8
@@ -138,9 +145,7 @@ class CodeStats(NamedTuple):
 
     def theta(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
         """``[W_dec; b_dec − shift]`` [F+1, D], float64: a decoder in the statistics' terms."""
-        device = self.cross.device
-        bias = b_dec.to(device, torch.float64) - self.shift.to(device)
-        return torch.cat([W_dec.to(device, torch.float64), bias[None]])
+        return decoder_theta(W_dec, b_dec, self.shift, self.cross.device)
 
     def codes(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The codes ``A`` [n, F] of this rank's tokens, sparse CSR in ``dtype``."""
@@ -268,25 +273,26 @@ class _Normal:
     """The normal-equations operator ``V ↦ (G_FF − [s sᵀ/Σw] + λI) V`` over the codes:
     ``Aᵀ(w ⊙ (A V − [sᵀV/Σw])) + λV``, the sparse products in float32."""
 
-    def __init__(self, stats: CodeStats, lam: float, center: bool) -> None:
+    def __init__(self, stats: CodeStats, lam: float, center: bool, dtype: torch.dtype) -> None:
         order = torch.argsort(stats.cols, stable=True)
-        self.S = stats.codes()
+        self.dtype = dtype
+        self.S = stats.codes(dtype)
         self.St = _csr(
             stats.cols[order],
             stats.rows[order],
-            stats.values[order].to(torch.float32),
+            stats.values[order].to(dtype),
             (stats.width, len(stats.weight)),
         )
         unit = bool((stats.weight == 1).all())
-        self.weight = None if unit else stats.weight.to(torch.float32)[:, None]
+        self.weight = None if unit else stats.weight.to(dtype)[:, None]
         self.s = stats.code_sum
         self.weight_sum = stats.weight_sum
         self.lam, self.center = lam, center
 
     def __call__(self, V_FD: torch.Tensor) -> torch.Tensor:
-        U_ND = self.S @ V_FD.to(torch.float32)
+        U_ND = self.S @ V_FD.to(self.dtype)
         if self.center:
-            U_ND -= (self.s @ V_FD / self.weight_sum).to(torch.float32)
+            U_ND -= (self.s @ V_FD / self.weight_sum).to(self.dtype)
         if self.weight is not None:
             U_ND *= self.weight
         out_FD = distributed.all_reduce_((self.St @ U_ND).to(torch.float64))
@@ -362,14 +368,24 @@ def solve_decoder_cg(
         constant += lam * float((target_FD**2).sum())
     # A feature that fires on every token alike is the bias's column; it keeps a unit scale.
     inverse_F = torch.where(diag_F > 1e-12 * sub.code_sq, 1 / diag_F, 1 / sub.code_sq)
-    operator = _Normal(sub, lam, fit_bias)
     x_FD = (target_FD if start is None else start.to(device, torch.float64)[live]).clone()
     iterations, begun = 0, time.perf_counter()
-    if len(live):
-        x_FD, iterations = _pcg(operator, rhs_FD, x_FD, inverse_F, constant, tol, max_iterations)
-    residual_FD = rhs_FD - operator(x_FD)
     scale = float(rhs_FD.norm())
-    residual = float(residual_FD.norm()) / scale if scale > 0 else 0.0
+    residual = 0.0
+    for dtype in (PRODUCT_DTYPE, torch.float64):
+        operator = _Normal(sub, lam, fit_bias, dtype)
+        if len(live):
+            x_FD, done = _pcg(
+                operator, rhs_FD, x_FD, inverse_F, constant, tol, max_iterations - iterations
+            )
+            iterations += done
+        residual_FD = rhs_FD - operator(x_FD)
+        residual = float(residual_FD.norm()) / scale if scale > 0 else 0.0
+        # Codes whose magnitudes span many orders defeat float32 products; the iteration then
+        # goes on from where it stands with float64 ones.
+        if residual <= FALLBACK_RESIDUAL or iterations >= max_iterations:
+            break
+        del operator
     logger.info(
         "conjugate gradients on %d features, %d codes: %d iterations, residual %.1e, %.1f s",
         len(live),

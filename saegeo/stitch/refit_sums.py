@@ -12,7 +12,7 @@ decoder ``Θ = [W_dec; b − shift]`` needs, besides the codes' Gram matrix, the
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -57,6 +57,15 @@ def decode_target(sae: SAE, x_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return normalization.decode_target(sae.normalize_activations, x_BD)
 
 
+def decoder_theta(
+    W_dec: torch.Tensor, b_dec: torch.Tensor, shift: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """``[W_dec; b_dec − shift]`` [F+1, D], float64 on ``device``: a decoder [F, D] with
+    output bias [D] in the terms of statistics whose targets are shifted by ``shift``."""
+    bias = b_dec.to(device, torch.float64) - shift.to(device)
+    return torch.cat([W_dec.to(device, torch.float64), bias[None]])
+
+
 def sparse_codes_FB(
     rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, width: int, n_rows: int
 ) -> torch.Tensor:
@@ -80,7 +89,7 @@ class TokenSums:
     """
 
     def __init__(self, sae: SAE, device: torch.device) -> None:
-        f64 = {"dtype": torch.float64, "device": device}
+        f64: dict[str, Any] = {"dtype": torch.float64, "device": device}
         self.width, self.d_in = sae.width, sae.d_in
         self.shift_D = output_bias(sae).to(**f64)
         """The output bias [D], subtracted from every target."""

@@ -50,8 +50,8 @@ class StepReport:
     l0_after: float
     """Mean L0 after the refit (NaN where it was not refit)."""
     refit_method: str = "none"
-    """How this step's exact refit solved: ``cholesky``, ``lstsq`` or ``cg`` (``none`` without one: a
-    stitch that auto-chooses the solver solves narrow steps densely and wide ones by ``cg``)."""
+    """How this step's exact refit solved: ``cholesky``, ``lstsq`` or ``cg`` (``none`` without
+    one). A stitch that chooses its solver solves narrow steps densely, wide ones by ``cg``."""
     refit_iterations: int = 0
     """Conjugate-gradient iterations of this step's exact refit (0 for a dense solve)."""
     refit_residual: float = math.nan

@@ -92,15 +92,9 @@ def test_argument_errors_show_the_flag_that_sets_them():
 
 
 def _stitch_inputs(root):
-    import numpy as np
-    from helpers.sae import random_sae
+    from helpers.sae import save_family_and_acts
 
-    for width, seed in ((24, 2), (48, 3)):
-        sg.save_sae(
-            random_sae(width, "jumprelu", seed=seed).to(dtype=torch.float32), root / f"w{width}"
-        )
-    x_ND = np.random.default_rng(0).normal(size=(600, 16)).astype(np.float32) + 0.5
-    np.save(root / "acts.npy", x_ND)
+    save_family_and_acts(root, ((24, 2), (48, 3)), 600)
     return [str(root / "w24"), str(root / "w48"), "--acts", str(root / "acts.npy")]
 
 

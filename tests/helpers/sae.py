@@ -58,3 +58,15 @@ def random_sae(
 
 def mse(sae: sg.SAE, x_BD: torch.Tensor) -> float:
     return float(((x_BD - sae.forward(x_BD)) ** 2).sum(dim=1).mean())
+
+
+def save_family_and_acts(root, widths_seeds, n_tokens: int) -> None:
+    """Float32 JumpReLU SAEs ``root/w{width}`` (each from its seed) and ``root/acts.npy``
+    [n_tokens, D_IN], seeded, for the command-line tests."""
+    import numpy as np
+
+    for width, seed in widths_seeds:
+        sae = random_sae(width, "jumprelu", seed=seed).to(dtype=torch.float32)
+        sg.save_sae(sae, root / f"w{width}")
+    x_ND = np.random.default_rng(0).normal(size=(n_tokens, D_IN)).astype(np.float32) + 0.5
+    np.save(root / "acts.npy", x_ND)

@@ -85,16 +85,10 @@ def test_the_single_process_statistics_are_not_trivial(single):
 
 
 def _cli_setup(root):
-    from helpers.sae import random_sae
+    from helpers.sae import save_family_and_acts
 
-    import saegeo as sg
-
-    for width, seed in ((12, 2), (25, 3)):
-        sg.save_sae(
-            random_sae(width, "jumprelu", seed=seed).to(dtype=torch.float32), root / f"w{width}"
-        )
-    x_ND = np.random.default_rng(0).normal(size=(203, 16)).astype(np.float32) + 0.5
-    np.save(root / "acts.npy", x_ND)
+    save_family_and_acts(root, ((12, 2), (25, 3)), 203)
+    x_ND = np.load(root / "acts.npy")
     x_ND[150, 3] = np.nan  # in the second rank's share only
     np.save(root / "bad.npy", x_ND)
     family = [str(root / "w12"), str(root / "w25")]

@@ -218,3 +218,17 @@ def test_an_auto_stitch_solves_narrow_steps_densely_and_wide_ones_by_cg(monkeypa
     for a, b in zip(mixed.steps, dense.steps, strict=True):
         assert a.mse_after == pytest.approx(b.mse_after, rel=1e-6)
         assert a.mse_before == pytest.approx(b.mse_before, rel=1e-9)
+
+
+def test_codes_of_widely_spread_magnitudes_fall_back_to_float64_products():
+    from saegeo.core.sae import SAE
+
+    # Decoder rows of norm ~4 make the pursuit's codes explode on some tokens (MSE ~1e18):
+    # float32 products cannot resolve the rest, and the solve goes on in float64.
+    g = torch.Generator().manual_seed(0)
+    sae = SAE.from_decoder(torch.randn(64, 16, generator=g))
+    x_BD = torch.randn(2000, 16, generator=g)
+    dense = refit_exact(sae, x_BD, solver="cholesky", **CPU)
+    cg = refit_exact(sae, x_BD, solver="cg", **CPU)
+    assert dense.before.mse > 1e12 and cg.residual < refit_cg.FALLBACK_RESIDUAL
+    assert cg.after.mse == pytest.approx(dense.after.mse, rel=1e-6)
