@@ -190,9 +190,11 @@ def _novelty_section(
         "component along a feature's decoder contributions that the narrower SAE already "
         "reconstructs on the tokens where the feature fires; the closed form of "
         "<code>delta_mse</code> predicts that adding the feature lowers the MSE when it is "
-        "below about 1/2. <code>auc_max_cos</code> and <code>auc_explained</code> say how well "
-        "each score ranks the features that lower the MSE above those that do not (ROC AUC; "
-        "0.5 is chance, 1 perfect)."
+        "below about 1/2. A third, <code>residual</code>, needs no activations: the share of "
+        "the feature's unit decoder row left outside the span of its 8 nearest narrower rows. "
+        "<code>auc_max_cos</code>, <code>auc_residual</code> and <code>auc_explained</code> say "
+        "how well each score ranks the features that lower the MSE above those that do not "
+        "(ROC AUC; 0.5 is chance, 1 perfect)."
     )
     # The kind × sign counts show as the 2×2 tables below rather than as summary columns.
     cells = [c for c in result.summary if c.endswith(("_decreases", "_does_not_decrease"))]

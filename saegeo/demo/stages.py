@@ -62,7 +62,7 @@ def stage_keys(settings: DemoSettings, n_eval: int | None = None) -> dict[str, s
                 "n_eval": n_eval,
                 "sample": NOVELTY_TOKENS,
                 "points": NOVELTY_POINTS,
-                "scores": ["delta_mse", "explained"],
+                "scores": ["delta_mse", "explained", "residual"],
             },
             acts,
             family,

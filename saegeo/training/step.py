@@ -102,12 +102,12 @@ def init_state(
     (normalised inputs) as ``config.b_dec_init`` says.
 
     Every architecture starts from unit rows, the penalised ReLU ones included. Rows of norm
-    0.1 (Anthropic's April 2024 recipe, tuned there for a learning rate of 5e-5) let Adam,
-    whose steps have about ``lr`` per element whatever the row's scale, turn a row by about
-    ``lr·sqrt(d_in)/0.1`` radians a step: at this trainer's learning rates the rows that had
-    not yet grown drifted onto the one direction every token's error shares (the mean
-    activation) and stayed small, near-duplicates of each other that carried almost no
-    energy. On SmolLM2-135M (576 latents, ReLU + L1, 2,000 steps at lr 2e-3) latents with a
+    0.1 (Anthropic's April 2024 recipe, tuned there for a learning rate of 5e-5) left many
+    latents small, along the mean activation, near-duplicates of each other that carried
+    almost no energy; likely because Adam, whose steps have about ``lr`` per element whatever
+    the row's scale, turns a row of norm 0.1 by about ``lr·sqrt(d_in)/0.1`` radians a step,
+    and the rows that had not yet grown drifted onto the one direction every token's error
+    shares. On SmolLM2-135M (576 latents, ReLU + L1, 2,000 steps at lr 2e-3) latents with a
     twin above cosine 0.9 in their own SAE fell from 39% to 5% with unit rows, and the
     held-out FVU from 0.131 to 0.114 at about the same L0.
     """
