@@ -60,6 +60,9 @@ class FeatureCard:
     """Change in the narrower SAE's MSE when this feature is added to it."""
     explained: float | None
     """Share of its contribution the narrower SAE's reconstruction already holds."""
+    residual: float | None
+    """Share of its unit decoder row outside the span of the nearest narrower rows (the novelty
+    score that needs no activations, :func:`saegeo.geometry.residual.decoder_residual`)."""
     freq: float | None
     """Fraction of tokens where it fires."""
     max_act: float | None
@@ -202,6 +205,7 @@ def card_from_facts(facts: FamilyFacts, feature: str | tuple[int, int]) -> Featu
         nearest=node_id((level - 1, int(row["nearest"]))) if "nearest" in row.index else None,
         delta_mse=value("delta_mse"),
         explained=value("explained"),
+        residual=value("residual"),
         freq=value("freq"),
         max_act=value("max_act"),
         mean_act=value("mean_act"),

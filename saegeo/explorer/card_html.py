@@ -95,6 +95,7 @@ def card_html(card: dict[str, Any]) -> str:
         ("nearest", card["nearest"]),
         ("delta_mse", card["delta_mse"]),
         ("explained", card["explained"]),
+        ("residual", card["residual"]),
         ("freq", card["freq"]),
         ("max act", card["max_act"]),
         ("mean act", card["mean_act"]),

@@ -8,7 +8,7 @@ messages when the page asks). Schema ``saegeo.explorer.v1``:
   ``levels`` (``level``, ``width``, ``source``, ``neuronpedia``: the URL prefix or null).
 - ``member-L``: one array per column over the member's features: ``freq``, ``max_act``,
   ``mean_act``, ``kind`` (1 novel, 0 reconstruction, null at level 0), ``max_cos``,
-  ``nearest``, ``delta_mse``, ``explained``, ``n_children``, ``label``, ``parents`` and
+  ``nearest``, ``delta_mse``, ``explained``, ``residual``, ``n_children``, ``label``, ``parents`` and
   ``children`` (per feature, ``[index, score]`` pairs at the adjacent level, best first),
   ``swap`` (per feature, its swap group with the narrower member or -1) and ``swaps`` (those
   groups: ``[small indices, large indices, max_cos]``).
@@ -123,6 +123,7 @@ def member_data(facts: FamilyFacts, level: int) -> dict[str, Any]:
         else [None] * width,
         "delta_mse": column("delta_mse"),
         "explained": column("explained"),
+        "residual": column("residual"),
         "n_children": [int(n) for n in table["n_children"]],
         "label": list(table["label"]) if "label" in table.columns else [""] * width,
         "parents": parents,

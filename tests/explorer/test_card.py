@@ -22,6 +22,7 @@ def test_card_numbers_equal_the_measures(toy, facts):
         card = sg.feature_card(facts, f"2/{j}")
         assert card.kind == classified.at[j, "kind"]
         assert card.max_cos == pytest.approx(classified.at[j, "max_cos"])
+        assert card.residual == pytest.approx(classified.at[j, "residual"])
         assert card.nearest == f"1/{classified.at[j, 'nearest']}"
         assert card.delta_mse == pytest.approx(deltas[j])
         if np.isnan(explained[j]):

@@ -12,6 +12,7 @@ const SORTS = {
   freq: ["frequency", (m, j) => m.freq[j], -1],
   delta_mse: ["delta_mse", (m, j) => m.delta_mse[j], 1],
   explained: ["explained", (m, j) => m.explained[j], 1],
+  residual: ["residual (novel first)", (m, j) => m.residual[j], -1],
   n_children: ["children", (m, j) => m.n_children[j], -1],
   kind: ["kind (novel first)", (m, j) => m.kind[j], -1],
 };
@@ -256,6 +257,7 @@ export class Explorer {
         h("dt", {}, "nearest"), h("dd", { "data-key": "nearest" }, m.nearest[j] === null ? "–" : this.link(level - 1, m.nearest[j], m.max_cos[j], parentsM.label[m.nearest[j]])),
         num("delta_mse", "delta_mse", m.delta_mse[j]),
         num("explained", "explained", m.explained[j]),
+        num("residual", "residual", m.residual[j]),
         num("freq", "frequency", m.freq[j]),
         num("max_act", "max act", m.max_act[j]),
         num("mean_act", "mean act", m.mean_act[j]),
