@@ -9,9 +9,9 @@ messages when the page asks). Schema ``saegeo.explorer.v1``:
 - ``member-L``: one array per column over the member's features: ``freq``, ``max_act``,
   ``mean_act``, ``kind`` (1 novel, 0 reconstruction, null at level 0), ``max_cos``,
   ``nearest``, ``delta_mse``, ``explained``, ``residual``, ``n_children``, ``label``,
-  ``parents`` and ``children`` (per feature, ``[index, score]`` pairs at the adjacent level, best first),
-  ``swap`` (per feature, its swap group with the narrower member or -1) and ``swaps`` (those
-  groups: ``[small indices, large indices, max_cos]``).
+  ``parents`` and ``children`` (per feature, ``[index, score]`` pairs at the adjacent level,
+  best first), ``swap`` (per feature, its swap group with the narrower member or -1) and
+  ``swaps`` (those groups: ``[small indices, large indices, max_cos]``).
 - ``snippets-L``: ``hist_edges`` (shared), per feature ``hist`` (``[first bin, counts...]``)
   and ``snippets`` (``[activation, centre, token ids, activations]``), and ``tokens``: the
   text of every token id used.
