@@ -75,6 +75,11 @@ def calls(arch: str) -> dict[str, Callable[[sg.SAE, sg.SAE, torch.Tensor], Any]]
         "evaluate": lambda s, l, x: sg.evaluate(s, x, progress=False),
         "explained_share": lambda s, l, x: sg.explained_share(s, l, x, progress=False),
         "family_novelty": lambda s, l, x: sg.family_novelty([s, l], x, progress=False),
+        "family_facts": lambda s, l, x: sg.family_facts([s, l], x, progress=False),
+        "feature_card": lambda s, l, x: sg.feature_card([s, l], "1/0", acts=x),
+        "explore": lambda s, l, x: sg.explore([s, l], x),
+        "match_features": lambda s, l, x: sg.match_features(s, l, encoder=True),
+        "seed_stability_matched": lambda s, l, x: sg.seed_stability_matched(s, l),
         "feature_dag": lambda s, l, x: sg.feature_dag(
             [s, l], metric="masked_cosine", acts=x, progress=False
         ),
