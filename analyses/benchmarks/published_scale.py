@@ -68,7 +68,7 @@ FAMILIES = {"gpt2": (768, 768, 98_304), "gemma": (2304, 16_384, 1_048_576)}
 CHILD_SHARE = 0.57
 CHILD_COS = (0.75, 0.95)
 CALIBRATION_TOKENS = 2048
-STEPS = ("cosine", "classify", "explained", "trees", "stitch", "compare")
+STEPS = ("cosine", "classify", "explained", "explorer", "trees", "stitch", "compare")
 EXIT_USER_ERROR = 2
 
 
@@ -251,6 +251,12 @@ def worker(
     elif step == "explained":
         share = sg.explained_share(a, b, acts, batch_size=batch, limit=limit, **opts)
         found = {"rows": len(share)}
+    elif step == "explorer":
+        # The explorer's data of the pair: one streaming pass for the activation statistics
+        # and snippets of every feature, the DAG, classify and the swap groups (no effects).
+        facts = sg.family_facts([a, b], acts, with_effects=False, batch_size=batch, limit=limit,
+                                **opts)  # fmt: skip
+        found = {"features": sum(len(table) for table in facts.features)}
     else:
         raise ValueError(step)
     return {"seconds": time.perf_counter() - start, **found}
@@ -446,7 +452,7 @@ def main() -> int:
           flush=True)  # fmt: skip
     rows: list[dict[str, Any]] = []
     for step in args.steps:
-        if step in ("cosine", "classify", "explained"):
+        if step in ("cosine", "classify", "explained", "explorer"):
             paired = [w for w in widths if args.pairs_upto is None or w <= args.pairs_upto]
             for small, large in zip(paired, paired[1:], strict=False):
                 rows.append(run_step_worker(args, step, small, large))
