@@ -180,7 +180,7 @@ def _from_entry(name: str, entry: Mapping[str, Any], registry: str) -> Release:
 @functools.cache
 def bundled_releases() -> dict[str, Release]:
     """The releases of the table shipped with saegeo."""
-    text = resources.files("saegeo.io").joinpath(BUNDLED_FILE).read_text(encoding="utf-8")
+    text = resources.files("saegeo.formats").joinpath(BUNDLED_FILE).read_text(encoding="utf-8")
     doc = json.loads(text)
     return {name: _from_entry(name, entry, "saegeo") for name, entry in doc["releases"].items()}
 
