@@ -4,8 +4,9 @@ The same documents feed the offline site (each written as a script that hands it
 ``window.saegeoData``, so the page opens from ``file://``) and the Jupyter widget (sent as
 messages when the page asks). Schema ``saegeo.explorer.v1``:
 
-- ``index``: ``metric``, ``threshold``, ``novelty_threshold``, ``n_tokens``, ``has_text`` and
-  ``levels`` (``level``, ``width``, ``source``, ``neuronpedia``: the URL prefix or null).
+- ``index``: ``metric``, ``threshold``, ``novelty_threshold``, ``n_tokens``, ``has_text``,
+  ``start`` (the feature a page opens on, :func:`start_feature`, or null) and ``levels``
+  (``level``, ``width``, ``source``, ``neuronpedia``: the URL prefix or null).
 - ``member-L``: one array per column over the member's features: ``freq``, ``max_act``,
   ``mean_act``, ``kind`` (1 novel, 0 reconstruction, null at level 0), ``max_cos``,
   ``nearest``, ``delta_mse``, ``explained``, ``residual``, ``n_children``, ``label``,
@@ -49,6 +50,24 @@ def rounded(values: Any, digits: int = DIGITS) -> list[float | None]:
     return out
 
 
+def start_feature(facts: FamilyFacts) -> str | None:
+    """The feature a page opens on: the root that splits most clearly (two or more children
+    whose best parent it is, not a hub; the highest :func:`saegeo.trees.forest.split_summary`
+    score, then the narrowest), as the forest ranks its trees; None where no root splits.
+
+    Opening on the feature with the most children would open on a hub or an outlier."""
+    from saegeo.trees.dag import node_id
+    from saegeo.trees.forest import forest_roots, split_summary
+
+    best: tuple[float, int, int] | None = None
+    for root in forest_roots(facts.dag):
+        summary = split_summary(facts.dag, root)
+        if summary["splits"]:
+            key = (-float(summary["split_score"]), root[0], root[1])
+            best = key if best is None or key < best else best
+    return None if best is None else node_id((best[1], best[2]))
+
+
 def index_data(facts: FamilyFacts) -> dict[str, Any]:
     """The site's index (module docstring)."""
     stats = facts.stats
@@ -59,6 +78,7 @@ def index_data(facts: FamilyFacts) -> dict[str, Any]:
         "novelty_threshold": facts.novelty_threshold,
         "n_tokens": None if stats is None else stats[0].n_tokens,
         "has_text": facts.tokens is not None,
+        "start": start_feature(facts),
         "levels": [
             {
                 "level": level,

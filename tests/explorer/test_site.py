@@ -84,3 +84,19 @@ def test_explore_command(toy, tmp_path, capsys):
     member = (out / "data" / "member-2.js").read_text()
     doc = json.loads(member[member.index(",") + 1 : member.rindex(")")])
     assert doc["delta_mse"] == [None] * 24 and doc["max_cos"][0] is not None
+
+
+def test_pages_open_on_the_root_that_splits_most_clearly(facts):
+    from saegeo.explorer.site_data import index_data, start_feature
+    from saegeo.trees.dag import parse_node_id
+    from saegeo.trees.forest import forest_roots, split_summary
+
+    start = start_feature(facts)
+    summaries = {root: split_summary(facts.dag, root) for root in forest_roots(facts.dag)}
+    splitting = {root: s["split_score"] for root, s in summaries.items() if s["splits"]}
+    if not splitting:
+        assert start is None
+        return
+    assert summaries[parse_node_id(start)]["splits"]
+    assert splitting[parse_node_id(start)] == max(splitting.values())
+    assert index_data(facts)["start"] == start

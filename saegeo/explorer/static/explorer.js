@@ -129,7 +129,9 @@ export class Explorer {
           h("small", { class: "sg-info" }, info)),
         h("main", {}, h("div", { class: "sg-listbox" }, this.head(), this.list), this.card)),
     );
-    this.showLevel(0);
+    // Open on the root that splits most clearly (explorer.json's "start"), else level 0's top row.
+    const start = ix.start ? parseId(ix.start) : null;
+    this.showLevel(start ? start[0] : 0, start);
   }
 
   head() {
@@ -137,12 +139,13 @@ export class Explorer {
       .map((t, i) => h("span", { class: i > 2 ? "sg-num" : "" }, t)));
   }
 
-  async showLevel(level) {
+  async showLevel(level, start = null) {
     this.level = level;
     this.levelSelect.value = String(level);
     this.current = await this.member(level);
     this.refresh();
-    if (!this.selected && this.rows.length) await this.open(level, this.rows[0]);
+    if (!this.selected && start) await this.open(start[0], start[1]);
+    else if (!this.selected && this.rows.length) await this.open(level, this.rows[0]);
   }
 
   matcher() {
