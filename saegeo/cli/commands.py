@@ -55,15 +55,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
             "one first"
         )
     acts = types.open_acts(args)
-    table = novelty_table(
-        small,
-        large,
-        acts,
-        threshold=args.threshold,
-        topk=args.topk,
-        limit=args.limit,
-        device=args.device,
-    )
+    table = novelty_table(small, large, acts, **option_values(args, novelty_table))
     if (out := types.claim(args)) is not None:
         out.path.write_text(table.to_csv(), encoding="utf-8")
         types.commit(out)
@@ -196,15 +188,7 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     acts = types.open_acts(args)
     start = time.perf_counter()
     facts = family_facts(
-        family,
-        acts,
-        metric=args.metric,
-        threshold=args.threshold,
-        novelty_threshold=args.novelty_threshold,
-        k=args.k,
-        with_effects=not args.no_effects,
-        limit=args.limit,
-        device=args.device,
+        family, acts, **option_values(args, family_facts), with_effects=not args.no_effects
     )
     if (out := types.claim(args)) is not None:
         write_site_files(facts, out.path)

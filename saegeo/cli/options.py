@@ -64,8 +64,8 @@ class Option(NamedTuple):
 
 
 def options_of(owner: type | Callable[..., Any]) -> dict[str, Option]:
-    """Every field of a configuration dataclass, or every keyword argument of a function, as
-    an :class:`Option`, by name."""
+    """Every field of a configuration dataclass, or every keyword-only argument of a function
+    (its options; what it takes positionally is its input), as an :class:`Option`, by name."""
     module = sys.modules[owner.__module__]
     if dataclasses.is_dataclass(owner):
         docs = _field_docs(owner)  # type: ignore[arg-type]
@@ -76,7 +76,7 @@ def options_of(owner: type | Callable[..., Any]) -> dict[str, Option]:
         found = [
             (p.name, str(p.annotation), p.default)
             for p in parameters
-            if p.default is not inspect.Parameter.empty
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
         ]
     return {
         name: _option(name, annotation, default, docs.get(name, ""), module)

@@ -63,6 +63,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _acts(p: argparse.ArgumentParser, help: str, *, required: bool = False) -> None:
+    """--acts: the activations a command reads."""
+    p.add_argument("--acts", required=required, type=types.path, help=help)
+
+
+def _out(p: argparse.ArgumentParser, help: str) -> None:
+    """--out: the output a command writes."""
+    p.add_argument("--out", required=True, type=types.path, help=help)
+
+
 def _info(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", type=types.path, help=SAE_PATHS_HELP)
 
@@ -76,15 +86,9 @@ def _classify(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "large", type=types.path, help="the larger SAE (directory, or sae-lens:RELEASE/SAE_ID)"
     )
-    p.add_argument(
-        "--acts",
-        type=types.path,
-        help="activations; adds each feature's delta_mse and explained share",
-    )
+    _acts(p, "activations; adds each feature's delta_mse and explained share")
     add_options(p, novelty_table, ["threshold", "topk", "limit"])
-    p.add_argument(
-        "--out", required=True, type=types.path, help="CSV output, one row per larger-SAE feature"
-    )
+    _out(p, "CSV output, one row per larger-SAE feature")
     types.add_common(p)
 
 
@@ -100,20 +104,14 @@ def _tree(p: argparse.ArgumentParser) -> None:
     which.add_argument("--root", help="root feature LEVEL/FEATURE (level 0 is the narrowest SAE)")
     which.add_argument("--all", action="store_true", help="every tree (forest), ranked")
     add_options(p, feature_dag, ["metric"])
-    p.add_argument(
-        "--acts",
-        type=types.path,
-        help="activations (.npy, .safetensors or store directory); needed "
+    _acts(
+        p,
+        "activations (.npy, .safetensors or store directory); needed "
         "by masked_cosine, cofiring, nesting and containment, adds freq and max_act otherwise; "
         "a store written by saegeo harvest also labels every node with its top tokens",
     )
     add_options(p, feature_dag, ["threshold", "limit"])
-    p.add_argument(
-        "--out",
-        required=True,
-        type=types.path,
-        help="JSON output (saegeo.feature_tree.v1, or saegeo.feature_forest.v1 with --all)",
-    )
+    _out(p, "JSON output (saegeo.feature_tree.v1, or saegeo.feature_forest.v1 with --all)")
     p.add_argument(
         "--html",
         type=types.path,
@@ -145,18 +143,8 @@ def _stitch(p: argparse.ArgumentParser) -> None:
     from saegeo.stitch.config import StitchConfig
 
     p.add_argument("paths", nargs="+", type=types.path, help=SAE_PATHS_HELP)
-    p.add_argument(
-        "--acts",
-        required=True,
-        type=types.path,
-        help="activations (.npy, .safetensors or store dir)",
-    )
-    p.add_argument(
-        "--out",
-        required=True,
-        type=types.path,
-        help="output directory (SAELens layout + report.json)",
-    )
+    _acts(p, "activations (.npy, .safetensors or store dir)", required=True)
+    _out(p, "output directory (SAELens layout + report.json)")
     add_options(
         p,
         StitchConfig,
@@ -215,9 +203,7 @@ def _harvest(p: argparse.ArgumentParser) -> None:
         ],
     )
     p.set_defaults(context=None)  # None: --for's SAE's context size, else the field's default
-    p.add_argument(
-        "--out", required=True, type=types.path, help="store directory; re-running resumes it"
-    )
+    _out(p, "store directory; re-running resumes it")
     p.add_argument(
         "--compile",
         dest="compile_mode",
@@ -233,24 +219,14 @@ def _harvest(p: argparse.ArgumentParser) -> None:
 def _train(p: argparse.ArgumentParser) -> None:
     from saegeo.training.config import TrainConfig
 
-    p.add_argument(
-        "--acts",
-        required=True,
-        type=types.path,
-        help="activations (.npy, .safetensors or store dir)",
-    )
+    _acts(p, "activations (.npy, .safetensors or store dir)", required=True)
     p.add_argument(
         "--widths",
         required=True,
         type=types.integer_list,
         help="comma-separated widths, e.g. 576,1152,2304",
     )
-    p.add_argument(
-        "--out",
-        required=True,
-        type=types.path,
-        help="output directory: <arch>-<width>/ per member",
-    )
+    _out(p, "output directory: <arch>-<width>/ per member")
     add_options(
         p,
         TrainConfig,
@@ -296,9 +272,7 @@ def _match(p: argparse.ArgumentParser) -> None:
     p.add_argument("a", type=types.path, help="an SAE (directory, or sae-lens:RELEASE/SAE_ID)")
     p.add_argument("b", type=types.path, help="another SAE of the same d_in, any width")
     add_options(p, match_features, ["threshold", "encoder"])
-    p.add_argument(
-        "--out", required=True, type=types.path, help="CSV output, one row per matched pair"
-    )
+    _out(p, "CSV output, one row per matched pair")
     p.add_argument(
         "--force",
         action="store_true",
@@ -311,15 +285,8 @@ def _explore(p: argparse.ArgumentParser) -> None:
     from saegeo.explorer.facts import family_facts
 
     p.add_argument("paths", nargs="+", type=types.path, help=SAE_PATHS_HELP)
-    p.add_argument(
-        "--acts",
-        required=True,
-        type=types.path,
-        help="activations (a store from saegeo harvest gives the snippets' text)",
-    )
-    p.add_argument(
-        "--out", required=True, type=types.path, help="site directory (index.html and data/)"
-    )
+    _acts(p, "activations (a store from saegeo harvest gives the snippets' text)", required=True)
+    _out(p, "site directory (index.html and data/)")
     add_options(p, family_facts, ["metric", "threshold", "novelty_threshold", "limit"])
     p.add_argument(
         "--snippets",

@@ -54,10 +54,12 @@ def swap_groups(
     --------
     >>> import torch
     >>> from saegeo.core.sae import SAE
-    >>> small = SAE.from_decoder(torch.eye(3)[:2])
-    >>> large = SAE.from_decoder(torch.tensor([[1.0, 0.1, 0], [1.0, -0.1, 0], [0, 0, 1.0]]))
-    >>> swap_groups(small, large)[["small", "large"]].values.tolist()
-    [[[0], [0, 1]]]
+    >>> small = SAE.from_decoder(torch.eye(4)[:2])
+    >>> large = SAE.from_decoder(torch.tensor([[1.0, 0.2, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]]))
+    >>> acts = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
+    >>> groups = swap_groups(small, large, acts=acts, device="cpu", progress=False)
+    >>> groups[["small", "large"]].values.tolist(), list(groups.columns[-2:])
+    ([[[1], [1]], [[0], [0]]], ['delta_mse', 'delta_l0'])
     """
     frame = decoder_swap_groups(
         small, large, threshold=threshold, device=device, dtype=dtype, progress=progress

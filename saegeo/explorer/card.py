@@ -24,7 +24,7 @@ import torch
 
 from saegeo.acts.streaming import ActsLike
 from saegeo.core.sae import SAE
-from saegeo.explorer.facts import FamilyFacts, as_facts
+from saegeo.explorer.facts import PASSED_OPTIONS, FamilyFacts, as_facts
 from saegeo.explorer.stats import HIST_EDGES
 from saegeo.formats.family import Family
 from saegeo.runtime.atomic import finite_or_null
@@ -142,17 +142,8 @@ def feature_card(
     >>> card = sg.feature_card(fam, "2/700", acts=store)  # doctest: +SKIP
     >>> card.kind, card.delta_mse, card.label  # doctest: +SKIP
     """
-    facts = as_facts(
-        family,
-        acts,
-        metric=metric,
-        threshold=threshold,
-        novelty_threshold=novelty_threshold,
-        k=k,
-        limit=limit,
-        device=device,
-        progress=progress,
-    )
+    values = locals()
+    facts = as_facts(family, acts, **{name: values[name] for name in PASSED_OPTIONS})
     return card_from_facts(facts, feature)
 
 

@@ -291,6 +291,11 @@ def _tokens(
     return tokens, tokenizer
 
 
+PASSED_OPTIONS = ("metric", "threshold", "novelty_threshold", "k", "limit", "device", "progress")
+"""The options of :func:`family_facts` that :func:`saegeo.feature_card` and
+:func:`saegeo.explore` take and pass on."""
+
+
 def as_facts(
     family: Family | Sequence[SAE] | FamilyFacts, acts: ActsLike | None, **options: Any
 ) -> FamilyFacts:

@@ -17,7 +17,7 @@ import torch
 from saegeo.acts.streaming import ActsLike
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
-from saegeo.explorer.facts import FamilyFacts, as_facts
+from saegeo.explorer.facts import PASSED_OPTIONS, FamilyFacts, as_facts
 from saegeo.explorer.site import static_text
 from saegeo.explorer.site_data import index_data, member_data, snippet_data
 from saegeo.formats.family import Family
@@ -97,15 +97,6 @@ def explore(
     >>> sg.explore(fam, store, metric="decoder_cosine")  # doctest: +SKIP
     """
     widget = widget_class()
-    facts = as_facts(
-        family,
-        acts,
-        metric=metric,
-        threshold=threshold,
-        novelty_threshold=novelty_threshold,
-        k=k,
-        limit=limit,
-        device=device,
-        progress=progress,
-    )
+    values = locals()
+    facts = as_facts(family, acts, **{name: values[name] for name in PASSED_OPTIONS})
     return widget(facts)

@@ -101,24 +101,8 @@ def swap_groups(
 ) -> pd.DataFrame:
     """Swap groups of ``small`` and ``large``, most similar first.
 
-    The groups alone, from the decoders; :func:`saegeo.swap_groups` adds each group's effect
-    on the reconstruction when given activations.
-
-    Parameters
-    ----------
-    small, large
-        SAEs of the same d_in.
-    threshold
-        An edge joins small i and large j when their decoder cosine is ``> threshold``.
-    device, dtype, progress
-        As for :func:`saegeo.decoder_cosine`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per group with at least one edge (index ``group``, by ``max_cos`` descending,
-        then smallest large member): ``small`` and ``large`` (sorted lists of member
-        indices), ``n_small``, ``n_large`` and ``max_cos`` (the largest cosine in the group).
+    The groups alone, from the decoders: arguments and frame as for :func:`saegeo.swap_groups`
+    without activations, which adds each group's effect on the reconstruction.
 
     Examples
     --------

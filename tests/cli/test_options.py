@@ -54,11 +54,13 @@ def test_options_read_types_choices_and_docs():
 
 
 def test_numpydoc_parameters_are_read_per_name():
-    def f(a: int = 1, b: str = "x", c: float = 0.5) -> None:
+    def f(x: int, *, a: int = 1, b: str = "x", c: float = 0.5) -> None:
         """Do it.
 
         Parameters
         ----------
+        x
+            The input, positional: not an option.
         a
             The first.
         b, c
@@ -70,8 +72,9 @@ def test_numpydoc_parameters_are_read_per_name():
         None
         """
 
-    assert _parameter_docs(f) == {"a": "The first.", "b": "Both of these.", "c": "Both of these."}
+    assert _parameter_docs(f)["b"] == _parameter_docs(f)["c"] == "Both of these."
     options = options_of(f)
+    assert set(options) == {"a", "b", "c"}
     assert options["b"].help == "Both of these." and options["c"].kind == "float"
 
 
