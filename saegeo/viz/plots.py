@@ -4,6 +4,8 @@ The figures are those of "Stitching SAEs of different sizes"."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -232,6 +234,15 @@ def novelty_figure(result: FamilyNovelty, *, threshold: float = 0.7, title: str 
     return page_layout_(fig, title, height, width=1150)
 
 
+def _mse_in_both_panels(fig: go.Figure, rows: pd.DataFrame, **style: Any) -> None:
+    """One line of ``rows``' MSE in each panel of :func:`frankenstein_figure`, against the
+    features (left) and against L0 (right), with one legend entry for the two."""
+    for col, x in ((1, "n_features"), (2, "l0")):
+        fig.add_trace(
+            go.Scatter(x=rows[x], y=rows["mse"], showlegend=col == 1, **style), row=1, col=col
+        )
+
+
 def frankenstein_figure(
     comparison: pd.DataFrame, path: pd.DataFrame | None = None, *, title: str = ""
 ) -> go.Figure:
@@ -246,41 +257,28 @@ def frankenstein_figure(
     for pair, rows in (path if path is not None else pd.DataFrame(columns=["pair"])).groupby(
         "pair"
     ):
-        label = f"path {rows['small'].iloc[0]} → {rows['large'].iloc[0]}"
-        for col, x in ((1, "n_features"), (2, "l0")):
-            fig.add_trace(
-                go.Scatter(
-                    x=rows[x],
-                    y=rows["mse"],
-                    mode="lines",
-                    name=label,
-                    line={"color": "#7f7f7f", "width": 1},
-                    opacity=0.6,
-                    legendgroup=f"path{pair}",
-                    showlegend=col == 1,
-                    hovertext=rows["action"],
-                ),
-                row=1,
-                col=col,
-            )
+        _mse_in_both_panels(
+            fig,
+            rows,
+            mode="lines",
+            name=f"path {rows['small'].iloc[0]} → {rows['large'].iloc[0]}",
+            line={"color": "#7f7f7f", "width": 1},
+            opacity=0.6,
+            legendgroup=f"path{pair}",
+            hovertext=rows["action"],
+        )
     for kind, rows in comparison.groupby("kind", sort=False):
         rows = rows.sort_values("n_features")
-        for col, x in ((1, "n_features"), (2, "l0")):
-            fig.add_trace(
-                go.Scatter(
-                    x=rows[x],
-                    y=rows["mse"],
-                    mode="lines+markers",
-                    name=str(kind),
-                    marker={"color": FRANKENSTEIN_COLOURS.get(str(kind))},
-                    line={"dash": "dot" if kind == "unrefit" else "solid"},
-                    legendgroup=str(kind),
-                    showlegend=col == 1,
-                    hovertext=rows["name"],
-                ),
-                row=1,
-                col=col,
-            )
+        _mse_in_both_panels(
+            fig,
+            rows,
+            mode="lines+markers",
+            name=str(kind),
+            marker={"color": FRANKENSTEIN_COLOURS.get(str(kind))},
+            line={"dash": "dot" if kind == "unrefit" else "solid"},
+            legendgroup=str(kind),
+            hovertext=rows["name"],
+        )
     fig.update_xaxes(type="log", title_text="features", row=1, col=1)
     fig.update_xaxes(title_text="L0 (mean active latents)", row=1, col=2)
     fig.update_yaxes(title_text="MSE (held-out)", row=1, col=1)
