@@ -37,24 +37,6 @@ def mse_loss(x_BD: torch.Tensor, x_hat_BD: torch.Tensor) -> torch.Tensor:
     return squared_error(x_BD, x_hat_BD).mean()
 
 
-def sparsity_per_latent(
-    acts_BF: torch.Tensor,
-    dec_norm_F: torch.Tensor,
-    kind: Sparsity = "log",
-    *,
-    eps: float = LOG_EPS,
-) -> torch.Tensor:
-    """Penalty of each activation [B, F]: ``|f|·||d||`` (l1) or ``log(1 + |f|·||d||/ε)`` (log)."""
-    if kind not in SPARSITIES:
-        raise SaegeoError(f"sparsity must be one of {SPARSITIES}, got {kind!r}")
-    scaled_BF = acts_BF.abs() * dec_norm_F
-    if kind == "l1":
-        return scaled_BF
-    if kind == "log":
-        return torch.log1p(scaled_BF / eps)
-    return torch.zeros_like(scaled_BF)
-
-
 def sparsity_loss(
     acts_BF: torch.Tensor,
     dec_norm_F: torch.Tensor,
@@ -62,8 +44,18 @@ def sparsity_loss(
     *,
     eps: float = LOG_EPS,
 ) -> torch.Tensor:
-    """Sparsity penalty summed over latents and averaged over tokens (a scalar)."""
-    return sparsity_per_latent(acts_BF, dec_norm_F, kind, eps=eps).sum(dim=-1).mean()
+    """Sparsity penalty summed over latents and averaged over tokens (a scalar): the penalty of
+    an activation is ``|f|·||d||`` (l1) or ``log(1 + |f|·||d||/ε)`` (log)."""
+    if kind not in SPARSITIES:
+        raise SaegeoError(f"sparsity must be one of {SPARSITIES}, got {kind!r}")
+    scaled_BF = acts_BF.abs() * dec_norm_F
+    if kind == "l1":
+        penalty_BF = scaled_BF
+    elif kind == "log":
+        penalty_BF = torch.log1p(scaled_BF / eps)
+    else:
+        return scaled_BF.new_zeros(())
+    return penalty_BF.sum(dim=-1).mean()
 
 
 class MatryoshkaLoss(NamedTuple):
@@ -93,6 +85,12 @@ def check_bounds(bounds: torch.Tensor | list[int], width: int) -> torch.Tensor:
     return bounds_P1
 
 
+def prefix_groups(bounds: torch.Tensor | list[int], width: int) -> list[slice]:
+    """The groups of latents ``bounds[j]:bounds[j+1]`` between consecutive prefix ends."""
+    ends = check_bounds(bounds, width).tolist()
+    return [slice(start, stop) for start, stop in zip(ends[:-1], ends[1:], strict=True)]
+
+
 def prefix_reconstructions(
     acts_BF: torch.Tensor,
     W_dec_FD: torch.Tensor,
@@ -104,10 +102,8 @@ def prefix_reconstructions(
     Each group ``bounds[j]:bounds[j+1]`` is decoded once; a cumulative sum over groups gives
     the prefixes, so the cost is one decode whatever the number of prefixes.
     """
-    bounds_P1 = check_bounds(bounds, W_dec_FD.shape[0])
     groups = [
-        acts_BF[:, start:stop] @ W_dec_FD[start:stop]
-        for start, stop in zip(bounds_P1[:-1].tolist(), bounds_P1[1:].tolist(), strict=True)
+        acts_BF[:, group] @ W_dec_FD[group] for group in prefix_groups(bounds, W_dec_FD.shape[0])
     ]
     return torch.stack(groups).cumsum(dim=0) + b_dec_D
 
@@ -132,13 +128,12 @@ def matryoshka_loss(
     """
     x_hat_PBD = prefix_reconstructions(acts_BF, W_dec_FD, b_dec_D, bounds)
     mse_P = (x_hat_PBD - x_BD).pow(2).sum(dim=-1).mean(dim=-1)
-    bounds_P1 = check_bounds(bounds, W_dec_FD.shape[0])
-    penalty_F = sparsity_per_latent(acts_BF, W_dec_FD.norm(dim=-1), sparsity, eps=eps).mean(0)
-    group_sums = [
-        penalty_F[start:stop].sum()
-        for start, stop in zip(bounds_P1[:-1].tolist(), bounds_P1[1:].tolist(), strict=True)
+    dec_norm_F = W_dec_FD.norm(dim=-1)
+    group_penalties = [
+        sparsity_loss(acts_BF[:, group], dec_norm_F[group], sparsity, eps=eps)
+        for group in prefix_groups(bounds, W_dec_FD.shape[0])
     ]
-    sparsity_P = torch.stack(group_sums).cumsum(dim=0)
+    sparsity_P = torch.stack(group_penalties).cumsum(dim=0)
     loss = (mse_P + coefficient * sparsity_P).mean()
     return MatryoshkaLoss(loss=loss, mse=mse_P, sparsity=sparsity_P)
 
