@@ -127,7 +127,7 @@ def matryoshka_loss(
     sparsity coefficient and the learning rate independent of the number of prefixes.
     """
     x_hat_PBD = prefix_reconstructions(acts_BF, W_dec_FD, b_dec_D, bounds)
-    mse_P = (x_hat_PBD - x_BD).pow(2).sum(dim=-1).mean(dim=-1)
+    mse_P = squared_error(x_BD, x_hat_PBD).mean(dim=-1)
     dec_norm_F = W_dec_FD.norm(dim=-1)
     group_penalties = [
         sparsity_loss(acts_BF[:, group], dec_norm_F[group], sparsity, eps=eps)
