@@ -19,21 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "reports" / "demo"
 
 
-def toy_family(
-    arch: str,
-    widths: Sequence[int],
-    *,
-    k: int = 8,
-    d: int = 64,
-    branching: int = 4,
-    n_tokens: int = 100_000,
-    train_tokens: int = 200_000,
-    seed: int = 0,
-) -> tuple[sg.Family, torch.Tensor]:
-    """SAEs of ``widths`` trained on a two-level toy hierarchy, and the activations."""
-    toy = sg.make_toy_model(
+def two_level_toy(
+    *, n_roots: int = 48, branching: int = 4, d: int = 64, seed: int = 0
+) -> sg.ToyModel:
+    """The analyses' toy hierarchy: ``n_roots`` roots with ``branching`` children each, noisy
+    magnitudes, in ``d`` dimensions."""
+    return sg.make_toy_model(
         sg.ToyConfig(
-            n_roots=48,
+            n_roots=n_roots,
             branching=branching,
             depth=1,
             d=d,
@@ -44,6 +37,22 @@ def toy_family(
             seed=seed,
         )
     )
+
+
+def toy_family(
+    arch: str,
+    widths: Sequence[int],
+    *,
+    k: int = 8,
+    n_roots: int = 48,
+    d: int = 64,
+    branching: int = 4,
+    n_tokens: int = 100_000,
+    train_tokens: int = 200_000,
+    seed: int = 0,
+) -> tuple[sg.Family, torch.Tensor]:
+    """SAEs of ``widths`` trained on :func:`two_level_toy`, and the activations."""
+    toy = two_level_toy(n_roots=n_roots, branching=branching, d=d, seed=seed)
     store = toy.to_store(n_tokens, seed=seed)
     config = sg.TrainConfig(
         arch=arch,
@@ -66,10 +75,20 @@ def demo_family() -> tuple[sg.Family, Path] | None:
     return sg.Family.load(trained if trained.exists() else SHIPPED_FAMILY), DEMO / "acts"
 
 
+def add_input_flags(
+    parser: argparse.ArgumentParser, *, tokens: int, tokens_help: str = "activations read at most"
+) -> None:
+    """The flags :func:`load_inputs` reads: ``--family``, ``--acts`` and ``--tokens``."""
+    parser.add_argument("--family", nargs="+", help="SAE directories, or a directory of them")
+    parser.add_argument("--acts", help="activations (.npy, .safetensors or store directory)")
+    parser.add_argument("--tokens", type=int, default=tokens, help=tokens_help)
+
+
 def load_inputs(
-    args: argparse.Namespace, toy: tuple[str, Sequence[int]]
+    args: argparse.Namespace, arch: str, widths: Sequence[int], **toy: int
 ) -> tuple[sg.Family, torch.Tensor, str]:
-    """``--family``/``--acts`` if given, else the demo family, else a toy family ``toy``."""
+    """``--family``/``--acts`` if given, else the demo family, else :func:`toy_family` of
+    ``arch``, ``widths`` and the options ``toy``."""
     if args.family:
         if not args.acts:
             sys.exit(f"{sys.argv[0]}: --family needs --acts")
@@ -77,8 +96,7 @@ def load_inputs(
     elif demo := demo_family():
         family, acts_path = demo
     else:
-        arch, widths = toy
-        family, acts = toy_family(arch, widths)
+        family, acts = toy_family(arch, widths, **toy)
         return family, acts[: args.tokens], f"toy {arch} family (no demo family found)"
     acts = sg.ActivationStore.open(acts_path).read(limit=args.tokens)
     return family, acts, f"{', '.join(family.names)} on {acts_path}"

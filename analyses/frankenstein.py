@@ -24,7 +24,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from common import ROOT, load_inputs
+from common import ROOT, add_input_flags, load_inputs
 
 from saegeo.runtime.atomic import write_text
 from saegeo.stitch.curve import frankenstein_curve
@@ -35,10 +35,8 @@ from saegeo.viz.plots import frankenstein_figure
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--family", nargs="+", help="SAE directories, or a directory of them")
-    parser.add_argument("--acts", help="activations (.npy, .safetensors or store directory)")
+    add_input_flags(parser, tokens=200_000)
     parser.add_argument("--out", default=str(ROOT / "reports" / "frankenstein"))
-    parser.add_argument("--tokens", type=int, default=200_000, help="activations read at most")
     parser.add_argument("--eval-tokens", type=int, default=16_384, help="held out for metrics")
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--swap", action="store_true", help="swap children in as well")
@@ -46,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    family, acts, what = load_inputs(args, toy=("topk", [32, 64, 128, 256]))
+    family, acts, what = load_inputs(args, "topk", [32, 64, 128, 256])
     held_out, fit = acts[: args.eval_tokens], acts[args.eval_tokens :]
     print(
         f"family: {what}; widths {family.widths}; {len(fit)} fit / {len(held_out)} held-out tokens"

@@ -25,7 +25,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from common import ROOT, load_inputs
+from common import ROOT, add_input_flags, load_inputs
 
 import saegeo as sg
 from saegeo.effects.novelty import kind_sign_frame
@@ -36,10 +36,8 @@ from saegeo.viz.plots import novelty_figure
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--family", nargs="+", help="SAE directories, or a directory of them")
-    parser.add_argument("--acts", help="activations (.npy, .safetensors or store directory)")
+    add_input_flags(parser, tokens=50_000)
     parser.add_argument("--out", default=str(ROOT / "reports" / "novel_vs_reconstruction"))
-    parser.add_argument("--tokens", type=int, default=50_000, help="activations read at most")
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--points", type=int, default=11, help="evaluated points per curve")
     parser.add_argument(
@@ -49,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    family, acts, what = load_inputs(args, toy=("relu", [48, 96, 192]))
+    family, acts, what = load_inputs(args, "relu", [48, 96, 192])
     print(f"family: {what}; widths {family.widths}; {len(acts)} tokens")
     result = sg.family_novelty(
         family,

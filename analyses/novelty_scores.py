@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from common import DEMO, ROOT, demo_family, toy_family
+from common import DEMO, ROOT, add_input_flags, demo_family, toy_family
 
 import saegeo as sg
 from saegeo.effects.explained import EXPLAINED_THRESHOLD, explained_share, roc_auc
@@ -108,9 +108,7 @@ def pair_rows(name: str, family: sg.Family, acts: torch.Tensor, topk: str) -> li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--family", nargs="+", help="SAE directories, or a directory of them")
-    parser.add_argument("--acts", help="activations (.npy, .safetensors or store directory)")
-    parser.add_argument("--tokens", type=int, default=HELD_OUT, help="held-out tokens used")
+    add_input_flags(parser, tokens=HELD_OUT, tokens_help="held-out tokens used")
     parser.add_argument("--out", default=str(ROOT / "reports" / "novelty_scores.csv"))
     args = parser.parse_args()
     torch.manual_seed(0)

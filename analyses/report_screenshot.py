@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from common import ROOT, screenshot
+from common import ROOT, screenshot, two_level_toy
 
 import saegeo as sg
 from saegeo.demo import DemoData, DemoSettings, Stages, run_demo, stage_keys, write_report
@@ -28,19 +28,7 @@ K = 8
 
 def toy_data(root: Path) -> DemoData:
     """Toy activations and a TopK family trained on them, cached under ``root``."""
-    toy = sg.make_toy_model(
-        sg.ToyConfig(
-            n_roots=48,
-            branching=4,
-            depth=1,
-            d=64,
-            root_prob=0.04,
-            child_prob=0.25,
-            magnitude_std=0.3,
-            noise_std=0.02,
-            seed=0,
-        )
-    )
+    toy = two_level_toy(n_roots=48)
     acts = toy.sample(100_000, seed=0).acts
     store = sg.ActivationStore(
         [(acts.numpy(), 0, acts.shape[0])],

@@ -14,8 +14,9 @@ measured in the same run. Runs on CUDA when present (``--device auto``).
 
     .venv/bin/python analyses/benchmarks/refit.py [--family PATH... --acts ACTS]
 
-Without ``--family`` it uses the demo family (``reports/demo/family``, ``reports/demo/acts``)
-when present, else a TopK family trained on a toy model in a few seconds.
+Without ``--family`` it uses the demo family when ``make demo`` has run (``reports/demo/acts``
+with ``reports/demo/family`` if trained, else the shipped family), else a TopK family trained
+on a toy model in a few seconds.
 """
 
 from __future__ import annotations
@@ -33,59 +34,14 @@ from saegeo.effects.metrics import evaluate
 from saegeo.runtime.devices import resolve_device
 from saegeo.stitch.refit import refit_exact
 from saegeo.stitch.refit_sgd import refit_sgd
-from saegeo.training.toy import ToyConfig, make_toy_model
-from saegeo.training.trainer import TrainConfig, train_family
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "reports" / "demo"
-
-
-def toy_family(seed: int = 0) -> tuple[sg.Family, torch.Tensor]:
-    """TopK SAEs of widths 64..512 on a two-level toy model, and 100k activations."""
-    toy = make_toy_model(
-        ToyConfig(
-            n_roots=64,
-            branching=4,
-            depth=1,
-            d=64,
-            root_prob=0.04,
-            child_prob=0.25,
-            magnitude_std=0.3,
-            noise_std=0.02,
-            seed=seed,
-        )
-    )
-    store = toy.to_store(100_000, seed=seed)
-    config = TrainConfig(
-        arch="topk",
-        k=8,
-        tokens=200_000,
-        batch_size=1024,
-        eval_tokens=16_384,
-        seed=seed,
-        progress=False,
-    )
-    return train_family(store, [64, 128, 256, 512], config).family, store.read()
-
-
-def load_inputs(args: argparse.Namespace) -> tuple[sg.Family, torch.Tensor, str]:
-    if args.family:
-        if not args.acts:
-            sys.exit("refit.py: --family needs --acts")
-        family, path = sg.Family.load(args.family), args.acts
-    elif (DEMO / "family").exists() and (DEMO / "acts").exists():
-        family, path = sg.Family.load(DEMO / "family"), DEMO / "acts"
-    else:
-        family, acts = toy_family()
-        return family, acts, "toy TopK family"
-    return family, sg.ActivationStore.open(path).read(limit=args.tokens), str(path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # analyses/common.py
+from common import add_input_flags, load_inputs  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--family", nargs="+", help="SAE directories, or a directory of them")
-    parser.add_argument("--acts", help="activations (.npy, .safetensors or store directory)")
-    parser.add_argument("--tokens", type=int, default=200_000, help="activations read at most")
+    add_input_flags(parser, tokens=200_000)
     parser.add_argument("--eval-tokens", type=int, default=16_384, help="held-out tokens")
     parser.add_argument("--passes", type=int, default=30, help="Adam passes to convergence")
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
@@ -95,7 +51,7 @@ def main() -> None:
     torch.manual_seed(0)
     device = resolve_device(args.device)
 
-    family, acts, what = load_inputs(args)
+    family, acts, what = load_inputs(args, "topk", [64, 128, 256, 512], n_roots=64)
     held_out, fit = acts[: args.eval_tokens], acts[args.eval_tokens :]
     common = {"batch_size": args.batch_size, "device": device, "progress": False}
     frank, report = sg.frankenstein(family, fit, retrain="none", **common)
