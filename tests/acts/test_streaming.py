@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers.sae import gaussian_sae
 
 from saegeo.acts.store import ActivationStore
 from saegeo.acts.streaming import checked_store, progress_bar, stream, token_count
@@ -82,14 +83,7 @@ def test_progress_has_one_meaning(monkeypatch):
 
 
 def test_to_jumprelu_reads_a_stream_without_holding_it():
-    sae = SAE(
-        W_enc=torch.randn(4, 8),
-        b_enc=torch.zeros(8),
-        W_dec=torch.randn(8, 4),
-        b_dec=torch.zeros(4),
-        arch="topk",
-        k=2,
-    )
+    sae = gaussian_sae(4, 8, arch="topk", k=2)
     x = torch.randn(300, 4)
     from_stream = sae.to_jumprelu(stream(x, batch_size=64, limit=200, progress=False))
     from_tensor = sae.to_jumprelu(x[:200])

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import torch
+from helpers.sae import gaussian_sae
 
 import saegeo as sg
 from saegeo.cli import main
@@ -19,17 +20,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_info_describes_each_sae(tmp_path, capsys):
-    sg.save_sae(
-        sg.SAE(
-            W_enc=torch.randn(4, 6),
-            b_enc=torch.zeros(6),
-            W_dec=torch.randn(6, 4),
-            b_dec=torch.zeros(4),
-            arch="topk",
-            k=2,
-        ),
-        tmp_path / "topk",
-    )
+    sg.save_sae(gaussian_sae(4, 6, arch="topk", k=2), tmp_path / "topk")
     sg.save_sae(sg.SAE.from_decoder(torch.randn(12, 4)), tmp_path / "mp")
     assert main(["info", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -140,16 +131,7 @@ def test_match_writes_the_matched_pairs_and_guards_its_output(tmp_path, capsys):
     import pandas as pd
 
     g = torch.Generator().manual_seed(0)
-
-    def relu_sae(width: int, d_in: int = 8) -> sg.SAE:
-        return sg.SAE(
-            W_enc=torch.randn(d_in, width, generator=g),
-            b_enc=torch.zeros(width),
-            W_dec=torch.randn(width, d_in, generator=g),
-            b_dec=torch.zeros(d_in),
-        )
-
-    a, b = relu_sae(10), relu_sae(14)
+    a, b = gaussian_sae(8, 10, generator=g), gaussian_sae(8, 14, generator=g)
     sg.save_sae(a, tmp_path / "a")
     sg.save_sae(b, tmp_path / "b")
     out = tmp_path / "matches.csv"
@@ -166,7 +148,7 @@ def test_match_writes_the_matched_pairs_and_guards_its_output(tmp_path, capsys):
     notes.write_text("name,value\n")
     assert main(["match", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(notes)]) == 2
     assert notes.read_text() == "name,value\n"
-    sg.save_sae(relu_sae(10, d_in=6), tmp_path / "other")
+    sg.save_sae(gaussian_sae(6, 10, generator=g), tmp_path / "other")
     result = run_cli(
         "match", str(tmp_path / "a"), str(tmp_path / "other"), "--out", str(tmp_path / "x.csv")
     )

@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from helpers.sae import gaussian_sae
 from helpers.saelens import make_lens_sae
 from sae_lens import SAE as LensSAE
 from safetensors.torch import save_file
@@ -282,7 +283,7 @@ def test_unknown_architecture(lens_dir):
 
 
 def test_failed_save_leaves_no_partial_output(tmp_path, monkeypatch):
-    sae = sg.load_sae(sg.save_sae(_small_sae(), tmp_path / "first"))
+    sae = sg.load_sae(sg.save_sae(gaussian_sae(4, 6), tmp_path / "first"))
     import saegeo.formats.saelens as saelens_format
 
     def explode(*args, **kwargs):
@@ -296,9 +297,3 @@ def test_failed_save_leaves_no_partial_output(tmp_path, monkeypatch):
     assert not (tmp_path / "second").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first"]
     sg.load_sae(tmp_path / "first")  # the earlier output is intact
-
-
-def _small_sae() -> sg.SAE:
-    return sg.SAE(
-        W_enc=torch.randn(4, 6), b_enc=torch.zeros(6), W_dec=torch.randn(6, 4), b_dec=torch.zeros(4)
-    )

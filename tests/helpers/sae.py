@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 import saegeo as sg
 
 D_IN = 16
 """The model width of :func:`random_sae`."""
+
+
+def gaussian_sae(
+    d_in: int, width: int, *, generator: torch.Generator | None = None, **options: Any
+) -> sg.SAE:
+    """An SAE with standard normal weights and zero biases; ``options`` go to :class:`~saegeo.SAE`
+    (``arch``, ``k``, ...)."""
+    return sg.SAE(
+        W_enc=torch.randn(d_in, width, generator=generator),
+        b_enc=torch.zeros(width),
+        W_dec=torch.randn(width, d_in, generator=generator),
+        b_dec=torch.zeros(d_in),
+        **options,
+    )
 
 
 def relu_pair(seed: int = 0) -> tuple[sg.SAE, sg.SAE, torch.Tensor]:
