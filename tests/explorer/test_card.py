@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from helpers.explore import Words
 
 import saegeo as sg
+from saegeo.explorer.facts import PASSED_OPTIONS
 from saegeo.lm.snippets import top_snippets
 
 
@@ -84,6 +86,17 @@ def test_card_is_plain_json_and_renders(facts):
     assert json.loads(text)["id"] == "1/3"
     page = card._repr_html_()
     assert 'data-testid="feature-card"' in page and 'data-feature="1/3"' in page
+
+
+@pytest.mark.parametrize("front", [sg.feature_card, sg.explore])
+def test_card_and_explorer_pass_options_on_with_family_facts_defaults(front):
+    """The options a front passes to :func:`saegeo.family_facts` keep its types and defaults."""
+    measures = inspect.signature(sg.family_facts).parameters
+    options = inspect.signature(front).parameters
+    for name in PASSED_OPTIONS:
+        assert options[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert options[name].default == measures[name].default, name
+        assert options[name].annotation == measures[name].annotation, name
 
 
 def test_card_from_family_in_one_line(toy):
