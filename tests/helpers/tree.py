@@ -86,6 +86,19 @@ def synthetic_family(
     return ToyFamily(sg.Family(saes), toy, truth, feature_of)
 
 
+def scored_dag(
+    edges: dict[tuple[tuple[int, int], tuple[int, int]], float], **graph: object
+) -> nx.DiGraph:
+    """A feature DAG written by hand, with the attributes :func:`saegeo.feature_dag` gives it:
+    ``score`` on each edge, ``level`` and ``feature`` on each node, ``graph`` on the graph."""
+    G = nx.DiGraph(**graph)
+    for (parent, child), score in edges.items():
+        G.add_edge(parent, child, score=score)
+    for node in G:
+        G.nodes[node].update(level=node[0], feature=node[1])
+    return G
+
+
 def tree_edges(trees: list[nx.DiGraph]) -> set[tuple[tuple[int, int], tuple[int, int]]]:
     """The union of the edges of several trees."""
     return {edge for T in trees for edge in T.edges}

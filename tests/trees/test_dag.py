@@ -9,7 +9,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
-from helpers.tree import synthetic_family, tree_edges
+from helpers.tree import scored_dag, synthetic_family, tree_edges
 
 import saegeo as sg
 import saegeo.trees.dag as dag_module
@@ -170,16 +170,15 @@ def test_user_errors(kwargs, message):
 @pytest.fixture
 def diamond() -> nx.DiGraph:
     """(0,0) splits into (1,0) and (1,1), which both reach (2,5); (0,1) also reaches (1,1)."""
-    G = nx.DiGraph(metric="decoder_cosine", threshold=0.7, levels=[])
-    G.add_edge((0, 0), (1, 0), score=0.9)
-    G.add_edge((0, 0), (1, 1), score=0.8)
-    G.add_edge((0, 1), (1, 1), score=0.95)
-    G.add_edge((1, 0), (2, 5), score=0.75)
-    G.add_edge((1, 1), (2, 5), score=0.85)
-    G.add_edge((1, 1), (2, 6), score=0.72)
-    for node in G:
-        G.nodes[node].update(level=node[0], feature=node[1])
-    return G
+    edges = {
+        ((0, 0), (1, 0)): 0.9,
+        ((0, 0), (1, 1)): 0.8,
+        ((0, 1), (1, 1)): 0.95,
+        ((1, 0), (2, 5)): 0.75,
+        ((1, 1), (2, 5)): 0.85,
+        ((1, 1), (2, 6)): 0.72,
+    }
+    return scored_dag(edges, metric="decoder_cosine", threshold=0.7, levels=[])
 
 
 def test_tree_keeps_best_parent_within_reachable_set(diamond):

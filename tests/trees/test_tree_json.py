@@ -12,7 +12,7 @@ import networkx as nx
 import numpy as np
 import pytest
 from helpers.property import PROPERTY
-from helpers.tree import in_page, synthetic_family
+from helpers.tree import in_page, scored_dag, synthetic_family
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -139,17 +139,17 @@ def test_key_names_are_pinned(tree):
 
 
 def test_other_parents_are_written():
-    G = nx.DiGraph(
+    G = scored_dag(
+        {
+            ((0, 0), (1, 0)): 0.9,
+            ((0, 0), (1, 1)): 0.8,
+            ((1, 0), (2, 3)): 0.7,
+            ((1, 1), (2, 3)): 1.3,
+        },
         metric="masked_cosine",
         threshold=0.6,
         levels=[{"level": i, "width": 4, "source": f"s{i}"} for i in range(3)],
     )
-    G.add_edge((0, 0), (1, 0), score=0.9)
-    G.add_edge((0, 0), (1, 1), score=0.8)
-    G.add_edge((1, 0), (2, 3), score=0.7)
-    G.add_edge((1, 1), (2, 3), score=1.3)
-    for node in G:
-        G.nodes[node].update(level=node[0], feature=node[1])
     doc = tree_to_json(feature_tree(G, "0/0"))
     validator(tree_schema()).validate(doc)
     child = doc["tree"]["children"]
