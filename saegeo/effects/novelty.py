@@ -88,6 +88,26 @@ def novelty_table(
 
     For SAEs published with Neuronpedia ids, ``neuronpedia`` holds each larger-SAE feature's
     page and ``nearest_neuronpedia`` that of its nearest smaller-SAE feature.
+
+    Parameters
+    ----------
+    small, large
+        The narrower and the wider SAE (same d_in).
+    acts
+        Activations [N, d_in] (a store, a tensor or a path); None: the decoders' columns only.
+    threshold
+        A larger-SAE feature is novel iff its largest decoder cosine to the smaller SAE is
+        ``<= threshold``.
+    topk
+        TopK pairs: ``"reencode"`` forms a TopK union with the smaller SAE's ``k``;
+        ``"jumprelu"`` first converts both with :meth:`SAE.to_jumprelu` on the same tokens.
+    batch_size
+        Tokens per batch.
+    limit
+        At most this many tokens of ``acts`` are read (None: all).
+    device, progress
+        Where to compute (``"auto"`` is CUDA when present), and the progress bar (None on a
+        terminal, True always, False never).
     """
     batches = _optional_stream(acts, batch_size, limit, device, progress)
     return _novelty_table(small, large, batches, threshold, topk, device, progress)
