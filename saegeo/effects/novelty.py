@@ -110,7 +110,8 @@ def novelty_table(
         terminal, True always, False never).
     """
     batches = _optional_stream(acts, batch_size, limit, device, progress)
-    return _novelty_table(small, large, batches, threshold, topk, device, progress)
+    pair = None if batches is None else prepared_pair(small, large, batches, topk)
+    return _novelty_table(small, large, pair, threshold, device, progress)
 
 
 def _optional_stream(
@@ -132,20 +133,19 @@ def _optional_stream(
 def _novelty_table(
     small: SAE,
     large: SAE,
-    batches: BatchStream | None,
+    pair: PreparedPair | None,
     threshold: float,
-    topk: TopkMode,
     device: str | torch.device,
     progress: bool | None,
 ) -> pd.DataFrame:
-    """:func:`novelty_table` on ``batches`` (None: the decoders' columns only)."""
+    """:func:`novelty_table` with the pair prepared for its activations (None: the decoders'
+    columns only)."""
     table = classify(small, large, threshold=threshold, device=device, progress=progress)
     if neuronpedia_url(large, 0) is not None:
         table["neuronpedia"] = [neuronpedia_url(large, j) for j in table.index]
     if neuronpedia_url(small, 0) is not None:
         table["nearest_neuronpedia"] = [neuronpedia_url(small, i) for i in table["nearest"]]
-    if batches is not None:
-        pair = prepared_pair(small, large, batches, topk)
+    if pair is not None:
         table["delta_mse"] = pair_delta_mse(pair)
         table["explained"] = pair_explained_share(pair)["explained"]
     return table
@@ -254,7 +254,8 @@ def family_novelty(
     batches = _optional_stream(acts, batch_size, limit, device, progress)
     summaries, features, curves = [], [], []
     for pair, (small, large) in enumerate(fam.pairs()):
-        table = _novelty_table(small, large, batches, threshold, topk, device, progress)
+        prepared = None if batches is None else prepared_pair(small, large, batches, topk)
+        table = _novelty_table(small, large, prepared, threshold, device, progress)
         n_novel = int((table["kind"] == NOVEL).sum())
         row: dict[str, object] = {
             "small": small.name,
@@ -264,7 +265,7 @@ def family_novelty(
             "n_novel": n_novel,
             "share_novel": n_novel / max(large.width, 1),
         }
-        if batches is not None:
+        if prepared is not None:
             cells = kind_sign_table(table)
             for kind in KINDS:
                 row[f"{kind}_decreases"] = int(cells.loc[kind, DECREASES])
@@ -274,7 +275,6 @@ def family_novelty(
                 row[f"mean_delta_{kind}"] = float(chosen.mean()) if len(chosen) else np.nan
             row.update(score_aucs(table))
             if points > 0:
-                prepared = prepared_pair(small, large, batches, topk)
                 curve = _cumulative_curves(prepared, table, points=points)
                 curve.insert(0, "pair", pair)
                 curves.append(curve)
