@@ -38,6 +38,7 @@ pursuit pairs re-encode one hybrid per group: one pass over the activations per 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -57,22 +58,35 @@ BLOCK_ELEMENTS = 1 << 24
 PAIR_ROWS = 4096
 
 
-def pair_stream(
-    small: SAE,
-    large: SAE,
-    acts: ActsLike,
-    topk: TopkMode,
-    batch_size: int,
-    limit: int | None,
-    device: str | torch.device,
-    progress: bool | None,
-    desc: str,
-) -> tuple[SAE, SAE, str, BatchStream]:
-    """The pair ready for a pass (see :func:`prepare_pair`), its union kind and the batches of
-    ``acts`` in the smaller SAE's dtype."""
-    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+class PreparedPair(NamedTuple):
+    """Two SAEs ready for one pass over the same activations."""
+
+    small: SAE
+    """The smaller SAE, on the batches' device."""
+    large: SAE
+    """The larger SAE, on the same device in the smaller one's dtype."""
+    kind: str
+    """Their union: ``additive``, ``topk`` or ``pursuit``."""
+    batches: BatchStream
+    """The activations, in the smaller SAE's dtype."""
+
+
+def prepared_pair(small: SAE, large: SAE, batches: BatchStream, topk: TopkMode) -> PreparedPair:
+    """The pair ready for a pass over ``batches`` (see :func:`prepare_pair`: TopK SAEs are
+    converted once here when ``topk="jumprelu"``), with its union kind."""
     small, large, kind = prepare_pair(small, large, batches, topk=topk)
-    return small, large, kind, batches.replace(dtype=small.dtype, desc=desc)
+    return PreparedPair(small, large, kind, batches.replace(dtype=small.dtype))
+
+
+def mean_over_ranks(
+    what: str, batches: BatchStream, n_tokens: int, *sums: np.ndarray
+) -> list[np.ndarray]:
+    """Each of ``sums`` summed over the ranks of ``torch.distributed`` and divided by the
+    tokens of every rank; a SaegeoError naming ``what`` when there are none."""
+    n_tokens = int(distributed.all_reduce_sums(n_tokens)[0])
+    if n_tokens == 0:
+        raise SaegeoError(f"{what}(): no activations in {batches.store.source}")
+    return [distributed.all_reduce_(torch.from_numpy(total)).numpy() / n_tokens for total in sums]
 
 
 @torch.no_grad()
@@ -240,21 +254,20 @@ def delta_mse(
         ``delta_mse`` indexed by large feature (``feature``); negative where adding the feature
         lowers the MSE, 0 for features that never fire on these tokens.
     """
-    small, large, kind, batches = pair_stream(
-        small, large, acts, topk, batch_size, limit, device, progress, "delta_mse"
-    )
-    batches = batches.replace(sharded=True)  # sums reduced over ranks below
+    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    return pair_delta_mse(prepared_pair(small, large, batches, topk))
+
+
+def pair_delta_mse(pair: PreparedPair) -> pd.Series:
+    """:func:`delta_mse` of a prepared pair."""
+    small, large, kind, batches = pair
+    batches = batches.replace(desc="delta_mse", sharded=True)  # sums reduced over ranks below
     if kind == "pursuit":
         total_L, n_tokens = _delta_pursuit(small, large, batches)
     else:
         total_L, n_tokens = _delta_closed_form(small, large, batches, kind=kind)
-    total_L = distributed.all_reduce_(torch.from_numpy(total_L)).numpy()
-    n_tokens = int(distributed.all_reduce_sums(n_tokens)[0])
-    if n_tokens == 0:
-        raise SaegeoError(f"delta_mse(): no activations in {batches.store.source}")
-    return pd.Series(
-        total_L / n_tokens, index=pd.RangeIndex(large.width, name="feature"), name="delta_mse"
-    )
+    (mean_L,) = mean_over_ranks("delta_mse", batches, n_tokens, total_L)
+    return pd.Series(mean_L, index=pd.RangeIndex(large.width, name="feature"), name="delta_mse")
 
 
 # --------------------------------------------------------------------------- swap groups
@@ -356,26 +369,27 @@ def swap_deltas(
         raise SaegeoError(
             f"swap_deltas(): {len(groups_small)} small groups but {len(groups_large)} large groups"
         )
-    small, large, kind, batches = pair_stream(
-        small, large, acts, topk, batch_size, limit, device, progress, "swap deltas"
-    )
+    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    return pair_swap_deltas(prepared_pair(small, large, batches, topk), groups_small, groups_large)
+
+
+def pair_swap_deltas(
+    pair: PreparedPair,
+    groups_small: Sequence[Sequence[int]],
+    groups_large: Sequence[Sequence[int]],
+) -> pd.DataFrame:
+    """:func:`swap_deltas` of a prepared pair."""
+    small, large, kind, batches = pair
     index = pd.RangeIndex(len(groups_small), name="group")
     if not len(groups_small):
         return pd.DataFrame({"delta_mse": [], "delta_l0": []}, index=index)
     gs = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups_small]
     gl = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups_large]
     if kind == "additive":
-        sq_error_G, l0_G, n_tokens = _swap_closed_form(
-            small, large, batches.replace(sharded=True), gs, gl
-        )
-        sq_error_G = distributed.all_reduce_(torch.from_numpy(sq_error_G)).numpy()
-        l0_G = distributed.all_reduce_(torch.from_numpy(l0_G)).numpy()
-        n_tokens = int(distributed.all_reduce_sums(n_tokens)[0])
-        if n_tokens == 0:
-            raise SaegeoError(f"swap_deltas(): no activations in {batches.store.source}")
-        return pd.DataFrame(
-            {"delta_mse": sq_error_G / n_tokens, "delta_l0": l0_G / n_tokens}, index=index
-        )
+        batches = batches.replace(desc="swap deltas", sharded=True)  # sums reduced below
+        sq_error_G, l0_G, n_tokens = _swap_closed_form(small, large, batches, gs, gl)
+        mse_G, l0_G = mean_over_ranks("swap_deltas", batches, n_tokens, sq_error_G, l0_G)
+        return pd.DataFrame({"delta_mse": mse_G, "delta_l0": l0_G}, index=index)
     store, options = batches.store, batches.reading(progress=False)
     base = evaluate(small, store, **options)
     rows = []
@@ -413,15 +427,19 @@ def cumulative_mse(
     pandas.DataFrame
         Columns ``n_added``, ``mse``, ``l0``, one row per point.
     """
-    small, large, _, batches = pair_stream(
-        small, large, acts, topk, batch_size, limit, device, progress, "cumulative mse"
-    )
+    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    return pair_cumulative_mse(prepared_pair(small, large, batches, topk), order, points=points)
+
+
+def pair_cumulative_mse(pair: PreparedPair, order: Sequence[int], *, points: int) -> pd.DataFrame:
+    """:func:`cumulative_mse` of a prepared pair."""
+    small, large, _, batches = pair
     order_arr = np.asarray(order, dtype=np.int64).reshape(-1)
     if points < 2:
         raise SaegeoError(f"cumulative_mse(): points must be >= 2, got {points}")
     counts = np.unique(np.linspace(0, order_arr.size, points).round().astype(np.int64))
     rows = []
-    with progress_bar(len(counts), batches.desc, progress) as bar:
+    with progress_bar(len(counts), "cumulative mse", batches.progress) as bar:
         for n in counts:
             sae = hybrid(small, large, add=order_arr[:n]) if n else small
             metrics = evaluate(sae, batches.store, **batches.reading(progress=False))

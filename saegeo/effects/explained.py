@@ -51,9 +51,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from saegeo.acts.streaming import ActsLike, BatchStream
+from saegeo.acts.streaming import ActsLike, BatchStream, stream
 from saegeo.core.sae import SAE
-from saegeo.effects.delta import BLOCK_ELEMENTS, pair_stream
+from saegeo.effects.delta import BLOCK_ELEMENTS, PreparedPair, prepared_pair
 from saegeo.effects.hybrid import TopkMode, output_scale
 from saegeo.errors import SaegeoError
 
@@ -148,9 +148,14 @@ def explained_share(
     Large feature 0 duplicates the small one (explained 1: adding it doubles that part, delta
     ``1 * (1 - 0) = 1``); feature 1 is new (delta ``4 * (1 - 2) = -4``).
     """
-    small, large, _, batches = pair_stream(
-        small, large, acts, topk, batch_size, limit, device, progress, "explained share"
-    )
+    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    return pair_explained_share(prepared_pair(small, large, batches, topk))
+
+
+def pair_explained_share(pair: PreparedPair) -> pd.DataFrame:
+    """:func:`explained_share` of a prepared pair."""
+    small, large, _, batches = pair
+    batches = batches.replace(desc="explained share")
     sum_sq_L, sum_explained_L, sum_residual_L, n_tokens = _contribution_sums(small, large, batches)
     if n_tokens == 0:
         raise SaegeoError(f"explained_share(): no activations in {batches.store.source}")

@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from saegeo.acts.streaming import ActsLike, checked_store
+from saegeo.acts.streaming import ActsLike, BatchStream, stream
 from saegeo.config import check_count
 from saegeo.core.feature_info import neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.deprecation import module_aliases, renamed
-from saegeo.effects.delta import cumulative_mse, delta_mse
-from saegeo.effects.explained import explained_share, roc_auc
+from saegeo.effects.delta import PreparedPair, pair_cumulative_mse, pair_delta_mse, prepared_pair
+from saegeo.effects.explained import pair_explained_share, roc_auc
 from saegeo.effects.hybrid import TopkMode
 from saegeo.errors import SaegeoError
 from saegeo.formats.family import Family, as_family
@@ -88,20 +88,66 @@ def novelty_table(
 
     For SAEs published with Neuronpedia ids, ``neuronpedia`` holds each larger-SAE feature's
     page and ``nearest_neuronpedia`` that of its nearest smaller-SAE feature.
+
+    Parameters
+    ----------
+    small, large
+        The narrower and the wider SAE (same d_in).
+    acts
+        Activations [N, d_in] (a store, a tensor or a path); None: the decoders' columns only.
+    threshold
+        A larger-SAE feature is novel iff its largest decoder cosine to the smaller SAE is
+        ``<= threshold``.
+    topk
+        TopK pairs: ``"reencode"`` forms a TopK union with the smaller SAE's ``k``;
+        ``"jumprelu"`` first converts both with :meth:`SAE.to_jumprelu` on the same tokens.
+    batch_size
+        Tokens per batch.
+    limit
+        At most this many tokens of ``acts`` are read (None: all).
+    device, progress
+        Where to compute (``"auto"`` is CUDA when present), and the progress bar (None on a
+        terminal, True always, False never).
     """
-    check_count("batch_size", batch_size)
-    check_count("limit", limit, optional=True)
+    batches = _optional_stream(acts, batch_size, limit, device, progress)
+    pair = None if batches is None else prepared_pair(small, large, batches, topk)
+    return _novelty_table(small, large, pair, threshold, device, progress)
+
+
+def _optional_stream(
+    acts: ActsLike | None,
+    batch_size: int,
+    limit: int | None,
+    device: str | torch.device,
+    progress: bool | None,
+) -> BatchStream | None:
+    """Batches of ``acts``, or None without activations (the options are checked either way,
+    so that a bad value fails before the decoders' work)."""
+    if acts is None:
+        check_count("batch_size", batch_size)
+        check_count("limit", limit, optional=True)
+        return None
+    return stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+
+
+def _novelty_table(
+    small: SAE,
+    large: SAE,
+    pair: PreparedPair | None,
+    threshold: float,
+    device: str | torch.device,
+    progress: bool | None,
+) -> pd.DataFrame:
+    """:func:`novelty_table` with the pair prepared for its activations (None: the decoders'
+    columns only)."""
     table = classify(small, large, threshold=threshold, device=device, progress=progress)
     if neuronpedia_url(large, 0) is not None:
         table["neuronpedia"] = [neuronpedia_url(large, j) for j in table.index]
     if neuronpedia_url(small, 0) is not None:
         table["nearest_neuronpedia"] = [neuronpedia_url(small, i) for i in table["nearest"]]
-    if acts is not None:
-        options: dict[str, Any] = dict(
-            topk=topk, batch_size=batch_size, limit=limit, device=device, progress=progress
-        )
-        table["delta_mse"] = delta_mse(small, large, acts, **options)
-        table["explained"] = explained_share(small, large, acts, **options)["explained"]
+    if pair is not None:
+        table["delta_mse"] = pair_delta_mse(pair)
+        table["explained"] = pair_explained_share(pair)["explained"]
     return table
 
 
@@ -166,22 +212,17 @@ def cumulative_curves(
     pandas.DataFrame
         Columns ``kind``, ``n_added``, ``mse``, ``l0``.
     """
+    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    return _cumulative_curves(prepared_pair(small, large, batches, topk), table, points=points)
+
+
+def _cumulative_curves(pair: PreparedPair, table: pd.DataFrame, *, points: int) -> pd.DataFrame:
+    """:func:`cumulative_curves` of a prepared pair."""
     curves = []
     for kind in KINDS:
         chosen = table[table["kind"] == kind]
         order = chosen.sort_values("delta_mse", kind="stable").index.to_numpy()
-        curve = cumulative_mse(
-            small,
-            large,
-            acts,
-            order,
-            points=points,
-            topk=topk,
-            batch_size=batch_size,
-            limit=limit,
-            device=device,
-            progress=progress,
-        )
+        curve = pair_cumulative_mse(pair, order, points=points)
         curve.insert(0, "kind", kind)
         curves.append(curve)
     return pd.concat(curves, ignore_index=True)
@@ -210,13 +251,11 @@ def family_novelty(
     fam = as_family(family)
     if len(fam) < 2:
         raise SaegeoError(f"family_novelty(): needs at least two SAEs, got {len(fam)}")
-    store = checked_store(acts) if acts is not None else None
-    options: dict[str, Any] = dict(
-        topk=topk, batch_size=batch_size, limit=limit, device=device, progress=progress
-    )
+    batches = _optional_stream(acts, batch_size, limit, device, progress)
     summaries, features, curves = [], [], []
     for pair, (small, large) in enumerate(fam.pairs()):
-        table = novelty_table(small, large, store, threshold=threshold, **options)
+        prepared = None if batches is None else prepared_pair(small, large, batches, topk)
+        table = _novelty_table(small, large, prepared, threshold, device, progress)
         n_novel = int((table["kind"] == NOVEL).sum())
         row: dict[str, object] = {
             "small": small.name,
@@ -226,7 +265,7 @@ def family_novelty(
             "n_novel": n_novel,
             "share_novel": n_novel / max(large.width, 1),
         }
-        if store is not None:
+        if prepared is not None:
             cells = kind_sign_table(table)
             for kind in KINDS:
                 row[f"{kind}_decreases"] = int(cells.loc[kind, DECREASES])
@@ -236,7 +275,7 @@ def family_novelty(
                 row[f"mean_delta_{kind}"] = float(chosen.mean()) if len(chosen) else np.nan
             row.update(score_aucs(table))
             if points > 0:
-                curve = cumulative_curves(small, large, store, table, points=points, **options)
+                curve = _cumulative_curves(prepared, table, points=points)
                 curve.insert(0, "pair", pair)
                 curves.append(curve)
         summaries.append(row)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from saegeo.acts.streaming import ActsLike
+from saegeo.acts.streaming import ActsLike, stream
 from saegeo.core.sae import SAE
-from saegeo.effects.delta import swap_deltas
+from saegeo.effects.delta import pair_swap_deltas, prepared_pair
 from saegeo.effects.hybrid import TopkMode
 from saegeo.geometry.classify import swap_groups as decoder_swap_groups
 
@@ -66,16 +66,6 @@ def swap_groups(
     )
     if acts is None:
         return frame
-    deltas = swap_deltas(
-        small,
-        large,
-        acts,
-        frame["small"].tolist(),
-        frame["large"].tolist(),
-        topk=topk,
-        batch_size=batch_size,
-        limit=limit,
-        device=device,
-        progress=progress,
-    )
-    return frame.join(deltas)
+    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    pair = prepared_pair(small, large, batches, topk)
+    return frame.join(pair_swap_deltas(pair, frame["small"].tolist(), frame["large"].tolist()))

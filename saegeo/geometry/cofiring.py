@@ -47,11 +47,11 @@ from saegeo.acts.streaming import ActsLike, BatchStream, progress_bar, stream
 from saegeo.errors import ShapeError
 from saegeo.geometry.sparse_codes import (
     MAX_PAIRS,
+    PairSelection,
     as_csr,
     checked_pair,
     child_groups,
     safe_divide,
-    top_k_per_child,
     with_data,
 )
 
@@ -100,33 +100,22 @@ def cofiring(
     >>> round(float(cofiring(parent, child, weighted=True)[0, 0]), 4)
     0.6667
     """
-    A, B = checked_pair(codes_parent, codes_child, "cofiring", top_k, max_pairs)
-    rows, cols, scores = _cofiring_entries(
-        A,
-        B,
-        weighted=weighted,
-        min_score=min_score,
-        top_k=top_k,
-        max_pairs=max_pairs,
-        progress=progress,
-        pair_scores=None,
-    )
-    return _to_csr(rows, cols, scores, A.shape[1], B.shape[1])
+    select = PairSelection(min_score, top_k, max_pairs, progress)
+    A, B = checked_pair(codes_parent, codes_child, "cofiring", select)
+    return _cofiring_csr(A, B, select, weighted=weighted)
 
 
-def _cofiring_entries(
+def _cofiring_csr(
     A: sp.csr_matrix,
     B: sp.csr_matrix,
+    select: PairSelection,
     *,
-    weighted: bool,
-    min_score: float,
-    top_k: int | None,
-    max_pairs: int,
-    progress: bool | None,
-    pair_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Co-firing of every co-firing pair above ``min_score``; with ``pair_scores(rows, cols)``,
-    the smaller of the co-firing and that score (computed only where co-firing passes)."""
+    weighted: bool = False,
+    pair_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> sp.csr_matrix:
+    """Co-firing of every pair that ``select`` keeps, as csr [P, C]; with
+    ``pair_scores(rows, cols)``, the smaller of the co-firing and that score (computed only
+    where co-firing passes ``min_score``)."""
     n_parents = A.shape[1]
     B_csc = B.tocsc()
     weights_csc = with_data(B_csc, np.abs(B_csc.data) if weighted else np.ones_like(B_csc.data))
@@ -134,38 +123,30 @@ def _cofiring_entries(
     parents_PN = A.tocsc().T.tocsr()  # the transpose of a csc is a csr without copying
     parents_on_PN = with_data(parents_PN, np.ones_like(parents_PN.data))
 
-    groups = child_groups(A, B_csc, max_pairs)
+    groups = child_groups(A, B_csc, select.max_pairs)
     rows_out, cols_out, vals_out = [], [], []
-    for start, stop in progress_bar(None, "co-firing", progress, iterable=groups, unit="group"):
+    bar = progress_bar(None, "co-firing", select.progress, iterable=groups, unit="group")
+    for start, stop in bar:
         weights_NC = weights_csc[:, start:stop].tocsr()
         # Weights are positive, so the product's pattern is exactly the co-firing pairs.
         together = parents_on_PN @ weights_NC
         rows = np.repeat(np.arange(n_parents, dtype=np.int64), np.diff(together.indptr))
         cols = together.indices.astype(np.int64) + start
         scores = safe_divide(together.data, total_C[cols])
-        keep = scores > min_score
-        rows, cols, scores = rows[keep], cols[keep], scores[keep]
-        if pair_scores is not None:
+        if pair_scores is not None:  # computed only where co-firing passes
+            cols, rows, scores = select.above(cols, rows, scores)
             scores = np.minimum(scores, pair_scores(rows, cols))
-            keep = scores > min_score
-            rows, cols, scores = rows[keep], cols[keep], scores[keep]
-        if top_k is not None:
-            best = top_k_per_child(cols, rows, scores, top_k)
-            rows, cols, scores = rows[best], cols[best], scores[best]
+        cols, rows, scores = select.kept(cols, rows, scores)
         del together
         rows_out.append(rows.astype(np.int32))
         cols_out.append(cols.astype(np.int32))
         vals_out.append(scores.astype(np.float32))
-    if not vals_out:
-        empty = np.zeros(0, dtype=np.int32)
-        return empty, empty, np.zeros(0, dtype=np.float32)
-    return np.concatenate(rows_out), np.concatenate(cols_out), np.concatenate(vals_out)
-
-
-def _to_csr(
-    rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, n_parents: int, n_children: int
-) -> sp.csr_matrix:
-    return sp.csr_matrix((scores, (rows, cols)), shape=(n_parents, n_children), dtype=np.float32)
+    entries = (
+        (np.concatenate(vals_out), (np.concatenate(rows_out), np.concatenate(cols_out)))
+        if vals_out
+        else (np.zeros(0, np.float32), (np.zeros(0, np.int32), np.zeros(0, np.int32)))
+    )
+    return sp.csr_matrix(entries, shape=(n_parents, B.shape[1]), dtype=np.float32)
 
 
 class InputMeans(NamedTuple):
@@ -361,17 +342,9 @@ def nesting(
     scipy.sparse.csr_matrix
         float32 [P, C]; pairs that never co-fire are 0 (absent).
     """
+    select = PairSelection(min_score, top_k, max_pairs, progress)
     return _min_with_presence(
-        codes_parent,
-        codes_child,
-        W_dec_PD,
-        means_parent,
-        means_child,
-        caller="nesting",
-        min_score=min_score,
-        top_k=top_k,
-        max_pairs=max_pairs,
-        progress=progress,
+        codes_parent, codes_child, W_dec_PD, means_parent, means_child, "nesting", select
     )
 
 
@@ -428,17 +401,9 @@ def containment(
     >>> float(containment(present, child, W, means_p, means_c)[0, 0])
     1.0
     """
+    select = PairSelection(min_score, top_k, max_pairs, progress)
     return _min_with_presence(
-        present_parent,
-        codes_child,
-        W_dec_PD,
-        means_parent,
-        means_child,
-        caller="containment",
-        min_score=min_score,
-        top_k=top_k,
-        max_pairs=max_pairs,
-        progress=progress,
+        present_parent, codes_child, W_dec_PD, means_parent, means_child, "containment", select
     )
 
 
@@ -448,15 +413,11 @@ def _min_with_presence(
     W_dec_PD: np.ndarray | torch.Tensor,
     means_parent: InputMeans,
     means_child: InputMeans,
-    *,
     caller: str,
-    min_score: float,
-    top_k: int | None,
-    max_pairs: int,
-    progress: bool | None,
+    select: PairSelection,
 ) -> sp.csr_matrix:
     """The smaller of co-firing of ``codes_parent`` with ``codes_child`` and presence."""
-    A, B = checked_pair(codes_parent, codes_child, caller, top_k, max_pairs)
+    A, B = checked_pair(codes_parent, codes_child, caller, select)
     W_PD = torch.as_tensor(W_dec_PD)
     if tuple(W_PD.shape) != (A.shape[1], means_parent.on_latent.shape[1]):
         raise ShapeError(
@@ -470,14 +431,4 @@ def _min_with_presence(
     def presence(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return presence_scores(W_PD, means_parent, means_child, rows, cols)
 
-    rows, cols, scores = _cofiring_entries(
-        A,
-        B,
-        weighted=False,
-        min_score=min_score,
-        top_k=top_k,
-        max_pairs=max_pairs,
-        progress=progress,
-        pair_scores=presence,
-    )
-    return _to_csr(rows, cols, scores, A.shape[1], B.shape[1])
+    return _cofiring_csr(A, B, select, pair_scores=presence)

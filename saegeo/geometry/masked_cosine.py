@@ -28,13 +28,13 @@ import scipy.sparse as sp
 from saegeo.acts.streaming import progress_bar
 from saegeo.geometry.sparse_codes import (
     MAX_PAIRS,
+    PairSelection,
     aligned,
     checked_pair,
     child_groups,
     column_max,
     column_norm,
     safe_divide,
-    top_k_per_child,
     with_data,
 )
 from saegeo.runtime import distributed
@@ -85,7 +85,8 @@ def masked_cosine(
     >>> round(float(masked_cosine(parent, child, scale_by_max=False)[0, 0]), 4)
     0.7071
     """
-    A, B = checked_pair(codes_parent, codes_child, "masked_cosine", top_k, max_pairs)
+    select = PairSelection(min_score, top_k, max_pairs, progress)
+    A, B = checked_pair(codes_parent, codes_child, "masked_cosine", select)
     n_parents, n_children = A.shape[1], B.shape[1]
     A_csc, B_csc = A.tocsc(), B.tocsc()
     # Products run child-major: children [C_g, N] @ parents [N, P] gives, per child, its
@@ -126,11 +127,7 @@ def masked_cosine(
         elif scale_by_max:
             scores *= child_max_C[child] * ratio_parent_P[parent]
         del parent_sq_on_child, num
-        keep = scores > min_score
-        child, parent, scores = child[keep], parent[keep], scores[keep]
-        if top_k is not None:
-            best = top_k_per_child(child, parent, scores, top_k)
-            child, parent, scores = child[best], parent[best], scores[best]
+        child, parent, scores = select.kept(child, parent, scores)
         counts_C[start:stop] = np.bincount(child - start, minlength=stop - start)
         parents_out.append(parent.astype(np.int32))
         vals_out.append(scores.astype(np.float32))

@@ -107,35 +107,6 @@ class _Tile(NamedTuple):
     """The tile's unit large rows [rows, d_in], in the product's dtype."""
 
 
-def _tiles(
-    small_SD: torch.Tensor,
-    W_large_LD: torch.Tensor,
-    *,
-    device: torch.device,
-    dtype: torch.dtype,
-    block_elements: int,
-    progress: bool | None,
-    desc: str,
-) -> Iterator[_Tile]:
-    """Every tile of the cosine matrix between unit ``small_SD`` and the rows of ``W_large_LD``."""
-    n_small, n_large = small_SD.shape[0], W_large_LD.shape[0]
-    rows, cols = _tile_shape(n_small, block_elements)
-    rows = min(rows, n_large)
-    buffer = torch.empty(rows * cols, dtype=dtype, device=device)
-    with progress_bar(n_large, desc, progress, unit="feat") as bar:
-        for start in range(0, n_large, rows):
-            stop = min(start + rows, n_large)
-            large_LD = unit_rows(W_large_LD[start:stop].to(device, torch.float32)).to(dtype)
-            for col in range(0, n_small, cols):
-                small_part_SD = small_SD[col : col + cols]
-                out_LS = buffer[: (stop - start) * small_part_SD.shape[0]].view(
-                    stop - start, small_part_SD.shape[0]
-                )
-                torch.mm(large_LD, small_part_SD.T, out=out_LS)
-                yield _Tile(start, col, out_LS, large_LD)
-            bar.update(stop - start)
-
-
 def _require_memory(
     n_small: int,
     W_large_LD: torch.Tensor,
@@ -161,6 +132,48 @@ def _require_memory(
     )
 
 
+class _Operands(NamedTuple):
+    """Both decoders ready for the tiled cosine products."""
+
+    W_small32_SD: torch.Tensor
+    """Unit small rows in float32, on ``device``."""
+    W_small_SD: torch.Tensor
+    """The same in the products' dtype."""
+    W_large_LD: torch.Tensor
+    """This rank's contiguous share of the large rows (all of them without
+    ``torch.distributed``), on ``device``."""
+    first: int
+    """The first large row of that share."""
+    n_large: int
+    """Large rows on every rank together."""
+    device: torch.device
+    """Where the products run."""
+    dtype: torch.dtype
+    """The products' dtype."""
+    block_elements: int
+    """Largest tile, in elements."""
+
+    def tiles(self, progress: bool | None, desc: str) -> Iterator[_Tile]:
+        """Every tile of the cosine matrix between the small and this rank's large rows."""
+        n_small, n_large = self.W_small_SD.shape[0], self.W_large_LD.shape[0]
+        rows, cols = _tile_shape(n_small, self.block_elements)
+        rows = min(rows, n_large)
+        buffer = torch.empty(rows * cols, dtype=self.dtype, device=self.device)
+        with progress_bar(n_large, desc, progress, unit="feat") as bar:
+            for start in range(0, n_large, rows):
+                stop = min(start + rows, n_large)
+                large_LD = unit_rows(self.W_large_LD[start:stop].to(self.device, torch.float32))
+                large_LD = large_LD.to(self.dtype)
+                for col in range(0, n_small, cols):
+                    small_part_SD = self.W_small_SD[col : col + cols]
+                    out_LS = buffer[: (stop - start) * small_part_SD.shape[0]].view(
+                        stop - start, small_part_SD.shape[0]
+                    )
+                    torch.mm(large_LD, small_part_SD.T, out=out_LS)
+                    yield _Tile(start, col, out_LS, large_LD)
+                bar.update(stop - start)
+
+
 def _prepare(
     small: SAE | torch.Tensor,
     large: SAE | torch.Tensor,
@@ -169,8 +182,8 @@ def _prepare(
     *,
     k: int = 1,
     block_elements: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.device]:
-    """Unit small rows in float32 and in ``dtype``, the large decoder, and the device."""
+) -> _Operands:
+    """Both decoders checked and on the device, each rank with its share of the large rows."""
     W_small_SD, W_large_LD = _decoder(small, "small"), _decoder(large, "large")
     if W_small_SD.shape[1] != W_large_LD.shape[1]:
         names = [
@@ -187,7 +200,18 @@ def _prepare(
     _require_memory(W_small_SD.shape[0], W_large_LD, k, torch_device, dtype, block_elements)
     small32_SD = unit_rows(W_small_SD.to(torch_device, torch.float32))
     small_SD = small32_SD.to(dtype) if dtype != torch.float32 else small32_SD
-    return small32_SD, small_SD, W_large_LD, torch_device
+    # Under torch.distributed each rank takes a contiguous share of the large rows.
+    first, stop = distributed.shard(W_large_LD.shape[0])
+    return _Operands(
+        small32_SD,
+        small_SD,
+        W_large_LD[first:stop].to(torch_device),
+        first,
+        W_large_LD.shape[0],
+        torch_device,
+        dtype,
+        _block_elements(block_elements, torch_device),
+    )
 
 
 @torch.no_grad()
@@ -237,27 +261,14 @@ def decoder_cosine(
     (0.7071, 0)
     """
     check_count("k", k)
-    small32_SD, small_SD, W_large_LD, torch_device = _prepare(
-        small, large, device, dtype, k=k, block_elements=block_elements
-    )
-    block_elements = _block_elements(block_elements, torch_device)
-    # Under torch.distributed each rank takes a contiguous share of the large rows.
-    start, stop = distributed.shard(W_large_LD.shape[0])
-    W_large_LD = W_large_LD[start:stop].to(torch_device)
-    n_small, n_large = small_SD.shape[0], W_large_LD.shape[0]
+    operands = _prepare(small, large, device, dtype, k=k, block_elements=block_elements)
+    torch_device = operands.device
+    n_small, n_large = operands.W_small_SD.shape[0], operands.W_large_LD.shape[0]
     if k > n_small:
         raise ArgumentError("k", k, f"exceeds the {n_small} features of the smaller SAE")
     values_LK = torch.full((n_large, k), -torch.inf, dtype=dtype, device=torch_device)
     indices_LK = torch.zeros((n_large, k), dtype=torch.long, device=torch_device)
-    for tile in _tiles(
-        small_SD,
-        W_large_LD,
-        device=torch_device,
-        dtype=dtype,
-        block_elements=block_elements,
-        progress=progress,
-        desc="decoder cosine",
-    ):
+    for tile in operands.tiles(progress, "decoder cosine"):
         rows = slice(tile.start, tile.start + tile.cosines.shape[0])
         if k == 1:
             # max is a single cheap pass over the tile; topk sorts.
@@ -285,28 +296,20 @@ def decoder_cosine(
             run_vals.copy_(top.values)
             run_idx.copy_(merged_idx.gather(1, top.indices))
     if dtype in LOW_PRECISION:
-        values_LK = _exact_values(
-            small32_SD, W_large_LD, indices_LK, device=torch_device, block_elements=block_elements
-        )
+        values_LK = _exact_values(operands, indices_LK)
         # Recomputed values can reorder near-ties; keep each row best first.
         order = values_LK.argsort(dim=1, descending=True, stable=True)
         values_LK, indices_LK = values_LK.gather(1, order), indices_LK.gather(1, order)
     return CosineMatch(*distributed.concat_ranks(values_LK.float().cpu(), indices_LK.cpu()))
 
 
-def _exact_values(
-    small32_SD: torch.Tensor,
-    W_large_LD: torch.Tensor,
-    indices_LK: torch.Tensor,
-    *,
-    device: torch.device,
-    block_elements: int,
-) -> torch.Tensor:
+def _exact_values(operands: _Operands, indices_LK: torch.Tensor) -> torch.Tensor:
     """float32 cosines of large feature l with small features ``indices_LK[l]`` [L, K]."""
+    small32_SD, W_large_LD, device = operands.W_small32_SD, operands.W_large_LD, operands.device
     n_large, k = indices_LK.shape
     d_in = small32_SD.shape[1]
     values_LK = torch.empty(n_large, k, dtype=torch.float32, device=device)
-    rows = max(1, block_elements // max(k * d_in, 1))
+    rows = max(1, operands.block_elements // max(k * d_in, 1))
     for start in range(0, n_large, rows):
         stop = min(start + rows, n_large)
         large_LD = unit_rows(W_large_LD[start:stop].to(device, torch.float32))
@@ -343,26 +346,13 @@ def decoder_cosine_pairs(
     scipy.sparse.csr_matrix
         [small.width, large.width] float32 cosines of the kept pairs.
     """
-    small32_SD, small_SD, W_large_LD, torch_device = _prepare(
-        small, large, device, dtype, block_elements=block_elements
-    )
-    block_elements = _block_elements(block_elements, torch_device)
-    shape = (small_SD.shape[0], W_large_LD.shape[0])
-    # Under torch.distributed each rank takes a contiguous share of the large rows.
-    first, stop = distributed.shard(W_large_LD.shape[0])
-    W_large_LD = W_large_LD[first:stop].to(torch_device)
+    operands = _prepare(small, large, device, dtype, block_elements=block_elements)
+    small32_SD, W_large_LD, first = operands.W_small32_SD, operands.W_large_LD, operands.first
+    shape = (small32_SD.shape[0], operands.n_large)
     exact = dtype not in LOW_PRECISION
     cut = threshold if exact else threshold - BF16_MARGIN
     rows_L, cols_S, vals = [], [], []
-    for tile in _tiles(
-        small_SD,
-        W_large_LD,
-        device=torch_device,
-        dtype=dtype,
-        block_elements=block_elements,
-        progress=progress,
-        desc="decoder cosine pairs",
-    ):
+    for tile in operands.tiles(progress, "decoder cosine pairs"):
         hit_L, hit_S = (tile.cosines > cut).nonzero(as_tuple=True)
         if hit_L.numel() == 0:
             continue
@@ -370,7 +360,7 @@ def decoder_cosine_pairs(
             value = tile.cosines[hit_L, hit_S].float()
         else:
             picked = (hit_L + tile.start).to(W_large_LD.device)
-            large_LD = unit_rows(W_large_LD[picked].to(torch_device, torch.float32))
+            large_LD = unit_rows(W_large_LD[picked].to(operands.device, torch.float32))
             value = (large_LD * small32_SD[hit_S + tile.col]).sum(dim=1)
             keep = value > threshold
             hit_L, hit_S, value = hit_L[keep], hit_S[keep], value[keep]

@@ -8,6 +8,8 @@ so that each product holds at most ``max_pairs`` co-firing pairs.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -33,15 +35,47 @@ def as_csr(
     return matrix
 
 
+class PairSelection(NamedTuple):
+    """Which scored (parent, child) pairs a co-activation score keeps, and how it gets there:
+    the options every score of this kind takes (:func:`saegeo.masked_cosine`,
+    :func:`saegeo.cofiring`, :func:`saegeo.nesting`, :func:`saegeo.containment`)."""
+
+    min_score: float
+    """Entries ``<= min_score`` are dropped."""
+    top_k: int | None
+    """Keep only the ``top_k`` best parents of each child (ties: the smaller parent index)."""
+    max_pairs: int
+    """Co-firing pairs held at once per sparse product; bounds memory."""
+    progress: bool | None
+    """The progress bar over groups of children: None on a terminal, True always, False never."""
+
+    def above(
+        self, child: np.ndarray, parent: np.ndarray, scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The entries ``(child, parent, scores)`` whose score is above ``min_score``."""
+        keep = scores > self.min_score
+        return child[keep], parent[keep], scores[keep]
+
+    def kept(
+        self, child: np.ndarray, parent: np.ndarray, scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The entries ``(child, parent, scores)`` above ``min_score``, then the ``top_k``
+        best of each child, in their original order."""
+        child, parent, scores = self.above(child, parent, scores)
+        if self.top_k is not None:
+            best = top_k_per_child(child, parent, scores, self.top_k)
+            child, parent, scores = child[best], parent[best], scores[best]
+        return child, parent, scores
+
+
 def checked_pair(
     codes_parent: sp.spmatrix | np.ndarray,
     codes_child: sp.spmatrix | np.ndarray,
     caller: str,
-    top_k: int | None,
-    max_pairs: int,
+    select: PairSelection,
 ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """Parent and child codes as CSR matrices (see :func:`as_csr`), checked to cover the same
-    tokens, with ``top_k`` and ``max_pairs`` checked too; errors name ``caller``."""
+    tokens, with ``select``'s ``top_k`` and ``max_pairs`` checked too; errors name ``caller``."""
     A = as_csr(codes_parent, "codes_parent", caller=caller)
     B = as_csr(codes_child, "codes_child", caller=caller)
     if A.shape[0] != B.shape[0]:
@@ -49,8 +83,8 @@ def checked_pair(
             f"{caller}(): parent codes cover {A.shape[0]} tokens, child codes "
             f"{B.shape[0]}; encode the same activations with both SAEs"
         )
-    check_count("top_k", top_k, optional=True)
-    check_count("max_pairs", max_pairs)
+    check_count("top_k", select.top_k, optional=True)
+    check_count("max_pairs", select.max_pairs)
     return A, B
 
 

@@ -250,11 +250,10 @@ def harvest(
     meta = _harvest_meta(
         lm,
         text_spec,
+        config,
         blocks_name=blocks_name,
         layer=layer,
         n_layers=n_layers,
-        context=context,
-        skip_first=skip_first,
         bos=bos,
         d_model=d_model,
     )
@@ -383,15 +382,17 @@ def _require_forward_memory(lm: LanguageModel, batch_size: int, context: int, d_
 def _harvest_meta(
     lm: LanguageModel,
     text_spec: dict[str, Any],
+    config: HarvestConfig,
     *,
     blocks_name: str,
     layer: int,
     n_layers: int,
-    context: int,
-    skip_first: int,
     bos: int,
     d_model: int,
 ) -> dict[str, Any]:
+    """The store's metadata: the model, the site read (``layer``, resolved from the config's
+    ``layer`` or ``hook``), the context windows and the text source."""
+    context, skip_first = config.context, config.skip_first
     dtype = next(lm.model.parameters()).dtype
     return {
         "producer": PRODUCER,
