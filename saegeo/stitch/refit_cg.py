@@ -268,10 +268,10 @@ def solve_decoder_cg(
     W_dec: torch.Tensor,
     b_dec: torch.Tensor,
     *,
-    ridge: float = 1e-6,
-    fit_bias: bool = True,
-    tol: float = TOL,
-    max_iterations: int = MAX_ITERATIONS,
+    ridge: float,
+    fit_bias: bool,
+    tol: float,
+    max_iterations: int,
     start: torch.Tensor | None = None,
 ) -> DecoderSolve:
     """The MSE-optimal decoder [F, D] and bias [D] for the codes behind ``stats``, by
@@ -281,7 +281,8 @@ def solve_decoder_cg(
     towards ``W_dec``; features that never fire keep their rows; ``fit_bias=False`` keeps
     ``b_dec``). ``start`` [F, D] is the first iterate (default ``W_dec``), e.g. a solution of
     a nearby problem. Stops when the estimated excess squared error is at most ``tol`` of the
-    squared error, or after ``max_iterations``.
+    squared error, or after ``max_iterations``. :func:`saegeo.stitch.refit.solve_exact` calls
+    it with the refit's defaults (:data:`TOL`, :data:`MAX_ITERATIONS`).
 
     Examples
     --------
@@ -291,7 +292,9 @@ def solve_decoder_cg(
     >>> from saegeo.acts.streaming import stream
     >>> x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
     >>> stats = accumulate_codes(sae, stream(x, device="cpu", progress=False))
-    >>> solved = solve_decoder_cg(stats, sae.W_dec, sae.b_dec, fit_bias=False)
+    >>> solved = solve_decoder_cg(
+    ...     stats, sae.W_dec, sae.b_dec, ridge=0.0, fit_bias=False, tol=TOL, max_iterations=100
+    ... )
     >>> solved.method, solved.residual < 1e-6
     ('cg', True)
     """

@@ -23,7 +23,7 @@ from saegeo.stitch.refit import (
     refit_exact,
     solve_exact,
 )
-from saegeo.stitch.refit_cg import accumulate_codes, solve_decoder_cg
+from saegeo.stitch.refit_cg import accumulate_codes
 
 CPU = {"device": "cpu", "progress": False}
 
@@ -70,7 +70,7 @@ def test_cg_solve_equals_the_dense_solve(fit_bias, ridge):
     codes = accumulate_codes(sae, stream(x_BD, **CPU))
     b_out = output_bias(sae)
     want = solve_exact(dense, sae.W_dec, b_out, ridge=ridge, fit_bias=fit_bias)
-    got = solve_decoder_cg(codes, sae.W_dec, b_out, ridge=ridge, fit_bias=fit_bias)
+    got = solve_exact(codes, sae.W_dec, b_out, ridge=ridge, fit_bias=fit_bias)
     assert want.method == "cholesky" and got.method == "cg"
     assert 0 < got.iterations < 200 and got.residual < 1e-3
     mse_want = dense.metrics(want.W_dec, want.b_dec).mse
@@ -110,25 +110,25 @@ def test_stopping_rule_tolerance_and_cap():
     best = dense.sse(*solve_exact(dense, sae.W_dec, b_out)[:2])
     excess = []
     for tol in (1e-3, 1e-6, 1e-10):
-        solved = solve_decoder_cg(codes, sae.W_dec, b_out, tol=tol)
+        solved = solve_exact(codes, sae.W_dec, b_out, tol=tol)
         excess.append(dense.sse(solved.W_dec, solved.b_dec) / best - 1)
         # The rule bounds the excess of the iterate returned (a lower-bound estimate, so
         # allow a factor).
         assert excess[-1] <= 10 * tol + 1e-9
     assert excess[0] > excess[2]
     with pytest.warns(UserWarning, match="max_iterations=2"):
-        capped = solve_decoder_cg(codes, sae.W_dec, b_out, max_iterations=2)
+        capped = solve_exact(codes, sae.W_dec, b_out, max_iterations=2)
     assert capped.iterations == 2
     with pytest.raises(SaegeoError, match="tol"):
-        solve_decoder_cg(codes, sae.W_dec, b_out, tol=0.0)
+        solve_exact(codes, sae.W_dec, b_out, tol=0.0)
 
 
 def test_a_warm_start_converges_to_the_same_decoder_in_fewer_iterations():
     sae, x_BD = _family_and_acts()
     codes = accumulate_codes(sae, stream(x_BD, **CPU))
     b_out = output_bias(sae)
-    cold = solve_decoder_cg(codes, sae.W_dec, b_out)
-    warm = solve_decoder_cg(codes, sae.W_dec, b_out, start=cold.W_dec)
+    cold = solve_exact(codes, sae.W_dec, b_out)
+    warm = solve_exact(codes, sae.W_dec, b_out, start=cold.W_dec)
     assert warm.iterations < cold.iterations
     assert _relative(warm.W_dec, cold.W_dec) < 1e-3
 
