@@ -100,7 +100,9 @@ class BatchStream:
     """Consecutive batches [<= batch_size, d_in] of a store, with a progress bar (tokens).
 
     Iterating again starts again from the first token. Build it with :func:`stream`; derive
-    one that differs in a setting with :meth:`replace`.
+    one that differs in a setting with :meth:`replace`, and the one an SAE reads with
+    :meth:`for_sae`. Functions that take a stream read it as it is, so that one value carries
+    the reading settings through every pass of a computation.
     """
 
     store: ActivationStore
