@@ -67,6 +67,7 @@ def _pair(small: int, large: int, d_in: int) -> tuple[Any, Any]:
 
 def _workload(name: str, small: Any, large: Any, x_ND: torch.Tensor, device: str) -> None:
     import saegeo as sg
+    from saegeo.acts.streaming import stream
     from saegeo.geometry.masked_cosine import masked_cosine
     from saegeo.stitch.refit import accumulate_stats
 
@@ -74,7 +75,7 @@ def _workload(name: str, small: Any, large: Any, x_ND: torch.Tensor, device: str
     if name == "evaluate":
         sg.evaluate(large, x_ND, **opts)
     elif name == "refit":
-        accumulate_stats(large, x_ND, **opts)
+        accumulate_stats(large, stream(x_ND, **opts))
     elif name == "delta":
         sg.delta_mse(small, large, x_ND, **opts)
     elif name == "mcs":

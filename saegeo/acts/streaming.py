@@ -100,7 +100,9 @@ class BatchStream:
     """Consecutive batches [<= batch_size, d_in] of a store, with a progress bar (tokens).
 
     Iterating again starts again from the first token. Build it with :func:`stream`; derive
-    one that differs in a setting with :meth:`replace`.
+    one that differs in a setting with :meth:`replace`, and the one an SAE reads with
+    :meth:`for_sae`. Functions that take a stream read it as it is, so that one value carries
+    the reading settings through every pass of a computation.
     """
 
     store: ActivationStore
@@ -125,6 +127,13 @@ class BatchStream:
     def replace(self, **changes: Any) -> BatchStream:
         """The same stream with some settings changed (e.g. ``dtype=sae.dtype``)."""
         return dataclasses.replace(self, **changes)
+
+    def for_sae(self, sae: SAE, what: str) -> tuple[SAE, BatchStream]:
+        """``sae`` on the stream's device, and this stream for it: in its dtype, checked against
+        its d_in, the bar labelled ``"{what} {sae.name}"`` (``what``: the calling function)."""
+        store = checked_store(self.store, sae, what=f"{what}()")
+        batches = self.replace(store=store, dtype=sae.dtype, desc=f"{what} {sae.name}")
+        return sae.to(self.device), batches
 
     def reading(self, **changes: Any) -> dict[str, Any]:
         """``batch_size``, ``limit``, ``device`` and ``progress`` as keywords (``changes``
@@ -208,17 +217,6 @@ def sae_stream(
     progress: bool | None,
     what: str,
 ) -> tuple[SAE, BatchStream]:
-    """``sae`` on the stream's device, and batches of ``acts`` for it: in its dtype, checked
-    against its d_in, the bar labelled ``"{what} {sae.name}"`` (``what``: the function)."""
-    batches = stream(
-        acts,
-        batch_size=batch_size,
-        limit=limit,
-        device=device,
-        dtype=sae.dtype,
-        d_in=sae,
-        progress=progress,
-        desc=f"{what} {sae.name}",
-        what=f"{what}()",
-    )
-    return sae.to(batches.device), batches
+    """``sae`` on ``device``, and batches of ``acts`` for it (:meth:`BatchStream.for_sae`)."""
+    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    return batches.for_sae(sae, what)

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from saegeo.acts.streaming import ActsLike, sae_stream
+from saegeo.acts.streaming import ActsLike, BatchStream, stream
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
 from saegeo.runtime import distributed
@@ -165,7 +165,14 @@ def evaluate(
     >>> round(m.fvu, 6), m.l0, m.dead_fraction
     (0.0, 1.0, 0.0)
     """
-    sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "evaluate")
+    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    return evaluate_batches(sae, batches)
+
+
+@torch.no_grad()
+def evaluate_batches(sae: SAE, batches: BatchStream) -> Metrics:
+    """:func:`evaluate` on the tokens of ``batches`` (read in ``sae``'s dtype)."""
+    sae, batches = batches.for_sae(sae, "evaluate")
     batches = batches.replace(sharded=True)  # sums reduced over ranks below
     moments = Moments(sae.d_in, batches.device)
     squared_error = 0.0

@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from saegeo.acts.streaming import ActsLike, BatchStream, stream
 from saegeo.config import cosine_threshold, fail, override
 from saegeo.stitch.refit import SOLVERS, Solver
 from saegeo.stitch.refit_cg import MAX_ITERATIONS, TOL
@@ -87,6 +88,17 @@ class StitchConfig:
             fail(self, "batch_size", "must be >= 1")
         if self.limit is not None and self.limit < 1:
             fail(self, "limit", "must be >= 1")
+
+    def stream(self, acts: ActsLike) -> BatchStream:
+        """Batches of ``acts`` as these settings read them (``batch_size``, ``limit``,
+        ``device``, ``progress``)."""
+        return stream(
+            acts,
+            batch_size=self.batch_size,
+            limit=self.limit,
+            device=self.device,
+            progress=self.progress,
+        )
 
     def with_overrides(self, **overrides: Any) -> StitchConfig:
         """This configuration with some fields replaced (an unknown name raises an error)."""

@@ -17,12 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from saegeo.acts.streaming import ActsLike, checked_store
+from saegeo.acts.streaming import ActsLike, BatchStream, stream
 from saegeo.config import override
 from saegeo.core.sae import SAE
-from saegeo.effects.metrics import evaluate
+from saegeo.effects.metrics import evaluate_batches
 from saegeo.formats.family import Family, as_family
-from saegeo.runtime.devices import resolve_device
 from saegeo.stitch.config import StitchConfig
 from saegeo.stitch.frankenstein import FrankensteinSteps, frankenstein_steps
 
@@ -45,15 +44,9 @@ def frankenstein_curve(
     """
     config = override(config or StitchConfig(), overrides)
     stitched = frankenstein_steps(family, acts, config)
-    return compare_frankensteins(
-        family,
-        stitched,
-        acts if eval_acts is None else eval_acts,
-        batch_size=config.batch_size,
-        limit=config.limit if eval_acts is None else None,
-        device=config.device,
-        progress=config.progress,
-    )
+    if eval_acts is None:
+        return _compare(family, stitched, config.stream(acts))
+    return _compare(family, stitched, config.with_overrides(limit=None).stream(eval_acts))
 
 
 def compare_frankensteins(
@@ -73,18 +66,21 @@ def compare_frankensteins(
     ``l0``, ``mse``, ``fvu``, ``nearest`` (the member whose width is nearest to
     ``n_features``, in log scale) and ``mse_vs_nearest`` (MSE over that member's MSE).
     """
+    batches = stream(
+        eval_acts, batch_size=batch_size, limit=limit, device=device, progress=progress
+    )
+    return _compare(family, stitched, batches)
+
+
+def _compare(
+    family: Family | Sequence[SAE], stitched: FrankensteinSteps, batches: BatchStream
+) -> pd.DataFrame:
+    """:func:`compare_frankensteins` on the tokens of ``batches``."""
     family = as_family(family)
-    eval_store = checked_store(eval_acts)
-    options: dict[str, Any] = {
-        "batch_size": batch_size,
-        "device": resolve_device(device),
-        "progress": progress,
-        "limit": limit,
-    }
     records: list[dict[str, Any]] = []
 
     def record(kind: str, upto: int, sae: SAE) -> None:
-        metrics = evaluate(sae, eval_store, **options)
+        metrics = evaluate_batches(sae, batches)
         records.append(
             {
                 "kind": kind,

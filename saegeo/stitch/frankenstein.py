@@ -32,12 +32,12 @@ from typing import Any, NamedTuple
 
 import torch
 
-from saegeo.acts.streaming import ActsLike, BatchStream, checked_store, stream
+from saegeo.acts.streaming import ActsLike, BatchStream, checked_store
 from saegeo.config import cosine_threshold, fail, override
 from saegeo.core.architectures import union_kind
 from saegeo.core.sae import SAE, concat
 from saegeo.effects.hybrid import as_additive
-from saegeo.effects.metrics import Metrics, evaluate
+from saegeo.effects.metrics import Metrics, evaluate_batches
 from saegeo.errors import SaegeoError
 from saegeo.formats.family import Family, as_family
 from saegeo.geometry.classify import swap_groups
@@ -50,12 +50,12 @@ from saegeo.stitch.refit import (
     choose_solver,
     dense_stats,
     output_bias,
-    refit_exact,
+    refit_exact_batches,
     solve_exact,
     with_decoder,
 )
 from saegeo.stitch.refit_cg import CodeStats
-from saegeo.stitch.refit_sgd import refit_sgd
+from saegeo.stitch.refit_sgd import refit_sgd_batches
 from saegeo.stitch.report import Feature, FrankensteinReport, StepReport
 
 __all__ = [
@@ -278,14 +278,7 @@ def _stitch(
     """The stitching behind :func:`frankenstein` (``every_step=False``: SGD trains only the
     last step, whose SAE ends ``saes``) and :func:`frankenstein_steps`."""
     family = as_family(family)
-    batches = stream(
-        acts,
-        batch_size=config.batch_size,
-        limit=config.limit,
-        device=config.device,
-        progress=config.progress,
-    )
-    store, options = batches.store, batches.reading()
+    batches = config.stream(acts)
     retrain, ridge = config.retrain, config.ridge
     steps = plan_frankenstein(
         family,
@@ -303,6 +296,7 @@ def _stitch(
     solves: list[DecoderSolve | None] = [None] * len(steps)
     refit_seconds, method = 0.0, "none"
     exact_options: dict[str, Any] = {
+        "ridge": ridge,
         "tol": config.refit_tol,
         "max_iterations": config.refit_max_iterations,
     }
@@ -310,7 +304,7 @@ def _stitch(
         # Codes of additive features do not depend on each other: one pass serves every step.
         start = time.perf_counter()
         solver = choose_solver(config.solver, union.width, union.d_in, batches.device)
-        stats = accumulate(solver, union, store, **options)
+        stats = accumulate(solver, union, batches)
         refit_seconds = time.perf_counter() - start if retrain == "exact" else 0.0
         b_out = output_bias(union)
         # Each step's solve starts from the one before (its features mostly carry over).
@@ -328,7 +322,7 @@ def _stitch(
                 ):
                     sub = dense_stats(sub, batch_size=config.batch_size)  # the faster here
                 solves[k] = solved = solve_exact(
-                    sub, W_dec, b_out, ridge=ridge, start=solved_UD[idx], **exact_options
+                    sub, W_dec, b_out, start=solved_UD[idx], **exact_options
                 )
                 refit_seconds += time.perf_counter() - start
                 method = solved.method
@@ -341,34 +335,29 @@ def _stitch(
     else:
         for k, sae in enumerate(unrefit):
             if retrain == "exact":
-                exact = refit_exact(
-                    sae, store, ridge=ridge, solver=config.solver, **exact_options, **options
-                )
+                exact = refit_exact_batches(sae, batches, solver=config.solver, **exact_options)
                 refit_seconds += exact.seconds
                 method = exact.method
                 solves[k] = DecoderSolve(
                     exact.sae.W_dec, exact.sae.b_dec, method, exact.iterations, exact.residual
                 )
-                rows.append((exact.before, evaluate(exact.sae, store, **options)))
+                rows.append((exact.before, evaluate_batches(exact.sae, batches)))
                 refit[k] = exact.sae
             else:
-                rows.append((evaluate(sae, store, **options), nan))
+                rows.append((evaluate_batches(sae, batches), nan))
     if retrain == "sgd":
         refit_seconds, method = 0.0, "adam"
         for k in range(len(steps)) if every_step else [len(steps) - 1]:
-            trained = refit_sgd(
+            trained = refit_sgd_batches(
                 unrefit[k],
-                store,
+                batches,
                 tokens=config.sgd_tokens,
                 lr=config.sgd_lr,
                 checkpoint=config.checkpoint,
-                **options,
             )
             refit_seconds += trained.seconds
             method, refit[k] = trained.method, trained.sae
-            after = (
-                trained.after if unrefit[k].additive else evaluate(trained.sae, store, **options)
-            )
+            after = trained.after if unrefit[k].additive else evaluate_batches(trained.sae, batches)
             rows[k] = (rows[k][0], after)
     sources = tuple(family[m].name for m in range(len(steps)))
     settings = {"threshold": config.threshold, "swap": config.swap, "retrain": retrain}

@@ -16,11 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from saegeo.acts.store import ActivationStore
-from saegeo.acts.streaming import ActsLike, stream
+from saegeo.acts.streaming import ActsLike, BatchStream, stream
 from saegeo.config import check_count
 from saegeo.core.sae import SAE, concat
-from saegeo.effects.metrics import evaluate
+from saegeo.effects.metrics import evaluate_batches
 from saegeo.errors import SaegeoError
 from saegeo.formats.family import Family, as_family
 from saegeo.geometry.classify import swap_groups
@@ -100,7 +99,7 @@ def interpolation_path(
     if any(not 0 <= i < len(family) - 1 for i in pairs):
         raise SaegeoError(f"pairs must lie in [0, {len(family) - 2}], got {pairs}")
     batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
-    store, options, torch_device = batches.store, batches.reading(), batches.device
+    torch_device = batches.device
     members = prepare_members(family, len(family), batches)
     records: list[dict[str, Any]] = []
     for pair in pairs:
@@ -113,7 +112,7 @@ def interpolation_path(
         else:
             keep = set(_evenly(len(steps), points).tolist())
         if additive:
-            values = _path_metrics(union, store, steps, options)
+            values = _path_metrics(union, batches, steps)
         mask = np.zeros(union.width, dtype=bool)
         for k, (action, cos, added, removed) in enumerate(steps):
             mask[removed] = False
@@ -124,7 +123,7 @@ def interpolation_path(
                 mse, fvu, l0 = values[k]
             else:
                 subset = union.select(np.nonzero(mask)[0].tolist())
-                metrics = evaluate(subset, store, **options)
+                metrics = evaluate_batches(subset, batches)
                 mse, fvu, l0 = metrics.mse, metrics.fvu, metrics.l0
             records.append(
                 {
@@ -146,7 +145,7 @@ def interpolation_path(
 
 
 def _path_metrics(
-    union: SAE, store: ActivationStore, steps: list[PathStep], options: dict[str, Any]
+    union: SAE, batches: BatchStream, steps: list[PathStep]
 ) -> list[tuple[float, float, float]]:
     """(mse, fvu, l0) after every step, from one pass and incremental quadratic forms.
 
@@ -154,7 +153,7 @@ def _path_metrics(
     the squared error is ``T − 2 m·r + mᵀ M m`` with ``r = rowsum(Θ ∘ C)`` and
     ``M = G ∘ ΘΘᵀ``; each step updates ``u = M m`` for the rows it adds or removes.
     """
-    stats = accumulate_stats(union, store, **options)
+    stats = accumulate_stats(union, batches)
     device = stats.gram.device
     theta = stats.theta(union.W_dec, output_bias(union))
     M = stats.gram * (theta @ theta.T)

@@ -34,24 +34,24 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Literal, NamedTuple, get_args
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
 
-from saegeo.acts.streaming import ActsLike, sae_stream
+from saegeo.acts.streaming import ActsLike, BatchStream, stream
 from saegeo.core.finite import all_finite
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Metrics, Moments, metrics_from_sums
 from saegeo.errors import SaegeoError, ShapeError
 from saegeo.runtime import distributed, memory
-from saegeo.runtime.devices import resolve_device
 from saegeo.stitch import refit_cg
 from saegeo.stitch.refit_sums import (
     DecoderSolve,
+    RefitStats,
     TokenSums,
     decode_target,
-    decoder_theta,
     fits_bias,
     output_bias,
     sparse_codes_FB,
@@ -73,6 +73,7 @@ __all__ = [
     "fixed_code_metrics",
     "output_bias",
     "refit_exact",
+    "refit_exact_batches",
     "solve_decoder",
     "solve_exact",
     "with_decoder",
@@ -90,60 +91,29 @@ PAIR_BUDGET = 1 << 22
 SPMM_RATIO = 64
 
 
-class DecoderStats(NamedTuple):
-    """Sufficient statistics of the decoder least-squares problem for fixed codes.
-
-    With ``z = [a, 1]`` the codes of a token and ``y``, ``w`` its target and weight
-    (:func:`decode_target`), the weighted squared error of a decoder ``Θ = [W_dec; b]`` is
-    ``target_sq − 2⟨Θ', cross⟩ + ⟨Θ', gram Θ'⟩`` with ``Θ' = [W_dec; b − shift]``
-    (:meth:`theta`): targets are accumulated as ``y − shift``, the SAE's own output bias, so
-    that a large mean of the activations does not cancel the squared error away.
-    """
+@dataclass(frozen=True, eq=False)
+class DecoderStats(RefitStats):
+    """Sufficient statistics of the decoder least-squares problem for fixed codes: the sums
+    every refit keeps (:class:`~saegeo.stitch.refit_sums.RefitStats`) and the Gram matrix."""
 
     gram: torch.Tensor
     """Σ_t w_t z_t z_tᵀ [F+1, F+1], float64; the last row and column belong to the bias."""
-    cross: torch.Tensor
-    """Σ_t w_t z_t y_tᵀ [F+1, D], float64."""
-    target_sq: float
-    """Σ_t w_t ||y_t||²."""
-    moments: Moments
-    """Mean and summed squared deviation of the inputs x_t, in the input space (for the
-    FVU's denominator)."""
-    active: torch.Tensor
-    """Number of tokens on which each feature fires [F], int64."""
-    n_tokens: int
-    """Number of tokens accumulated."""
-    shift: torch.Tensor
-    """The output bias [D], float64, subtracted from every target before accumulating."""
-
-    @property
-    def width(self) -> int:
-        return int(self.active.shape[0])
 
     def select(self, idx: torch.Tensor | list[int]) -> DecoderStats:
         """The statistics of the SAE that keeps only features ``idx`` (codes unchanged)."""
         idx_F = torch.as_tensor(idx, dtype=torch.long, device=self.gram.device).reshape(-1)
         rows = torch.cat([idx_F, idx_F.new_tensor([self.width])])
-        return self._replace(
+        return self.replace(
             gram=self.gram[rows][:, rows],
             cross=self.cross[rows],
             active=self.active[idx_F.to(self.active.device)],
         )
 
     def sse(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> float:
-        """Σ_t ||x_t − x̂_t||² of decoder ``W_dec`` [F, D] with output bias ``b_dec`` [D]."""
         theta = self.theta(W_dec, b_dec)
         value = self.target_sq - 2 * float((theta * self.cross).sum())
         value += float((theta * (self.gram @ theta)).sum())
         return max(value, 0.0)
-
-    def theta(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
-        """``[W_dec; b_dec − shift]`` [F+1, D], float64: a decoder in the statistics' terms."""
-        return decoder_theta(W_dec, b_dec, self.shift, self.gram.device)
-
-    def metrics(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> Metrics:
-        """The metrics of decoder ``W_dec`` [F, D] with output bias ``b_dec`` [D] on these codes."""
-        return metrics_from_sums(self.sse(W_dec, b_dec), self.moments, self.active)
 
     def merge(self, other: DecoderStats) -> DecoderStats:
         """The statistics of both token sets together (same SAE, disjoint tokens)."""
@@ -155,14 +125,13 @@ class DecoderStats(NamedTuple):
         if not torch.equal(self.shift, other.shift.to(self.shift.device)):
             raise SaegeoError("DecoderStats.merge(): statistics of SAEs with different b_dec")
         device = self.gram.device
-        return DecoderStats(
+        return self.replace(
             gram=self.gram + other.gram.to(device),
             cross=self.cross + other.cross.to(device),
             target_sq=self.target_sq + other.target_sq,
             moments=self.moments.merge(other.moments),
             active=self.active + other.active.to(self.active.device),
             n_tokens=self.n_tokens + other.n_tokens,
-            shift=self.shift,
         )
 
 
@@ -220,25 +189,18 @@ def _add_gram_(gram: torch.Tensor, acts_BF: torch.Tensor, w_B: torch.Tensor) -> 
 
 
 @torch.no_grad()
-def accumulate_stats(
-    sae: SAE,
-    acts: ActsLike,
-    *,
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
-) -> DecoderStats:
-    """One streaming pass: the statistics of the decoder least-squares problem of ``sae``.
+def accumulate_stats(sae: SAE, batches: BatchStream) -> DecoderStats:
+    """One pass over ``batches``: the statistics of the decoder least-squares problem of ``sae``.
 
-    ``acts`` is an ActivationStore, a tensor [N, D] or a path; ``progress`` as in
-    :mod:`saegeo.acts.streaming`. Memory is O(F²) for the Gram matrix (float64), on ``device``
-    (:func:`dense_bytes`); where that does not fit, :func:`saegeo.stitch.refit_cg.accumulate_codes`
-    keeps the codes instead. Beyond encoding, each batch costs one sparse × dense
-    product, O(L0·(F + D)) per token, or, when the SAE is wide enough for that to cost more
-    (see ``SPMM_RATIO``), O(L0² + L0·D) per token through the co-active pairs alone.
+    ``batches`` says which tokens, how many at a time and on which device
+    (:func:`saegeo.acts.streaming.stream`). Memory is O(F²) for the Gram matrix (float64), on
+    that device (:func:`dense_bytes`); where that does not fit,
+    :func:`saegeo.stitch.refit_cg.accumulate_codes` keeps the codes instead. Beyond encoding,
+    each batch costs one sparse × dense product, O(L0·(F + D)) per token, or, when the SAE is
+    wide enough for that to cost more (see ``SPMM_RATIO``), O(L0² + L0·D) per token through the
+    co-active pairs alone.
     """
-    sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "accumulate_stats")
+    sae, batches = batches.for_sae(sae, "accumulate_stats")
     batches = batches.replace(sharded=True)  # sums reduced over ranks below
     width = sae.width
     memory.require(
@@ -259,9 +221,7 @@ def accumulate_stats(
         raise SaegeoError(f"activations {batches.store.source}: no tokens to fit on")
     gram[:width, width] = gram[width, :width] = sums.code_sum
     gram[width, width] = sums.weight_sum
-    return DecoderStats(
-        gram, sums.cross, sums.target_sq, sums.moments, sums.active, sums.n_tokens, sums.shift_D
-    )
+    return DecoderStats.of(sums, gram=gram)
 
 
 def _add_batch_gram_(
@@ -311,15 +271,7 @@ def dense_stats(codes: refit_cg.CodeStats, *, batch_size: int = 4096) -> Decoder
     distributed.all_reduce_(gram)
     gram[:width, width] = gram[width, :width] = codes.code_sum
     gram[width, width] = codes.weight_sum
-    return DecoderStats(
-        gram,
-        codes.cross,
-        codes.target_sq,
-        codes.moments,
-        codes.active,
-        codes.n_tokens,
-        codes.shift,
-    )
+    return DecoderStats.of(codes, gram=gram)
 
 
 def solve_decoder(
@@ -432,18 +384,13 @@ def choose_solver(solver: Solver, width: int, d_in: int, device: torch.device | 
     return "cholesky" if fits and width <= DENSE_MAX_WIDTH else "cg"
 
 
-def accumulate(
-    solver: str,
-    sae: SAE,
-    acts: ActsLike,
-    **options: Any,
-) -> DecoderStats | refit_cg.CodeStats:
+def accumulate(solver: str, sae: SAE, batches: BatchStream) -> DecoderStats | refit_cg.CodeStats:
     """The statistics that ``solver`` (``cholesky`` or ``cg``) solves from: a dense Gram
     matrix (:func:`accumulate_stats`) or the codes
     (:func:`~saegeo.stitch.refit_cg.accumulate_codes`)."""
     if solver == "cg":
-        return refit_cg.accumulate_codes(sae, acts, **options)
-    return accumulate_stats(sae, acts, **options)
+        return refit_cg.accumulate_codes(sae, batches)
+    return accumulate_stats(sae, batches)
 
 
 def solve_exact(
@@ -518,10 +465,19 @@ def refit_exact(
     >>> result.after.mse <= result.before.mse + 1e-6
     True
     """
+    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    return refit_exact_batches(
+        sae, batches, ridge=ridge, solver=solver, tol=tol, max_iterations=max_iterations
+    )
+
+
+def refit_exact_batches(
+    sae: SAE, batches: BatchStream, *, ridge: float, solver: Solver, tol: float, max_iterations: int
+) -> Refit:
+    """:func:`refit_exact` on the tokens of ``batches``."""
     start = time.perf_counter()
-    options = {"batch_size": batch_size, "limit": limit, "device": device, "progress": progress}
-    method = choose_solver(solver, sae.width, sae.d_in, resolve_device(device))
-    stats = accumulate(method, sae, acts, **options)
+    method = choose_solver(solver, sae.width, sae.d_in, batches.device)
+    stats = accumulate(method, sae, batches)
     b_out = output_bias(sae)
     solved = solve_exact(
         stats,
@@ -551,21 +507,14 @@ def refit_exact(
 
 @torch.no_grad()
 def fixed_code_metrics(
-    sae: SAE,
-    decoders: list[tuple[torch.Tensor, torch.Tensor]],
-    acts: ActsLike,
-    *,
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    sae: SAE, decoders: list[tuple[torch.Tensor, torch.Tensor]], batches: BatchStream
 ) -> list[Metrics]:
     """Metrics of several decoders (W_dec [F, D], output bias [D]) on the codes of ``sae``.
 
-    One pass over ``acts``: every decoder reconstructs from the codes that ``sae`` computes,
+    One pass over ``batches``: every decoder reconstructs from the codes that ``sae`` computes,
     so this is the error a refit minimises (see the module docstring).
     """
-    sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "fixed_code_metrics")
+    sae, batches = batches.for_sae(sae, "fixed_code_metrics")
     batches = batches.replace(sharded=True)  # sums reduced over ranks below
     sse = [0.0] * len(decoders)
     moments = Moments(sae.d_in, batches.device)

@@ -47,17 +47,16 @@ import logging
 import math
 import time
 import warnings
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 
-from saegeo.acts.streaming import ActsLike, sae_stream
+from saegeo.acts.streaming import BatchStream
 from saegeo.core.finite import all_finite
 from saegeo.core.sae import SAE
-from saegeo.effects.metrics import Metrics, Moments, metrics_from_sums
 from saegeo.errors import InsufficientMemoryError, SaegeoError, ShapeError
 from saegeo.runtime import distributed, memory
-from saegeo.stitch.refit_sums import DecoderSolve, TokenSums, decoder_theta
+from saegeo.stitch.refit_sums import DecoderSolve, RefitStats, TokenSums
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +79,13 @@ BYTES_PER_CODE = 12 + 8 + 8 + 8
 SOLVE_MATRICES = 10
 
 
-class CodeStats(NamedTuple):
+@dataclass(frozen=True, eq=False)
+class CodeStats(RefitStats):
     """The decoder least-squares problem of fixed codes, with the codes kept sparse.
 
-    The same problem as :class:`saegeo.stitch.refit.DecoderStats` (targets shifted by the
-    output bias ``shift``), with the Gram matrix replaced by the codes of this rank's tokens
-    and their weights ``w`` (``G = Aᵀ diag(w) A``).
+    The sums every refit keeps (:class:`~saegeo.stitch.refit_sums.RefitStats`), with the Gram
+    matrix of :class:`saegeo.stitch.refit.DecoderStats` replaced by the codes of this rank's
+    tokens and their weights ``w`` (``G = Aᵀ diag(w) A``).
     """
 
     rows: torch.Tensor
@@ -96,28 +96,12 @@ class CodeStats(NamedTuple):
     """``a_tf`` [nnz], in the SAE's dtype (at least float32)."""
     weight: torch.Tensor
     """``w_t`` of this rank's tokens [n], float64 (1 unless the SAE normalises its input)."""
-    cross: torch.Tensor
-    """Σ_t w_t z_t y_tᵀ [F+1, D], float64, over every rank; the last row belongs to the bias."""
     code_sum: torch.Tensor
     """Σ_t w_t a_t [F], float64, over every rank (the Gram matrix's bias column)."""
     code_sq: torch.Tensor
     """Σ_t w_t a_t² [F], float64, over every rank (the Gram matrix's diagonal)."""
     weight_sum: float
     """Σ_t w_t over every rank."""
-    target_sq: float
-    """Σ_t w_t ||y_t||² over every rank."""
-    moments: Moments
-    """Mean and summed squared deviation of the inputs, over every rank."""
-    active: torch.Tensor
-    """Number of tokens on which each feature fires [F], int64, over every rank."""
-    n_tokens: int
-    """Tokens accumulated over every rank."""
-    shift: torch.Tensor
-    """The output bias [D], float64, subtracted from every target."""
-
-    @property
-    def width(self) -> int:
-        return int(self.active.shape[0])
 
     @property
     def nnz(self) -> int:
@@ -133,7 +117,7 @@ class CodeStats(NamedTuple):
         )
         col = new_col[self.cols.long()]
         keep = col >= 0
-        return self._replace(
+        return self.replace(
             rows=self.rows[keep],
             cols=col[keep],
             values=self.values[keep],
@@ -143,26 +127,17 @@ class CodeStats(NamedTuple):
             active=self.active[idx_F.to(self.active.device)],
         )
 
-    def theta(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
-        """``[W_dec; b_dec − shift]`` [F+1, D], float64: a decoder in the statistics' terms."""
-        return decoder_theta(W_dec, b_dec, self.shift, self.cross.device)
-
     def codes(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The codes ``A`` [n, F] of this rank's tokens, sparse CSR in ``dtype``."""
         return _csr(self.rows, self.cols, self.values.to(dtype), (len(self.weight), self.width))
 
     def sse(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> float:
-        """Σ_t ||x_t − x̂_t||² of decoder ``W_dec`` [F, D] with output bias ``b_dec`` [D]."""
         theta = self.theta(W_dec, b_dec)
         fitted_ND = self.codes(torch.float64) @ theta[:-1] + theta[-1]
         fitted_sq = float((self.weight * (fitted_ND**2).sum(1)).sum())
         (fitted_sq,) = distributed.all_reduce_sums(fitted_sq)
         value = self.target_sq - 2 * float((theta * self.cross).sum()) + fitted_sq
         return max(value, 0.0)
-
-    def metrics(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> Metrics:
-        """The metrics of decoder ``W_dec`` [F, D] with output bias ``b_dec`` [D] on these codes."""
-        return metrics_from_sums(self.sse(W_dec, b_dec), self.moments, self.active)
 
 
 def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, size: tuple[int, int]):
@@ -205,16 +180,8 @@ def _require_codes(sae: SAE, nnz: int, n_local: int, device: torch.device) -> No
 
 
 @torch.no_grad()
-def accumulate_codes(
-    sae: SAE,
-    acts: ActsLike,
-    *,
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
-) -> CodeStats:
-    """One streaming pass: the codes of ``sae`` on ``acts`` and the sums of the refit problem.
+def accumulate_codes(sae: SAE, batches: BatchStream) -> CodeStats:
+    """One pass over ``batches``: the codes of ``sae`` and the sums of the refit problem.
 
     Arguments as for :func:`saegeo.stitch.refit.accumulate_stats`. Memory grows with the
     non-zero codes (12 bytes each), not with the width squared; after the first batch, the
@@ -222,7 +189,7 @@ def accumulate_codes(
     (:class:`~saegeo.errors.InsufficientMemoryError` names what lowers them). Under
     ``torch.distributed`` each rank keeps the codes of its own tokens.
     """
-    sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "accumulate_codes")
+    sae, batches = batches.for_sae(sae, "accumulate_codes")
     batches = batches.replace(sharded=True)  # sums reduced over ranks below
     start, stop = distributed.shard(batches.n_tokens)
     sums = TokenSums(sae, batches.device)
@@ -252,20 +219,15 @@ def accumulate_codes(
     if sums.n_tokens == 0:
         raise SaegeoError(f"activations {batches.store.source}: no tokens to fit on")
     empty = torch.zeros(0, dtype=torch.int32, device=batches.device)
-    return CodeStats(
+    return CodeStats.of(
+        sums,
         rows=torch.cat(rows) if rows else empty,
         cols=torch.cat(cols) if cols else empty,
         values=torch.cat(values) if values else empty.float(),
         weight=torch.cat(weight) if weight else empty.double(),
-        cross=sums.cross,
         code_sum=sums.code_sum,
         code_sq=code_sq,
         weight_sum=sums.weight_sum,
-        target_sq=sums.target_sq,
-        moments=sums.moments,
-        active=sums.active,
-        n_tokens=sums.n_tokens,
-        shift=sums.shift_D,
     )
 
 
@@ -306,10 +268,10 @@ def solve_decoder_cg(
     W_dec: torch.Tensor,
     b_dec: torch.Tensor,
     *,
-    ridge: float = 1e-6,
-    fit_bias: bool = True,
-    tol: float = TOL,
-    max_iterations: int = MAX_ITERATIONS,
+    ridge: float,
+    fit_bias: bool,
+    tol: float,
+    max_iterations: int,
     start: torch.Tensor | None = None,
 ) -> DecoderSolve:
     """The MSE-optimal decoder [F, D] and bias [D] for the codes behind ``stats``, by
@@ -319,16 +281,20 @@ def solve_decoder_cg(
     towards ``W_dec``; features that never fire keep their rows; ``fit_bias=False`` keeps
     ``b_dec``). ``start`` [F, D] is the first iterate (default ``W_dec``), e.g. a solution of
     a nearby problem. Stops when the estimated excess squared error is at most ``tol`` of the
-    squared error, or after ``max_iterations``.
+    squared error, or after ``max_iterations``. :func:`saegeo.stitch.refit.solve_exact` calls
+    it with the refit's defaults (:data:`TOL`, :data:`MAX_ITERATIONS`).
 
     Examples
     --------
     >>> import torch
     >>> from saegeo.core.sae import SAE
     >>> sae = SAE.from_decoder(torch.eye(4)).to(dtype=torch.float32)
+    >>> from saegeo.acts.streaming import stream
     >>> x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
-    >>> stats = accumulate_codes(sae, x, device="cpu", progress=False)
-    >>> solved = solve_decoder_cg(stats, sae.W_dec, sae.b_dec, fit_bias=False)
+    >>> stats = accumulate_codes(sae, stream(x, device="cpu", progress=False))
+    >>> solved = solve_decoder_cg(
+    ...     stats, sae.W_dec, sae.b_dec, ridge=0.0, fit_bias=False, tol=TOL, max_iterations=100
+    ... )
     >>> solved.method, solved.residual < 1e-6
     ('cg', True)
     """

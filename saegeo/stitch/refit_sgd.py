@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from saegeo.acts.streaming import ActsLike, progress_bar, sae_stream
+from saegeo.acts.streaming import ActsLike, BatchStream, progress_bar, stream
 from saegeo.core.grad_mode import with_gradients
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
@@ -63,8 +63,37 @@ def refit_sgd(
     result's metrics come from one more pass over the fitting tokens. ``progress`` as in
     :mod:`saegeo.acts.streaming`.
     """
-    sae, batches = sae_stream(sae, acts, batch_size, limit, device, False, "refit_sgd")
-    torch_device = batches.device
+    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    return refit_sgd_batches(
+        sae,
+        batches,
+        tokens=tokens,
+        lr=lr,
+        checkpoint=checkpoint,
+        decay_fraction=decay_fraction,
+        checkpoint_every=checkpoint_every,
+        max_seconds=max_seconds,
+        callback=callback,
+    )
+
+
+@with_gradients
+def refit_sgd_batches(
+    sae: SAE,
+    batches: BatchStream,
+    *,
+    tokens: int | None,
+    lr: float,
+    checkpoint: str | os.PathLike[str] | None,
+    decay_fraction: float = 0.2,
+    checkpoint_every: int = 100,
+    max_seconds: float | None = None,
+    callback: Callable[[int, float], None] | None = None,
+) -> Refit:
+    """:func:`refit_sgd` on the tokens of ``batches``, cycled through in batches of theirs (its
+    progress bar counts steps)."""
+    progress, batch_size = batches.progress, batches.batch_size
+    sae, batches = batches.replace(progress=False).for_sae(sae, "refit_sgd")
     n_data = batches.n_tokens
     if n_data == 0:
         raise SaegeoError(f"activations {batches.store.source}: no tokens to fit on")
@@ -139,15 +168,8 @@ def refit_sgd(
     finally:
         bar.close()
     W_new, b_new = W_dec.detach().to(sae.dtype), b_out.detach().to(sae.dtype)
-    before, after = fixed_code_metrics(
-        sae,
-        [(sae.W_dec, output_bias(sae)), (W_new, b_new)],
-        batches.store,
-        batch_size=batch_size,
-        limit=n_data,
-        device=torch_device,
-        progress=progress,
-    )
+    decoders = [(sae.W_dec, output_bias(sae)), (W_new, b_new)]
+    before, after = fixed_code_metrics(sae, decoders, batches.replace(progress=progress))
     return Refit(
         with_decoder(sae, W_new, b_new),
         before,

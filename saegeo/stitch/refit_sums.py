@@ -6,19 +6,22 @@ decoder ``Θ = [W_dec; b − shift]`` needs, besides the codes' Gram matrix, the
 :class:`TokenSums` keeps: ``Σ w a yᵀ`` and ``Σ w yᵀ`` (the cross terms), ``Σ w ||y||²``,
 ``Σ w``, how often each feature fires, and the inputs' moments for the FVU. The dense refit
 (:mod:`saegeo.stitch.refit`) adds the Gram matrix itself; the conjugate-gradient refit
-(:mod:`saegeo.stitch.refit_cg`) keeps the codes instead.
+(:mod:`saegeo.stitch.refit_cg`) keeps the codes instead: both are :class:`RefitStats`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from typing import Any, NamedTuple
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 
 from saegeo.core import normalization
 from saegeo.core.sae import SAE
-from saegeo.effects.metrics import Moments
+from saegeo.effects.metrics import Metrics, Moments, metrics_from_sums
 from saegeo.runtime import distributed
 
 
@@ -81,6 +84,64 @@ def sparse_codes_FB(
         )
 
 
+Stats = TypeVar("Stats", bound="RefitStats")
+
+
+@dataclass(frozen=True, eq=False)
+class RefitStats(ABC):
+    """The sums of a fixed-code decoder least-squares problem that every solver keeps.
+
+    With ``z = [a, 1]`` the codes of a token and ``y``, ``w`` its target and weight
+    (:func:`decode_target`), the weighted squared error of a decoder ``Θ = [W_dec; b]`` is
+    ``target_sq − 2⟨Θ', cross⟩ + ⟨Θ', G Θ'⟩`` with ``G = Σ_t w_t z_t z_tᵀ`` and
+    ``Θ' = [W_dec; b − shift]`` (:meth:`theta`): targets are accumulated as ``y − shift``, the
+    SAE's own output bias, so that a large mean of the activations does not cancel the squared
+    error away. :class:`~saegeo.stitch.refit.DecoderStats` keeps ``G`` itself,
+    :class:`~saegeo.stitch.refit_cg.CodeStats` the codes that make it up.
+    """
+
+    cross: torch.Tensor
+    """Σ_t w_t z_t (y_t − shift)ᵀ [F+1, D], float64, over every rank; the last row belongs to
+    the bias."""
+    target_sq: float
+    """Σ_t w_t ||y_t − shift||² over every rank."""
+    moments: Moments
+    """Mean and summed squared deviation of the inputs x_t, in the input space (for the
+    FVU's denominator), over every rank."""
+    active: torch.Tensor
+    """Number of tokens on which each feature fires [F], int64, over every rank."""
+    n_tokens: int
+    """Tokens accumulated over every rank."""
+    shift: torch.Tensor
+    """The output bias [D], float64, subtracted from every target before accumulating."""
+
+    @classmethod
+    def of(cls: type[Stats], sums: RefitStats | TokenSums, **own: Any) -> Stats:
+        """These statistics with the shared sums of ``sums`` and their own fields ``own``."""
+        shared = {field.name: getattr(sums, field.name) for field in dataclasses.fields(RefitStats)}
+        return cls(**shared, **own)
+
+    @property
+    def width(self) -> int:
+        return int(self.active.shape[0])
+
+    def replace(self: Stats, **changes: Any) -> Stats:
+        """The same statistics with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def theta(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
+        """``[W_dec; b_dec − shift]`` [F+1, D], float64: a decoder in the statistics' terms."""
+        return decoder_theta(W_dec, b_dec, self.shift, self.cross.device)
+
+    @abstractmethod
+    def sse(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> float:
+        """Σ_t ||x_t − x̂_t||² of decoder ``W_dec`` [F, D] with output bias ``b_dec`` [D]."""
+
+    def metrics(self, W_dec: torch.Tensor, b_dec: torch.Tensor) -> Metrics:
+        """The metrics of decoder ``W_dec`` [F, D] with output bias ``b_dec`` [D] on these codes."""
+        return metrics_from_sums(self.sse(W_dec, b_dec), self.moments, self.active)
+
+
 class TokenSums:
     """The token sums of one refit, accumulated batch by batch (see the module docstring).
 
@@ -91,7 +152,7 @@ class TokenSums:
     def __init__(self, sae: SAE, device: torch.device) -> None:
         f64: dict[str, Any] = {"dtype": torch.float64, "device": device}
         self.width, self.d_in = sae.width, sae.d_in
-        self.shift_D = output_bias(sae).to(**f64)
+        self.shift = output_bias(sae).to(**f64)
         """The output bias [D], subtracted from every target."""
         self.cross = torch.zeros(sae.width + 1, sae.d_in, **f64)
         self.target_sq = 0.0
@@ -111,7 +172,7 @@ class TokenSums:
         (float64) and the (row, column) indices of its non-zero codes, for the Gram matrix.
         """
         y_BD, w_B = decode_target(sae, x_BD)
-        y_BD = y_BD.to(torch.float64) - self.shift_D
+        y_BD = y_BD.to(torch.float64) - self.shift
         w_B = w_B.to(torch.float64)
         rows, cols = acts_BF.nonzero(as_tuple=True)
         weighted = acts_BF[rows, cols].to(torch.float64) * w_B[rows]

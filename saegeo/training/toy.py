@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal, NamedTuple, get_args
 
 import networkx as nx
@@ -292,6 +292,11 @@ class ToyModel:
         return (self.directions @ unit_FD.T).max(dim=1).values
 
 
+# The fields of ToyConfig that shape the regular forest; the others are the keyword arguments
+# of ToyModel.from_parents, passed on as they are.
+FOREST_FIELDS = ("n_roots", "branching", "depth", "root_prob", "child_prob")
+
+
 def make_toy_model(config: ToyConfig | None = None) -> ToyModel:
     """A toy model whose hierarchy is the regular forest described by ``config``."""
     config = config or ToyConfig()
@@ -306,17 +311,8 @@ def make_toy_model(config: ToyConfig | None = None) -> ToyModel:
                 parent.append(p)
                 prob.append(config.child_prob)
         level = next_level
-    return ToyModel.from_parents(
-        parent,
-        prob,
-        d=config.d,
-        exclusive=config.exclusive,
-        magnitude_mean=config.magnitude_mean,
-        magnitude_std=config.magnitude_std,
-        noise_std=config.noise_std,
-        directions=config.directions,
-        seed=config.seed,
-    )
+    options = {name: value for name, value in asdict(config).items() if name not in FOREST_FIELDS}
+    return ToyModel.from_parents(parent, prob, **options)
 
 
 def _per_feature(value: float | Sequence[float] | torch.Tensor, n: int, name: str) -> torch.Tensor:

@@ -60,6 +60,19 @@ def test_d_in_mismatch_names_the_source_the_sae_and_the_caller(tmp_path):
     assert checked_store(torch.zeros(2, 6), 6).d_in == 6
 
 
+def test_a_stream_for_an_sae_reads_in_its_dtype_and_checks_its_d_in():
+    x = torch.randn(9, 4)
+    batches = stream(x, batch_size=4, limit=7, device="cpu", progress=False)
+    sae = SAE.from_decoder(torch.eye(4)).to(dtype=torch.float64).replace(metadata={"name": "s"})
+    moved, for_sae = batches.for_sae(sae, "evaluate")
+    assert moved.device == batches.device and for_sae.desc == "evaluate s"
+    assert (for_sae.batch_size, for_sae.limit, for_sae.progress) == (4, 7, False)
+    torch.testing.assert_close(torch.cat(list(for_sae)), x[:7].double())
+    narrow = SAE.from_decoder(torch.eye(3)).replace(metadata={"name": "narrow"})
+    with pytest.raises(ShapeError, match=r"^evaluate\(\): .*narrow expects d_in=3"):
+        batches.for_sae(narrow, "evaluate")
+
+
 class _Terminal:
     def write(self, text: str) -> int:
         return len(text)

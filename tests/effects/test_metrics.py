@@ -134,6 +134,7 @@ def _large_mean_family(mean: float = 1e4) -> tuple[list[SAE], torch.Tensor]:
 
 
 def test_every_fvu_agrees_with_float64_numpy_on_a_large_mean() -> None:
+    from saegeo.acts.streaming import stream
     from saegeo.stitch.interpolation import interpolation_path
     from saegeo.stitch.refit import accumulate_stats, output_bias
 
@@ -151,7 +152,7 @@ def test_every_fvu_agrees_with_float64_numpy_on_a_large_mean() -> None:
         assert 1e-3 < sse64 / m2 < 0.9
         evaluated = evaluate(sae, x, batch_size=300, device="cpu")
         assert evaluated.fvu == pytest.approx(sse32 / m2, rel=1e-6)
-        stats = accumulate_stats(sae, x, batch_size=300, device="cpu", progress=False)
+        stats = accumulate_stats(sae, stream(x, batch_size=300, device="cpu", progress=False))
         assert stats.moments.m2 == pytest.approx(m2, rel=1e-9)
         refit_fvu = stats.metrics(sae.W_dec, output_bias(sae)).fvu
         assert refit_fvu == pytest.approx(sse64 / m2, rel=1e-6)

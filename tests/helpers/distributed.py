@@ -101,6 +101,7 @@ def statistics() -> dict[str, Any]:
     import saegeo as sg
     from helpers.sae import random_sae
     from saegeo.acts.codes import encode_codes
+    from saegeo.acts.streaming import stream
     from saegeo.effects.delta import delta_mse, swap_deltas
     from saegeo.effects.metrics import evaluate
     from saegeo.geometry.masked_cosine import masked_cosine
@@ -117,7 +118,7 @@ def statistics() -> dict[str, Any]:
     out: dict[str, Any] = {}
     m = evaluate(large, x_BD, **opts)
     out["metrics"] = (m.mse, m.fvu, m.l0, m.dead_fraction, m.n_tokens, m.freq.numpy())
-    stats = accumulate_stats(large, x_BD, **opts)
+    stats = accumulate_stats(large, stream(x_BD, **opts))
     out["stats"] = (
         stats.gram.numpy(),
         stats.cross.numpy(),
@@ -129,7 +130,7 @@ def statistics() -> dict[str, Any]:
     )
     fit = refit_exact(large, x_BD, **opts)
     out["refit"] = (fit.sae.W_dec.numpy(), fit.sae.b_dec.numpy(), fit.after.mse, fit.before.fvu)
-    fixed = fixed_code_metrics(large, [(large.W_dec, large.b_dec)], x_BD, **opts)
+    fixed = fixed_code_metrics(large, [(large.W_dec, large.b_dec)], stream(x_BD, **opts))
     out["fixed"] = (fixed[0].mse, fixed[0].fvu, fixed[0].l0)
     out["delta"] = delta_mse(small, large, x_BD, **opts).to_numpy()
     out["delta_pursuit"] = delta_mse(mp_small, mp_large, x_BD, **opts).to_numpy()

@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers.refit import D, F, N, acts, random_sae
 
+from saegeo.acts.streaming import stream
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import evaluate
 from saegeo.errors import SaegeoError
@@ -35,7 +36,7 @@ def test_stats_match_dense_reference(monkeypatch, normalize, route):
     monkeypatch.setattr(refit_module, "SPMM_RATIO", 10**9 if route == "spmm" else 0)
     monkeypatch.setattr(refit_module, "PAIR_BUDGET", 300)  # many padded chunks
     sae, x = random_sae(normalize_activations=normalize), acts()
-    stats = accumulate_stats(sae, x, batch_size=64, device="cpu", progress=False)
+    stats = accumulate_stats(sae, stream(x, batch_size=64, device="cpu", progress=False))
     z, y, w = design(sae, x)
     torch.testing.assert_close(stats.gram, z.T @ (w[:, None] * z), rtol=1e-7, atol=1e-7)
     # Targets are accumulated relative to the SAE's output bias.
@@ -55,7 +56,7 @@ def test_stats_match_dense_reference(monkeypatch, normalize, route):
 
 def test_exact_solve_matches_lstsq():
     sae, x = random_sae(), acts()
-    stats = accumulate_stats(sae, x, device="cpu", progress=False)
+    stats = accumulate_stats(sae, stream(x, device="cpu", progress=False))
     W_dec, b_dec, method = solve_decoder(stats, sae.W_dec, sae.b_dec, ridge=0.0)
     z, y, _ = design(sae, x)
     expected = torch.linalg.lstsq(z, y).solution
@@ -70,7 +71,7 @@ def test_exact_solve_matches_lstsq():
 
 def test_fixed_bias_solve_matches_lstsq():
     sae, x = random_sae(), acts()
-    stats = accumulate_stats(sae, x, device="cpu", progress=False)
+    stats = accumulate_stats(sae, stream(x, device="cpu", progress=False))
     W_dec, b_dec, _ = solve_decoder(stats, sae.W_dec, sae.b_dec, ridge=0.0, fit_bias=False)
     z, y, _ = design(sae, x)
     expected = torch.linalg.lstsq(z[:, :F], y - sae.b_dec.double()).solution
@@ -85,7 +86,7 @@ def test_singular_system_falls_back_to_lstsq():
         b_enc=torch.zeros(F),
         threshold=torch.zeros(F),
     )  # identical codes: a singular Gram matrix
-    stats = accumulate_stats(sae, acts(), device="cpu", progress=False)
+    stats = accumulate_stats(sae, stream(acts(), device="cpu", progress=False))
     W_dec, b_dec, method = solve_decoder(stats, sae.W_dec, sae.b_dec, ridge=0.0)
     assert method == "lstsq"
     assert torch.isfinite(W_dec).all() and torch.isfinite(b_dec).all()
@@ -154,7 +155,7 @@ def test_matching_pursuit_refit_is_one_mod_step():
     assert result.after.mse <= result.before.mse
     # With the old codes rescaled by the row norms, the new dictionary reconstructs as
     # the fixed-code solution does.
-    stats = accumulate_stats(sae, x, device="cpu", progress=False)
+    stats = accumulate_stats(sae, stream(x, device="cpu", progress=False))
     W_dec, b_dec, _ = solve_decoder(stats, sae.W_dec, sae.b_dec, fit_bias=False)
     assert result.after.mse == pytest.approx(stats.metrics(W_dec, b_dec).mse)
 
@@ -176,9 +177,9 @@ def test_gpu_refit_matches_cpu():
 
 def test_stats_of_two_shards_merge_into_the_stats_of_both():
     sae, x = random_sae(), acts() + 1e3
-    whole = accumulate_stats(sae, x, device="cpu", progress=False)
-    first = accumulate_stats(sae, x[:150], device="cpu", progress=False)
-    second = accumulate_stats(sae, x[150:], device="cpu", progress=False)
+    whole = accumulate_stats(sae, stream(x, device="cpu", progress=False))
+    first = accumulate_stats(sae, stream(x[:150], device="cpu", progress=False))
+    second = accumulate_stats(sae, stream(x[150:], device="cpu", progress=False))
     merged = first.merge(second)
     assert merged.n_tokens == whole.n_tokens and torch.equal(merged.active, whole.active)
     torch.testing.assert_close(merged.gram, whole.gram)
@@ -195,4 +196,4 @@ def test_stats_of_two_shards_merge_into_the_stats_of_both():
         first.select(idx).merge(second.select(idx)).cross, whole.select(idx).cross
     )
     with pytest.raises(SaegeoError, match="b_dec"):
-        first.merge(accumulate_stats(random_sae(), x[:10], device="cpu", progress=False))
+        first.merge(accumulate_stats(random_sae(), stream(x[:10], device="cpu", progress=False)))

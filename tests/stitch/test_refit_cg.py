@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers.sae import random_sae
 
+from saegeo.acts.streaming import stream
 from saegeo.errors import InsufficientMemoryError, SaegeoError
 from saegeo.stitch import refit as refit_module
 from saegeo.stitch import refit_cg
@@ -22,7 +23,7 @@ from saegeo.stitch.refit import (
     refit_exact,
     solve_exact,
 )
-from saegeo.stitch.refit_cg import accumulate_codes, solve_decoder_cg
+from saegeo.stitch.refit_cg import accumulate_codes
 
 CPU = {"device": "cpu", "progress": False}
 
@@ -42,8 +43,8 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_code_sums_equal_the_dense_statistics(norm):
     sae = random_sae(40, "jumprelu", seed=3, norm=norm)
     x_BD = torch.randn(300, sae.d_in, generator=torch.Generator().manual_seed(1)) + 0.5
-    dense = accumulate_stats(sae, x_BD, batch_size=64, **CPU)
-    codes = accumulate_codes(sae, x_BD, batch_size=64, **CPU)
+    dense = accumulate_stats(sae, stream(x_BD, batch_size=64, **CPU))
+    codes = accumulate_codes(sae, stream(x_BD, batch_size=64, **CPU))
     width = sae.width
     torch.testing.assert_close(codes.cross, dense.cross, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(codes.code_sum, dense.gram[:width, width], rtol=1e-9, atol=1e-12)
@@ -65,11 +66,11 @@ def test_code_sums_equal_the_dense_statistics(norm):
 @pytest.mark.parametrize("ridge", [1e-6, 0.0])
 def test_cg_solve_equals_the_dense_solve(fit_bias, ridge):
     sae, x_BD = _family_and_acts()
-    dense = accumulate_stats(sae, x_BD, **CPU)
-    codes = accumulate_codes(sae, x_BD, **CPU)
+    dense = accumulate_stats(sae, stream(x_BD, **CPU))
+    codes = accumulate_codes(sae, stream(x_BD, **CPU))
     b_out = output_bias(sae)
     want = solve_exact(dense, sae.W_dec, b_out, ridge=ridge, fit_bias=fit_bias)
-    got = solve_decoder_cg(codes, sae.W_dec, b_out, ridge=ridge, fit_bias=fit_bias)
+    got = solve_exact(codes, sae.W_dec, b_out, ridge=ridge, fit_bias=fit_bias)
     assert want.method == "cholesky" and got.method == "cg"
     assert 0 < got.iterations < 200 and got.residual < 1e-3
     mse_want = dense.metrics(want.W_dec, want.b_dec).mse
@@ -84,16 +85,16 @@ def test_cg_solve_equals_the_dense_solve(fit_bias, ridge):
 
 def test_dead_features_keep_their_rows_and_a_selection_solves_alike():
     sae, x_BD = _family_and_acts()
-    dense = accumulate_stats(sae, x_BD, **CPU)
-    codes = accumulate_codes(sae, x_BD, **CPU)
+    dense = accumulate_stats(sae, stream(x_BD, **CPU))
+    codes = accumulate_codes(sae, stream(x_BD, **CPU))
     idx = torch.arange(0, sae.width, 3)
     dense_sub, codes_sub = dense.select(idx), codes.select(idx)
     W_dec, b_out = sae.W_dec[idx], output_bias(sae)
     for name in ("cross", "active"):
         torch.testing.assert_close(getattr(codes_sub, name), getattr(dense_sub, name))
     W_dec = W_dec.clone()
-    codes_sub = codes_sub._replace(active=codes_sub.active.clone())
-    dense_sub = dense_sub._replace(active=dense_sub.active.clone())
+    codes_sub = codes_sub.replace(active=codes_sub.active.clone())
+    dense_sub = dense_sub.replace(active=dense_sub.active.clone())
     codes_sub.active[0] = dense_sub.active[0] = 0  # as if feature 0 never fired
     want = solve_exact(dense_sub, W_dec, b_out)
     got = solve_exact(codes_sub, W_dec, b_out)
@@ -103,31 +104,31 @@ def test_dead_features_keep_their_rows_and_a_selection_solves_alike():
 
 def test_stopping_rule_tolerance_and_cap():
     sae, x_BD = _family_and_acts()
-    dense = accumulate_stats(sae, x_BD, **CPU)
-    codes = accumulate_codes(sae, x_BD, **CPU)
+    dense = accumulate_stats(sae, stream(x_BD, **CPU))
+    codes = accumulate_codes(sae, stream(x_BD, **CPU))
     b_out = output_bias(sae)
     best = dense.sse(*solve_exact(dense, sae.W_dec, b_out)[:2])
     excess = []
     for tol in (1e-3, 1e-6, 1e-10):
-        solved = solve_decoder_cg(codes, sae.W_dec, b_out, tol=tol)
+        solved = solve_exact(codes, sae.W_dec, b_out, tol=tol)
         excess.append(dense.sse(solved.W_dec, solved.b_dec) / best - 1)
         # The rule bounds the excess of the iterate returned (a lower-bound estimate, so
         # allow a factor).
         assert excess[-1] <= 10 * tol + 1e-9
     assert excess[0] > excess[2]
     with pytest.warns(UserWarning, match="max_iterations=2"):
-        capped = solve_decoder_cg(codes, sae.W_dec, b_out, max_iterations=2)
+        capped = solve_exact(codes, sae.W_dec, b_out, max_iterations=2)
     assert capped.iterations == 2
     with pytest.raises(SaegeoError, match="tol"):
-        solve_decoder_cg(codes, sae.W_dec, b_out, tol=0.0)
+        solve_exact(codes, sae.W_dec, b_out, tol=0.0)
 
 
 def test_a_warm_start_converges_to_the_same_decoder_in_fewer_iterations():
     sae, x_BD = _family_and_acts()
-    codes = accumulate_codes(sae, x_BD, **CPU)
+    codes = accumulate_codes(sae, stream(x_BD, **CPU))
     b_out = output_bias(sae)
-    cold = solve_decoder_cg(codes, sae.W_dec, b_out)
-    warm = solve_decoder_cg(codes, sae.W_dec, b_out, start=cold.W_dec)
+    cold = solve_exact(codes, sae.W_dec, b_out)
+    warm = solve_exact(codes, sae.W_dec, b_out, start=cold.W_dec)
     assert warm.iterations < cold.iterations
     assert _relative(warm.W_dec, cold.W_dec) < 1e-3
 
@@ -160,14 +161,14 @@ def test_allocations_that_would_not_fit_are_refused_before_they_are_made(monkeyp
     sae, x_BD = _family_and_acts()
     monkeypatch.setattr(refit_module.memory, "available_memory", lambda device: 10**5)
     with pytest.raises(InsufficientMemoryError, match=r"dense Gram .* solver='cg' or upto"):
-        accumulate_stats(sae, x_BD, **CPU)
+        accumulate_stats(sae, stream(x_BD, **CPU))
     with pytest.raises(InsufficientMemoryError, match=r"needs about .* lower it with limit") as e:
-        accumulate_codes(sae, x_BD, batch_size=100, **CPU)
+        accumulate_codes(sae, stream(x_BD, batch_size=100, **CPU))
     assert e.value.needed > 10**5 and e.value.available == 10**5
     assert "--limit or --upto" in e.value.message(flags=True)
     # What the check projects from the first batch covers what the pass keeps.
     monkeypatch.undo()
-    codes = accumulate_codes(sae, x_BD, **CPU)
+    codes = accumulate_codes(sae, stream(x_BD, **CPU))
     assert refit_cg.solve_bytes(sae.width, sae.d_in, codes.nnz, len(x_BD)) > 12 * codes.nnz
 
 
@@ -195,8 +196,8 @@ def test_the_dense_statistics_of_kept_codes_equal_the_accumulated_ones():
 
     sae = random_sae(40, "jumprelu", seed=3, norm="layer_norm")
     x_BD = torch.randn(300, sae.d_in, generator=torch.Generator().manual_seed(1)) + 0.5
-    want = accumulate_stats(sae, x_BD, batch_size=64, **CPU)
-    got = dense_stats(accumulate_codes(sae, x_BD, batch_size=64, **CPU), batch_size=70)
+    want = accumulate_stats(sae, stream(x_BD, batch_size=64, **CPU))
+    got = dense_stats(accumulate_codes(sae, stream(x_BD, batch_size=64, **CPU)), batch_size=70)
     torch.testing.assert_close(got.gram, want.gram, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(got.cross, want.cross)
     assert got.target_sq == want.target_sq and got.n_tokens == want.n_tokens
