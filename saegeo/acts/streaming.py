@@ -135,17 +135,6 @@ class BatchStream:
         batches = self.replace(store=store, dtype=sae.dtype, desc=f"{what} {sae.name}")
         return sae.to(self.device), batches
 
-    def reading(self, **changes: Any) -> dict[str, Any]:
-        """``batch_size``, ``limit``, ``device`` and ``progress`` as keywords (``changes``
-        replace some), so that a function that takes them reads the same tokens."""
-        options = {
-            "batch_size": self.batch_size,
-            "limit": self.limit,
-            "device": self.device,
-            "progress": self.progress,
-        }
-        return {**options, **changes}
-
     @property
     def n_tokens(self) -> int:
         """Tokens one pass yields: ``min(limit, store.n_tokens)``."""

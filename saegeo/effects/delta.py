@@ -48,7 +48,7 @@ from saegeo.acts.streaming import ActsLike, BatchStream, progress_bar, stream
 from saegeo.core.pursuit_rules import StopRules, pursue
 from saegeo.core.sae import SAE
 from saegeo.effects.hybrid import TopkMode, hybrid, output_scale, prepare_pair, rebase
-from saegeo.effects.metrics import evaluate
+from saegeo.effects.metrics import evaluate_batches
 from saegeo.errors import SaegeoError
 from saegeo.runtime import distributed
 
@@ -390,13 +390,13 @@ def pair_swap_deltas(
         sq_error_G, l0_G, n_tokens = _swap_closed_form(small, large, batches, gs, gl)
         mse_G, l0_G = mean_over_ranks("swap_deltas", batches, n_tokens, sq_error_G, l0_G)
         return pd.DataFrame({"delta_mse": mse_G, "delta_l0": l0_G}, index=index)
-    store, options = batches.store, batches.reading(progress=False)
-    base = evaluate(small, store, **options)
+    quiet = batches.replace(progress=False)
+    base = evaluate_batches(small, quiet)
     rows = []
     with progress_bar(len(gs), "swap groups", batches.progress) as bar:
         for members_small, members_large in zip(gs, gl, strict=True):
-            swapped = evaluate(
-                hybrid(small, large, add=members_large, remove=members_small), store, **options
+            swapped = evaluate_batches(
+                hybrid(small, large, add=members_large, remove=members_small), quiet
             )
             rows.append((swapped.mse - base.mse, swapped.l0 - base.l0))
             bar.update(1)
@@ -442,7 +442,7 @@ def pair_cumulative_mse(pair: PreparedPair, order: Sequence[int], *, points: int
     with progress_bar(len(counts), "cumulative mse", batches.progress) as bar:
         for n in counts:
             sae = hybrid(small, large, add=order_arr[:n]) if n else small
-            metrics = evaluate(sae, batches.store, **batches.reading(progress=False))
+            metrics = evaluate_batches(sae, batches.replace(progress=False))
             rows.append((int(n), metrics.mse, metrics.l0))
             bar.update(1)
     return pd.DataFrame(rows, columns=["n_added", "mse", "l0"])

@@ -183,15 +183,19 @@ def feature_dag(
 
     Examples
     --------
+    A feature of the narrowest SAE that splits in two, one half of which splits again
+    (the widest SAE's last two features are unrelated to the others):
+
     >>> import torch
     >>> from saegeo.core.sae import SAE
-    >>> small = SAE.from_decoder(torch.eye(3)[:2])
-    >>> large = SAE.from_decoder(torch.tensor([[1.0, 0.1, 0], [1.0, -0.1, 0], [0, 0, 1.0]]))
-    >>> G = feature_dag([small, large])
-    >>> sorted(G.edges)
-    [((0, 0), (1, 0)), ((0, 0), (1, 1))]
-    >>> G.graph["metric"], G.graph["threshold"], [lv["width"] for lv in G.graph["levels"]]
-    ('decoder_cosine', 0.7, [2, 3])
+    >>> levels = [
+    ...     [[1.0, 0, 0]],
+    ...     [[1.0, 0.3, 0], [1.0, -0.3, 0]],
+    ...     [[1.0, 0.6, 0.2], [1.0, 0.6, -0.2], [0, 0, 1.0], [0, 1.0, 0]],
+    ... ]
+    >>> G = feature_dag([SAE.from_decoder(torch.tensor(rows)) for rows in levels])
+    >>> [(u, v, round(G.edges[u, v]["score"], 2)) for u, v in sorted(G.edges)]
+    [((0, 0), (1, 0), 0.96), ((0, 0), (1, 1), 0.96), ((1, 0), (2, 0), 0.96), ((1, 0), (2, 1), 0.96)]
     """
     fam = as_family(family)
     if metric not in get_args(Metric):
