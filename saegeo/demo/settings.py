@@ -15,9 +15,18 @@ DEFAULT_ROOT = Path("reports/demo")
 
 
 SHIPPED_FAMILY = Path(__file__).resolve().parents[1] / "data" / "demo_family"
-"""The family shipped with saegeo: SAELens directories stored in float16, with ``family.json``
-(the harvest and training settings, the held-out tokens), ``metrics.csv`` and
+"""The BatchTopK family shipped with saegeo, the one the demo analyses: SAELens directories
+stored in float16, with ``family.json`` (the harvest and training settings, the held-out
+tokens), ``metrics.csv`` (held-out metrics and degenerate-latent shares of each member) and
 ``seed_stability.json``; ``analyses/demo_family.py`` makes it from scratch."""
+
+SHIPPED_RELU_FAMILY = Path(__file__).resolve().parents[1] / "data" / "relu_family"
+"""The ReLU + L1 family shipped beside it, with the architecture of the GPT-2 family of
+"Stitching SAEs of different sizes" (the L1 coefficient held fixed): same site, activations,
+widths and training tokens, the same files; ``analyses/demo_family.py --arch relu`` makes it."""
+
+SHIPPED_FAMILIES = {"BatchTopK": SHIPPED_FAMILY, "ReLU + L1": SHIPPED_RELU_FAMILY}
+"""Every shipped family by the name the report gives its architecture, the demo's first."""
 
 
 @dataclass(frozen=True)
@@ -69,9 +78,10 @@ class DemoSettings:
         }
 
 
-def shipped_record() -> dict[str, Any]:
-    """The shipped family's ``family.json``: its members, harvest and training settings."""
-    return json.loads((SHIPPED_FAMILY / "family.json").read_text())
+def shipped_record(family_dir: Path = SHIPPED_FAMILY) -> dict[str, Any]:
+    """A shipped family's ``family.json`` (the demo's by default): its members, harvest and
+    training settings."""
+    return json.loads((family_dir / "family.json").read_text())
 
 
 def check_shipped_site(settings: DemoSettings) -> None:

@@ -13,6 +13,7 @@ from saegeo.demo.settings import (
     NOVELTY_POINTS,
     NOVELTY_TOKENS,
     SHIPPED_FAMILY,
+    SHIPPED_RELU_FAMILY,
     STITCH_TOKENS,
     TRAIN_SETTINGS,
     TREE_COUNT,
@@ -45,28 +46,31 @@ def stage_keys(settings: DemoSettings, n_eval: int | None = None) -> dict[str, s
     """The key of every demo stage under ``settings``.
 
     ``acts`` and ``family`` always; the report's sections (``family_table``, ``novelty``,
-    ``trees``, ``frankenstein``) too when ``n_eval`` (the held-out tokens) is given.
+    ``trees``, ``frankenstein`` and, for the shipped family, ``architectures``) too when
+    ``n_eval`` (the held-out tokens) is given.
     """
     values = settings.as_dict()
     acts = stage_key({k: values[k] for k in HARVEST_SETTINGS})
     if settings.retrain:
         family = stage_key({k: values[k] for k in TRAIN_SETTINGS}, acts)
     else:  # a new shipped family is a new family
-        shipped = hashlib.sha256((SHIPPED_FAMILY / "family.json").read_bytes()).hexdigest()
-        family = stage_key({"shipped": shipped})
+        family = _shipped_key(SHIPPED_FAMILY)
     keys = {"acts": acts, "family": family}
     if n_eval is not None:
         keys["family_table"] = stage_key({}, family)
-        keys["novelty"] = stage_key(
-            {
-                "n_eval": n_eval,
-                "sample": NOVELTY_TOKENS,
-                "points": NOVELTY_POINTS,
-                "scores": ["delta_mse", "explained", "residual"],
-            },
-            acts,
-            family,
-        )
+        novelty = {
+            "n_eval": n_eval,
+            "sample": NOVELTY_TOKENS,
+            "points": NOVELTY_POINTS,
+            "scores": ["delta_mse", "explained", "residual"],
+        }
+        keys["novelty"] = stage_key(novelty, acts, family)
+        if not settings.retrain:
+            keys["architectures"] = stage_key(
+                novelty | {"points": 0, "gain": "least squares"},
+                acts,
+                _shipped_key(SHIPPED_RELU_FAMILY),
+            )
         keys["trees"] = stage_key(
             {
                 "rank_by": "split",
@@ -81,6 +85,13 @@ def stage_keys(settings: DemoSettings, n_eval: int | None = None) -> dict[str, s
         )
         keys["frankenstein"] = stage_key({"n_eval": n_eval, "fit": STITCH_TOKENS}, acts, family)
     return keys
+
+
+def _shipped_key(family_dir: Path) -> str:
+    """The key of a shipped family: its ``family.json`` changes whenever it is remade."""
+    return stage_key(
+        {"shipped": hashlib.sha256((family_dir / "family.json").read_bytes()).hexdigest()}
+    )
 
 
 class Stages:

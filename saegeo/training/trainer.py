@@ -115,7 +115,8 @@ class TrainReport(NamedTuple):
     metrics: Metrics | None
     """Held-out metrics (MSE, FVU, L0, dead fraction); None when ``eval_tokens`` is 0."""
     history: tuple[dict[str, float], ...]
-    """Every ``log_every`` steps: step, tokens, loss, fvu and l0 of the training batch."""
+    """Every ``log_every`` steps: step, tokens, loss, fvu and l0 of the training batch (and
+    the ReLU architectures' λ, ``coefficient``)."""
 
     def row(self) -> dict[str, Any]:
         """One flat row for a metrics table."""
@@ -346,6 +347,8 @@ def train_sae(
                     "fvu": float(out.mse) / total_var if total_var > 0 else float("nan"),
                     "l0": float(out.l0),
                 }
+                if arch.sparsity == "penalty":
+                    entry["coefficient"] = coefficient
                 if entry["fvu"] > DIVERGED_FVU:
                     raise ArgumentError(
                         "lr",

@@ -289,15 +289,18 @@ def frankenstein_figure(
 def seed_stability_figure(
     curve: pd.DataFrame, *, threshold: float = 0.7, title: str = ""
 ) -> go.Figure:
-    """Seed stability against optimiser steps: all latents, and live latents only.
+    """Seed stability against optimiser steps: all latents, live latents only, and matched
+    one to one.
 
-    ``curve`` has columns ``steps``, ``stability`` and ``stability_live`` (shares in [0, 1]),
-    as ``analyses/seed_stability.py`` and ``analyses/demo_family.py`` write them.
+    ``curve`` has columns ``steps``, ``stability`` and ``stability_live`` (shares in [0, 1])
+    and, where measured, ``stability_matched`` (:func:`saegeo.seed_stability_matched`), as
+    ``analyses/seed_stability.py`` and ``analyses/demo_family.py`` write them.
     """
     fig = go.Figure()
     for column, name, colour in (
         ("stability", "all latents", "#1f77b4"),
         ("stability_live", "live latents", "#ff7f0e"),
+        ("stability_matched", "matched one to one", "#2ca02c"),
     ):
         if column in curve:
             fig.add_trace(

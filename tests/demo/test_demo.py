@@ -175,22 +175,44 @@ def test_shipped_family_is_what_the_readme_states():
     assert {sae.arch for sae in family} == {"jumprelu"}
     record = demo.shipped_record()
     assert record["config"]["arch"] == "batchtopk"
-    assert all(sae.metadata["hook_name"] == "blocks.5.hook_resid_post" for sae in family)
-    cfgs = [json.loads(p.read_text()) for p in demo.SHIPPED_FAMILY.glob("*/cfg.json")]
-    assert len(cfgs) == 3 and {cfg["dtype"] for cfg in cfgs} == {"float16"}
-    size = sum(p.stat().st_size for p in demo.SHIPPED_FAMILY.rglob("*") if p.is_file())
-    assert size < 25 * 2**20
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert "BatchTopK family (k=32) of widths 576, 1152 and 2304" in readme
     assert f"after block {record['harvest']['layer']} of SmolLM2" in readme
+    relu = demo.shipped_record(demo.SHIPPED_RELU_FAMILY)
+    assert relu["config"]["arch"] == "relu" and relu["config"]["target_l0"] is None
+    assert relu["harvest"] == record["harvest"] and relu["acts_tokens"] == record["acts_tokens"]
+    assert {sae.arch for sae in Family.load(demo.SHIPPED_RELU_FAMILY)} == {"relu"}
+    assert f"λ = {relu['config']['sparsity_coefficient']:g}" in readme
+    size = sum(
+        p.stat().st_size
+        for family_dir in demo.SHIPPED_FAMILIES.values()
+        for p in family_dir.rglob("*")
+        if p.is_file()
+    )
+    assert size < 25 * 2**20
 
 
-def test_shipped_family_reloads_in_saelens_with_the_same_outputs():
+@pytest.mark.parametrize("family_dir", demo.SHIPPED_FAMILIES.values(), ids=demo.SHIPPED_FAMILIES)
+def test_shipped_families_are_float16_saelens_members_at_the_demo_site(family_dir):
+    family = Family.load(family_dir)
+    assert family.widths == SHIPPED_WIDTHS and family.d_in == 576
+    assert all(sae.metadata["hook_name"] == "blocks.5.hook_resid_post" for sae in family)
+    cfgs = [json.loads(p.read_text()) for p in family_dir.glob("*/cfg.json")]
+    assert len(cfgs) == 3 and {cfg["dtype"] for cfg in cfgs} == {"float16"}
+    metrics = pd.read_csv(family_dir / "metrics.csv")
+    assert list(metrics["width"]) == SHIPPED_WIDTHS
+    assert {"near_duplicate", "near_dead", "along_mean"} <= set(metrics)
+    stability = json.loads((family_dir / "seed_stability.json").read_text())
+    assert stability["width"] == 576 and stability["curve"]
+
+
+@pytest.mark.parametrize("family_dir", demo.SHIPPED_FAMILIES.values(), ids=demo.SHIPPED_FAMILIES)
+def test_shipped_families_reload_in_saelens_with_the_same_outputs(family_dir):
     sae_lens = pytest.importorskip("sae_lens")
-    family = Family.load(demo.SHIPPED_FAMILY)
+    family = Family.load(family_dir)
     x = torch.randn(64, 576, generator=torch.Generator().manual_seed(0)) * 3
     for sae in family:
-        path = demo.SHIPPED_FAMILY / sae.name
+        path = family_dir / sae.name
         lens = sae_lens.SAE.load_from_disk(str(path), dtype="float32")
         with torch.no_grad():
             codes = lens.encode(x)
@@ -283,3 +305,48 @@ def test_the_former_names_of_the_comparison_warn_and_still_work():
     assert SEED_003_FIRST_PAIR == saegeo.effects.novelty.PUBLISHED_GPT2_PAIR
     with pytest.raises(AttributeError, match="no attribute 'NO_SUCH_NAME'"):
         saegeo.effects.novelty.NO_SUCH_NAME  # noqa: B018
+
+
+def _summary(names: list[str], widths: list[int], cells: list[tuple[int, int, int, int]]):
+    """A FamilyNovelty summary: per pair the novel (lower, not) and reconstruction (lower,
+    not) counts."""
+    return pd.DataFrame(
+        {
+            "small": names[:-1],
+            "large": names[1:],
+            "small_width": widths[:-1],
+            "large_width": widths[1:],
+            "novel_decreases": [c[0] for c in cells],
+            "novel_does_not_decrease": [c[1] for c in cells],
+            "reconstruction_decreases": [c[2] for c in cells],
+            "reconstruction_does_not_decrease": [c[3] for c in cells],
+        }
+    )
+
+
+def test_the_architectures_are_compared_on_the_papers_figures_pooled_over_pairs():
+    topk = _summary(["t4", "t8", "t16"], [4, 8, 16], [(1, 5, 0, 2), (2, 12, 0, 2)])
+    relu = _summary(["r4", "r8", "r16"], [4, 8, 16], [(3, 0, 1, 4), (6, 1, 2, 7)])
+    gains = pd.DataFrame(
+        {
+            "family": ["TopK"] * 3 + ["ReLU"] * 3,
+            "name": ["t4", "t8", "t16", "r4", "r8", "r16"],
+            "gain": [1.0, 1.0001, 0.999, 1.05, 1.04, 1.03],
+        }
+    )
+    results = {
+        "TopK": FamilyNovelty(topk, pd.DataFrame(), pd.DataFrame()),
+        "ReLU": FamilyNovelty(relu, pd.DataFrame(), pd.DataFrame()),
+    }
+    table = demo.architecture_table({k: r.summary for k, r in results.items()}, gains)
+    assert list(table["family"]) == [demo.report.PAPER_FAMILY, "TopK", "TopK", "ReLU", "ReLU"]
+    assert list(table["narrower gain"]) == ["–", "1.000", "1.000", "1.050", "1.040"]
+    assert table.loc[3, "novel share"] == "3 / 8 = 38%"
+    text = demo.compare_architectures(results, gains)
+    # Pooled: TopK novel 20/24, lowering 3/20, raising 4/4; ReLU 10/24, 9/10, 11/14.
+    assert "features, 83% in the TopK family and 42% in the ReLU family are novel (43% in" in text
+    assert "lower the narrower SAE's MSE are 15% in the TopK family and 90% in the ReLU" in text
+    assert "raise it, 100% in the TopK family and 79% in the ReLU family (68%)" in text
+    assert "the ReLU family lies nearer the paper" in text
+    assert "1.040–1.050 in the ReLU family: the ReLU members reconstruct short" in text
+    assert "is 1.000 in the TopK family" in text and "the TopK members" not in text

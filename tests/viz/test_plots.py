@@ -117,6 +117,9 @@ def test_seed_stability_figure_draws_both_curves():
     assert [trace.name for trace in fig.data] == ["all latents", "live latents"]
     assert list(fig.data[1].y) == [0.2, 0.4] and tuple(fig.layout.yaxis.range) == (0, 1)
     assert fig.layout.legend.y > 1
+    matched = seed_stability_figure(curve.assign(stability_matched=[0.05, 0.25]))
+    assert [trace.name for trace in matched.data][-1] == "matched one to one"
+    assert list(matched.data[-1].y) == [0.05, 0.25]
 
 
 def test_novelty_scatter_is_symlog_so_signs_stay_readable():
