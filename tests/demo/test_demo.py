@@ -350,3 +350,24 @@ def test_the_architectures_are_compared_on_the_papers_figures_pooled_over_pairs(
     assert "the ReLU family lies nearer the paper" in text
     assert "1.040–1.050 in the ReLU family: the ReLU members reconstruct short" in text
     assert "is 1.000 in the TopK family" in text and "the TopK members" not in text
+
+
+def test_the_report_on_the_shipped_families_sets_both_beside_the_paper(tmp_path, monkeypatch):
+    def fake_harvest(model, texts, out, *, max_tokens, layer, **_):
+        acts = 4 * torch.randn(max_tokens, 576, generator=torch.Generator().manual_seed(1))
+        writer = ShardWriter(out, 576, shard_tokens=1000, meta={"model": model, "layer": layer})
+        writer.add(acts)
+        return writer.close()
+
+    monkeypatch.setattr(saegeo.lm.harvest, "harvest", fake_harvest)
+    settings = dataclasses.replace(DemoSettings(), tokens=1500)
+    page = run_demo(tmp_path, settings=settings, progress=False).read_text()
+    report = tmp_path / "report"
+    relu = pd.read_csv(report / "relu_novelty_summary.csv")
+    assert list(relu["small"]) == ["relu-576", "relu-1152"]
+    gains = pd.read_csv(report / "reconstruction_gain.csv")
+    assert list(gains["family"]) == ["BatchTopK"] * 3 + ["ReLU + L1"] * 3
+    assert "Two architectures: BatchTopK and ReLU + L1" in page
+    assert "relu-1152 → relu-2304" in page and "batchtopk-1152 → batchtopk-2304" in page
+    assert "family lies nearer the paper" in page
+    assert "matched one to one (Hungarian matching" in page  # both families' seed stability
