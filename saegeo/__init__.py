@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # the same names as _API, for type checkers and editors
     from saegeo.effects.hybrid import hybrid
     from saegeo.effects.metrics import Metrics, evaluate
     from saegeo.effects.novelty import family_novelty
+    from saegeo.effects.shrinkage import reconstruction_gain
     from saegeo.effects.swaps import swap_groups
     from saegeo.errors import (
         ArgumentError,
@@ -108,6 +109,7 @@ _API: dict[str, tuple[str, ...]] = {
     "saegeo.effects.hybrid": ("hybrid",),
     "saegeo.effects.metrics": ("Metrics", "evaluate"),
     "saegeo.effects.novelty": ("family_novelty",),
+    "saegeo.effects.shrinkage": ("reconstruction_gain",),
     "saegeo.effects.swaps": ("swap_groups",),
     "saegeo.errors": (
         "ArgumentError",

@@ -116,6 +116,11 @@ def test_every_python_example_in_the_docs_is_valid_python():
             compile(block, f"{page.relative_to(ROOT)} (example {n + 1})", "exec")
 
 
+def test_the_api_reference_documents_every_public_name_once():
+    entries = re.findall(r"^::: saegeo\.(\w+)$", (ROOT / "docs" / "reference.md").read_text(), re.M)
+    assert sorted(entries) == sorted(saegeo.__all__)
+
+
 def test_the_readme_stays_short():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) < 200, f"README.md has {len(lines)} lines; move detail into docs/"

@@ -20,6 +20,21 @@ from saegeo.core.sae import SAE
 def reconstruction_gain(sae: SAE, x_BD: torch.Tensor, *, batch_size: int = 4096) -> float:
     """The least-squares gain of ``sae``'s reconstruction on the activations ``x_BD``.
 
+    Parameters
+    ----------
+    sae
+        Any SAE saegeo reads; it runs on its own device and dtype.
+    x_BD
+        Activations [N, d_in] held in memory (e.g. ``store.read(limit=...)``).
+    batch_size
+        Tokens encoded at once.
+
+    Returns
+    -------
+    float
+        ``g``: 1 without shrinkage, above 1 when the reconstruction falls short along itself
+        (NaN when the SAE reconstructs nothing but its bias).
+
     Examples
     --------
     >>> import torch, saegeo as sg
