@@ -74,6 +74,7 @@ def calls(arch: str) -> dict[str, Callable[[sg.SAE, sg.SAE, torch.Tensor], Any]]
         "encode_codes": lambda s, l, x: codes(s, x),
         "evaluate": lambda s, l, x: sg.evaluate(s, x, progress=False),
         "explained_share": lambda s, l, x: sg.explained_share(s, l, x, progress=False),
+        "reconstruction_gain": lambda s, l, x: sg.reconstruction_gain(s, x),
         "family_novelty": lambda s, l, x: sg.family_novelty([s, l], x, progress=False),
         "family_facts": lambda s, l, x: sg.family_facts([s, l], x, progress=False),
         "feature_card": lambda s, l, x: sg.feature_card([s, l], "1/0", acts=x),

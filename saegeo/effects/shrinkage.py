@@ -12,12 +12,15 @@ measures what shrinkage does to the novel-feature analysis.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from saegeo.core.sae import SAE
+from saegeo.core.sae import SAE, as_input
 
 
-def reconstruction_gain(sae: SAE, x_BD: torch.Tensor, *, batch_size: int = 4096) -> float:
+def reconstruction_gain(
+    sae: SAE, x_BD: torch.Tensor | np.ndarray, *, batch_size: int = 4096
+) -> float:
     """The least-squares gain of ``sae``'s reconstruction on the activations ``x_BD``.
 
     Parameters
@@ -25,7 +28,8 @@ def reconstruction_gain(sae: SAE, x_BD: torch.Tensor, *, batch_size: int = 4096)
     sae
         Any SAE saegeo reads; it runs on its own device and dtype.
     x_BD
-        Activations [N, d_in] held in memory (e.g. ``store.read(limit=...)``).
+        Activations [N, d_in] held in memory, a tensor or numpy array (e.g.
+        ``store.read(limit=...)``).
     batch_size
         Tokens encoded at once.
 
@@ -48,7 +52,7 @@ def reconstruction_gain(sae: SAE, x_BD: torch.Tensor, *, batch_size: int = 4096)
     """
     num = den = 0.0
     with torch.no_grad():
-        for batch_BD in x_BD.split(batch_size):
+        for batch_BD in as_input(x_BD, "x_BD").split(batch_size):
             x_bd = batch_BD.to(sae.W_dec.device, sae.W_dec.dtype)
             codes_BF = sae.encode(x_bd)
             bias_BD = sae.decode(torch.zeros_like(codes_BF), x_bd)

@@ -36,3 +36,8 @@ def test_an_sae_that_never_fires_has_no_gain(acts):
     sae = random_sae(12, "relu", seed=3)
     silent = sae.replace(b_enc=torch.full_like(sae.b_enc, -1e6))
     assert reconstruction_gain(silent, acts) != reconstruction_gain(silent, acts)  # NaN
+
+
+def test_numpy_activations_give_the_same_gain(acts):
+    sae = random_sae(12, "relu", seed=4)
+    assert reconstruction_gain(sae, acts.numpy()) == reconstruction_gain(sae, acts)
