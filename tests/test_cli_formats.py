@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.hub import LENS6_RELEASE, LENS6_SITES, FakeHub, install_fake_hub
+from helpers.hub import LENS6, LENS6_SITES, FakeHub, install_fake_hub
 from helpers.lm import saved_gpt2_and_texts
 
 from saegeo.acts.store import ActivationStore
@@ -25,7 +25,7 @@ def test_harvest_for_a_saelens_6_sae(fake_hub, tmp_path, capsys):
     model, model_dir, texts = saved_gpt2_and_texts(tmp_path, n_layers=4)  # block 2 is not the last
     out = tmp_path / "acts"
     hook = LENS6_SITES[1]  # blocks.2.hook_resid_post, context 16, no centring
-    args = ["harvest", "--for", f"sae-lens:{LENS6_RELEASE}/{hook}", "--model", str(model_dir)]
+    args = ["harvest", "--for", f"sae-lens:{LENS6.name}/{hook}", "--model", str(model_dir)]
     args += ["--text", str(texts), "--out", str(out), "--tokens", "30", "--dtype", "float32"]
     args += ["--skip-first", "0", "--model-dtype", "float32", "--compile", "no"]
     assert main(args) == 0, capsys.readouterr().err
@@ -41,7 +41,7 @@ def test_harvest_for_a_saelens_6_sae(fake_hub, tmp_path, capsys):
 
 def test_harvest_for_a_site_of_a_release(fake_hub, tmp_path, capsys):
     # A release of several sites names its sites rather than picking one.
-    args = ["harvest", "--for", f"sae-lens:{LENS6_RELEASE}", "--out", str(tmp_path / "a")]
+    args = ["harvest", "--for", f"sae-lens:{LENS6.name}", "--out", str(tmp_path / "a")]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and all(site in err[0] for site in LENS6_SITES)

@@ -6,7 +6,7 @@ import runpy
 from pathlib import Path
 
 import pandas as pd
-from helpers.hub import FS_RELEASE, FS_WIDTHS, install_fake_hub
+from helpers.hub import FS, FS_WIDTHS, install_fake_hub
 from helpers.lm import random_texts, tiny_gpt2
 
 from saegeo.acts.store import ActivationStore
@@ -26,7 +26,7 @@ def test_gpt2_feature_splitting_runs_on_a_stand_in(tmp_path, monkeypatch, capsys
     script["main"](
         [
             "--release",
-            FS_RELEASE,
+            FS.name,
             "--model",
             str(tmp_path / "model"),
             "--text",

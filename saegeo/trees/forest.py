@@ -29,6 +29,24 @@ from saegeo.trees.dag import (
 
 RankBy = Literal["size", "split"]
 
+FOREST_COLUMNS = (
+    "root",
+    "level",
+    "feature",
+    "size",
+    "depth",
+    "n_children",
+    "n_leaves",
+    "max_branching",
+    "n_multi_parent",
+    "n_split_children",
+    "split_at",
+    "split_score",
+    "hub",
+)
+"""The columns of :func:`forest`'s table, in order (``freq`` and ``max_act`` follow where the
+DAG has them); what each holds is in :func:`forest`'s Returns."""
+
 
 def forest_roots(G: nx.DiGraph) -> list[Node]:
     """The roots of the forest of ``G``: every level-0 node, and every deeper node that has
@@ -226,23 +244,9 @@ def forest(
                 row[key] = G.nodes[root][key]
         rows.append(row)
         trees.append(T)
-    columns = [
-        "root",
-        "level",
-        "feature",
-        "size",
-        "depth",
-        "n_children",
-        "n_leaves",
-        "max_branching",
-        "n_multi_parent",
-        "n_split_children",
-        "split_at",
-        "split_score",
-        "hub",
-    ]
     table = pd.DataFrame(
-        rows, columns=columns + [c for c in ("freq", "max_act") if rows and c in rows[0]]
+        rows,
+        columns=[*FOREST_COLUMNS, *(c for c in ("freq", "max_act") if rows and c in rows[0])],
     )
     table = table.astype({"hub": bool, "split_score": float})  # also when the forest is empty
     table["split_at"] = table["split_at"].astype(object).where(table["split_at"].notna(), None)

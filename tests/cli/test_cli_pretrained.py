@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers.hub import FS_HOOK, FS_RELEASE, FS_WIDTHS, FakeHub, install_fake_hub
+from helpers.hub import FS, FS_HOOK, FS_WIDTHS, FakeHub, install_fake_hub
 from helpers.lm import saved_gpt2_and_texts
 
 from saegeo.acts.store import ActivationStore
@@ -22,10 +22,10 @@ def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
 
 
 def test_info_and_classify_take_release_names(fake_hub, tmp_path, capsys):
-    assert main(["info", f"sae-lens:{FS_RELEASE}"]) == 0
+    assert main(["info", f"sae-lens:{FS.name}"]) == 0
     assert f"widths {list(FS_WIDTHS)}" in capsys.readouterr().out
     out = tmp_path / "table.csv"
-    small, large = (f"sae-lens:{FS_RELEASE}/{FS_HOOK}_{w}" for w in FS_WIDTHS[:2])
+    small, large = (f"sae-lens:{FS.name}/{FS_HOOK}_{w}" for w in FS_WIDTHS[:2])
     assert main(["classify", small, large, "--out", str(out)]) == 0
     table = pd.read_csv(out, index_col=0)
     assert table.loc[5, "neuronpedia"] == "https://www.neuronpedia.org/tiny-gpt2/1-res_fs32/5"
@@ -39,7 +39,7 @@ def test_tree_release_json_neuronpedia_and_quick_list(fake_hub, tmp_path, capsys
         [
             "tree",
             "--release",
-            FS_RELEASE,
+            FS.name,
             "--root",
             "0/0",
             "--threshold",
@@ -78,7 +78,7 @@ def test_tree_needs_paths_or_release(fake_hub, tmp_path, capsys):
 def test_harvest_for_a_published_sae(fake_hub, tmp_path, capsys):
     model, model_dir, texts = saved_gpt2_and_texts(tmp_path, n_layers=3)
     out = tmp_path / "acts"
-    sae = f"sae-lens:{FS_RELEASE}/{FS_HOOK}_16"
+    sae = f"sae-lens:{FS.name}/{FS_HOOK}_16"
     args = ["harvest", "--for", sae, "--model", str(model_dir), "--text", str(texts)]
     args += ["--out", str(out), "--tokens", "60", "--dtype", "float32", "--skip-first", "0"]
     args += ["--model-dtype", "float32", "--compile", "no"]

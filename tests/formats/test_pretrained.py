@@ -8,14 +8,12 @@ import pytest
 import torch
 from helpers.hub import (
     D_IN,
-    DL_RELEASE,
+    DL,
+    FS,
     FS_HOOK,
-    FS_RELEASE,
-    FS_REPO,
     FS_WIDTHS,
-    GEMMA_RELEASE,
-    GEMMA_REPO,
-    MATRYOSHKA_RELEASE,
+    GEMMA,
+    MATRYOSHKA,
     MATRYOSHKA_WIDTHS,
     FakeHub,
     install_fake_hub,
@@ -55,8 +53,8 @@ def test_saelens_release_loads_and_encodes_as_saelens(fake_hub: FakeHub, use_sae
     x_BD = torch.randn(64, D_IN) * 2
     for width in FS_WIDTHS:
         sae_id = f"{FS_HOOK}_{width}"
-        sae = load_pretrained(FS_RELEASE, sae_id, use_sae_lens=use_sae_lens)
-        lens = _lens(FS_RELEASE, sae_id)
+        sae = load_pretrained(FS.name, sae_id, use_sae_lens=use_sae_lens)
+        lens = _lens(FS.name, sae_id)
         assert sae.width == width and sae.arch == "relu"
         torch.testing.assert_close(sae.encode(x_BD), lens.encode(x_BD))
         torch.testing.assert_close(sae.forward(x_BD), lens.decode(lens.encode(x_BD)))
@@ -65,7 +63,7 @@ def test_saelens_release_loads_and_encodes_as_saelens(fake_hub: FakeHub, use_sae
         assert meta["model_name"] == "tiny-gpt2"
         assert meta["model_from_pretrained_kwargs"] == {"center_writing_weights": True}
         assert meta["neuronpedia_id"] == lens.cfg.metadata.neuronpedia_id
-        assert meta["release"] == FS_RELEASE and meta["sae_id"] == sae_id
+        assert meta["release"] == FS.name and meta["sae_id"] == sae_id
         assert meta["registry"] == ("sae_lens" if use_sae_lens else "saegeo")
         expected = fake_hub.weights[f"{sae_id}/sparsity"]["sparsity"]
         torch.testing.assert_close(torch.as_tensor(log_feature_density(sae)).float(), expected)
@@ -75,32 +73,32 @@ def test_saelens_release_loads_and_encodes_as_saelens(fake_hub: FakeHub, use_sae
 
 
 def test_family_from_pretrained_takes_the_site_sorted_by_width(fake_hub: FakeHub):
-    fam = sg.Family.from_pretrained(FS_RELEASE)
+    fam = sg.Family.from_pretrained(FS.name)
     assert fam.widths == list(FS_WIDTHS)
     assert fam.names == [f"1-res_fs{w}" for w in FS_WIDTHS]
-    two = family_from_pretrained(FS_RELEASE, [f"{FS_HOOK}_64", f"{FS_HOOK}_16"])
+    two = family_from_pretrained(FS.name, [f"{FS_HOOK}_64", f"{FS_HOOK}_16"])
     assert two.widths == [16, 64]
 
 
 def test_only_the_saes_asked_for_are_read(fake_hub: FakeHub):
     # Removing another SAE's weights changes nothing: its files are never opened.
-    snapshot = next((fake_hub.cache / f"models--{FS_REPO.replace('/', '--')}").glob("snapshots/*"))
+    snapshot = next((fake_hub.cache / f"models--{FS.repo.replace('/', '--')}").glob("snapshots/*"))
     (snapshot / f"{FS_HOOK}_64" / "sae_weights.safetensors").unlink()
-    sae = load_pretrained(FS_RELEASE, f"{FS_HOOK}_16")
+    sae = load_pretrained(FS.name, f"{FS_HOOK}_16")
     assert sae.width == 16
     with pytest.raises(SaegeoError) as err:
-        load_pretrained(FS_RELEASE, f"{FS_HOOK}_64")
+        load_pretrained(FS.name, f"{FS_HOOK}_64")
     message = str(err.value)
-    assert FS_RELEASE in message and f"{FS_HOOK}_64" in message
+    assert FS.name in message and f"{FS_HOOK}_64" in message
     assert "sae_weights.safetensors" in message
-    assert f"`hf download {FS_REPO} {FS_HOOK}_64/sae_weights.safetensors`" in message
+    assert f"`hf download {FS.repo} {FS_HOOK}_64/sae_weights.safetensors`" in message
     assert "HF_HUB_OFFLINE" in message and "\n" not in message
 
 
 def test_missing_sparsity_file_is_optional(fake_hub: FakeHub):
-    snapshot = next((fake_hub.cache / f"models--{FS_REPO.replace('/', '--')}").glob("snapshots/*"))
+    snapshot = next((fake_hub.cache / f"models--{FS.repo.replace('/', '--')}").glob("snapshots/*"))
     (snapshot / f"{FS_HOOK}_32" / "sparsity.safetensors").unlink()
-    sae = load_pretrained(FS_RELEASE, f"{FS_HOOK}_32")
+    sae = load_pretrained(FS.name, f"{FS_HOOK}_32")
     assert log_feature_density(sae) is None
 
 
@@ -108,24 +106,24 @@ def test_unknown_release_and_id_are_clear_errors(fake_hub: FakeHub):
     with pytest.raises(SaegeoError, match="not in the release registry"):
         load_pretrained("no-such-release", "x")
     with pytest.raises(SaegeoError, match="no SAE id 'nope'"):
-        load_pretrained(FS_RELEASE, "nope")
+        load_pretrained(FS.name, "nope")
     with pytest.raises(SaegeoError, match="none of cfg.json .* is in the cache"):
         load_pretrained(repo_id="test-org/absent", folder="f")
 
 
 def test_repo_id_and_folder_load_without_a_registry(fake_hub: FakeHub):
-    sae = load_pretrained(repo_id=FS_REPO, folder=f"{FS_HOOK}_32")
-    same = load_pretrained(FS_RELEASE, f"{FS_HOOK}_32")
+    sae = load_pretrained(repo_id=FS.repo, folder=f"{FS_HOOK}_32")
+    same = load_pretrained(FS.name, f"{FS_HOOK}_32")
     torch.testing.assert_close(sae.W_enc, same.W_enc)
     assert "neuronpedia_id" not in sae.metadata
-    assert load_sae_spec(f"hf:{FS_REPO}/{FS_HOOK}_32").width == 32
+    assert load_sae_spec(f"hf:{FS.repo}/{FS_HOOK}_32").width == 32
     # A repository id in place of a release, with the folder as SAE id, as SAELens accepts.
-    assert load_pretrained(FS_REPO, f"{FS_HOOK}_16").width == 16
+    assert load_pretrained(FS.repo, f"{FS_HOOK}_16").width == 16
 
 
 def test_gemma_scope_params_npz(fake_hub: FakeHub):
     folder = "layer_1/width_16/average_l0_5"
-    sae = load_pretrained(GEMMA_RELEASE, folder)
+    sae = load_pretrained(GEMMA.name, folder)
     weights = fake_hub.weights[folder]
     assert sae.arch == "jumprelu" and not sae.apply_b_dec_to_input
     assert sae.metadata["hook_name"] == "blocks.1.hook_resid_post"
@@ -139,17 +137,17 @@ def test_gemma_scope_params_npz(fake_hub: FakeHub):
     )
     # The same folder on disk reads the same way through load_sae.
     snapshot = next(
-        (fake_hub.cache / f"models--{GEMMA_REPO.replace('/', '--')}").glob("snapshots/*")
+        (fake_hub.cache / f"models--{GEMMA.repo.replace('/', '--')}").glob("snapshots/*")
     )
     local = sg.load_sae(snapshot / folder)
     torch.testing.assert_close(local.encode(x_BD), sae.encode(x_BD))
-    assert sg.Family.from_pretrained(GEMMA_RELEASE).widths == [16, 32]
+    assert sg.Family.from_pretrained(GEMMA.name).widths == [16, 32]
 
 
 def test_dictionary_learning_release_encodes_as_saelens(fake_hub: FakeHub):
     sae_id = "blocks.1.hook_resid_post__trainer_0"
-    sae = load_pretrained(DL_RELEASE, sae_id)
-    lens = _lens(DL_RELEASE, sae_id)
+    sae = load_pretrained(DL.name, sae_id)
+    lens = _lens(DL.name, sae_id)
     x_BD = torch.randn(40, D_IN)
     assert sae.arch == "topk" and sae.k == 4
     torch.testing.assert_close(sae.encode(x_BD), lens.encode(x_BD))
@@ -159,16 +157,16 @@ def test_dictionary_learning_release_encodes_as_saelens(fake_hub: FakeHub):
 
 
 def test_family_spec_mixes_releases_and_paths(fake_hub: FakeHub, tmp_path: Path):
-    local = sg.save_sae(load_pretrained(FS_RELEASE, f"{FS_HOOK}_16"), tmp_path / "local")
-    fam = load_family_spec([str(local), f"sae-lens:{FS_RELEASE}/{FS_HOOK}_64"])
+    local = sg.save_sae(load_pretrained(FS.name, f"{FS_HOOK}_16"), tmp_path / "local")
+    fam = load_family_spec([str(local), f"sae-lens:{FS.name}/{FS_HOOK}_64"])
     assert fam.widths == [16, 64]
-    assert load_family_spec(f"sae-lens:{FS_RELEASE}").widths == list(FS_WIDTHS)
+    assert load_family_spec(f"sae-lens:{FS.name}").widths == list(FS_WIDTHS)
     with pytest.raises(SaegeoError, match="whole release"):
-        load_sae_spec(f"sae-lens:{FS_RELEASE}")
+        load_sae_spec(f"sae-lens:{FS.name}")
 
 
 def test_select_keeps_density_and_neuronpedia_only_where_they_apply(fake_hub: FakeHub):
-    sae = load_pretrained(FS_RELEASE, f"{FS_HOOK}_32")
+    sae = load_pretrained(FS.name, f"{FS_HOOK}_32")
     density = log_feature_density(sae)
     assert density is not None
     prefix = sae.select(range(8))
@@ -231,7 +229,7 @@ def test_online_fetches_only_the_missing_files_of_the_sae_asked_for(
     import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    snapshot = next((fake_hub.cache / f"models--{FS_REPO.replace('/', '--')}").glob("snapshots/*"))
+    snapshot = next((fake_hub.cache / f"models--{FS.repo.replace('/', '--')}").glob("snapshots/*"))
     weights = snapshot / f"{FS_HOOK}_32" / "sae_weights.safetensors"
     kept = weights.read_bytes()
     weights.unlink()
@@ -245,9 +243,9 @@ def test_online_fetches_only_the_missing_files_of_the_sae_asked_for(
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, timeout: None)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    sae = load_pretrained(FS_RELEASE, f"{FS_HOOK}_32")
+    sae = load_pretrained(FS.name, f"{FS_HOOK}_32")
     assert sae.width == 32
-    assert calls == [(FS_REPO, f"{FS_HOOK}_32/sae_weights.safetensors", str(fake_hub.cache))]
+    assert calls == [(FS.repo, f"{FS_HOOK}_32/sae_weights.safetensors", str(fake_hub.cache))]
 
     def unreachable(repo_id: str, filename: str, *, cache_dir: str) -> str:
         raise LocalEntryNotFoundError("connection refused")
@@ -255,17 +253,17 @@ def test_online_fetches_only_the_missing_files_of_the_sae_asked_for(
     weights.unlink()
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
     with pytest.raises(SaegeoError, match="cannot reach the Hugging Face Hub"):
-        load_pretrained(FS_RELEASE, f"{FS_HOOK}_32")
+        load_pretrained(FS.name, f"{FS_HOOK}_32")
 
 
 def test_matryoshka_release_is_a_family_of_prefixes(fake_hub: FakeHub):
     sae_id = "blocks.2.hook_resid_post"
-    sae = load_pretrained(MATRYOSHKA_RELEASE, sae_id)
-    lens = _lens(MATRYOSHKA_RELEASE, sae_id)
+    sae = load_pretrained(MATRYOSHKA.name, sae_id)
+    lens = _lens(MATRYOSHKA.name, sae_id)
     x_BD = torch.randn(30, D_IN)
     assert sae.arch == "jumprelu" and sae.metadata["hook_name"] == sae_id
     torch.testing.assert_close(sae.encode(x_BD), lens.encode(x_BD))
-    fam = sg.Family.from_pretrained(MATRYOSHKA_RELEASE)
+    fam = sg.Family.from_pretrained(MATRYOSHKA.name)
     assert fam.widths == list(MATRYOSHKA_WIDTHS)
     torch.testing.assert_close(fam[0].W_dec, sae.W_dec[: MATRYOSHKA_WIDTHS[0]])
 

@@ -16,10 +16,9 @@ import pytest
 import torch
 from helpers.hub import (
     D_IN,
+    FS,
     FS_HOOK,
-    FS_RELEASE,
-    FS_REPO,
-    LENS6_RELEASE,
+    LENS6,
     LENS6_SITES,
     MATRYOSHKA_WIDTHS,
     FakeHub,
@@ -72,24 +71,24 @@ def _online(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def test_site_of_a_saelens_6_config_comes_from_its_metadata(fake_hub: FakeHub):
     hook = LENS6_SITES[0]
-    meta = site_metadata(f"sae-lens:{LENS6_RELEASE}/{hook}")
+    meta = site_metadata(f"sae-lens:{LENS6.name}/{hook}")
     assert meta["hook_name"] == hook and meta["context_size"] == 16
     assert meta["prepend_bos"] is True and meta["model_name"] == "tiny-gpt2"
     assert meta["model_from_pretrained_kwargs"] == {"center_writing_weights": False}
     site = site_for(meta, source="test")
     assert (site.hook_name, site.layer, site.center_writing_weights) == (hook, 0, False)
     # The same config read with its weights says the same.
-    sae = load_pretrained(LENS6_RELEASE, hook)
+    sae = load_pretrained(LENS6.name, hook)
     assert sae.metadata["hook_name"] == hook and sae.metadata["context_size"] == 16
 
 
 def test_matryoshka_widths_from_training_architecture_details(fake_hub: FakeHub):
     hook = LENS6_SITES[1]
-    sae = load_pretrained(LENS6_RELEASE, hook)
+    sae = load_pretrained(LENS6.name, hook)
     assert sae.metadata["matryoshka_widths"] == list(MATRYOSHKA_WIDTHS)
-    fam = sg.Family.from_pretrained(LENS6_RELEASE, site=hook)
+    fam = sg.Family.from_pretrained(LENS6.name, site=hook)
     assert fam.widths == list(MATRYOSHKA_WIDTHS)
-    assert load_family_spec(f"sae-lens:{LENS6_RELEASE}/{hook}").widths == list(MATRYOSHKA_WIDTHS)
+    assert load_family_spec(f"sae-lens:{LENS6.name}/{hook}").widths == list(MATRYOSHKA_WIDTHS)
 
 
 def test_matryoshka_saved_by_saelens_reads_as_its_prefixes(tmp_path: Path):
@@ -116,15 +115,15 @@ def test_a_release_of_several_sites_is_refused_before_fetching(
     _online(monkeypatch)
     monkeypatch.setattr(hub_module, "fetch", lambda *a, **k: pytest.fail("fetched a file"))
     with pytest.raises(SaegeoError) as info:
-        sg.Family.from_pretrained(LENS6_RELEASE)
+        sg.Family.from_pretrained(LENS6.name)
     message = str(info.value)
     assert all(site in message for site in LENS6_SITES) and "site=" in message
     with pytest.raises(SaegeoError, match="no site 'blocks.9.hook_resid_post'"):
-        sg.Family.from_pretrained(LENS6_RELEASE, site="blocks.9.hook_resid_post")
+        sg.Family.from_pretrained(LENS6.name, site="blocks.9.hook_resid_post")
     # A site with one SAE names it; a site with several names a family.
-    assert load_sae_spec(f"sae-lens:{LENS6_RELEASE}/{LENS6_SITES[0]}").width == 48
+    assert load_sae_spec(f"sae-lens:{LENS6.name}/{LENS6_SITES[0]}").width == 48
     with pytest.raises(SaegeoError, match="names a whole release or site"):
-        load_sae_spec(f"sae-lens:{FS_RELEASE}/{FS_HOOK}")
+        load_sae_spec(f"sae-lens:{FS.name}/{FS_HOOK}")
 
 
 def _gemma_like(ids: list[str]) -> Release:
@@ -194,10 +193,10 @@ def test_registry_gemma_scope_needs_a_layer():
 def test_a_complete_folder_is_read_without_asking_the_hub(
     fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
 ):
-    snapshot = _snapshot(fake_hub, FS_REPO)
+    snapshot = _snapshot(fake_hub, FS.repo)
     (snapshot / f"{FS_HOOK}_32" / "sparsity.safetensors").unlink()
     calls = _online(monkeypatch)
-    sae = load_pretrained(FS_RELEASE, f"{FS_HOOK}_32")
+    sae = load_pretrained(FS.name, f"{FS_HOOK}_32")
     assert sae.width == 32 and "log_feature_density" not in sae.metadata and calls == []
 
 
@@ -206,7 +205,7 @@ def test_the_sparsity_file_is_asked_for_with_the_weights(
 ):
     import huggingface_hub
 
-    snapshot = _snapshot(fake_hub, FS_REPO)
+    snapshot = _snapshot(fake_hub, FS.repo)
     folder = snapshot / f"{FS_HOOK}_32"
     kept = {name: (folder / name).read_bytes() for name in ("sae_weights.safetensors",)}
     for name in ("sae_weights.safetensors", "sparsity.safetensors"):
@@ -226,7 +225,7 @@ def test_the_sparsity_file_is_asked_for_with_the_weights(
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, timeout: None)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    assert load_pretrained(FS_RELEASE, f"{FS_HOOK}_32").width == 32
+    assert load_pretrained(FS.name, f"{FS_HOOK}_32").width == 32
     assert asked == [f"{FS_HOOK}_32/sae_weights.safetensors", f"{FS_HOOK}_32/sparsity.safetensors"]
 
 
@@ -244,7 +243,7 @@ def test_an_unreachable_hub_is_one_line_within_seconds(fake_hub: FakeHub, tmp_pa
             print("ERROR", exc)
         print("SECONDS", time.perf_counter() - start)
         # Cached files need no request at all.
-        print("CACHED", load_pretrained(repo_id={FS_REPO!r}, folder={FS_HOOK + "_16"!r}).width)
+        print("CACHED", load_pretrained(repo_id={FS.repo!r}, folder={FS_HOOK + "_16"!r}).width)
         """
     )
     env = {
@@ -282,16 +281,16 @@ def test_cli_hf_dotdot_is_one_line(fake_hub: FakeHub, capsys: pytest.CaptureFixt
 
 
 def test_offline_missing_file_names_hf_download(fake_hub: FakeHub):
-    snapshot = _snapshot(fake_hub, FS_REPO)
+    snapshot = _snapshot(fake_hub, FS.repo)
     (snapshot / f"{FS_HOOK}_16" / "sae_weights.safetensors").unlink()
     with pytest.raises(SaegeoError) as info:
-        load_pretrained(FS_RELEASE, f"{FS_HOOK}_16")
-    assert f"`hf download {FS_REPO} {FS_HOOK}_16/sae_weights.safetensors`" in str(info.value)
+        load_pretrained(FS.name, f"{FS_HOOK}_16")
+    assert f"`hf download {FS.repo} {FS_HOOK}_16/sae_weights.safetensors`" in str(info.value)
     assert "huggingface-cli" not in str(info.value)
 
 
 def test_decoder_geometry_of_a_release_equals_its_files(fake_hub: FakeHub):
     weights = fake_hub.weights[f"lens6/{LENS6_SITES[0]}"]
-    sae = load_pretrained(LENS6_RELEASE, LENS6_SITES[0])
+    sae = load_pretrained(LENS6.name, LENS6_SITES[0])
     torch.testing.assert_close(sae.W_dec, weights["W_dec"])
     assert sae.d_in == D_IN

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -21,19 +21,24 @@ import torch
 from safetensors.torch import save_file
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-FS_REPO = "test-org/tiny-feature-splitting"
-FS_RELEASE = "tiny-res-feature-splitting"
+
+
+class FakeRelease(NamedTuple):
+    """A release of the fake hub: the Hugging Face repository that holds it, and its name in
+    SAELens's release table."""
+
+    repo: str
+    name: str
+
+
+FS = FakeRelease("test-org/tiny-feature-splitting", "tiny-res-feature-splitting")
+GEMMA = FakeRelease("test-org/gemma-scope-2b-pt-res", "tiny-gemma-scope-res")
+DL = FakeRelease("test-org/saebench_tiny", "tiny-saebench-topk")
+MATRYOSHKA = FakeRelease("test-org/tiny-matryoshka", "tiny-res-matryoshka")
+LENS6 = FakeRelease("test-org/tiny-matryoshka-6x", "tiny-res-matryoshka-6x")
 FS_HOOK = "blocks.1.hook_resid_pre"
 FS_WIDTHS = (16, 32, 64)
-GEMMA_REPO = "test-org/gemma-scope-2b-pt-res"
-GEMMA_RELEASE = "tiny-gemma-scope-res"
-DL_REPO = "test-org/saebench_tiny"
-DL_RELEASE = "tiny-saebench-topk"
-MATRYOSHKA_REPO = "test-org/tiny-matryoshka"
-MATRYOSHKA_RELEASE = "tiny-res-matryoshka"
 MATRYOSHKA_WIDTHS = (8, 24, 48)
-LENS6_REPO = "test-org/tiny-matryoshka-6x"
-LENS6_RELEASE = "tiny-res-matryoshka-6x"
 LENS6_SITES = ("blocks.1.hook_resid_pre", "blocks.2.hook_resid_post")
 D_IN = 32
 
@@ -125,24 +130,24 @@ def build_fake_hub(cache: Path, seed: int = 0) -> FakeHub:
         log_density = -torch.rand(width, generator=generator) * 5
         hub.weights[folder + "/sparsity"] = {"sparsity": log_density}
         cfg = pre6_cfg(width)
-        _write(cache, FS_REPO, f"{folder}/cfg.json", json.dumps(cfg).encode(), blobs=True)
+        _write(cache, FS.repo, f"{folder}/cfg.json", json.dumps(cfg).encode(), blobs=True)
         _write(
             cache,
-            FS_REPO,
+            FS.repo,
             f"{folder}/sae_weights.safetensors",
             _safetensors_bytes(weights, tmp),
             blobs=True,
         )
         _write(
             cache,
-            FS_REPO,
+            FS.repo,
             f"{folder}/sparsity.safetensors",
             _safetensors_bytes({"sparsity": log_density}, tmp),
             blobs=True,
         )
         saes.append({"id": folder, "path": folder, "neuronpedia": f"tiny-gpt2/1-res_fs{width}"})
-    hub.releases[FS_RELEASE] = {
-        "repo_id": FS_REPO,
+    hub.releases[FS.name] = {
+        "repo_id": FS.repo,
         "model": "tiny-gpt2",
         "conversion_func": None,
         "config_overrides": {"model_from_pretrained_kwargs": {"center_writing_weights": True}},
@@ -157,10 +162,10 @@ def build_fake_hub(cache: Path, seed: int = 0) -> FakeHub:
         weights["threshold"] = torch.rand(width, generator=generator) * 0.3
         hub.weights[folder] = weights
         buffer = _npz_bytes({k: v.numpy() for k, v in weights.items()}, cache / "tmp.npz")
-        _write(cache, GEMMA_REPO, f"{folder}/params.npz", buffer, blobs=False)
+        _write(cache, GEMMA.repo, f"{folder}/params.npz", buffer, blobs=False)
         gemma_saes.append({"id": folder, "path": folder})
-    hub.releases[GEMMA_RELEASE] = {
-        "repo_id": GEMMA_REPO,
+    hub.releases[GEMMA.name] = {
+        "repo_id": GEMMA.repo,
         "model": "gemma-2-2b",
         "conversion_func": "gemma_2",
         "saes": gemma_saes,
@@ -189,16 +194,16 @@ def build_fake_hub(cache: Path, seed: int = 0) -> FakeHub:
         },
     }
     folder = "standard/blocks.2.hook_resid_post"
-    _write(cache, MATRYOSHKA_REPO, f"{folder}/cfg.json", json.dumps(cfg6).encode(), blobs=False)
+    _write(cache, MATRYOSHKA.repo, f"{folder}/cfg.json", json.dumps(cfg6).encode(), blobs=False)
     _write(
         cache,
-        MATRYOSHKA_REPO,
+        MATRYOSHKA.repo,
         f"{folder}/sae_weights.safetensors",
         _safetensors_bytes(weights, tmp),
         blobs=False,
     )
-    hub.releases[MATRYOSHKA_RELEASE] = {
-        "repo_id": MATRYOSHKA_REPO,
+    hub.releases[MATRYOSHKA.name] = {
+        "repo_id": MATRYOSHKA.repo,
         "model": "tiny-gpt2",
         "conversion_func": None,
         "saes": [{"id": "blocks.2.hook_resid_post", "path": folder}],
@@ -240,17 +245,17 @@ def build_fake_hub(cache: Path, seed: int = 0) -> FakeHub:
             "apply_b_dec_to_input": True,
             "architecture": "jumprelu",
         }
-        _write(cache, LENS6_REPO, f"{hook}/cfg.json", json.dumps(cfg).encode(), blobs=True)
+        _write(cache, LENS6.repo, f"{hook}/cfg.json", json.dumps(cfg).encode(), blobs=True)
         _write(
             cache,
-            LENS6_REPO,
+            LENS6.repo,
             f"{hook}/sae_weights.safetensors",
             _safetensors_bytes(weights, tmp),
             blobs=True,
         )
         lens6_saes.append({"id": hook, "path": hook})
-    hub.releases[LENS6_RELEASE] = {
-        "repo_id": LENS6_REPO,
+    hub.releases[LENS6.name] = {
+        "repo_id": LENS6.repo,
         "model": "tiny-gpt2",
         "conversion_func": None,
         "saes": lens6_saes,
@@ -271,7 +276,7 @@ def build_fake_hub(cache: Path, seed: int = 0) -> FakeHub:
     hub.weights[folder] = weights
     ae_path = cache / "tmp.pt"
     torch.save(state, ae_path)
-    _write(cache, DL_REPO, f"{folder}/ae.pt", ae_path.read_bytes(), blobs=False)
+    _write(cache, DL.repo, f"{folder}/ae.pt", ae_path.read_bytes(), blobs=False)
     ae_path.unlink()
     config = {
         "trainer": {
@@ -286,9 +291,9 @@ def build_fake_hub(cache: Path, seed: int = 0) -> FakeHub:
         },
         "buffer": {"d_submodule": D_IN, "ctx_len": 128},
     }
-    _write(cache, DL_REPO, f"{folder}/config.json", json.dumps(config).encode(), blobs=False)
-    hub.releases[DL_RELEASE] = {
-        "repo_id": DL_REPO,
+    _write(cache, DL.repo, f"{folder}/config.json", json.dumps(config).encode(), blobs=False)
+    hub.releases[DL.name] = {
+        "repo_id": DL.repo,
         "model": "gemma-2-2b",
         "conversion_func": "dictionary_learning_1",
         "saes": [

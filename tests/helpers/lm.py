@@ -10,6 +10,13 @@ import torch
 
 WORDS = [f"w{i}" for i in range(90)]
 SPECIALS = ["<unk>", "<bos>", "<eos>"]
+TOKEN_IDS = {
+    "vocab_size": 100,
+    "bos_token_id": SPECIALS.index("<bos>"),
+    "eos_token_id": SPECIALS.index("<eos>"),
+}
+"""The ids :func:`word_tokenizer` uses, as the tiny models' configs take them (the vocabulary
+leaves room above its 93 tokens)."""
 
 
 def word_tokenizer() -> object:
@@ -31,13 +38,7 @@ def tiny_gpt2(n_layers: int = 3) -> tuple[torch.nn.Module, object]:
 
     torch.manual_seed(0)
     config = transformers.GPT2Config(
-        vocab_size=100,
-        n_embd=32,
-        n_layer=n_layers,
-        n_head=4,
-        n_positions=64,
-        bos_token_id=1,
-        eos_token_id=2,
+        **TOKEN_IDS, n_embd=32, n_layer=n_layers, n_head=4, n_positions=64
     )
     return transformers.GPT2LMHeadModel(config).eval(), word_tokenizer()
 
@@ -49,16 +50,14 @@ def tiny_llama(n_layers: int = 2) -> tuple[torch.nn.Module, object]:
     torch.manual_seed(0)
     tokenizer = word_tokenizer()
     config = transformers.LlamaConfig(
-        vocab_size=100,
+        **TOKEN_IDS,
+        pad_token_id=TOKEN_IDS["eos_token_id"],
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=n_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=64,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
     )
     model = transformers.LlamaForCausalLM(config).eval()
     return model, tokenizer

@@ -15,6 +15,7 @@ import saegeo as sg
 import saegeo.trees.dag as dag_module
 from saegeo.errors import SaegeoError
 from saegeo.trees.dag import feature_dag, feature_tree, forest, forest_roots, node_id, parse_node_id
+from saegeo.trees.forest import FOREST_COLUMNS
 
 
 def relu_sae(W_dec: torch.Tensor, *, bias: float = -0.2, name: str | None = None) -> sg.SAE:
@@ -249,21 +250,10 @@ def test_forest_ranking_and_min_size():
     assert by_split["root"].tolist() == ["0/2", "0/1"]
     assert by_split["split_at"].tolist() == ["0/2", None]
     assert by_split.index.name == "rank" and len(trees) == 2
-    assert list(by_split.columns) == [
-        "root",
-        "level",
-        "feature",
-        "size",
-        "depth",
-        "n_children",
-        "n_leaves",
-        "max_branching",
-        "n_multi_parent",
-        "n_split_children",
-        "split_at",
-        "split_score",
-        "hub",
-    ]
+    assert tuple(by_split.columns) == FOREST_COLUMNS
+    # The documented contract: every column is described in forest()'s Returns.
+    returns = forest.__doc__.split("Returns")[1].split("Examples")[0]
+    assert all(f"``{column}``" in returns for column in FOREST_COLUMNS)
     for rank_by in ("split", "size"):
         empty, none = forest(G, rank_by=rank_by, min_size=99)
         assert empty.empty and none == [] and list(empty.columns) == list(by_split.columns)
