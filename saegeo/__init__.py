@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the same names as _API, for type checkers and editors
     from saegeo.acts.codes import encode_codes
     from saegeo.acts.store import ActivationStore, ShardWriter
-    from saegeo.acts.streaming import ActsLike
+    from saegeo.acts.streaming import ActsLike, StreamOptions
     from saegeo.core.sae import SAE, concat
     from saegeo.effects.delta import delta_mse
     from saegeo.effects.explained import explained_share
@@ -102,7 +102,7 @@ if TYPE_CHECKING:  # the same names as _API, for type checkers and editors
 _API: dict[str, tuple[str, ...]] = {
     "saegeo.acts.codes": ("encode_codes",),
     "saegeo.acts.store": ("ActivationStore", "ShardWriter"),
-    "saegeo.acts.streaming": ("ActsLike",),
+    "saegeo.acts.streaming": ("ActsLike", "StreamOptions"),
     "saegeo.core.sae": ("SAE", "concat"),
     "saegeo.effects.delta": ("delta_mse",),
     "saegeo.effects.explained": ("explained_share",),

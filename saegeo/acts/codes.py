@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
+from typing_extensions import Unpack
 
-from saegeo.acts.streaming import ActsLike, BatchStream, sae_stream
+from saegeo.acts.streaming import (
+    ActsLike,
+    BatchStream,
+    StreamOptions,
+    sae_stream,
+    with_stream_options,
+)
 from saegeo.core.sae import SAE
 from saegeo.runtime import distributed
 from saegeo.runtime.memory import require_argument, sparse_codes_bytes
@@ -27,32 +34,29 @@ def csr_codes(acts_BF: torch.Tensor) -> sp.csr_matrix:
     )
 
 
+@with_stream_options
 def encode_codes(
     sae: SAE,
     acts: ActsLike,
-    *,
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> sp.csr_matrix:
     """Latent activations of ``sae`` on ``acts`` as ``scipy.sparse.csr_matrix`` [N, width], float32.
 
-    Batches are encoded on ``device`` and only the non-zeros are kept, so memory grows with
-    N·L0 rather than N·width. ``progress`` as in :mod:`saegeo.acts.streaming`.
+    Batches are encoded on the options' ``device`` (:class:`~saegeo.acts.streaming.StreamOptions`)
+    and only the non-zeros are kept, so memory grows with N·L0 rather than N·width.
 
     Under ``torch.distributed`` each rank encodes its share of the tokens and the rows are
     gathered, so every rank returns the whole matrix (the single-process result): each holds
     N·L0 values and column indices, as one process would.
     """
-    sae, batches = sae_stream(sae, acts, batch_size, limit, device, progress, "encode_codes")
+    sae, batches = sae_stream(sae, acts, options, "encode_codes")
     batches = batches.replace(sharded=True)
     blocks: list[sp.csr_matrix] = []
     for batch_BD in batches:
         acts_BF = sae.encode(batch_BD)
         if not blocks:
             nonzeros = int(torch.count_nonzero(acts_BF))
-            _require_memory(sae, batches, nonzeros / max(acts_BF.shape[0], 1), limit)
+            _require_memory(sae, batches, nonzeros / max(acts_BF.shape[0], 1))
         blocks.append(csr_codes(acts_BF))
     codes = (
         sp.vstack(blocks, format="csr", dtype=np.float32)
@@ -62,7 +66,7 @@ def encode_codes(
     return distributed.gather_rows(codes)
 
 
-def _require_memory(sae: SAE, batches: BatchStream, l0: float, limit: int | None) -> None:
+def _require_memory(sae: SAE, batches: BatchStream, l0: float) -> None:
     """Refuse, naming ``limit``, codes whose non-zeros (at the first batch's L0) would not fit
     in the host's free memory."""
     require_argument(
@@ -70,6 +74,6 @@ def _require_memory(sae: SAE, batches: BatchStream, l0: float, limit: int | None
         torch.device("cpu"),
         what=f"the codes of {sae.name} on {batches.n_tokens} tokens (L0 {l0:.1f})",
         argument="limit",
-        value=limit,
+        value=batches.limit,
         advice="encode fewer tokens",
     )

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict, TypeVar
 
 import numpy as np
 import torch
@@ -93,6 +94,47 @@ def checked_store(
         prefix = f"{what}: " if what else ""
         raise ShapeError(f"{prefix}activations {store.source} have d_in={store.d_in}, but {reader}")
     return store
+
+
+class StreamOptions(TypedDict, total=False):
+    """How a function reads its activations: the keywords (``**options``) that every saegeo
+    function streaming activations takes, each defaulting as in :func:`stream`.
+
+    Type checkers and editors check them at the call (PEP 692), ``help()`` and
+    ``inspect.signature`` list them with their defaults (:func:`with_stream_options`), and at
+    run time an unknown keyword is a ``TypeError`` (:func:`stream_options`).
+
+    Examples
+    --------
+    >>> import saegeo as sg
+    >>> sg.delta_mse(small, large, "acts/", batch_size=1024, limit=100_000)  # doctest: +SKIP
+    """
+
+    batch_size: int
+    """Tokens per batch (default 4096)."""
+    limit: int | None
+    """At most this many tokens in all (default None: every token)."""
+    device: str | torch.device
+    """Where to compute (default ``"auto"``: CUDA when present)."""
+    progress: bool | None
+    """Show a progress bar: None (the default) on a terminal, True always, False never."""
+
+
+def stream_options(options: Mapping[str, Any]) -> StreamOptions:
+    """Every :class:`StreamOptions` keyword: those in ``options``, the others at :func:`stream`'s
+    defaults; ``TypeError`` for a keyword that is not one of them."""
+    unknown = sorted(set(options) - StreamOptions.__optional_keys__)
+    if unknown:
+        allowed = ", ".join(sorted(StreamOptions.__optional_keys__))
+        raise TypeError(
+            f"unexpected keyword argument {unknown[0]!r}: the keywords that set how activations"
+            f" are read are {allowed}"
+        )
+    defaults = inspect.signature(stream).parameters
+    settings = {key: options.get(key, defaults[key].default) for key in defaults}
+    check_count("batch_size", settings["batch_size"])
+    check_count("limit", settings["limit"], optional=True)
+    return {key: settings[key] for key in StreamOptions.__optional_keys__}  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -172,10 +214,14 @@ def stream(
     ----------
     acts
         The activations (see :data:`ActsLike`).
-    batch_size, limit
-        Tokens per batch, and at most this many tokens in all (None: every token).
-    device, dtype
-        Where and in what dtype batches arrive; ``device="auto"`` is CUDA when present.
+    batch_size
+        Tokens per batch.
+    limit
+        At most this many tokens in all (None: every token).
+    device
+        Where batches arrive and the work runs; ``"auto"`` is CUDA when present.
+    dtype
+        The batches' dtype.
     d_in
         The SAE that reads the batches, or the width they must have; a mismatch raises one
         :class:`~saegeo.errors.ShapeError` naming the activations, the SAE and ``what``.
@@ -197,15 +243,34 @@ def stream(
     )
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_stream_options(function: F) -> F:
+    """``function``, unchanged, whose signature as ``help()``, ``inspect.signature`` and Jupyter
+    show it lists its ``**options: Unpack[StreamOptions]`` as the keywords themselves, with
+    :func:`stream`'s defaults."""
+    signature = inspect.signature(function)
+    kept = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    if len(kept) == len(signature.parameters):
+        raise TypeError(f"{function.__qualname__} takes no **options to show")
+    keywords = [
+        p.replace(kind=p.KEYWORD_ONLY)
+        for p in inspect.signature(stream).parameters.values()
+        if p.name in StreamOptions.__optional_keys__
+    ]
+    function.__signature__ = signature.replace(parameters=[*kept, *keywords])  # type: ignore[attr-defined]
+    return function
+
+
+def read(acts: ActsLike, options: Mapping[str, Any]) -> BatchStream:
+    """Batches of ``acts`` as a public function's ``**options`` (:class:`StreamOptions`) say."""
+    return stream(acts, **stream_options(options))
+
+
 def sae_stream(
-    sae: SAE,
-    acts: ActsLike,
-    batch_size: int,
-    limit: int | None,
-    device: str | torch.device,
-    progress: bool | None,
-    what: str,
+    sae: SAE, acts: ActsLike, options: Mapping[str, Any], what: str
 ) -> tuple[SAE, BatchStream]:
-    """``sae`` on ``device``, and batches of ``acts`` for it (:meth:`BatchStream.for_sae`)."""
-    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
-    return batches.for_sae(sae, what)
+    """``sae`` on the options' device, and batches of ``acts`` for it
+    (:meth:`BatchStream.for_sae`)."""
+    return read(acts, options).for_sae(sae, what)

@@ -65,13 +65,21 @@ class Option(NamedTuple):
 
 def options_of(owner: type | Callable[..., Any]) -> dict[str, Option]:
     """Every field of a configuration dataclass, or every keyword-only argument of a function
-    (its options; what it takes positionally is its input), as an :class:`Option`, by name."""
+    (its options; what it takes positionally is its input), as an :class:`Option`, by name.
+
+    A function's stream options (``**options: Unpack[StreamOptions]``) are among its keywords,
+    as its signature shows them, and take their help from :func:`saegeo.acts.streaming.stream`.
+    """
     module = sys.modules[owner.__module__]
     if dataclasses.is_dataclass(owner):
         docs = _field_docs(owner)  # type: ignore[arg-type]
         found = [(f.name, str(f.type), f.default) for f in dataclasses.fields(owner) if f.init]
     else:
         docs = _parameter_docs(owner)
+        if owner.__annotations__.get("options") == "Unpack[StreamOptions]":
+            from saegeo.acts.streaming import stream
+
+            docs = {**_parameter_docs(stream), **docs}
         parameters = inspect.signature(owner).parameters.values()
         found = [
             (p.name, str(p.annotation), p.default)

@@ -43,8 +43,16 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+from typing_extensions import Unpack
 
-from saegeo.acts.streaming import ActsLike, BatchStream, progress_bar, stream
+from saegeo.acts.streaming import (
+    ActsLike,
+    BatchStream,
+    StreamOptions,
+    progress_bar,
+    read,
+    with_stream_options,
+)
 from saegeo.core.pursuit_rules import StopRules, pursue
 from saegeo.core.sae import SAE
 from saegeo.effects.hybrid import TopkMode, hybrid, output_scale, prepare_pair, rebase
@@ -215,16 +223,14 @@ def _delta_pursuit(small: SAE, large: SAE, batches: BatchStream) -> tuple[np.nda
     return total_L.cpu().numpy(), n_tokens
 
 
+@with_stream_options
 def delta_mse(
     small: SAE,
     large: SAE,
     acts: ActsLike,
     *,
     topk: TopkMode = "reencode",
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> pd.Series:
     """Change in ``small``'s MSE from adding each ``large`` feature alone, on ``acts``.
 
@@ -240,13 +246,9 @@ def delta_mse(
         ``"reencode"``: TopK pairs form a TopK union with the smaller SAE's ``k``.
         ``"jumprelu"``: TopK SAEs are first converted with :meth:`SAE.to_jumprelu` on the same
         tokens, and the deltas are relative to the converted smaller SAE.
-    batch_size, limit
-        Tokens per batch, and at most this many tokens in all.
-    device
-        Where to compute; ``"auto"`` is CUDA when present.
-    progress
-        Show a progress bar: None on a terminal, True always, False never
-        (:mod:`saegeo.acts.streaming`).
+    **options
+        ``batch_size``, ``limit``, ``device``, ``progress``: how ``acts`` is read and where
+        the work runs (:class:`~saegeo.acts.streaming.StreamOptions`).
 
     Returns
     -------
@@ -254,7 +256,7 @@ def delta_mse(
         ``delta_mse`` indexed by large feature (``feature``); negative where adding the feature
         lowers the MSE, 0 for features that never fire on these tokens.
     """
-    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    batches = read(acts, options)
     return pair_delta_mse(prepared_pair(small, large, batches, topk))
 
 
@@ -343,6 +345,7 @@ def _swap_closed_form(
     return sq_error_G.cpu().numpy(), l0_G.cpu().numpy(), n_tokens
 
 
+@with_stream_options
 def swap_deltas(
     small: SAE,
     large: SAE,
@@ -351,10 +354,7 @@ def swap_deltas(
     groups_large: Sequence[Sequence[int]],
     *,
     topk: TopkMode = "reencode",
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> pd.DataFrame:
     """MSE and L0 change of ``small`` when each group's small features are swapped for large ones.
 
@@ -369,7 +369,7 @@ def swap_deltas(
         raise SaegeoError(
             f"swap_deltas(): {len(groups_small)} small groups but {len(groups_large)} large groups"
         )
-    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    batches = read(acts, options)
     return pair_swap_deltas(prepared_pair(small, large, batches, topk), groups_small, groups_large)
 
 
@@ -403,6 +403,7 @@ def pair_swap_deltas(
     return pd.DataFrame(rows, columns=["delta_mse", "delta_l0"], index=index)
 
 
+@with_stream_options
 def cumulative_mse(
     small: SAE,
     large: SAE,
@@ -411,10 +412,7 @@ def cumulative_mse(
     *,
     points: int = 11,
     topk: TopkMode = "reencode",
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> pd.DataFrame:
     """MSE and L0 of ``small`` with the first ``n`` features of ``order`` added together.
 
@@ -427,7 +425,7 @@ def cumulative_mse(
     pandas.DataFrame
         Columns ``n_added``, ``mse``, ``l0``, one row per point.
     """
-    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    batches = read(acts, options)
     return pair_cumulative_mse(prepared_pair(small, large, batches, topk), order, points=points)
 
 

@@ -50,8 +50,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from typing_extensions import Unpack
 
-from saegeo.acts.streaming import ActsLike, BatchStream, stream
+from saegeo.acts.streaming import ActsLike, BatchStream, StreamOptions, read, with_stream_options
 from saegeo.core.sae import SAE
 from saegeo.effects.delta import BLOCK_ELEMENTS, PreparedPair, prepared_pair
 from saegeo.effects.hybrid import TopkMode, output_scale
@@ -98,16 +99,14 @@ def _contribution_sums(
     )
 
 
+@with_stream_options
 def explained_share(
     small: SAE,
     large: SAE,
     acts: ActsLike,
     *,
     topk: TopkMode = "reencode",
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> pd.DataFrame:
     """How much of each ``large`` feature's contribution ``small``'s reconstruction explains.
 
@@ -121,8 +120,9 @@ def explained_share(
     topk
         As for :func:`saegeo.delta_mse`: ``"jumprelu"`` first converts TopK SAEs with
         :meth:`SAE.to_jumprelu` on the same tokens.
-    batch_size, limit, device, progress
-        As for :func:`saegeo.delta_mse`.
+    **options
+        ``batch_size``, ``limit``, ``device``, ``progress``: how ``acts`` is read and where
+        the work runs (:class:`~saegeo.acts.streaming.StreamOptions`).
 
     Returns
     -------
@@ -148,7 +148,7 @@ def explained_share(
     Large feature 0 duplicates the small one (explained 1: adding it doubles that part, delta
     ``1 * (1 - 0) = 1``); feature 1 is new (delta ``4 * (1 - 2) = -4``).
     """
-    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    batches = read(acts, options)
     return pair_explained_share(prepared_pair(small, large, batches, topk))
 
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from typing_extensions import Unpack
 
-from saegeo.acts.streaming import ActsLike, BatchStream, stream
+from saegeo.acts.streaming import ActsLike, BatchStream, StreamOptions, read, with_stream_options
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
 from saegeo.runtime import distributed
@@ -141,20 +142,17 @@ def metrics_from_sums(squared_error: float, moments: Moments, fired_F: torch.Ten
     )
 
 
+@with_stream_options
 @torch.no_grad()
 def evaluate(
     sae: SAE,
     acts: ActsLike,
-    *,
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> Metrics:
     """MSE, FVU, L0 and dead fraction of ``sae`` on ``acts`` (a store, tensor [N, d_in] or path).
 
-    At most ``limit`` tokens are read, ``batch_size`` at a time; ``progress`` as in
-    :mod:`saegeo.acts.streaming`.
+    ``options`` set how ``acts`` is read and where the work runs
+    (:class:`~saegeo.acts.streaming.StreamOptions`).
 
     Examples
     --------
@@ -165,7 +163,7 @@ def evaluate(
     >>> round(m.fvu, 6), m.l0, m.dead_fraction
     (0.0, 1.0, 0.0)
     """
-    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    batches = read(acts, options)
     return evaluate_batches(sae, batches)
 
 

@@ -15,8 +15,16 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+from typing_extensions import Unpack
 
-from saegeo.acts.streaming import ActsLike, BatchStream, stream
+from saegeo.acts.streaming import (
+    ActsLike,
+    StreamOptions,
+    read,
+    stream,
+    stream_options,
+    with_stream_options,
+)
 from saegeo.config import check_count
 from saegeo.core.feature_info import neuronpedia_url
 from saegeo.core.sae import SAE
@@ -66,6 +74,7 @@ class FamilyNovelty(NamedTuple):
     ``n_added``, ``mse``, ``l0``."""
 
 
+@with_stream_options
 def novelty_table(
     small: SAE,
     large: SAE,
@@ -73,10 +82,7 @@ def novelty_table(
     *,
     threshold: float = 0.7,
     topk: TopkMode = "reencode",
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> pd.DataFrame:
     """:func:`saegeo.classify` of the pair (``residual`` included), with ``delta_mse`` and
     ``explained`` columns when ``acts`` is given.
@@ -101,33 +107,14 @@ def novelty_table(
     topk
         TopK pairs: ``"reencode"`` forms a TopK union with the smaller SAE's ``k``;
         ``"jumprelu"`` first converts both with :meth:`SAE.to_jumprelu` on the same tokens.
-    batch_size
-        Tokens per batch.
-    limit
-        At most this many tokens of ``acts`` are read (None: all).
-    device, progress
-        Where to compute (``"auto"`` is CUDA when present), and the progress bar (None on a
-        terminal, True always, False never).
+    **options
+        ``batch_size``, ``limit``, ``device``, ``progress``: how ``acts`` is read and where
+        the work runs (:class:`~saegeo.acts.streaming.StreamOptions`).
     """
-    batches = _optional_stream(acts, batch_size, limit, device, progress)
+    settings = stream_options(options)  # checked even without acts, before the decoders' work
+    batches = None if acts is None else stream(acts, **settings)
     pair = None if batches is None else prepared_pair(small, large, batches, topk)
-    return _novelty_table(small, large, pair, threshold, device, progress)
-
-
-def _optional_stream(
-    acts: ActsLike | None,
-    batch_size: int,
-    limit: int | None,
-    device: str | torch.device,
-    progress: bool | None,
-) -> BatchStream | None:
-    """Batches of ``acts``, or None without activations (the options are checked either way,
-    so that a bad value fails before the decoders' work)."""
-    if acts is None:
-        check_count("batch_size", batch_size)
-        check_count("limit", limit, optional=True)
-        return None
-    return stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    return _novelty_table(small, large, pair, threshold, settings["device"], settings["progress"])
 
 
 def _novelty_table(
@@ -189,6 +176,7 @@ def score_aucs(table: pd.DataFrame) -> dict[str, float]:
     }
 
 
+@with_stream_options
 def cumulative_curves(
     small: SAE,
     large: SAE,
@@ -197,10 +185,7 @@ def cumulative_curves(
     *,
     points: int = 11,
     topk: TopkMode = "reencode",
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> pd.DataFrame:
     """MSE of ``small`` with each kind's features added together, lowest ``delta_mse`` first.
 
@@ -212,7 +197,7 @@ def cumulative_curves(
     pandas.DataFrame
         Columns ``kind``, ``n_added``, ``mse``, ``l0``.
     """
-    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    batches = read(acts, options)
     return _cumulative_curves(prepared_pair(small, large, batches, topk), table, points=points)
 
 
@@ -228,6 +213,7 @@ def _cumulative_curves(pair: PreparedPair, table: pd.DataFrame, *, points: int) 
     return pd.concat(curves, ignore_index=True)
 
 
+@with_stream_options
 def family_novelty(
     family: Family | Sequence[SAE],
     acts: ActsLike | None = None,
@@ -235,10 +221,7 @@ def family_novelty(
     threshold: float = 0.7,
     points: int = 11,
     topk: TopkMode = "reencode",
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> FamilyNovelty:
     """The novelty analysis of "Stitching SAEs of different sizes" for every adjacent pair.
 
@@ -251,11 +234,14 @@ def family_novelty(
     fam = as_family(family)
     if len(fam) < 2:
         raise SaegeoError(f"family_novelty(): needs at least two SAEs, got {len(fam)}")
-    batches = _optional_stream(acts, batch_size, limit, device, progress)
+    settings = stream_options(options)
+    batches = None if acts is None else stream(acts, **settings)
     summaries, features, curves = [], [], []
     for pair, (small, large) in enumerate(fam.pairs()):
         prepared = None if batches is None else prepared_pair(small, large, batches, topk)
-        table = _novelty_table(small, large, prepared, threshold, device, progress)
+        table = _novelty_table(
+            small, large, prepared, threshold, settings["device"], settings["progress"]
+        )
         n_novel = int((table["kind"] == NOVEL).sum())
         row: dict[str, object] = {
             "small": small.name,

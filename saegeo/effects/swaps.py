@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
+from typing_extensions import Unpack
 
-from saegeo.acts.streaming import ActsLike, stream
+from saegeo.acts.streaming import (
+    ActsLike,
+    StreamOptions,
+    stream,
+    stream_options,
+    with_stream_options,
+)
 from saegeo.core.sae import SAE
 from saegeo.effects.delta import pair_swap_deltas, prepared_pair
 from saegeo.effects.hybrid import TopkMode
 from saegeo.geometry.classify import swap_groups as decoder_swap_groups
 
 
+@with_stream_options
 def swap_groups(
     small: SAE,
     large: SAE,
@@ -21,11 +29,8 @@ def swap_groups(
     threshold: float = 0.7,
     acts: ActsLike | None = None,
     topk: TopkMode = "reencode",
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
     dtype: torch.dtype = torch.float32,
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> pd.DataFrame:
     """Swap groups of ``small`` and ``large``, most similar first, with their effect.
 
@@ -38,9 +43,13 @@ def swap_groups(
     acts
         Activations; when given, each group's ``delta_mse`` and ``delta_l0`` from swapping it
         in alone (small members removed, large members added) are added, computed as in
-        :func:`saegeo.effects.delta.swap_deltas` (``topk``, ``batch_size``, ``limit`` apply there).
-    device, dtype, progress
+        :func:`saegeo.effects.delta.swap_deltas` (``topk`` applies there).
+    dtype
         As for :func:`saegeo.decoder_cosine`.
+    **options
+        ``batch_size``, ``limit``, ``device``, ``progress``: how ``acts`` is read and where
+        the work runs (:class:`~saegeo.acts.streaming.StreamOptions`); ``device`` and
+        ``progress`` apply to the decoder cosines too.
 
     Returns
     -------
@@ -61,11 +70,17 @@ def swap_groups(
     >>> groups[["small", "large"]].values.tolist(), list(groups.columns[-2:])
     ([[[1], [1]], [[0], [0]]], ['delta_mse', 'delta_l0'])
     """
+    settings = stream_options(options)
     frame = decoder_swap_groups(
-        small, large, threshold=threshold, device=device, dtype=dtype, progress=progress
+        small,
+        large,
+        threshold=threshold,
+        device=settings["device"],
+        dtype=dtype,
+        progress=settings["progress"],
     )
     if acts is None:
         return frame
-    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    batches = stream(acts, **settings)
     pair = prepared_pair(small, large, batches, topk)
     return frame.join(pair_swap_deltas(pair, frame["small"].tolist(), frame["large"].tolist()))

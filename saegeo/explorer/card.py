@@ -20,9 +20,9 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
-import torch
+from typing_extensions import Unpack
 
-from saegeo.acts.streaming import ActsLike
+from saegeo.acts.streaming import ActsLike, StreamOptions, with_stream_options
 from saegeo.core.sae import SAE
 from saegeo.explorer.facts import PASSED_OPTIONS, FamilyFacts, as_facts
 from saegeo.explorer.stats import HIST_EDGES
@@ -105,6 +105,7 @@ class FeatureCard:
         return card_html(self.to_dict())
 
 
+@with_stream_options
 def feature_card(
     family: Family | Sequence[SAE] | FamilyFacts,
     feature: str | tuple[int, int],
@@ -114,9 +115,7 @@ def feature_card(
     threshold: float | None = None,
     novelty_threshold: float = 0.7,
     k: int = 10,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> FeatureCard:
     """The card of one feature of a family.
 
@@ -133,8 +132,11 @@ def feature_card(
         Parent/child score and edge threshold (:func:`saegeo.feature_dag`).
     novelty_threshold
         Novel iff the largest decoder cosine is ``<=`` this (:func:`saegeo.classify`).
-    k, limit, device, progress
-        Snippets per feature; tokens read; where to compute; progress bars.
+    k
+        Snippets per feature.
+    **options
+        ``batch_size``, ``limit``, ``device``, ``progress``: how ``acts`` is read and where
+        the work runs (:class:`~saegeo.acts.streaming.StreamOptions`).
 
     Examples
     --------
@@ -143,7 +145,7 @@ def feature_card(
     >>> card.kind, card.delta_mse, card.label  # doctest: +SKIP
     """
     values = locals()
-    facts = as_facts(family, acts, **{name: values[name] for name in PASSED_OPTIONS})
+    facts = as_facts(family, acts, **{name: values[name] for name in PASSED_OPTIONS}, **options)
     return card_from_facts(facts, feature)
 
 

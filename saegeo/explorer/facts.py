@@ -18,9 +18,15 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import pandas as pd
-import torch
+from typing_extensions import Unpack
 
-from saegeo.acts.streaming import ActsLike, checked_store
+from saegeo.acts.streaming import (
+    ActsLike,
+    StreamOptions,
+    checked_store,
+    stream_options,
+    with_stream_options,
+)
 from saegeo.core.feature_info import neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.effects.novelty import novelty_table
@@ -158,6 +164,7 @@ def top_tokens_label(tokens: Sequence[str], *, n: int = LABEL_TOKENS) -> str:
     return " · ".join(seen)
 
 
+@with_stream_options
 def family_facts(
     family: Family | Sequence[SAE],
     acts: ActsLike | None = None,
@@ -170,10 +177,7 @@ def family_facts(
     tokenizer: Any = None,
     token_ids: np.ndarray | None = None,
     with_effects: bool = True,
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> FamilyFacts:
     """Measure every feature of ``family`` for the feature cards and the explorer.
 
@@ -197,28 +201,25 @@ def family_facts(
         Override the store's tokenizer (anything with ``decode(ids)``) and token ids [N].
     with_effects
         Compute ``delta_mse`` and ``explained`` (one pass over the activations per pair).
-    batch_size, limit, device, progress
-        As for :func:`saegeo.encode_codes` (``limit`` caps the tokens every measure reads).
+    **options
+        ``batch_size``, ``limit``, ``device``, ``progress``: how ``acts`` is read and where
+        the work runs (:class:`~saegeo.acts.streaming.StreamOptions`); ``limit`` caps the
+        tokens every measure reads.
     """
     fam = as_family(family)
     store = None if acts is None else checked_store(acts, fam[0], what="family_facts()")
     if threshold is None:
         threshold = DEFAULT_THRESHOLDS[metric]
-    options: dict[str, Any] = dict(batch_size=batch_size, limit=limit, device=device)
+    settings = stream_options(options)
     G = feature_dag(
         fam,
         metric=metric,
         threshold=threshold,
         acts=store if metric != "decoder_cosine" else None,
-        progress=progress,
-        **options,
+        **settings,
     )
-    stats = (
-        None
-        if store is None
-        else family_stats(fam, store, k=k, window=window, progress=progress, **options)
-    )
-    tokens, tokenizer = _tokens(store, tokenizer, token_ids, limit)
+    stats = None if store is None else family_stats(fam, store, k=k, window=window, **settings)
+    tokens, tokenizer = _tokens(store, tokenizer, token_ids, settings["limit"])
     features, swaps = [], []
     for level, sae in enumerate(fam):
         table = pd.DataFrame(index=pd.RangeIndex(sae.width, name="feature"))
@@ -235,13 +236,16 @@ def family_facts(
                 sae,
                 store if with_effects else None,
                 threshold=novelty_threshold,
-                progress=progress,
-                **options,
+                **settings,
             )
             table = table.join(novelty.drop(columns=["neuronpedia"], errors="ignore"))
             swaps.append(
                 swap_groups(
-                    small, sae, threshold=novelty_threshold, device=device, progress=progress
+                    small,
+                    sae,
+                    threshold=novelty_threshold,
+                    device=settings["device"],
+                    progress=settings["progress"],
                 )
             )
         if neuronpedia_url(sae, 0) is not None:
@@ -291,9 +295,9 @@ def _tokens(
     return tokens, tokenizer
 
 
-PASSED_OPTIONS = ("metric", "threshold", "novelty_threshold", "k", "limit", "device", "progress")
+PASSED_OPTIONS = ("metric", "threshold", "novelty_threshold", "k")
 """The options of :func:`family_facts` that :func:`saegeo.feature_card` and
-:func:`saegeo.explore` take and pass on."""
+:func:`saegeo.explore` take and pass on, with the stream options (``**options``)."""
 
 
 def as_facts(

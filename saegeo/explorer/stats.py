@@ -23,9 +23,16 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
+from typing_extensions import Unpack
 
 from saegeo.acts.codes import csr_codes
-from saegeo.acts.streaming import ActsLike, stream
+from saegeo.acts.streaming import (
+    ActsLike,
+    StreamOptions,
+    stream,
+    stream_options,
+    with_stream_options,
+)
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
 from saegeo.formats.family import Family, as_family
@@ -178,16 +185,14 @@ class _Context:
         return out
 
 
+@with_stream_options
 def family_stats(
     family: Family | Sequence[SAE],
     acts: ActsLike,
     *,
     k: int = 10,
     window: tuple[int, int] = (8, 4),
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> list[MemberStats]:
     """:class:`MemberStats` of every member of ``family``, from one pass over ``acts``.
 
@@ -202,8 +207,9 @@ def family_stats(
     window
         ``(before, after)``: tokens around each of them whose activations are kept; each must
         be smaller than ``batch_size``.
-    batch_size, limit, device, progress
-        As for :func:`saegeo.encode_codes`.
+    **options
+        ``batch_size``, ``limit``, ``device``, ``progress``: how ``acts`` is read and where
+        the work runs (:class:`~saegeo.acts.streaming.StreamOptions`).
 
     Returns
     -------
@@ -224,21 +230,15 @@ def family_stats(
     fam = as_family(family)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise SaegeoError(f"family_stats(): k must be an integer >= 1, got {k!r}")
+    settings = stream_options(options)
     before, after = (int(w) for w in window)
-    if min(before, after) < 0 or max(before, after) >= batch_size:
+    if min(before, after) < 0 or max(before, after) >= settings["batch_size"]:
         raise SaegeoError(
             f"family_stats(): window {window!r} must be two numbers >= 0 and < batch_size "
-            f"({batch_size})"
+            f"({settings['batch_size']})"
         )
     batches = stream(
-        acts,
-        batch_size=batch_size,
-        limit=limit,
-        device=device,
-        d_in=fam[0],
-        progress=progress,
-        desc="feature statistics",
-        what="family_stats()",
+        acts, **settings, d_in=fam[0], desc="feature statistics", what="family_stats()"
     )
     saes = [sae.to(batches.device) for sae in fam]
     accumulators = [_Accumulator(sae.width, k, (before, after)) for sae in saes]

@@ -12,9 +12,9 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-import torch
+from typing_extensions import Unpack
 
-from saegeo.acts.streaming import ActsLike
+from saegeo.acts.streaming import ActsLike, StreamOptions, with_stream_options
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
 from saegeo.explorer.facts import PASSED_OPTIONS, FamilyFacts, as_facts
@@ -73,6 +73,7 @@ def widget_class() -> type:
     return ExplorerWidget
 
 
+@with_stream_options
 def explore(
     family: Family | Sequence[SAE] | FamilyFacts,
     acts: ActsLike | None = None,
@@ -81,9 +82,7 @@ def explore(
     threshold: float | None = None,
     novelty_threshold: float = 0.7,
     k: int = 10,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> Any:
     """The family explorer as a Jupyter widget: search, a width selector, a sortable feature
     list and the card of the selected feature, whose parents and children are links.
@@ -98,5 +97,5 @@ def explore(
     """
     widget = widget_class()
     values = locals()
-    facts = as_facts(family, acts, **{name: values[name] for name in PASSED_OPTIONS})
+    facts = as_facts(family, acts, **{name: values[name] for name in PASSED_OPTIONS}, **options)
     return widget(facts)

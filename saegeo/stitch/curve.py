@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
+from typing_extensions import Unpack
 
-from saegeo.acts.streaming import ActsLike, BatchStream, stream
+from saegeo.acts.streaming import ActsLike, BatchStream, StreamOptions, read, with_stream_options
 from saegeo.config import override
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import evaluate_batches
@@ -49,15 +49,12 @@ def frankenstein_curve(
     return _compare(family, stitched, config.with_overrides(limit=None).stream(eval_acts))
 
 
+@with_stream_options
 def compare_frankensteins(
     family: Family | Sequence[SAE],
     stitched: FrankensteinSteps,
     eval_acts: ActsLike,
-    *,
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> pd.DataFrame:
     """Every member and every step of ``stitched`` (refit and not), evaluated on ``eval_acts``.
 
@@ -65,11 +62,10 @@ def compare_frankensteins(
     ``unrefit``), ``name``, ``upto`` (width of the widest member used), ``n_features``,
     ``l0``, ``mse``, ``fvu``, ``nearest`` (the member whose width is nearest to
     ``n_features``, in log scale) and ``mse_vs_nearest`` (MSE over that member's MSE).
+    ``options`` set how ``eval_acts`` is read and where the work runs
+    (:class:`~saegeo.acts.streaming.StreamOptions`).
     """
-    batches = stream(
-        eval_acts, batch_size=batch_size, limit=limit, device=device, progress=progress
-    )
-    return _compare(family, stitched, batches)
+    return _compare(family, stitched, read(eval_acts, options))
 
 
 def _compare(

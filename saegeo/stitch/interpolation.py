@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from typing_extensions import Unpack
 
-from saegeo.acts.streaming import ActsLike, BatchStream, stream
+from saegeo.acts.streaming import ActsLike, BatchStream, StreamOptions, read, with_stream_options
 from saegeo.config import check_count
 from saegeo.core.sae import SAE, concat
 from saegeo.effects.metrics import evaluate_batches
@@ -62,6 +63,7 @@ def _evenly(n_steps: int, points: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, n_steps - 1, max(points, 2)).round().astype(int))
 
 
+@with_stream_options
 def interpolation_path(
     family: Family | Sequence[SAE],
     acts: ActsLike,
@@ -69,10 +71,7 @@ def interpolation_path(
     threshold: float = 0.7,
     pairs: Sequence[int] | None = None,
     points: int | None = None,
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> pd.DataFrame:
     """The stitching paper's path between adjacent widths: add novel features, then swap groups in.
 
@@ -84,7 +83,8 @@ def interpolation_path(
     For additive SAEs every step is evaluated exactly from one pass per pair (the Gram
     statistics of :mod:`saegeo.stitch.refit`); ``points`` keeps that many evenly spaced steps. For
     matching pursuit each point re-encodes the activations, so ``points`` defaults to
-    ``MP_PATH_POINTS``. Memory is O((F_small + F_large)²).
+    ``MP_PATH_POINTS``. Memory is O((F_small + F_large)²). ``options`` set how ``acts`` is read
+    and where the work runs (:class:`~saegeo.acts.streaming.StreamOptions`).
 
     Returns a DataFrame with one row per evaluated step: ``pair``, ``small``, ``large``
     (names), ``step``, ``action`` (start, add, swap), ``cos`` (the added feature's max
@@ -98,7 +98,7 @@ def interpolation_path(
     pairs = list(range(len(family) - 1)) if pairs is None else [int(i) for i in pairs]
     if any(not 0 <= i < len(family) - 1 for i in pairs):
         raise SaegeoError(f"pairs must lie in [0, {len(family) - 2}], got {pairs}")
-    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    batches = read(acts, options)
     torch_device = batches.device
     members = prepare_members(family, len(family), batches)
     records: list[dict[str, Any]] = []

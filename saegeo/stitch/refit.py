@@ -39,8 +39,9 @@ from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
+from typing_extensions import Unpack
 
-from saegeo.acts.streaming import ActsLike, BatchStream, stream
+from saegeo.acts.streaming import ActsLike, BatchStream, StreamOptions, read, with_stream_options
 from saegeo.core.finite import all_finite
 from saegeo.core.sae import SAE
 from saegeo.effects.metrics import Metrics, Moments, metrics_from_sums
@@ -437,6 +438,7 @@ def with_decoder(sae: SAE, W_dec: torch.Tensor, b_dec: torch.Tensor) -> SAE:
 # --------------------------------------------------------------------------- exact refit
 
 
+@with_stream_options
 def refit_exact(
     sae: SAE,
     acts: ActsLike,
@@ -445,17 +447,15 @@ def refit_exact(
     solver: Solver = "auto",
     tol: float = refit_cg.TOL,
     max_iterations: int = refit_cg.MAX_ITERATIONS,
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> Refit:
     """The MSE-optimal decoder for the codes of ``sae`` on ``acts``, from one pass.
 
     ``solver`` is ``cholesky`` (a dense Gram matrix, :func:`accumulate_stats`), ``cg``
     (conjugate gradients on the kept codes, :mod:`saegeo.stitch.refit_cg`, with ``tol`` and
     ``max_iterations``) or ``auto`` (:func:`choose_solver`). See :func:`solve_exact` and
-    :func:`with_decoder`.
+    :func:`with_decoder`. ``options`` set how ``acts`` is read and where the work runs
+    (:class:`~saegeo.acts.streaming.StreamOptions`).
 
     Examples
     --------
@@ -465,7 +465,7 @@ def refit_exact(
     >>> result.after.mse <= result.before.mse + 1e-6
     True
     """
-    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    batches = read(acts, options)
     return refit_exact_batches(
         sae, batches, ridge=ridge, solver=solver, tol=tol, max_iterations=max_iterations
     )

@@ -17,8 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from typing_extensions import Unpack
 
-from saegeo.acts.streaming import ActsLike, BatchStream, progress_bar, stream
+from saegeo.acts.streaming import (
+    ActsLike,
+    BatchStream,
+    StreamOptions,
+    progress_bar,
+    read,
+    with_stream_options,
+)
 from saegeo.core.grad_mode import with_gradients
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
@@ -35,6 +43,7 @@ from saegeo.stitch.refit import (
 CHECKPOINT_FORMAT = "saegeo.refit_sgd.v1"
 
 
+@with_stream_options
 @with_gradients
 def refit_sgd(
     sae: SAE,
@@ -43,14 +52,11 @@ def refit_sgd(
     tokens: int | None = None,
     lr: float = 1e-3,
     decay_fraction: float = 0.2,
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 100,
     max_seconds: float | None = None,
     callback: Callable[[int, float], None] | None = None,
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> Refit:
     """Train the decoder (and, for additive SAEs, ``b_dec``) with Adam, codes fixed.
 
@@ -60,10 +66,10 @@ def refit_sgd(
     state every ``checkpoint_every`` steps and at the end, atomically; calling again with the
     same arguments resumes from it (a finished run returns at once). ``max_seconds`` stops
     early (the state is checkpointed); ``callback(step, loss)`` runs after every step. The
-    result's metrics come from one more pass over the fitting tokens. ``progress`` as in
-    :mod:`saegeo.acts.streaming`.
+    result's metrics come from one more pass over the fitting tokens. ``options`` set how
+    ``acts`` is read and where the work runs (:class:`~saegeo.acts.streaming.StreamOptions`).
     """
-    batches = stream(acts, batch_size=batch_size, limit=limit, device=device, progress=progress)
+    batches = read(acts, options)
     return refit_sgd_batches(
         sae,
         batches,

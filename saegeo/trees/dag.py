@@ -45,10 +45,16 @@ from typing import Any, Literal, get_args
 import networkx as nx
 import numpy as np
 import scipy.sparse as sp
-import torch
+from typing_extensions import Unpack
 
 from saegeo.acts.codes import encode_codes
-from saegeo.acts.streaming import ActsLike, checked_store
+from saegeo.acts.streaming import (
+    ActsLike,
+    StreamOptions,
+    checked_store,
+    stream_options,
+    with_stream_options,
+)
 from saegeo.config import cosine_threshold
 from saegeo.core.feature_info import log_feature_density, neuronpedia_url
 from saegeo.core.sae import SAE
@@ -133,16 +139,14 @@ def _is_int(x: Any) -> bool:
 # --------------------------------------------------------------------------- DAG
 
 
+@with_stream_options
 def feature_dag(
     family: Family | Sequence[SAE],
     *,
     metric: Metric = "decoder_cosine",
     threshold: float | None = None,
     acts: ActsLike | None = None,
-    batch_size: int = 4096,
-    limit: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
+    **options: Unpack[StreamOptions],
 ) -> nx.DiGraph:
     """The feature DAG of ``family``: nodes ``(level, feature)``, edges level l -> l + 1.
 
@@ -164,13 +168,11 @@ def feature_dag(
         Activations [N, d_in] (store, tensor or path). Each SAE's codes are encoded once; they
         give the MCS and the node attributes ``freq`` (fraction of tokens where the feature
         fires) and ``max_act``. Optional for ``decoder_cosine``.
-    batch_size, limit, device
-        Passed to :func:`saegeo.encode_codes` (``limit`` caps the tokens read);
-        ``device`` also runs the decoder cosines
+    **options
+        ``batch_size``, ``limit``, ``device``, ``progress``: how ``acts`` is read and where
+        the work runs (:class:`~saegeo.acts.streaming.StreamOptions`); ``limit`` caps the
+        tokens read, and ``device`` also runs the decoder cosines
         (:func:`saegeo.geometry.similarity.decoder_cosine_pairs`, blocked, so memory stays bounded).
-    progress
-        Show progress bars: None on a terminal, True always, False never
-        (:mod:`saegeo.acts.streaming`).
 
     Returns
     -------
@@ -238,13 +240,13 @@ def feature_dag(
         )
         _set_published_info(G, entry["level"], fam[entry["level"]])
 
+    settings = stream_options(options)
+    batch_size, limit, progress = settings["batch_size"], settings["limit"], settings["progress"]
     store = checked_store(acts) if acts is not None else None
 
     def encode(level: int) -> tuple[sp.csr_matrix, InputMeans | None]:
         assert store is not None
-        codes = encode_codes(
-            fam[level], store, batch_size=batch_size, limit=limit, device=device, progress=progress
-        )
+        codes = encode_codes(fam[level], store, **settings)
         _set_activation_stats(G, level, codes)
         means = (
             input_means(codes, store, batch_size=batch_size, limit=limit)
@@ -259,7 +261,7 @@ def feature_dag(
         codes_next, means_next = encode(level + 1) if store is not None else (None, None)
         if metric == "decoder_cosine":
             M = decoder_cosine_pairs(
-                small, large, threshold=threshold, device=device, progress=progress
+                small, large, threshold=threshold, device=settings["device"], progress=progress
             ).tocoo()
         elif metric == "cofiring":
             M = cofiring(codes_prev, codes_next, min_score=threshold, progress=progress).tocoo()

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import sys
+import textwrap
 
 import numpy as np
 import pytest
 import torch
 from helpers.sae import gaussian_sae
 
+import saegeo as sg
 from saegeo.acts.store import ActivationStore
-from saegeo.acts.streaming import checked_store, progress_bar, stream, token_count
+from saegeo.acts.streaming import (
+    StreamOptions,
+    checked_store,
+    progress_bar,
+    stream,
+    stream_options,
+    token_count,
+    with_stream_options,
+)
 from saegeo.core.sae import SAE
-from saegeo.errors import ShapeError
+from saegeo.effects.novelty import novelty_table
+from saegeo.errors import ArgumentError, ShapeError
 
 
 def test_batches_respect_batch_size_limit_and_dtype():
@@ -130,3 +143,68 @@ def test_progress_bars_in_jupyter_need_no_widgets(monkeypatch):
         streaming.progress_bar(3, "test", progress=False).close()
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
     assert streaming.bar_class() is tqdm.notebook.tqdm
+
+
+def test_stream_options_are_streams_keywords_with_its_defaults():
+    parameters = inspect.signature(stream).parameters
+    assert StreamOptions.__optional_keys__ == set(StreamOptions.__annotations__)
+    for key, annotation in StreamOptions.__annotations__.items():
+        written = getattr(annotation, "__forward_arg__", annotation)  # a string, as in stream
+        assert parameters[key].annotation == written, key
+    body = ast.parse(textwrap.dedent(inspect.getsource(StreamOptions))).body[0].body
+    pairs = zip(body, body[1:], strict=False)
+    docs = {a.target.id: d.value.value for a, d in pairs if isinstance(a, ast.AnnAssign)}
+    for key in ("batch_size", "limit", "device"):  # the documented default is stream's
+        written = docs[key].replace("``", "").replace('"', "'")
+        assert f"default {parameters[key].default!r}" in written, key
+    assert "None (the default)" in docs["progress"] and parameters["progress"].default is None
+    settings = stream_options({"limit": 7})
+    assert settings == {
+        "batch_size": parameters["batch_size"].default,
+        "limit": 7,
+        "device": parameters["device"].default,
+        "progress": parameters["progress"].default,
+    }
+
+
+def test_an_unknown_stream_keyword_is_a_type_error_naming_it():
+    sae = gaussian_sae(4, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match="'batch_sise'.*batch_size, device, limit, progress"):
+        sg.encode_codes(sae, torch.zeros(3, 4), batch_sise=2)
+    with pytest.raises(TypeError, match="'dtype'"):
+        stream_options({"dtype": torch.float64})  # stream's own, not a public function's
+
+
+def test_stream_options_are_checked_where_no_activations_are_read():
+    sae = gaussian_sae(4, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ArgumentError, match="batch_size"):
+        novelty_table(sae, sae, None, batch_size=0)
+
+
+def test_every_function_that_streams_activations_takes_the_stream_options():
+    """Public functions reading ``acts`` take :class:`StreamOptions` (or a config that holds
+    them), declare none of its keywords themselves, and show them with stream's defaults."""
+    defaults = inspect.signature(stream).parameters
+    checked = 0
+    for name in dir(sg):
+        function = getattr(sg, name)
+        if not inspect.isfunction(function):
+            continue
+        parameters = inspect.signature(function).parameters
+        if not {"acts", "eval_acts"} & set(parameters) or "config" in parameters:
+            continue
+        assert function.__annotations__.get("options") == "Unpack[StreamOptions]", name
+        assert not StreamOptions.__optional_keys__ & set(function.__annotations__), name
+        for key in StreamOptions.__optional_keys__:
+            assert parameters[key].kind is inspect.Parameter.KEYWORD_ONLY, (name, key)
+            assert parameters[key].default == defaults[key].default, (name, key)
+        checked += 1
+    assert checked >= 12
+
+
+def test_showing_stream_options_needs_a_function_that_takes_them():
+    def plain(acts, *, batch_size=1):
+        return acts
+
+    with pytest.raises(TypeError, match="takes no"):
+        with_stream_options(plain)

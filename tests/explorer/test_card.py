@@ -97,6 +97,7 @@ def test_card_and_explorer_pass_options_on_with_family_facts_defaults(front):
         assert options[name].kind is inspect.Parameter.KEYWORD_ONLY, name
         assert options[name].default == measures[name].default, name
         assert options[name].annotation == measures[name].annotation, name
+    assert front.__annotations__["options"] == sg.family_facts.__annotations__["options"]
 
 
 def test_card_from_family_in_one_line(toy):
