@@ -1,11 +1,12 @@
 """What the configuration dataclasses (TrainConfig, StitchConfig, HarvestConfig) and the
 functions that check their own arguments share: how a bad value is reported, and the checks
-of the values many of them take (a cosine threshold, a count)."""
+of the values many of them take (a cosine threshold, a count, a choice)."""
 
 from __future__ import annotations
 
 import dataclasses
 import operator
+from collections.abc import Iterable
 from typing import Any, NoReturn, TypeVar
 
 import numpy as np
@@ -55,6 +56,32 @@ def cosine_threshold(value: object, name: str = "threshold", *, owner: str | Non
     ):
         raise ArgumentError(name, value, "must be a cosine in [-1, 1]", owner=owner)
     return float(value)
+
+
+def check_choice(
+    name: str, value: object, choices: Iterable[object], *, owner: str | None = None
+) -> None:
+    """Raise the ArgumentError of ``name`` unless ``value`` is one of ``choices`` (the values of
+    a ``Literal``, a table's keys...).
+
+    Examples
+    --------
+    >>> check_choice("topk", "both", ("reencode", "jumprelu"))
+    Traceback (most recent call last):
+    ...
+    saegeo.errors.ArgumentError: topk='both': must be one of 'reencode', 'jumprelu'
+    """
+    allowed = tuple(choices)
+    if not any(_same(value, choice) for choice in allowed):
+        listed = ", ".join(repr(choice) for choice in allowed)
+        raise ArgumentError(name, value, f"must be one of {listed}", owner=owner)
+
+
+def _same(value: object, choice: object) -> bool:
+    try:
+        return value is choice or bool(value == choice)
+    except (TypeError, ValueError):  # an array compared elementwise, say
+        return False
 
 
 def check_count(

@@ -3,6 +3,8 @@ this machine lacks, size arguments out of range, families given as paths."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -66,6 +68,10 @@ def test_cuda_without_cuda_is_one_clear_error(x_BD):
         sg.encode_codes(random_sae(8, "relu", seed=0), x_BD, device="cuda")
 
 
+def _family(sae: sg.SAE) -> list[sg.SAE]:
+    return [sae, random_sae(16, "relu", seed=1)]
+
+
 @pytest.mark.parametrize(
     ("call", "name"),
     [
@@ -78,11 +84,40 @@ def test_cuda_without_cuda_is_one_clear_error(x_BD):
         (lambda s, x: sg.decoder_cosine(s, s, block_elements=0), "block_elements=0"),
         (lambda s, x: sg.family_novelty([s], x, points=-1), "points=-1"),
         (lambda s, x: sg.interpolation_path([s, s], x, points=0), "points=0"),
+        (lambda s, x: sg.match_features(s, s, candidates=0), "candidates=0"),
+        (lambda s, x: sg.family_facts(_family(s), x, k=0, progress=False), "k=0"),
     ],
 )
 def test_size_arguments_are_checked(call, name, x_BD):
     with pytest.raises(ArgumentError, match=f"^{name}: must be an integer >= "):
         call(random_sae(8, "relu", seed=0), x_BD)
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda s, x: sg.delta_mse(s, s, x, topk="both"), "topk='both'"),
+        (lambda s, x: sg.feature_dag(_family(s), metric="mcs"), "metric='mcs'"),
+        (lambda s, x: sg.forest(sg.feature_dag(_family(s)), rank_by="depth"), "rank_by='depth'"),
+        (lambda s, x: sg.match_features(s, s, method="greedy"), "method='greedy'"),
+        (lambda s, x: sg.decoder_cosine(s, s, dtype=torch.int32), "dtype=torch.int32"),
+    ],
+)
+def test_choice_arguments_are_checked(call, name, x_BD):
+    with pytest.raises(ArgumentError, match=f"^{re.escape(name)}: must be one of "):
+        call(random_sae(8, "relu", seed=0), x_BD)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: sg.match_features(s, s, threshold=1.5),
+        lambda s: sg.seed_stability(s, s, threshold=1.5),
+    ],
+)
+def test_every_cosine_threshold_has_one_check(call):
+    with pytest.raises(ArgumentError, match=r"^threshold=1\.5: must be a cosine in \[-1, 1\]$"):
+        call(random_sae(8, "relu", seed=0))
 
 
 def test_a_family_may_be_given_as_paths(tmp_path):

@@ -26,6 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from saegeo.config import check_choice
 from saegeo.core.finite import finite_row_mask
 from saegeo.errors import FormatError, SaegeoError
 from saegeo.formats import fields
@@ -81,8 +82,7 @@ class ActivationStore:
 
         ``nonfinite`` sets :attr:`nonfinite`: what reading a row with NaN or Inf values does.
         """
-        if nonfinite not in get_args(NonFinite):
-            raise SaegeoError(f"nonfinite must be one of {get_args(NonFinite)}, got {nonfinite!r}")
+        check_choice("nonfinite", nonfinite, get_args(NonFinite))
         store = cls._open(Path(path))
         store.nonfinite = nonfinite
         return store
@@ -396,8 +396,7 @@ class ShardWriter:
         meta: dict[str, Any] | None = None,
         collective: bool = False,
     ) -> None:
-        if dtype not in DTYPES:
-            raise SaegeoError(f"store dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        check_choice("dtype", dtype, sorted(DTYPES))
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.shard_tokens = shard_tokens

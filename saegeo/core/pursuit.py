@@ -28,6 +28,7 @@ from typing import Literal
 
 import torch
 
+from saegeo.config import check_choice, check_count
 from saegeo.core import gram_route, gram_update
 from saegeo.core.grad_mode import in_callers_mode
 from saegeo.core.pursuit_rules import StopRules, pursue
@@ -254,12 +255,9 @@ def _check_inputs(
             f"residual dtype {residual_BD.dtype} differs from W_dec dtype {W_dec_FD.dtype}; "
             "cast one to the other"
         )
-    if method not in METHODS:
-        raise SaegeoError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if max_iterations is not None and max_iterations < 0:
-        raise SaegeoError(f"max_iterations must be >= 0 or None, got {max_iterations}")
-    if batch_size is not None and batch_size < 1:
-        raise SaegeoError(f"batch_size must be >= 1 or None, got {batch_size}")
+    check_choice("method", method, METHODS)
+    check_count("max_iterations", max_iterations, minimum=0, optional=True)
+    check_count("batch_size", batch_size, optional=True)
 
 
 def _resolve_device(device: str | torch.device | None, default: torch.device) -> torch.device:

@@ -20,7 +20,7 @@ from saegeo.core.architectures import ARCHS, Architecture, architecture, union_k
 from saegeo.core.feature_info import select_metadata
 from saegeo.core.finite import all_finite
 from saegeo.core.normalization import NORMALIZATIONS, Normalization
-from saegeo.errors import SaegeoError, ShapeError
+from saegeo.errors import ArgumentError, SaegeoError, ShapeError
 from saegeo.runtime.devices import resolve_device
 
 Arch = Literal["relu", "jumprelu", "topk", "matching_pursuit"]
@@ -287,8 +287,11 @@ class SAE:
         For ``topk`` the result keeps ``min(k, len(idx))`` latents per token.
         """
         idx_F = torch.as_tensor(idx, dtype=torch.long, device=self.device).reshape(-1)
-        if idx_F.numel() and (int(idx_F.min()) < 0 or int(idx_F.max()) >= self.width):
-            raise SaegeoError(f"{self.name}: select() indices must lie in [0, {self.width})")
+        outside = idx_F[(idx_F < 0) | (idx_F >= self.width)]
+        if outside.numel():
+            raise ArgumentError(
+                "idx", int(outside[0]), f"must lie in [0, {self.width}): the latents of {self.name}"
+            )
         changes: dict[str, Any] = {
             "W_enc": self.W_enc[:, idx_F],
             "b_enc": self.b_enc[idx_F],

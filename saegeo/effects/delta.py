@@ -53,6 +53,7 @@ from saegeo.acts.streaming import (
     read,
     with_stream_options,
 )
+from saegeo.config import check_count
 from saegeo.core.pursuit_rules import StopRules, pursue
 from saegeo.core.sae import SAE
 from saegeo.effects.hybrid import TopkMode, hybrid, output_scale, prepare_pair, rebase
@@ -433,8 +434,7 @@ def pair_cumulative_mse(pair: PreparedPair, order: Sequence[int], *, points: int
     """:func:`cumulative_mse` of a prepared pair."""
     small, large, _, batches = pair
     order_arr = np.asarray(order, dtype=np.int64).reshape(-1)
-    if points < 2:
-        raise SaegeoError(f"cumulative_mse(): points must be >= 2, got {points}")
+    check_count("points", points, minimum=2)
     counts = np.unique(np.linspace(0, order_arr.size, points).round().astype(np.int64))
     rows = []
     with progress_bar(len(counts), "cumulative mse", batches.progress) as bar:

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from saegeo.acts.streaming import BatchStream, checked_store
+from saegeo.config import check_choice
 from saegeo.core import normalization
 from saegeo.core.architectures import Union, union_kind
 from saegeo.core.sae import SAE, check_same_site, concat
-from saegeo.errors import SaegeoError
+from saegeo.errors import ArgumentError, SaegeoError
 
 TopkMode = Literal["reencode", "jumprelu"]
 TOPK_MODES: tuple[str, ...] = get_args(TopkMode)
@@ -66,10 +67,11 @@ def _indices(idx: Sequence[int] | np.ndarray | torch.Tensor, width: int, name: s
         out = idx.to(device="cpu", dtype=torch.long).reshape(-1)
     else:
         out = torch.from_numpy(np.array(idx, dtype=np.int64).reshape(-1))
-    if out.numel() and (int(out.min()) < 0 or int(out.max()) >= width):
-        raise SaegeoError(f"hybrid(): {name} indices must lie in [0, {width})")
+    outside = out[(out < 0) | (out >= width)]
+    if outside.numel():
+        raise ArgumentError(name, int(outside[0]), f"indices must lie in [0, {width})")
     if out.unique().numel() != out.numel():
-        raise SaegeoError(f"hybrid(): {name} indices must be distinct")
+        raise ArgumentError(name, idx, "indices must be distinct")
     return out
 
 
@@ -135,8 +137,7 @@ def prepare_pair(
 ) -> tuple[SAE, SAE, str]:
     """Both SAEs on the device of ``batches`` (TopK ones converted when ``topk="jumprelu"``,
     calibrated on the same tokens) and their union kind."""
-    if topk not in TOPK_MODES:
-        raise SaegeoError(f"topk must be one of {TOPK_MODES}, got {topk!r}")
+    check_choice("topk", topk, TOPK_MODES)
     for sae in (small, large):
         checked_store(batches.store, sae)
     small, large = small.to(batches.device), large.to(batches.device, small.dtype)

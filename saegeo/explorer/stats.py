@@ -33,8 +33,9 @@ from saegeo.acts.streaming import (
     stream_options,
     with_stream_options,
 )
+from saegeo.config import check_count
 from saegeo.core.sae import SAE
-from saegeo.errors import SaegeoError
+from saegeo.errors import ArgumentError
 from saegeo.formats.family import Family, as_family
 
 HIST_EDGES = 10.0 ** np.arange(-3.0, 5.0 + 1e-9, 0.1)
@@ -228,14 +229,14 @@ def family_stats(
     ([3, 1], [[1, 3], [1, -1]], [1.0, 3.0, 0.0])
     """
     fam = as_family(family)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise SaegeoError(f"family_stats(): k must be an integer >= 1, got {k!r}")
+    check_count("k", k)
     settings = stream_options(options)
     before, after = (int(w) for w in window)
     if min(before, after) < 0 or max(before, after) >= settings["batch_size"]:
-        raise SaegeoError(
-            f"family_stats(): window {window!r} must be two numbers >= 0 and < batch_size "
-            f"({settings['batch_size']})"
+        raise ArgumentError(
+            "window",
+            window,
+            f"must be two integers >= 0 and < batch_size ({settings['batch_size']})",
         )
     batches = stream(
         acts, **settings, d_in=fam[0], desc="feature statistics", what="family_stats()"

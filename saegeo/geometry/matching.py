@@ -36,6 +36,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
+from saegeo.config import check_choice, check_count, cosine_threshold
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError, ShapeError
 from saegeo.geometry.similarity import decoder_cosine, seed_stability, unit_rows
@@ -198,20 +199,9 @@ def match_features(
     >>> m.pairs[["a", "b"]].values.tolist(), round(m.shared_fraction, 3)
     ([[0, 1], [1, 0], [2, 2]], 0.667)
     """
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, (int, float))
-        or not -1 <= threshold <= 1
-    ):
-        raise SaegeoError(
-            f"match_features(): threshold must be a cosine in [-1, 1], got {threshold!r}"
-        )
-    if method not in ("auto", "dense", "sparse"):
-        raise SaegeoError(
-            f"match_features(): method must be 'auto', 'dense' or 'sparse', got {method!r}"
-        )
-    if candidates < 1:
-        raise SaegeoError(f"match_features(): candidates must be >= 1, got {candidates}")
+    threshold = cosine_threshold(threshold)
+    check_choice("method", method, ("auto", "dense", "sparse"))
+    check_count("candidates", candidates)
     dirs_a, dirs_b = _directions(a, "a", encoder), _directions(b, "b", encoder)
     if dirs_a[0].shape[1] != dirs_b[0].shape[1]:
         raise ShapeError(

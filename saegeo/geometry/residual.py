@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from saegeo.config import check_count
 from saegeo.core.sae import SAE
 from saegeo.errors import SaegeoError
 from saegeo.geometry.similarity import CosineMatch, decoder_cosine, unit_rows
@@ -71,8 +72,7 @@ def decoder_residual(
     [0.0, 0.5]
     """
     W_small_SD, W_large_LD = _decoder(small), _decoder(large)
-    if k < 1:
-        raise SaegeoError(f"decoder_residual(): k must be >= 1, got {k}")
+    check_count("k", k)
     k = min(k, W_small_SD.shape[0])
     if match is None:
         match = decoder_cosine(small, large, k=k, device=device, progress=progress)

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 import torch
 
 from saegeo.acts.streaming import progress_bar
-from saegeo.config import check_count
+from saegeo.config import check_choice, check_count, cosine_threshold
 from saegeo.core.finite import all_finite
 from saegeo.core.sae import SAE, as_input
 from saegeo.errors import ArgumentError, SaegeoError, ShapeError
@@ -194,8 +194,7 @@ def _prepare(
             f"decoder_cosine(): {names[0]} has d_in={W_small_SD.shape[1]} but {names[1]} "
             f"has d_in={W_large_LD.shape[1]}; both must read the same model site"
         )
-    if dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-        raise SaegeoError(f"decoder_cosine(): dtype must be a floating dtype, got {dtype}")
+    check_choice("dtype", dtype, (torch.float32, torch.float64, torch.bfloat16, torch.float16))
     torch_device = resolve_device(device)
     _require_memory(W_small_SD.shape[0], W_large_LD, k, torch_device, dtype, block_elements)
     small32_SD = unit_rows(W_small_SD.to(torch_device, torch.float32))
@@ -401,7 +400,6 @@ def seed_stability(
     >>> seed_stability(torch.eye(4), torch.eye(4)[[1, 0, 3]], device="cpu")
     0.75
     """
-    if not 0 <= threshold <= 1:
-        raise SaegeoError(f"seed_stability(): threshold must lie in [0, 1], got {threshold}")
+    threshold = cosine_threshold(threshold)
     values = decoder_cosine(other, sae, device=device, progress=False).values[:, 0]
     return float((values > threshold).float().mean())

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saegeo.errors import SaegeoError
+from saegeo.errors import ArgumentError, SaegeoError
 from saegeo.runtime.paths import regular_file
 
 BBC_NEWS = "bbc_news"
@@ -139,7 +139,7 @@ def from_texts(texts: Sequence[str], *, name: str = "texts") -> TextSource:
     """Documents from strings in memory; ``name`` labels them in a store's metadata."""
     texts = list(texts)
     if not all(isinstance(text, str) for text in texts):
-        raise SaegeoError("texts: expected a list of strings")
+        raise ArgumentError("texts", type(texts).__name__, "must be a list of strings")
     return TextSource(
         [str(i) for i in range(len(texts))], texts.__getitem__, {"kind": "texts", "name": name}
     )

@@ -30,6 +30,7 @@ import torch
 
 from saegeo.acts.codes import encode_codes
 from saegeo.acts.store import ActivationStore
+from saegeo.config import check_count
 from saegeo.errors import SaegeoError
 from saegeo.formats.family import Family
 
@@ -63,8 +64,7 @@ def token_label(tokens: Sequence[str], *, n: int = N_TOKENS) -> str | None:
     >>> token_label([" cat", " dog"])
     'cat · dog'
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise SaegeoError(f"token_label(): n must be an integer >= 1, got {n!r}")
+    check_count("n", n)
     shown = [_shown(t) for t in tokens]
     if not shown:
         return None
@@ -113,8 +113,7 @@ def top_token_labels(
     >>> top_token_labels(codes, ids, Chars())
     {0: 'a · b', 1: 'b'}
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise SaegeoError(f"top_token_labels(): k must be an integer >= 1, got {k!r}")
+    check_count("k", k)
     columns = sp.csc_matrix(codes)
     columns.eliminate_zeros()
     token_ids = np.asarray(token_ids).reshape(-1)

@@ -32,8 +32,9 @@ import torch
 
 from saegeo.acts.codes import encode_codes
 from saegeo.acts.store import ActivationStore
+from saegeo.config import check_count
 from saegeo.core.sae import SAE
-from saegeo.errors import SaegeoError, ShapeError
+from saegeo.errors import ArgumentError, SaegeoError, ShapeError
 
 MARKS = ("«", "»")
 """Strings put around the activating token in the ``text`` column."""
@@ -87,9 +88,7 @@ def _window(window: int | tuple[int, int]) -> tuple[int, int]:
     if len(pair) != 2 or any(
         isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 0 for w in pair
     ):
-        raise SaegeoError(
-            f"top_snippets(): window must be an integer >= 0 or a pair of them, got {window!r}"
-        )
+        raise ArgumentError("window", window, "must be an integer >= 0 or a pair of them")
     return int(pair[0]), int(pair[1])
 
 
@@ -169,15 +168,10 @@ def top_snippets(
         ``context`` (-1 where unknown), ``left``, ``token_str``, ``right`` (decoded text)
         and ``text``: left, marked token and right on one line (newlines shown as ``⏎``).
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise SaegeoError(f"top_snippets(): k must be an integer >= 0, got {k!r}")
+    check_count("k", k, minimum=0)
     before, after = _window(window)
-    if max_per_doc is not None and max_per_doc < 1:
-        raise SaegeoError(f"top_snippets(): max_per_doc must be >= 1, got {max_per_doc!r}")
-    if tokens_per_context is not None and tokens_per_context < 1:
-        raise SaegeoError(
-            f"top_snippets(): tokens_per_context must be >= 1, got {tokens_per_context!r}"
-        )
+    check_count("max_per_doc", max_per_doc, optional=True)
+    check_count("tokens_per_context", tokens_per_context, optional=True)
     token_ids = np.asarray(token_ids).reshape(-1)
     rows, values, n_rows = _feature_column(codes, int(feature))
     if n_rows > token_ids.size:

@@ -38,7 +38,7 @@ from saegeo.core.architectures import union_kind
 from saegeo.core.sae import SAE, concat
 from saegeo.effects.hybrid import as_additive
 from saegeo.effects.metrics import Metrics, evaluate_batches
-from saegeo.errors import SaegeoError
+from saegeo.errors import ArgumentError, SaegeoError
 from saegeo.formats.family import Family, as_family
 from saegeo.geometry.classify import swap_groups
 from saegeo.geometry.similarity import decoder_cosine
@@ -97,7 +97,7 @@ def _members_upto(family: Family, upto: int | None) -> int:
         return len(family)
     upto = int(upto)
     if upto < 0:
-        raise SaegeoError(f"upto must be a width or member index >= 0, got {upto}")
+        raise ArgumentError("upto", upto, "must be a width or member index >= 0")
     if upto < family.widths[0]:  # no member is narrower than the base: an index
         if upto >= len(family):
             raise SaegeoError(

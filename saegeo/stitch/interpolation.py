@@ -21,7 +21,7 @@ from saegeo.acts.streaming import ActsLike, BatchStream, StreamOptions, read, wi
 from saegeo.config import check_count
 from saegeo.core.sae import SAE, concat
 from saegeo.effects.metrics import evaluate_batches
-from saegeo.errors import SaegeoError
+from saegeo.errors import ArgumentError, SaegeoError
 from saegeo.formats.family import Family, as_family
 from saegeo.geometry.classify import swap_groups
 from saegeo.geometry.similarity import decoder_cosine
@@ -97,7 +97,7 @@ def interpolation_path(
         raise SaegeoError("interpolation_path() needs a family of at least two SAEs")
     pairs = list(range(len(family) - 1)) if pairs is None else [int(i) for i in pairs]
     if any(not 0 <= i < len(family) - 1 for i in pairs):
-        raise SaegeoError(f"pairs must lie in [0, {len(family) - 2}], got {pairs}")
+        raise ArgumentError("pairs", pairs, f"each must lie in [0, {len(family) - 2}]")
     batches = read(acts, options)
     torch_device = batches.device
     members = prepare_members(family, len(family), batches)

@@ -52,9 +52,10 @@ from dataclasses import dataclass
 import torch
 
 from saegeo.acts.streaming import BatchStream
+from saegeo.config import check_count
 from saegeo.core.finite import all_finite
 from saegeo.core.sae import SAE
-from saegeo.errors import InsufficientMemoryError, SaegeoError, ShapeError
+from saegeo.errors import ArgumentError, InsufficientMemoryError, SaegeoError, ShapeError
 from saegeo.runtime import distributed, memory
 from saegeo.stitch.refit_sums import DecoderSolve, RefitStats, TokenSums
 
@@ -304,8 +305,9 @@ def solve_decoder_cg(
             f"solve_decoder_cg(): W_dec has shape {tuple(W_dec.shape)}, statistics "
             f"are for {width} features of d_in {d_in}"
         )
-    if not (tol > 0 and max_iterations >= 1):
-        raise SaegeoError(f"solve_decoder_cg(): tol={tol} must be > 0, max_iterations >= 1")
+    if not tol > 0:
+        raise ArgumentError("tol", tol, "must be > 0")
+    check_count("max_iterations", max_iterations)
     device = stats.cross.device
     theta0 = stats.theta(W_dec, b_dec)
     live = torch.nonzero(stats.active.to(device) > 0).reshape(-1)

@@ -27,9 +27,10 @@ from saegeo.acts.streaming import (
     read,
     with_stream_options,
 )
+from saegeo.config import check_count
 from saegeo.core.grad_mode import with_gradients
 from saegeo.core.sae import SAE
-from saegeo.errors import SaegeoError
+from saegeo.errors import ArgumentError, SaegeoError
 from saegeo.runtime.atomic import atomic_file
 from saegeo.stitch.refit import (
     Refit,
@@ -104,11 +105,12 @@ def refit_sgd_batches(
     if n_data == 0:
         raise SaegeoError(f"activations {batches.store.source}: no tokens to fit on")
     tokens = 10 * n_data if tokens is None else int(tokens)
-    if tokens < 1 or lr <= 0 or checkpoint_every < 1 or not 0 <= decay_fraction <= 1:
-        raise SaegeoError(
-            "refit_sgd(): tokens, lr and checkpoint_every must be positive and "
-            "decay_fraction in [0, 1]"
-        )
+    check_count("tokens", tokens)
+    check_count("checkpoint_every", checkpoint_every)
+    if not lr > 0:
+        raise ArgumentError("lr", lr, "must be > 0")
+    if not 0 <= decay_fraction <= 1:
+        raise ArgumentError("decay_fraction", decay_fraction, "must lie in [0, 1]")
     batches_per_pass = math.ceil(n_data / batch_size)
     total_steps = math.ceil(tokens / batch_size)
     fit_bias = fits_bias(sae)

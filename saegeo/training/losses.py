@@ -20,6 +20,7 @@ from typing import Literal, NamedTuple, get_args
 
 import torch
 
+from saegeo.config import check_choice
 from saegeo.errors import SaegeoError
 
 Sparsity = Literal["l1", "log", "none"]
@@ -46,8 +47,7 @@ def sparsity_loss(
 ) -> torch.Tensor:
     """Sparsity penalty summed over latents and averaged over tokens (a scalar): the penalty of
     an activation is ``|f|·||d||`` (l1) or ``log(1 + |f|·||d||/ε)`` (log)."""
-    if kind not in SPARSITIES:
-        raise SaegeoError(f"sparsity must be one of {SPARSITIES}, got {kind!r}")
+    check_choice("sparsity", kind, SPARSITIES)
     scaled_BF = acts_BF.abs() * dec_norm_F
     if kind == "l1":
         penalty_BF = scaled_BF

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from saegeo.acts.store import ActivationStore
-from saegeo.errors import SaegeoError
+from saegeo.config import check_choice, check_count
+from saegeo.errors import ArgumentError, SaegeoError
 
 Directions = Literal["random", "orthogonal"]
 
@@ -66,14 +67,9 @@ class ToyConfig:
     """Seed of the directions and, combined with a sampler's own seed, of the samples."""
 
     def __post_init__(self) -> None:
-        if self.directions not in get_args(Directions):
-            raise SaegeoError(
-                f"ToyConfig: directions must be one of {get_args(Directions)}, "
-                f"got {self.directions!r}"
-            )
+        check_choice("directions", self.directions, get_args(Directions), owner="ToyConfig")
         for name in ("n_roots", "d"):
-            if getattr(self, name) < 1:
-                raise SaegeoError(f"ToyConfig: {name} must be >= 1, got {getattr(self, name)}")
+            check_count(name, getattr(self, name), owner="ToyConfig")
         if self.depth < 0 or (self.depth > 0 and self.branching < 1):
             raise SaegeoError(
                 f"ToyConfig: need depth >= 0 and branching >= 1, got "
@@ -143,16 +139,20 @@ class ToyModel:
         parent_F = torch.as_tensor(parent, dtype=torch.long).reshape(-1)
         n = parent_F.numel()
         if n == 0:
-            raise SaegeoError("ToyModel: parent must list at least one feature")
+            raise ArgumentError("parent", parent, "must list at least one feature")
         if bool((parent_F >= torch.arange(n)).any()) or bool((parent_F < -1).any()):
-            raise SaegeoError("ToyModel: parent[i] must be -1 or the id of an earlier feature")
+            raise ArgumentError(
+                "parent", parent, "each entry must be -1 or the id of an earlier feature"
+            )
         prob_F = _per_feature(prob, n, "prob")
         if bool((prob_F < 0).any()) or bool((prob_F > 1).any()):
-            raise SaegeoError("ToyModel: prob must lie in [0, 1]")
+            raise ArgumentError("prob", prob, "must lie in [0, 1]")
         mean_F = _per_feature(magnitude_mean, n, "magnitude_mean")
         std_F = _per_feature(magnitude_std, n, "magnitude_std")
-        if bool((mean_F <= 0).any()) or bool((std_F < 0).any()):
-            raise SaegeoError("ToyModel: magnitude_mean must be > 0 and magnitude_std >= 0")
+        if bool((mean_F <= 0).any()):
+            raise ArgumentError("magnitude_mean", magnitude_mean, "must be > 0")
+        if bool((std_F < 0).any()):
+            raise ArgumentError("magnitude_std", magnitude_std, "must be >= 0")
         if exclusive:
             child_mass = torch.zeros(n, dtype=torch.float64).index_add_(
                 0, parent_F.clamp_min(0)[parent_F >= 0], prob_F[parent_F >= 0]
@@ -161,10 +161,7 @@ class ToyModel:
                 raise SaegeoError(
                     "ToyModel: exclusive children of a parent need probabilities summing to <= 1"
                 )
-        if directions not in get_args(Directions):
-            raise SaegeoError(
-                f"ToyModel: directions must be one of {get_args(Directions)}, got {directions!r}"
-            )
+        check_choice("directions", directions, get_args(Directions))
         generator = torch.Generator().manual_seed(seed)
         directions_FD = _directions(n, d, directions, generator)
 
@@ -224,8 +221,7 @@ class ToyModel:
 
     def sampler(self, batch_size: int, *, seed: int = 0) -> Iterator[ToySample]:
         """An endless stream of batches of ``batch_size`` tokens, deterministic given ``seed``."""
-        if batch_size < 1:
-            raise SaegeoError(f"sampler(): batch_size must be >= 1, got {batch_size}")
+        check_count("batch_size", batch_size)
         mixed = int(np.random.SeedSequence([self.seed, seed]).generate_state(1)[0])
         generator = torch.Generator().manual_seed(mixed)
         while True:

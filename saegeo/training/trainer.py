@@ -484,9 +484,7 @@ def train_family(
     config = config or TrainConfig()
     widths = sorted(int(w) for w in widths)
     if not widths or widths[0] < 1 or len(set(widths)) != len(widths):
-        raise SaegeoError(
-            f"train_family(): widths must be distinct positive integers, got {list(widths)}"
-        )
+        raise ArgumentError("widths", widths, "must be distinct integers >= 1")
     store = checked_store(acts)
     if out_dir is None or not distributed.is_main():  # under torch.distributed, rank 0 writes
         run = _train_members(store, widths, config, None, snapshots, on_snapshot)

@@ -55,7 +55,7 @@ from saegeo.acts.streaming import (
     stream_options,
     with_stream_options,
 )
-from saegeo.config import cosine_threshold
+from saegeo.config import check_choice, cosine_threshold
 from saegeo.core.feature_info import log_feature_density, neuronpedia_url
 from saegeo.core.sae import SAE
 from saegeo.errors import ArgumentError, SaegeoError
@@ -110,7 +110,7 @@ def node_id(node: Node | str) -> str:
 def parse_node_id(value: Any, *, name: str = "node") -> Node:
     """The node ``(level, feature)`` named by ``"level/feature"`` or a pair of integers.
 
-    Raises :class:`SaegeoError`, naming ``name``, for anything else.
+    Raises :class:`~saegeo.errors.ArgumentError`, naming ``name``, for anything else.
 
     Examples
     --------
@@ -127,8 +127,8 @@ def parse_node_id(value: Any, *, name: str = "node") -> Node:
         level, feature = value
         if _is_int(level) and _is_int(feature) and level >= 0 and feature >= 0:
             return int(level), int(feature)
-    raise SaegeoError(
-        f"{name} must be LEVEL/FEATURE (two non-negative integers such as 0/12), got {value!r}"
+    raise ArgumentError(
+        name, value, "must be LEVEL/FEATURE (two non-negative integers such as 0/12)"
     )
 
 
@@ -200,10 +200,7 @@ def feature_dag(
     [((0, 0), (1, 0), 0.96), ((0, 0), (1, 1), 0.96), ((1, 0), (2, 0), 0.96), ((1, 0), (2, 1), 0.96)]
     """
     fam = as_family(family)
-    if metric not in get_args(Metric):
-        raise SaegeoError(
-            f"feature_dag(): metric must be one of {get_args(Metric)}, got {metric!r}"
-        )
+    check_choice("metric", metric, get_args(Metric))
     if threshold is None:
         threshold = DEFAULT_THRESHOLDS[metric]
     if metric == "decoder_cosine":

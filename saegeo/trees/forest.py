@@ -17,8 +17,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from saegeo.config import check_count
-from saegeo.errors import SaegeoError
+from saegeo.config import check_choice, check_count
 from saegeo.trees.dag import (
     Node,
     feature_tree,
@@ -221,8 +220,7 @@ def forest(
     >>> table[["root", "size", "n_children", "split_at"]].values.tolist()
     [['0/1', 3, 2, '0/1'], ['0/0', 1, 0, None]]
     """
-    if rank_by not in get_args(RankBy):
-        raise SaegeoError(f"forest(): rank_by must be one of {get_args(RankBy)}, got {rank_by!r}")
+    check_choice("rank_by", rank_by, get_args(RankBy))
     check_count("min_size", min_size)
     check_count("max_children", max_children, optional=True)
     root_nodes = (

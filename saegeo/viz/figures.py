@@ -18,8 +18,9 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
+from saegeo.config import check_choice
 from saegeo.core.sae import SAE
-from saegeo.errors import SaegeoError
+from saegeo.errors import ArgumentError, SaegeoError
 from saegeo.formats.family import Family, as_family
 from saegeo.geometry.similarity import unit_rows
 from saegeo.runtime.outputs import GENERATOR_META
@@ -75,8 +76,7 @@ def tree_figure(
     frequency and maximum activation where the tree has them, the label, and for published
     SAEs the feature's log10 density and Neuronpedia page.
     """
-    if kind not in _TRACES:
-        raise SaegeoError(f"tree_figure(): kind must be one of {get_args(TreeKind)}, got {kind!r}")
+    check_choice("kind", kind, get_args(TreeKind))
     root = tree_root(T)
     by_id = labels_by_id(labels)
     nodes = [node for node, _ in walk_tree(T)]  # siblings best first, as in the table
@@ -172,14 +172,11 @@ def tree_score_range(trees: Sequence[nx.DiGraph]) -> tuple[float, float]:
     return low, max(top, low + 1e-6)
 
 
-def _decoders(
-    family: Family | Sequence[SAE], level: int, name: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _decoders(family: Family | Sequence[SAE], level: int) -> tuple[torch.Tensor, torch.Tensor]:
     fam = as_family(family)
     if not 0 <= level < len(fam) - 1:
-        raise SaegeoError(
-            f"{name}: level must lie in [0, {len(fam) - 2}] (a level with a wider "
-            f"SAE after it), got {level}"
+        raise ArgumentError(
+            "level", level, f"must lie in [0, {len(fam) - 2}] (a level with a wider SAE after it)"
         )
     return fam[level].W_dec, fam[level + 1].W_dec
 
@@ -195,15 +192,13 @@ def cosine_heatmap(
 ) -> go.Figure:
     """Decoder cosines between ``small`` features of ``level`` (columns) and ``large``
     features of ``level + 1`` (rows), as an annotated heatmap."""
-    W_small_SD, W_large_LD = _decoders(family, level, "cosine_heatmap()")
+    W_small_SD, W_large_LD = _decoders(family, level)
     for name, idx, width in (
         ("small", small, W_small_SD.shape[0]),
         ("large", large, W_large_LD.shape[0]),
     ):
         if not len(idx) or any(not 0 <= int(i) < width for i in idx):
-            raise SaegeoError(
-                f"cosine_heatmap(): {name} must list features in [0, {width}), got {list(idx)}"
-            )
+            raise ArgumentError(name, list(idx), f"must list features in [0, {width})")
     cos_LS = (
         unit_rows(W_large_LD[list(large)].float()) @ unit_rows(W_small_SD[list(small)].float()).T
     )
@@ -260,7 +255,7 @@ def split_heatmap(
     by decoder cosine, and (with ``G``) the children's other parents.
     """
     level, feature = parse_node_id(parent, name="parent")
-    W_small_SD, W_large_LD = _decoders(family, level, "split_heatmap()")
+    W_small_SD, W_large_LD = _decoders(family, level)
     if feature >= W_small_SD.shape[0]:
         raise SaegeoError(
             f"split_heatmap(): parent {node_id((level, feature))} is beyond width "

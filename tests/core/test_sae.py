@@ -47,7 +47,7 @@ def test_select_keeps_latents_exactly():
     idx = [5, 0, 17]
     torch.testing.assert_close(sae.select(idx).encode(x), sae.encode(x)[:, idx])
     assert sae.select(idx).width == 3
-    with pytest.raises(SaegeoError, match="select"):
+    with pytest.raises(SaegeoError, match=r"^idx=\d+: must lie in \[0, \d+\)"):
         sae.select([99])
 
 

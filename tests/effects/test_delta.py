@@ -97,7 +97,7 @@ def test_mixed_pairs_are_user_errors(acts):
         delta_mse(random_sae(8, "topk", seed=0), random_sae(8, "relu", seed=1), acts)
     with pytest.raises(SaegeoError, match="cannot add"):
         delta_mse(random_sae(8, "matching_pursuit", seed=0), random_sae(8, "relu", seed=1), acts)
-    with pytest.raises(SaegeoError, match="topk must"):
+    with pytest.raises(SaegeoError, match="^topk='x': must be one of 'reencode', 'jumprelu'$"):
         delta_mse(random_sae(8, "relu", seed=0), random_sae(8, "relu", seed=1), acts, topk="x")
     with pytest.raises(SaegeoError, match="d_in"):
         delta_mse(random_sae(8, "relu", seed=0), random_sae(8, "relu", seed=1), acts[:, :3])

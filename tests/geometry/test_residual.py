@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import saegeo as sg
-from saegeo.errors import SaegeoError
+from saegeo.errors import ArgumentError, SaegeoError
 from saegeo.geometry.residual import decoder_residual
 
 
@@ -59,5 +59,5 @@ def test_classify_column_and_errors():
     assert "residual" not in sg.classify(W_small, W_large, residual_k=None, device="cpu")
     with pytest.raises(SaegeoError, match="residual_k"):
         sg.classify(W_small, W_large, residual_k=0)
-    with pytest.raises(SaegeoError, match="k must be >= 1"):
+    with pytest.raises(ArgumentError, match="^k=0: must be an integer >= 1$"):
         decoder_residual(W_small, W_large, k=0)

@@ -33,7 +33,7 @@ def test_token_label_rule():
     assert token_label(["\n", " ", "  x "]) == "⏎ · ␣ · x"
     assert token_label(["a\nb"]) == "a⏎b"
     assert token_label([]) is None
-    with pytest.raises(SaegeoError, match="n must"):
+    with pytest.raises(SaegeoError, match="^n=0: must be an integer >= 1$"):
         token_label(["a"], n=0)
 
 
