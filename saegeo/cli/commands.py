@@ -103,7 +103,7 @@ def _cmd_tree(args: argparse.Namespace) -> int:
     types.check_edge_threshold(args)
     if args.metric != "decoder_cosine" and not args.acts:
         raise SaegeoError(f"--metric {args.metric} needs activations; pass --acts")
-    root = None if args.all else parse_node_id(args.root, name="--root")
+    root = None if args.all else parse_node_id(args.root, name="root")
     labels = read_labels(args.labels) if args.labels else None
     if args.neuronpedia and root is None:
         raise SaegeoError("--neuronpedia: prints the quick list of one tree; use it with --root")

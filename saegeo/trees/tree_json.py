@@ -32,7 +32,7 @@ from typing import Any
 import jsonschema
 import networkx as nx
 
-from saegeo.errors import FormatError, SaegeoError
+from saegeo.errors import ArgumentError, FormatError, SaegeoError
 from saegeo.runtime.outputs import FOREST_SCHEMA, TREE_SCHEMA
 from saegeo.runtime.paths import regular_file
 from saegeo.trees.dag import labels_by_id, node_id, ordered_children, parse_node_id, tree_root
@@ -195,7 +195,7 @@ def tree_from_json(doc: Mapping[str, Any], *, source: str = "tree document") -> 
     stack: list[tuple[Mapping[str, Any], tuple[int, int] | None]] = [(doc["tree"], None)]
     while stack:
         item, parent = stack.pop()
-        node = parse_node_id(item["id"], name=f"{source}: node id")
+        node = _file_node(item["id"], source)
         if node != (item["level"], item["feature"]):
             raise FormatError(
                 f"{source}: node id {item['id']!r} does not match level "
@@ -292,7 +292,7 @@ def dag_from_json(doc: Mapping[str, Any], *, source: str = "DAG document") -> nx
         )
     except (KeyError, TypeError, nx.NetworkXError) as exc:
         raise FormatError(f"{source}: unreadable node-link data ({exc})") from None
-    mapping = {node: parse_node_id(node, name=f"{source}: node id") for node in H}
+    mapping = {node: _file_node(node, source) for node in H}
     return nx.relabel_nodes(H, mapping, copy=True)
 
 
@@ -312,3 +312,13 @@ def read_labels(path: str | os.PathLike[str]) -> dict[str, str]:
         return labels_by_id(doc)
     except SaegeoError as exc:
         raise FormatError(f"{path}: {exc}") from None
+
+
+def _file_node(value: Any, source: str) -> tuple[int, int]:
+    """The node a file names, or a FormatError naming the file."""
+    try:
+        return parse_node_id(value)
+    except ArgumentError:
+        raise FormatError(
+            f"{source}: node id {value!r} is not LEVEL/FEATURE (two non-negative integers)"
+        ) from None

@@ -255,6 +255,9 @@ def test_dag_round_trips_through_node_link_json(dag):
     assert back.graph == dag.graph
     with pytest.raises(FormatError, match="node-link"):
         dag_from_json({"nodes": []})
+    data["nodes"][0]["id"] = "zero"
+    with pytest.raises(FormatError, match="^dag.json: node id 'zero' is not LEVEL/FEATURE"):
+        dag_from_json(data, source="dag.json")
 
 
 def test_read_labels(tmp_path):
