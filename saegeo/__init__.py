@@ -37,10 +37,12 @@ Examples
 >>> fam = sg.Family.load("path/to/family")  # doctest: +SKIP
 """
 
+import ast
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the same names as _API, for type checkers and editors
+if TYPE_CHECKING:  # the public API: imported on first use at run time (_public_names)
     from saegeo.acts.codes import encode_codes
     from saegeo.acts.store import ActivationStore, ShardWriter
     from saegeo.acts.streaming import ActsLike, StreamOptions
@@ -99,73 +101,26 @@ if TYPE_CHECKING:  # the same names as _API, for type checkers and editors
     from saegeo.trees.forest import forest
     from saegeo.trees.tree_json import tree_from_json, tree_to_json
 
-_API: dict[str, tuple[str, ...]] = {
-    "saegeo.acts.codes": ("encode_codes",),
-    "saegeo.acts.store": ("ActivationStore", "ShardWriter"),
-    "saegeo.acts.streaming": ("ActsLike", "StreamOptions"),
-    "saegeo.core.sae": ("SAE", "concat"),
-    "saegeo.effects.delta": ("delta_mse",),
-    "saegeo.effects.explained": ("explained_share",),
-    "saegeo.effects.hybrid": ("hybrid",),
-    "saegeo.effects.metrics": ("Metrics", "evaluate"),
-    "saegeo.effects.novelty": ("family_novelty",),
-    "saegeo.effects.shrinkage": ("reconstruction_gain",),
-    "saegeo.effects.swaps": ("swap_groups",),
-    "saegeo.errors": (
-        "ArgumentError",
-        "FormatError",
-        "InsufficientMemoryError",
-        "SaegeoError",
-        "ShapeError",
-    ),
-    "saegeo.explorer.card": ("FeatureCard", "feature_card"),
-    "saegeo.explorer.facts": ("FamilyFacts", "family_facts"),
-    "saegeo.explorer.widget": ("explore",),
-    "saegeo.formats.family": ("Family",),
-    "saegeo.formats.pretrained": ("load_pretrained",),
-    "saegeo.formats.sae_files": ("load_sae", "save_sae"),
-    "saegeo.geometry.classify": ("classify",),
-    "saegeo.geometry.cofiring": ("cofiring", "containment", "nesting"),
-    "saegeo.geometry.masked_cosine": ("masked_cosine",),
-    "saegeo.geometry.matching": (
-        "FeatureMatch",
-        "SeedStability",
-        "match_features",
-        "seed_stability_matched",
-    ),
-    "saegeo.geometry.similarity": (
-        "CosineMatch",
-        "decoder_cosine",
-        "decoder_cosine_pairs",
-        "seed_stability",
-    ),
-    "saegeo.lm.config": ("HarvestConfig",),
-    "saegeo.stitch.config": ("StitchConfig",),
-    "saegeo.stitch.curve": ("compare_frankensteins", "frankenstein_curve"),
-    "saegeo.stitch.frankenstein": (
-        "FrankensteinSteps",
-        "frankenstein",
-        "frankenstein_steps",
-        "plan_frankenstein",
-    ),
-    "saegeo.stitch.interpolation": ("interpolation_path",),
-    "saegeo.stitch.refit": ("Refit", "refit_exact"),
-    "saegeo.stitch.refit_sgd": ("refit_sgd",),
-    "saegeo.stitch.report": ("FrankensteinReport",),
-    "saegeo.training.toy": ("ToyConfig", "ToyModel", "make_toy_model"),
-    "saegeo.training.trainer": ("TrainConfig", "TrainReport", "train_family", "train_sae"),
-    "saegeo.trees.dag": ("feature_dag", "feature_tree"),
-    "saegeo.trees.forest": ("forest",),
-    "saegeo.trees.tree_json": ("tree_from_json", "tree_to_json"),
-}
-"""The public names, by the module that defines them (imported on first use)."""
-
 __version__ = "0.1.0"
 
-__all__ = sorted(name for names in _API.values() for name in names)
+
+def _public_names() -> dict[str, str]:
+    """Each public name's module, read from the ``TYPE_CHECKING`` imports above: the API is
+    declared once, for type checkers and editors, and imported from there on first use."""
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    block = next(node for node in tree.body if isinstance(node, ast.If))
+    return {
+        alias.name: node.module
+        for node in block.body
+        if isinstance(node, ast.ImportFrom) and node.module
+        for alias in node.names
+    }
 
 
-_MODULE_OF = {name: module for module, names in _API.items() for name in names}
+_MODULE_OF = _public_names()
+"""The public names, by the module that defines them (imported on first use)."""
+
+__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str) -> Any:
